@@ -1,0 +1,16 @@
+# The two entry points the README starts with, plus helpers.
+SHELL := /bin/bash
+
+.PHONY: demo demo-down test bench
+
+demo:
+	bash scripts/demo.sh up
+
+demo-down:
+	bash scripts/demo.sh down
+
+test:
+	bash scripts/test.sh
+
+bench:
+	bash scripts/bench.sh
