@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs everything Strata's demo, tests and benchmarks need on a fresh Debian 12
+# machine. Idempotent: each step is skipped when its tool is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need_apt=()
+command -v fusermount3 >/dev/null || need_apt+=(fuse3)
+command -v openssl >/dev/null || need_apt+=(openssl)
+command -v curl >/dev/null || need_apt+=(curl)
+if [ "${STRATA_SETUP_BENCH:-0}" = 1 ]; then
+  command -v fio >/dev/null || need_apt+=(fio)
+  command -v rclone >/dev/null || need_apt+=(rclone)
+  command -v s3fs >/dev/null || need_apt+=(s3fs)
+fi
+if [ ${#need_apt[@]} -gt 0 ]; then
+  echo "setup: apt-get install ${need_apt[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+# A real S3 server for tests: moto in server mode, bound to loopback by the tests.
+if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
+  echo "setup: pip install moto[server]"
+  python3 -m pip install -q 'moto[server]==5.2.5'
+fi
+
+# The local Kubernetes control plane (etcd, kube-apiserver, ...) built from the
+# upstream Go modules into a cache directory outside the repository.
+if [ "${STRATA_SETUP_CLUSTER:-1}" = 1 ] && [ -x e2e/cluster/cluster.sh ]; then
+  e2e/cluster/cluster.sh build
+fi

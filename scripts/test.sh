@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# `make test`: set up a fresh machine, then lint and run every test in the workspace
+# (unit, integration against real S3 + FUSE, CSI over its socket, and the suites
+# that run against the local control plane).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+
+bash scripts/setup.sh
+
+cargo fmt --all --check
+cargo clippy --workspace --all-targets -- -D warnings
+cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}"
+
+echo "make test: all passed in $(( $(date +%s) - start ))s"
