@@ -1,0 +1,493 @@
+//! `CachePolicy`: what stays hot, what is pinned, what is preloaded and when.
+
+use std::num::NonZeroU32;
+use std::time::Duration;
+
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::dataset::{JobRun, object_name};
+use crate::duration::DURATION_PATTERN;
+use crate::quantity::{deserialize_int_or_string, quantity_bytes};
+use crate::schedule::SCHEDULE_PATTERN;
+use crate::validation::{
+    FieldErrors, MAX_RULES, MSG_BLOCK_SIZE, MSG_DURATION, MSG_POSITIVE_DURATION, MSG_QUOTA,
+    MSG_REPLICAS, MSG_SCHEDULE, cel_matches, check_duration, check_globs,
+};
+use crate::{Error, FieldErrorKind, Result, Schedule, parse_duration};
+
+/// CEL: a positive duration such as `5m` (`0s` refused).
+fn positive_duration_rule() -> String {
+    format!(
+        "{} && !self.matches('^0+[smhd]$')",
+        cel_matches(DURATION_PATTERN)
+    )
+}
+
+const QUOTA_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).sign() == 1";
+const BLOCK_SIZE_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() in [1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864]";
+const REPLICAS_RULE: &str = "type(self) == int ? self >= 1 : self == 'All'";
+
+/// Smallest and largest block size, and the default.
+pub const MIN_BLOCK_SIZE: u64 = 1 << 20;
+/// Largest block size (64Mi).
+pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
+/// Default block size (4Mi).
+pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
+/// Default metadata (list/stat) cache TTL.
+pub const DEFAULT_METADATA_TTL: &str = "1m";
+/// Default preload concurrency (parallel fetches per job).
+pub const DEFAULT_PRELOAD_CONCURRENCY: i32 = 4;
+
+/// A CachePolicy says how the datasets it applies to are cached: their share
+/// of each node's cache, the tiers and eviction policy, block size, replicas
+/// across nodes, TTLs, what is pinned and what is preloaded when.
+// Each printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "strata.dev",
+    version = "v1alpha1",
+    kind = "CachePolicy",
+    plural = "cachepolicies",
+    singular = "cachepolicy",
+    shortname = "scpol",
+    category = "strata",
+    namespaced,
+    status = "CachePolicyStatus",
+    derive = "PartialEq",
+    doc = "A CachePolicy says how the datasets it applies to are cached: quota per node, tiers, eviction, block size, replicas, TTLs, pins and preloads.",
+    printcolumn(
+        name = "Datasets",
+        type_ = "integer",
+        json_path = ".status.datasetCount",
+        description = "Number of datasets this policy applies to"
+    ),
+    printcolumn(
+        name = "Quota",
+        type_ = "string",
+        json_path = ".spec.quota",
+        description = "Each dataset's share of each node's cache"
+    ),
+    printcolumn(
+        name = "Eviction",
+        type_ = "string",
+        json_path = ".spec.eviction",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicySpec {
+    /// Datasets in this namespace whose labels match get this policy (a
+    /// Dataset's own policyRef wins over any selector). `{}` matches every
+    /// dataset in the namespace; unset matches none, so only datasets that name
+    /// this policy in policyRef use it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_selector: Option<LabelSelector>,
+
+    /// Each dataset's share of each node's cache, summed over tiers, such as
+    /// `200Gi`. A positive whole number of bytes. When a dataset reaches its
+    /// quota on a node, that node evicts the dataset's own blocks.
+    #[serde(deserialize_with = "deserialize_int_or_string")]
+    #[schemars(schema_with = "crate::schema::quantity")]
+    #[x_kube(validation = Rule::new(QUOTA_RULE).message(MSG_QUOTA))]
+    pub quota: Quantity,
+
+    /// Cache tiers to use, in order of preference: blocks land in the first
+    /// tier with room and are demoted to the next one. Memory and/or SSD; node
+    /// capacity of each tier is set at install time. Default [Memory, SSD].
+    #[serde(default = "default_tiers")]
+    #[schemars(length(min = 1, max = 2))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub tiers: Vec<Tier>,
+
+    /// Which block to drop when a tier is full: LRU (least recently used),
+    /// S3FIFO (scan-resistant: one-pass reads do not flush the hot set) or ARC
+    /// (adaptive replacement). Default S3FIFO.
+    #[serde(default)]
+    pub eviction: Eviction,
+
+    /// Size of a cache block: the unit of fetching, caching and eviction. A
+    /// power of two between 1Mi and 64Mi. Default 4Mi.
+    #[serde(
+        default = "default_block_size",
+        deserialize_with = "deserialize_int_or_string"
+    )]
+    #[schemars(schema_with = "crate::schema::quantity")]
+    #[x_kube(validation = Rule::new(BLOCK_SIZE_RULE).message(MSG_BLOCK_SIZE))]
+    pub block_size: Quantity,
+
+    /// Copies of each block across nodes: a whole number >= 1, or "All" for a
+    /// copy on every node. Default 1 (each block is fetched from the source
+    /// once per cluster and read by other nodes from its owner).
+    #[serde(default = "default_replicas")]
+    #[schemars(schema_with = "crate::schema::replicas")]
+    #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]
+    pub replicas: IntOrString,
+
+    /// The metadata (list and stat) cache.
+    #[serde(default)]
+    pub metadata: MetadataCachePolicy,
+
+    /// Drop cached data nobody has read for this long, such as `30d`. Unset
+    /// keeps data until it is evicted for room. Format: a whole number followed
+    /// by s, m, h or d.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(positive_duration_rule()).message(MSG_POSITIVE_DURATION))]
+    pub ttl: Option<String>,
+
+    /// Paths to keep cached (never evicted while the rule matches). At most 16 rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub pin: Vec<PinRule>,
+
+    /// Paths to fetch into the cache ahead of reads, once or on a schedule.
+    /// At most 16 rules.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub preload: Vec<PreloadRule>,
+}
+
+fn default_tiers() -> Vec<Tier> {
+    vec![Tier::Memory, Tier::Ssd]
+}
+
+fn default_block_size() -> Quantity {
+    Quantity("4Mi".into())
+}
+
+fn default_replicas() -> IntOrString {
+    IntOrString::Int(1)
+}
+
+/// A node-local cache tier.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Tier {
+    /// RAM on the node.
+    Memory,
+    /// A local disk (the node's SSD path).
+    #[serde(rename = "SSD")]
+    Ssd,
+}
+
+/// Eviction policy of the block cache.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Eviction {
+    /// Least recently used.
+    #[serde(rename = "LRU")]
+    Lru,
+    /// S3-FIFO: a small probationary queue in front of a main queue; scan-resistant.
+    #[default]
+    #[serde(rename = "S3FIFO")]
+    S3Fifo,
+    /// Adaptive replacement cache: balances recency and frequency.
+    #[serde(rename = "ARC")]
+    Arc,
+}
+
+/// Settings of the metadata (list and stat) cache.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct MetadataCachePolicy {
+    /// How long a listing or stat result (also "not found") is served from the
+    /// cache before it is refreshed, such as `5m`. `0s` disables the metadata
+    /// cache. Default 1m.
+    #[serde(default = "default_metadata_ttl")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(cel_matches(DURATION_PATTERN)).message(MSG_DURATION))]
+    pub ttl: String,
+}
+
+fn default_metadata_ttl() -> String {
+    DEFAULT_METADATA_TTL.into()
+}
+
+impl Default for MetadataCachePolicy {
+    fn default() -> Self {
+        Self {
+            ttl: default_metadata_ttl(),
+        }
+    }
+}
+
+/// Keep matching files cached.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinRule {
+    /// Globs relative to the dataset root, such as `/train/2026-11-*/**`
+    /// (`*` within a path segment, `**` across segments, `?`, `[a-z]`, `{a,b}`).
+    /// Must start with `/`; `..` segments are refused. 1 to 32 globs.
+    #[schemars(schema_with = "crate::schema::path_globs")]
+    pub paths: Vec<String>,
+
+    /// Only pin files modified within this long, such as `14d` ("keep the
+    /// last 14 days"). Unset pins every matching file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16))]
+    #[x_kube(validation = Rule::new(positive_duration_rule()).message(MSG_POSITIVE_DURATION))]
+    pub modified_within: Option<String>,
+
+    /// Copies of pinned blocks across nodes: a whole number >= 1 or "All".
+    /// Unset uses the policy's replicas.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(schema_with = "crate::schema::replicas")]
+    #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]
+    pub replicas: Option<IntOrString>,
+}
+
+/// Fetch matching files into the cache ahead of reads.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PreloadRule {
+    /// Globs relative to the dataset root, such as `/labels/**`. Must start
+    /// with `/`; `..` segments are refused. 1 to 32 globs.
+    #[schemars(schema_with = "crate::schema::path_globs")]
+    pub paths: Vec<String>,
+
+    /// When to run, in cron syntax (5 fields: minute hour day-of-month month
+    /// day-of-week, e.g. "0 2 * * *"; or @hourly, @daily, @weekly, @monthly,
+    /// @yearly). Unset runs once, when the policy is applied or changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 128))]
+    #[x_kube(validation = Rule::new(cel_matches(SCHEDULE_PATTERN)).message(MSG_SCHEDULE))]
+    pub schedule: Option<String>,
+
+    /// Parallel block fetches per preload job, 1 to 64. Default 4.
+    #[serde(default = "default_concurrency")]
+    #[schemars(range(min = 1, max = 64))]
+    pub concurrency: i32,
+}
+
+fn default_concurrency() -> i32 {
+    DEFAULT_PRELOAD_CONCURRENCY
+}
+
+/// What a CachePolicy applies to and what its jobs did, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct CachePolicyStatus {
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Standard conditions: Ready (the policy is valid and applied).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Names of the datasets (in this namespace) this policy applies to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<String>,
+
+    /// len(datasets), for the Datasets column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_count: Option<u32>,
+
+    /// The latest run of each preload rule per dataset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_preloads: Vec<JobRun>,
+
+    /// The latest run of each pin rule per dataset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub last_pins: Vec<JobRun>,
+}
+
+/// Copies of a block across nodes, parsed from `replicas`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Replicas {
+    /// This many nodes hold each block.
+    Count(NonZeroU32),
+    /// Every node holds each block.
+    All,
+}
+
+impl Replicas {
+    /// Parses an int-or-string `replicas` value.
+    ///
+    /// ```
+    /// use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+    /// use strata_crds::Replicas;
+    /// assert_eq!(Replicas::parse(&IntOrString::String("All".into())).unwrap(), Replicas::All);
+    /// assert!(Replicas::parse(&IntOrString::Int(0)).is_err());
+    /// ```
+    pub fn parse(value: &IntOrString) -> Result<Self> {
+        match value {
+            IntOrString::Int(n) => u32::try_from(*n)
+                .ok()
+                .and_then(NonZeroU32::new)
+                .map(Replicas::Count)
+                .ok_or_else(|| Error::Replicas {
+                    value: n.to_string(),
+                }),
+            IntOrString::String(s) if s == "All" => Ok(Replicas::All),
+            IntOrString::String(s) => Err(Error::Replicas {
+                value: format!("{s:?}"),
+            }),
+        }
+    }
+}
+
+impl CachePolicySpec {
+    /// `quota` in bytes.
+    pub fn quota_bytes(&self) -> Result<u64> {
+        quantity_bytes(&self.quota)
+    }
+
+    /// `blockSize` in bytes (checked: a power of two in [1Mi, 64Mi]).
+    pub fn block_size_bytes(&self) -> Result<u64> {
+        let bytes = quantity_bytes(&self.block_size)?;
+        if bytes.is_power_of_two() && (MIN_BLOCK_SIZE..=MAX_BLOCK_SIZE).contains(&bytes) {
+            Ok(bytes)
+        } else {
+            Err(Error::Quantity {
+                value: self.block_size.0.clone(),
+                reason: "a block size must be a power of two between 1Mi and 64Mi".into(),
+            })
+        }
+    }
+
+    /// `replicas`, parsed.
+    pub fn replicas(&self) -> Result<Replicas> {
+        Replicas::parse(&self.replicas)
+    }
+
+    /// `metadata.ttl`, parsed (zero disables the metadata cache).
+    pub fn metadata_ttl(&self) -> Result<Duration> {
+        parse_duration(&self.metadata.ttl)
+    }
+
+    /// `ttl`, parsed; `None` keeps data until evicted for room.
+    pub fn data_ttl(&self) -> Result<Option<Duration>> {
+        self.ttl.as_deref().map(parse_duration).transpose()
+    }
+
+    /// Every rule of the CRD, checked in Rust. Field paths start at `spec`.
+    pub fn field_errors(&self) -> Vec<crate::FieldError> {
+        let mut errors = FieldErrors::default();
+        if !quantity_bytes(&self.quota).is_ok_and(|b| b > 0) {
+            errors.push("spec.quota", FieldErrorKind::Invalid, MSG_QUOTA);
+        }
+        if self.tiers.is_empty() {
+            errors.push(
+                "spec.tiers",
+                FieldErrorKind::Required,
+                "tiers must list at least one of Memory, SSD",
+            );
+        }
+        for (i, tier) in self.tiers.iter().enumerate() {
+            if self.tiers[..i].contains(tier) {
+                errors.push(
+                    format!("spec.tiers[{i}]"),
+                    FieldErrorKind::Duplicate,
+                    "tiers must not repeat a tier",
+                );
+            }
+        }
+        if self.block_size_bytes().is_err() {
+            errors.push("spec.blockSize", FieldErrorKind::Invalid, MSG_BLOCK_SIZE);
+        }
+        if self.replicas().is_err() {
+            errors.push("spec.replicas", FieldErrorKind::Invalid, MSG_REPLICAS);
+        }
+        check_duration(&mut errors, "spec.metadata.ttl", &self.metadata.ttl, false);
+        if let Some(ttl) = &self.ttl {
+            check_duration(&mut errors, "spec.ttl", ttl, true);
+        }
+        if let Some(selector) = &self.dataset_selector {
+            check_selector(&mut errors, "spec.datasetSelector", selector);
+        }
+        for (list, len) in [
+            ("spec.pin", self.pin.len()),
+            ("spec.preload", self.preload.len()),
+        ] {
+            if len > MAX_RULES {
+                errors.push(
+                    list,
+                    FieldErrorKind::Invalid,
+                    format!("at most {MAX_RULES} rules are allowed"),
+                );
+            }
+        }
+        for (i, rule) in self.pin.iter().enumerate() {
+            let at = format!("spec.pin[{i}]");
+            check_globs(&mut errors, &format!("{at}.paths"), &rule.paths);
+            if let Some(within) = &rule.modified_within {
+                check_duration(&mut errors, &format!("{at}.modifiedWithin"), within, true);
+            }
+            if let Some(replicas) = &rule.replicas
+                && Replicas::parse(replicas).is_err()
+            {
+                errors.push(
+                    format!("{at}.replicas"),
+                    FieldErrorKind::Invalid,
+                    MSG_REPLICAS,
+                );
+            }
+        }
+        for (i, rule) in self.preload.iter().enumerate() {
+            let at = format!("spec.preload[{i}]");
+            check_globs(&mut errors, &format!("{at}.paths"), &rule.paths);
+            if let Some(schedule) = &rule.schedule
+                && let Err(e) = Schedule::parse(schedule)
+            {
+                errors.push(
+                    format!("{at}.schedule"),
+                    FieldErrorKind::Invalid,
+                    format!("{MSG_SCHEDULE} ({e})"),
+                );
+            }
+            if !(1..=64).contains(&rule.concurrency) {
+                errors.push(
+                    format!("{at}.concurrency"),
+                    FieldErrorKind::Invalid,
+                    "concurrency must be between 1 and 64",
+                );
+            }
+        }
+        errors.0
+    }
+}
+
+/// The label selector rules the API server applies to built-in selectors.
+fn check_selector(errors: &mut FieldErrors, at: &str, selector: &LabelSelector) {
+    for (i, expr) in selector.match_expressions.iter().flatten().enumerate() {
+        let field = format!("{at}.matchExpressions[{i}]");
+        let has_values = expr.values.as_ref().is_some_and(|v| !v.is_empty());
+        match expr.operator.as_str() {
+            "In" | "NotIn" if !has_values => errors.push(
+                format!("{field}.values"),
+                FieldErrorKind::Required,
+                "values must be non-empty for operator In or NotIn",
+            ),
+            "Exists" | "DoesNotExist" if has_values => errors.push(
+                format!("{field}.values"),
+                FieldErrorKind::Forbidden,
+                "values must be empty for operator Exists or DoesNotExist",
+            ),
+            "In" | "NotIn" | "Exists" | "DoesNotExist" => {}
+            _ => errors.push(
+                format!("{field}.operator"),
+                FieldErrorKind::NotSupported,
+                "operator must be one of In, NotIn, Exists, DoesNotExist",
+            ),
+        }
+    }
+}
+
+impl CachePolicy {
+    /// Checks the spec against every rule of the CRD; the error lists each
+    /// problem with its field path, e.g. `spec.preload[0].schedule`.
+    pub fn validate(&self) -> Result<()> {
+        FieldErrors(self.spec.field_errors()).into_result("CachePolicy", object_name(self))
+    }
+}

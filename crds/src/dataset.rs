@@ -1,0 +1,558 @@
+//! `Dataset`: one namespace over several stores, cached on the nodes.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema, ResourceExt};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+use crate::source_uri::SourceUri;
+use crate::validation::{
+    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_OPTIONS,
+    MAX_SOURCES, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH,
+    MSG_DUPLICATE_SOURCE_NAME, MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH,
+    MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION, MSG_REGION_SCHEME,
+    MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, cel_matches,
+    is_dns1123_label, is_dns1123_subdomain, is_http_url, is_mount_path, is_option_key, is_region,
+    mount_path_contains,
+};
+use crate::{FieldErrorKind, Result};
+
+/// A Dataset mounts one or more sources (S3 and S3-compatible buckets, GCS,
+/// Azure Blob, HTTP(S), node-local directories) into one directory tree, which
+/// the node agents cache and the CSI driver hands to pods as a volume.
+// Each printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "strata.dev",
+    version = "v1alpha1",
+    kind = "Dataset",
+    plural = "datasets",
+    singular = "dataset",
+    shortname = "sds",
+    category = "strata",
+    namespaced,
+    status = "DatasetStatus",
+    derive = "PartialEq",
+    doc = "A Dataset mounts one or more sources (S3-compatible, GCS, Azure Blob, HTTP(S), node-local directories) into one directory tree, cached on the nodes and handed to pods as a volume.",
+    printcolumn(
+        name = "Phase",
+        type_ = "string",
+        json_path = ".status.phase",
+        description = "Pending, Ready, Degraded or Failed"
+    ),
+    printcolumn(
+        name = "Cached %",
+        type_ = "integer",
+        json_path = ".status.cachedPercent",
+        description = "Percent of the dataset's bytes cached on at least one node"
+    ),
+    printcolumn(
+        name = "Size",
+        type_ = "string",
+        json_path = ".status.size",
+        description = "Total size of all sources"
+    ),
+    printcolumn(
+        name = "Files",
+        type_ = "integer",
+        json_path = ".status.files",
+        description = "Number of files in all sources"
+    ),
+    printcolumn(
+        name = "Policy",
+        type_ = "string",
+        json_path = ".status.policy",
+        priority = 1,
+        description = "The CachePolicy in effect"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetSpec {
+    /// The stores this dataset reads from. Each source appears in the dataset's
+    /// tree at its mountPath. Names and mountPaths must be unique and mountPaths
+    /// must not be nested inside one another. 1 to 16 sources.
+    #[schemars(length(min = 1, max = 16))]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message(MSG_DUPLICATE_SOURCE_NAME).reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.mountPath == s.mountPath))").message(MSG_DUPLICATE_MOUNT_PATH).reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(a, self.all(b, a.mountPath == b.mountPath || !(a.mountPath == '/' || b.mountPath.startsWith(a.mountPath + '/'))))").message(MSG_NESTED_MOUNT_PATH))]
+    pub sources: Vec<Source>,
+
+    /// The CachePolicy (in this namespace) that governs this dataset. When
+    /// unset, a policy whose datasetSelector matches this dataset's labels is
+    /// used; when none matches, the dataset is cached with the built-in
+    /// defaults (no quota beyond node capacity, no pins, no preloads).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_ref: Option<PolicyReference>,
+}
+
+/// One store mounted into the dataset's tree.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || self.uri.matches('^(s3|gs|az)://')").message(MSG_CREDENTIALS_SCHEME).field_path(".credentialsSecretRef").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.endpoint) || self.uri.matches('^(s3|gs|az)://')").message(MSG_ENDPOINT_SCHEME).field_path(".endpoint").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.region) || self.uri.startsWith('s3://')").message(MSG_REGION_SCHEME).field_path(".region").reason(Reason::FieldValueForbidden))]
+pub struct Source {
+    /// Name of the source, unique within the dataset: a DNS-1123 label such as
+    /// `train`. Used in status, metrics and job names.
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(cel_matches(DNS_LABEL_PATTERN)).message(MSG_SOURCE_NAME))]
+    pub name: String,
+
+    /// Where the data lives: `s3://bucket/prefix`, `gs://bucket/prefix`,
+    /// `az://container/prefix`, `http(s)://host/path` or `file:///absolute/dir`
+    /// (a directory present on every node, e.g. an NFS mount). Never put
+    /// credentials in the URI; use credentialsSecretRef.
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|http|https|file)://')").message(MSG_URI_SCHEME))]
+    #[x_kube(validation = Rule::new("!self.matches('^(s3|gs|az|http|https|file)://') || self.matches('^((s3|gs|az|https?)://[^/?#\\\\s]+|file:///)[^\\\\s]*$')").message(MSG_URI_SHAPE))]
+    #[x_kube(validation = Rule::new("!self.matches('^[a-z0-9]+://[^/]*@')").message(MSG_URI_USERINFO))]
+    #[x_kube(validation = Rule::new("!self.matches('/\\\\.\\\\.(/|$)')").message(MSG_URI_DOTDOT))]
+    pub uri: String,
+
+    /// Where the source appears inside the dataset: an absolute path such as
+    /// `/train`, or `/` for a dataset with a single source. The pod sees it at
+    /// `<volume mount>/<mountPath>`.
+    #[schemars(length(max = 256))]
+    #[x_kube(validation = Rule::new("self == '/' || (self.matches('^(/[^/]+)+$') && !self.matches('/\\\\.\\\\.?(/|$)'))").message(MSG_MOUNT_PATH))]
+    pub mount_path: String,
+
+    /// Endpoint URL of an S3-compatible store (MinIO, Ceph RGW, ...) or a
+    /// GCS/Azure emulator, such as `http://minio.storage:9000`. Only for s3, gs
+    /// and az sources; unset means the provider's public endpoint.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(cel_matches(HTTP_URL_PATTERN)).message(MSG_ENDPOINT))]
+    pub endpoint: Option<String>,
+
+    /// Region of an s3 bucket, such as `us-east-1`. Only for s3 sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 63))]
+    #[x_kube(validation = Rule::new(cel_matches(DNS_LABEL_PATTERN)).message(MSG_REGION))]
+    pub region: Option<String>,
+
+    /// A Secret in the dataset's namespace holding the credentials for an s3,
+    /// gs or az source. Keys: `AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY` and
+    /// optionally `AWS_SESSION_TOKEN` (s3); `GOOGLE_SERVICE_ACCOUNT_KEY` (gs,
+    /// the JSON key); `AZURE_STORAGE_ACCOUNT_NAME` plus `AZURE_STORAGE_ACCOUNT_KEY`
+    /// or `AZURE_STORAGE_SAS_TOKEN` (az). Unset means anonymous access or the
+    /// node's ambient credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials_secret_ref: Option<SecretReference>,
+
+    /// Mount the source read-only. Writes are not supported yet (write-back is
+    /// on the roadmap), so the agent serves every source read-only whatever
+    /// this says. Default true.
+    #[serde(default = "default_true")]
+    pub read_only: bool,
+
+    /// Extra store settings passed to the object store client, keyed by its
+    /// option name, e.g. `allow_http: "true"` or
+    /// `virtual_hosted_style_request: "false"`. At most 32. Keys naming a
+    /// credential (secret, token, password, key) are refused: credentials
+    /// belong in the Secret named by credentialsSecretRef.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9_.-]{1,128}$') && !k.matches('(?i)(secret|token|password|passwd|credential|key|sas)'))").message(MSG_OPTION_KEY))]
+    pub options: BTreeMap<String, String>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A reference to a CachePolicy in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct PolicyReference {
+    /// Name of the CachePolicy.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(cel_matches(DNS_SUBDOMAIN_PATTERN)).message(MSG_OBJECT_NAME))]
+    pub name: String,
+}
+
+/// A reference to a Secret in the same namespace.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+pub struct SecretReference {
+    /// Name of the Secret.
+    #[schemars(length(max = 253))]
+    #[x_kube(validation = Rule::new(cel_matches(DNS_SUBDOMAIN_PATTERN)).message(MSG_OBJECT_NAME))]
+    pub name: String,
+}
+
+/// Summary of a Dataset's state, written by the operator.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetStatus {
+    /// Pending (not yet listed), Ready (mountable), Degraded (mountable, but a
+    /// source or node has a problem; see conditions) or Failed (not mountable).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub phase: Option<DatasetPhase>,
+
+    /// Standard conditions: Ready, SourcesReachable, PolicyResolved,
+    /// Preloading, SpecValid. Each says what is wrong in words a user can act on.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// The metadata.generation this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// Total size in bytes of all objects in all sources, from the last listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+
+    /// totalBytes for people, e.g. `12.4Gi` (the Size column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<String>,
+
+    /// Number of files (objects) in all sources, from the last listing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+
+    /// Distinct bytes of this dataset cached on at least one node (a block
+    /// held by several nodes counts once).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_bytes: Option<u64>,
+
+    /// cachedBytes / totalBytes in percent, rounded down (100 only when fully cached).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub cached_percent: Option<i32>,
+
+    /// Cache hits summed over all nodes (reads served without going to the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hits: Option<u64>,
+
+    /// Cache misses summed over all nodes (reads that went to a peer or the source).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub misses: Option<u64>,
+
+    /// Number of nodes holding part of this dataset.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nodes: Option<u32>,
+
+    /// The CachePolicy in effect (from policyRef or a matching selector).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
+
+    /// When the operator last listed the sources and summed the node reports.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_sync_time: Option<Time>,
+
+    /// Per-source results of the last listing.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
+    pub sources: Vec<SourceStatus>,
+
+    /// Preload and pin jobs for this dataset, newest first (the operator keeps a few).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub jobs: Vec<JobRun>,
+}
+
+/// The lifecycle phase of a Dataset.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DatasetPhase {
+    /// Not yet listed.
+    Pending,
+    /// Every source listed and mountable.
+    Ready,
+    /// Mountable, but a source or node has a problem; see conditions.
+    Degraded,
+    /// Not mountable; see conditions.
+    Failed,
+}
+
+/// What the last listing of one source found.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct SourceStatus {
+    /// The source's name from spec.sources.
+    pub name: String,
+    /// Whether the last listing succeeded.
+    pub reachable: bool,
+    /// Total bytes under the source's prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Number of files under the source's prefix.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+    /// What went wrong, in words a user can act on (never a credential or signed URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// When the source was last listed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_list_time: Option<Time>,
+}
+
+/// Whether a job preloads (fetches into the cache) or pins (fetches and keeps).
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobKind {
+    /// A preload rule's job.
+    Preload,
+    /// A pin rule's job.
+    Pin,
+}
+
+/// Where a job is in its life.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum JobPhase {
+    /// Created, not started.
+    Pending,
+    /// Fetching.
+    Running,
+    /// Finished; every block fetched.
+    Succeeded,
+    /// Finished with errors; see message.
+    Failed,
+}
+
+/// Progress of one preload or pin job, reported in both the Dataset's and the
+/// CachePolicy's status.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct JobRun {
+    /// Preload or Pin.
+    pub kind: JobKind,
+    /// The CachePolicy whose rule started the job.
+    pub policy: String,
+    /// Index of the rule in the policy's preload or pin list.
+    pub rule: u32,
+    /// The Dataset the job fetched into.
+    pub dataset: String,
+    /// Name of the Kubernetes Job.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+    /// Pending, Running, Succeeded or Failed.
+    pub phase: JobPhase,
+    /// Bytes fetched so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_done: Option<u64>,
+    /// Bytes the job will fetch in total (known once listing is done).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bytes_total: Option<u64>,
+    /// Files fetched so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_done: Option<u64>,
+    /// Files the job will fetch in total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub files_total: Option<u64>,
+    /// bytesDone / bytesTotal in percent, rounded down.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0, max = 100))]
+    pub percent: Option<i32>,
+    /// When the job started.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the job finished.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// What went wrong, when it did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+}
+
+impl Source {
+    /// The parsed URI (scheme, bucket or host, prefix).
+    pub fn parsed_uri(&self) -> Result<SourceUri> {
+        SourceUri::parse(&self.uri)
+    }
+}
+
+impl DatasetSpec {
+    /// Every rule of the CRD, checked in Rust. Field paths start at `spec`.
+    pub fn field_errors(&self) -> Vec<crate::FieldError> {
+        let mut errors = FieldErrors::default();
+        if self.sources.is_empty() {
+            errors.push(
+                "spec.sources",
+                FieldErrorKind::Required,
+                "sources must list at least one source",
+            );
+        }
+        if self.sources.len() > MAX_SOURCES {
+            errors.push(
+                "spec.sources",
+                FieldErrorKind::Invalid,
+                format!("sources must have at most {MAX_SOURCES} items"),
+            );
+        }
+        for (i, source) in self.sources.iter().enumerate() {
+            source.check(&mut errors, &format!("spec.sources[{i}]"));
+            let earlier = &self.sources[..i];
+            if earlier.iter().any(|s| s.name == source.name) {
+                errors.push(
+                    format!("spec.sources[{i}].name"),
+                    FieldErrorKind::Duplicate,
+                    MSG_DUPLICATE_SOURCE_NAME,
+                );
+            }
+            if earlier.iter().any(|s| s.mount_path == source.mount_path) {
+                errors.push(
+                    format!("spec.sources[{i}].mountPath"),
+                    FieldErrorKind::Duplicate,
+                    MSG_DUPLICATE_MOUNT_PATH,
+                );
+            }
+            let nested = self.sources.iter().any(|other| {
+                other.mount_path != source.mount_path
+                    && mount_path_contains(&other.mount_path, &source.mount_path)
+            });
+            if nested {
+                errors.push(
+                    format!("spec.sources[{i}].mountPath"),
+                    FieldErrorKind::Invalid,
+                    MSG_NESTED_MOUNT_PATH,
+                );
+            }
+        }
+        if let Some(policy) = &self.policy_ref
+            && !is_dns1123_subdomain(&policy.name)
+        {
+            errors.push(
+                "spec.policyRef.name",
+                FieldErrorKind::Invalid,
+                MSG_OBJECT_NAME,
+            );
+        }
+        errors.0
+    }
+}
+
+impl Source {
+    fn check(&self, errors: &mut FieldErrors, at: &str) {
+        if !is_dns1123_label(&self.name) {
+            errors.push(
+                format!("{at}.name"),
+                FieldErrorKind::Invalid,
+                MSG_SOURCE_NAME,
+            );
+        }
+        if self.uri.len() > MAX_URI_LEN {
+            errors.push(
+                format!("{at}.uri"),
+                FieldErrorKind::Invalid,
+                format!("uri must be at most {MAX_URI_LEN} characters"),
+            );
+        }
+        let scheme = match SourceUri::parse(&self.uri) {
+            Ok(uri) => Some(uri.scheme),
+            Err(e) => {
+                let (kind, message) = uri_problem(&self.uri);
+                errors.push(format!("{at}.uri"), kind, format!("{message} ({e})"));
+                // Still judge the scheme-dependent fields when the scheme itself is fine.
+                self.uri
+                    .split_once("://")
+                    .and_then(|(s, _)| crate::Scheme::ALL.into_iter().find(|x| x.as_str() == s))
+            }
+        };
+        if !is_mount_path(&self.mount_path) {
+            errors.push(
+                format!("{at}.mountPath"),
+                FieldErrorKind::Invalid,
+                MSG_MOUNT_PATH,
+            );
+        }
+        if let Some(endpoint) = &self.endpoint {
+            if !is_http_url(endpoint) || endpoint.len() > 2048 {
+                errors.push(
+                    format!("{at}.endpoint"),
+                    FieldErrorKind::Invalid,
+                    MSG_ENDPOINT,
+                );
+            }
+            if scheme.is_some_and(|s| !s.accepts_endpoint()) {
+                errors.push(
+                    format!("{at}.endpoint"),
+                    FieldErrorKind::Forbidden,
+                    MSG_ENDPOINT_SCHEME,
+                );
+            }
+        }
+        if let Some(region) = &self.region {
+            if !is_region(region) {
+                errors.push(format!("{at}.region"), FieldErrorKind::Invalid, MSG_REGION);
+            }
+            if scheme.is_some_and(|s| !s.accepts_region()) {
+                errors.push(
+                    format!("{at}.region"),
+                    FieldErrorKind::Forbidden,
+                    MSG_REGION_SCHEME,
+                );
+            }
+        }
+        if let Some(secret) = &self.credentials_secret_ref {
+            if !is_dns1123_subdomain(&secret.name) {
+                errors.push(
+                    format!("{at}.credentialsSecretRef.name"),
+                    FieldErrorKind::Invalid,
+                    MSG_OBJECT_NAME,
+                );
+            }
+            if scheme.is_some_and(|s| !s.accepts_credentials()) {
+                errors.push(
+                    format!("{at}.credentialsSecretRef"),
+                    FieldErrorKind::Forbidden,
+                    MSG_CREDENTIALS_SCHEME,
+                );
+            }
+        }
+        if self.options.len() > MAX_OPTIONS {
+            errors.push(
+                format!("{at}.options"),
+                FieldErrorKind::Invalid,
+                format!("options must have at most {MAX_OPTIONS} entries"),
+            );
+        }
+        if let Some(key) = self.options.keys().find(|k| !is_option_key(k)) {
+            errors.push(
+                format!("{at}.options"),
+                FieldErrorKind::Invalid,
+                format!("{MSG_OPTION_KEY} (offending key: {key:?})"),
+            );
+        }
+    }
+}
+
+/// Which of the uri rules a bad uri breaks, for a message matching the API server's.
+fn uri_problem(uri: &str) -> (FieldErrorKind, &'static str) {
+    let scheme_ok = ["s3://", "gs://", "az://", "http://", "https://", "file://"]
+        .iter()
+        .any(|p| uri.starts_with(p));
+    if !scheme_ok {
+        (FieldErrorKind::NotSupported, MSG_URI_SCHEME)
+    } else if uri
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+    {
+        (FieldErrorKind::Invalid, MSG_URI_USERINFO)
+    } else if uri.split('/').any(|seg| seg == "..") {
+        (FieldErrorKind::Invalid, MSG_URI_DOTDOT)
+    } else {
+        (FieldErrorKind::Invalid, MSG_URI_SHAPE)
+    }
+}
+
+impl Dataset {
+    /// Checks the spec against every rule of the CRD; the error lists each
+    /// problem with its field path, e.g. `spec.sources[1].mountPath`.
+    pub fn validate(&self) -> Result<()> {
+        FieldErrors(self.spec.field_errors()).into_result("Dataset", object_name(self))
+    }
+}
+
+/// `namespace/name`, or `name` for cluster-scoped or not-yet-namespaced objects.
+pub(crate) fn object_name<K: ResourceExt>(obj: &K) -> String {
+    match obj.namespace() {
+        Some(ns) => format!("{ns}/{}", obj.name_any()),
+        None => obj.name_any(),
+    }
+}

@@ -1,0 +1,152 @@
+//! `StrataNode`: one per node, written by that node's agent; the operator sums
+//! these reports into each `Dataset`'s status.
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+use crate::Tier;
+use crate::validation::{HTTP_URL_PATTERN, MSG_ENDPOINT, cel_matches};
+
+/// What one node's cache agent holds and can hold. Cluster-scoped, named
+/// after the node; written only by that node's agent.
+// Each printcolumn(...) repeats `type_ = ...`; clippy reads that as a duplicated attribute.
+#[allow(clippy::duplicated_attributes)]
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "strata.dev",
+    version = "v1alpha1",
+    kind = "StrataNode",
+    plural = "stratanodes",
+    singular = "stratanode",
+    shortname = "snode",
+    category = "strata",
+    status = "StrataNodeStatus",
+    derive = "PartialEq",
+    doc = "What one node's Strata cache agent holds and can hold; written by that agent, summed by the operator into each Dataset's status.",
+    printcolumn(name = "Node", type_ = "string", json_path = ".spec.nodeName"),
+    printcolumn(
+        name = "Datasets",
+        type_ = "integer",
+        json_path = ".status.datasetCount",
+        description = "Datasets with data cached on this node"
+    ),
+    printcolumn(
+        name = "Cached",
+        type_ = "string",
+        json_path = ".status.cachedSize",
+        description = "Bytes cached on this node, all datasets and tiers"
+    ),
+    printcolumn(
+        name = "Endpoint",
+        type_ = "string",
+        json_path = ".spec.endpoint",
+        priority = 1
+    ),
+    printcolumn(
+        name = "Heartbeat",
+        type_ = "date",
+        json_path = ".status.lastHeartbeat",
+        description = "When the agent last reported"
+    ),
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
+)]
+#[serde(rename_all = "camelCase")]
+pub struct StrataNodeSpec {
+    /// The Kubernetes node this agent runs on.
+    #[schemars(length(min = 1, max = 253))]
+    pub node_name: String,
+
+    /// URL of the agent's HTTP API for peers and jobs, such as
+    /// `http://10.0.0.5:7070`. Other agents fetch blocks this node owns from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    #[x_kube(validation = Rule::new(cel_matches(HTTP_URL_PATTERN)).message(MSG_ENDPOINT))]
+    pub endpoint: Option<String>,
+}
+
+/// The agent's report.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StrataNodeStatus {
+    /// Capacity and use of each cache tier on this node (set at install time).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tiers: Vec<TierUsage>,
+
+    /// What this node holds per dataset.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub datasets: Vec<NodeDatasetUsage>,
+
+    /// len(datasets), for the Datasets column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dataset_count: Option<u32>,
+
+    /// Bytes cached on this node over all datasets and tiers.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_bytes: Option<u64>,
+
+    /// cachedBytes for people, e.g. `3.2Gi` (the Cached column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cached_size: Option<String>,
+
+    /// When the agent last wrote this report. The operator treats a node whose
+    /// heartbeat is older than a few report intervals as gone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_heartbeat: Option<Time>,
+
+    /// Version of the agent binary.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_version: Option<String>,
+
+    /// Standard conditions: Ready (the agent serves its cache and mounts).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+}
+
+/// Capacity and use of one cache tier on one node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct TierUsage {
+    /// Memory or SSD.
+    pub tier: Tier,
+    /// Bytes this tier may hold on this node.
+    pub capacity_bytes: u64,
+    /// Bytes this tier holds now.
+    pub used_bytes: u64,
+    /// Where the tier keeps its blocks (SSD only), e.g. `/var/cache/strata`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub path: Option<String>,
+}
+
+/// What one node holds of one dataset.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeDatasetUsage {
+    /// Namespace of the Dataset.
+    pub namespace: String,
+    /// Name of the Dataset.
+    pub name: String,
+    /// UID of the Dataset, so a report about a deleted and re-created dataset
+    /// of the same name is not summed into the new one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
+    /// Bytes of the dataset cached on this node, all tiers.
+    pub cached_bytes: u64,
+    /// Bytes of the dataset held here because a pin rule matched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pinned_bytes: Option<u64>,
+    /// Files with at least one block cached on this node.
+    pub files: u64,
+    /// Reads served from this node's cache since the agent started.
+    pub hits: u64,
+    /// Reads that went to a peer or the source since the agent started.
+    pub misses: u64,
+    /// When these numbers were taken.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_update: Option<Time>,
+}
