@@ -1,1 +1,30 @@
-//! strata-e2e
+//! End-to-end test support for Strata.
+//!
+//! [`Cluster::shared`] starts (once per test process) or reuses a local Kubernetes control plane
+//! — etcd, kube-apiserver, kube-controller-manager and kube-scheduler built from the upstream Go
+//! modules by `e2e/cluster/cluster.sh` — and hands out API clients and `kubectl`/`helm` runners.
+//! [`TestNamespace`] gives each test its own namespace. There is no kubelet: Pods are created and
+//! scheduled against no nodes, so they stay `Pending`.
+//!
+//! ```no_run
+//! # async fn example() -> strata_e2e::Result<()> {
+//! use strata_e2e::{Cluster, TestNamespace};
+//! let cluster = Cluster::shared().await?;
+//! let ns = TestNamespace::create(cluster, "demo").await?;
+//! cluster.kubectl(&["-n", ns.name(), "create", "configmap", "c"]).await?;
+//! ns.cleanup().await?;
+//! # Ok(())
+//! # }
+//! ```
+
+mod cluster;
+mod error;
+mod namespace;
+mod tool;
+mod wait;
+
+pub use cluster::Cluster;
+pub use error::{Error, Result};
+pub use namespace::TestNamespace;
+pub use tool::ToolOutput;
+pub use wait::wait_until;

@@ -1,0 +1,218 @@
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+
+use kube::config::{KubeConfigOptions, Kubeconfig};
+use tokio::process::Command;
+use tokio::sync::OnceCell;
+
+use crate::tool::{self, ToolOutput};
+use crate::{Error, Result};
+
+/// Lines of script output kept in an error message.
+const OUTPUT_TAIL_LINES: usize = 40;
+
+/// The local control plane, shared by every test in a process.
+#[derive(Debug)]
+pub struct Cluster {
+    script: PathBuf,
+    kubeconfig: PathBuf,
+    bin_dir: PathBuf,
+    state_dir: PathBuf,
+    api_server: String,
+    k8s_version: String,
+    helm_version: String,
+}
+
+// Holds the outcome of the one start attempt per process; a failure is kept as text so every
+// later test fails fast with the same reason instead of retrying a 30-minute build.
+static SHARED: OnceCell<std::result::Result<Cluster, String>> = OnceCell::const_new();
+
+impl Cluster {
+    /// Starts the control plane with `cluster.sh up` the first time it is called in a process
+    /// (building the binaries if they are missing) and returns it; later calls, and runs while a
+    /// cluster from an earlier `up` is still healthy, reuse it. The cluster is left running when
+    /// the process exits so the next test run starts in a second; `cluster.sh down` stops it.
+    pub async fn shared() -> Result<&'static Cluster> {
+        let outcome = SHARED
+            .get_or_init(|| async { Self::start().await.map_err(|e| e.to_string()) })
+            .await;
+        outcome.as_ref().map_err(|message| Error::ClusterScript {
+            script: script_path(),
+            action: "up".into(),
+            status: "failed earlier in this test process".into(),
+            output_tail: message.clone(),
+        })
+    }
+
+    async fn start() -> Result<Cluster> {
+        let script = script_path();
+        eprintln!(
+            "strata-e2e: `{} up` (reuses a running cluster; the first run on a machine builds \
+             Kubernetes from source, which takes a long while)",
+            script.display()
+        );
+        run_script(&script, "up").await?;
+        let paths = parse_paths(&run_script(&script, "paths").await?);
+        let get = |key: &str| {
+            paths.get(key).cloned().ok_or_else(|| Error::ClusterPaths {
+                script: script.clone(),
+                key: key.into(),
+            })
+        };
+        Ok(Cluster {
+            kubeconfig: get("KUBECONFIG")?.into(),
+            bin_dir: get("BIN_DIR")?.into(),
+            state_dir: get("STATE_DIR")?.into(),
+            api_server: get("API_SERVER")?,
+            k8s_version: get("K8S_VERSION")?,
+            helm_version: get("HELM_VERSION")?,
+            script,
+        })
+    }
+
+    /// Path of the admin kubeconfig (cluster-admin through the `system:masters` group).
+    pub fn kubeconfig(&self) -> &Path {
+        &self.kubeconfig
+    }
+
+    /// Directory holding etcd, kube-*, kubectl, helm and csi-sanity.
+    pub fn bin_dir(&self) -> &Path {
+        &self.bin_dir
+    }
+
+    /// Path of one of the built tools, e.g. `cluster.bin("csi-sanity")`.
+    pub fn bin(&self, name: &str) -> PathBuf {
+        self.bin_dir.join(name)
+    }
+
+    /// Directory with the control plane's logs (`logs/`), PKI and etcd data.
+    pub fn state_dir(&self) -> &Path {
+        &self.state_dir
+    }
+
+    /// The `cluster.sh` this cluster was started with.
+    pub fn script(&self) -> &Path {
+        &self.script
+    }
+
+    /// `https://127.0.0.1:<port>`.
+    pub fn api_server(&self) -> &str {
+        &self.api_server
+    }
+
+    /// The pinned Kubernetes release the binaries were built from, e.g. `v1.37.2`.
+    pub fn k8s_version(&self) -> &str {
+        &self.k8s_version
+    }
+
+    /// The pinned Helm release, e.g. `v3.22.0`.
+    pub fn helm_version(&self) -> &str {
+        &self.helm_version
+    }
+
+    /// A new admin client. Each call builds its own: a client's connection pool lives on the
+    /// Tokio runtime that created it, and every `#[tokio::test]` has its own runtime.
+    pub async fn client(&self) -> Result<kube::Client> {
+        let kubeconfig =
+            Kubeconfig::read_from(&self.kubeconfig).map_err(|source| Error::Kubeconfig {
+                path: self.kubeconfig.clone(),
+                source,
+            })?;
+        let config =
+            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+                .await
+                .map_err(|source| Error::Kubeconfig {
+                    path: self.kubeconfig.clone(),
+                    source,
+                })?;
+        kube::Client::try_from(config).map_err(|source| Error::Client {
+            path: self.kubeconfig.clone(),
+            source,
+        })
+    }
+
+    /// Runs `kubectl args...` against this cluster and returns its stdout.
+    pub async fn kubectl(&self, args: &[&str]) -> Result<String> {
+        Ok(self.run("kubectl", args, None).await?.stdout)
+    }
+
+    /// `kubectl apply --server-side -f -` with `manifest` (YAML or JSON, may hold several documents).
+    pub async fn apply(&self, manifest: &str) -> Result<String> {
+        let args = [
+            "apply",
+            "--server-side",
+            "--field-manager=strata-e2e",
+            "-f",
+            "-",
+        ];
+        Ok(self
+            .run("kubectl", &args, Some(manifest.as_bytes()))
+            .await?
+            .stdout)
+    }
+
+    /// Runs `helm args...` against this cluster and returns its stdout.
+    pub async fn helm(&self, args: &[&str]) -> Result<String> {
+        Ok(self.run("helm", args, None).await?.stdout)
+    }
+
+    /// Runs any tool from [`Cluster::bin_dir`] with `KUBECONFIG` set, optionally feeding stdin.
+    pub async fn run(&self, tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<ToolOutput> {
+        tool::run(&self.bin(tool), args, &self.kubeconfig, stdin).await
+    }
+}
+
+fn script_path() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/cluster.sh")
+}
+
+async fn run_script(script: &Path, action: &str) -> Result<String> {
+    let output = Command::new("bash")
+        .arg(script)
+        .arg(action)
+        .stdin(Stdio::null())
+        .output()
+        .await
+        .map_err(|source| Error::Spawn {
+            program: script.to_path_buf(),
+            source,
+        })?;
+    if output.status.success() {
+        return Ok(String::from_utf8_lossy(&output.stdout).into_owned());
+    }
+    let combined = format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let lines: Vec<&str> = combined.lines().collect();
+    let tail = lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n");
+    Err(Error::ClusterScript {
+        script: script.to_path_buf(),
+        action: action.into(),
+        status: output.status.to_string(),
+        output_tail: tail,
+    })
+}
+
+fn parse_paths(output: &str) -> BTreeMap<String, String> {
+    output
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_output_is_parsed_as_key_value_lines() {
+        let paths = parse_paths("KUBECONFIG=/s/kubeconfig\nBIN_DIR=/c/bin\nnoise\n");
+        assert_eq!(paths["KUBECONFIG"], "/s/kubeconfig");
+        assert_eq!(paths["BIN_DIR"], "/c/bin");
+        assert_eq!(paths.len(), 2);
+    }
+}

@@ -1,0 +1,63 @@
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Everything that can go wrong while preparing or talking to the test cluster.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(
+        "`{script} {action}` failed ({status}); last output:\n{output_tail}\n\
+         Run `{script} {action}` by hand to see the whole output; logs are in the state dir \
+         (`{script} paths` prints it)."
+    )]
+    ClusterScript {
+        script: PathBuf,
+        action: String,
+        status: String,
+        output_tail: String,
+    },
+
+    #[error("`{script} paths` printed no {key}= line; is the script from this checkout?")]
+    ClusterPaths { script: PathBuf, key: String },
+
+    #[error("could not start {program}: {source}; run `e2e/cluster/cluster.sh build` to build it")]
+    Spawn {
+        program: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("`{command}` failed ({status})\nstderr:\n{stderr}\nstdout:\n{stdout}")]
+    CommandFailed {
+        command: String,
+        status: String,
+        stdout: String,
+        stderr: String,
+    },
+
+    #[error("reading kubeconfig {path}: {source}")]
+    Kubeconfig {
+        path: PathBuf,
+        #[source]
+        source: kube::config::KubeconfigError,
+    },
+
+    #[error("building a Kubernetes client from {path}: {source}")]
+    Client {
+        path: PathBuf,
+        #[source]
+        source: kube::Error,
+    },
+
+    #[error("Kubernetes API request failed: {0}")]
+    Api(#[from] kube::Error),
+
+    #[error("timed out after {timeout:?} waiting for {what}{}", last.as_ref().map(|l| format!("; last seen: {l}")).unwrap_or_default())]
+    Timeout {
+        what: String,
+        timeout: Duration,
+        last: Option<String>,
+    },
+}
+
+/// Result with this crate's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
