@@ -491,3 +491,108 @@ impl CachePolicy {
         FieldErrors(self.spec.field_errors()).into_result("CachePolicy", object_name(self))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(spec: serde_json::Value) -> CachePolicy {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "strata.dev/v1alpha1",
+            "kind": "CachePolicy",
+            "metadata": {"name": "p", "namespace": "ns"},
+            "spec": spec,
+        }))
+        .expect("deserializes")
+    }
+
+    #[test]
+    fn defaults_and_typed_accessors() {
+        let p = policy(serde_json::json!({"quota": "200Gi"}));
+        assert_eq!(p.spec.quota_bytes().unwrap(), 200 << 30);
+        assert_eq!(p.spec.block_size_bytes().unwrap(), DEFAULT_BLOCK_SIZE);
+        assert_eq!(
+            p.spec.replicas().unwrap(),
+            Replicas::Count(NonZeroU32::new(1).unwrap())
+        );
+        assert_eq!(p.spec.tiers, [Tier::Memory, Tier::Ssd]);
+        assert_eq!(p.spec.eviction, Eviction::S3Fifo);
+        assert_eq!(p.spec.metadata_ttl().unwrap(), Duration::from_secs(60));
+        assert_eq!(p.spec.data_ttl().unwrap(), None);
+        p.validate().unwrap();
+    }
+
+    #[test]
+    fn integer_quantities_as_the_api_server_stores_them() {
+        // `quota: 1073741824` in YAML stays an integer in the stored object.
+        let p = policy(serde_json::json!({"quota": 1073741824u64, "blockSize": 2097152}));
+        assert_eq!(p.spec.quota_bytes().unwrap(), 1 << 30);
+        assert_eq!(p.spec.block_size_bytes().unwrap(), 2 << 20);
+        // And it serializes back as a string quantity, which the schema also accepts.
+        let back = serde_json::to_value(&p).unwrap();
+        assert_eq!(back["spec"]["quota"], "1073741824");
+    }
+
+    #[test]
+    fn replicas_all_and_counts() {
+        let p = policy(serde_json::json!({"quota": "1Gi", "replicas": "All",
+            "pin": [{"paths": ["/a/**"], "replicas": 3}]}));
+        assert_eq!(p.spec.replicas().unwrap(), Replicas::All);
+        let pin = Replicas::parse(p.spec.pin[0].replicas.as_ref().unwrap()).unwrap();
+        assert_eq!(pin, Replicas::Count(NonZeroU32::new(3).unwrap()));
+        for bad in [
+            IntOrString::Int(0),
+            IntOrString::Int(-1),
+            IntOrString::String("all".into()),
+            IntOrString::String("3".into()),
+        ] {
+            assert!(Replicas::parse(&bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn validate_reports_every_problem_with_its_path() {
+        let p = policy(serde_json::json!({
+            "quota": "0",
+            "blockSize": "3Mi",
+            "replicas": 0,
+            "tiers": ["SSD", "SSD"],
+            "metadata": {"ttl": "5 minutes"},
+            "ttl": "0d",
+            "datasetSelector": {"matchExpressions": [{"key": "team", "operator": "In"}]},
+            "pin": [{"paths": ["/ok/**", "rel/**", "/a/../../b"], "modifiedWithin": "2w", "replicas": "every"}],
+            "preload": [{"paths": [], "schedule": "0 2 * *", "concurrency": 65}],
+        }));
+        let Err(Error::Invalid { kind, name, errors }) = p.validate() else {
+            panic!("expected Error::Invalid");
+        };
+        assert_eq!((kind, name.as_str()), ("CachePolicy", "ns/p"));
+        let fields: Vec<&str> = errors.iter().map(|e| e.field.as_str()).collect();
+        assert_eq!(
+            fields,
+            [
+                "spec.quota",
+                "spec.tiers[1]",
+                "spec.blockSize",
+                "spec.replicas",
+                "spec.metadata.ttl",
+                "spec.ttl",
+                "spec.datasetSelector.matchExpressions[0].values",
+                "spec.pin[0].paths[1]",
+                "spec.pin[0].paths[2]",
+                "spec.pin[0].modifiedWithin",
+                "spec.pin[0].replicas",
+                "spec.preload[0].paths",
+                "spec.preload[0].schedule",
+                "spec.preload[0].concurrency",
+            ]
+        );
+        let text = Error::Invalid { kind, name, errors }.to_string();
+        assert!(
+            text.starts_with(
+                "CachePolicy ns/p is invalid: spec.quota: Invalid value: quota must be a positive"
+            ),
+            "{text}"
+        );
+    }
+}

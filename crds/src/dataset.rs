@@ -556,3 +556,77 @@ pub(crate) fn object_name<K: ResourceExt>(obj: &K) -> String {
         None => obj.name_any(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{Error, Scheme};
+
+    fn dataset(sources: serde_json::Value) -> Dataset {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "strata.dev/v1alpha1",
+            "kind": "Dataset",
+            "metadata": {"name": "d", "namespace": "ns"},
+            "spec": {"sources": sources},
+        }))
+        .expect("deserializes")
+    }
+
+    fn fields(d: &Dataset) -> Vec<String> {
+        match d.validate() {
+            Ok(()) => vec![],
+            Err(Error::Invalid { errors, .. }) => errors.into_iter().map(|e| e.field).collect(),
+            Err(other) => panic!("{other}"),
+        }
+    }
+
+    #[test]
+    fn a_valid_multi_store_dataset() {
+        let d = dataset(serde_json::json!([
+            {"name": "train", "uri": "s3://b/train/", "mountPath": "/train", "region": "us-east-1",
+             "endpoint": "http://127.0.0.1:9000", "credentialsSecretRef": {"name": "s3-creds"},
+             "options": {"allow_http": "true"}},
+            {"name": "labels", "uri": "gs://labels/", "mountPath": "/labels"},
+            {"name": "web", "uri": "https://example.com/files/", "mountPath": "/web"},
+        ]));
+        assert_eq!(fields(&d), Vec::<String>::new());
+        assert!(d.spec.sources[0].read_only, "readOnly defaults to true");
+        assert_eq!(d.spec.sources[1].parsed_uri().unwrap().scheme, Scheme::Gcs);
+    }
+
+    #[test]
+    fn mount_path_rules_name_the_later_source() {
+        let d = dataset(serde_json::json!([
+            {"name": "root", "uri": "s3://a/", "mountPath": "/"},
+            {"name": "x", "uri": "s3://b/", "mountPath": "/x"},
+            {"name": "x", "uri": "s3://c/", "mountPath": "/x"},
+        ]));
+        assert_eq!(
+            fields(&d),
+            [
+                "spec.sources[1].mountPath", // nested under /
+                "spec.sources[2].name",      // duplicate name
+                "spec.sources[2].mountPath", // duplicate mountPath
+                "spec.sources[2].mountPath", // nested under /
+            ]
+        );
+    }
+
+    #[test]
+    fn scheme_dependent_fields() {
+        let d = dataset(serde_json::json!([
+            {"name": "f", "uri": "file:///data", "mountPath": "/f",
+             "credentialsSecretRef": {"name": "c"}, "endpoint": "http://x:1", "region": "eu"},
+            {"name": "g", "uri": "gs://b/", "mountPath": "/g", "region": "eu", "endpoint": "http://fake-gcs:4443"},
+        ]));
+        assert_eq!(
+            fields(&d),
+            [
+                "spec.sources[0].endpoint",
+                "spec.sources[0].region",
+                "spec.sources[0].credentialsSecretRef",
+                "spec.sources[1].region",
+            ]
+        );
+    }
+}

@@ -159,3 +159,54 @@ fn every_field_is_documented() {
         "fields without a description: {missing:#?}"
     );
 }
+
+/// docs/api.md is the API reference: every spec and status field must appear
+/// in it (as `name` in backticks), so a new field cannot go undocumented.
+#[test]
+fn api_reference_mentions_every_field() {
+    fn names(schema: &Value, out: &mut BTreeSet<String>) {
+        if let Some(props) = schema.get("properties").and_then(Value::as_object) {
+            for (name, prop) in props {
+                out.insert(name.clone());
+                names(prop, out);
+            }
+        }
+        if let Some(items) = schema.get("items") {
+            names(items, out);
+        }
+    }
+    let docs = std::fs::read_to_string(repo_root().join("docs/api.md")).expect("docs/api.md");
+    let mut missing = Vec::new();
+    for crd in crds() {
+        let crd = serde_json::to_value(&crd).unwrap();
+        let root = &crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"];
+        let mut fields = BTreeSet::new();
+        names(&root["spec"], &mut fields);
+        names(&root["status"], &mut fields);
+        // Fields of the embedded metav1 types (Condition, LabelSelector) are documented upstream.
+        for upstream in [
+            "lastTransitionTime",
+            "message",
+            "observedGeneration",
+            "reason",
+            "status",
+            "type",
+            "matchExpressions",
+            "matchLabels",
+            "key",
+            "operator",
+            "values",
+        ] {
+            fields.remove(upstream);
+        }
+        for field in fields {
+            if !docs.contains(&format!("`{field}`")) && !docs.contains(&format!(".{field}`")) {
+                missing.push(field);
+            }
+        }
+    }
+    assert!(
+        missing.is_empty(),
+        "docs/api.md does not mention: {missing:?}"
+    );
+}
