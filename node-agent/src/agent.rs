@@ -1,0 +1,228 @@
+//! The node-wide agent: one block cache (memory + disk tiers) shared by every dataset
+//! configured on this node.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use crate::cache::{BlockCache, DatasetCache, DatasetCacheSettings};
+use crate::config::DatasetConfig;
+use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits};
+use crate::metrics::Metrics;
+use crate::{Error, Result};
+
+/// Node-level settings (set at install time; datasets get shares of them).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AgentConfig {
+    /// Directory of the disk tier (created if missing).
+    pub cache_dir: PathBuf,
+    /// Memory tier size in bytes.
+    pub memory_bytes: u64,
+    /// Disk tier size in bytes (0 disables the disk tier).
+    pub disk_bytes: u64,
+    /// Most bytes read ahead for one open file (default 64 MiB).
+    pub readahead_per_file_bytes: u64,
+    /// Most bytes read ahead over all open files (default 512 MiB).
+    pub readahead_total_bytes: u64,
+}
+
+impl AgentConfig {
+    /// Settings with default readahead limits.
+    pub fn new(cache_dir: impl Into<PathBuf>, memory_bytes: u64, disk_bytes: u64) -> Self {
+        AgentConfig {
+            cache_dir: cache_dir.into(),
+            memory_bytes,
+            disk_bytes,
+            readahead_per_file_bytes: 64 << 20,
+            readahead_total_bytes: 512 << 20,
+        }
+    }
+}
+
+/// The agent: datasets by (namespace, name) over one node cache.
+pub struct Agent {
+    config: AgentConfig,
+    cache: Arc<BlockCache>,
+    metrics: Arc<Metrics>,
+    readahead: ReadaheadLimits,
+    datasets: Mutex<BTreeMap<(String, String), Arc<DatasetView>>>,
+    expiry: Mutex<BTreeMap<(String, String), tokio::task::JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Agent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Agent")
+            .field("config", &self.config)
+            .finish()
+    }
+}
+
+impl Agent {
+    /// Creates the agent (the cache directory is created; nothing is indexed until a
+    /// dataset is added, which rebuilds that dataset's index from disk).
+    pub async fn new(config: AgentConfig) -> Result<Arc<Self>> {
+        Self::with_metrics(config, Arc::new(Metrics::new())).await
+    }
+
+    /// Like [`Agent::new`] with a given metrics registry.
+    pub async fn with_metrics(config: AgentConfig, metrics: Arc<Metrics>) -> Result<Arc<Self>> {
+        let cache = BlockCache::new(
+            &config.cache_dir,
+            config.memory_bytes,
+            config.disk_bytes,
+            metrics.clone(),
+        )?;
+        let units = (config.readahead_total_bytes / READAHEAD_UNIT)
+            .min(Semaphore::MAX_PERMITS as u64) as usize;
+        Ok(Arc::new(Agent {
+            readahead: ReadaheadLimits {
+                per_file_bytes: config.readahead_per_file_bytes,
+                total: Arc::new(Semaphore::new(units)),
+            },
+            config,
+            cache,
+            metrics,
+            datasets: Mutex::new(BTreeMap::new()),
+            expiry: Mutex::new(BTreeMap::new()),
+        }))
+    }
+
+    /// Node settings.
+    pub fn config(&self) -> &AgentConfig {
+        &self.config
+    }
+
+    /// The metrics registry (text exposition: `metrics().encode()`).
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
+    }
+
+    /// The node cache.
+    pub fn block_cache(&self) -> &Arc<BlockCache> {
+        &self.cache
+    }
+
+    /// Adds a dataset, or replaces it when its configuration changed (the cache is kept
+    /// when the block size is unchanged; settings such as quota and pins apply in place).
+    /// Returns the view to serve it through.
+    pub async fn add_dataset(&self, config: DatasetConfig) -> Result<Arc<DatasetView>> {
+        config.validate()?;
+        let key = (config.namespace.clone(), config.name.clone());
+        let id = format!("{}/{}", config.namespace, config.name);
+        let settings = DatasetCacheSettings {
+            block_size: config.cache.block_size,
+            quota: config.cache.quota,
+            eviction: config.cache.eviction,
+            pins: config.cache.pins.clone(),
+            data_ttl: config.cache.data_ttl,
+        };
+        let existing = self.datasets.lock().expect("datasets").get(&key).cloned();
+        if let Some(old) = &existing {
+            if old.config() == &config {
+                return Ok(old.clone());
+            }
+        }
+        let cache = match &existing {
+            Some(old) if old.block_size() == config.cache.block_size => {
+                old.cache().update(&settings)?;
+                old.cache().clone()
+            }
+            _ => {
+                let cache = self.cache.clone();
+                let id2 = id.clone();
+                tokio::task::spawn_blocking(move || DatasetCache::open(cache, &id2, settings))
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))??
+            }
+        };
+        let view = DatasetView::new(
+            config,
+            cache.clone(),
+            self.readahead.clone(),
+            self.metrics.clone(),
+        )?;
+        self.datasets
+            .lock()
+            .expect("datasets")
+            .insert(key.clone(), view.clone());
+        self.start_expiry(key, cache);
+        tracing::info!(dataset = %id, "dataset configured");
+        Ok(view)
+    }
+
+    fn start_expiry(&self, key: (String, String), cache: Arc<DatasetCache>) {
+        let mut expiry = self.expiry.lock().expect("expiry");
+        if let Some(old) = expiry.remove(&key) {
+            old.abort();
+        }
+        if cache.data_ttl().is_none() {
+            return;
+        }
+        let weak = Arc::downgrade(&cache);
+        let handle = tokio::spawn(async move {
+            loop {
+                let Some(cache) = weak.upgrade() else { return };
+                let Some(ttl) = cache.data_ttl() else { return };
+                let tick = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+                let c = cache.clone();
+                let _ = tokio::task::spawn_blocking(move || c.expire()).await;
+                drop(cache);
+                tokio::time::sleep(tick).await;
+            }
+        });
+        expiry.insert(key, handle);
+    }
+
+    /// The dataset with this namespace and name.
+    pub fn dataset(&self, namespace: &str, name: &str) -> Option<Arc<DatasetView>> {
+        self.datasets
+            .lock()
+            .expect("datasets")
+            .get(&(namespace.to_string(), name.to_string()))
+            .cloned()
+    }
+
+    /// Every configured dataset.
+    pub fn datasets(&self) -> Vec<Arc<DatasetView>> {
+        self.datasets
+            .lock()
+            .expect("datasets")
+            .values()
+            .cloned()
+            .collect()
+    }
+
+    /// Removes a dataset; with `drop_cache` its cached data is deleted too (otherwise it
+    /// stays on disk and is picked up again if the dataset comes back).
+    pub async fn remove_dataset(
+        &self,
+        namespace: &str,
+        name: &str,
+        drop_cache: bool,
+    ) -> Result<()> {
+        let key = (namespace.to_string(), name.to_string());
+        let view = self.datasets.lock().expect("datasets").remove(&key);
+        if let Some(h) = self.expiry.lock().expect("expiry").remove(&key) {
+            h.abort();
+        }
+        let Some(view) = view else {
+            return Err(Error::DatasetNotFound {
+                namespace: namespace.into(),
+                name: name.into(),
+            });
+        };
+        let cache = view.cache().clone();
+        tokio::task::spawn_blocking(move || {
+            if drop_cache {
+                cache.drop_all();
+            }
+            cache.detach();
+        })
+        .await
+        .map_err(|e| Error::Task(e.to_string()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,511 @@
+//! Dataset configuration: what the operator (or a YAML/JSON file) tells the agent.
+//!
+//! Field names are camelCase in YAML/JSON. Sizes accept plain byte counts or strings
+//! like `512Mi`, `4Gi`, `10G`; durations accept seconds or strings like `30s`, `5m`, `30d`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+use crate::{Error, Result};
+
+/// Default block size: 4 MiB.
+pub const DEFAULT_BLOCK_SIZE: u64 = 4 * 1024 * 1024;
+/// Default metadata TTL.
+pub const DEFAULT_METADATA_TTL: Duration = Duration::from_secs(60);
+
+/// One dataset: several sources forming one namespace, plus its cache settings.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct DatasetConfig {
+    /// Kubernetes namespace of the Dataset ("default" for standalone mounts).
+    #[serde(default = "default_namespace")]
+    pub namespace: String,
+    /// Dataset name.
+    pub name: String,
+    /// The sources, each visible under its `mountPath`.
+    pub sources: Vec<SourceConfig>,
+    /// Cache settings for this dataset.
+    #[serde(default)]
+    pub cache: CacheSettings,
+}
+
+fn default_namespace() -> String {
+    "default".to_string()
+}
+
+/// One source (bucket prefix, HTTP base URL or local directory).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Name, unique within the dataset; appears in errors and metric labels.
+    pub name: String,
+    /// `s3://bucket/prefix/`, `gs://bucket/prefix/`, `az://container/prefix/`,
+    /// `http(s)://host/base/`, `file:///abs/dir` or a plain absolute path.
+    pub uri: String,
+    /// Where the source appears in the dataset namespace ("/" by default).
+    #[serde(default = "default_mount_path")]
+    pub mount_path: String,
+    /// S3-compatible endpoint (e.g. `http://127.0.0.1:9000`); `http://` enables plain HTTP.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    /// Region (S3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    /// Explicit credentials; absent means "from the environment" (AWS_*, GOOGLE_*, AZURE_*).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<Credentials>,
+    /// Always true in this version: the engine never writes to a source.
+    #[serde(default = "default_true")]
+    pub read_only: bool,
+    /// Extra object_store configuration keys, e.g. `virtual_hosted_style_request: "true"`,
+    /// `skip_signature: "true"`, `allow_http: "true"`, `timeout: "30s"`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+    /// Most requests in flight towards this source at once (default 64).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrency: Option<usize>,
+    /// Retries per request on transient errors (default 3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_retries: Option<usize>,
+}
+
+impl Default for SourceConfig {
+    fn default() -> Self {
+        SourceConfig {
+            name: String::new(),
+            uri: String::new(),
+            mount_path: default_mount_path(),
+            endpoint: None,
+            region: None,
+            credentials: None,
+            read_only: true,
+            options: BTreeMap::new(),
+            max_concurrency: None,
+            max_retries: None,
+        }
+    }
+}
+
+fn default_mount_path() -> String {
+    "/".to_string()
+}
+fn default_true() -> bool {
+    true
+}
+
+/// Explicit credentials. `Debug` and `Display` never show the secrets.
+#[derive(Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Credentials {
+    /// S3 access key id.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    /// S3 secret access key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    /// S3 session token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    /// GCS service account key (JSON text).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_account_key: Option<String>,
+    /// Azure storage account name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    /// Azure storage account key.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<String>,
+    /// Azure SAS token or HTTP bearer token.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl fmt::Debug for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(self, f)
+    }
+}
+
+impl fmt::Display for Credentials {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let shown = |o: &Option<String>| if o.is_some() { "<redacted>" } else { "-" };
+        write!(
+            f,
+            "Credentials {{ accessKeyId: {}, secretAccessKey: {}, sessionToken: {}, \
+             serviceAccountKey: {}, accountName: {}, accountKey: {}, token: {} }}",
+            // The key id is not a secret, but it still identifies an account: show a prefix only.
+            self.access_key_id
+                .as_deref()
+                .map(|k| format!("{}…", k.chars().take(4).collect::<String>()))
+                .unwrap_or_else(|| "-".into()),
+            shown(&self.secret_access_key),
+            shown(&self.session_token),
+            shown(&self.service_account_key),
+            self.account_name.as_deref().unwrap_or("-"),
+            shown(&self.account_key),
+            shown(&self.token),
+        )
+    }
+}
+
+/// Which eviction policy a dataset's cache uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EvictionKind {
+    /// Least recently used.
+    #[serde(rename = "LRU", alias = "lru", alias = "Lru")]
+    Lru,
+    /// S3-FIFO: scan resistant (a one-time scan does not flush the hot set).
+    #[default]
+    #[serde(rename = "S3FIFO", alias = "s3fifo", alias = "S3Fifo")]
+    S3Fifo,
+}
+
+/// Cache settings of one dataset.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct CacheSettings {
+    /// Block size in bytes (default 4 MiB).
+    #[serde(default = "default_block_size", with = "size_serde")]
+    pub block_size: u64,
+    /// How long list/head results are trusted (default 60s).
+    #[serde(default = "default_metadata_ttl", with = "duration_serde")]
+    pub metadata_ttl: Duration,
+    /// This dataset's share of the node's disk tier in bytes; `None` = no own limit
+    /// (only the node's disk size applies).
+    #[serde(
+        default,
+        with = "opt_size_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub quota: Option<u64>,
+    /// Eviction policy.
+    #[serde(default)]
+    pub eviction: EvictionKind,
+    /// Globs (e.g. `/train/2026-11-*/**`) whose cached blocks are never evicted.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<String>,
+    /// Drop cached blocks nobody read for this long; `None` = keep until evicted.
+    #[serde(
+        default,
+        with = "opt_duration_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub data_ttl: Option<Duration>,
+}
+
+fn default_block_size() -> u64 {
+    DEFAULT_BLOCK_SIZE
+}
+fn default_metadata_ttl() -> Duration {
+    DEFAULT_METADATA_TTL
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            block_size: DEFAULT_BLOCK_SIZE,
+            metadata_ttl: DEFAULT_METADATA_TTL,
+            quota: None,
+            eviction: EvictionKind::default(),
+            pins: Vec::new(),
+            data_ttl: None,
+        }
+    }
+}
+
+impl DatasetConfig {
+    /// Loads a dataset from a YAML or JSON file (JSON is valid YAML).
+    pub fn from_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            Error::config(
+                path.display().to_string(),
+                format!("cannot read dataset config: {e}"),
+            )
+        })?;
+        Self::from_yaml(&text).map_err(|e| match e {
+            Error::Config { field, message } => Error::Config {
+                field: format!("{}: {field}", path.display()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// Parses a dataset from YAML or JSON text and validates it.
+    pub fn from_yaml(text: &str) -> Result<Self> {
+        let cfg: DatasetConfig = serde_yaml::from_str(text)
+            .map_err(|e| Error::config("dataset", format!("not a valid dataset config: {e}")))?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Checks names, mount paths, block size and globs; errors name the field.
+    pub fn validate(&self) -> Result<()> {
+        if self.name.is_empty() {
+            return Err(Error::config("name", "must not be empty"));
+        }
+        for (field, v) in [("namespace", &self.namespace), ("name", &self.name)] {
+            if v.contains('/') || v == "." || v == ".." {
+                return Err(Error::config(field, format!("{v:?} must not contain '/'")));
+            }
+        }
+        if self.sources.is_empty() {
+            return Err(Error::config("sources", "at least one source is required"));
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        let mut mounts = std::collections::BTreeSet::new();
+        for (i, s) in self.sources.iter().enumerate() {
+            if s.name.is_empty() || !seen.insert(s.name.clone()) {
+                return Err(Error::config(
+                    format!("sources[{i}].name"),
+                    format!("{:?} must be non-empty and unique", s.name),
+                ));
+            }
+            let mp = crate::path::DatasetPath::parse(&s.mount_path)
+                .map_err(|e| Error::config(format!("sources[{i}].mountPath"), e.to_string()))?;
+            if !mounts.insert(mp.clone()) {
+                return Err(Error::config(
+                    format!("sources[{i}].mountPath"),
+                    format!("{mp} is used by two sources"),
+                ));
+            }
+            if !s.read_only {
+                return Err(Error::config(
+                    format!("sources[{i}].readOnly"),
+                    "only read-only sources are supported",
+                ));
+            }
+        }
+        for a in &mounts {
+            for b in &mounts {
+                if a != b && b.starts_with(a) {
+                    return Err(Error::config(
+                        "sources[].mountPath",
+                        format!(
+                            "{b} is inside {a}; mount paths must not nest (give each source its own directory)"
+                        ),
+                    ));
+                }
+            }
+        }
+        let bs = self.cache.block_size;
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&bs) || bs % 4096 != 0 {
+            return Err(Error::config(
+                "cache.blockSize",
+                format!("{bs} must be a multiple of 4096 between 64Ki and 256Mi"),
+            ));
+        }
+        crate::glob::PathGlobs::new(&self.cache.pins)?;
+        Ok(())
+    }
+}
+
+/// Parses a byte size: `1048576`, `512Ki`, `4Mi`, `1Gi`, `2Ti`, `10K`, `10M`, `10G`, `1T`.
+pub fn parse_size(s: &str) -> Result<u64> {
+    let t = s.trim();
+    let split = t
+        .find(|c: char| !c.is_ascii_digit() && c != '.')
+        .unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "K" | "k" | "KB" => 1000,
+        "M" | "MB" => 1000_u64.pow(2),
+        "G" | "GB" => 1000_u64.pow(3),
+        "T" | "TB" => 1000_u64.pow(4),
+        "Ki" | "KiB" => 1 << 10,
+        "Mi" | "MiB" => 1 << 20,
+        "Gi" | "GiB" => 1 << 30,
+        "Ti" | "TiB" => 1 << 40,
+        other => {
+            return Err(Error::config(
+                "size",
+                format!("{s:?}: unknown unit {other:?} (use e.g. 512Mi, 4Gi, 100M)"),
+            ));
+        }
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| Error::config("size", format!("{s:?} is not a size (use e.g. 512Mi, 4Gi)")))?;
+    if !n.is_finite() || n < 0.0 {
+        return Err(Error::config("size", format!("{s:?} must be non-negative")));
+    }
+    Ok((n * mult as f64) as u64)
+}
+
+/// Parses a duration: seconds (`30`) or humantime (`30s`, `5m`, `1h30m`, `30d`).
+pub fn parse_duration(s: &str) -> Result<Duration> {
+    let t = s.trim();
+    if let Ok(secs) = t.parse::<u64>() {
+        return Ok(Duration::from_secs(secs));
+    }
+    humantime::parse_duration(t)
+        .map_err(|e| Error::config("duration", format!("{s:?}: {e} (use e.g. 30s, 5m, 1h)")))
+}
+
+#[derive(Deserialize)]
+#[serde(untagged)]
+enum NumOrString {
+    Num(u64),
+    Str(String),
+}
+
+mod size_serde {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &u64, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_u64(*v)
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<u64, D::Error> {
+        match NumOrString::deserialize(d)? {
+            NumOrString::Num(n) => Ok(n),
+            NumOrString::Str(s) => parse_size(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod opt_size_serde {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &Option<u64>, s: S) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            Some(n) => s.serialize_u64(*n),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<u64>, D::Error> {
+        match Option::<NumOrString>::deserialize(d)? {
+            None => Ok(None),
+            Some(NumOrString::Num(n)) => Ok(Some(n)),
+            Some(NumOrString::Str(s)) => parse_size(&s).map(Some).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod duration_serde {
+    use super::*;
+    pub fn serialize<S: Serializer>(v: &Duration, s: S) -> std::result::Result<S::Ok, S::Error> {
+        s.serialize_str(&humantime::format_duration(*v).to_string())
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> std::result::Result<Duration, D::Error> {
+        match NumOrString::deserialize(d)? {
+            NumOrString::Num(n) => Ok(Duration::from_secs(n)),
+            NumOrString::Str(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+mod opt_duration_serde {
+    use super::*;
+    pub fn serialize<S: Serializer>(
+        v: &Option<Duration>,
+        s: S,
+    ) -> std::result::Result<S::Ok, S::Error> {
+        match v {
+            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
+            None => s.serialize_none(),
+        }
+    }
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> std::result::Result<Option<Duration>, D::Error> {
+        match Option::<NumOrString>::deserialize(d)? {
+            None => Ok(None),
+            Some(NumOrString::Num(n)) => Ok(Some(Duration::from_secs(n))),
+            Some(NumOrString::Str(s)) => parse_duration(&s)
+                .map(Some)
+                .map_err(serde::de::Error::custom),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_yaml_with_units() {
+        let cfg = DatasetConfig::from_yaml(
+            r#"
+namespace: ml
+name: imagenet
+sources:
+  - name: train
+    uri: s3://datasets/imagenet/train/
+    mountPath: /train
+    endpoint: http://127.0.0.1:9000
+    region: us-east-1
+    credentials: {accessKeyId: AKIAEXAMPLE, secretAccessKey: hunter2}
+  - name: labels
+    uri: file:///data/labels
+    mountPath: /labels
+cache:
+  blockSize: 1Mi
+  metadataTtl: 5m
+  quota: 200Gi
+  eviction: LRU
+  pins: ["/train/2026-11-*/**"]
+  dataTtl: 30d
+"#,
+        )
+        .unwrap();
+        assert_eq!(cfg.cache.block_size, 1 << 20);
+        assert_eq!(cfg.cache.metadata_ttl, Duration::from_secs(300));
+        assert_eq!(cfg.cache.quota, Some(200 << 30));
+        assert_eq!(cfg.cache.eviction, EvictionKind::Lru);
+        assert_eq!(cfg.cache.data_ttl, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(cfg.sources[0].mount_path, "/train");
+        // Round trip through JSON.
+        let json = serde_json::to_string(&cfg).unwrap();
+        assert_eq!(DatasetConfig::from_yaml(&json).unwrap(), cfg);
+    }
+
+    #[test]
+    fn credentials_are_redacted() {
+        let c = Credentials {
+            access_key_id: Some("AKIAEXAMPLEKEY".into()),
+            secret_access_key: Some("hunter2-very-secret".into()),
+            session_token: Some("tok-secret".into()),
+            ..Default::default()
+        };
+        for shown in [format!("{c:?}"), format!("{c}")] {
+            assert!(!shown.contains("hunter2"), "{shown}");
+            assert!(!shown.contains("tok-secret"), "{shown}");
+            assert!(!shown.contains("AKIAEXAMPLEKEY"), "{shown}");
+        }
+    }
+
+    #[test]
+    fn refuses_bad_configs_naming_the_field() {
+        let err = DatasetConfig::from_yaml("name: x\nsources: []").unwrap_err();
+        assert!(err.to_string().contains("sources"), "{err}");
+        let err =
+            DatasetConfig::from_yaml("name: x\nsources: [{name: a, uri: /tmp, mountPath: /../x}]")
+                .unwrap_err();
+        assert!(err.to_string().contains("sources[0].mountPath"), "{err}");
+        let err = DatasetConfig::from_yaml(
+            "name: x\nsources: [{name: a, uri: /tmp}]\ncache: {blockSize: 1000}",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("cache.blockSize"), "{err}");
+    }
+
+    #[test]
+    fn sizes_and_durations() {
+        assert_eq!(parse_size("512Mi").unwrap(), 512 << 20);
+        assert_eq!(parse_size("4Gi").unwrap(), 4 << 30);
+        assert_eq!(parse_size("100M").unwrap(), 100_000_000);
+        assert_eq!(parse_size("1.5Gi").unwrap(), 3 << 29);
+        assert_eq!(parse_size("123").unwrap(), 123);
+        assert!(parse_size("4Qi").is_err());
+        assert!(parse_size("lots").is_err());
+        assert_eq!(parse_duration("30s").unwrap(), Duration::from_secs(30));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
+        assert!(parse_duration("soon").is_err());
+    }
+}

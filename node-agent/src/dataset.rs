@@ -1,0 +1,1000 @@
+//! A dataset as the engine serves it: several sources under one namespace, a metadata
+//! cache and a share of the block cache. Every entry point (FUSE, HTTP, preload jobs)
+//! goes through [`DatasetView`].
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::{Bytes, BytesMut};
+use futures::future::{BoxFuture, Shared};
+use futures::{FutureExt, StreamExt};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use crate::cache::{CacheUsage, DatasetCache, ObjectVersion, PassthroughLease};
+use crate::config::DatasetConfig;
+use crate::error::SourceErrorKind;
+use crate::glob::PathGlobs;
+use crate::metadata::{Lookup, TtlCache};
+use crate::metrics::Metrics;
+use crate::path::DatasetPath;
+use crate::singleflight::SingleFlight;
+use crate::source::{RequestCounts, Source};
+use crate::{Error, Result};
+
+/// Most metadata entries kept per dataset (stat and listings each).
+const MAX_METADATA_ENTRIES: usize = 200_000;
+/// Blocks fetched at once by a preload.
+const PRELOAD_PARALLELISM: usize = 16;
+
+/// File or directory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum EntryKind {
+    /// A regular file (an object).
+    File,
+    /// A directory (a source root, a common prefix or a path above mount paths).
+    Directory,
+}
+
+/// What `stat` returns.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FileStat {
+    /// The normalized path.
+    #[serde(serialize_with = "ser_path")]
+    pub path: DatasetPath,
+    /// File or directory.
+    pub kind: EntryKind,
+    /// Size in bytes (0 for directories).
+    pub size: u64,
+    /// Last modification time (the epoch for synthetic directories).
+    #[serde(serialize_with = "ser_time")]
+    pub mtime: SystemTime,
+    /// The object version, for files.
+    #[serde(skip)]
+    pub version: Option<ObjectVersion>,
+    /// ETag (or version) of a file.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub etag: Option<String>,
+}
+
+fn ser_path<S: serde::Serializer>(p: &DatasetPath, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_str(p.as_str())
+}
+
+fn ser_time<S: serde::Serializer>(t: &SystemTime, s: S) -> std::result::Result<S::Ok, S::Error> {
+    let dt: chrono::DateTime<chrono::Utc> = (*t).into();
+    s.serialize_str(&dt.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+}
+
+impl FileStat {
+    fn dir(path: DatasetPath) -> Self {
+        FileStat {
+            path,
+            kind: EntryKind::Directory,
+            size: 0,
+            mtime: SystemTime::UNIX_EPOCH,
+            version: None,
+            etag: None,
+        }
+    }
+
+    /// True for directories.
+    pub fn is_dir(&self) -> bool {
+        self.kind == EntryKind::Directory
+    }
+}
+
+/// One directory entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DirEntry {
+    /// Entry name (one path component).
+    pub name: String,
+    /// Its stat.
+    pub stat: FileStat,
+}
+
+/// A directory listing, sorted by name. Held once in the metadata cache and shared by
+/// `Arc`; callers page through `entries` (FUSE readdir uses the index as offset).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct DirListing {
+    /// The entries.
+    pub entries: Vec<DirEntry>,
+}
+
+impl DirListing {
+    fn find(&self, name: &str) -> Option<&DirEntry> {
+        self.entries
+            .binary_search_by(|e| e.name.as_str().cmp(name))
+            .ok()
+            .map(|i| &self.entries[i])
+    }
+}
+
+/// Progress of a preload, passed to the callback after each file.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreloadProgress {
+    /// Files done so far.
+    pub files_done: u64,
+    /// Bytes done so far.
+    pub bytes_done: u64,
+    /// Files matched.
+    pub files_total: u64,
+    /// Bytes matched.
+    pub bytes_total: u64,
+}
+
+/// Result of a preload.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PreloadReport {
+    /// Files now fully cached.
+    pub files: u64,
+    /// Bytes now cached.
+    pub bytes: u64,
+    /// Files that could not be cached, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// Cache usage of a dataset, as reported to the operator.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DatasetUsage {
+    /// Bytes cached on this node's disk tier.
+    pub cached_bytes: u64,
+    /// Bytes cached in this node's memory tier.
+    pub memory_bytes: u64,
+    /// Object versions with cached blocks.
+    pub cached_files: u64,
+    /// Cached bytes that are pinned.
+    pub pinned_bytes: u64,
+    /// Reads served from the cache.
+    pub hits: u64,
+    /// Reads that went to a source.
+    pub misses: u64,
+    /// Size of the whole dataset, once known (after [`DatasetView::scan`] or a preload of
+    /// everything).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub total_bytes: Option<u64>,
+    /// Number of files in the dataset, once known.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub files: Option<u64>,
+}
+
+/// Readahead limits shared by every dataset of an agent.
+#[derive(Debug, Clone)]
+pub struct ReadaheadLimits {
+    /// Most bytes read ahead for one open file.
+    pub per_file_bytes: u64,
+    /// Budget over all open files (bytes held by prefetches in flight or unread).
+    pub total: Arc<Semaphore>,
+}
+
+/// Units of the readahead budget semaphore (64 KiB each).
+pub const READAHEAD_UNIT: u64 = 64 * 1024;
+
+type BlockResult = Result<Bytes>;
+
+/// A dataset as served by this node.
+pub struct DatasetView {
+    config: DatasetConfig,
+    id: String,
+    sources: Vec<Arc<Source>>,
+    cache: Arc<DatasetCache>,
+    stats: TtlCache<DatasetPath, Option<FileStat>>,
+    listings: TtlCache<DatasetPath, Arc<DirListing>>,
+    meta_flights: SingleFlight<DatasetPath, Result<Option<FileStat>>>,
+    list_flights: SingleFlight<DatasetPath, Result<Arc<DirListing>>>,
+    block_flights: SingleFlight<(String, u64), BlockResult>,
+    refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
+    readahead: ReadaheadLimits,
+    metrics: Arc<Metrics>,
+    totals: Mutex<Option<(u64, u64)>>,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for DatasetView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetView").field("id", &self.id).finish()
+    }
+}
+
+impl DatasetView {
+    /// Builds a view. Used by [`crate::agent::Agent::add_dataset`]; sources are built but
+    /// not contacted.
+    pub fn new(
+        config: DatasetConfig,
+        cache: Arc<DatasetCache>,
+        readahead: ReadaheadLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        config.validate()?;
+        let id = format!("{}/{}", config.namespace, config.name);
+        let sources = config
+            .sources
+            .iter()
+            .map(|s| Source::new(s, &id, metrics.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Self::with_sources(config, sources, cache, readahead, metrics)
+    }
+
+    /// Builds a view over already built sources (tests use this to wrap stores).
+    pub fn with_sources(
+        config: DatasetConfig,
+        sources: Vec<Arc<Source>>,
+        cache: Arc<DatasetCache>,
+        readahead: ReadaheadLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        let id = format!("{}/{}", config.namespace, config.name);
+        let ttl = config.cache.metadata_ttl;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Task("DatasetView must be created inside a tokio runtime".into())
+        })?;
+        Ok(Arc::new(DatasetView {
+            config,
+            id,
+            sources,
+            cache,
+            stats: TtlCache::new(ttl, MAX_METADATA_ENTRIES),
+            listings: TtlCache::new(ttl, MAX_METADATA_ENTRIES / 10),
+            meta_flights: SingleFlight::default(),
+            list_flights: SingleFlight::default(),
+            block_flights: SingleFlight::default(),
+            refreshing: Mutex::new(Default::default()),
+            readahead,
+            metrics,
+            totals: Mutex::new(None),
+            handle,
+        }))
+    }
+
+    /// "namespace/name".
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+    /// Namespace.
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+    /// The configuration this view was built from.
+    pub fn config(&self) -> &DatasetConfig {
+        &self.config
+    }
+    /// The sources.
+    pub fn sources(&self) -> &[Arc<Source>] {
+        &self.sources
+    }
+    /// The block cache share of this dataset.
+    pub fn cache(&self) -> &Arc<DatasetCache> {
+        &self.cache
+    }
+    /// Block size.
+    pub fn block_size(&self) -> u64 {
+        self.cache.block_size()
+    }
+    /// The metadata TTL.
+    pub fn metadata_ttl(&self) -> Duration {
+        self.stats.ttl()
+    }
+
+    /// Requests sent to all sources so far.
+    pub fn request_counts(&self) -> RequestCounts {
+        self.sources
+            .iter()
+            .fold(RequestCounts::default(), |acc, s| {
+                let c = s.request_counts();
+                RequestCounts {
+                    gets: acc.gets + c.gets,
+                    heads: acc.heads + c.heads,
+                    lists: acc.lists + c.lists,
+                    bytes: acc.bytes + c.bytes,
+                }
+            })
+    }
+
+    /// Contacts every source once; errors name the source.
+    pub async fn check_sources(&self) -> Result<()> {
+        for s in &self.sources {
+            s.check().await?;
+        }
+        Ok(())
+    }
+
+    /// The source a path falls in and the key relative to it.
+    fn resolve(&self, path: &DatasetPath) -> Option<(&Arc<Source>, String)> {
+        self.sources
+            .iter()
+            .filter_map(|s| {
+                path.strip_prefix(s.mount_path())
+                    .map(|rel| (s, rel.to_string()))
+            })
+            .max_by_key(|(s, _)| s.mount_path().as_str().len())
+    }
+
+    /// Children of a path above (or between) source mount paths, if it is one.
+    fn virtual_children(&self, path: &DatasetPath) -> Option<Vec<String>> {
+        let mut names: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|s| s.mount_path() != path)
+            .filter_map(|s| {
+                let rest = s.mount_path().strip_prefix(path)?;
+                rest.split('/').next().map(str::to_string)
+            })
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
+    /// Stat of a file or directory.
+    pub async fn stat(self: &Arc<Self>, path: &DatasetPath) -> Result<FileStat> {
+        match self.stat_opt(path).await? {
+            Some(s) => Ok(s),
+            None => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    async fn stat_opt(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<FileStat>> {
+        // Mount paths never nest (validated), so a path with sources below it is not
+        // inside any source: a synthetic directory.
+        if self.virtual_children(path).is_some() {
+            return Ok(Some(FileStat::dir(path.clone())));
+        }
+        let Some((_, rel)) = self.resolve(path) else {
+            return Ok(None);
+        };
+        if rel.is_empty() {
+            return Ok(Some(FileStat::dir(path.clone())));
+        }
+        match self.stats.get(path) {
+            Lookup::Fresh(v) => return Ok(v),
+            Lookup::Stale(v) => {
+                self.refresh_in_background(path.clone());
+                return Ok(v);
+            }
+            Lookup::Missing => {}
+        }
+        // A fresh listing of the parent answers without a request.
+        if let Some(parent) = path.parent() {
+            if let Lookup::Fresh(listing) | Lookup::Stale(listing) = self.listings.get(&parent) {
+                let name = path.file_name().unwrap_or_default();
+                return Ok(listing.find(name).map(|e| e.stat.clone()));
+            }
+        }
+        self.fetch_stat(path.clone()).await
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, path: DatasetPath) {
+        if !self
+            .refreshing
+            .lock()
+            .expect("refreshing")
+            .insert(path.clone())
+        {
+            return;
+        }
+        let view = self.clone();
+        self.handle.spawn(async move {
+            let _ = view.fetch_stat(path.clone()).await;
+            view.refreshing.lock().expect("refreshing").remove(&path);
+        });
+    }
+
+    async fn fetch_stat(self: &Arc<Self>, path: DatasetPath) -> Result<Option<FileStat>> {
+        let view = self.clone();
+        let p = path.clone();
+        self.meta_flights
+            .run(
+                path,
+                move || async move {
+                    let (source, rel) = view.resolve(&p).expect("resolved before");
+                    let source = source.clone();
+                    let stat = match source.head(&rel).await? {
+                        Some(info) => Some(FileStat {
+                            path: p.clone(),
+                            kind: EntryKind::File,
+                            size: info.size,
+                            mtime: info.mtime,
+                            etag: Some(info.etag.clone()),
+                            version: Some(ObjectVersion {
+                                source: source.name().to_string(),
+                                key: info.key,
+                                etag: info.etag,
+                                size: info.size,
+                            }),
+                        }),
+                        None => {
+                            let listing = source.list_dir(&rel).await?;
+                            if listing.dirs.is_empty() && listing.files.is_empty() {
+                                None
+                            } else {
+                                Some(FileStat::dir(p.clone()))
+                            }
+                        }
+                    };
+                    view.stats.insert(p, stat.clone());
+                    Ok(stat)
+                },
+                |e| Err(Error::Task(e)),
+            )
+            .await
+    }
+
+    /// Lists a directory. The listing is fetched once per metadata TTL and shared.
+    pub async fn list(self: &Arc<Self>, path: &DatasetPath) -> Result<Arc<DirListing>> {
+        if let Some(names) = self.virtual_children(path) {
+            let entries = names
+                .into_iter()
+                .filter_map(|n| {
+                    let p = path.join(&n).ok()?;
+                    Some(DirEntry {
+                        name: n,
+                        stat: FileStat::dir(p),
+                    })
+                })
+                .collect();
+            return Ok(Arc::new(DirListing { entries }));
+        }
+        match self.listings.get(path) {
+            Lookup::Fresh(l) => return Ok(l),
+            Lookup::Stale(l) => {
+                let view = self.clone();
+                let p = path.clone();
+                if self
+                    .refreshing
+                    .lock()
+                    .expect("refreshing")
+                    .insert(p.clone())
+                {
+                    self.handle.spawn(async move {
+                        let _ = view.fetch_listing(p.clone()).await;
+                        view.refreshing.lock().expect("refreshing").remove(&p);
+                    });
+                }
+                return Ok(l);
+            }
+            Lookup::Missing => {}
+        }
+        let stat = self.stat(path).await?;
+        if !stat.is_dir() {
+            return Err(Error::NotDirectory {
+                path: path.to_string(),
+            });
+        }
+        self.fetch_listing(path.clone()).await
+    }
+
+    async fn fetch_listing(self: &Arc<Self>, path: DatasetPath) -> Result<Arc<DirListing>> {
+        let view = self.clone();
+        let p = path.clone();
+        self.list_flights
+            .run(
+                path,
+                move || async move {
+                    let Some((source, rel)) = view.resolve(&p) else {
+                        return Err(Error::NotFound {
+                            path: p.to_string(),
+                        });
+                    };
+                    let source = source.clone();
+                    let listing = source.list_dir(&rel).await?;
+                    let mut by_name: BTreeMap<String, DirEntry> = BTreeMap::new();
+                    for d in listing.dirs {
+                        let Ok(child) = p.join(&d) else { continue };
+                        by_name.insert(
+                            d.clone(),
+                            DirEntry {
+                                name: d,
+                                stat: FileStat::dir(child),
+                            },
+                        );
+                    }
+                    for f in listing.files {
+                        let name = f.key.rsplit('/').next().unwrap_or(&f.key).to_string();
+                        // Keys that are not valid dataset paths (e.g. "a/../b") are hidden.
+                        let Ok(child) = p.join(&name) else { continue };
+                        // A file wins over a prefix of the same name.
+                        by_name.insert(
+                            name.clone(),
+                            DirEntry {
+                                name,
+                                stat: FileStat {
+                                    path: child,
+                                    kind: EntryKind::File,
+                                    size: f.size,
+                                    mtime: f.mtime,
+                                    etag: Some(f.etag.clone()),
+                                    version: Some(ObjectVersion {
+                                        source: source.name().to_string(),
+                                        key: f.key,
+                                        etag: f.etag,
+                                        size: f.size,
+                                    }),
+                                },
+                            },
+                        );
+                    }
+                    let listing = Arc::new(DirListing {
+                        entries: by_name.into_values().collect(),
+                    });
+                    // Fresher than any stat cached for the children.
+                    for e in &listing.entries {
+                        view.stats.remove(&e.stat.path);
+                    }
+                    view.listings.insert(p, listing.clone());
+                    Ok(listing)
+                },
+                |e| Err(Error::Task(e)),
+            )
+            .await
+    }
+
+    /// Forgets cached metadata of a path (and its parent's listing).
+    pub fn invalidate(&self, path: &DatasetPath) {
+        self.stats.remove(path);
+        self.listings.remove(path);
+        if let Some(parent) = path.parent() {
+            self.listings.remove(&parent);
+        }
+    }
+
+    /// Reads `len` bytes at `offset` of a file (short at end of file).
+    pub async fn read(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        let stat = self.stat(path).await?;
+        match self.read_stat(&stat, offset, len).await {
+            Err(Error::Source {
+                kind: SourceErrorKind::Changed,
+                ..
+            }) => {
+                // The object changed under us: forget its metadata and read the new one.
+                self.invalidate(path);
+                let stat = self.stat(path).await?;
+                self.read_stat(&stat, offset, len).await
+            }
+            other => other,
+        }
+    }
+
+    /// Reads from a file whose stat is already known (an open file keeps its version).
+    pub async fn read_stat(
+        self: &Arc<Self>,
+        stat: &FileStat,
+        offset: u64,
+        len: u64,
+    ) -> Result<Bytes> {
+        let started = Instant::now();
+        let Some(version) = &stat.version else {
+            return Err(Error::IsDirectory {
+                path: stat.path.to_string(),
+            });
+        };
+        let end = (offset.saturating_add(len)).min(version.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let bs = self.block_size();
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        let blocks = futures::future::try_join_all(
+            (first..=last).map(|i| self.get_block(&stat.path, version, i)),
+        )
+        .await?;
+        let out = slice_blocks(&blocks, first * bs, offset, end);
+        self.metrics.observe_read(started.elapsed());
+        Ok(out)
+    }
+
+    /// One block: memory, then disk, then the source (one fetch however many ask).
+    pub async fn get_block(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+        version: &ObjectVersion,
+        index: u64,
+    ) -> BlockResult {
+        if let Some(b) = self.cache.get_memory_only(version, index) {
+            return Ok(b);
+        }
+        let view = self.clone();
+        let path = path.clone();
+        let version = version.clone();
+        let key = (version.id(), index);
+        self.block_flights
+            .run(
+                key,
+                move || async move {
+                    let cache = view.cache.clone();
+                    let v = version.clone();
+                    let on_disk = tokio::task::spawn_blocking(move || cache.get(&v, index))
+                        .await
+                        .map_err(|e| Error::Task(e.to_string()))?;
+                    if let Some(b) = on_disk {
+                        return Ok(b);
+                    }
+                    view.cache.record_miss();
+                    let source = view
+                        .sources
+                        .iter()
+                        .find(|s| s.name() == version.source)
+                        .cloned()
+                        .ok_or_else(|| Error::NotFound {
+                            path: path.to_string(),
+                        })?;
+                    let range = version.block_range(view.block_size(), index);
+                    let data = source.get_range(&version.key, &version.etag, range).await?;
+                    let cache = view.cache.clone();
+                    let d = data.clone();
+                    // Writing to disk happens before the fetch is "done", so a reader that
+                    // comes after the flight finds the block in a tier.
+                    tokio::task::spawn_blocking(move || cache.put(&version, &path, index, d))
+                        .await
+                        .map_err(|e| Error::Task(e.to_string()))?;
+                    Ok(data)
+                },
+                |e| Err(Error::Task(e)),
+            )
+            .await
+    }
+
+    /// Opens a file for sequential reading with readahead.
+    pub async fn open(self: &Arc<Self>, path: &DatasetPath) -> Result<FileReader> {
+        let stat = self.stat(path).await?;
+        if stat.is_dir() {
+            return Err(Error::IsDirectory {
+                path: path.to_string(),
+            });
+        }
+        Ok(FileReader::new(self.clone(), stat))
+    }
+
+    /// If every block of the file is cached on disk: the local file (verified) and a lease
+    /// that keeps it from eviction while open. For FUSE passthrough.
+    pub async fn cached_file(
+        self: &Arc<Self>,
+        stat: &FileStat,
+    ) -> Option<(std::fs::File, PassthroughLease)> {
+        let version = stat.version.clone()?;
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || cache.complete_file(&version))
+            .await
+            .ok()
+            .flatten()
+    }
+
+    /// Every file under the globs' common directory that matches them.
+    pub async fn expand_globs(self: &Arc<Self>, globs: &PathGlobs) -> Result<Vec<FileStat>> {
+        let mut out = Vec::new();
+        let start = globs.literal_prefix();
+        let mut queue = VecDeque::from([start]);
+        while let Some(dir) = queue.pop_front() {
+            let stat = match self.stat(&dir).await {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            if !stat.is_dir() {
+                if globs.matches(&stat.path) {
+                    out.push(stat);
+                }
+                continue;
+            }
+            let listing = self.list(&dir).await?;
+            for e in &listing.entries {
+                if e.stat.is_dir() {
+                    queue.push_back(e.stat.path.clone());
+                } else if globs.matches(&e.stat.path) {
+                    out.push(e.stat.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches every block of every file matching the globs into the cache. `progress` is
+    /// called after each file. Files that fail are reported, not fatal.
+    pub async fn preload(
+        self: &Arc<Self>,
+        globs: &[String],
+        progress: impl Fn(PreloadProgress) + Send + Sync,
+    ) -> Result<PreloadReport> {
+        let globs = PathGlobs::new(globs)?;
+        let files = self.expand_globs(&globs).await?;
+        let mut p = PreloadProgress {
+            files_total: files.len() as u64,
+            bytes_total: files.iter().map(|f| f.size).sum(),
+            ..Default::default()
+        };
+        if globs.matches(&DatasetPath::root()) || globs.patterns().iter().any(|g| g == "/**") {
+            *self.totals.lock().expect("totals") = Some((p.bytes_total, p.files_total));
+        }
+        progress(p);
+        let bs = self.block_size();
+        let mut report = PreloadReport::default();
+        let mut results = futures::stream::iter(files.into_iter().map(|f| {
+            let view = self.clone();
+            async move {
+                let Some(v) = f.version.clone() else {
+                    return (f, Ok(()));
+                };
+                let blocks = v.block_count(bs);
+                let r = futures::stream::iter(0..blocks)
+                    .map(|i| {
+                        let view = view.clone();
+                        let v = v.clone();
+                        let path = f.path.clone();
+                        async move { view.get_block(&path, &v, i).await.map(|_| ()) }
+                    })
+                    .buffer_unordered(PRELOAD_PARALLELISM)
+                    .fold(Ok(()), |acc, r| async move { acc.and(r) })
+                    .await;
+                (f, r)
+            }
+        }))
+        .buffer_unordered(4);
+        while let Some((f, r)) = results.next().await {
+            match r {
+                Ok(()) => {
+                    report.files += 1;
+                    report.bytes += f.size;
+                    p.files_done += 1;
+                    p.bytes_done += f.size;
+                }
+                Err(e) => report.failed.push((f.path.to_string(), e.to_string())),
+            }
+            progress(p);
+        }
+        Ok(report)
+    }
+
+    /// Pins globs: matching cached blocks (now and later) are never evicted. Pinning does
+    /// not fetch anything; run [`Self::preload`] for that.
+    pub fn pin(&self, globs: &[String]) -> Result<()> {
+        self.cache.pin(globs)
+    }
+
+    /// Removes pins added with [`Self::pin`].
+    pub fn unpin(&self, globs: &[String]) -> Result<()> {
+        self.cache.unpin(globs)
+    }
+
+    /// Pins in force (configured and added).
+    pub fn pins(&self) -> Vec<String> {
+        self.cache.pins()
+    }
+
+    /// Walks every source (streamed listings, nothing kept) to learn the dataset's total
+    /// size and file count, reported by [`Self::usage`] afterwards.
+    pub async fn scan(&self) -> Result<(u64, u64)> {
+        let mut bytes = 0;
+        let mut files = 0;
+        for s in &self.sources {
+            s.list_recursive("", |o| {
+                bytes += o.size;
+                files += 1;
+            })
+            .await?;
+        }
+        *self.totals.lock().expect("totals") = Some((bytes, files));
+        Ok((bytes, files))
+    }
+
+    /// Cache usage of this dataset on this node.
+    pub fn usage(&self) -> DatasetUsage {
+        let CacheUsage {
+            disk_bytes,
+            memory_bytes,
+            cached_objects,
+            pinned_bytes,
+            hits,
+            misses,
+        } = self.cache.usage();
+        let totals = *self.totals.lock().expect("totals");
+        DatasetUsage {
+            cached_bytes: disk_bytes,
+            memory_bytes,
+            cached_files: cached_objects,
+            pinned_bytes,
+            hits,
+            misses,
+            total_bytes: totals.map(|t| t.0),
+            files: totals.map(|t| t.1),
+        }
+    }
+
+    pub(crate) fn cache_metrics_passthrough(&self, result: &str) {
+        self.cache.metrics().passthrough_open(result);
+    }
+
+    /// Drops everything cached for this dataset (data and metadata).
+    pub fn drop_cache(&self) {
+        self.cache.drop_all();
+        self.stats.clear();
+        self.listings.clear();
+    }
+}
+
+fn slice_blocks(blocks: &[Bytes], first_start: u64, offset: u64, end: u64) -> Bytes {
+    let skip = (offset - first_start) as usize;
+    let len = (end - offset) as usize;
+    if blocks.len() == 1 {
+        return blocks[0].slice(skip..skip + len);
+    }
+    let mut out = BytesMut::with_capacity(len);
+    let mut skip = skip;
+    for b in blocks {
+        if skip >= b.len() {
+            skip -= b.len();
+            continue;
+        }
+        let take = (b.len() - skip).min(len - out.len());
+        out.extend_from_slice(&b[skip..skip + take]);
+        skip = 0;
+        if out.len() == len {
+            break;
+        }
+    }
+    out.freeze()
+}
+
+type Prefetch = (
+    Shared<BoxFuture<'static, BlockResult>>,
+    OwnedSemaphorePermit,
+);
+
+/// An open file: reads keep the version seen at open time, and sequential reads trigger
+/// readahead of the next blocks (parallel ranged GETs), bounded per file and in total.
+pub struct FileReader {
+    view: Arc<DatasetView>,
+    stat: FileStat,
+    state: Mutex<ReaderState>,
+}
+
+struct ReaderState {
+    next_offset: u64,
+    window: u64,
+    prefetched: HashMap<u64, Prefetch>,
+}
+
+/// Bytes read through readahead over all readers (for tests and stats).
+pub static READAHEAD_BLOCKS: AtomicU64 = AtomicU64::new(0);
+
+impl FileReader {
+    fn new(view: Arc<DatasetView>, stat: FileStat) -> Self {
+        FileReader {
+            view,
+            stat,
+            state: Mutex::new(ReaderState {
+                next_offset: 0,
+                window: 0,
+                prefetched: HashMap::new(),
+            }),
+        }
+    }
+
+    /// The stat seen at open time.
+    pub fn stat(&self) -> &FileStat {
+        &self.stat
+    }
+
+    /// The dataset.
+    pub fn view(&self) -> &Arc<DatasetView> {
+        &self.view
+    }
+
+    /// Reads `len` bytes at `offset`.
+    pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let Some(version) = self.stat.version.clone() else {
+            return Err(Error::IsDirectory {
+                path: self.stat.path.to_string(),
+            });
+        };
+        let started = Instant::now();
+        let end = offset.saturating_add(len).min(version.size);
+        if offset >= end {
+            return Ok(Bytes::new());
+        }
+        let bs = self.view.block_size();
+        let first = offset / bs;
+        let last = (end - 1) / bs;
+        let wanted: Vec<(u64, Option<Shared<BoxFuture<'static, BlockResult>>>)> = {
+            let mut st = self.state.lock().expect("reader");
+            let sequential = offset == st.next_offset;
+            st.next_offset = end;
+            if sequential {
+                let max = (self.view.readahead.per_file_bytes / bs).max(1);
+                st.window = (st.window * 2).clamp(1, max);
+            } else {
+                st.window = 0;
+                st.prefetched.clear();
+            }
+            // Blocks behind the reader are not needed any more.
+            st.prefetched.retain(|i, _| *i >= first);
+            let wanted = (first..=last)
+                .map(|i| (i, st.prefetched.remove(&i).map(|(f, _)| f)))
+                .collect();
+            if st.window > 0 {
+                let count = version.block_count(bs);
+                let ahead_end = (last + 1 + st.window).min(count);
+                for i in last + 1..ahead_end {
+                    if st.prefetched.contains_key(&i) {
+                        continue;
+                    }
+                    let units = bs.div_ceil(READAHEAD_UNIT) as u32;
+                    let Ok(permit) = self
+                        .view
+                        .readahead
+                        .total
+                        .clone()
+                        .try_acquire_many_owned(units)
+                    else {
+                        break; // total budget exhausted: read on demand
+                    };
+                    let view = self.view.clone();
+                    let path = self.stat.path.clone();
+                    let v = version.clone();
+                    let fut = async move { view.get_block(&path, &v, i).await }
+                        .boxed()
+                        .shared();
+                    // Start it now; the shared future keeps the result for the reader.
+                    self.view.handle.spawn(fut.clone());
+                    READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
+                    st.prefetched.insert(i, (fut, permit));
+                }
+            }
+            wanted
+        };
+        let blocks = futures::future::try_join_all(wanted.into_iter().map(|(i, pre)| {
+            let view = self.view.clone();
+            let path = self.stat.path.clone();
+            let v = version.clone();
+            async move {
+                match pre {
+                    Some(f) => f.await,
+                    None => view.get_block(&path, &v, i).await,
+                }
+            }
+        }))
+        .await?;
+        let out = slice_blocks(&blocks, first * bs, offset, end);
+        self.view.metrics.observe_read(started.elapsed());
+        Ok(out)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn slicing_across_blocks() {
+        let blocks = vec![
+            Bytes::from_static(b"abcd"),
+            Bytes::from_static(b"efgh"),
+            Bytes::from_static(b"ij"),
+        ];
+        assert_eq!(&slice_blocks(&blocks, 0, 2, 9)[..], b"cdefghi");
+        assert_eq!(&slice_blocks(&blocks[1..], 4, 5, 7)[..], b"fg");
+        assert_eq!(&slice_blocks(&blocks[..1], 0, 0, 4)[..], b"abcd");
+    }
+}

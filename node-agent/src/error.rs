@@ -1,0 +1,113 @@
+//! The one error type of the engine, with an errno for the FUSE edge.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// What went wrong when talking to a source, so callers (FUSE, HTTP) can map it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SourceErrorKind {
+    /// The object or bucket does not exist.
+    NotFound,
+    /// Credentials were refused or missing.
+    PermissionDenied,
+    /// The endpoint could not be reached or answered with a server error.
+    Unavailable,
+    /// The object changed while it was being read (ETag precondition failed).
+    Changed,
+    /// The source URI or its settings are invalid.
+    InvalidConfig,
+    /// Anything else.
+    Other,
+}
+
+/// Errors of the cache engine. Every variant names the path, source or field at fault;
+/// no variant ever carries a credential (source error text is scrubbed first).
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Error {
+    /// A user-supplied path was refused (escape, encoded separator, NUL, too long).
+    #[error("invalid path {path:?}: {reason}")]
+    InvalidPath { path: String, reason: String },
+    /// Nothing exists at this dataset path.
+    #[error("{path}: no such file or directory")]
+    NotFound { path: String },
+    /// The path names a directory where a file was expected.
+    #[error("{path}: is a directory")]
+    IsDirectory { path: String },
+    /// The path names a file where a directory was expected.
+    #[error("{path}: not a directory")]
+    NotDirectory { path: String },
+    /// A source (object store) failed; `message` is scrubbed of signatures and keys.
+    #[error("source {source_name:?} ({uri}): {message}")]
+    Source {
+        source_name: String,
+        uri: String,
+        kind: SourceErrorKind,
+        message: String,
+    },
+    /// A configuration value is invalid; `field` says which and `message` how to fix it.
+    #[error("invalid configuration {field}: {message}")]
+    Config { field: String, message: String },
+    /// Local cache I/O failed (the cache degrades to read-through where it can).
+    #[error("cache I/O on {path}: {source}")]
+    CacheIo {
+        path: PathBuf,
+        #[source]
+        source: Arc<std::io::Error>,
+    },
+    /// Mounting or unmounting the FUSE file system failed.
+    #[error("mount point {mountpoint}: {message}")]
+    Mount {
+        mountpoint: PathBuf,
+        message: String,
+    },
+    /// No dataset with this namespace/name is configured on this agent.
+    #[error("dataset {namespace}/{name} is not configured on this agent")]
+    DatasetNotFound { namespace: String, name: String },
+    /// A background task died (panic or cancellation).
+    #[error("internal task failed: {0}")]
+    Task(String),
+}
+
+/// Result alias of the engine.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl Error {
+    /// The errno to answer a FUSE request with.
+    pub fn errno(&self) -> i32 {
+        match self {
+            Error::InvalidPath { .. } => libc::EINVAL,
+            Error::NotFound { .. } | Error::DatasetNotFound { .. } => libc::ENOENT,
+            Error::IsDirectory { .. } => libc::EISDIR,
+            Error::NotDirectory { .. } => libc::ENOTDIR,
+            Error::Source { kind, .. } => match kind {
+                SourceErrorKind::NotFound => libc::ENOENT,
+                SourceErrorKind::PermissionDenied => libc::EACCES,
+                SourceErrorKind::Unavailable => libc::EIO,
+                SourceErrorKind::Changed => libc::ESTALE,
+                SourceErrorKind::InvalidConfig => libc::EINVAL,
+                SourceErrorKind::Other => libc::EIO,
+            },
+            Error::Config { .. } => libc::EINVAL,
+            Error::CacheIo { .. } | Error::Mount { .. } | Error::Task(_) => libc::EIO,
+        }
+    }
+
+    /// True when the error means "nothing there" (file, object or dataset).
+    pub fn is_not_found(&self) -> bool {
+        self.errno() == libc::ENOENT
+    }
+
+    pub(crate) fn cache_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {
+        Error::CacheIo {
+            path: path.into(),
+            source: Arc::new(source),
+        }
+    }
+
+    pub(crate) fn config(field: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Config {
+            field: field.into(),
+            message: message.into(),
+        }
+    }
+}

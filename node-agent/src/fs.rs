@@ -1,0 +1,734 @@
+//! The read-only FUSE file system over a [`DatasetView`].
+//!
+//! Requests are dispatched by fuser's worker threads and served on the tokio runtime, so
+//! slow fetches never block other requests. Fully cached files are opened in passthrough
+//! mode (the kernel reads the cache file directly); other files are served by the engine
+//! with `FOPEN_KEEP_CACHE` when the object did not change since the last open.
+
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::time::{Duration, SystemTime};
+
+use fuser::{
+    BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
+    INodeNo, InitFlags, KernelConfig, LockOwner, MountOption, OpenFlags, ReplyAttr, ReplyData,
+    ReplyDirectory, ReplyDirectoryPlus, ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+    SessionACL,
+};
+
+use tracing::Instrument;
+
+use crate::cache::PassthroughLease;
+use crate::dataset::{DatasetView, FileReader, FileStat};
+use crate::path::DatasetPath;
+use crate::{Error, Result};
+
+/// Largest read/write request the kernel may send (1 MiB).
+pub const MAX_REQUEST_BYTES: u32 = 1 << 20;
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let every user read the mount (`allow_other`); needed when pods run as non-root.
+    pub allow_other: bool,
+    /// Open fully cached files in passthrough mode when the kernel allows it.
+    pub passthrough: bool,
+    /// fuser worker threads reading requests from /dev/fuse.
+    pub threads: usize,
+    /// Shown as the file system source in /proc/mounts (default "strata:<ns>/<name>").
+    pub fsname: Option<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: true,
+            passthrough: true,
+            threads: 4,
+            fsname: None,
+        }
+    }
+}
+
+/// A mounted file system. Unmounts on [`MountHandle::unmount`] or when dropped.
+pub struct MountHandle {
+    mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+    fs: Arc<FsState>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl MountHandle {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Opens served in passthrough mode so far, and opens where passthrough was refused.
+    pub fn passthrough_counts(&self) -> (u64, u64) {
+        (
+            self.fs.passthrough_ok.load(Ordering::Relaxed),
+            self.fs.passthrough_refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Unmounts and waits for the session thread to end.
+    pub fn unmount(mut self) -> Result<()> {
+        self.do_unmount()
+    }
+
+    fn do_unmount(&mut self) -> Result<()> {
+        if let Some(session) = self.session.take() {
+            session.umount_and_join().map_err(|e| Error::Mount {
+                mountpoint: self.mountpoint.clone(),
+                message: format!("unmount failed: {e}"),
+            })?;
+            tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        }
+        Ok(())
+    }
+}
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unmount() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// Checks that a mount point exists, is a directory and is not already a mount point.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    let err = |message: String| Error::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            err("does not exist; create it first (mkdir -p)".into())
+        }
+        std::io::ErrorKind::NotConnected => err(
+            "is a dead FUSE mount (its agent exited); clean it up with `fusermount3 -u` or `umount -l`"
+                .into(),
+        ),
+        _ => err(format!("cannot be accessed: {e}")),
+    })?;
+    if !meta.is_dir() {
+        return Err(err("is not a directory".into()));
+    }
+    let canonical = std::fs::canonicalize(mountpoint).map_err(|e| err(e.to_string()))?;
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let wanted = canonical.to_string_lossy();
+        let busy = info.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(unescape_mountinfo)
+                .is_some_and(|p| p == wanted)
+        });
+        if busy {
+            return Err(err(
+                "is busy: something is already mounted there; unmount it first (umount or fusermount3 -u)".into(),
+            ));
+        }
+    }
+    Ok(canonical)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo.
+    let mut out = String::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 3 < b.len() + 0 && i + 3 <= b.len() {
+            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
+                out.push(v as char);
+                i += 4;
+                continue;
+            }
+        }
+        out.push(b[i] as char);
+        i += 1;
+    }
+    out
+}
+
+/// Mounts a dataset read-only at `mountpoint` and serves it in the background. Must be
+/// called inside a tokio runtime (requests are served on it).
+pub fn mount(
+    view: Arc<DatasetView>,
+    mountpoint: &Path,
+    options: MountOptions,
+) -> Result<MountHandle> {
+    let canonical = check_mountpoint(mountpoint)?;
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::Task("mount must be called inside a tokio runtime".into()))?;
+    let state = Arc::new(FsState::new(view.clone(), handle, options.passthrough));
+    let fs = StrataFs {
+        state: state.clone(),
+    };
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(
+            options
+                .fsname
+                .clone()
+                .unwrap_or_else(|| format!("strata:{}", view.id())),
+        ),
+        MountOption::Subtype("strata".into()),
+    ];
+    if options.allow_other {
+        cfg.acl = SessionACL::All;
+    }
+    cfg.n_threads = Some(options.threads.max(1));
+    cfg.clone_fd = options.threads > 1;
+    let session = fuser::spawn_mount(fs, &canonical, &cfg).map_err(|e| Error::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        message: match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                format!("{e}: mounting FUSE needs root (or CAP_SYS_ADMIN) and /dev/fuse")
+            }
+            Some(libc::ENOENT) | Some(libc::ENODEV) => {
+                format!(
+                    "{e}: /dev/fuse is missing (modprobe fuse; in a container, pass the device)"
+                )
+            }
+            _ => e.to_string(),
+        },
+    })?;
+    tracing::info!(dataset = %view.id(), mountpoint = %canonical.display(), "mounted");
+    Ok(MountHandle {
+        mountpoint: canonical,
+        session: Some(session),
+        fs: state,
+    })
+}
+
+struct OpenFile {
+    reader: Arc<FileReader>,
+    ino: u64,
+    passthrough: Option<(Arc<BackingId>, PassthroughLease)>,
+}
+
+#[derive(Default)]
+struct InodeIo {
+    backing: Option<(String, Weak<BackingId>)>,
+    cached_opens: usize,
+}
+
+struct FsState {
+    view: Arc<DatasetView>,
+    rt: tokio::runtime::Handle,
+    passthrough: AtomicBool,
+    inodes: RwLock<InodeTable>,
+    handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
+    io: Mutex<HashMap<u64, InodeIo>>,
+    last_etag: Mutex<HashMap<u64, String>>,
+    next_fh: AtomicU64,
+    passthrough_ok: AtomicU64,
+    passthrough_refused: AtomicU64,
+    uid: u32,
+    gid: u32,
+}
+
+use std::sync::atomic::AtomicBool;
+
+struct InodeTable {
+    by_ino: HashMap<u64, DatasetPath>,
+    by_path: HashMap<DatasetPath, u64>,
+    next: u64,
+}
+
+impl InodeTable {
+    fn ino_for(&mut self, path: &DatasetPath) -> u64 {
+        if let Some(i) = self.by_path.get(path) {
+            return *i;
+        }
+        let i = self.next;
+        self.next += 1;
+        self.by_ino.insert(i, path.clone());
+        self.by_path.insert(path.clone(), i);
+        i
+    }
+}
+
+impl FsState {
+    fn new(view: Arc<DatasetView>, rt: tokio::runtime::Handle, passthrough: bool) -> Self {
+        let mut table = InodeTable {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: 2,
+        };
+        table.by_ino.insert(1, DatasetPath::root());
+        table.by_path.insert(DatasetPath::root(), 1);
+        FsState {
+            view,
+            rt,
+            passthrough: AtomicBool::new(passthrough),
+            inodes: RwLock::new(table),
+            handles: Mutex::new(HashMap::new()),
+            io: Mutex::new(HashMap::new()),
+            last_etag: Mutex::new(HashMap::new()),
+            next_fh: AtomicU64::new(1),
+            passthrough_ok: AtomicU64::new(0),
+            passthrough_refused: AtomicU64::new(0),
+            uid: nix::unistd::geteuid().as_raw(),
+            gid: nix::unistd::getegid().as_raw(),
+        }
+    }
+
+    fn path_of(&self, ino: INodeNo) -> Option<DatasetPath> {
+        self.inodes
+            .read()
+            .expect("inodes")
+            .by_ino
+            .get(&ino.0)
+            .cloned()
+    }
+
+    fn ino_for(&self, path: &DatasetPath) -> u64 {
+        if let Some(i) = self.inodes.read().expect("inodes").by_path.get(path) {
+            return *i;
+        }
+        self.inodes.write().expect("inodes").ino_for(path)
+    }
+
+    fn ttl(&self) -> Duration {
+        self.view.metadata_ttl()
+    }
+
+    fn attr(&self, ino: u64, stat: &FileStat) -> FileAttr {
+        let (kind, perm, nlink) = if stat.is_dir() {
+            (FileType::Directory, 0o555, 2)
+        } else {
+            (FileType::RegularFile, 0o444, 1)
+        };
+        FileAttr {
+            ino: INodeNo(ino),
+            size: stat.size,
+            blocks: stat.size.div_ceil(512),
+            atime: stat.mtime,
+            mtime: stat.mtime,
+            ctime: stat.mtime,
+            crtime: stat.mtime,
+            kind,
+            perm,
+            nlink,
+            uid: self.uid,
+            gid: self.gid,
+            rdev: 0,
+            blksize: MAX_REQUEST_BYTES,
+            flags: 0,
+        }
+    }
+}
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+struct StrataFs {
+    state: Arc<FsState>,
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_REQUEST_BYTES);
+        let _ = config.set_max_readahead(MAX_REQUEST_BYTES);
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        if self.state.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !ok {
+                tracing::warn!(
+                    "the kernel does not offer FUSE passthrough; cached files are served through the agent"
+                );
+                self.state.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let st = self.state.clone();
+        let Some(parent_path) = st.path_of(parent) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let Some(path) = name.to_str().and_then(|n| parent_path.join(n).ok()) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let span = tracing::debug_span!("lookup", path = %path);
+        self.state.rt.spawn(
+            async move {
+                match st.view.stat(&path).await {
+                    Ok(stat) => {
+                        let ino = st.ino_for(&path);
+                        reply.entry(&st.ttl(), &st.attr(ino, &stat), Generation(0));
+                    }
+                    Err(e) => {
+                        if !e.is_not_found() {
+                            tracing::warn!(path = %path, error = %e, "lookup failed");
+                        }
+                        reply.error(errno(&e));
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = self.state.clone();
+        if let Some(fh) = fh {
+            let open = st.handles.lock().expect("handles").get(&fh.0).cloned();
+            if let Some(open) = open {
+                reply.attr(&st.ttl(), &st.attr(ino.0, open.reader.stat()));
+                return;
+            }
+        }
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            match st.view.stat(&path).await {
+                Ok(stat) => reply.attr(&st.ttl(), &st.attr(ino.0, &stat)),
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let st = self.state.clone();
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let span = tracing::debug_span!("open", path = %path, ino = ino.0);
+        self.state.rt.spawn(async move {
+            let reader = match st.view.open(&path).await {
+                Ok(r) => Arc::new(r),
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            let etag = reader.stat().etag.clone().unwrap_or_default();
+            let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
+
+            if st.passthrough.load(Ordering::Relaxed) {
+                // Reuse the inode's backing id when one is open for this version.
+                let (existing, other_version, cached_open) = {
+                    let io = st.io.lock().expect("io");
+                    let e = io.get(&ino.0);
+                    let backing = e.and_then(|e| e.backing.as_ref());
+                    let alive = backing.and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
+                    match alive {
+                        Some((t, b)) if t == etag => (Some(b), false, false),
+                        Some(_) => (None, true, false),
+                        None => (None, false, e.is_some_and(|e| e.cached_opens > 0)),
+                    }
+                };
+                if other_version {
+                    // The kernel keeps one backing file per inode: serve this open directly.
+                    let open = Arc::new(OpenFile { reader, ino: ino.0, passthrough: None });
+                    st.handles.lock().expect("handles").insert(fh, open);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                    return;
+                }
+                // Passthrough is refused by the kernel while cached opens of the inode exist.
+                if !cached_open {
+                    if let Some((file, lease)) = st.view.cached_file(reader.stat()).await {
+                        let backing = match existing {
+                            Some(b) => Ok(b),
+                            None => reply.open_backing(&file).map(Arc::new),
+                        };
+                        match backing {
+                            Ok(b) => {
+                                st.io.lock().expect("io").entry(ino.0).or_default().backing =
+                                    Some((etag.clone(), Arc::downgrade(&b)));
+                                let open = Arc::new(OpenFile {
+                                    reader,
+                                    ino: ino.0,
+                                    passthrough: Some((b.clone(), lease)),
+                                });
+                                st.handles.lock().expect("handles").insert(fh, open);
+                                st.passthrough_ok.fetch_add(1, Ordering::Relaxed);
+                                st.view.cache_metrics_passthrough("ok");
+                                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                                return;
+                            }
+                            Err(e) => {
+                                st.passthrough_refused.fetch_add(1, Ordering::Relaxed);
+                                st.view.cache_metrics_passthrough("refused");
+                                tracing::warn!(path = %path, error = %e,
+                                    "FUSE passthrough refused; serving this file through the agent");
+                            }
+                        }
+                    }
+                }
+            }
+            let keep = {
+                let mut last = st.last_etag.lock().expect("etags");
+                let same = last.get(&ino.0).is_some_and(|t| *t == etag);
+                last.insert(ino.0, etag);
+                same
+            };
+            st.io.lock().expect("io").entry(ino.0).or_default().cached_opens += 1;
+            let open = Arc::new(OpenFile { reader, ino: ino.0, passthrough: None });
+            st.handles.lock().expect("handles").insert(fh, open);
+            let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
+            reply.opened(FileHandle(fh), flags);
+        }.instrument(span));
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let open = self
+            .state
+            .handles
+            .lock()
+            .expect("handles")
+            .get(&fh.0)
+            .cloned();
+        let Some(open) = open else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            match open.reader.read(offset, size as u64).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::warn!(path = %open.reader.stat().path, offset, error = %e, "read failed");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let open = self.state.handles.lock().expect("handles").remove(&fh.0);
+        if let Some(open) = open {
+            let mut io = self.state.io.lock().expect("io");
+            if let Some(e) = io.get_mut(&open.ino) {
+                if open.passthrough.is_none() {
+                    e.cached_opens = e.cached_opens.saturating_sub(1);
+                }
+            }
+            drop(io);
+            // Dropping the last Arc<BackingId> closes the backing file in the kernel.
+            drop(open);
+            let mut io = self.state.io.lock().expect("io");
+            if let Some(e) = io.get_mut(&_ino.0) {
+                if e.backing
+                    .as_ref()
+                    .is_some_and(|(_, w)| w.strong_count() == 0)
+                {
+                    e.backing = None;
+                }
+                if e.backing.is_none() && e.cached_opens == 0 {
+                    io.remove(&_ino.0);
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        reply.opened(FileHandle(0), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let st = self.state.clone();
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            let listing = match st.view.list(&path).await {
+                Ok(l) => l,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
+            let total = listing.entries.len() as u64 + 2;
+            for i in offset..total {
+                let full = match i {
+                    0 => reply.add(ino, 1, FileType::Directory, "."),
+                    1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
+                    _ => {
+                        let e = &listing.entries[(i - 2) as usize];
+                        let kind = if e.stat.is_dir() {
+                            FileType::Directory
+                        } else {
+                            FileType::RegularFile
+                        };
+                        reply.add(INodeNo(st.ino_for(&e.stat.path)), i + 1, kind, &e.name)
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        _fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let st = self.state.clone();
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            let listing = match st.view.list(&path).await {
+                Ok(l) => l,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            let ttl = st.ttl();
+            let dir_stat = FileStat {
+                path: path.clone(),
+                kind: crate::dataset::EntryKind::Directory,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                version: None,
+                etag: None,
+            };
+            let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
+            let total = listing.entries.len() as u64 + 2;
+            for i in offset..total {
+                let full = match i {
+                    0 => reply.add(ino, 1, ".", &ttl, &st.attr(ino.0, &dir_stat), Generation(0)),
+                    1 => reply.add(
+                        INodeNo(parent_ino),
+                        2,
+                        "..",
+                        &ttl,
+                        &st.attr(parent_ino, &dir_stat),
+                        Generation(0),
+                    ),
+                    _ => {
+                        let e = &listing.entries[(i - 2) as usize];
+                        let child = st.ino_for(&e.stat.path);
+                        reply.add(
+                            INodeNo(child),
+                            i + 1,
+                            &e.name,
+                            &ttl,
+                            &st.attr(child, &e.stat),
+                            Generation(0),
+                        )
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        let cache = self.state.view.cache();
+        let usage = cache.usage();
+        let bsize = 4096u64;
+        let quota = self.state.view.config().cache.quota;
+        let capacity = quota
+            .unwrap_or(u64::MAX)
+            .min(self.state.view_node_capacity());
+        let blocks = capacity / bsize;
+        let free = capacity.saturating_sub(usage.disk_bytes) / bsize;
+        let files = self.state.inodes.read().expect("inodes").by_ino.len() as u64;
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            files,
+            u64::from(u32::MAX),
+            bsize as u32,
+            255,
+            bsize as u32,
+        );
+    }
+}
+
+impl FsState {
+    fn view_node_capacity(&self) -> u64 {
+        self.view.cache().node_disk_capacity()
+    }
+}

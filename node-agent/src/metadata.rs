@@ -1,0 +1,130 @@
+//! Metadata cache: stat and list results with a TTL. Entries older than the TTL are
+//! never served (so an object changed upstream is seen once its TTL passes); entries in
+//! the last quarter of their life are served and flagged for a background refresh, so
+//! hot paths do not stall on expiry. Negative entries ("not found") expire the same way.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+/// What a lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Lookup<V> {
+    /// Fresh value.
+    Fresh(V),
+    /// Value still valid but should be refreshed in the background.
+    Stale(V),
+    /// Nothing valid cached.
+    Missing,
+}
+
+/// A TTL map; values are cheap to clone (wrap big ones in `Arc`).
+pub struct TtlCache<K, V> {
+    ttl: Mutex<Duration>,
+    map: Mutex<HashMap<K, (V, Instant)>>,
+    max_entries: usize,
+}
+
+impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
+    /// A cache whose entries live `ttl`, holding at most `max_entries` (older entries are
+    /// dropped first when full).
+    pub fn new(ttl: Duration, max_entries: usize) -> Self {
+        TtlCache {
+            ttl: Mutex::new(ttl),
+            map: Mutex::new(HashMap::new()),
+            max_entries,
+        }
+    }
+
+    /// Changes the TTL (applies to existing entries too).
+    pub fn set_ttl(&self, ttl: Duration) {
+        *self.ttl.lock().expect("ttl") = ttl;
+    }
+
+    /// The TTL.
+    pub fn ttl(&self) -> Duration {
+        *self.ttl.lock().expect("ttl")
+    }
+
+    /// Looks a key up.
+    pub fn get(&self, key: &K) -> Lookup<V> {
+        let ttl = self.ttl();
+        let mut map = self.map.lock().expect("ttl cache");
+        let Some((v, at)) = map.get(key) else {
+            return Lookup::Missing;
+        };
+        let age = at.elapsed();
+        if age >= ttl {
+            map.remove(key);
+            Lookup::Missing
+        } else if age >= ttl.mul_f64(0.75) {
+            Lookup::Stale(v.clone())
+        } else {
+            Lookup::Fresh(v.clone())
+        }
+    }
+
+    /// Inserts or replaces a value, timestamped now.
+    pub fn insert(&self, key: K, value: V) {
+        let ttl = self.ttl();
+        let mut map = self.map.lock().expect("ttl cache");
+        if map.len() >= self.max_entries && !map.contains_key(&key) {
+            // Drop expired entries first, then the oldest half.
+            map.retain(|_, (_, at)| at.elapsed() < ttl);
+            if map.len() >= self.max_entries {
+                let mut ages: Vec<Instant> = map.values().map(|(_, at)| *at).collect();
+                ages.sort();
+                let cutoff = ages[ages.len() / 2];
+                map.retain(|_, (_, at)| *at > cutoff);
+            }
+        }
+        map.insert(key, (value, Instant::now()));
+    }
+
+    /// Removes one key.
+    pub fn remove(&self, key: &K) {
+        self.map.lock().expect("ttl cache").remove(key);
+    }
+
+    /// Removes everything.
+    pub fn clear(&self) {
+        self.map.lock().expect("ttl cache").clear();
+    }
+
+    /// Number of entries (including expired ones not yet dropped).
+    pub fn len(&self) -> usize {
+        self.map.lock().expect("ttl cache").len()
+    }
+
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expires_and_flags_stale() {
+        let c = TtlCache::new(Duration::from_millis(200), 10);
+        c.insert("a", 1);
+        assert_eq!(c.get(&"a"), Lookup::Fresh(1));
+        std::thread::sleep(Duration::from_millis(160));
+        assert_eq!(c.get(&"a"), Lookup::Stale(1));
+        std::thread::sleep(Duration::from_millis(60));
+        assert_eq!(c.get(&"a"), Lookup::Missing);
+    }
+
+    #[test]
+    fn bounded() {
+        let c = TtlCache::new(Duration::from_secs(60), 10);
+        for i in 0..100 {
+            c.insert(i, i);
+        }
+        assert!(c.len() <= 10);
+        assert_eq!(c.get(&99), Lookup::Fresh(99));
+    }
+}

@@ -1,0 +1,258 @@
+//! Prometheus metrics of the cache engine. One registry per process; every name is a
+//! constant here and documented in docs/metrics.md. Counters get `_total` appended by the
+//! exposition format.
+
+use std::sync::Mutex;
+use std::time::Duration;
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::registry::Registry;
+
+/// Labels: `tier` = memory|disk. Cache hits.
+pub const CACHE_HITS: &str = "strata_cache_hits";
+/// Labels: `tier` = memory|disk. Cache misses (a disk miss means a source fetch).
+pub const CACHE_MISSES: &str = "strata_cache_misses";
+/// Labels: `tier`. Blocks evicted (quota pressure or data TTL).
+pub const CACHE_EVICTIONS: &str = "strata_cache_evictions";
+/// Labels: `dataset`, `source`. Bytes received from a source.
+pub const SOURCE_READ_BYTES: &str = "strata_source_read_bytes";
+/// Labels: `dataset`, `source`, `op` = get|head|list. Requests sent to a source.
+pub const SOURCE_REQUESTS: &str = "strata_source_requests";
+/// Ranged GETs in flight right now (all sources).
+pub const FETCHES_IN_FLIGHT: &str = "strata_fetches_in_flight";
+/// Seconds per ranged GET to a source.
+pub const FETCH_DURATION_SECONDS: &str = "strata_fetch_duration_seconds";
+/// Seconds per read served by the engine (FUSE or HTTP), any tier.
+pub const READ_DURATION_SECONDS: &str = "strata_read_duration_seconds";
+/// Labels: `dataset`, `tier`. Bytes held in a cache tier.
+pub const CACHED_BYTES: &str = "strata_cached_bytes";
+/// Cache writes to disk that failed (disk full, I/O error); the read was still served.
+pub const DISK_WRITE_ERRORS: &str = "strata_disk_write_errors";
+/// Blocks read back from disk whose checksum did not match (dropped and refetched).
+pub const CHECKSUM_FAILURES: &str = "strata_checksum_failures";
+/// Labels: `result` = ok|refused|unavailable. FUSE opens in passthrough mode.
+pub const PASSTHROUGH_OPENS: &str = "strata_passthrough_opens";
+
+type Labels = Vec<(String, String)>;
+
+/// All engine metrics plus the registry they are in.
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    hits: Family<Labels, Counter>,
+    misses: Family<Labels, Counter>,
+    evictions: Family<Labels, Counter>,
+    source_bytes: Family<Labels, Counter>,
+    source_requests: Family<Labels, Counter>,
+    in_flight: Gauge,
+    fetch_seconds: Histogram,
+    read_seconds: Histogram,
+    cached_bytes: Family<Labels, Gauge>,
+    disk_write_errors: Counter,
+    checksum_failures: Counter,
+    passthrough: Family<Labels, Counter>,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Decrements the in-flight gauge when dropped.
+pub struct InFlight(Gauge);
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
+}
+
+impl Metrics {
+    /// Creates and registers every metric.
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            registry: Mutex::new(Registry::default()),
+            hits: Family::default(),
+            misses: Family::default(),
+            evictions: Family::default(),
+            source_bytes: Family::default(),
+            source_requests: Family::default(),
+            in_flight: Gauge::default(),
+            // 1 ms .. ~16 s
+            fetch_seconds: Histogram::new(exponential_buckets(0.001, 2.0, 15)),
+            // 10 µs .. ~10 s
+            read_seconds: Histogram::new(exponential_buckets(0.00001, 2.7, 15)),
+            cached_bytes: Family::default(),
+            disk_write_errors: Counter::default(),
+            checksum_failures: Counter::default(),
+            passthrough: Family::default(),
+        };
+        registry.register(CACHE_HITS, "Block cache hits per tier", m.hits.clone());
+        registry.register(
+            CACHE_MISSES,
+            "Block cache misses per tier",
+            m.misses.clone(),
+        );
+        registry.register(
+            CACHE_EVICTIONS,
+            "Blocks evicted per tier",
+            m.evictions.clone(),
+        );
+        registry.register(
+            SOURCE_READ_BYTES,
+            "Bytes read from each source",
+            m.source_bytes.clone(),
+        );
+        registry.register(
+            SOURCE_REQUESTS,
+            "Requests sent to each source by operation",
+            m.source_requests.clone(),
+        );
+        registry.register(
+            FETCHES_IN_FLIGHT,
+            "Ranged GETs in flight",
+            m.in_flight.clone(),
+        );
+        registry.register(
+            FETCH_DURATION_SECONDS,
+            "Duration of ranged GETs to sources",
+            m.fetch_seconds.clone(),
+        );
+        registry.register(
+            READ_DURATION_SECONDS,
+            "Duration of reads served by the engine",
+            m.read_seconds.clone(),
+        );
+        registry.register(
+            CACHED_BYTES,
+            "Bytes cached per dataset and tier",
+            m.cached_bytes.clone(),
+        );
+        registry.register(
+            DISK_WRITE_ERRORS,
+            "Failed writes to the disk tier (served read-through)",
+            m.disk_write_errors.clone(),
+        );
+        registry.register(
+            CHECKSUM_FAILURES,
+            "Blocks whose checksum failed on read from disk",
+            m.checksum_failures.clone(),
+        );
+        registry.register(
+            PASSTHROUGH_OPENS,
+            "FUSE opens in passthrough mode by result",
+            m.passthrough.clone(),
+        );
+        *m.registry.lock().expect("metrics registry") = registry;
+        m
+    }
+
+    /// Lets other subsystems (HTTP API, CSI) register their metrics in the same registry.
+    pub fn register_with(&self, f: impl FnOnce(&mut Registry)) {
+        f(&mut self.registry.lock().expect("metrics registry"));
+    }
+
+    /// The registry in Prometheus text format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Encoding into a String cannot fail.
+        let _ = encode(&mut out, &self.registry.lock().expect("metrics registry"));
+        out
+    }
+
+    fn tier(tier: &str) -> Labels {
+        vec![("tier".into(), tier.into())]
+    }
+
+    pub(crate) fn hit(&self, tier: &str) {
+        self.hits.get_or_create(&Self::tier(tier)).inc();
+    }
+    pub(crate) fn miss(&self, tier: &str) {
+        self.misses.get_or_create(&Self::tier(tier)).inc();
+    }
+    pub(crate) fn evicted(&self, tier: &str, n: u64) {
+        self.evictions.get_or_create(&Self::tier(tier)).inc_by(n);
+    }
+    pub(crate) fn source_bytes(&self, dataset: &str, source: &str, n: u64) {
+        self.source_bytes
+            .get_or_create(&vec![
+                ("dataset".into(), dataset.into()),
+                ("source".into(), source.into()),
+            ])
+            .inc_by(n);
+    }
+    pub(crate) fn source_request(&self, dataset: &str, source: &str, op: &str) {
+        self.source_requests
+            .get_or_create(&vec![
+                ("dataset".into(), dataset.into()),
+                ("source".into(), source.into()),
+                ("op".into(), op.into()),
+            ])
+            .inc();
+    }
+    pub(crate) fn fetch_started(&self) -> InFlight {
+        self.in_flight.inc();
+        InFlight(self.in_flight.clone())
+    }
+    pub(crate) fn observe_fetch(&self, d: Duration) {
+        self.fetch_seconds.observe(d.as_secs_f64());
+    }
+    pub(crate) fn observe_read(&self, d: Duration) {
+        self.read_seconds.observe(d.as_secs_f64());
+    }
+    pub(crate) fn set_cached_bytes(&self, dataset: &str, tier: &str, bytes: u64) {
+        self.cached_bytes
+            .get_or_create(&vec![
+                ("dataset".into(), dataset.into()),
+                ("tier".into(), tier.into()),
+            ])
+            .set(bytes as i64);
+    }
+    pub(crate) fn disk_write_error(&self) {
+        self.disk_write_errors.inc();
+    }
+    pub(crate) fn checksum_failure(&self) {
+        self.checksum_failures.inc();
+    }
+    pub(crate) fn passthrough_open(&self, result: &str) {
+        self.passthrough
+            .get_or_create(&vec![("result".into(), result.into())])
+            .inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposes_documented_names() {
+        let m = Metrics::new();
+        m.hit("memory");
+        m.miss("disk");
+        m.source_bytes("ns/d", "s3", 10);
+        m.set_cached_bytes("ns/d", "disk", 5);
+        let text = m.encode();
+        for name in [
+            "strata_cache_hits_total{tier=\"memory\"} 1",
+            "strata_cache_misses_total{tier=\"disk\"} 1",
+            "strata_source_read_bytes_total{dataset=\"ns/d\",source=\"s3\"} 10",
+            "strata_cached_bytes{dataset=\"ns/d\",tier=\"disk\"} 5",
+            "strata_fetch_duration_seconds_bucket",
+            "strata_fetches_in_flight 0",
+        ] {
+            assert!(text.contains(name), "{name} missing in\n{text}");
+        }
+    }
+}
