@@ -28,7 +28,7 @@ fn positive_duration_rule() -> String {
     )
 }
 
-const QUOTA_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).sign() == 1";
+const QUOTA_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).isGreaterThan(quantity('0'))";
 const BLOCK_SIZE_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() in [1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864]";
 const REPLICAS_RULE: &str = "type(self) == int ? self >= 1 : self == 'All'";
 
@@ -291,7 +291,7 @@ pub struct CachePolicyStatus {
 
     /// len(datasets), for the Datasets column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset_count: Option<u32>,
+    pub dataset_count: Option<i32>,
 
     /// The latest run of each preload rule per dataset.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]

@@ -76,13 +76,15 @@ use crate::{FieldErrorKind, Result};
 )]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetSpec {
+    // No `reason` on the uniqueness rules: with FieldValueDuplicate the API server
+    // prints "Duplicate value" and drops the message.
     /// The stores this dataset reads from. Each source appears in the dataset's
     /// tree at its mountPath. Names and mountPaths must be unique and mountPaths
     /// must not be nested inside one another. 1 to 16 sources.
     #[schemars(length(min = 1, max = 16))]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["name"]))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message(MSG_DUPLICATE_SOURCE_NAME).reason(Reason::FieldValueDuplicate))]
-    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.mountPath == s.mountPath))").message(MSG_DUPLICATE_MOUNT_PATH).reason(Reason::FieldValueDuplicate))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.name == s.name))").message(MSG_DUPLICATE_SOURCE_NAME))]
+    #[x_kube(validation = Rule::new("self.all(s, self.exists_one(t, t.mountPath == s.mountPath))").message(MSG_DUPLICATE_MOUNT_PATH))]
     #[x_kube(validation = Rule::new("self.all(a, self.all(b, a.mountPath == b.mountPath || !(a.mountPath == '/' || b.mountPath.startsWith(a.mountPath + '/'))))").message(MSG_NESTED_MOUNT_PATH))]
     pub sources: Vec<Source>,
 
@@ -114,7 +116,9 @@ pub struct Source {
     #[schemars(length(max = 2048))]
     #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|http|https|file)://')").message(MSG_URI_SCHEME))]
     #[x_kube(validation = Rule::new("!self.matches('^(s3|gs|az|http|https|file)://') || self.matches('^((s3|gs|az|https?)://[^/?#\\\\s]+|file:///)[^\\\\s]*$')").message(MSG_URI_SHAPE))]
-    #[x_kube(validation = Rule::new("!self.matches('^[a-z0-9]+://[^/]*@')").message(MSG_URI_USERINFO))]
+    // Forbidden, not Invalid: the API server then prints only the message, not the
+    // value, so the credentials are not repeated back into a terminal or a log.
+    #[x_kube(validation = Rule::new("!self.matches('^[a-z0-9]+://[^/]*@')").message(MSG_URI_USERINFO).reason(Reason::FieldValueForbidden))]
     #[x_kube(validation = Rule::new("!self.matches('/\\\\.\\\\.(/|$)')").message(MSG_URI_DOTDOT))]
     pub uri: String,
 
@@ -208,7 +212,7 @@ pub struct DatasetStatus {
 
     /// Total size in bytes of all objects in all sources, from the last listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_bytes: Option<u64>,
+    pub total_bytes: Option<i64>,
 
     /// totalBytes for people, e.g. `12.4Gi` (the Size column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -216,12 +220,12 @@ pub struct DatasetStatus {
 
     /// Number of files (objects) in all sources, from the last listing.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<u64>,
+    pub files: Option<i64>,
 
     /// Distinct bytes of this dataset cached on at least one node (a block
     /// held by several nodes counts once).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cached_bytes: Option<u64>,
+    pub cached_bytes: Option<i64>,
 
     /// cachedBytes / totalBytes in percent, rounded down (100 only when fully cached).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -230,15 +234,15 @@ pub struct DatasetStatus {
 
     /// Cache hits summed over all nodes (reads served without going to the source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hits: Option<u64>,
+    pub hits: Option<i64>,
 
     /// Cache misses summed over all nodes (reads that went to a peer or the source).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub misses: Option<u64>,
+    pub misses: Option<i64>,
 
     /// Number of nodes holding part of this dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub nodes: Option<u32>,
+    pub nodes: Option<i32>,
 
     /// The CachePolicy in effect (from policyRef or a matching selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -281,10 +285,10 @@ pub struct SourceStatus {
     pub reachable: bool,
     /// Total bytes under the source's prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub total_bytes: Option<u64>,
+    pub total_bytes: Option<i64>,
     /// Number of files under the source's prefix.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files: Option<u64>,
+    pub files: Option<i64>,
     /// What went wrong, in words a user can act on (never a credential or signed URL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub message: Option<String>,
@@ -325,7 +329,7 @@ pub struct JobRun {
     /// The CachePolicy whose rule started the job.
     pub policy: String,
     /// Index of the rule in the policy's preload or pin list.
-    pub rule: u32,
+    pub rule: i32,
     /// The Dataset the job fetched into.
     pub dataset: String,
     /// Name of the Kubernetes Job.
@@ -335,16 +339,16 @@ pub struct JobRun {
     pub phase: JobPhase,
     /// Bytes fetched so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_done: Option<u64>,
+    pub bytes_done: Option<i64>,
     /// Bytes the job will fetch in total (known once listing is done).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub bytes_total: Option<u64>,
+    pub bytes_total: Option<i64>,
     /// Files fetched so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_done: Option<u64>,
+    pub files_done: Option<i64>,
     /// Files the job will fetch in total.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub files_total: Option<u64>,
+    pub files_total: Option<i64>,
     /// bytesDone / bytesTotal in percent, rounded down.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 100))]
@@ -533,7 +537,7 @@ fn uri_problem(uri: &str) -> (FieldErrorKind, &'static str) {
         .split_once("://")
         .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
     {
-        (FieldErrorKind::Invalid, MSG_URI_USERINFO)
+        (FieldErrorKind::Forbidden, MSG_URI_USERINFO)
     } else if uri.split('/').any(|seg| seg == "..") {
         (FieldErrorKind::Invalid, MSG_URI_DOTDOT)
     } else {

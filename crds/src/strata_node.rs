@@ -83,11 +83,11 @@ pub struct StrataNodeStatus {
 
     /// len(datasets), for the Datasets column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub dataset_count: Option<u32>,
+    pub dataset_count: Option<i32>,
 
     /// Bytes cached on this node over all datasets and tiers.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cached_bytes: Option<u64>,
+    pub cached_bytes: Option<i64>,
 
     /// cachedBytes for people, e.g. `3.2Gi` (the Cached column).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -115,9 +115,9 @@ pub struct TierUsage {
     /// Memory or SSD.
     pub tier: Tier,
     /// Bytes this tier may hold on this node.
-    pub capacity_bytes: u64,
+    pub capacity_bytes: i64,
     /// Bytes this tier holds now.
-    pub used_bytes: u64,
+    pub used_bytes: i64,
     /// Where the tier keeps its blocks (SSD only), e.g. `/var/cache/strata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
@@ -136,16 +136,16 @@ pub struct NodeDatasetUsage {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
     /// Bytes of the dataset cached on this node, all tiers.
-    pub cached_bytes: u64,
+    pub cached_bytes: i64,
     /// Bytes of the dataset held here because a pin rule matched.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub pinned_bytes: Option<u64>,
+    pub pinned_bytes: Option<i64>,
     /// Files with at least one block cached on this node.
-    pub files: u64,
+    pub files: i64,
     /// Reads served from this node's cache since the agent started.
-    pub hits: u64,
+    pub hits: i64,
     /// Reads that went to a peer or the source since the agent started.
-    pub misses: u64,
+    pub misses: i64,
     /// When these numbers were taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<Time>,

@@ -197,6 +197,16 @@ fn expectation(path: &Path) -> Expectation {
     }
 }
 
+fn header_value(path: &Path, key: &str) -> Option<String> {
+    let text = std::fs::read_to_string(path).expect("read");
+    text.lines()
+        .take_while(|l| l.starts_with('#'))
+        .find_map(|l| {
+            l.strip_prefix(&format!("# {key}:"))
+                .map(|v| v.trim().to_string())
+        })
+}
+
 #[test]
 fn invalid_examples_are_refused_naming_the_field() {
     let files = yaml_files(&repo_root().join("examples/invalid"));
@@ -234,6 +244,14 @@ fn invalid_examples_are_refused_naming_the_field() {
             Err(e) => failures.push(format!("{name}: does not deserialize: {e}")),
         }
 
+        if let Some(secret) = header_value(file, "must-not-echo") {
+            let rust = format!("{:?}", rust_field_errors(doc));
+            if rust.contains(&secret) {
+                failures.push(format!(
+                    "{name}: the Rust error repeats a credential: {rust}"
+                ));
+            }
+        }
         let (cel, not_evaluated) = cel_errors(doc);
         if want.checked_by == "cel" {
             if not_evaluated.contains(&want.apiserver_field) {
