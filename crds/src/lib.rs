@@ -62,6 +62,43 @@ pub mod condition {
     pub const SPEC_VALID: &str = "SpecValid";
 }
 
+/// Keys of the Secret named by a source's `credentialsSecretRef` (the names
+/// object_store reads from the environment, so `kubectl create secret
+/// generic --from-env-file` works with an existing env file).
+pub mod secret_keys {
+    /// s3: access key id.
+    pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+    /// s3: secret access key.
+    pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+    /// s3 (optional): session token for temporary credentials.
+    pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+    /// gs: the service account JSON key.
+    pub const GOOGLE_SERVICE_ACCOUNT_KEY: &str = "GOOGLE_SERVICE_ACCOUNT_KEY";
+    /// az: storage account name.
+    pub const AZURE_STORAGE_ACCOUNT_NAME: &str = "AZURE_STORAGE_ACCOUNT_NAME";
+    /// az: storage account key (or use a SAS token).
+    pub const AZURE_STORAGE_ACCOUNT_KEY: &str = "AZURE_STORAGE_ACCOUNT_KEY";
+    /// az: SAS token (instead of the account key).
+    pub const AZURE_STORAGE_SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
+}
+
+/// `part / total` in percent, rounded down and clamped to 0..=100, so 100 means
+/// everything (the `cachedPercent` and `JobRun.percent` convention). A zero
+/// total counts as fully cached (there is nothing to fetch).
+///
+/// ```
+/// assert_eq!(strata_crds::percent_floor(999, 1000), 99);
+/// assert_eq!(strata_crds::percent_floor(1000, 1000), 100);
+/// assert_eq!(strata_crds::percent_floor(0, 0), 100);
+/// ```
+pub fn percent_floor(part: i64, total: i64) -> i32 {
+    if total <= 0 {
+        return 100;
+    }
+    let part = part.clamp(0, total) as i128;
+    (part * 100 / total as i128) as i32
+}
+
 /// Every Strata CRD, in a stable order (the order `crdgen` prints them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
     vec![Dataset::crd(), CachePolicy::crd(), StrataNode::crd()]
