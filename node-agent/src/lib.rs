@@ -12,6 +12,7 @@
 //! The engine has no Kubernetes dependency.
 
 pub mod agent;
+pub mod api;
 pub mod cache;
 pub mod config;
 pub mod dataset;
@@ -21,6 +22,7 @@ pub mod fs;
 pub mod glob;
 pub mod metadata;
 pub mod metrics;
+pub mod mounts;
 pub mod path;
 pub mod singleflight;
 pub mod source;

@@ -29,8 +29,15 @@ struct Cli {
 enum Command {
     /// Mount sources as one cached, read-only file system, in the foreground.
     Mount(MountArgs),
-    /// Fetch files matching globs into a cache directory (no mount).
+    /// Fetch files matching globs into a cache directory (no mount). With --agent, ask
+    /// running agents to preload instead (see `strata-agent preload --agent URL --help`).
     Preload(PreloadArgs),
+    /// Run as the node daemon: HTTP API, CSI volume mounts, --datasets-dir.
+    Serve(strata_agent::api::serve::ServeArgs),
+    /// Pin paths on running agents (and fetch them), as the operator's pin Jobs do.
+    Pin(strata_agent::api::jobs::PinJobArgs),
+    /// Remove pins from running agents.
+    Unpin(strata_agent::api::jobs::JobArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -293,11 +300,38 @@ fn init_tracing(filter: &str, json: bool) {
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if strata_agent::api::jobs::is_agent_preload(&argv) {
+        // `preload --agent URL ...` (the operator's Jobs) talks to running agents.
+        let cli = <strata_agent::api::jobs::AgentPreloadCli as Parser>::parse_from(&argv[1..]);
+        init_tracing("warn", false);
+        strata_agent::api::jobs::preload(&cli.args, &mut std::io::stdout()).await?;
+        return Ok(());
+    }
     let cli = Cli::parse();
     init_tracing(&cli.log, cli.log_json);
     match cli.command {
         Command::Mount(args) => run_mount(args).await,
         Command::Preload(args) => run_preload(args).await,
+        Command::Serve(args) => {
+            strata_agent::api::serve::run(
+                args,
+                async {
+                    if let Err(e) = wait_for_signal().await {
+                        tracing::error!(error = %e, "cannot wait for signals");
+                    }
+                },
+                |_| {},
+            )
+            .await?;
+            Ok(())
+        }
+        Command::Pin(args) => {
+            Ok(strata_agent::api::jobs::pin(&args, &mut std::io::stdout()).await?)
+        }
+        Command::Unpin(args) => {
+            Ok(strata_agent::api::jobs::unpin(&args, &mut std::io::stdout()).await?)
+        }
     }
 }
 

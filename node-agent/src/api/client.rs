@@ -5,7 +5,8 @@
 //! fresh connection never trips over an agent that restarted in between.
 
 use super::types::{
-    ErrorBody, HealthStatus, PathsRequest, PreloadProgress, VolumeInfo, VolumeMount, VolumeRelease,
+    ErrorBody, HealthStatus, PathsRequest, PinAnswer, PreloadProgress, VolumeInfo, VolumeMount,
+    VolumeRelease,
 };
 use bytes::Bytes;
 pub use http::StatusCode;
@@ -390,15 +391,17 @@ impl AgentClient {
         self.json(Method::GET, "/v1/volumes", None).await
     }
 
-    /// `POST .../pin`.
+    /// `POST .../pin`; with `modified_within` only files modified that recently, by exact path.
     pub async fn pin(
         &self,
         namespace: &str,
         name: &str,
         paths: &[String],
-    ) -> Result<serde_json::Value> {
+        modified_within: Option<&str>,
+    ) -> Result<PinAnswer> {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
+            modified_within: modified_within.map(str::to_string),
         });
         self.json(
             Method::POST,
@@ -409,14 +412,10 @@ impl AgentClient {
     }
 
     /// `POST .../unpin`.
-    pub async fn unpin(
-        &self,
-        namespace: &str,
-        name: &str,
-        paths: &[String],
-    ) -> Result<serde_json::Value> {
+    pub async fn unpin(&self, namespace: &str, name: &str, paths: &[String]) -> Result<PinAnswer> {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
+            modified_within: None,
         });
         self.json(
             Method::POST,
@@ -437,6 +436,7 @@ impl AgentClient {
     ) -> Result<PreloadProgress> {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
+            modified_within: None,
         });
         let uri = dataset_path(namespace, name, "/preload");
         let response =

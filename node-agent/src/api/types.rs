@@ -50,8 +50,22 @@ pub struct VolumeInfo {
 
 /// Body of `POST .../preload`, `.../pin` and `.../unpin`: glob patterns over dataset paths.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PathsRequest {
     pub paths: Vec<String>,
+    /// Pin only: pin just the files (matching `paths`) modified within this long
+    /// (e.g. `14d`), each by its exact path.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_within: Option<String>,
+}
+
+/// Answer to `POST .../pin` and `.../unpin`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PinAnswer {
+    /// Every pin in force on the dataset now.
+    pub pins: Vec<String>,
+    /// The patterns this call added or removed.
+    pub changed: Vec<String>,
 }
 
 /// One line of the NDJSON stream that `POST .../preload` answers with; the

@@ -1,0 +1,228 @@
+//! `strata-agent serve`: the agent as a node daemon, with its HTTP API.
+
+use super::datasets_dir::{self, DatasetsDir};
+use super::error::{ApiError, Result};
+use super::server::{Access, ApiState, api_routes, metrics_routes};
+use crate::agent::{Agent, AgentConfig};
+use crate::fs::MountOptions;
+use crate::mounts::MountRegistry;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+fn parse_size(s: &str) -> std::result::Result<u64, String> {
+    crate::config::parse_size(s).map_err(|e| e.to_string())
+}
+
+fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
+    crate::config::parse_duration(s).map_err(|e| e.to_string())
+}
+
+/// Flags of `strata-agent serve`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ServeArgs {
+    /// Unix socket for the local CSI plugin (no token; guarded by its file mode 0660).
+    #[arg(
+        long,
+        env = "STRATA_AGENT_SOCKET",
+        default_value = "/run/strata/agent.sock"
+    )]
+    pub socket: PathBuf,
+    /// TCP address of the API for jobs and peers; requires --token-file.
+    #[arg(long, env = "STRATA_AGENT_LISTEN")]
+    pub listen: Option<SocketAddr>,
+    /// File holding the bearer token that TCP callers must send.
+    #[arg(long, env = "STRATA_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// Open port for /healthz, /readyz and /metrics.
+    #[arg(long, env = "STRATA_METRICS_LISTEN")]
+    pub metrics_listen: Option<SocketAddr>,
+    /// Datasets are mounted at <mount-root>/<namespace>/<name>.
+    #[arg(
+        long,
+        env = "STRATA_MOUNT_ROOT",
+        default_value = "/var/lib/strata/mounts"
+    )]
+    pub mount_root: PathBuf,
+    /// Directory of DatasetConfig files (YAML or JSON, one dataset each), rescanned periodically.
+    #[arg(long, env = "STRATA_DATASETS_DIR")]
+    pub datasets_dir: Option<PathBuf>,
+    /// How often --datasets-dir is rescanned.
+    #[arg(long, env = "STRATA_DATASETS_RESCAN", default_value = "30s", value_parser = parse_duration)]
+    pub datasets_rescan: Duration,
+    /// Disk tier directory.
+    #[arg(
+        long,
+        env = "STRATA_CACHE_DIR",
+        default_value = "/var/lib/strata/cache"
+    )]
+    pub cache_dir: PathBuf,
+    /// Memory tier size (e.g. 512Mi, 4Gi).
+    #[arg(long, env = "STRATA_MEMORY_SIZE", default_value = "1Gi", value_parser = parse_size)]
+    pub memory_size: u64,
+    /// Disk tier size (0 disables it).
+    #[arg(long, env = "STRATA_DISK_SIZE", default_value = "10Gi", value_parser = parse_size)]
+    pub disk_size: u64,
+    /// Never open files in FUSE passthrough mode.
+    #[arg(long, env = "STRATA_NO_PASSTHROUGH")]
+    pub no_passthrough: bool,
+    /// FUSE worker threads per dataset mount.
+    #[arg(long, env = "STRATA_FUSE_THREADS", default_value_t = 4)]
+    pub fuse_threads: usize,
+}
+
+fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)
+            .map_err(|e| ApiError::io(format!("creating {}", parent.display()), e))?;
+    }
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        if !meta.file_type().is_socket() {
+            return Err(ApiError::bad_request(
+                "socket",
+                format!(
+                    "{} exists and is not a socket; refusing to replace it",
+                    path.display()
+                ),
+            ));
+        }
+        std::fs::remove_file(path)
+            .map_err(|e| ApiError::io(format!("removing stale socket {}", path.display()), e))?;
+    }
+    let listener = tokio::net::UnixListener::bind(path)
+        .map_err(|e| ApiError::io(format!("listening on {}", path.display()), e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
+        .map_err(|e| ApiError::io(format!("setting the mode of {}", path.display()), e))?;
+    Ok(listener)
+}
+
+async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
+    tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| ApiError::io(format!("listening on {addr} ({what})"), e))
+}
+
+/// Addresses actually bound (a port 0 in the flags becomes the real port).
+#[derive(Debug, Clone)]
+pub struct Bound {
+    pub socket: PathBuf,
+    pub listen: Option<SocketAddr>,
+    pub metrics_listen: Option<SocketAddr>,
+}
+
+/// Runs the agent until `shutdown` resolves, then stops the listeners and unmounts every
+/// dataset. `on_bound` is told where it listens once every listener is bound.
+pub async fn run(
+    args: ServeArgs,
+    shutdown: impl Future<Output = ()>,
+    on_bound: impl FnOnce(Bound),
+) -> Result<()> {
+    let access = match (&args.listen, &args.token_file) {
+        (Some(_), Some(file)) => Some(Access::token(
+            &super::client::read_token_file(file)
+                .map_err(|e| ApiError::io(format!("reading --token-file {}", file.display()), e))?,
+        )),
+        (Some(_), None) => {
+            return Err(ApiError::bad_request(
+                "token-file",
+                "--listen serves the API over TCP and needs --token-file with the bearer token",
+            ));
+        }
+        (None, _) => None,
+    };
+
+    let agent = Agent::new(AgentConfig::new(
+        &args.cache_dir,
+        args.memory_size,
+        args.disk_size,
+    ))
+    .await?;
+    let mounts = Arc::new(MountRegistry::new(
+        &args.mount_root,
+        MountOptions {
+            allow_other: true,
+            passthrough: !args.no_passthrough,
+            threads: args.fuse_threads.max(1),
+            fsname: None,
+        },
+    )?);
+    let state = ApiState::new(agent, mounts.clone());
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let stopped = move || {
+        let mut rx = stop_rx.clone();
+        async move {
+            let _ = rx.wait_for(|stop| *stop).await;
+        }
+    };
+
+    let mut servers = tokio::task::JoinSet::new();
+    let unix = bind_socket(&args.socket)?;
+    servers.spawn(
+        warp::serve(api_routes(state.clone(), Access::Local))
+            .incoming(unix)
+            .graceful(stopped())
+            .run(),
+    );
+    let mut bound = Bound {
+        socket: args.socket.clone(),
+        listen: None,
+        metrics_listen: None,
+    };
+    if let (Some(addr), Some(access)) = (args.listen, access) {
+        let listener = bind_tcp(addr, "--listen").await?;
+        bound.listen = listener.local_addr().ok();
+        servers.spawn(
+            warp::serve(api_routes(state.clone(), access))
+                .incoming(listener)
+                .graceful(stopped())
+                .run(),
+        );
+    }
+    if let Some(addr) = args.metrics_listen {
+        let listener = bind_tcp(addr, "--metrics-listen").await?;
+        bound.metrics_listen = listener.local_addr().ok();
+        servers.spawn(
+            warp::serve(metrics_routes(state.clone()))
+                .incoming(listener)
+                .graceful(stopped())
+                .run(),
+        );
+    }
+    tracing::info!(socket = %bound.socket.display(), listen = ?bound.listen, metrics = ?bound.metrics_listen, mount_root = %mounts.root().display(), "strata-agent serving");
+
+    let watcher = match &args.datasets_dir {
+        Some(dir) => Some(tokio::spawn(datasets_dir::watch(
+            DatasetsDir::new(dir),
+            state.clone(),
+            args.datasets_rescan,
+        ))),
+        None => {
+            state.set_ready();
+            None
+        }
+    };
+    on_bound(bound);
+
+    shutdown.await;
+    tracing::info!("shutting down");
+    if let Some(watcher) = watcher {
+        watcher.abort();
+    }
+    let _ = stop_tx.send(true);
+    // Streams (long preloads) may hold connections: do not wait for them forever.
+    if tokio::time::timeout(Duration::from_secs(10), async {
+        while servers.join_next().await.is_some() {}
+    })
+    .await
+    .is_err()
+    {
+        servers.abort_all();
+    }
+    mounts.unmount_all().await;
+    let _ = std::fs::remove_file(&args.socket);
+    Ok(())
+}

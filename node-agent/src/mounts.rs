@@ -1,0 +1,243 @@
+//! One FUSE mount per dataset per node, shared by every volume that uses it.
+//!
+//! The CSI plugin records each published volume here; the dataset is mounted
+//! under `<mount-root>/<namespace>/<name>` when its first volume arrives and
+//! unmounted when its last volume is released.
+
+use crate::api::error::{ApiError, Result};
+use crate::api::types::VolumeInfo;
+use crate::dataset::DatasetView;
+use crate::fs::{MountHandle, MountOptions};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+type DatasetKey = (String, String);
+
+struct DatasetMount {
+    handle: MountHandle,
+    volumes: BTreeSet<String>,
+}
+
+#[derive(Default)]
+struct State {
+    mounts: BTreeMap<DatasetKey, DatasetMount>,
+    /// volume id -> dataset.
+    volumes: BTreeMap<String, DatasetKey>,
+}
+
+/// What [`MountRegistry::acquire`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Acquired {
+    pub mount_path: PathBuf,
+    /// Volumes using the mount now, this one included.
+    pub volumes: usize,
+    /// False when the volume was already recorded (a repeated publish).
+    pub new_volume: bool,
+}
+
+/// What [`MountRegistry::release`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Released {
+    pub released: bool,
+    pub unmounted: bool,
+}
+
+pub struct MountRegistry {
+    root: PathBuf,
+    options: MountOptions,
+    state: tokio::sync::Mutex<State>,
+}
+
+impl std::fmt::Debug for MountRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountRegistry")
+            .field("root", &self.root)
+            .finish()
+    }
+}
+
+impl MountRegistry {
+    /// Creates `root` if needed. Mount paths are reported canonical, as the
+    /// kernel's mount table shows them.
+    pub fn new(root: &Path, options: MountOptions) -> Result<Self> {
+        std::fs::create_dir_all(root)
+            .map_err(|e| ApiError::io(format!("creating mount root {}", root.display()), e))?;
+        let root = root
+            .canonicalize()
+            .map_err(|e| ApiError::io(format!("resolving mount root {}", root.display()), e))?;
+        Ok(MountRegistry {
+            root,
+            options,
+            state: tokio::sync::Mutex::new(State::default()),
+        })
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the dataset is (or would be) mounted.
+    pub fn mount_path(&self, namespace: &str, name: &str) -> PathBuf {
+        self.root.join(namespace).join(name)
+    }
+
+    /// Makes sure the dataset is mounted and records `volume_id` as a user of it. Idempotent.
+    pub async fn acquire(&self, view: Arc<DatasetView>, volume_id: &str) -> Result<Acquired> {
+        let key = (view.namespace().to_string(), view.name().to_string());
+        let mut state = self.state.lock().await;
+        if let Some(other) = state.volumes.get(volume_id)
+            && other != &key
+        {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "volume {volume_id} is already recorded for dataset {}/{}, not {}/{}",
+                    other.0, other.1, key.0, key.1
+                ),
+            });
+        }
+        if !state.mounts.contains_key(&key) {
+            let path = self.mount_path(&key.0, &key.1);
+            let handle = self.mount(view, &path).await?;
+            state.mounts.insert(
+                key.clone(),
+                DatasetMount {
+                    handle,
+                    volumes: BTreeSet::new(),
+                },
+            );
+        }
+        let mount = state.mounts.get_mut(&key).expect("inserted above");
+        let new_volume = mount.volumes.insert(volume_id.to_string());
+        let acquired = Acquired {
+            mount_path: mount.handle.mountpoint().to_path_buf(),
+            volumes: mount.volumes.len(),
+            new_volume,
+        };
+        state.volumes.insert(volume_id.to_string(), key.clone());
+        tracing::info!(dataset = %format!("{}/{}", key.0, key.1), volume_id, volumes = acquired.volumes, "volume acquired");
+        Ok(acquired)
+    }
+
+    async fn mount(&self, view: Arc<DatasetView>, path: &Path) -> Result<MountHandle> {
+        std::fs::create_dir_all(path)
+            .map_err(|e| ApiError::io(format!("creating mount point {}", path.display()), e))?;
+        // A mount left behind by an agent that crashed answers ENOTCONN: detach it first.
+        if std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+            tracing::warn!(mountpoint = %path.display(), "detaching a stale mount left by a previous agent");
+            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+        }
+        let options = self.options.clone();
+        let path = path.to_path_buf();
+        let handle = tokio::runtime::Handle::current();
+        tokio::task::spawn_blocking(move || {
+            let _guard = handle.enter();
+            crate::fs::mount(view, &path, options)
+        })
+        .await
+        .map_err(|e| ApiError::Engine(crate::Error::Task(e.to_string())))?
+        .map_err(ApiError::from)
+    }
+
+    /// Forgets `volume_id`; unmounts its dataset when no volume uses it any more. Idempotent.
+    /// With `dataset`, only releases the volume if it belongs to that dataset.
+    pub async fn release(
+        &self,
+        volume_id: &str,
+        dataset: Option<(&str, &str)>,
+    ) -> Result<Released> {
+        let mut state = self.state.lock().await;
+        let Some(key) = state.volumes.get(volume_id).cloned() else {
+            return Ok(Released {
+                released: false,
+                unmounted: false,
+            });
+        };
+        if let Some((ns, name)) = dataset
+            && (key.0 != ns || key.1 != name)
+        {
+            return Err(ApiError::Conflict {
+                message: format!(
+                    "volume {volume_id} belongs to dataset {}/{}, not {ns}/{name}",
+                    key.0, key.1
+                ),
+            });
+        }
+        state.volumes.remove(volume_id);
+        let mut unmounted = false;
+        if let Some(mount) = state.mounts.get_mut(&key) {
+            mount.volumes.remove(volume_id);
+            if mount.volumes.is_empty() {
+                let mount = state.mounts.remove(&key).expect("present");
+                unmount(mount.handle).await?;
+                unmounted = true;
+            }
+        }
+        tracing::info!(dataset = %format!("{}/{}", key.0, key.1), volume_id, unmounted, "volume released");
+        Ok(Released {
+            released: true,
+            unmounted,
+        })
+    }
+
+    /// Volumes using the dataset's mount.
+    pub async fn dataset_volumes(&self, namespace: &str, name: &str) -> Vec<String> {
+        let state = self.state.lock().await;
+        state
+            .mounts
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|m| m.volumes.iter().cloned().collect())
+            .unwrap_or_default()
+    }
+
+    /// The dataset's mount point, if it is mounted.
+    pub async fn mounted_at(&self, namespace: &str, name: &str) -> Option<PathBuf> {
+        let state = self.state.lock().await;
+        state
+            .mounts
+            .get(&(namespace.to_string(), name.to_string()))
+            .map(|m| m.handle.mountpoint().to_path_buf())
+    }
+
+    /// Every recorded volume.
+    pub async fn volumes(&self) -> Vec<VolumeInfo> {
+        let state = self.state.lock().await;
+        state
+            .volumes
+            .iter()
+            .map(|(id, (ns, name))| VolumeInfo {
+                volume_id: id.clone(),
+                namespace: ns.clone(),
+                name: name.clone(),
+                mount_path: state
+                    .mounts
+                    .get(&(ns.clone(), name.clone()))
+                    .map(|m| m.handle.mountpoint().to_path_buf())
+                    .unwrap_or_default(),
+            })
+            .collect()
+    }
+
+    /// Unmounts everything (agent shutdown). Pods using the volumes lose them, as they
+    /// would when the agent process ends.
+    pub async fn unmount_all(&self) {
+        let mut state = self.state.lock().await;
+        state.volumes.clear();
+        let mounts = std::mem::take(&mut state.mounts);
+        for ((ns, name), mount) in mounts {
+            if let Err(e) = unmount(mount.handle).await {
+                tracing::warn!(dataset = %format!("{ns}/{name}"), error = %e, "unmount at shutdown failed");
+            }
+        }
+    }
+}
+
+async fn unmount(handle: MountHandle) -> Result<()> {
+    let path = handle.mountpoint().to_path_buf();
+    tokio::task::spawn_blocking(move || handle.unmount())
+        .await
+        .map_err(|e| ApiError::Engine(crate::Error::Task(e.to_string())))??;
+    // The directory is ours; a leftover would only confuse the next mount.
+    let _ = std::fs::remove_dir(&path);
+    Ok(())
+}
