@@ -37,6 +37,14 @@ COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
 
+need() {
+	local tool
+	for tool in "$@"; do
+		command -v "$tool" >/dev/null ||
+			die "$tool is required but not installed (Debian packages: openssl curl iproute2 util-linux coreutils)"
+	done
+}
+
 # ---- build -------------------------------------------------------------------------------------
 
 # A binary counts as built when it exists and its stamp records the pinned version it came from.
@@ -131,6 +139,9 @@ build_tool_module() { # name version module-path package-path ldflags
 cmd_build() {
 	go_env
 	mkdir -p "$BIN_DIR" "$SRC_DIR"
+	# Concurrent builds (CI plus a test that found binaries missing) would clobber each other.
+	exec 8>"$K8S_DIR/.build.lock"
+	flock 8
 	local start=$SECONDS first=0 b
 	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm csi-sanity; do
 		[[ -x "$BIN_DIR/$b" ]] || first=1
@@ -241,8 +252,8 @@ start_component() {
 	mkdir -p "$STATE_DIR/run" "$STATE_DIR/logs"
 	# setsid: the control plane outlives the shell or test process that started it and does not
 	# get its Ctrl-C; no inherited fds, so a caller capturing our output is not kept waiting.
-	# 9>&-: the long-lived process must not inherit (and so hold forever) the `up` lock.
-	setsid "$BIN_DIR/$name" "$@" </dev/null >>"$STATE_DIR/logs/$name.log" 2>&1 9>&- &
+	# 8>&- 9>&-: the long-lived process must not inherit (and so hold forever) the build/up locks.
+	setsid "$BIN_DIR/$name" "$@" </dev/null >>"$STATE_DIR/logs/$name.log" 2>&1 8>&- 9>&- &
 	local pid=$!
 	echo "$pid" >"$(pid_file "$name")"
 	# Until exec completes, /proc/<pid>/exe is still bash/setsid; wait for it so later liveness
@@ -309,6 +320,7 @@ print_env() {
 }
 
 cmd_up() {
+	need openssl curl ss setsid flock base64
 	mkdir -p "$STATE_DIR"
 	# One `up` at a time: tests in several processes may all try to start the shared cluster.
 	exec 9>"$STATE_DIR/.lock"
@@ -332,7 +344,7 @@ cmd_up() {
 	done
 	local start=$SECONDS
 	# Fresh state each start: a leftover etcd member from another PKI would not accept us.
-	rm -rf "$PKI_DIR" "$STATE_DIR/etcd" "$STATE_DIR/run" "$STATE_DIR/kcm" "$STATE_DIR/scheduler"
+	rm -rf "$PKI_DIR" "$STATE_DIR/etcd" "$STATE_DIR/run" "$STATE_DIR/kcm" "$STATE_DIR/scheduler" "$STATE_DIR/logs"
 	mkdir -p "$STATE_DIR/logs" "$STATE_DIR/kcm" "$STATE_DIR/scheduler"
 	gen_pki
 	write_kubeconfig "$STATE_DIR/controller-manager.kubeconfig" controller-manager

@@ -1,4 +1,5 @@
 use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 
@@ -114,20 +115,45 @@ impl Cluster {
     /// A new admin client. Each call builds its own: a client's connection pool lives on the
     /// Tokio runtime that created it, and every `#[tokio::test]` has its own runtime.
     pub async fn client(&self) -> Result<kube::Client> {
-        let kubeconfig =
-            Kubeconfig::read_from(&self.kubeconfig).map_err(|source| Error::Kubeconfig {
-                path: self.kubeconfig.clone(),
-                source,
-            })?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
-                .await
-                .map_err(|source| Error::Kubeconfig {
-                    path: self.kubeconfig.clone(),
-                    source,
-                })?;
-        kube::Client::try_from(config).map_err(|source| Error::Client {
-            path: self.kubeconfig.clone(),
+        client_from_kubeconfig(&self.kubeconfig).await
+    }
+
+    /// Writes a kubeconfig to `path` that authenticates as ServiceAccount `namespace/name` with a
+    /// one-hour token from the TokenRequest API, so a component under test can run with exactly
+    /// the permissions its RBAC grants (e.g. the operator with the chart's ClusterRole).
+    pub async fn write_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let token = self
+            .kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])
+            .await?;
+        let ca = self.state_dir.join("pki/ca.crt");
+        let user = format!("{namespace}/{name}");
+        // JSON is valid YAML, and serde_json quotes every value correctly.
+        let kubeconfig = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "Config",
+            "clusters": [{ "name": "strata-local", "cluster": {
+                "server": self.api_server,
+                "certificate-authority": ca,
+            }}],
+            "users": [{ "name": user, "user": { "token": token.trim() } }],
+            "contexts": [{ "name": "strata-local", "context": {
+                "cluster": "strata-local",
+                "user": user,
+                "namespace": namespace,
+            }}],
+            "current-context": "strata-local",
+        });
+        let write = || -> std::io::Result<()> {
+            std::fs::write(path, kubeconfig.to_string())?;
+            std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        };
+        write().map_err(|source| Error::WriteFile {
+            path: path.to_path_buf(),
             source,
         })
     }
@@ -161,6 +187,25 @@ impl Cluster {
     pub async fn run(&self, tool: &str, args: &[&str], stdin: Option<&[u8]>) -> Result<ToolOutput> {
         tool::run(&self.bin(tool), args, &self.kubeconfig, stdin).await
     }
+}
+
+/// A client for any kubeconfig file, e.g. one from
+/// [`Cluster::write_service_account_kubeconfig`].
+pub async fn client_from_kubeconfig(path: &Path) -> Result<kube::Client> {
+    let kubeconfig = Kubeconfig::read_from(path).map_err(|source| Error::Kubeconfig {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &KubeConfigOptions::default())
+        .await
+        .map_err(|source| Error::Kubeconfig {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    kube::Client::try_from(config).map_err(|source| Error::Client {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 fn script_path() -> PathBuf {

@@ -48,6 +48,13 @@ pub enum Error {
         source: kube::Error,
     },
 
+    #[error("writing {path}: {source}")]
+    WriteFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
     #[error("Kubernetes API request failed: {0}")]
     Api(#[from] kube::Error),
 

@@ -23,8 +23,8 @@ mod namespace;
 mod tool;
 mod wait;
 
-pub use cluster::Cluster;
+pub use cluster::{Cluster, client_from_kubeconfig};
 pub use error::{Error, Result};
-pub use namespace::TestNamespace;
+pub use namespace::{MANAGED_BY, TestNamespace};
 pub use tool::ToolOutput;
 pub use wait::wait_until;

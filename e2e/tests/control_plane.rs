@@ -15,7 +15,7 @@ use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomRe
 use kube::api::{ApiResource, DynamicObject, GroupVersionKind, PostParams};
 use kube::{Api, Client};
 use serde_json::json;
-use strata_e2e::{Cluster, Error, TestNamespace, wait_until};
+use strata_e2e::{Cluster, Error, TestNamespace, client_from_kubeconfig, wait_until};
 
 const PROBE_CRD: &str = include_str!("fixtures/probe-crd.yaml");
 const WAIT: Duration = Duration::from_secs(60);
@@ -326,6 +326,56 @@ async fn test_namespaces_are_deleted_with_their_contents() -> Result<()> {
         },
     )
     .await?;
+    Ok(())
+}
+
+#[tokio::test]
+async fn service_account_kubeconfig_has_only_the_permissions_rbac_grants() -> Result<()> {
+    let cluster = Cluster::shared().await?;
+    let ns = TestNamespace::create(cluster, "sa").await?;
+    cluster
+        .kubectl(&["-n", ns.name(), "create", "serviceaccount", "reader"])
+        .await?;
+    let dir = tempfile::tempdir()?;
+    let path = dir.path().join("reader.kubeconfig");
+    cluster
+        .write_service_account_kubeconfig(ns.name(), "reader", &path)
+        .await?;
+    let reader: Api<ConfigMap> = Api::namespaced(client_from_kubeconfig(&path).await?, ns.name());
+
+    match reader.list(&Default::default()).await {
+        Err(kube::Error::Api(status)) if status.code == 403 => {}
+        other => anyhow::bail!("expected 403 Forbidden before any RoleBinding, got {other:?}"),
+    }
+    cluster
+        .kubectl(&[
+            "-n",
+            ns.name(),
+            "create",
+            "rolebinding",
+            "reader-view",
+            "--clusterrole=view",
+            &format!("--serviceaccount={}:reader", ns.name()),
+        ])
+        .await?;
+    wait_until("the view RoleBinding to take effect", WAIT, || async {
+        reader.list(&Default::default()).await.map(Some)
+    })
+    .await?;
+    // `view` grants reading, not writing.
+    let config_map = ConfigMap {
+        metadata: kube::api::ObjectMeta {
+            name: Some("written-by-reader".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    let write = reader.create(&PostParams::default(), &config_map).await;
+    assert!(
+        matches!(&write, Err(kube::Error::Api(s)) if s.code == 403),
+        "{write:?}"
+    );
+    ns.cleanup().await?;
     Ok(())
 }
 
