@@ -98,6 +98,9 @@ struct Sidecar {
     size: u64,
     block_size: u64,
     path: String,
+    /// Object last-modified time, Unix milliseconds.
+    #[serde(default)]
+    mtime_ms: i64,
     /// (index, crc32c)
     blocks: Vec<(u64, u32)>,
 }
@@ -121,6 +124,8 @@ pub struct CachedObject {
     id: Arc<str>,
     version: ObjectVersion,
     path: DatasetPath,
+    mtime_ms: i64,
+    cached_at: u64,
     data_path: PathBuf,
     meta_path: PathBuf,
     block_size: u64,
@@ -144,6 +149,7 @@ impl CachedObject {
             size: self.version.size,
             block_size: self.block_size,
             path: self.path.as_str().to_string(),
+            mtime_ms: self.mtime_ms,
             blocks: state.blocks.iter().map(|(i, m)| (*i, m.crc)).collect(),
         };
         let tmp = self.meta_path.with_extension("meta.tmp");
@@ -544,6 +550,8 @@ impl DatasetCache {
         let obj = Arc::new(CachedObject {
             id: id.clone(),
             path,
+            mtime_ms: sidecar.mtime_ms,
+            cached_at: last_access,
             data_path,
             meta_path: meta_path.to_path_buf(),
             block_size: self.block_size,
@@ -719,9 +727,18 @@ impl DatasetCache {
 
     /// Stores a block fetched from the source: on disk when there is room, else in memory.
     /// Never fails; problems are logged and counted. Blocking.
-    pub fn put(&self, version: &ObjectVersion, path: &DatasetPath, index: u64, data: Bytes) {
+    /// `mtime` is the object's last-modified time, kept so a restarted agent can answer
+    /// `stat` for cached files without asking the source.
+    pub fn put(
+        &self,
+        version: &ObjectVersion,
+        path: &DatasetPath,
+        mtime: SystemTime,
+        index: u64,
+        data: Bytes,
+    ) {
         let id: Arc<str> = Arc::from(version.id());
-        if self.disk_enabled && self.put_disk(&id, version, path, index, &data) {
+        if self.disk_enabled && self.put_disk(&id, version, path, mtime, index, &data) {
             return;
         }
         self.node.memory_put(self.memory_key(&id, index), data);
@@ -732,6 +749,7 @@ impl DatasetCache {
         id: &Arc<str>,
         version: &ObjectVersion,
         path: &DatasetPath,
+        mtime: SystemTime,
     ) -> Arc<CachedObject> {
         if let Some(o) = self.objects.read().expect("objects").get(id) {
             return o.clone();
@@ -745,6 +763,11 @@ impl DatasetCache {
                     id: id.clone(),
                     version: version.clone(),
                     path: path.clone(),
+                    mtime_ms: mtime
+                        .duration_since(UNIX_EPOCH)
+                        .map(|d| d.as_millis() as i64)
+                        .unwrap_or(0),
+                    cached_at: now_secs(),
                     data_path: sub.join(format!("{id}.data")),
                     meta_path: sub.join(format!("{id}.meta")),
                     block_size: self.block_size,
@@ -762,10 +785,11 @@ impl DatasetCache {
         id: &Arc<str>,
         version: &ObjectVersion,
         path: &DatasetPath,
+        mtime: SystemTime,
         index: u64,
         data: &Bytes,
     ) -> bool {
-        let obj = self.object_for(id, version, path);
+        let obj = self.object_for(id, version, path, mtime);
         if obj
             .state
             .lock()
@@ -1071,6 +1095,27 @@ impl DatasetCache {
             .expect("objects")
             .get(&id)
             .map(|o| o.data_path.clone())
+    }
+
+    /// What is on disk, newest version per path: (path, version, last-modified). A
+    /// restarted agent seeds its metadata cache from this so cached files are served
+    /// without asking the source (for one metadata TTL).
+    pub fn cached_versions(&self) -> Vec<(DatasetPath, ObjectVersion, SystemTime)> {
+        let objects = self.objects.read().expect("objects");
+        let mut newest: HashMap<&DatasetPath, &Arc<CachedObject>> = HashMap::new();
+        for o in objects.values() {
+            let e = newest.entry(&o.path).or_insert(o);
+            if o.cached_at > e.cached_at {
+                *e = o;
+            }
+        }
+        newest
+            .into_values()
+            .map(|o| {
+                let mtime = UNIX_EPOCH + Duration::from_millis(o.mtime_ms.max(0) as u64);
+                (o.path.clone(), o.version.clone(), mtime)
+            })
+            .collect()
     }
 
     /// Adds pin globs at run time (on top of the configured ones).

@@ -236,12 +236,39 @@ impl DatasetView {
         let handle = tokio::runtime::Handle::try_current().map_err(|_| {
             Error::Task("DatasetView must be created inside a tokio runtime".into())
         })?;
+        let stats = TtlCache::new(ttl, MAX_METADATA_ENTRIES);
+        // What the disk tier holds is known without asking the sources: a restarted agent
+        // serves cached files (and their parent directories) for one metadata TTL.
+        for (path, version, mtime) in cache.cached_versions() {
+            if !sources.iter().any(|s| s.name() == version.source) {
+                continue;
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d.is_root() {
+                    break;
+                }
+                dir = d.parent();
+                stats.insert(d.clone(), Some(FileStat::dir(d)));
+            }
+            stats.insert(
+                path.clone(),
+                Some(FileStat {
+                    path,
+                    kind: EntryKind::File,
+                    size: version.size,
+                    mtime,
+                    etag: Some(version.etag.clone()),
+                    version: Some(version),
+                }),
+            );
+        }
         Ok(Arc::new(DatasetView {
             config,
             id,
             sources,
             cache,
-            stats: TtlCache::new(ttl, MAX_METADATA_ENTRIES),
+            stats,
             listings: TtlCache::new(ttl, MAX_METADATA_ENTRIES / 10),
             meta_flights: SingleFlight::default(),
             list_flights: SingleFlight::default(),
@@ -597,22 +624,22 @@ impl DatasetView {
         let bs = self.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
-        let blocks = futures::future::try_join_all(
-            (first..=last).map(|i| self.get_block(&stat.path, version, i)),
-        )
-        .await?;
+        let blocks =
+            futures::future::try_join_all((first..=last).map(|i| self.get_block(stat, i))).await?;
         let out = slice_blocks(&blocks, first * bs, offset, end);
         self.metrics.observe_read(started.elapsed());
         Ok(out)
     }
 
     /// One block: memory, then disk, then the source (one fetch however many ask).
-    pub async fn get_block(
-        self: &Arc<Self>,
-        path: &DatasetPath,
-        version: &ObjectVersion,
-        index: u64,
-    ) -> BlockResult {
+    pub async fn get_block(self: &Arc<Self>, stat: &FileStat, index: u64) -> BlockResult {
+        let Some(version) = &stat.version else {
+            return Err(Error::IsDirectory {
+                path: stat.path.to_string(),
+            });
+        };
+        let path = &stat.path;
+        let mtime = stat.mtime;
         if let Some(b) = self.cache.get_memory_only(version, index) {
             return Ok(b);
         }
@@ -647,9 +674,11 @@ impl DatasetView {
                     let d = data.clone();
                     // Writing to disk happens before the fetch is "done", so a reader that
                     // comes after the flight finds the block in a tier.
-                    tokio::task::spawn_blocking(move || cache.put(&version, &path, index, d))
-                        .await
-                        .map_err(|e| Error::Task(e.to_string()))?;
+                    tokio::task::spawn_blocking(move || {
+                        cache.put(&version, &path, mtime, index, d)
+                    })
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?;
                     Ok(data)
                 },
                 |e| Err(Error::Task(e)),
@@ -741,9 +770,8 @@ impl DatasetView {
                 let r = futures::stream::iter(0..blocks)
                     .map(|i| {
                         let view = view.clone();
-                        let v = v.clone();
-                        let path = f.path.clone();
-                        async move { view.get_block(&path, &v, i).await.map(|_| ()) }
+                        let f = f.clone();
+                        async move { view.get_block(&f, i).await.map(|_| ()) }
                     })
                     .buffer_unordered(PRELOAD_PARALLELISM)
                     .fold(Ok(()), |acc, r| async move { acc.and(r) })
@@ -951,9 +979,8 @@ impl FileReader {
                         break; // total budget exhausted: read on demand
                     };
                     let view = self.view.clone();
-                    let path = self.stat.path.clone();
-                    let v = version.clone();
-                    let fut = async move { view.get_block(&path, &v, i).await }
+                    let stat = self.stat.clone();
+                    let fut = async move { view.get_block(&stat, i).await }
                         .boxed()
                         .shared();
                     // Start it now; the shared future keeps the result for the reader.
@@ -966,12 +993,11 @@ impl FileReader {
         };
         let blocks = futures::future::try_join_all(wanted.into_iter().map(|(i, pre)| {
             let view = self.view.clone();
-            let path = self.stat.path.clone();
-            let v = version.clone();
+            let stat = self.stat.clone();
             async move {
                 match pre {
                     Some(f) => f.await,
-                    None => view.get_block(&path, &v, i).await,
+                    None => view.get_block(&stat, i).await,
                 }
             }
         }))

@@ -1,0 +1,194 @@
+//! A real `strata-agent serve` (in-process, real sockets, real FUSE) over a
+//! local-directory source, for the API and CSI tests.
+#![allow(dead_code)]
+
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+use strata_agent::api::client::AgentClient;
+use strata_agent::api::serve::{Bound, ServeArgs, run};
+use tempfile::TempDir;
+
+pub const TOKEN: &str = "test-token-0123456789";
+
+pub struct TestAgent {
+    pub dir: TempDir,
+    pub source: PathBuf,
+    pub socket: PathBuf,
+    pub mount_root: PathBuf,
+    pub datasets_dir: PathBuf,
+    pub listen: SocketAddr,
+    pub metrics: SocketAddr,
+    /// Relative path -> SHA-256 of every file under `source`.
+    pub files: BTreeMap<String, String>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+/// Writes a small tree with files that span several 64 KiB blocks, an empty file,
+/// nested directories and a name with a space.
+pub fn write_tree(root: &Path) -> BTreeMap<String, String> {
+    let files: &[(&str, usize)] = &[
+        ("train/a.bin", 300 * 1024 + 17),
+        ("train/b.bin", 64 * 1024),
+        ("train/nested/c.txt", 1234),
+        ("labels/labels.csv", 4096 + 3),
+        ("labels/empty.txt", 0),
+        ("README with space.md", 77),
+    ];
+    let mut out = BTreeMap::new();
+    let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+    for (rel, size) in files {
+        let mut data = Vec::with_capacity(*size);
+        while data.len() < *size {
+            // xorshift: cheap, deterministic, not compressible by accident.
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            data.extend_from_slice(&seed.to_le_bytes());
+        }
+        data.truncate(*size);
+        let path = root.join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, &data).unwrap();
+        out.insert(rel.to_string(), hex::encode(Sha256::digest(&data)));
+    }
+    out
+}
+
+pub fn sha256_file(path: &Path) -> String {
+    hex::encode(Sha256::digest(std::fs::read(path).unwrap()))
+}
+
+/// A dataset config (JSON) over the test source, 64 KiB blocks so files span several.
+pub fn dataset_json(source: &Path) -> serde_json::Value {
+    serde_json::json!({
+        "sources": [{"name": "local", "uri": format!("file://{}", source.display())}],
+        "cache": {"blockSize": 65536, "metadataTtl": "1s"}
+    })
+}
+
+impl TestAgent {
+    pub async fn start() -> TestAgent {
+        Self::start_with(Duration::from_secs(30)).await
+    }
+
+    /// Starts the agent with `--datasets-dir` rescanned every `rescan`.
+    pub async fn start_with(rescan: Duration) -> TestAgent {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("source");
+        let files = write_tree(&source);
+        let token_file = dir.path().join("token");
+        std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+        let datasets_dir = dir.path().join("datasets");
+        std::fs::create_dir_all(&datasets_dir).unwrap();
+        let args = ServeArgs {
+            socket: dir.path().join("run/agent.sock"),
+            listen: Some("127.0.0.1:0".parse().unwrap()),
+            token_file: Some(token_file),
+            metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
+            mount_root: dir.path().join("mounts"),
+            datasets_dir: Some(datasets_dir.clone()),
+            datasets_rescan: rescan,
+            cache_dir: dir.path().join("cache"),
+            memory_size: 16 << 20,
+            disk_size: 64 << 20,
+            no_passthrough: false,
+            fuse_threads: 2,
+        };
+        let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
+        let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Bound>();
+        let task = tokio::spawn(async move {
+            let shutdown = async {
+                let _ = stop_rx.await;
+            };
+            run(args, shutdown, move |bound| {
+                let _ = bound_tx.send(bound);
+            })
+            .await
+            .expect("strata-agent serve failed");
+        });
+        let bound = tokio::time::timeout(Duration::from_secs(20), bound_rx)
+            .await
+            .expect("agent did not start within 20s")
+            .expect("agent stopped before binding");
+        let agent = TestAgent {
+            mount_root: dir.path().join("mounts").canonicalize().unwrap(),
+            source,
+            socket: bound.socket,
+            datasets_dir,
+            listen: bound.listen.unwrap(),
+            metrics: bound.metrics_listen.unwrap(),
+            files,
+            dir,
+            stop: Some(stop_tx),
+            task: Some(task),
+        };
+        // Ready once the (empty) datasets dir was scanned.
+        let local = agent.local();
+        for _ in 0..100 {
+            if local.ready().await.is_ok() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        agent
+    }
+
+    pub fn local(&self) -> AgentClient {
+        AgentClient::unix(&self.socket)
+    }
+
+    pub fn tcp(&self, token: Option<&str>) -> AgentClient {
+        AgentClient::from_url(
+            &format!("http://{}", self.listen),
+            token.map(str::to_string),
+        )
+        .unwrap()
+    }
+
+    /// Adds `ns/name` over the test source through the API.
+    pub async fn add_dataset(&self, ns: &str, name: &str) {
+        self.local()
+            .put_dataset(ns, name, &dataset_json(&self.source))
+            .await
+            .expect("PUT dataset");
+    }
+
+    pub async fn stop(mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("agent did not stop within 30s")
+                .expect("agent task panicked");
+        }
+    }
+}
+
+/// Whether `path` is a mount point in this process's mount table.
+pub fn is_mounted(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Raw HTTP/1.1 request over TCP, for status/header checks the client hides.
+pub async fn raw_http(addr: SocketAddr, request: &str) -> (u16, String, Vec<u8>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    stream.write_all(request.as_bytes()).await.unwrap();
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out).await.unwrap();
+    let split = out.windows(4).position(|w| w == b"\r\n\r\n").unwrap();
+    let head = String::from_utf8_lossy(&out[..split]).to_string();
+    let body = out[split + 4..].to_vec();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, head, body)
+}

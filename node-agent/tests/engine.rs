@@ -1,0 +1,662 @@
+//! Engine tests against a real S3 server (moto on loopback) and local directories,
+//! counting the requests that reach the sources.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::*;
+use strata_agent::config::CacheSettings;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn s3_read_through_then_cached_then_restart_without_source() {
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("train/a.bin".into(), content(1, 3 * MIB + 5)),
+        ("train/b.bin".into(), content(2, 17)),
+        ("empty".into(), vec![]),
+    ];
+    s3.upload("data", &files).await;
+    let cache_dir = tempdir();
+    let cfg = dataset(
+        "s3",
+        vec![s3.source("s3", "s3://data/", "/")],
+        CacheSettings {
+            block_size: MIB as u64,
+            ..Default::default()
+        },
+    );
+    {
+        let agent = agent(cache_dir.path(), 64 << 20, 1 << 30).await;
+        let view = agent.add_dataset(cfg.clone()).await.unwrap();
+        for (k, v) in &files {
+            let got = view.read(&p(k), 0, u64::MAX).await.unwrap();
+            assert_eq!(&got[..], &v[..], "{k}");
+        }
+        // Unaligned read across a block boundary.
+        let got = view
+            .read(&p("train/a.bin"), MIB as u64 - 3, 10)
+            .await
+            .unwrap();
+        assert_eq!(&got[..], &files[0].1[MIB - 3..MIB + 7]);
+        let cold = view.request_counts();
+        assert_eq!(cold.gets, 5, "4 blocks of a.bin + 1 of b.bin: {cold:?}");
+        for (k, v) in &files {
+            let got = view.read(&p(k), 0, u64::MAX).await.unwrap();
+            assert_eq!(&got[..], &v[..], "{k}");
+        }
+        assert_eq!(
+            view.request_counts(),
+            cold,
+            "a second read must not reach the source"
+        );
+        let usage = view.usage();
+        assert_eq!(usage.cached_bytes, (3 * MIB + 5 + 17) as u64);
+        assert_eq!(usage.cached_files, 2);
+        assert!(usage.hits >= 5, "{usage:?}");
+        let listing = view.list(&p("/train")).await.unwrap();
+        let names: Vec<_> = listing.entries.iter().map(|e| e.name.as_str()).collect();
+        assert_eq!(names, ["a.bin", "b.bin"]);
+    }
+    // A new agent on the same cache dir serves what was cached without any request.
+    let agent = agent(cache_dir.path(), 64 << 20, 1 << 30).await;
+    let view = agent.add_dataset(cfg).await.unwrap();
+    for (k, v) in files.iter().filter(|(_, v)| !v.is_empty()) {
+        let got = view.read(&p(k), 0, u64::MAX).await.unwrap();
+        assert_eq!(&got[..], &v[..], "{k}");
+    }
+    assert_eq!(
+        view.request_counts().total(),
+        0,
+        "{:?}",
+        view.request_counts()
+    );
+    drop(s3);
+    // Even with the server gone.
+    let got = view.read(&p("train/a.bin"), 0, u64::MAX).await.unwrap();
+    assert_eq!(&got[..], &files[0].1[..]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn changed_object_is_served_fresh_after_metadata_ttl() {
+    let s3 = S3Server::start();
+    s3.create_bucket("chg");
+    s3.upload("chg", &[("f.txt".into(), b"version one".to_vec())])
+        .await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "chg",
+            vec![s3.source("s3", "s3://chg", "/")],
+            CacheSettings {
+                metadata_ttl: Duration::from_millis(800),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        &view.read(&p("/f.txt"), 0, 100).await.unwrap()[..],
+        b"version one"
+    );
+    s3.upload("chg", &[("f.txt".into(), b"version two, longer".to_vec())])
+        .await;
+    // Within the TTL the cached version is served.
+    assert_eq!(
+        &view.read(&p("/f.txt"), 0, 100).await.unwrap()[..],
+        b"version one"
+    );
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(
+        &view.read(&p("/f.txt"), 0, 100).await.unwrap()[..],
+        b"version two, longer"
+    );
+    // Deleted upstream: gone after the TTL too (negative entries expire like others).
+    s3.store("chg")
+        .delete(&object_store::path::Path::from("f.txt"))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let err = view.stat(&p("/f.txt")).await.unwrap_err();
+    assert!(err.is_not_found(), "{err}");
+    s3.upload("chg", &[("f.txt".into(), b"back".to_vec())])
+        .await;
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    assert_eq!(&view.read(&p("/f.txt"), 0, 100).await.unwrap()[..], b"back");
+}
+
+use object_store::ObjectStoreExt;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_readers_of_a_cold_block_share_one_fetch() {
+    let s3 = S3Server::start();
+    s3.create_bucket("single-flight");
+    let data = content(9, 2 * MIB);
+    s3.upload("single-flight", &[("big".into(), data.clone())])
+        .await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "single-flight",
+            vec![s3.source("s3", "s3://single-flight", "/")],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    view.stat(&p("/big")).await.unwrap();
+    let before = view.request_counts();
+    let mut tasks = Vec::new();
+    for i in 0..32u64 {
+        let view = view.clone();
+        tasks.push(tokio::spawn(async move {
+            view.read(&p("/big"), i * 1000, 4096).await.unwrap()
+        }));
+    }
+    for (i, t) in tasks.into_iter().enumerate() {
+        let got = t.await.unwrap();
+        assert_eq!(&got[..], &data[i * 1000..i * 1000 + 4096]);
+    }
+    let after = view.request_counts();
+    assert_eq!(after.gets - before.gets, 1, "{before:?} -> {after:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn corrupted_block_is_detected_refetched_and_never_returned() {
+    let src = tempdir();
+    let data = content(5, 3 * MIB);
+    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
+    let cache_dir = tempdir();
+    // No memory tier, so every read goes to the disk tier.
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "corrupt",
+            vec![local_source("local", src.path(), "/")],
+            CacheSettings {
+                block_size: MIB as u64,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    assert_eq!(
+        &view.read(&p("/f.bin"), 0, u64::MAX).await.unwrap()[..],
+        &data[..]
+    );
+    let gets = view.request_counts().gets;
+    assert_eq!(gets, 3);
+    let stat = view.stat(&p("/f.bin")).await.unwrap();
+    let file = view
+        .cache()
+        .data_file(stat.version.as_ref().unwrap())
+        .unwrap();
+    // Flip bytes in the middle block on disk.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(b"garbage!", MIB as u64 + 100).unwrap();
+    }
+    let got = view.read(&p("/f.bin"), 0, u64::MAX).await.unwrap();
+    assert_eq!(&got[..], &data[..], "corrupted bytes were returned");
+    assert_eq!(
+        view.request_counts().gets,
+        gets + 1,
+        "only the bad block is refetched"
+    );
+    let metrics = agent.metrics().encode();
+    assert!(
+        metrics.contains("strata_checksum_failures_total 1"),
+        "{metrics}"
+    );
+    // The refetched block was written back correctly.
+    assert_eq!(
+        &view.read(&p("/f.bin"), 0, u64::MAX).await.unwrap()[..],
+        &data[..]
+    );
+    assert_eq!(view.request_counts().gets, gets + 1);
+    // A fully cached file handed out for passthrough is verified first.
+    {
+        use std::os::unix::fs::FileExt;
+        let f = std::fs::OpenOptions::new().write(true).open(&file).unwrap();
+        f.write_all_at(b"garbage!", 10).unwrap();
+    }
+    let agent2 = common::agent(cache_dir.path(), 0, 1 << 30).await;
+    let view2 = agent2.add_dataset(view.config().clone()).await.unwrap();
+    let stat2 = view2.stat(&p("/f.bin")).await.unwrap();
+    assert!(
+        view2.cached_file(&stat2).await.is_none(),
+        "a corrupt file was offered for passthrough"
+    );
+    assert_eq!(
+        &view2.read(&p("/f.bin"), 0, u64::MAX).await.unwrap()[..],
+        &data[..]
+    );
+    assert!(view2.cached_file(&stat2).await.is_some());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn eviction_under_a_small_quota_keeps_pinned_data() {
+    for eviction in [
+        strata_agent::config::EvictionKind::Lru,
+        strata_agent::config::EvictionKind::S3Fifo,
+    ] {
+        let src = tempdir();
+        let mut files = vec![("pinned/keep.bin".to_string(), content(100, 2 * MIB))];
+        for i in 0..10 {
+            files.push((format!("other/{i}.bin"), content(i, MIB)));
+        }
+        write_tree(src.path(), &files);
+        let cache_dir = tempdir();
+        let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+        let view = agent
+            .add_dataset(dataset(
+                "quota",
+                vec![local_source("local", src.path(), "/")],
+                CacheSettings {
+                    block_size: MIB as u64,
+                    quota: Some(5 * MIB as u64),
+                    eviction,
+                    pins: vec!["/pinned/**".into()],
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        for (k, v) in &files {
+            assert_eq!(&view.read(&p(k), 0, u64::MAX).await.unwrap()[..], &v[..]);
+        }
+        let usage = view.usage();
+        assert!(
+            usage.cached_bytes <= 5 * MIB as u64,
+            "{eviction:?} {usage:?}"
+        );
+        assert_eq!(usage.pinned_bytes, 2 * MIB as u64, "{eviction:?} {usage:?}");
+        let before = view.request_counts().gets;
+        assert_eq!(
+            &view
+                .read(&p("/pinned/keep.bin"), 0, u64::MAX)
+                .await
+                .unwrap()[..],
+            &files[0].1[..]
+        );
+        assert_eq!(
+            view.request_counts().gets,
+            before,
+            "{eviction:?}: pinned data was evicted"
+        );
+        // Unpinned, it competes like everything else.
+        view.unpin(&[]).unwrap();
+        let metrics = agent.metrics().encode();
+        assert!(
+            metrics.contains("strata_cache_evictions_total{tier=\"disk\"}"),
+            "{metrics}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_dataset_cannot_evict_anothers_pinned_data() {
+    let src = tempdir();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..8).map(|i| (format!("f{i}"), content(i, MIB))).collect();
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    // The node disk holds 4 MiB in all.
+    let agent = agent(cache_dir.path(), 0, 4 * MIB as u64).await;
+    let settings = |pins: Vec<String>| CacheSettings {
+        block_size: MIB as u64,
+        pins,
+        ..Default::default()
+    };
+    let a = agent
+        .add_dataset(dataset(
+            "a",
+            vec![local_source("l", src.path(), "/")],
+            settings(vec!["/**".into()]),
+        ))
+        .await
+        .unwrap();
+    let b = agent
+        .add_dataset(dataset(
+            "b",
+            vec![local_source("l", src.path(), "/")],
+            settings(vec![]),
+        ))
+        .await
+        .unwrap();
+    for (k, _) in &files[..2] {
+        a.read(&p(k), 0, u64::MAX).await.unwrap();
+    }
+    for (k, v) in &files {
+        assert_eq!(&b.read(&p(k), 0, u64::MAX).await.unwrap()[..], &v[..]);
+    }
+    assert_eq!(a.usage().cached_bytes, 2 * MIB as u64);
+    assert!(b.usage().cached_bytes <= 2 * MIB as u64);
+    assert!(agent.block_cache().disk_used() <= 4 * MIB as u64);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_ttl_drops_blocks_nobody_read() {
+    let src = tempdir();
+    write_tree(
+        src.path(),
+        &[
+            ("x".into(), content(1, 1000)),
+            ("keep/y".into(), content(2, 1000)),
+        ],
+    );
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "ttl",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                data_ttl: Some(Duration::from_secs(1)),
+                pins: vec!["/keep/**".into()],
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    view.read(&p("/x"), 0, 10).await.unwrap();
+    view.read(&p("/keep/y"), 0, 10).await.unwrap();
+    assert_eq!(view.usage().cached_files, 2);
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    let usage = view.usage();
+    assert_eq!(usage.cached_files, 1, "{usage:?}");
+    assert_eq!(usage.pinned_bytes, 1000);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn full_disk_degrades_to_read_through() {
+    // A real full file system: a 2 MiB tmpfs as the cache directory.
+    common::require_fuse();
+    let cache_dir = tempdir();
+    nix::mount::mount(
+        Some("tmpfs"),
+        cache_dir.path(),
+        Some("tmpfs"),
+        nix::mount::MsFlags::empty(),
+        Some("size=2m"),
+    )
+    .expect("mount tmpfs (needs root)");
+    let src = tempdir();
+    let files: Vec<(String, Vec<u8>)> = (0..4)
+        .map(|i| (format!("f{i}"), content(i, 3 * MIB)))
+        .collect();
+    write_tree(src.path(), &files);
+    let result = async {
+        let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+        let view = agent
+            .add_dataset(dataset(
+                "full",
+                vec![local_source("l", src.path(), "/")],
+                CacheSettings {
+                    block_size: MIB as u64,
+                    ..Default::default()
+                },
+            ))
+            .await
+            .unwrap();
+        for _ in 0..2 {
+            for (k, v) in &files {
+                assert_eq!(
+                    &view.read(&p(k), 0, u64::MAX).await.unwrap()[..],
+                    &v[..],
+                    "{k}"
+                );
+            }
+        }
+        agent.metrics().encode()
+    }
+    .await;
+    nix::mount::umount(cache_dir.path()).unwrap();
+    assert!(
+        !result.contains("strata_disk_write_errors_total 0"),
+        "{result}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn several_sources_form_one_namespace() {
+    let s3 = S3Server::start();
+    s3.create_bucket("multi");
+    s3.upload(
+        "multi",
+        &[
+            ("prefix/in-s3.txt".into(), b"from s3".to_vec()),
+            ("outside.txt".into(), b"no".to_vec()),
+        ],
+    )
+    .await;
+    let local = tempdir();
+    write_tree(
+        local.path(),
+        &[("sub/in-local.txt".into(), b"from disk".to_vec())],
+    );
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "multi",
+            vec![
+                s3.source("remote", "s3://multi/prefix/", "/cloud/s3"),
+                local_source("nfs", local.path(), "/onprem"),
+            ],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    let root: Vec<_> = view
+        .list(&p("/"))
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(root, ["cloud", "onprem"]);
+    let cloud: Vec<_> = view
+        .list(&p("/cloud"))
+        .await
+        .unwrap()
+        .entries
+        .iter()
+        .map(|e| e.name.clone())
+        .collect();
+    assert_eq!(cloud, ["s3"]);
+    assert_eq!(
+        &view.read(&p("/cloud/s3/in-s3.txt"), 0, 100).await.unwrap()[..],
+        b"from s3"
+    );
+    assert_eq!(
+        &view
+            .read(&p("/onprem/sub/in-local.txt"), 0, 100)
+            .await
+            .unwrap()[..],
+        b"from disk"
+    );
+    assert!(
+        view.stat(&p("/cloud/s3/outside.txt"))
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(
+        view.stat(&p("/cloud/nothing"))
+            .await
+            .unwrap_err()
+            .is_not_found()
+    );
+    assert!(view.stat(&p("/onprem/sub")).await.unwrap().is_dir());
+    assert!(view.list(&p("/onprem/sub/in-local.txt")).await.is_err());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn source_errors_name_the_source_and_leak_no_secret() {
+    let s3 = S3Server::start();
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    // Missing bucket.
+    let mut src = s3.source("missing-bucket", "s3://no-such-bucket/", "/");
+    src.credentials.as_mut().unwrap().secret_access_key = Some("TOPSECRETVALUE".into());
+    let view = agent
+        .add_dataset(dataset("e1", vec![src], CacheSettings::default()))
+        .await
+        .unwrap();
+    let err = view.check_sources().await.unwrap_err().to_string();
+    assert!(
+        err.contains("missing-bucket") && err.contains("s3://no-such-bucket"),
+        "{err}"
+    );
+    assert!(
+        !err.contains("TOPSECRETVALUE") && !err.contains("Signature="),
+        "{err}"
+    );
+    // Unreachable endpoint.
+    let mut src = s3.source("dead-endpoint", "s3://b/", "/");
+    src.endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
+    src.max_retries = Some(0);
+    let view = agent
+        .add_dataset(dataset("e2", vec![src], CacheSettings::default()))
+        .await
+        .unwrap();
+    let err = view.check_sources().await.unwrap_err();
+    let msg = err.to_string();
+    assert!(
+        msg.contains("dead-endpoint") && msg.contains("reachable"),
+        "{msg}"
+    );
+    // Unknown scheme, refused when the dataset is added.
+    let err = agent
+        .add_dataset(dataset(
+            "e3",
+            vec![strata_agent::config::SourceConfig {
+                name: "odd".into(),
+                uri: "ftp://x/y".into(),
+                ..Default::default()
+            }],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("odd") && err.contains("unknown scheme"),
+        "{err}"
+    );
+    // Paths that escape are refused before any source sees them.
+    let local = tempdir();
+    let view = agent
+        .add_dataset(dataset(
+            "e4",
+            vec![local_source("l", local.path(), "/")],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    for bad in ["/../etc/passwd", "/%2e%2e/etc", "a\0b"] {
+        assert!(
+            strata_agent::path::DatasetPath::parse(bad).is_err(),
+            "{bad}"
+        );
+    }
+    assert!(view.request_counts().total() == 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_reads_trigger_parallel_readahead() {
+    let src = tempdir();
+    let data = content(77, 12 * MIB);
+    write_tree(src.path(), &[("seq.bin".into(), data.clone())]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "ra",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                block_size: MIB as u64,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let reader = view.open(&p("/seq.bin")).await.unwrap();
+    let before = strata_agent::dataset::READAHEAD_BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
+    let mut got = Vec::new();
+    let mut off = 0u64;
+    while off < data.len() as u64 {
+        let chunk = reader.read(off, 128 * 1024).await.unwrap();
+        off += chunk.len() as u64;
+        got.extend_from_slice(&chunk);
+    }
+    assert_eq!(got, data);
+    let ahead =
+        strata_agent::dataset::READAHEAD_BLOCKS.load(std::sync::atomic::Ordering::Relaxed) - before;
+    assert!(ahead >= 8, "only {ahead} blocks read ahead");
+    // Each block fetched exactly once, readahead or not.
+    assert_eq!(view.request_counts().gets, 12);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preload_pin_and_usage() {
+    let src = tempdir();
+    let files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| {
+            (
+                format!("d{}/f{i}.bin", i % 3),
+                content(i, 1000 + i as usize),
+            )
+        })
+        .collect();
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "pre",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    let calls = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let c = calls.clone();
+    let report = view
+        .preload(&["/d1/**".to_string()], move |p| c.lock().unwrap().push(p))
+        .await
+        .unwrap();
+    let d1: Vec<_> = files.iter().filter(|(k, _)| k.starts_with("d1/")).collect();
+    assert_eq!(report.files, d1.len() as u64);
+    assert_eq!(
+        report.bytes,
+        d1.iter().map(|(_, v)| v.len() as u64).sum::<u64>()
+    );
+    assert!(report.failed.is_empty());
+    let last = *calls.lock().unwrap().last().unwrap();
+    assert_eq!(last.files_done, last.files_total);
+    let gets = view.request_counts().gets;
+    for (k, v) in &d1 {
+        assert_eq!(&view.read(&p(k), 0, u64::MAX).await.unwrap()[..], &v[..]);
+    }
+    assert_eq!(
+        view.request_counts().gets,
+        gets,
+        "preloaded files were fetched again"
+    );
+    view.pin(&["/d1/**".to_string()]).unwrap();
+    assert_eq!(view.usage().pinned_bytes, report.bytes);
+    view.unpin(&["/d1/**".to_string()]).unwrap();
+    assert_eq!(view.usage().pinned_bytes, 0);
+    let (bytes, count) = view.scan().await.unwrap();
+    assert_eq!(count, 20);
+    assert_eq!(view.usage().total_bytes, Some(bytes));
+    view.drop_cache();
+    assert_eq!(view.usage().cached_bytes, 0);
+}
