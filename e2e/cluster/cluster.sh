@@ -334,15 +334,20 @@ cmd_up() {
 		log "control plane only partly running; restarting it"
 		stop_all
 	fi
-	local b
-	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-		[[ -x "$BIN_DIR/$b" ]] || { log "binaries missing in $BIN_DIR; building first"; cmd_build; break; }
-	done
+	if ! built etcd "$ETCD_VERSION" || ! built kube-apiserver "$K8S_VERSION" ||
+		! built kube-controller-manager "$K8S_VERSION" || ! built kube-scheduler "$K8S_VERSION" ||
+		! built kubectl "$K8S_VERSION" || ! built helm "$HELM_VERSION" ||
+		! built csi-sanity "$CSI_TEST_VERSION"; then
+		log "binaries missing or from other versions in $BIN_DIR; building first"
+		cmd_build
+	fi
 	local p
 	for p in "$API_PORT" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHED_PORT"; do
 		port_free "$p" || die "127.0.0.1:$p is already in use by another process; free it or set STRATA_*_PORT"
 	done
 	local start=$SECONDS
+	# A failed start leaves nothing running (logs and PKI stay for diagnosis).
+	trap 'log "start failed; stopping what was started"; stop_all' EXIT
 	# Fresh state each start: a leftover etcd member from another PKI would not accept us.
 	rm -rf "$PKI_DIR" "$STATE_DIR/etcd" "$STATE_DIR/run" "$STATE_DIR/kcm" "$STATE_DIR/scheduler" "$STATE_DIR/logs"
 	mkdir -p "$STATE_DIR/logs" "$STATE_DIR/kcm" "$STATE_DIR/scheduler"
@@ -399,6 +404,7 @@ cmd_up() {
 	# Their serving certs are self-signed (in --cert-dir), hence -k for these two health checks.
 	wait_https kube-controller-manager "https://127.0.0.1:$KCM_PORT/healthz" -k
 	wait_https kube-scheduler "https://127.0.0.1:$SCHED_PORT/healthz" -k
+	trap - EXIT
 	log "control plane ready in $((SECONDS - start))s (kube-apiserver https://127.0.0.1:$API_PORT)"
 	print_env
 }
