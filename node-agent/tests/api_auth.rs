@@ -94,7 +94,7 @@ async fn tcp_api_requires_the_bearer_token() {
         "{head}"
     );
     let text = String::from_utf8_lossy(&body);
-    assert!(text.contains("strata_cache_hits"), "{text}");
+    assert!(text.contains("strata_fetches_in_flight"), "{text}");
     // The API is not served on the metrics port.
     let (status, _, _) = raw_http(
         agent.metrics,

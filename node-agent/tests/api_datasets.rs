@@ -1,0 +1,385 @@
+//! The dataset, volume and job routes of `strata-agent serve`, against a real
+//! agent over a local-directory source.
+
+#[path = "api_support/mod.rs"]
+mod support;
+
+use sha2::{Digest, Sha256};
+use std::time::Duration;
+use strata_agent::api::jobs::{JobArgs, PinJobArgs, PreloadJobArgs};
+use support::{TOKEN, TestAgent, dataset_json, is_mounted, raw_http, sha256_file};
+
+fn status(err: &strata_agent::api::client::ClientError) -> u16 {
+    err.status().map(|s| s.as_u16()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datasets_stat_list_read_and_errors() {
+    let agent = TestAgent::start().await;
+    let api = agent.local();
+
+    // Unknown dataset: 404 naming it.
+    let err = api.dataset("ml", "imagenet").await.unwrap_err();
+    assert_eq!(status(&err), 404);
+    assert!(err.to_string().contains("ml/imagenet"), "{err}");
+
+    // PUT with credentials: the summary never shows them.
+    let mut config = dataset_json(&agent.source);
+    config["sources"][0]["credentials"] =
+        serde_json::json!({"accessKeyId": "AKIDEXAMPLE", "secretAccessKey": "s3cr3t-v4lue"});
+    let summary = api.put_dataset("ml", "imagenet", &config).await.unwrap();
+    let text = summary.to_string();
+    assert!(
+        !text.contains("s3cr3t-v4lue") && !text.contains("AKIDEXAMPLE"),
+        "{text}"
+    );
+    assert_eq!(summary["sources"][0]["mountPath"], "/");
+    // Replacing is allowed; a body naming another dataset is not.
+    api.put_dataset("ml", "imagenet", &dataset_json(&agent.source))
+        .await
+        .unwrap();
+    let mut other = dataset_json(&agent.source);
+    other["name"] = "other".into();
+    let err = api.put_dataset("ml", "imagenet", &other).await.unwrap_err();
+    assert_eq!(status(&err), 400);
+    let err = api
+        .put_dataset("ML", "x", &dataset_json(&agent.source))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (status(&err), err.to_string().contains("namespace")),
+        (400, true),
+        "{err}"
+    );
+    let err = api
+        .put_dataset("ml", "broken", &serde_json::json!({"sources": []}))
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+    assert!(
+        matches!(&err, strata_agent::api::client::ClientError::Status { field: Some(f), .. } if f == "sources"),
+        "{err:?}"
+    );
+
+    // stat and list.
+    let stat = api.stat("ml", "imagenet", "/train/a.bin").await.unwrap();
+    assert_eq!(stat["size"], 300 * 1024 + 17);
+    assert_eq!(stat["kind"], "file");
+    let listing = api.list("ml", "imagenet", "/train").await.unwrap();
+    let names: Vec<&str> = listing["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, ["a.bin", "b.bin", "nested"]);
+
+    // Every file reads back byte for byte.
+    for (rel, sum) in &agent.files {
+        let bytes = api
+            .read("ml", "imagenet", &format!("/{rel}"))
+            .await
+            .unwrap();
+        assert_eq!(&hex::encode(Sha256::digest(&bytes)), sum, "{rel}");
+    }
+
+    // Paths that leave the dataset are refused with 400 and field "path".
+    for bad in ["/../etc/passwd", "/train/%2e%2e/x", "a\\b"] {
+        let err = api.read("ml", "imagenet", bad).await.unwrap_err();
+        assert_eq!(status(&err), 400, "{bad}: {err}");
+        assert!(
+            matches!(&err, strata_agent::api::client::ClientError::Status { field: Some(f), .. } if f == "path"),
+            "{err:?}"
+        );
+    }
+    let err = api.stat("ml", "imagenet", "/nope").await.unwrap_err();
+    assert_eq!(status(&err), 404);
+
+    // HTTP ranges.
+    let source = std::fs::read(agent.source.join("train/a.bin")).unwrap();
+    let auth = format!("Authorization: Bearer {TOKEN}\r\n");
+    let req = |range: &str| {
+        format!(
+            "GET /v1/datasets/ml/imagenet/read?path=/train/a.bin HTTP/1.1\r\nHost: x\r\n{auth}Range: {range}\r\nConnection: close\r\n\r\n"
+        )
+    };
+    let (code, head, body) = raw_http(agent.listen, &req("bytes=65530-65545")).await;
+    assert_eq!(code, 206);
+    assert_eq!(body, &source[65530..65546]);
+    assert!(
+        head.to_lowercase().contains(&format!(
+            "content-range: bytes 65530-65545/{}",
+            source.len()
+        )),
+        "{head}"
+    );
+    let (code, _, body) = raw_http(agent.listen, &req("bytes=-100")).await;
+    assert_eq!(
+        (code, body.as_slice()),
+        (206, &source[source.len() - 100..])
+    );
+    let (code, _, body) = raw_http(agent.listen, &req("bytes=307200-")).await;
+    assert_eq!((code, body.as_slice()), (206, &source[307200..]));
+    let (code, _, body) = raw_http(agent.listen, &req("bytes=999999-")).await;
+    assert_eq!(code, 416, "{}", String::from_utf8_lossy(&body));
+
+    // Deleting drops it.
+    api.delete_dataset("ml", "imagenet").await.unwrap();
+    assert_eq!(
+        status(&api.dataset("ml", "imagenet").await.unwrap_err()),
+        404
+    );
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn preload_pin_and_usage() {
+    let agent = TestAgent::start().await;
+    agent.add_dataset("ml", "imagenet").await;
+    let api = agent.local();
+
+    let mut lines = Vec::new();
+    let last = api
+        .preload("ml", "imagenet", &["/train/**".to_string()], |p| {
+            lines.push(p.clone())
+        })
+        .await
+        .unwrap();
+    let train_bytes = (300 * 1024 + 17) + 64 * 1024 + 1234;
+    assert!(last.done && last.error.is_none(), "{last:?}");
+    assert_eq!((last.files_done, last.files_total), (3, 3));
+    assert_eq!(
+        (last.bytes_done, last.bytes_total),
+        (train_bytes, train_bytes)
+    );
+    assert_eq!(last.percent(), 100.0);
+    let usage = api.usage("ml", "imagenet").await.unwrap();
+    assert!(
+        usage["cachedBytes"].as_u64().unwrap() >= train_bytes,
+        "{usage}"
+    );
+
+    // Globs that escape are refused before anything starts.
+    let err = api
+        .preload("ml", "imagenet", &["/../**".to_string()], |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+
+    // Pin by glob, then only recent files by exact path.
+    let pinned = api
+        .pin("ml", "imagenet", &["/labels/**".to_string()], None)
+        .await
+        .unwrap();
+    assert_eq!(pinned.pins, ["/labels/**"]);
+    let old = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
+    std::fs::File::options()
+        .write(true)
+        .open(agent.source.join("train/b.bin"))
+        .unwrap()
+        .set_modified(old)
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await; // metadata TTL is 1s in the test config
+    let recent = api
+        .pin("ml", "imagenet", &["/train/**".to_string()], Some("14d"))
+        .await
+        .unwrap();
+    assert_eq!(recent.changed, ["/train/a.bin", "/train/nested/c.txt"]);
+    let err = api
+        .pin(
+            "ml",
+            "imagenet",
+            &["/train/**".to_string()],
+            Some("fortnight"),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+    let left = api
+        .unpin("ml", "imagenet", &["/labels/**".to_string()])
+        .await
+        .unwrap();
+    assert!(!left.pins.contains(&"/labels/**".to_string()), "{left:?}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn job_commands_over_tcp_print_progress() {
+    let agent = TestAgent::start().await;
+    agent.add_dataset("ml", "imagenet").await;
+    let token_file = agent.dir.path().join("token");
+    let job = JobArgs {
+        agent: vec![format!("http://{}", agent.listen)],
+        token_file: Some(token_file.clone()),
+        dataset: "ml/imagenet".into(),
+        paths: vec!["/labels/**".into()],
+    };
+    let mut out = Vec::new();
+    let results = strata_agent::api::jobs::preload(
+        &PreloadJobArgs {
+            job: job.clone(),
+            concurrency: 4,
+        },
+        &mut out,
+    )
+    .await
+    .unwrap();
+    assert_eq!(results[0].files_done, 2);
+    let text = String::from_utf8(out).unwrap();
+    let last = text.lines().last().unwrap();
+    assert!(
+        last.starts_with("preload ml/imagenet on http://127.0.0.1:"),
+        "{text}"
+    );
+    assert!(
+        last.ends_with("files 2/2, bytes 4099/4099, 100.0%, done"),
+        "{text}"
+    );
+
+    let mut out = Vec::new();
+    let pin = PinJobArgs {
+        job: JobArgs {
+            paths: vec!["/train/nested/**".into()],
+            ..job.clone()
+        },
+        replicas: "All".into(),
+        modified_within: None,
+        no_preload: false,
+    };
+    strata_agent::api::jobs::pin(&pin, &mut out).await.unwrap();
+    let text = String::from_utf8(out).unwrap();
+    assert!(text.contains("pinned ml/imagenet on http://"), "{text}");
+    assert!(
+        text.contains("files 1/1, bytes 1234/1234, 100.0%, done"),
+        "{text}"
+    );
+
+    // Without the token the job fails with the agent's 401.
+    let no_token = JobArgs {
+        token_file: None,
+        ..job.clone()
+    };
+    let err = strata_agent::api::jobs::preload(
+        &PreloadJobArgs {
+            job: no_token,
+            concurrency: 1,
+        },
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("token"), "{err}");
+    let bad = JobArgs {
+        dataset: "ml/missing".into(),
+        ..job
+    };
+    let err = strata_agent::api::jobs::preload(
+        &PreloadJobArgs {
+            job: bad,
+            concurrency: 1,
+        },
+        &mut Vec::new(),
+    )
+    .await
+    .unwrap_err();
+    assert!(err.to_string().contains("ml/missing"), "{err}");
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn volumes_share_one_fuse_mount_per_dataset() {
+    let agent = TestAgent::start().await;
+    agent.add_dataset("ml", "imagenet").await;
+    let api = agent.local();
+
+    let err = api
+        .acquire_volume("ml", "missing", "vol-a")
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 404);
+    assert!(err.to_string().contains("ml/missing"), "{err}");
+    let err = api
+        .acquire_volume("ml", "imagenet", "bad id!")
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+
+    let a = api.acquire_volume("ml", "imagenet", "vol-a").await.unwrap();
+    assert_eq!(a.mount_path, agent.mount_root.join("ml/imagenet"));
+    assert!(a.new_volume);
+    assert!(is_mounted(&a.mount_path));
+    let again = api.acquire_volume("ml", "imagenet", "vol-a").await.unwrap();
+    assert!(!again.new_volume);
+    let b = api.acquire_volume("ml", "imagenet", "vol-b").await.unwrap();
+    assert_eq!((b.mount_path.clone(), b.volumes), (a.mount_path.clone(), 2));
+
+    // The FUSE mount serves every file with the source's content.
+    let mount = a.mount_path.clone();
+    let files = agent.files.clone();
+    tokio::task::spawn_blocking(move || {
+        for (rel, sum) in &files {
+            assert_eq!(&sha256_file(&mount.join(rel)), sum, "{rel}");
+        }
+    })
+    .await
+    .unwrap();
+
+    // In use: the dataset cannot be deleted.
+    let err = api.delete_dataset("ml", "imagenet").await.unwrap_err();
+    assert_eq!(status(&err), 409);
+    assert!(err.to_string().contains("vol-a"), "{err}");
+    let listed = api.volumes().await.unwrap();
+    assert_eq!(listed.len(), 2);
+
+    let first = api.release_volume("vol-a").await.unwrap();
+    assert!(first.released && !first.unmounted);
+    assert!(is_mounted(&a.mount_path));
+    let last = api.release_volume("vol-b").await.unwrap();
+    assert!(last.released && last.unmounted);
+    assert!(!is_mounted(&a.mount_path));
+    // Idempotent.
+    let again = api.release_volume("vol-b").await.unwrap();
+    assert!(!again.released);
+
+    api.delete_dataset("ml", "imagenet").await.unwrap();
+    agent.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datasets_dir_adds_changes_and_removes() {
+    let agent = TestAgent::start_with(Duration::from_millis(200)).await;
+    let api = agent.local();
+    let yaml = format!(
+        "namespace: ml\nname: from-file\nsources:\n  - name: local\n    uri: file://{}\n",
+        agent.source.display()
+    );
+    std::fs::write(agent.datasets_dir.join("from-file.yaml"), yaml).unwrap();
+    std::fs::write(agent.datasets_dir.join("broken.yaml"), "name: [unclosed").unwrap();
+    let mut found = None;
+    for _ in 0..50 {
+        if let Ok(summary) = api.dataset("ml", "from-file").await {
+            found = Some(summary);
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let summary = found.expect("dataset from --datasets-dir did not appear");
+    assert_eq!(summary["blockSize"], 4 << 20);
+    assert!(
+        api.stat("ml", "from-file", "/labels/labels.csv")
+            .await
+            .is_ok()
+    );
+
+    std::fs::remove_file(agent.datasets_dir.join("from-file.yaml")).unwrap();
+    let mut gone = false;
+    for _ in 0..50 {
+        if api.dataset("ml", "from-file").await.is_err() {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "dataset stayed after its file was removed");
+    agent.stop().await;
+}
