@@ -137,6 +137,7 @@ impl Drop for TestNamespace {
                 &self.name,
                 "--wait=false",
                 "--ignore-not-found",
+                "--request-timeout=10s",
             ])
             .env("KUBECONFIG", &self.kubeconfig)
             .stdin(Stdio::null())
