@@ -1,1 +1,28 @@
-//! strata-operator
+//! strata-operator: reconciles Datasets and CachePolicies into what the node
+//! agents read (the `strata-datasets` Secret), volumes (PV/PVC), preload and
+//! pin Jobs, and the node DaemonSet; sums the agents' StrataNode reports into
+//! each Dataset's status. Leader-elected through a Lease.
+
+pub mod agent_config;
+pub mod agent_token;
+pub mod conditions;
+pub mod config;
+pub mod context;
+pub mod credentials;
+pub mod dataset_controller;
+mod error;
+pub mod jobs;
+pub mod leader;
+pub mod metrics;
+pub mod node_reports;
+pub mod node_set;
+mod operator;
+pub mod policy_controller;
+pub mod policy_resolution;
+pub mod selector;
+pub mod source_check;
+pub mod volume;
+
+pub use config::OperatorConfig;
+pub use error::{Error, Result};
+pub use operator::{Operator, run_controllers};

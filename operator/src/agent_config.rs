@@ -1,0 +1,223 @@
+//! What the node agents are told about a dataset: one YAML document per
+//! dataset in the `strata-datasets` Secret, in the agent's `DatasetConfig`
+//! format (`strata_agent::config::DatasetConfig`, camelCase).
+
+use std::collections::BTreeMap;
+
+use serde::Serialize;
+use strata_crds::{CachePolicySpec, Dataset, Eviction};
+
+use crate::credentials::AgentCredentials;
+use crate::{Error, Result};
+
+/// Name of the Secret (in the Strata namespace) holding every dataset's agent config.
+pub const DATASETS_SECRET: &str = "strata-datasets";
+
+/// The Secret key of one dataset: `<namespace>.<name>.yaml`. Namespaces and
+/// names are DNS labels/subdomains, so the key is a valid Secret key and
+/// unambiguous (a namespace has no dots).
+pub fn secret_key(namespace: &str, name: &str) -> String {
+    format!("{namespace}.{name}.yaml")
+}
+
+/// One dataset, as the agent reads it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentDatasetConfig {
+    pub namespace: String,
+    pub name: String,
+    pub sources: Vec<AgentSource>,
+    pub cache: AgentCacheSettings,
+}
+
+/// One source, as the agent reads it.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentSource {
+    pub name: String,
+    pub uri: String,
+    pub mount_path: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub region: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub credentials: Option<AgentCredentials>,
+    /// Always true: the agent serves sources read-only in this version.
+    pub read_only: bool,
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
+}
+
+/// Cache settings, from the dataset's CachePolicy (or the defaults).
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCacheSettings {
+    /// Bytes.
+    pub block_size: u64,
+    /// Seconds.
+    pub metadata_ttl: u64,
+    /// Bytes per node; absent = only the node's capacity limits it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub quota: Option<u64>,
+    /// `LRU` or `S3FIFO`.
+    pub eviction: &'static str,
+    /// Globs never evicted (every pin rule's paths).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<String>,
+    /// Seconds; absent = keep until evicted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub data_ttl: Option<u64>,
+}
+
+impl Default for AgentCacheSettings {
+    fn default() -> Self {
+        AgentCacheSettings {
+            block_size: strata_crds::parse_quantity_bytes("4Mi").unwrap_or(4 << 20),
+            metadata_ttl: 60,
+            quota: None,
+            eviction: "S3FIFO",
+            pins: Vec::new(),
+            data_ttl: None,
+        }
+    }
+}
+
+impl AgentCacheSettings {
+    /// Settings from a (validated) policy. A field that does not parse keeps
+    /// its default; the policy controller reports the invalid field.
+    pub fn from_policy(policy: &CachePolicySpec) -> Self {
+        let defaults = Self::default();
+        AgentCacheSettings {
+            block_size: policy.block_size_bytes().unwrap_or(defaults.block_size),
+            metadata_ttl: policy
+                .metadata_ttl()
+                .map(|d| d.as_secs())
+                .unwrap_or(defaults.metadata_ttl),
+            quota: policy.quota_bytes().ok(),
+            // The engine implements LRU and S3-FIFO; ARC falls back to S3-FIFO
+            // (also scan-resistant) until the engine has it.
+            eviction: match policy.eviction {
+                Eviction::Lru => "LRU",
+                Eviction::S3Fifo | Eviction::Arc => "S3FIFO",
+            },
+            pins: policy
+                .pin
+                .iter()
+                .flat_map(|rule| rule.paths.iter().cloned())
+                .collect(),
+            data_ttl: policy.data_ttl().ok().flatten().map(|d| d.as_secs()),
+        }
+    }
+}
+
+/// Builds a dataset's agent config. `credentials` maps source names to the
+/// credentials read from their Secrets.
+pub fn build(
+    dataset: &Dataset,
+    policy: Option<&CachePolicySpec>,
+    credentials: &BTreeMap<String, AgentCredentials>,
+) -> AgentDatasetConfig {
+    AgentDatasetConfig {
+        namespace: dataset.metadata.namespace.clone().unwrap_or_default(),
+        name: dataset.metadata.name.clone().unwrap_or_default(),
+        sources: dataset
+            .spec
+            .sources
+            .iter()
+            .map(|s| AgentSource {
+                name: s.name.clone(),
+                uri: s.uri.clone(),
+                mount_path: s.mount_path.clone(),
+                endpoint: s.endpoint.clone(),
+                region: s.region.clone(),
+                credentials: credentials.get(&s.name).cloned(),
+                read_only: true,
+                options: s.options.clone(),
+            })
+            .collect(),
+        cache: policy
+            .map(AgentCacheSettings::from_policy)
+            .unwrap_or_default(),
+    }
+}
+
+impl AgentDatasetConfig {
+    /// The YAML document stored in the datasets Secret.
+    pub fn to_yaml(&self) -> Result<String> {
+        serde_yaml::to_string(self).map_err(|e| Error::Render {
+            what: format!("agent config of dataset {}/{}", self.namespace, self.name),
+            message: e.to_string(),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_crds::{DatasetSpec, Source};
+
+    fn dataset() -> Dataset {
+        let mut ds = Dataset::new(
+            "imagenet",
+            DatasetSpec {
+                sources: vec![Source {
+                    name: "train".into(),
+                    uri: "s3://datasets/imagenet/train/".into(),
+                    mount_path: "/train".into(),
+                    endpoint: Some("http://127.0.0.1:9000".into()),
+                    region: Some("us-east-1".into()),
+                    credentials_secret_ref: None,
+                    read_only: false,
+                    options: BTreeMap::from([("allow_http".into(), "true".into())]),
+                }],
+                policy_ref: None,
+            },
+        );
+        ds.metadata.namespace = Some("ml".into());
+        ds
+    }
+
+    #[test]
+    fn renders_the_agent_format() {
+        let creds = BTreeMap::from([(
+            "train".to_string(),
+            AgentCredentials {
+                access_key_id: Some("AKIA".into()),
+                secret_access_key: Some("secret".into()),
+                ..Default::default()
+            },
+        )]);
+        let config = build(&dataset(), None, &creds);
+        let yaml = config.to_yaml().unwrap();
+        let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+        assert_eq!(value["namespace"], "ml");
+        assert_eq!(value["sources"][0]["mountPath"], "/train");
+        assert_eq!(value["sources"][0]["readOnly"], true);
+        assert_eq!(
+            value["sources"][0]["credentials"]["secretAccessKey"],
+            "secret"
+        );
+        assert_eq!(value["sources"][0]["options"]["allow_http"], "true");
+        assert_eq!(value["cache"]["blockSize"], 4 << 20);
+        assert_eq!(value["cache"]["eviction"], "S3FIFO");
+        assert_eq!(secret_key("ml", "imagenet"), "ml.imagenet.yaml");
+    }
+
+    #[test]
+    fn policy_settings_reach_the_cache_section() {
+        let policy: CachePolicySpec = serde_json::from_value(serde_json::json!({
+            "quota": "200Gi", "eviction": "LRU", "blockSize": "8Mi",
+            "metadata": {"ttl": "5m"}, "ttl": "30d",
+            "pin": [{"paths": ["/train/2026-11-*/**"], "replicas": "All"}]
+        }))
+        .unwrap();
+        let settings = AgentCacheSettings::from_policy(&policy);
+        assert_eq!(settings.quota, Some(200 << 30));
+        assert_eq!(settings.block_size, 8 << 20);
+        assert_eq!(settings.metadata_ttl, 300);
+        assert_eq!(settings.data_ttl, Some(30 * 86400));
+        assert_eq!(settings.eviction, "LRU");
+        assert_eq!(settings.pins, vec!["/train/2026-11-*/**".to_string()]);
+    }
+}

@@ -1,0 +1,254 @@
+//! The operator's settings: one clap-derived struct, every flag also an
+//! environment variable (the Helm chart sets these).
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use k8s_openapi::api::core::v1::Toleration;
+
+use crate::{Error, Result};
+
+/// Parses `30s`, `5m`, `1h` with the same grammar as the CRDs' durations.
+fn duration(text: &str) -> std::result::Result<Duration, String> {
+    strata_crds::parse_duration(text).map_err(|e| e.to_string())
+}
+
+/// All operator settings.
+#[derive(clap::Args, Clone, Debug)]
+pub struct OperatorConfig {
+    /// The Strata namespace: holds the datasets Secret, the agent token, the
+    /// node DaemonSet and (by default) the leader Lease.
+    #[arg(long, env = "STRATA_NAMESPACE", default_value = "strata-system")]
+    pub namespace: String,
+
+    /// This replica's name in the leader Lease and in events (the pod name).
+    #[arg(long, env = "STRATA_OPERATOR_IDENTITY", default_value_t = default_identity())]
+    pub identity: String,
+
+    /// Name of the coordination.k8s.io Lease the replicas compete for.
+    #[arg(long, env = "STRATA_LEASE_NAME", default_value = "strata-operator")]
+    pub lease_name: String,
+
+    /// Namespace of the Lease; empty means --namespace.
+    #[arg(long, env = "STRATA_LEASE_NAMESPACE", default_value = "")]
+    pub lease_namespace: String,
+
+    /// How long a leader's Lease is valid without renewal; a standby takes
+    /// over at most this long after the leader dies.
+    #[arg(long, env = "STRATA_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    pub lease_duration: Duration,
+
+    /// Where /metrics and /healthz listen.
+    #[arg(long, env = "STRATA_METRICS_ADDR", default_value = "0.0.0.0:8080")]
+    pub metrics_addr: SocketAddr,
+
+    /// How often every Dataset is reconciled even without changes (re-lists
+    /// sources, refreshes lastSyncTime).
+    #[arg(long, env = "STRATA_RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
+    pub resync_interval: Duration,
+
+    /// How long one source check (connect and first listing page) may take
+    /// before the source counts as unreachable.
+    #[arg(long, env = "STRATA_SOURCE_CHECK_TIMEOUT", default_value = "10s", value_parser = duration)]
+    pub source_check_timeout: Duration,
+
+    /// How long a full listing (for totalBytes and files) may take; a source
+    /// larger than this can list stays reachable but without a size.
+    #[arg(long, env = "STRATA_LISTING_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub listing_timeout: Duration,
+
+    /// A StrataNode whose heartbeat is older than this is ignored in sums.
+    #[arg(long, env = "STRATA_NODE_STALE_AFTER", default_value = "3m", value_parser = duration)]
+    pub node_stale_after: Duration,
+
+    /// How long a deleted Dataset's finalizer waits for the agents to stop
+    /// reporting it before removing the volumes anyway.
+    #[arg(long, env = "STRATA_RELEASE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    pub release_timeout: Duration,
+
+    /// Whether this operator creates the node DaemonSet and the CSIDriver
+    /// (off when they are installed another way).
+    #[arg(long, env = "STRATA_MANAGE_NODES", default_value_t = true, action = clap::ArgAction::Set)]
+    pub manage_nodes: bool,
+
+    /// Name of the operator's own Deployment in --namespace; when set, the
+    /// DaemonSet and the Secrets the operator makes are owned by it.
+    #[arg(long, env = "STRATA_OWNER_DEPLOYMENT", default_value = "")]
+    pub owner_deployment: String,
+
+    /// Image with `strata-agent` and `strata-csi` (node DaemonSet and jobs).
+    #[arg(
+        long,
+        env = "STRATA_AGENT_IMAGE",
+        default_value = "ghcr.io/strata/strata:latest"
+    )]
+    pub agent_image: String,
+
+    /// Pull policy of the agent image.
+    #[arg(long, env = "STRATA_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
+    pub image_pull_policy: String,
+
+    /// Image of the CSI node-driver-registrar sidecar.
+    #[arg(
+        long,
+        env = "STRATA_REGISTRAR_IMAGE",
+        default_value = "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0"
+    )]
+    pub registrar_image: String,
+
+    /// ServiceAccount of the node agents (needs write access to StrataNodes only).
+    #[arg(
+        long,
+        env = "STRATA_AGENT_SERVICE_ACCOUNT",
+        default_value = "strata-agent"
+    )]
+    pub agent_service_account: String,
+
+    /// Node selector of the DaemonSet: `key=value,key2=value2`.
+    #[arg(long, env = "STRATA_NODE_SELECTOR", default_value = "")]
+    pub node_selector: String,
+
+    /// Tolerations of the DaemonSet as a JSON list of Kubernetes tolerations,
+    /// e.g. `[{"key":"gpu","operator":"Exists","effect":"NoSchedule"}]`.
+    #[arg(long, env = "STRATA_TOLERATIONS", default_value = "[]")]
+    pub tolerations: String,
+
+    /// Memory tier size per node (a quantity such as `4Gi`).
+    #[arg(long, env = "STRATA_MEMORY_TIER_SIZE", default_value = "1Gi")]
+    pub memory_tier_size: String,
+
+    /// Host directory of the disk (SSD) tier.
+    #[arg(
+        long,
+        env = "STRATA_DISK_TIER_PATH",
+        default_value = "/var/cache/strata"
+    )]
+    pub disk_tier_path: String,
+
+    /// Disk tier size per node (a quantity such as `100Gi`).
+    #[arg(long, env = "STRATA_DISK_TIER_SIZE", default_value = "10Gi")]
+    pub disk_tier_size: String,
+
+    /// Port of the agents' HTTP API (on the host network).
+    #[arg(long, env = "STRATA_AGENT_PORT", default_value_t = 7070)]
+    pub agent_port: u16,
+
+    /// The kubelet's root directory on the nodes.
+    #[arg(long, env = "STRATA_KUBELET_DIR", default_value = "/var/lib/kubelet")]
+    pub kubelet_dir: String,
+}
+
+fn default_identity() -> String {
+    std::env::var("POD_NAME")
+        .or_else(|_| std::env::var("HOSTNAME"))
+        .unwrap_or_else(|_| format!("strata-operator-{}", std::process::id()))
+}
+
+impl OperatorConfig {
+    /// The Lease's namespace (--lease-namespace, else --namespace).
+    pub fn lease_namespace(&self) -> &str {
+        if self.lease_namespace.is_empty() {
+            &self.namespace
+        } else {
+            &self.lease_namespace
+        }
+    }
+
+    /// --node-selector parsed into a map.
+    pub fn node_selector_map(&self) -> Result<BTreeMap<String, String>> {
+        let mut map = BTreeMap::new();
+        for pair in self.node_selector.split(',').map(str::trim) {
+            if pair.is_empty() {
+                continue;
+            }
+            let (k, v) = pair.split_once('=').ok_or_else(|| Error::Config {
+                flag: "node-selector",
+                message: format!("{pair:?} is not key=value; write e.g. strata.dev/cache=true"),
+            })?;
+            map.insert(k.trim().to_string(), v.trim().to_string());
+        }
+        Ok(map)
+    }
+
+    /// --tolerations parsed.
+    pub fn toleration_list(&self) -> Result<Vec<Toleration>> {
+        serde_json::from_str(&self.tolerations).map_err(|e| Error::Config {
+            flag: "tolerations",
+            message: format!(
+                "not a JSON list of tolerations ({e}); write e.g. [{{\"operator\":\"Exists\"}}]"
+            ),
+        })
+    }
+
+    /// Checks every flag that is parsed later, so a bad value stops the
+    /// operator at start instead of in a reconcile.
+    pub fn validate(&self) -> Result<()> {
+        self.node_selector_map()?;
+        self.toleration_list()?;
+        for (flag, value) in [
+            ("memory-tier-size", &self.memory_tier_size),
+            ("disk-tier-size", &self.disk_tier_size),
+        ] {
+            strata_crds::parse_quantity_bytes(value).map_err(|e| Error::Config {
+                flag,
+                message: e.to_string(),
+            })?;
+        }
+        if self.lease_duration < Duration::from_secs(2) {
+            return Err(Error::Config {
+                flag: "lease-duration",
+                message: "must be at least 2s".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: OperatorConfig,
+    }
+
+    #[test]
+    fn defaults_are_valid_and_flags_parse() {
+        let cli = Cli::parse_from([
+            "strata-operator",
+            "--node-selector",
+            "a=b, c=d",
+            "--tolerations",
+            r#"[{"key":"gpu","operator":"Exists","effect":"NoSchedule"}]"#,
+            "--lease-duration",
+            "5s",
+        ]);
+        cli.config.validate().unwrap();
+        assert_eq!(cli.config.node_selector_map().unwrap().len(), 2);
+        assert_eq!(
+            cli.config.toleration_list().unwrap()[0].key.as_deref(),
+            Some("gpu")
+        );
+        assert_eq!(cli.config.lease_duration, Duration::from_secs(5));
+        assert_eq!(cli.config.lease_namespace(), "strata-system");
+    }
+
+    #[test]
+    fn bad_values_name_the_flag() {
+        let cli = Cli::parse_from(["strata-operator", "--node-selector", "nokey"]);
+        let e = cli.config.validate().unwrap_err().to_string();
+        assert!(e.contains("--node-selector"), "{e}");
+        let cli = Cli::parse_from(["strata-operator", "--tolerations", "{"]);
+        assert!(
+            cli.config
+                .validate()
+                .unwrap_err()
+                .to_string()
+                .contains("--tolerations")
+        );
+    }
+}

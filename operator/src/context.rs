@@ -1,0 +1,138 @@
+//! State shared by every reconcile.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use k8s_openapi::jiff::Timestamp;
+use kube::Client;
+use kube::Resource;
+use kube::runtime::controller::Action;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::Store;
+use strata_crds::StrataNode;
+
+use crate::Result;
+use crate::config::OperatorConfig;
+use crate::jobs::JobSettings;
+use crate::metrics::Metrics;
+use crate::node_reports;
+use crate::source_check::{CheckLimits, SourceChecker};
+
+/// Field manager of every server-side apply the operator makes.
+pub const MANAGER: &str = "strata-operator";
+
+/// What reconciles share.
+pub struct Context {
+    /// API client.
+    pub client: Client,
+    /// Operator settings.
+    pub config: OperatorConfig,
+    /// Metrics registry.
+    pub metrics: Metrics,
+    /// Event recorder (reporting controller `strata-operator`, instance = identity).
+    pub recorder: Recorder,
+    /// The StrataNode reports, kept current by a reflector.
+    pub nodes: Store<StrataNode>,
+    /// Cached source checks.
+    pub sources: SourceChecker,
+    /// Job manifest settings from the flags.
+    pub job_settings: JobSettings,
+    /// Consecutive failures per object, for backoff.
+    failures: Mutex<HashMap<String, u32>>,
+}
+
+impl Context {
+    /// Builds the context; fails on bad flags.
+    pub fn new(
+        client: Client,
+        config: OperatorConfig,
+        metrics: Metrics,
+        nodes: Store<StrataNode>,
+    ) -> Result<Arc<Self>> {
+        let recorder = Recorder::new(
+            client.clone(),
+            Reporter {
+                controller: MANAGER.into(),
+                instance: Some(config.identity.clone()),
+            },
+        );
+        let job_settings = JobSettings {
+            image: config.agent_image.clone(),
+            image_pull_policy: config.image_pull_policy.clone(),
+            agent_port: config.agent_port,
+            tolerations: config.toleration_list()?,
+            node_selector: config.node_selector_map()?,
+        };
+        Ok(Arc::new(Context {
+            client,
+            config,
+            metrics,
+            recorder,
+            nodes,
+            sources: SourceChecker::default(),
+            job_settings,
+            failures: Mutex::new(HashMap::new()),
+        }))
+    }
+
+    /// Timeouts of source checks.
+    pub fn check_limits(&self) -> CheckLimits {
+        CheckLimits {
+            check_timeout: self.config.source_check_timeout,
+            listing_timeout: self.config.listing_timeout,
+            success_ttl: self.config.resync_interval,
+        }
+    }
+
+    /// StrataNodes whose heartbeat is recent.
+    pub fn live_nodes(&self) -> Vec<Arc<StrataNode>> {
+        let now = Timestamp::now();
+        self.nodes
+            .state()
+            .into_iter()
+            .filter(|n| node_reports::is_live(n, self.config.node_stale_after, now))
+            .collect()
+    }
+
+    /// Publishes an event about `object`; a failure to publish is logged, not fatal.
+    pub async fn event<K: Resource<DynamicType = ()>>(
+        &self,
+        object: &K,
+        warning: bool,
+        reason: &str,
+        note: String,
+    ) {
+        let event = Event {
+            type_: if warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            reason: reason.to_string(),
+            note: Some(note),
+            action: "Reconcile".into(),
+            secondary: None,
+        };
+        if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
+            tracing::warn!(error = %e, reason, "could not publish event");
+        }
+    }
+
+    /// Backoff after a failure of `key`: 1s, 2s, 4s ... capped at 5 minutes.
+    pub fn backoff(&self, key: &str) -> Action {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let n = failures.entry(key.to_string()).or_insert(0);
+        *n = n.saturating_add(1);
+        let secs = 1u64 << (*n - 1).min(8);
+        Action::requeue(Duration::from_secs(secs.min(300)))
+    }
+
+    /// Forgets the failures of `key` after a success.
+    pub fn succeeded(&self, key: &str) {
+        self.failures
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(key);
+    }
+}

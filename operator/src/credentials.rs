@@ -1,0 +1,206 @@
+//! Credentials for a source, read from the user's Secret. The key names are
+//! the ones the Dataset API documents; a problem names the missing key, never
+//! a value.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::ByteString;
+use strata_crds::Scheme;
+
+/// S3 access key id.
+pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
+/// S3 secret access key.
+pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
+/// S3 session token (optional).
+pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
+/// GCS service account key (the JSON key file's content).
+pub const GOOGLE_SERVICE_ACCOUNT_KEY: &str = "GOOGLE_SERVICE_ACCOUNT_KEY";
+/// Azure storage account name.
+pub const AZURE_STORAGE_ACCOUNT_NAME: &str = "AZURE_STORAGE_ACCOUNT_NAME";
+/// Azure storage account key (or the SAS token below).
+pub const AZURE_STORAGE_ACCOUNT_KEY: &str = "AZURE_STORAGE_ACCOUNT_KEY";
+/// Azure SAS token (instead of the account key).
+pub const AZURE_STORAGE_SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
+
+/// Credentials in the agent's configuration format (field names match
+/// `strata_agent::config::Credentials`). `Debug` never shows a secret.
+#[derive(Clone, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AgentCredentials {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub access_key_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secret_access_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub session_token: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub service_account_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_name: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub account_key: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub token: Option<String>,
+}
+
+impl std::fmt::Debug for AgentCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AgentCredentials(<redacted>)")
+    }
+}
+
+/// Why a Secret cannot serve a source.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CredentialsProblem {
+    /// The Secret lacks (or has empty) `key`.
+    MissingKey {
+        /// The first missing key.
+        key: &'static str,
+        /// What the scheme needs, for the message.
+        needs: &'static str,
+    },
+    /// A value is not UTF-8 text.
+    NotText {
+        /// The key holding binary data.
+        key: &'static str,
+    },
+}
+
+impl CredentialsProblem {
+    /// A message naming the Secret, the source and the key (never a value).
+    pub fn message(&self, secret: &str, source: &str) -> String {
+        match self {
+            CredentialsProblem::MissingKey { key, needs } => format!(
+                "Secret {secret} (credentials of source {source}) has no key {key}; {needs}. Add the key to the Secret."
+            ),
+            CredentialsProblem::NotText { key } => format!(
+                "Secret {secret} (credentials of source {source}): the value of {key} is not UTF-8 text"
+            ),
+        }
+    }
+}
+
+/// Reads the keys `scheme` needs from a Secret's data.
+pub fn from_secret(
+    scheme: Scheme,
+    data: &BTreeMap<String, ByteString>,
+) -> Result<AgentCredentials, CredentialsProblem> {
+    let get = |key: &'static str| -> Result<Option<String>, CredentialsProblem> {
+        match data.get(key) {
+            None => Ok(None),
+            Some(bytes) if bytes.0.is_empty() => Ok(None),
+            Some(bytes) => String::from_utf8(bytes.0.clone())
+                .map(|s| Some(s.trim_end_matches(['\r', '\n']).to_string()))
+                .map_err(|_| CredentialsProblem::NotText { key }),
+        }
+    };
+    let require = |key: &'static str, needs: &'static str| -> Result<String, CredentialsProblem> {
+        get(key)?.ok_or(CredentialsProblem::MissingKey { key, needs })
+    };
+    let mut creds = AgentCredentials::default();
+    match scheme {
+        Scheme::S3 => {
+            const NEEDS: &str = "s3 sources need AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY (AWS_SESSION_TOKEN optional)";
+            creds.access_key_id = Some(require(AWS_ACCESS_KEY_ID, NEEDS)?);
+            creds.secret_access_key = Some(require(AWS_SECRET_ACCESS_KEY, NEEDS)?);
+            creds.session_token = get(AWS_SESSION_TOKEN)?;
+        }
+        Scheme::Gcs => {
+            const NEEDS: &str = "gs sources need GOOGLE_SERVICE_ACCOUNT_KEY (the JSON key)";
+            creds.service_account_key = Some(require(GOOGLE_SERVICE_ACCOUNT_KEY, NEEDS)?);
+        }
+        Scheme::Azure => {
+            const NEEDS: &str = "az sources need AZURE_STORAGE_ACCOUNT_NAME plus AZURE_STORAGE_ACCOUNT_KEY or AZURE_STORAGE_SAS_TOKEN";
+            creds.account_name = Some(require(AZURE_STORAGE_ACCOUNT_NAME, NEEDS)?);
+            creds.account_key = get(AZURE_STORAGE_ACCOUNT_KEY)?;
+            creds.token = get(AZURE_STORAGE_SAS_TOKEN)?;
+            if creds.account_key.is_none() && creds.token.is_none() {
+                return Err(CredentialsProblem::MissingKey {
+                    key: AZURE_STORAGE_ACCOUNT_KEY,
+                    needs: NEEDS,
+                });
+            }
+        }
+        // The API refuses credentialsSecretRef on these schemes; nothing to read.
+        Scheme::Http | Scheme::Https | Scheme::File => {}
+    }
+    Ok(creds)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn data(pairs: &[(&str, &str)]) -> BTreeMap<String, ByteString> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+            .collect()
+    }
+
+    #[test]
+    fn s3_needs_both_keys_and_names_the_missing_one() {
+        let ok = from_secret(
+            Scheme::S3,
+            &data(&[
+                (AWS_ACCESS_KEY_ID, "AKIA1"),
+                (AWS_SECRET_ACCESS_KEY, "s3cr3t\n"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(ok.secret_access_key.as_deref(), Some("s3cr3t"));
+        assert!(!format!("{ok:?}").contains("s3cr3t"));
+
+        let problem = from_secret(Scheme::S3, &data(&[(AWS_ACCESS_KEY_ID, "AKIA1")])).unwrap_err();
+        let message = problem.message("ml/creds", "train");
+        assert!(
+            message.contains("has no key AWS_SECRET_ACCESS_KEY"),
+            "{message}"
+        );
+        assert!(!message.contains("AKIA1"), "{message}");
+
+        let empty = from_secret(
+            Scheme::S3,
+            &data(&[(AWS_ACCESS_KEY_ID, ""), (AWS_SECRET_ACCESS_KEY, "x")]),
+        )
+        .unwrap_err();
+        assert!(matches!(
+            empty,
+            CredentialsProblem::MissingKey {
+                key: AWS_ACCESS_KEY_ID,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn gcs_and_azure_keys() {
+        assert!(from_secret(Scheme::Gcs, &data(&[(GOOGLE_SERVICE_ACCOUNT_KEY, "{}")])).is_ok());
+        assert!(matches!(
+            from_secret(Scheme::Gcs, &data(&[])),
+            Err(CredentialsProblem::MissingKey {
+                key: GOOGLE_SERVICE_ACCOUNT_KEY,
+                ..
+            })
+        ));
+        let sas = from_secret(
+            Scheme::Azure,
+            &data(&[
+                (AZURE_STORAGE_ACCOUNT_NAME, "acct"),
+                (AZURE_STORAGE_SAS_TOKEN, "sv=1"),
+            ]),
+        )
+        .unwrap();
+        assert_eq!(sas.token.as_deref(), Some("sv=1"));
+        assert!(matches!(
+            from_secret(
+                Scheme::Azure,
+                &data(&[(AZURE_STORAGE_ACCOUNT_NAME, "acct")])
+            ),
+            Err(CredentialsProblem::MissingKey {
+                key: AZURE_STORAGE_ACCOUNT_KEY,
+                ..
+            })
+        ));
+    }
+}

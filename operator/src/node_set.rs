@@ -1,0 +1,388 @@
+//! What runs on every node, owned by the operator and shaped by its flags:
+//! the `strata-node` DaemonSet (agent, CSI plugin, node-driver-registrar), the
+//! CSIDriver object, the agent token and the (initially empty) datasets Secret.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment};
+use k8s_openapi::api::core::v1::{
+    Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
+    PodTemplateSpec, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
+use kube::api::{ObjectMeta, Patch, PatchParams};
+use kube::{Api, Resource};
+
+use crate::agent_config::DATASETS_SECRET;
+use crate::agent_token::{self, TOKEN_SECRET};
+use crate::config::OperatorConfig;
+use crate::context::{Context, MANAGER};
+use crate::volume::{CSI_DRIVER, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::{Error, Result};
+
+/// Name of the node DaemonSet.
+pub const DAEMONSET: &str = "strata-node";
+/// Where the agent reads dataset configs (the datasets Secret).
+pub const DATASETS_DIR: &str = "/etc/strata/datasets";
+/// Where the agent token is mounted.
+pub const TOKEN_DIR: &str = "/var/run/strata";
+/// Host directory shared by agent and CSI plugin: the agent's unix socket.
+pub const RUN_DIR: &str = "/run/strata";
+/// Host directory under which the agent keeps its FUSE mounts.
+pub const MOUNTS_DIR: &str = "/var/lib/strata/mounts";
+/// Controller name in metrics.
+pub const CONTROLLER: &str = "nodes";
+
+fn labels() -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
+        ("app.kubernetes.io/name".to_string(), DAEMONSET.to_string()),
+    ])
+}
+
+fn mount(name: &str, path: &str, read_only: bool, bidirectional: bool) -> VolumeMount {
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: read_only.then_some(true),
+        mount_propagation: bidirectional.then(|| "Bidirectional".to_string()),
+        ..VolumeMount::default()
+    }
+}
+
+fn host_path(name: &str, path: &str, kind: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        host_path: Some(HostPathVolumeSource {
+            path: path.into(),
+            type_: Some(kind.into()),
+        }),
+        ..Volume::default()
+    }
+}
+
+fn env_node_name() -> EnvVar {
+    EnvVar {
+        name: "NODE_NAME".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "spec.nodeName".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn privileged() -> Option<SecurityContext> {
+    // FUSE mounts and bind mounts into the kubelet's pod directories need it.
+    Some(SecurityContext {
+        privileged: Some(true),
+        ..SecurityContext::default()
+    })
+}
+
+/// The node DaemonSet from the operator's flags.
+pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Result<DaemonSet> {
+    let kubelet = config.kubelet_dir.trim_end_matches('/');
+    let plugin_dir = format!("{kubelet}/plugins/{CSI_DRIVER}");
+    let agent = Container {
+        name: "agent".into(),
+        image: Some(config.agent_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec!["strata-agent".into()]),
+        args: Some(vec![
+            "serve".into(),
+            "--datasets-dir".into(),
+            DATASETS_DIR.into(),
+            "--node-name".into(),
+            "$(NODE_NAME)".into(),
+            "--listen".into(),
+            format!("0.0.0.0:{}", config.agent_port),
+            "--socket".into(),
+            format!("{RUN_DIR}/agent.sock"),
+            "--token-file".into(),
+            format!("{TOKEN_DIR}/token"),
+            "--mount-root".into(),
+            MOUNTS_DIR.into(),
+            "--cache-dir".into(),
+            "/var/cache/strata".into(),
+            "--memory".into(),
+            config.memory_tier_size.clone(),
+            "--disk".into(),
+            config.disk_tier_size.clone(),
+        ]),
+        env: Some(vec![env_node_name()]),
+        security_context: privileged(),
+        volume_mounts: Some(vec![
+            mount("datasets", DATASETS_DIR, true, false),
+            mount("agent-token", TOKEN_DIR, true, false),
+            mount("run", RUN_DIR, false, false),
+            mount("cache", "/var/cache/strata", false, false),
+            mount("mounts", MOUNTS_DIR, false, true),
+            mount("fuse", "/dev/fuse", false, false),
+        ]),
+        ..Container::default()
+    };
+    let csi = Container {
+        name: "csi".into(),
+        image: Some(config.agent_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec!["strata-csi".into()]),
+        args: Some(vec![
+            "--endpoint".into(),
+            "unix:///csi/csi.sock".into(),
+            "--node-id".into(),
+            "$(NODE_NAME)".into(),
+            "--agent-socket".into(),
+            format!("{RUN_DIR}/agent.sock"),
+        ]),
+        env: Some(vec![env_node_name()]),
+        security_context: privileged(),
+        volume_mounts: Some(vec![
+            mount("plugin-dir", "/csi", false, false),
+            mount("run", RUN_DIR, false, false),
+            mount("kubelet", kubelet, false, true),
+            mount("mounts", MOUNTS_DIR, false, true),
+        ]),
+        ..Container::default()
+    };
+    let registrar = Container {
+        name: "node-driver-registrar".into(),
+        image: Some(config.registrar_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        args: Some(vec![
+            "--csi-address=/csi/csi.sock".into(),
+            format!("--kubelet-registration-path={plugin_dir}/csi.sock"),
+        ]),
+        volume_mounts: Some(vec![
+            mount("plugin-dir", "/csi", false, false),
+            mount("registration", "/registration", false, false),
+        ]),
+        ..Container::default()
+    };
+    let node_selector = config.node_selector_map()?;
+    let tolerations = config.toleration_list()?;
+    let volumes = vec![
+        Volume {
+            name: "datasets".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(DATASETS_SECRET.into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        Volume {
+            name: "agent-token".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(TOKEN_SECRET.into()),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        host_path("run", RUN_DIR, "DirectoryOrCreate"),
+        host_path("cache", &config.disk_tier_path, "DirectoryOrCreate"),
+        host_path("mounts", MOUNTS_DIR, "DirectoryOrCreate"),
+        host_path("fuse", "/dev/fuse", "CharDevice"),
+        host_path("plugin-dir", &plugin_dir, "DirectoryOrCreate"),
+        host_path("kubelet", kubelet, "Directory"),
+        host_path(
+            "registration",
+            &format!("{kubelet}/plugins_registry"),
+            "Directory",
+        ),
+    ];
+    Ok(DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(DAEMONSET.into()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels()),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels()),
+                ..LabelSelector::default()
+            },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    service_account_name: Some(config.agent_service_account.clone()),
+                    // Peers and jobs reach the agent at the node's IP.
+                    host_network: Some(true),
+                    dns_policy: Some("ClusterFirstWithHostNet".into()),
+                    priority_class_name: Some("system-node-critical".into()),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    containers: vec![agent, csi, registrar],
+                    volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        },
+        status: None,
+    })
+}
+
+/// The CSIDriver object (cluster-scoped, so labelled rather than owned).
+pub fn csi_driver() -> CSIDriver {
+    CSIDriver {
+        metadata: ObjectMeta {
+            name: Some(CSI_DRIVER.into()),
+            labels: Some(labels()),
+            ..ObjectMeta::default()
+        },
+        spec: CSIDriverSpec {
+            attach_required: Some(false),
+            pod_info_on_mount: Some(true),
+            volume_lifecycle_modes: Some(vec!["Persistent".into(), "Ephemeral".into()]),
+            fs_group_policy: Some("None".into()),
+            ..CSIDriverSpec::default()
+        },
+    }
+}
+
+/// The operator's Deployment as owner of the namespaced objects, when
+/// --owner-deployment is set and the Deployment exists.
+async fn owner(ctx: &Context) -> Result<Option<OwnerReference>> {
+    if ctx.config.owner_deployment.is_empty() {
+        return Ok(None);
+    }
+    let deployment = Api::<Deployment>::namespaced(ctx.client.clone(), &ctx.config.namespace)
+        .get_opt(&ctx.config.owner_deployment)
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!(
+                    "reading Deployment {}/{}",
+                    ctx.config.namespace, ctx.config.owner_deployment
+                ),
+                e,
+            )
+        })?;
+    Ok(deployment.and_then(|d| d.controller_owner_ref(&())))
+}
+
+/// Applies the token, the datasets Secret, the CSIDriver and (with
+/// --manage-nodes) the DaemonSet.
+pub async fn reconcile(ctx: &Context) -> Result<()> {
+    let started = std::time::Instant::now();
+    let result = apply(ctx).await;
+    ctx.metrics.reconciled(CONTROLLER, started.elapsed());
+    if let Err(e) = &result {
+        ctx.metrics.failed(CONTROLLER, e.metric_reason());
+    }
+    result
+}
+
+async fn apply(ctx: &Context) -> Result<()> {
+    let owner = owner(ctx).await?;
+    agent_token::ensure(ctx, owner.clone()).await?;
+    let params = PatchParams::apply(MANAGER).force();
+    let namespace = &ctx.config.namespace;
+    // Only metadata: the per-dataset keys are written by merge patches under
+    // another field manager and must not be claimed (or dropped) here.
+    let secret = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Secret",
+        "metadata": {
+            "name": DATASETS_SECRET,
+            "namespace": namespace,
+            "labels": { LABEL_MANAGED_BY: MANAGED_BY },
+            "ownerReferences": owner.clone().map(|o| vec![o]).unwrap_or_default(),
+        },
+    });
+    Api::<k8s_openapi::api::core::v1::Secret>::namespaced(ctx.client.clone(), namespace)
+        .patch(DATASETS_SECRET, &params, &Patch::Apply(secret))
+        .await
+        .map_err(|e| Error::kube(format!("applying Secret {namespace}/{DATASETS_SECRET}"), e))?;
+    if !ctx.config.manage_nodes {
+        return Ok(());
+    }
+    Api::<CSIDriver>::all(ctx.client.clone())
+        .patch(CSI_DRIVER, &params, &Patch::Apply(csi_driver()))
+        .await
+        .map_err(|e| Error::kube(format!("applying CSIDriver {CSI_DRIVER}"), e))?;
+    let ds = daemon_set(&ctx.config, owner)?;
+    Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
+        .patch(DAEMONSET, &params, &Patch::Apply(&ds))
+        .await
+        .map_err(|e| Error::kube(format!("applying DaemonSet {namespace}/{DAEMONSET}"), e))?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(clap::Parser)]
+    struct Cli {
+        #[command(flatten)]
+        config: OperatorConfig,
+    }
+
+    #[test]
+    fn daemon_set_follows_the_flags() {
+        let cli = Cli::parse_from([
+            "strata-operator",
+            "--agent-image",
+            "strata:9",
+            "--node-selector",
+            "strata.dev/cache=true",
+            "--tolerations",
+            r#"[{"operator":"Exists"}]"#,
+            "--memory-tier-size",
+            "2Gi",
+            "--disk-tier-path",
+            "/mnt/nvme/strata",
+        ]);
+        let ds = daemon_set(&cli.config, None).unwrap();
+        let pod = ds.spec.template.spec.unwrap();
+        assert_eq!(pod.containers.len(), 3);
+        assert_eq!(pod.containers[0].image.as_deref(), Some("strata:9"));
+        let args = pod.containers[0].args.clone().unwrap();
+        assert!(
+            args.windows(2).any(|w| w == ["--memory", "2Gi"]),
+            "{args:?}"
+        );
+        assert_eq!(pod.node_selector.unwrap()["strata.dev/cache"], "true");
+        assert_eq!(
+            pod.tolerations.unwrap()[0].operator.as_deref(),
+            Some("Exists")
+        );
+        let cache = pod
+            .volumes
+            .unwrap()
+            .into_iter()
+            .find(|v| v.name == "cache")
+            .unwrap();
+        assert_eq!(cache.host_path.unwrap().path, "/mnt/nvme/strata");
+        let bidirectional = pod.containers[1]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .filter(|m| m.mount_propagation.as_deref() == Some("Bidirectional"))
+            .count();
+        assert_eq!(bidirectional, 2);
+    }
+
+    #[test]
+    fn csi_driver_shape() {
+        let d = csi_driver();
+        assert_eq!(d.spec.attach_required, Some(false));
+        assert_eq!(d.spec.pod_info_on_mount, Some(true));
+        assert_eq!(
+            d.spec.volume_lifecycle_modes.unwrap(),
+            vec!["Persistent", "Ephemeral"]
+        );
+    }
+}

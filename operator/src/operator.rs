@@ -1,0 +1,239 @@
+//! Wiring: the metrics endpoint, leader election, and (while leader) the
+//! controllers and the node-set loop.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
+use kube::core::PartialObjectMeta;
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::watcher::{self, watcher};
+use kube::runtime::{WatchStreamExt, reflector as reflect};
+use kube::{Api, Client, ResourceExt};
+use strata_crds::{CachePolicy, Dataset, Replicas, StrataNode};
+use tokio::sync::oneshot;
+use tracing::{info, warn};
+
+use crate::context::Context;
+use crate::leader::LeaderElector;
+use crate::metrics::Metrics;
+use crate::{OperatorConfig, Result, dataset_controller, node_set, policy_controller};
+
+/// How often the node DaemonSet, CSIDriver and Secrets are re-applied.
+const NODE_SET_INTERVAL: Duration = Duration::from_secs(60);
+/// Reconciles run at once per controller (bounds API load with many datasets).
+const CONCURRENCY: u16 = 16;
+
+/// One operator replica.
+pub struct Operator {
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+}
+
+impl Operator {
+    /// A replica; checks the flags.
+    pub fn new(client: Client, config: OperatorConfig) -> Result<Self> {
+        config.validate()?;
+        Ok(Operator {
+            client,
+            config,
+            metrics: Metrics::new(),
+        })
+    }
+
+    /// The replica's metrics (shared with the endpoint).
+    pub fn metrics(&self) -> Metrics {
+        self.metrics.clone()
+    }
+
+    /// Runs until `shutdown` resolves (then releases the Lease) or leadership
+    /// is lost (then returns `Error::LostLease`; the process should exit and be
+    /// restarted). `bound` receives the metrics address once listening.
+    pub async fn run(
+        self,
+        shutdown: impl Future<Output = ()>,
+        bound: Option<oneshot::Sender<SocketAddr>>,
+    ) -> Result<()> {
+        let (addr, server) = self.metrics.serve(self.config.metrics_addr).await?;
+        info!(%addr, "serving /metrics and /healthz");
+        if let Some(tx) = bound {
+            let _ = tx.send(addr);
+        }
+        let elector = LeaderElector::new(
+            self.client.clone(),
+            self.config.lease_namespace(),
+            &self.config.lease_name,
+            &self.config.identity,
+            self.config.lease_duration,
+        );
+        let work = async {
+            elector.acquire().await;
+            self.metrics.leader.set(1);
+            let result = tokio::select! {
+                r = run_controllers(self.client.clone(), self.config.clone(), self.metrics.clone()) => r,
+                lost = elector.hold() => Err(lost),
+            };
+            self.metrics.leader.set(0);
+            result
+        };
+        tokio::select! {
+            () = server => Ok(()),
+            r = work => r,
+            () = shutdown => {
+                elector.release().await;
+                Ok(())
+            }
+        }
+    }
+}
+
+/// The controllers; runs until dropped (or a watch setup fails fatally).
+pub async fn run_controllers(
+    client: Client,
+    config: OperatorConfig,
+    metrics: Metrics,
+) -> Result<()> {
+    let wc = watcher::Config::default().any_semantic();
+    let (nodes, node_writer) = reflector::store::<StrataNode>();
+    let node_reflector = reflect(
+        node_writer,
+        watcher(Api::<StrataNode>::all(client.clone()), wc.clone()),
+    )
+    .default_backoff()
+    .touched_objects()
+    .for_each(|event| async move {
+        if let Err(e) = event {
+            warn!(error = %e, "watching StrataNodes");
+        }
+    });
+    let ctx = Context::new(client.clone(), config, metrics, nodes.clone())?;
+
+    let controller_config = ControllerConfig::default().concurrency(CONCURRENCY);
+    let datasets = Controller::new(Api::<Dataset>::all(client.clone()), wc.clone())
+        .with_config(controller_config.clone());
+    let dataset_store = datasets.store();
+    let store_for_policies = dataset_store.clone();
+    let store_for_secrets = dataset_store.clone();
+    // Metadata only: the operator never caches Secret data.
+    let secret_events = watcher(
+        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
+        wc.clone(),
+    )
+    .default_backoff()
+    .touched_objects();
+    let datasets = datasets
+        .owns(
+            Api::<PersistentVolumeClaim>::all(client.clone()),
+            wc.clone(),
+        )
+        .watches(Api::<StrataNode>::all(client.clone()), wc.clone(), |node| {
+            node.status
+                .map(|s| s.datasets)
+                .unwrap_or_default()
+                .into_iter()
+                .map(|d| ObjectRef::<Dataset>::new(&d.name).within(&d.namespace))
+                .collect::<Vec<_>>()
+        })
+        .watches(
+            Api::<CachePolicy>::all(client.clone()),
+            wc.clone(),
+            move |policy| {
+                let namespace = policy.namespace();
+                store_for_policies
+                    .state()
+                    .iter()
+                    .filter(|d| d.namespace() == namespace)
+                    .map(|d| ObjectRef::from_obj(d.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .watches_stream(secret_events, move |secret| {
+            let namespace = secret.namespace();
+            let name = secret.name_any();
+            store_for_secrets
+                .state()
+                .iter()
+                .filter(|d| d.namespace() == namespace)
+                .filter(|d| {
+                    d.spec.sources.iter().any(|s| {
+                        s.credentials_secret_ref
+                            .as_ref()
+                            .is_some_and(|r| r.name == name)
+                    })
+                })
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(
+            dataset_controller::reconcile,
+            dataset_controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let policies = Controller::new(Api::<CachePolicy>::all(client.clone()), wc.clone())
+        .with_config(controller_config);
+    let policy_store = policies.store();
+    let policy_store_for_nodes = policy_store.clone();
+    let policies = policies
+        .owns(Api::<Job>::all(client.clone()), wc.clone())
+        .owns(Api::<CronJob>::all(client.clone()), wc.clone())
+        .watches(Api::<Dataset>::all(client.clone()), wc.clone(), move |ds| {
+            let namespace = ds.namespace();
+            policy_store
+                .state()
+                .iter()
+                .filter(|p| p.namespace() == namespace)
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .watches(Api::<StrataNode>::all(client.clone()), wc, move |_node| {
+            // Only pins on every node depend on the set of nodes.
+            policy_store_for_nodes
+                .state()
+                .iter()
+                .filter(|p| {
+                    let default = p.spec.replicas().ok();
+                    p.spec.pin.iter().any(|r| {
+                        r.replicas
+                            .as_ref()
+                            .map(Replicas::parse)
+                            .transpose()
+                            .ok()
+                            .flatten()
+                            .or(default)
+                            == Some(Replicas::All)
+                    })
+                })
+                .map(|p| ObjectRef::from_obj(p.as_ref()))
+                .collect::<Vec<_>>()
+        })
+        .run(
+            policy_controller::reconcile,
+            policy_controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {});
+
+    let node_set_loop = node_set_loop(ctx.clone());
+    tokio::join!(node_reflector, datasets, policies, node_set_loop);
+    Ok(())
+}
+
+async fn node_set_loop(ctx: Arc<Context>) {
+    loop {
+        match node_set::reconcile(&ctx).await {
+            Ok(()) => tokio::time::sleep(NODE_SET_INTERVAL).await,
+            Err(e) => {
+                warn!(error = %e, "applying the node DaemonSet, CSIDriver and Secrets");
+                tokio::time::sleep(Duration::from_secs(5)).await;
+            }
+        }
+    }
+}

@@ -1,0 +1,532 @@
+//! Checking a source from the operator: can it be reached, and (for object
+//! stores with credentials) how many files and bytes does it hold. Results are
+//! cached so node reports, which trigger many reconciles, do not re-list.
+
+use std::collections::HashMap;
+use std::hash::{Hash, Hasher};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+use k8s_openapi::jiff::Timestamp;
+use object_store::path::Path as StorePath;
+use object_store::{ClientOptions, ObjectStore, RetryConfig};
+use strata_crds::{Scheme, Source, SourceUri};
+use tokio::net::TcpStream;
+use tokio::time::timeout;
+
+use crate::conditions::reason;
+use crate::credentials::AgentCredentials;
+
+/// How long a failed check is trusted before it is tried again.
+const FAILURE_TTL: Duration = Duration::from_secs(20);
+
+/// What checking one source found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SourceCheck {
+    /// The source answered. Sizes are known when the operator could list it
+    /// (object stores with credentials) within the listing timeout.
+    Reachable {
+        /// Total bytes under the prefix.
+        total_bytes: Option<u64>,
+        /// Objects under the prefix.
+        files: Option<u64>,
+        /// Set when the listing was cut short or not attempted.
+        note: Option<String>,
+    },
+    /// The source lives on the nodes (file://); only the agents can check it.
+    NodeLocal,
+    /// The source did not answer or refused; `reason` is a condition reason.
+    Failed {
+        /// `SourceUnreachable` or `AccessDenied`.
+        reason: &'static str,
+        /// Scrubbed of credentials and signed URLs.
+        message: String,
+    },
+}
+
+/// Timeouts of a check.
+#[derive(Clone, Copy, Debug)]
+pub struct CheckLimits {
+    /// Connect / first answer.
+    pub check_timeout: Duration,
+    /// Whole listing.
+    pub listing_timeout: Duration,
+    /// How long a successful result is reused.
+    pub success_ttl: Duration,
+}
+
+type CachedCheck = (Instant, Timestamp, SourceCheck);
+
+/// Cached check results, keyed by everything that affects the answer
+/// (uri, endpoint, region, options and a hash of the credentials).
+#[derive(Clone, Default)]
+pub struct SourceChecker {
+    cache: Arc<Mutex<HashMap<u64, CachedCheck>>>,
+}
+
+impl std::fmt::Debug for SourceChecker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SourceChecker")
+    }
+}
+
+fn cache_key(source: &Source, creds: Option<&AgentCredentials>) -> u64 {
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    (
+        &source.uri,
+        &source.endpoint,
+        &source.region,
+        &source.options,
+    )
+        .hash(&mut h);
+    if let Some(c) = creds {
+        (
+            &c.access_key_id,
+            &c.secret_access_key,
+            &c.session_token,
+            &c.service_account_key,
+            &c.account_name,
+            &c.account_key,
+            &c.token,
+        )
+            .hash(&mut h);
+    }
+    h.finish()
+}
+
+impl SourceChecker {
+    /// Checks `source`, reusing a recent result; returns when it was checked.
+    pub async fn check(
+        &self,
+        source: &Source,
+        creds: Option<&AgentCredentials>,
+        limits: CheckLimits,
+    ) -> (Timestamp, SourceCheck) {
+        let key = cache_key(source, creds);
+        if let Some((at, when, result)) = self.lock().get(&key).cloned() {
+            let ttl = match result {
+                SourceCheck::Failed { .. } => FAILURE_TTL,
+                _ => limits.success_ttl,
+            };
+            if at.elapsed() < ttl {
+                return (when, result);
+            }
+        }
+        let result = check_uncached(source, creds, limits).await;
+        let when = Timestamp::now();
+        self.lock()
+            .insert(key, (Instant::now(), when, result.clone()));
+        (when, result)
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, CachedCheck>> {
+        self.cache.lock().unwrap_or_else(|p| p.into_inner())
+    }
+}
+
+async fn check_uncached(
+    source: &Source,
+    creds: Option<&AgentCredentials>,
+    limits: CheckLimits,
+) -> SourceCheck {
+    let uri = match SourceUri::parse(&source.uri) {
+        Ok(uri) => uri,
+        Err(e) => {
+            return SourceCheck::Failed {
+                reason: reason::SOURCE_UNREACHABLE,
+                message: e.to_string(),
+            };
+        }
+    };
+    if uri.scheme == Scheme::File {
+        return SourceCheck::NodeLocal;
+    }
+    match (uri.scheme.is_object_store(), creds) {
+        (true, Some(creds)) => list(source, &uri, creds, limits).await,
+        _ => {
+            let (host, port) = connect_target(source, &uri);
+            match timeout(
+                limits.check_timeout,
+                TcpStream::connect((host.as_str(), port)),
+            )
+            .await
+            {
+                Ok(Ok(_)) => SourceCheck::Reachable {
+                    total_bytes: None,
+                    files: None,
+                    note: Some(if uri.scheme.is_object_store() {
+                        "not listed by the operator (no credentialsSecretRef); the agents list it with the node's credentials".into()
+                    } else {
+                        "http(s) sources are not listed by the operator".into()
+                    }),
+                },
+                Ok(Err(e)) => SourceCheck::Failed {
+                    reason: reason::SOURCE_UNREACHABLE,
+                    message: format!(
+                        "source {}: cannot connect to {host}:{port}: {e}",
+                        source.name
+                    ),
+                },
+                Err(_) => SourceCheck::Failed {
+                    reason: reason::SOURCE_UNREACHABLE,
+                    message: format!(
+                        "source {}: no connection to {host}:{port} within {:?}",
+                        source.name, limits.check_timeout
+                    ),
+                },
+            }
+        }
+    }
+}
+
+/// Host and port the source's data comes from.
+fn connect_target(source: &Source, uri: &SourceUri) -> (String, u16) {
+    let from_url = |url: &str| -> Option<(String, u16)> {
+        let (scheme, rest) = url.split_once("://")?;
+        let authority = rest.split(['/', '?', '#']).next()?;
+        let default_port = if scheme == "https" { 443 } else { 80 };
+        match authority.rsplit_once(':') {
+            Some((host, port)) if !host.ends_with(']') || authority.starts_with('[') => Some((
+                host.trim_matches(['[', ']']).to_string(),
+                port.parse().ok()?,
+            )),
+            _ => Some((authority.trim_matches(['[', ']']).to_string(), default_port)),
+        }
+    };
+    if let Some(target) = source.endpoint.as_deref().and_then(from_url) {
+        return target;
+    }
+    match uri.scheme {
+        Scheme::S3 => (
+            format!(
+                "s3.{}.amazonaws.com",
+                source.region.as_deref().unwrap_or("us-east-1")
+            ),
+            443,
+        ),
+        Scheme::Gcs => ("storage.googleapis.com".into(), 443),
+        Scheme::Azure => ("blob.core.windows.net".into(), 443),
+        Scheme::Http | Scheme::Https | Scheme::File => {
+            from_url(&source.uri).unwrap_or_else(|| (uri.authority.clone(), 80))
+        }
+    }
+}
+
+fn build_store(
+    source: &Source,
+    uri: &SourceUri,
+    creds: &AgentCredentials,
+    limits: CheckLimits,
+) -> Result<Arc<dyn ObjectStore>, String> {
+    let client = ClientOptions::new()
+        .with_timeout(limits.check_timeout)
+        .with_connect_timeout(limits.check_timeout)
+        .with_allow_http(true);
+    let retry = RetryConfig {
+        max_retries: 1,
+        retry_timeout: limits.check_timeout,
+        ..RetryConfig::default()
+    };
+    let store: Arc<dyn ObjectStore> = match uri.scheme {
+        Scheme::S3 => {
+            let mut b = object_store::aws::AmazonS3Builder::new()
+                .with_bucket_name(&uri.authority)
+                .with_region(source.region.as_deref().unwrap_or("us-east-1"))
+                .with_client_options(client)
+                .with_retry(retry);
+            if let Some(endpoint) = &source.endpoint {
+                b = b.with_endpoint(endpoint).with_allow_http(true);
+            }
+            if let Some(v) = &creds.access_key_id {
+                b = b.with_access_key_id(v);
+            }
+            if let Some(v) = &creds.secret_access_key {
+                b = b.with_secret_access_key(v);
+            }
+            if let Some(v) = &creds.session_token {
+                b = b.with_token(v);
+            }
+            for (k, v) in &source.options {
+                if let Ok(key) = k.parse() {
+                    b = b.with_config(key, v);
+                }
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        Scheme::Gcs => {
+            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
+                .with_bucket_name(&uri.authority)
+                .with_client_options(client)
+                .with_retry(retry);
+            if let Some(v) = &creds.service_account_key {
+                b = b.with_service_account_key(v);
+            }
+            for (k, v) in &source.options {
+                if let Ok(key) = k.parse() {
+                    b = b.with_config(key, v);
+                }
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+        _ => {
+            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
+                .with_container_name(&uri.authority)
+                .with_client_options(client)
+                .with_retry(retry);
+            if let Some(v) = &creds.account_name {
+                b = b.with_account(v);
+            }
+            if let Some(v) = &creds.account_key {
+                b = b.with_access_key(v);
+            }
+            if let Some(v) = &creds.token {
+                let pairs: Vec<(String, String)> = v
+                    .trim_start_matches('?')
+                    .split('&')
+                    .filter_map(|p| p.split_once('='))
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                b = b.with_sas_authorization(pairs);
+            }
+            if let Some(endpoint) = &source.endpoint {
+                b = b.with_endpoint(endpoint.clone()).with_allow_http(true);
+            }
+            for (k, v) in &source.options {
+                if let Ok(key) = k.parse() {
+                    b = b.with_config(key, v);
+                }
+            }
+            Arc::new(b.build().map_err(|e| e.to_string())?)
+        }
+    };
+    Ok(store)
+}
+
+async fn list(
+    source: &Source,
+    uri: &SourceUri,
+    creds: &AgentCredentials,
+    limits: CheckLimits,
+) -> SourceCheck {
+    let scrub = |message: String| scrub(&message, creds);
+    let store = match build_store(source, uri, creds, limits) {
+        Ok(store) => store,
+        Err(e) => {
+            return SourceCheck::Failed {
+                reason: reason::SOURCE_UNREACHABLE,
+                message: scrub(format!("source {}: {e}", source.name)),
+            };
+        }
+    };
+    let prefix = uri.path.trim_matches('/');
+    let prefix = (!prefix.is_empty()).then(|| StorePath::from(prefix));
+    let mut stream = store.list(prefix.as_ref());
+    let started = Instant::now();
+    let (mut bytes, mut files) = (0u64, 0u64);
+    match timeout(limits.check_timeout, stream.next()).await {
+        Err(_) => {
+            return SourceCheck::Failed {
+                reason: reason::SOURCE_UNREACHABLE,
+                message: format!(
+                    "source {}: no answer to a listing within {:?}",
+                    source.name, limits.check_timeout
+                ),
+            };
+        }
+        Ok(None) => {}
+        Ok(Some(Err(e))) => {
+            return SourceCheck::Failed {
+                reason: classify(&e),
+                message: scrub(format!("source {}: listing failed: {e}", source.name)),
+            };
+        }
+        Ok(Some(Ok(meta))) => {
+            bytes += meta.size;
+            files += 1;
+        }
+    }
+    let rest = limits.listing_timeout.saturating_sub(started.elapsed());
+    let outcome = timeout(rest, async {
+        while let Some(item) = stream.next().await {
+            let meta = item?;
+            bytes += meta.size;
+            files += 1;
+        }
+        Ok::<_, object_store::Error>(())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(())) => SourceCheck::Reachable {
+            total_bytes: Some(bytes),
+            files: Some(files),
+            note: None,
+        },
+        Ok(Err(e)) => SourceCheck::Failed {
+            reason: classify(&e),
+            message: scrub(format!("source {}: listing failed: {e}", source.name)),
+        },
+        Err(_) => SourceCheck::Reachable {
+            total_bytes: None,
+            files: None,
+            note: Some(format!(
+                "listing did not finish within {:?} ({files} objects so far); raise --listing-timeout for the size",
+                limits.listing_timeout
+            )),
+        },
+    }
+}
+
+fn classify(e: &object_store::Error) -> &'static str {
+    let text = e.to_string();
+    let denied = matches!(
+        e,
+        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
+    ) || [
+        "403",
+        "401",
+        "AccessDenied",
+        "InvalidAccessKeyId",
+        "SignatureDoesNotMatch",
+        "Forbidden",
+    ]
+    .iter()
+    .any(|needle| text.contains(needle));
+    if denied {
+        reason::ACCESS_DENIED
+    } else {
+        reason::SOURCE_UNREACHABLE
+    }
+}
+
+/// Removes what must never reach a status or log: credential values, and the
+/// query string of any URL (signed URLs carry signatures and tokens there).
+pub fn scrub(message: &str, creds: &AgentCredentials) -> String {
+    let mut out: String = message
+        .split(' ')
+        .map(|word| match (word.contains("://"), word.find('?')) {
+            (true, Some(q)) => format!("{}?<redacted>", &word[..q]),
+            _ => word.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ");
+    for value in [
+        &creds.access_key_id,
+        &creds.secret_access_key,
+        &creds.session_token,
+        &creds.service_account_key,
+        &creds.account_key,
+        &creds.token,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        if value.len() >= 4 {
+            out = out.replace(value.as_str(), "<redacted>");
+        }
+    }
+    const MAX: usize = 600;
+    if out.len() > MAX {
+        let mut cut = MAX;
+        while !out.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        out.truncate(cut);
+        out.push('…');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::BTreeMap;
+
+    fn source(uri: &str, endpoint: Option<&str>) -> Source {
+        Source {
+            name: "train".into(),
+            uri: uri.into(),
+            mount_path: "/".into(),
+            endpoint: endpoint.map(Into::into),
+            region: None,
+            credentials_secret_ref: None,
+            read_only: true,
+            options: BTreeMap::new(),
+        }
+    }
+
+    const LIMITS: CheckLimits = CheckLimits {
+        check_timeout: Duration::from_secs(2),
+        listing_timeout: Duration::from_secs(5),
+        success_ttl: Duration::from_secs(60),
+    };
+
+    #[test]
+    fn scrub_removes_signatures_and_secrets() {
+        let creds = AgentCredentials {
+            secret_access_key: Some("verysecret".into()),
+            ..Default::default()
+        };
+        let out = scrub(
+            "GET http://h/b/k?X-Amz-Signature=abc failed; key verysecret",
+            &creds,
+        );
+        assert_eq!(out, "GET http://h/b/k?<redacted> failed; key <redacted>");
+    }
+
+    #[test]
+    fn connect_targets() {
+        let s = source("s3://b/p", Some("http://127.0.0.1:9000"));
+        let uri = SourceUri::parse(&s.uri).unwrap();
+        assert_eq!(connect_target(&s, &uri), ("127.0.0.1".into(), 9000));
+        let s = source("https://example.com/data/", None);
+        let uri = SourceUri::parse(&s.uri).unwrap();
+        assert_eq!(connect_target(&s, &uri), ("example.com".into(), 443));
+        let s = source("s3://b/p", None);
+        let uri = SourceUri::parse(&s.uri).unwrap();
+        assert_eq!(connect_target(&s, &uri).0, "s3.us-east-1.amazonaws.com");
+    }
+
+    #[tokio::test]
+    async fn a_closed_port_is_unreachable_and_an_open_one_reachable() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let open = listener.local_addr().unwrap();
+        let closed = {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            l.local_addr().unwrap()
+        };
+        let checker = SourceChecker::default();
+        let ok = checker
+            .check(
+                &source(&format!("http://{open}/files/"), None),
+                None,
+                LIMITS,
+            )
+            .await
+            .1;
+        assert!(matches!(ok, SourceCheck::Reachable { .. }), "{ok:?}");
+        let bad = checker
+            .check(
+                &source(&format!("http://{closed}/files/"), None),
+                None,
+                LIMITS,
+            )
+            .await
+            .1;
+        assert!(
+            matches!(
+                bad,
+                SourceCheck::Failed {
+                    reason: reason::SOURCE_UNREACHABLE,
+                    ..
+                }
+            ),
+            "{bad:?}"
+        );
+        let local = checker
+            .check(&source("file:///data", None), None, LIMITS)
+            .await
+            .1;
+        assert_eq!(local, SourceCheck::NodeLocal);
+    }
+}
