@@ -22,6 +22,11 @@ pub struct OperatorConfig {
     #[arg(long, env = "STRATA_NAMESPACE", default_value = "strata-system")]
     pub namespace: String,
 
+    /// Only reconcile Datasets and CachePolicies in this namespace (empty:
+    /// every namespace). StrataNodes are cluster-scoped and always watched.
+    #[arg(long, env = "STRATA_WATCH_NAMESPACE", default_value = "")]
+    pub watch_namespace: String,
+
     /// This replica's name in the leader Lease and in events (the pod name).
     #[arg(long, env = "STRATA_OPERATOR_IDENTITY", default_value_t = default_identity())]
     pub identity: String,

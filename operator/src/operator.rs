@@ -100,6 +100,10 @@ pub async fn run_controllers(
     metrics: Metrics,
 ) -> Result<()> {
     let wc = watcher::Config::default().any_semantic();
+    let scope = Scoped {
+        client: client.clone(),
+        namespace: config.watch_namespace.clone(),
+    };
     let (nodes, node_writer) = reflector::store::<StrataNode>();
     let node_reflector = reflect(
         node_writer,
@@ -115,23 +119,17 @@ pub async fn run_controllers(
     let ctx = Context::new(client.clone(), config, metrics, nodes.clone())?;
 
     let controller_config = ControllerConfig::default().concurrency(CONCURRENCY);
-    let datasets = Controller::new(Api::<Dataset>::all(client.clone()), wc.clone())
-        .with_config(controller_config.clone());
+    let datasets =
+        Controller::new(scope.get::<Dataset>(), wc.clone()).with_config(controller_config.clone());
     let dataset_store = datasets.store();
     let store_for_policies = dataset_store.clone();
     let store_for_secrets = dataset_store.clone();
     // Metadata only: the operator never caches Secret data.
-    let secret_events = watcher(
-        Api::<PartialObjectMeta<Secret>>::all(client.clone()),
-        wc.clone(),
-    )
-    .default_backoff()
-    .touched_objects();
+    let secret_events = watcher(scope.get::<PartialObjectMeta<Secret>>(), wc.clone())
+        .default_backoff()
+        .touched_objects();
     let datasets = datasets
-        .owns(
-            Api::<PersistentVolumeClaim>::all(client.clone()),
-            wc.clone(),
-        )
+        .owns(scope.get::<PersistentVolumeClaim>(), wc.clone())
         .watches(Api::<StrataNode>::all(client.clone()), wc.clone(), |node| {
             node.status
                 .map(|s| s.datasets)
@@ -140,19 +138,15 @@ pub async fn run_controllers(
                 .map(|d| ObjectRef::<Dataset>::new(&d.name).within(&d.namespace))
                 .collect::<Vec<_>>()
         })
-        .watches(
-            Api::<CachePolicy>::all(client.clone()),
-            wc.clone(),
-            move |policy| {
-                let namespace = policy.namespace();
-                store_for_policies
-                    .state()
-                    .iter()
-                    .filter(|d| d.namespace() == namespace)
-                    .map(|d| ObjectRef::from_obj(d.as_ref()))
-                    .collect::<Vec<_>>()
-            },
-        )
+        .watches(scope.get::<CachePolicy>(), wc.clone(), move |policy| {
+            let namespace = policy.namespace();
+            store_for_policies
+                .state()
+                .iter()
+                .filter(|d| d.namespace() == namespace)
+                .map(|d| ObjectRef::from_obj(d.as_ref()))
+                .collect::<Vec<_>>()
+        })
         .watches_stream(secret_events, move |secret| {
             let namespace = secret.namespace();
             let name = secret.name_any();
@@ -177,14 +171,14 @@ pub async fn run_controllers(
         )
         .for_each(|_| async {});
 
-    let policies = Controller::new(Api::<CachePolicy>::all(client.clone()), wc.clone())
-        .with_config(controller_config);
+    let policies =
+        Controller::new(scope.get::<CachePolicy>(), wc.clone()).with_config(controller_config);
     let policy_store = policies.store();
     let policy_store_for_nodes = policy_store.clone();
     let policies = policies
-        .owns(Api::<Job>::all(client.clone()), wc.clone())
-        .owns(Api::<CronJob>::all(client.clone()), wc.clone())
-        .watches(Api::<Dataset>::all(client.clone()), wc.clone(), move |ds| {
+        .owns(scope.get::<Job>(), wc.clone())
+        .owns(scope.get::<CronJob>(), wc.clone())
+        .watches(scope.get::<Dataset>(), wc.clone(), move |ds| {
             let namespace = ds.namespace();
             policy_store
                 .state()
@@ -224,6 +218,25 @@ pub async fn run_controllers(
     let node_set_loop = node_set_loop(ctx.clone());
     tokio::join!(node_reflector, datasets, policies, node_set_loop);
     Ok(())
+}
+
+/// Api handles for all namespaces or the one watched namespace.
+struct Scoped {
+    client: Client,
+    namespace: String,
+}
+
+impl Scoped {
+    fn get<K>(&self) -> Api<K>
+    where
+        K: kube::Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>,
+    {
+        if self.namespace.is_empty() {
+            Api::all(self.client.clone())
+        } else {
+            Api::namespaced(self.client.clone(), &self.namespace)
+        }
+    }
 }
 
 async fn node_set_loop(ctx: Arc<Context>) {
