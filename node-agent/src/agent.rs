@@ -120,10 +120,10 @@ impl Agent {
             data_ttl: config.cache.data_ttl,
         };
         let existing = self.datasets.lock().expect("datasets").get(&key).cloned();
-        if let Some(old) = &existing {
-            if old.config() == &config {
-                return Ok(old.clone());
-            }
+        if let Some(old) = &existing
+            && old.config() == &config
+        {
+            return Ok(old.clone());
         }
         let cache = match &existing {
             Some(old) if old.block_size() == config.cache.block_size => {

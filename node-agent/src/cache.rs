@@ -286,10 +286,10 @@ impl BlockCache {
             let Some(victim) = m.policy.evict() else {
                 break;
             };
-            if let Some(b) = m.map.remove(&victim) {
-                if let Some(d) = m.per_dataset.get_mut(&victim.dataset) {
-                    *d = d.saturating_sub(b.len() as u64);
-                }
+            if let Some(b) = m.map.remove(&victim)
+                && let Some(d) = m.per_dataset.get_mut(&victim.dataset)
+            {
+                *d = d.saturating_sub(b.len() as u64);
             }
             evicted += 1;
         }
@@ -304,10 +304,10 @@ impl BlockCache {
         let keys: Vec<BlockKey> = m.map.keys().filter(|k| f(k)).cloned().collect();
         for k in keys {
             m.policy.remove(&k);
-            if let Some(b) = m.map.remove(&k) {
-                if let Some(d) = m.per_dataset.get_mut(&k.dataset) {
-                    *d = d.saturating_sub(b.len() as u64);
-                }
+            if let Some(b) = m.map.remove(&k)
+                && let Some(d) = m.per_dataset.get_mut(&k.dataset)
+            {
+                *d = d.saturating_sub(b.len() as u64);
             }
         }
     }
@@ -863,7 +863,7 @@ impl DatasetCache {
                 // Log the first failures and then every 100th, so a full disk does not
                 // flood the log.
                 let n = self.write_failures_logged.fetch_add(1, Ordering::Relaxed);
-                if n < 5 || n % 100 == 0 {
+                if n < 5 || n.is_multiple_of(100) {
                     tracing::warn!(dataset = %self.id, file = %obj.data_path.display(), error = %e,
                         "cannot write to the disk cache; serving read-through");
                 }
@@ -1297,17 +1297,14 @@ impl Drop for PassthroughLease {
     fn drop(&mut self) {
         if self.obj.leases.fetch_sub(1, Ordering::Relaxed) == 1
             && !self.obj.pinned.load(Ordering::Relaxed)
+            && let Some(ds) = self.ds.upgrade()
+            && ds
+                .objects
+                .read()
+                .expect("objects")
+                .contains_key(&self.obj.id)
         {
-            if let Some(ds) = self.ds.upgrade() {
-                if ds
-                    .objects
-                    .read()
-                    .expect("objects")
-                    .contains_key(&self.obj.id)
-                {
-                    ds.set_in_policy(&self.obj, true);
-                }
-            }
+            ds.set_in_policy(&self.obj, true);
         }
     }
 }

@@ -293,7 +293,7 @@ impl DatasetConfig {
             }
         }
         let bs = self.cache.block_size;
-        if !(64 * 1024..=256 * 1024 * 1024).contains(&bs) || bs % 4096 != 0 {
+        if !(64 * 1024..=256 * 1024 * 1024).contains(&bs) || !bs.is_multiple_of(4096) {
             return Err(Error::config(
                 "cache.blockSize",
                 format!("{bs} must be a multiple of 4096 between 64Ki and 256Mi"),

@@ -399,11 +399,11 @@ impl DatasetView {
             Lookup::Missing => {}
         }
         // A fresh listing of the parent answers without a request.
-        if let Some(parent) = path.parent() {
-            if let Lookup::Fresh(listing) | Lookup::Stale(listing) = self.listings.get(&parent) {
-                let name = path.file_name().unwrap_or_default();
-                return Ok(listing.find(name).map(|e| e.stat.clone()));
-            }
+        if let Some(parent) = path.parent()
+            && let Lookup::Fresh(listing) | Lookup::Stale(listing) = self.listings.get(&parent)
+        {
+            let name = path.file_name().unwrap_or_default();
+            return Ok(listing.find(name).map(|e| e.stat.clone()));
         }
         self.fetch_stat(path.clone()).await
     }

@@ -145,22 +145,23 @@ pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
 }
 
 fn unescape_mountinfo(s: &str) -> String {
-    // mountinfo escapes space, tab, newline and backslash as \ooo.
-    let mut out = String::new();
+    // mountinfo escapes space, tab, newline and backslash as \ooo (octal).
     let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
     let mut i = 0;
     while i < b.len() {
-        if b[i] == b'\\' && i + 3 < b.len() + 0 && i + 3 <= b.len() {
-            if let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8) {
-                out.push(v as char);
-                i += 4;
-                continue;
-            }
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
         }
-        out.push(b[i] as char);
+        out.push(b[i]);
         i += 1;
     }
-    out
+    String::from_utf8_lossy(&out).into_owned()
 }
 
 /// Mounts a dataset read-only at `mountpoint` and serves it in the background. Must be
@@ -464,8 +465,8 @@ impl Filesystem for StrataFs {
                     return;
                 }
                 // Passthrough is refused by the kernel while cached opens of the inode exist.
-                if !cached_open {
-                    if let Some((file, lease)) = st.view.cached_file(reader.stat()).await {
+                if !cached_open
+                    && let Some((file, lease)) = st.view.cached_file(reader.stat()).await {
                         let backing = match existing {
                             Some(b) => Ok(b),
                             None => reply.open_backing(&file).map(Arc::new),
@@ -493,7 +494,6 @@ impl Filesystem for StrataFs {
                             }
                         }
                     }
-                }
             }
             let keep = {
                 let mut last = st.last_etag.lock().expect("etags");
@@ -555,10 +555,10 @@ impl Filesystem for StrataFs {
         let open = self.state.handles.lock().expect("handles").remove(&fh.0);
         if let Some(open) = open {
             let mut io = self.state.io.lock().expect("io");
-            if let Some(e) = io.get_mut(&open.ino) {
-                if open.passthrough.is_none() {
-                    e.cached_opens = e.cached_opens.saturating_sub(1);
-                }
+            if let Some(e) = io.get_mut(&open.ino)
+                && open.passthrough.is_none()
+            {
+                e.cached_opens = e.cached_opens.saturating_sub(1);
             }
             drop(io);
             // Dropping the last Arc<BackingId> closes the backing file in the kernel.
@@ -741,5 +741,34 @@ impl Filesystem for StrataFs {
 impl FsState {
     fn view_node_capacity(&self) -> u64 {
         self.view.cache().node_disk_capacity()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescaping() {
+        assert_eq!(unescape_mountinfo("/mnt/with\\040space"), "/mnt/with space");
+        assert_eq!(unescape_mountinfo("/mnt/ünï"), "/mnt/ünï");
+        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
+    }
+
+    #[test]
+    fn mount_point_checks_name_the_problem() {
+        let err = check_mountpoint(Path::new("/definitely/missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/definitely/missing") && err.contains("does not exist"),
+            "{err}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let err = check_mountpoint(f.path()).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        // "/" is always a mount point.
+        let err = check_mountpoint(Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("busy"), "{err}");
     }
 }
