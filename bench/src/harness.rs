@@ -1,0 +1,715 @@
+//! The benchmark run: S3 server, data, WAN link, then every workload on every system, several
+//! runs, interleaved so that machine noise spreads over all systems alike.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::runtime::Runtime;
+
+use crate::data::{DataSets, DataSpec, epoch_file_size, s3_store, wait_writable};
+use crate::mounts::{CacheQuota, MountRequest, Mounted, Programs, System};
+use crate::netshape::ShapedLink;
+use crate::process::drop_page_caches;
+use crate::proxy::DelayProxyProcess;
+use crate::results::{
+    BenchResults, Measurement, SectionMeta, TraceInfo, git_commit, load_average, machine_info,
+};
+use crate::s3server::{S3Credentials, SeaweedFs, SeaweedOptions};
+use crate::workloads::{epoch, fio, floor, listing};
+use crate::{Error, Result, sim};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Workload {
+    SeqLarge,
+    Random4k,
+    EpochSmall,
+    List,
+    HitRatio,
+}
+
+impl Workload {
+    pub fn name(self) -> &'static str {
+        match self {
+            Workload::SeqLarge => "seq-large",
+            Workload::Random4k => "random-4k",
+            Workload::EpochSmall => "epoch-small",
+            Workload::List => "list",
+            Workload::HitRatio => "hit-ratio",
+        }
+    }
+}
+
+impl std::str::FromStr for Workload {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        [
+            Workload::SeqLarge,
+            Workload::Random4k,
+            Workload::EpochSmall,
+            Workload::List,
+            Workload::HitRatio,
+        ]
+        .into_iter()
+        .find(|w| w.name() == s)
+        .ok_or_else(|| {
+            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list or hit-ratio")
+        })
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct RunConfig {
+    pub quick: bool,
+    pub runs: u32,
+    pub delays: Vec<Duration>,
+    pub bandwidth_mbit: Option<u32>,
+    pub systems: Vec<System>,
+    pub workloads: Vec<Workload>,
+    pub spec: DataSpec,
+    pub work_dir: PathBuf,
+    pub repo_dir: PathBuf,
+    pub programs: Programs,
+    pub weed: PathBuf,
+    pub fio: PathBuf,
+    pub quota: CacheQuota,
+    pub seq_limit: Duration,
+    pub epoch_limit: Duration,
+    pub list_limit: Duration,
+    pub rand_seconds: u32,
+}
+
+struct Ctx<'a> {
+    cfg: &'a RunConfig,
+    rt: &'a Runtime,
+    creds: S3Credentials,
+    link: String,
+    endpoint: String,
+    out: BenchResults,
+}
+
+impl Ctx<'_> {
+    #[allow(clippy::too_many_arguments)]
+    fn record(
+        &mut self,
+        workload: &str,
+        case: &str,
+        system: System,
+        metric: &str,
+        unit: &str,
+        higher_is_better: bool,
+        run: u32,
+        value: f64,
+        complete: bool,
+    ) {
+        tracing::info!(
+            workload,
+            case,
+            system = system.label(),
+            metric,
+            value,
+            complete,
+            run,
+            "measured"
+        );
+        self.out.measurements.push(Measurement {
+            workload: workload.into(),
+            case: case.into(),
+            system,
+            link: self.link.clone(),
+            metric: metric.into(),
+            unit: unit.into(),
+            higher_is_better,
+            run,
+            value,
+            complete,
+        });
+    }
+
+    fn note(&mut self, workload: &str, text: String) {
+        tracing::warn!(workload, "{text}");
+        self.out.notes.push(format!("{workload}: {text}"));
+    }
+
+    fn mount(&self, system: System, session: &str) -> Result<Mounted> {
+        let dir = &self.cfg.work_dir;
+        let cache = dir.join("cache").join(format!("{system:?}").to_lowercase());
+        if cache.exists() {
+            std::fs::remove_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
+        }
+        let logs = dir.join("logs");
+        std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
+        let mountpoint = dir.join("mnt").join(format!("{system:?}").to_lowercase());
+        let log = logs.join(format!("{system:?}-{session}.log").to_lowercase());
+        Mounted::mount(&MountRequest {
+            system,
+            endpoint_url: &self.endpoint,
+            creds: &self.creds,
+            mountpoint: &mountpoint,
+            cache_dir: &cache,
+            log: &log,
+            quota: self.cfg.quota,
+            programs: &self.cfg.programs,
+        })
+    }
+
+    fn record_rss(&mut self, m: &Mounted, session: &str, run: u32) {
+        if let Some(rss) = m.peak_rss_bytes() {
+            self.record(
+                "memory",
+                session,
+                m.system,
+                "peak RSS",
+                "MiB",
+                false,
+                run,
+                rss as f64 / (1024.0 * 1024.0),
+                true,
+            );
+        }
+    }
+
+    /// seq-large with `jobs` parallel ranges: cold, warm, hot; random-4k after it (1 job only).
+    fn seq_session(&mut self, system: System, jobs: u32, run: u32) -> Result<()> {
+        let cfg = self.cfg;
+        let session = format!("seq-large, {jobs} job{}", if jobs > 1 { "s" } else { "" });
+        let m = self.mount(system, &session.replace([' ', ','], ""))?;
+        let file = m.mountpoint.join(cfg.spec.seq_key());
+        let size = cfg.spec.seq_large_bytes;
+        let label = if jobs == 1 { "1 job" } else { "4 jobs" };
+        let want_seq = cfg.workloads.contains(&Workload::SeqLarge);
+        drop_page_caches()?;
+        let cold = fio::sequential(&cfg.fio, &file, size, jobs, cfg.seq_limit)?;
+        if want_seq {
+            let done = cold.bytes >= size;
+            self.record(
+                "seq-large",
+                &format!("{label}, cold"),
+                system,
+                "throughput",
+                "MiB/s",
+                true,
+                run,
+                cold.mib_per_s,
+                done,
+            );
+            if !done {
+                // Only part of the file is cached: warm and hot would not be about cached data.
+                self.note("seq-large", format!("{} {label} cold read stopped at the {:?} limit after {} MiB; warm/hot skipped", system.label(), cfg.seq_limit, cold.bytes >> 20));
+                self.record_rss(&m, "seq-large", run);
+                return Ok(());
+            }
+            drop_page_caches()?;
+            let warm = fio::sequential(&cfg.fio, &file, size, jobs, cfg.seq_limit)?;
+            self.record(
+                "seq-large",
+                &format!("{label}, warm"),
+                system,
+                "throughput",
+                "MiB/s",
+                true,
+                run,
+                warm.mib_per_s,
+                true,
+            );
+            let hot = fio::sequential(&cfg.fio, &file, size, jobs, cfg.seq_limit)?;
+            self.record(
+                "seq-large",
+                &format!("{label}, hot"),
+                system,
+                "throughput",
+                "MiB/s",
+                true,
+                run,
+                hot.mib_per_s,
+                true,
+            );
+        }
+        if jobs == 1 && cfg.workloads.contains(&Workload::Random4k) {
+            drop_page_caches()?;
+            let r = fio::random_4k(&cfg.fio, &file, size, cfg.rand_seconds)?;
+            self.record(
+                "random-4k",
+                "warm",
+                system,
+                "IOPS",
+                "IOPS",
+                true,
+                run,
+                r.iops,
+                true,
+            );
+            self.record(
+                "random-4k",
+                "warm",
+                system,
+                "p50 latency",
+                "µs",
+                false,
+                run,
+                r.p50_us,
+                true,
+            );
+            self.record(
+                "random-4k",
+                "warm",
+                system,
+                "p99 latency",
+                "µs",
+                false,
+                run,
+                r.p99_us,
+                true,
+            );
+        }
+        self.record_rss(&m, if want_seq { "seq-large" } else { "random-4k" }, run);
+        Ok(())
+    }
+
+    fn epoch_session(&mut self, system: System, readers: usize, run: u32) -> Result<()> {
+        let cfg = self.cfg;
+        let m = self.mount(system, &format!("epoch{readers}"))?;
+        let label = if readers == 1 {
+            "1 reader"
+        } else {
+            "8 readers"
+        };
+        let files = cfg.spec.epoch_keys();
+        let size_of = |rel: &str| size_of_epoch_key(rel);
+        drop_page_caches()?;
+        let order1 = epoch::shuffled(&files, u64::from(run) * 2 + 1);
+        let e1 = epoch::run_epoch(&m.mountpoint, &order1, readers, cfg.epoch_limit, size_of)?;
+        self.record(
+            "epoch-small",
+            &format!("{label}, epoch 1"),
+            system,
+            "files/s",
+            "files/s",
+            true,
+            run,
+            e1.files_per_s(),
+            e1.complete,
+        );
+        if !e1.complete {
+            self.note("epoch-small", format!("{} {label} epoch 1 stopped at the {:?} limit after {} of {} files; epoch 2 reads those {} files", system.label(), cfg.epoch_limit, e1.files, files.len(), e1.files));
+        }
+        // Epoch 2: the files epoch 1 read (all of them unless the limit cut it), reshuffled.
+        let order2 = epoch::shuffled(&order1[..e1.files], u64::from(run) * 2 + 2);
+        drop_page_caches()?;
+        let e2 = epoch::run_epoch(&m.mountpoint, &order2, readers, cfg.epoch_limit, size_of)?;
+        self.record(
+            "epoch-small",
+            &format!("{label}, epoch 2"),
+            system,
+            "files/s",
+            "files/s",
+            true,
+            run,
+            e2.files_per_s(),
+            e2.complete,
+        );
+        self.record_rss(&m, "epoch-small", run);
+        Ok(())
+    }
+
+    fn list_session(&mut self, system: System, run: u32) -> Result<()> {
+        let cfg = self.cfg;
+        let m = self.mount(system, "list")?;
+        let dir = m.mountpoint.join(cfg.spec.list_prefix());
+        drop_page_caches()?;
+        let cold = listing::find_files(&dir, cfg.spec.list_objects, cfg.list_limit)?;
+        self.record(
+            "list",
+            "cold",
+            system,
+            "seconds",
+            "s",
+            false,
+            run,
+            cold.seconds,
+            cold.complete,
+        );
+        if !cold.complete {
+            self.note(
+                "list",
+                format!(
+                    "{} cold listing found {} of {} objects in {:.0} s (limit {:?})",
+                    system.label(),
+                    cold.entries,
+                    cfg.spec.list_objects,
+                    cold.seconds,
+                    cfg.list_limit
+                ),
+            );
+        }
+        drop_page_caches()?;
+        let warm = listing::find_files(&dir, cfg.spec.list_objects, cfg.list_limit)?;
+        self.record(
+            "list",
+            "warm",
+            system,
+            "seconds",
+            "s",
+            false,
+            run,
+            warm.seconds,
+            warm.complete,
+        );
+        self.record_rss(&m, "list", run);
+        Ok(())
+    }
+
+    /// The local-file reference and the object_store floor.
+    fn references(&mut self, run: u32, local_root: &Path) -> Result<()> {
+        let cfg = self.cfg;
+        let ws = &cfg.workloads;
+        let local = local_root.join(cfg.spec.seq_key());
+        let size = cfg.spec.seq_large_bytes;
+        if ws.contains(&Workload::SeqLarge) {
+            for (jobs, label) in [(1, "1 job"), (4, "4 jobs")] {
+                drop_page_caches()?;
+                let warm = fio::sequential(&cfg.fio, &local, size, jobs, cfg.seq_limit)?;
+                self.record(
+                    "seq-large",
+                    &format!("{label}, warm"),
+                    System::LocalFile,
+                    "throughput",
+                    "MiB/s",
+                    true,
+                    run,
+                    warm.mib_per_s,
+                    true,
+                );
+                let hot = fio::sequential(&cfg.fio, &local, size, jobs, cfg.seq_limit)?;
+                self.record(
+                    "seq-large",
+                    &format!("{label}, hot"),
+                    System::LocalFile,
+                    "throughput",
+                    "MiB/s",
+                    true,
+                    run,
+                    hot.mib_per_s,
+                    true,
+                );
+            }
+            let store = s3_store(&self.endpoint, &self.creds)?;
+            for (parallel, label) in [(1usize, "1 job"), (4, "4 jobs")] {
+                let key = cfg.spec.seq_key();
+                let mibs = self.rt.block_on(floor::sequential_gets(
+                    store.as_ref(),
+                    &key,
+                    size,
+                    parallel,
+                ))?;
+                self.record(
+                    "seq-large",
+                    &format!("{label}, cold"),
+                    System::ObjectStore,
+                    "throughput",
+                    "MiB/s",
+                    true,
+                    run,
+                    mibs,
+                    true,
+                );
+            }
+        }
+        if ws.contains(&Workload::Random4k) {
+            drop_page_caches()?;
+            let r = fio::random_4k(&cfg.fio, &local, size, cfg.rand_seconds)?;
+            self.record(
+                "random-4k",
+                "warm",
+                System::LocalFile,
+                "IOPS",
+                "IOPS",
+                true,
+                run,
+                r.iops,
+                true,
+            );
+            self.record(
+                "random-4k",
+                "warm",
+                System::LocalFile,
+                "p50 latency",
+                "µs",
+                false,
+                run,
+                r.p50_us,
+                true,
+            );
+            self.record(
+                "random-4k",
+                "warm",
+                System::LocalFile,
+                "p99 latency",
+                "µs",
+                false,
+                run,
+                r.p99_us,
+                true,
+            );
+        }
+        if ws.contains(&Workload::EpochSmall) {
+            let files = cfg.spec.epoch_keys();
+            let store = s3_store(&self.endpoint, &self.creds)?;
+            for (readers, label) in [(1usize, "1 reader"), (8, "8 readers")] {
+                for e in [1u64, 2] {
+                    drop_page_caches()?;
+                    let order = epoch::shuffled(&files, u64::from(run) * 2 + e);
+                    let r = epoch::run_epoch(
+                        local_root,
+                        &order,
+                        readers,
+                        cfg.epoch_limit,
+                        size_of_epoch_key,
+                    )?;
+                    self.record(
+                        "epoch-small",
+                        &format!("{label}, epoch {e}"),
+                        System::LocalFile,
+                        "files/s",
+                        "files/s",
+                        true,
+                        run,
+                        r.files_per_s(),
+                        r.complete,
+                    );
+                }
+                // The floor has no cache: what every epoch costs without one. Bounded by the
+                // same time limit through a subset (files/s is a rate).
+                let order = epoch::shuffled(&files, u64::from(run) * 2 + 1);
+                let subset = &order[..order.len().min(if readers == 1 { 300 } else { 2000 })];
+                let (n, secs) =
+                    self.rt
+                        .block_on(floor::whole_gets(store.as_ref(), subset, readers))?;
+                self.record(
+                    "epoch-small",
+                    &format!("{label}, epoch 1"),
+                    System::ObjectStore,
+                    "files/s",
+                    "files/s",
+                    true,
+                    run,
+                    n as f64 / secs,
+                    n == files.len(),
+                );
+            }
+        }
+        if ws.contains(&Workload::List) {
+            let dir = local_root.join("no-local-list");
+            let _ = dir; // the list workload has no local copy: object listings are the point
+        }
+        Ok(())
+    }
+}
+
+/// One mount session of a workload on one system.
+type Session = Box<dyn Fn(&mut Ctx) -> Result<()>>;
+
+fn size_of_epoch_key(rel: &str) -> u64 {
+    // ".../sample-000123.bin" -> index 123
+    let idx = rel
+        .rsplit('-')
+        .next()
+        .and_then(|s| s.trim_end_matches(".bin").parse::<usize>().ok())
+        .unwrap_or(usize::MAX);
+    epoch_file_size(idx)
+}
+
+fn section(cfg: &RunConfig, load_before: f64) -> SectionMeta {
+    SectionMeta {
+        date: chrono::Utc::now().format("%Y-%m-%d %H:%M").to_string(),
+        commit: git_commit(&cfg.repo_dir),
+        runs: cfg.runs,
+        quick: cfg.quick,
+        spec: cfg.spec,
+        load_before,
+        load_after: load_average(),
+    }
+}
+
+/// Runs the configured workloads and returns what was measured.
+pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
+    let mut results = BenchResults {
+        machine: machine_info(),
+        ..Default::default()
+    };
+    let live: Vec<Workload> = cfg
+        .workloads
+        .iter()
+        .copied()
+        .filter(|w| *w != Workload::HitRatio)
+        .collect();
+    if !live.is_empty() {
+        let load_before = load_average();
+        let creds = S3Credentials::generate();
+        let shaped = cfg.bandwidth_mbit.map(ShapedLink::create).transpose()?;
+        let server_ip = shaped
+            .as_ref()
+            .map(|s| s.server_ip())
+            .unwrap_or([127, 0, 0, 1].into());
+        let weed_dir = cfg.work_dir.join(match &shaped {
+            Some(_) => "seaweedfs-shaped",
+            None => "seaweedfs",
+        });
+        let server = SeaweedFs::start(
+            &SeaweedOptions {
+                program: cfg.weed.clone(),
+                data_dir: weed_dir.clone(),
+                ip: server_ip,
+                netns: shaped.as_ref().map(|s| s.namespace.clone()),
+            },
+            &creds,
+        )?;
+        let direct = s3_store(&server.endpoint_url(), &creds)?;
+        rt.block_on(wait_writable(&direct))?;
+        // Uploads are remembered per server data dir.
+        let data = DataSets {
+            spec: cfg.spec,
+            store: direct.clone(),
+            local_root: cfg.work_dir.join("local"),
+            work_dir: &weed_dir,
+        };
+        let secs = rt.block_on(data.ensure())?;
+        tracing::info!(secs, "data sets ready");
+        results.versions.insert(
+            "SeaweedFS".into(),
+            crate::mounts::version_of(&cfg.weed, "version").replace("version ", ""),
+        );
+        results.versions.insert(
+            "rclone".into(),
+            crate::mounts::version_of(&cfg.programs.rclone, "version"),
+        );
+        results.versions.insert(
+            "s3fs".into(),
+            crate::mounts::version_of(&cfg.programs.s3fs, "--version"),
+        );
+        results.versions.insert(
+            "fio".into(),
+            crate::mounts::version_of(&cfg.fio, "--version"),
+        );
+        results.settings.insert(
+            "cache quota (every system)".into(),
+            format!(
+                "memory {} MiB (Strata's memory tier; rclone and s3fs have no such knob), disk {} MiB",
+                cfg.quota.memory_bytes >> 20,
+                cfg.quota.disk_bytes >> 20
+            ),
+        );
+        results.settings.insert("Strata".into(), "`strata-agent mount s3://bench/ MNT --cache-dir D --memory M --disk D --metadata-ttl 1h`, defaults otherwise".into());
+        results.settings.insert("rclone".into(), "`rclone mount --vfs-cache-mode full --read-only --vfs-cache-max-size D --dir-cache-time 1h`, defaults otherwise".into());
+        results.settings.insert("s3fs".into(), "`s3fs -o use_cache=D,ro,use_path_request_style,stat_cache_expire=3600`, defaults otherwise".into());
+        results.settings.insert(
+            "S3 server".into(),
+            format!("SeaweedFS `weed server` on {server_ip}, telemetry off"),
+        );
+        results.settings.insert(
+            "link".into(),
+            format!(
+                "delaying TCP proxy (strata-bench proxy): each chunk held for the one-way delay in each direction, order kept, plus one round trip per new connection{}",
+                match cfg.bandwidth_mbit {
+                    Some(m) => format!("; bandwidth capped at {m} Mbit/s each way with tc tbf on a veth pair into a network namespace"),
+                    None => "; no bandwidth cap".into(),
+                }
+            ),
+        );
+        let mut ctx = Ctx {
+            cfg,
+            rt,
+            creds: creds.clone(),
+            link: String::new(),
+            endpoint: String::new(),
+            out: results,
+        };
+        for delay in &cfg.delays {
+            let logs = cfg.work_dir.join("logs");
+            std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
+            let proxy = DelayProxyProcess::start(server.s3_addr, *delay, &logs.join("proxy.log"))?;
+            ctx.link = match cfg.bandwidth_mbit {
+                Some(m) => format!("{} ms, {m} Mbit/s", delay.as_millis()),
+                None => format!("{} ms", delay.as_millis()),
+            };
+            ctx.endpoint = proxy.endpoint_url();
+            for run in 1..=cfg.runs {
+                tracing::info!(run, link = %ctx.link, "run");
+                for &system in &cfg.systems {
+                    let mut sessions: Vec<(&str, Session)> = Vec::new();
+                    if live.contains(&Workload::SeqLarge) || live.contains(&Workload::Random4k) {
+                        sessions.push((
+                            "seq-large",
+                            Box::new(move |c: &mut Ctx| c.seq_session(system, 1, run)),
+                        ));
+                    }
+                    if live.contains(&Workload::SeqLarge) {
+                        sessions.push((
+                            "seq-large",
+                            Box::new(move |c: &mut Ctx| c.seq_session(system, 4, run)),
+                        ));
+                    }
+                    if live.contains(&Workload::EpochSmall) {
+                        sessions.push((
+                            "epoch-small",
+                            Box::new(move |c: &mut Ctx| c.epoch_session(system, 1, run)),
+                        ));
+                        sessions.push((
+                            "epoch-small",
+                            Box::new(move |c: &mut Ctx| c.epoch_session(system, 8, run)),
+                        ));
+                    }
+                    if live.contains(&Workload::List) {
+                        sessions.push((
+                            "list",
+                            Box::new(move |c: &mut Ctx| c.list_session(system, run)),
+                        ));
+                    }
+                    for (workload, session) in sessions {
+                        if let Err(e) = session(&mut ctx) {
+                            ctx.note(
+                                workload,
+                                format!("{} run {run} failed: {e}", system.label()),
+                            );
+                        }
+                    }
+                }
+                let local_root = cfg.work_dir.join("local");
+                if let Err(e) = ctx.references(run, &local_root) {
+                    ctx.note("seq-large", format!("references run {run} failed: {e}"));
+                }
+            }
+        }
+        results = ctx.out;
+        let load_after_meta = section(cfg, load_before);
+        for w in &live {
+            results
+                .sections
+                .insert(w.name().into(), load_after_meta.clone());
+        }
+        drop(server);
+        drop(shaped);
+    }
+    if cfg.workloads.contains(&Workload::HitRatio) {
+        let load_before = load_average();
+        let traces = sim::trace::standard_traces(cfg.quick);
+        results.traces = traces
+            .iter()
+            .map(|t| TraceInfo {
+                name: t.name.clone(),
+                description: t.description.clone(),
+                block_accesses: t.accesses.len(),
+                total_bytes: t.total_bytes(),
+                footprint_bytes: t.footprint_bytes,
+            })
+            .collect();
+        results.hit_ratio = sim::run_study(&traces);
+        results.sections.insert(
+            "hit-ratio".into(),
+            SectionMeta {
+                runs: 1,
+                ..section(cfg, load_before)
+            },
+        );
+    }
+    Ok(results)
+}

@@ -1,0 +1,739 @@
+//! Renders docs/BENCHMARKS.md's generated part and the charts from the results.
+
+use std::collections::BTreeSet;
+use std::fmt::Write as _;
+use std::path::Path;
+
+use crate::mounts::System;
+use crate::results::BenchResults;
+use crate::stats::{median, spread};
+use crate::{Error, Result, charts};
+
+pub const BEGIN: &str = "<!-- generated:begin (strata-bench writes this part; edit outside it) -->";
+pub const END: &str = "<!-- generated:end -->";
+
+pub const SEQ_CASES: [&str; 6] = [
+    "1 job, cold",
+    "1 job, warm",
+    "1 job, hot",
+    "4 jobs, cold",
+    "4 jobs, warm",
+    "4 jobs, hot",
+];
+pub const EPOCH_CASES: [&str; 4] = [
+    "1 reader, epoch 1",
+    "1 reader, epoch 2",
+    "8 readers, epoch 1",
+    "8 readers, epoch 2",
+];
+const TABLE_SYSTEMS: [System; 5] = [
+    System::Strata,
+    System::Rclone,
+    System::S3fs,
+    System::ObjectStore,
+    System::LocalFile,
+];
+
+pub fn fmt_num(v: f64) -> String {
+    if !v.is_finite() {
+        "—".into()
+    } else if v.abs() >= 100.0 {
+        format!("{v:.0}")
+    } else if v.abs() >= 10.0 {
+        format!("{v:.1}")
+    } else {
+        format!("{v:.2}")
+    }
+}
+
+/// "median (n=3, ±12%)", with a dagger when a run was cut short by a time limit.
+fn cell(r: &BenchResults, w: &str, case: &str, metric: &str, s: System, link: &str) -> String {
+    let ms: Vec<_> = r.find(w, case, metric, s, link).collect();
+    if ms.is_empty() {
+        return "—".into();
+    }
+    let values: Vec<f64> = ms.iter().map(|m| m.value).collect();
+    let med = median(&values).unwrap_or(f64::NAN);
+    let cut = if ms.iter().any(|m| !m.complete) {
+        "†"
+    } else {
+        ""
+    };
+    match (values.len(), spread(&values)) {
+        (1, _) | (_, None) => format!("{}{cut}", fmt_num(med)),
+        (n, Some(sp)) => format!("{}{cut} (n={n}, ±{:.0}%)", fmt_num(med), sp * 50.0),
+    }
+}
+
+fn ratio(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) if b > 0.0 => Some(a / b),
+        _ => None,
+    }
+}
+
+fn fmt_ratio(x: Option<f64>) -> String {
+    x.map(|x| format!("{}x", fmt_num(x)))
+        .unwrap_or_else(|| "—".into())
+}
+
+/// One target line: what, the measured figure, met or not.
+struct Verdict {
+    target: String,
+    measured: String,
+    met: Option<bool>,
+}
+
+fn check(target: &str, measured: Option<f64>, threshold: f64, what: &str) -> Verdict {
+    Verdict {
+        target: target.to_string(),
+        measured: measured
+            .map(|m| format!("{} ({what})", fmt_ratio(Some(m))))
+            .unwrap_or_else(|| format!("not measured ({what})")),
+        met: measured.map(|m| m >= threshold),
+    }
+}
+
+fn targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let m = |w: &str, c: &str, metric: &str, s: System| r.median(w, c, metric, s, link);
+    let tp = "throughput";
+    for case in ["1 job, warm", "4 jobs, warm", "1 job, cold", "4 jobs, cold"] {
+        let cold = case.ends_with("cold");
+        let threshold = if cold { 2.0 } else { 3.0 };
+        for peer in [System::Rclone, System::S3fs] {
+            out.push(check(
+                &format!(
+                    "seq-large {case}: ≥{threshold}x {} ({})",
+                    peer.label(),
+                    if cold {
+                        "cold reads ≥2x"
+                    } else {
+                        "warm reads ≥3x"
+                    }
+                ),
+                ratio(
+                    m("seq-large", case, tp, System::Strata),
+                    m("seq-large", case, tp, peer),
+                ),
+                threshold,
+                "Strata / peer, MiB/s",
+            ));
+        }
+    }
+    for peer in [System::Rclone, System::S3fs] {
+        out.push(check(
+            &format!("random-4k warm: ≥3x {} IOPS", peer.label()),
+            ratio(
+                m("random-4k", "warm", "IOPS", System::Strata),
+                m("random-4k", "warm", "IOPS", peer),
+            ),
+            3.0,
+            "Strata / peer",
+        ));
+    }
+    for case in ["1 job, warm", "1 job, hot", "4 jobs, warm", "4 jobs, hot"] {
+        out.push(check(
+            &format!("seq-large {case}: ≥90% of the local file"),
+            ratio(
+                m("seq-large", case, tp, System::Strata),
+                m("seq-large", case, tp, System::LocalFile),
+            ),
+            0.9,
+            "Strata / local file",
+        ));
+    }
+    let fps = "files/s";
+    for peer in [System::Rclone, System::S3fs] {
+        out.push(check(
+            &format!("epoch-small 8 readers, epoch 1: ≥5x {}", peer.label()),
+            ratio(
+                m("epoch-small", "8 readers, epoch 1", fps, System::Strata),
+                m("epoch-small", "8 readers, epoch 1", fps, peer),
+            ),
+            5.0,
+            "Strata / peer, files/s",
+        ));
+        out.push(check(
+            &format!(
+                "epoch-small 8 readers, epoch 2 (warm): ≥3x {}",
+                peer.label()
+            ),
+            ratio(
+                m("epoch-small", "8 readers, epoch 2", fps, System::Strata),
+                m("epoch-small", "8 readers, epoch 2", fps, peer),
+            ),
+            3.0,
+            "Strata / peer, files/s",
+        ));
+    }
+    for readers in ["1 reader", "8 readers"] {
+        out.push(check(
+            &format!("epoch-small {readers}: epoch 2 ≥10x faster than epoch 1"),
+            ratio(
+                m(
+                    "epoch-small",
+                    &format!("{readers}, epoch 2"),
+                    fps,
+                    System::Strata,
+                ),
+                m(
+                    "epoch-small",
+                    &format!("{readers}, epoch 1"),
+                    fps,
+                    System::Strata,
+                ),
+            ),
+            10.0,
+            "Strata epoch 2 / epoch 1",
+        ));
+    }
+    out.push(check(
+        "list: warm ≥20x faster than cold",
+        ratio(
+            m("list", "cold", "seconds", System::Strata),
+            m("list", "warm", "seconds", System::Strata),
+        ),
+        20.0,
+        "Strata cold s / warm s",
+    ));
+    out
+}
+
+fn hit_ratio_targets(r: &BenchResults) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let traces: BTreeSet<&str> = r.hit_ratio.iter().map(|p| p.trace.as_str()).collect();
+    for t in traces.iter().filter(|t| t.contains("scans")) {
+        let at = |policy: &str| -> Vec<(f64, f64)> {
+            r.hit_ratio
+                .iter()
+                .filter(|p| p.trace == *t && p.policy == policy)
+                .map(|p| (p.cache_fraction, p.byte_hit_ratio * 100.0))
+                .collect()
+        };
+        let (fifo, lru, opt) = (at("s3fifo"), at("lru"), at(crate::sim::belady::NAME));
+        let gains: Vec<f64> = fifo.iter().zip(&lru).map(|(f, l)| f.1 - l.1).collect();
+        let gaps: Vec<f64> = opt.iter().zip(&fifo).map(|(o, f)| o.1 - f.1).collect();
+        let gain_ok = gains.iter().filter(|g| **g >= 5.0).count();
+        let gap_ok = gaps.iter().filter(|g| **g <= 10.0).count();
+        let min_gain = gains.iter().copied().fold(f64::INFINITY, f64::min);
+        let max_gain = gains.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        let max_gap = gaps.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+        out.push(Verdict {
+            target: format!("{t}: S3-FIFO ≥5 points above LRU"),
+            measured: format!(
+                "{:+.1} to {:+.1} points; ≥5 at {gain_ok} of {} cache sizes",
+                min_gain,
+                max_gain,
+                gains.len()
+            ),
+            met: Some(gain_ok == gains.len()),
+        });
+        out.push(Verdict {
+            target: format!("{t}: S3-FIFO within 10 points of the optimum"),
+            measured: format!(
+                "gap up to {max_gap:.1} points; within 10 at {gap_ok} of {} cache sizes",
+                gaps.len()
+            ),
+            met: Some(gap_ok == gaps.len()),
+        });
+    }
+    out
+}
+
+fn verdict_table(out: &mut String, rows: &[Verdict]) {
+    out.push_str("| target | measured | met |\n| --- | --- | --- |\n");
+    for v in rows {
+        let met = match v.met {
+            Some(true) => "yes",
+            Some(false) => "**no**",
+            None => "—",
+        };
+        let _ = writeln!(out, "| {} | {} | {met} |", v.target, v.measured);
+    }
+    out.push('\n');
+}
+
+fn systems_in(r: &BenchResults, workload: &str, link: &str) -> Vec<System> {
+    TABLE_SYSTEMS
+        .into_iter()
+        .filter(|s| {
+            r.measurements
+                .iter()
+                .any(|m| m.workload == workload && m.system == *s && m.link == link)
+        })
+        .collect()
+}
+
+fn workload_table(
+    out: &mut String,
+    r: &BenchResults,
+    workload: &str,
+    cases: &[&str],
+    metric: &str,
+    link: &str,
+    higher_is_better: bool,
+) {
+    let systems = systems_in(r, workload, link);
+    if systems.is_empty() {
+        return;
+    }
+    let peers: Vec<System> = systems
+        .iter()
+        .copied()
+        .filter(|s| *s != System::Strata)
+        .collect();
+    let _ = write!(out, "| case |");
+    for s in &systems {
+        let _ = write!(out, " {} |", s.label());
+    }
+    for p in &peers {
+        let _ = write!(out, " Strata vs {} |", p.label());
+    }
+    out.push_str("\n| --- |");
+    for _ in 0..systems.len() + peers.len() {
+        out.push_str(" --- |");
+    }
+    out.push('\n');
+    for case in cases {
+        if !systems
+            .iter()
+            .any(|s| r.find(workload, case, metric, *s, link).next().is_some())
+        {
+            continue;
+        }
+        let _ = write!(out, "| {case} |");
+        for s in &systems {
+            let _ = write!(out, " {} |", cell(r, workload, case, metric, *s, link));
+        }
+        let strata = r.median(workload, case, metric, System::Strata, link);
+        for p in &peers {
+            let peer = r.median(workload, case, metric, *p, link);
+            let x = if higher_is_better {
+                ratio(strata, peer)
+            } else {
+                ratio(peer, strata)
+            };
+            let _ = write!(out, " {} |", fmt_ratio(x));
+        }
+        out.push('\n');
+    }
+    out.push('\n');
+}
+
+/// Writes the charts into `chart_dir` and returns the generated Markdown.
+pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<String> {
+    std::fs::create_dir_all(chart_dir).map_err(|e| Error::io(chart_dir, e))?;
+    let mut out = String::new();
+    out.push_str(BEGIN);
+    out.push_str("\n\n## Results\n\n");
+    let _ = writeln!(
+        out,
+        "Machine: {} cores ({}), {} memory, kernel {}, {}. Shared with other sessions compiling code while this ran: load average is shown per workload; treat single-digit-percent differences as noise.\n",
+        r.machine.nproc,
+        r.machine.cpu.trim(),
+        r.machine.memory,
+        r.machine.kernel,
+        r.machine.os
+    );
+    out.push_str("| workload | date (UTC) | commit | runs | data | load avg before → after |\n| --- | --- | --- | --- | --- | --- |\n");
+    for (w, s) in &r.sections {
+        let data = match w.as_str() {
+            "seq-large" | "random-4k" => format!("{} MiB object", s.spec.seq_large_bytes >> 20),
+            "epoch-small" => format!("{} files of ~110 KiB", s.spec.epoch_files),
+            "list" => format!("{} objects", s.spec.list_objects),
+            _ => "synthetic traces".into(),
+        };
+        let _ = writeln!(
+            out,
+            "| {w} | {} | {} | {}{} | {data} | {:.1} → {:.1} |",
+            s.date,
+            s.commit,
+            s.runs,
+            if s.quick { " (quick)" } else { "" },
+            s.load_before,
+            s.load_after
+        );
+    }
+    out.push('\n');
+    if !r.versions.is_empty() {
+        out.push_str("Versions: ");
+        let v: Vec<String> = r
+            .versions
+            .iter()
+            .map(|(k, v)| format!("{k} `{v}`"))
+            .collect();
+        out.push_str(&v.join(", "));
+        out.push_str(".\n\n");
+    }
+    if !r.settings.is_empty() {
+        out.push_str("Settings:\n\n");
+        for (k, v) in &r.settings {
+            let _ = writeln!(out, "- {k}: {v}");
+        }
+        out.push('\n');
+    }
+    out.push_str("Cells are medians over the runs with (n, ± half the spread). † = cut short by the time limit (the value is the rate over what was read). Ratios compare medians.\n\n");
+
+    for link in r.links() {
+        let _ = writeln!(out, "### Targets, link: {link}\n");
+        verdict_table(&mut out, &targets(r, &link));
+        let _ = writeln!(
+            out,
+            "### seq-large (MiB/s, higher is better), link: {link}\n"
+        );
+        out.push_str("cold = fresh cache and page cache dropped; warm = in the system's cache, page cache dropped; hot = read again at once. object_store = 8 MiB ranged GETs, 1 or 4 in flight, no cache; local file = the same bytes from local disk.\n\n");
+        workload_table(
+            &mut out,
+            r,
+            "seq-large",
+            &SEQ_CASES,
+            "throughput",
+            &link,
+            true,
+        );
+        let _ = writeln!(out, "### random-4k, warm, link: {link}\n");
+        for (metric, hib) in [
+            ("IOPS", true),
+            ("p50 latency", false),
+            ("p99 latency", false),
+        ] {
+            let _ = writeln!(
+                out,
+                "{metric}{}:\n",
+                if hib { "" } else { " (µs, lower is better)" }
+            );
+            workload_table(&mut out, r, "random-4k", &["warm"], metric, &link, hib);
+        }
+        let _ = writeln!(
+            out,
+            "### epoch-small (files/s, higher is better), link: {link}\n"
+        );
+        out.push_str("Each epoch reads every file once in a new shuffled order; the page cache is dropped before each epoch. object_store = whole-object GETs with 1 or 8 in flight.\n\n");
+        workload_table(
+            &mut out,
+            r,
+            "epoch-small",
+            &EPOCH_CASES,
+            "files/s",
+            &link,
+            true,
+        );
+        let systems = systems_in(r, "epoch-small", &link);
+        if !systems.is_empty() {
+            out.push_str("| epoch 2 / epoch 1 |");
+            for s in &systems {
+                let _ = write!(out, " {} |", s.label());
+            }
+            out.push_str("\n| --- |");
+            for _ in &systems {
+                out.push_str(" --- |");
+            }
+            out.push('\n');
+            for readers in ["1 reader", "8 readers"] {
+                let _ = write!(out, "| {readers} |");
+                for s in &systems {
+                    let e1 = r.median(
+                        "epoch-small",
+                        &format!("{readers}, epoch 1"),
+                        "files/s",
+                        *s,
+                        &link,
+                    );
+                    let e2 = r.median(
+                        "epoch-small",
+                        &format!("{readers}, epoch 2"),
+                        "files/s",
+                        *s,
+                        &link,
+                    );
+                    let _ = write!(out, " {} |", fmt_ratio(ratio(e2, e1)));
+                }
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+        let _ = writeln!(
+            out,
+            "### list (`find -type f`, seconds, lower is better), link: {link}\n"
+        );
+        out.push_str("cold = fresh mount; warm = the same mount again with the kernel's dentry and inode caches dropped, so the answer comes from the system's own metadata cache.\n\n");
+        workload_table(
+            &mut out,
+            r,
+            "list",
+            &["cold", "warm"],
+            "seconds",
+            &link,
+            false,
+        );
+        let mem_cases: BTreeSet<&str> = r
+            .measurements
+            .iter()
+            .filter(|m| m.workload == "memory" && m.link == link)
+            .map(|m| m.case.as_str())
+            .collect();
+        if !mem_cases.is_empty() {
+            let _ = writeln!(
+                out,
+                "### Peak RSS of each mount process (MiB, max over runs), link: {link}\n"
+            );
+            out.push_str("| session |");
+            let systems = [System::Strata, System::Rclone, System::S3fs];
+            for s in systems {
+                let _ = write!(out, " {} |", s.label());
+            }
+            out.push_str("\n| --- | --- | --- | --- |\n");
+            for case in mem_cases {
+                let _ = write!(out, "| {case} |");
+                for s in systems {
+                    let max = r
+                        .find("memory", case, "peak RSS", s, &link)
+                        .map(|m| m.value)
+                        .fold(f64::NAN, f64::max);
+                    let _ = write!(out, " {} |", fmt_num(max));
+                }
+                out.push('\n');
+            }
+            out.push('\n');
+        }
+        // Charts per link.
+        let slug: String = link
+            .chars()
+            .map(|c| if c.is_ascii_alphanumeric() { c } else { '-' })
+            .collect();
+        let seq_png = format!("seq-large-{slug}.png");
+        let systems = systems_in(r, "seq-large", &link);
+        if !systems.is_empty() {
+            let series: Vec<(String, Vec<Option<f64>>)> = systems
+                .iter()
+                .map(|s| {
+                    let vals = SEQ_CASES
+                        .iter()
+                        .map(|c| r.median("seq-large", c, "throughput", *s, &link))
+                        .collect();
+                    (s.label().to_string(), vals)
+                })
+                .collect();
+            charts::grouped_bars(
+                &chart_dir.join(&seq_png),
+                &format!("seq-large, MiB/s (log scale), link {link}"),
+                "MiB/s",
+                &SEQ_CASES.iter().map(|s| s.to_string()).collect::<Vec<_>>(),
+                &series,
+            )?;
+            let _ = writeln!(out, "![seq-large throughput]({chart_rel}/{seq_png})\n");
+        }
+        let epoch_png = format!("epoch-small-{slug}.png");
+        let systems = systems_in(r, "epoch-small", &link);
+        if !systems.is_empty() {
+            let series: Vec<(String, Vec<Option<f64>>)> = systems
+                .iter()
+                .map(|s| {
+                    let vals = EPOCH_CASES
+                        .iter()
+                        .map(|c| r.median("epoch-small", c, "files/s", *s, &link))
+                        .collect();
+                    (s.label().to_string(), vals)
+                })
+                .collect();
+            charts::grouped_bars(
+                &chart_dir.join(&epoch_png),
+                &format!("epoch-small, files/s (log scale), link {link}"),
+                "files/s",
+                &EPOCH_CASES
+                    .iter()
+                    .map(|s| s.to_string())
+                    .collect::<Vec<_>>(),
+                &series,
+            )?;
+            let _ = writeln!(out, "![epoch-small files/s]({chart_rel}/{epoch_png})\n");
+        }
+    }
+
+    if !r.hit_ratio.is_empty() {
+        out.push_str("### Eviction study (byte hit ratio, %)\n\n");
+        out.push_str("Traces replayed through the engine's own `strata_agent::eviction` policies (driven as its block cache drives them) and Belady's offline optimum; cache sizes are fractions of each trace's footprint (unique bytes of the reused part; scans excluded). Blocks are 4 MiB; an object's last block is shorter.\n\n");
+        for t in &r.traces {
+            let _ = writeln!(
+                out,
+                "- **{}**: {}; {} block reads, {:.1} GiB read, footprint {:.1} GiB.",
+                t.name,
+                t.description,
+                t.block_accesses,
+                t.total_bytes as f64 / (1u64 << 30) as f64,
+                t.footprint_bytes as f64 / (1u64 << 30) as f64
+            );
+        }
+        out.push('\n');
+        verdict_table(&mut out, &hit_ratio_targets(r));
+        let mut panels = Vec::new();
+        for t in &r.traces {
+            let policies: Vec<String> = {
+                let mut seen = Vec::new();
+                for p in r.hit_ratio.iter().filter(|p| p.trace == t.name) {
+                    if !seen.contains(&p.policy) {
+                        seen.push(p.policy.clone());
+                    }
+                }
+                seen
+            };
+            let fractions: Vec<f64> = {
+                let mut f: Vec<f64> = r
+                    .hit_ratio
+                    .iter()
+                    .filter(|p| p.trace == t.name)
+                    .map(|p| p.cache_fraction)
+                    .collect();
+                f.sort_by(f64::total_cmp);
+                f.dedup();
+                f
+            };
+            let _ = write!(out, "{}:\n\n| cache size |", t.name);
+            for p in &policies {
+                let _ = write!(out, " {p} |");
+            }
+            out.push_str("\n| --- |");
+            for _ in &policies {
+                out.push_str(" --- |");
+            }
+            out.push('\n');
+            for f in &fractions {
+                let _ = write!(out, "| {}% |", fmt_num(f * 100.0));
+                for p in &policies {
+                    let v = r
+                        .hit_ratio
+                        .iter()
+                        .find(|x| x.trace == t.name && x.policy == *p && x.cache_fraction == *f)
+                        .map(|x| x.byte_hit_ratio * 100.0);
+                    let _ = write!(
+                        out,
+                        " {} |",
+                        v.map(|v| format!("{v:.1}")).unwrap_or_default()
+                    );
+                }
+                out.push('\n');
+            }
+            out.push('\n');
+            let lines = policies
+                .iter()
+                .map(|p| {
+                    let pts = r
+                        .hit_ratio
+                        .iter()
+                        .filter(|x| x.trace == t.name && x.policy == *p)
+                        .map(|x| (x.cache_fraction * 100.0, x.byte_hit_ratio * 100.0))
+                        .collect();
+                    (p.clone(), pts)
+                })
+                .collect();
+            panels.push((t.name.clone(), lines));
+        }
+        charts::hit_ratio_panels(&chart_dir.join("hit-ratio.png"), &panels)?;
+        let _ = writeln!(
+            out,
+            "![byte hit ratio vs cache size]({chart_rel}/hit-ratio.png)\n"
+        );
+    }
+    if !r.notes.is_empty() {
+        out.push_str("### Notes from the run\n\n");
+        for n in &r.notes {
+            let _ = writeln!(out, "- {n}");
+        }
+        out.push('\n');
+    }
+    out.push_str(END);
+    out.push('\n');
+    Ok(out)
+}
+
+/// Replaces the generated part of `doc` (or appends it), keeping the hand-written text.
+pub fn write_doc(doc: &Path, generated: &str) -> Result<()> {
+    let old = std::fs::read_to_string(doc).unwrap_or_else(|_| "# Benchmarks\n\n".to_string());
+    let new = match (old.find(BEGIN), old.find(END)) {
+        (Some(b), Some(e)) if e > b => {
+            format!(
+                "{}{}{}",
+                &old[..b],
+                generated,
+                &old[e + END.len()..].trim_start_matches('\n')
+            )
+        }
+        _ => format!("{}\n{}", old.trim_end(), generated),
+    };
+    std::fs::write(doc, new).map_err(|e| Error::io(doc, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::results::Measurement;
+
+    fn m(workload: &str, case: &str, metric: &str, system: System, value: f64) -> Measurement {
+        Measurement {
+            workload: workload.into(),
+            case: case.into(),
+            system,
+            link: "25 ms".into(),
+            metric: metric.into(),
+            unit: String::new(),
+            higher_is_better: true,
+            run: 1,
+            value,
+            complete: true,
+        }
+    }
+
+    #[test]
+    fn targets_compare_medians_and_say_missed() {
+        let mut r = BenchResults::default();
+        r.measurements.push(m(
+            "seq-large",
+            "1 job, warm",
+            "throughput",
+            System::Strata,
+            900.0,
+        ));
+        r.measurements.push(m(
+            "seq-large",
+            "1 job, warm",
+            "throughput",
+            System::Rclone,
+            100.0,
+        ));
+        r.measurements.push(m(
+            "seq-large",
+            "1 job, warm",
+            "throughput",
+            System::S3fs,
+            400.0,
+        ));
+        r.measurements.push(m(
+            "seq-large",
+            "1 job, warm",
+            "throughput",
+            System::LocalFile,
+            1000.0,
+        ));
+        let v = targets(&r, "25 ms");
+        let find = |t: &str| v.iter().find(|x| x.target.contains(t)).unwrap();
+        assert_eq!(find("1 job, warm: ≥3x rclone").met, Some(true));
+        assert_eq!(find("1 job, warm: ≥3x s3fs").met, Some(false));
+        assert_eq!(find("1 job, warm: ≥90% of the local file").met, Some(true));
+        assert_eq!(find("1 job, cold: ≥2x rclone").met, None);
+    }
+
+    #[test]
+    fn generated_part_is_replaced_not_duplicated() {
+        let dir = tempfile::tempdir().unwrap();
+        let doc = dir.path().join("B.md");
+        std::fs::write(&doc, "# Title\n\nhand text\n").unwrap();
+        write_doc(&doc, &format!("{BEGIN}\none\n{END}\n")).unwrap();
+        write_doc(&doc, &format!("{BEGIN}\ntwo\n{END}\n")).unwrap();
+        std::fs::OpenOptions::new().append(true).open(&doc).unwrap();
+        let text = std::fs::read_to_string(&doc).unwrap();
+        assert!(text.contains("hand text"));
+        assert!(text.contains("two") && !text.contains("one"));
+        assert_eq!(text.matches(BEGIN).count(), 1);
+    }
+}

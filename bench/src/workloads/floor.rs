@@ -1,0 +1,67 @@
+//! The cold floor: the same reads as plain ranged GETs through object_store, no cache at all.
+
+use std::time::Instant;
+
+use futures::{StreamExt, TryStreamExt};
+use object_store::path::Path as ObjectPath;
+use object_store::{ObjectStore, ObjectStoreExt};
+
+use crate::{Error, Result};
+
+/// Reads `len` bytes of `key` as 8 MiB ranged GETs, `parallel` in flight. Returns MiB/s.
+pub async fn sequential_gets(
+    store: &dyn ObjectStore,
+    key: &str,
+    len: u64,
+    parallel: usize,
+) -> Result<f64> {
+    const RANGE: u64 = 8 << 20;
+    let path = ObjectPath::from(key);
+    let start = Instant::now();
+    let total: u64 = futures::stream::iter((0..len).step_by(RANGE as usize))
+        .map(|off| {
+            let path = &path;
+            async move {
+                let end = (off + RANGE).min(len);
+                store
+                    .get_range(path, off..end)
+                    .await
+                    .map(|b| b.len() as u64)
+                    .map_err(|e| Error::store("get_range", key, &e))
+            }
+        })
+        .buffered(parallel)
+        .try_fold(0u64, |acc, n| async move { Ok(acc + n) })
+        .await?;
+    if total != len {
+        return Err(Error::Parse {
+            what: key.to_string(),
+            detail: format!("read {total} bytes, expected {len}"),
+        });
+    }
+    Ok(len as f64 / (1024.0 * 1024.0) / start.elapsed().as_secs_f64())
+}
+
+/// GETs each key whole, `parallel` at a time. Returns (files, seconds).
+pub async fn whole_gets(
+    store: &dyn ObjectStore,
+    keys: &[String],
+    parallel: usize,
+) -> Result<(usize, f64)> {
+    let start = Instant::now();
+    let files = futures::stream::iter(keys)
+        .map(|key| async move {
+            let r = store
+                .get(&ObjectPath::from(key.as_str()))
+                .await
+                .map_err(|e| Error::store("get", key, &e))?;
+            r.bytes()
+                .await
+                .map(drop)
+                .map_err(|e| Error::store("get", key, &e))
+        })
+        .buffer_unordered(parallel)
+        .try_fold(0usize, |acc, ()| async move { Ok(acc + 1) })
+        .await?;
+    Ok((files, start.elapsed().as_secs_f64()))
+}
