@@ -150,7 +150,24 @@ fn default_identity() -> String {
         .unwrap_or_else(|_| format!("strata-operator-{}", std::process::id()))
 }
 
+/// Parser for [`OperatorConfig::try_parse_from`].
+#[derive(clap::Parser)]
+struct ConfigOnly {
+    #[command(flatten)]
+    config: OperatorConfig,
+}
+
 impl OperatorConfig {
+    /// Parses flags (and `STRATA_*` environment variables) as the binary
+    /// does; the first item is the program name. For embedding and tests.
+    pub fn try_parse_from<I, T>(args: I) -> std::result::Result<Self, clap::Error>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<std::ffi::OsString> + Clone,
+    {
+        <ConfigOnly as clap::Parser>::try_parse_from(args).map(|c| c.config)
+    }
+
     /// The Lease's namespace (--lease-namespace, else --namespace).
     pub fn lease_namespace(&self) -> &str {
         if self.lease_namespace.is_empty() {
