@@ -287,7 +287,8 @@ async fn s3_example_end_to_end() -> Result<()> {
     );
 
     delete_nodes(&client, &[&node_a, &node_b]).await;
-    operator.stop().await?;
+    // The operator must outlive the namespace: it releases the Datasets' finalizers.
     ns.cleanup().await?;
+    operator.stop().await?;
     Ok(())
 }

@@ -5,20 +5,24 @@
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment};
+use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
     PodTemplateSpec, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
-use kube::api::{ObjectMeta, Patch, PatchParams};
-use kube::{Api, Resource};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::{Api, Resource, ResourceExt};
+use strata_crds::Dataset;
 
 use crate::agent_config::DATASETS_SECRET;
 use crate::agent_token::{self, TOKEN_SECRET};
 use crate::config::OperatorConfig;
 use crate::context::{Context, MANAGER};
-use crate::volume::{CSI_DRIVER, LABEL_MANAGED_BY, MANAGED_BY};
+use crate::volume::{
+    CSI_DRIVER, LABEL_DATASET, LABEL_DATASET_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY,
+};
 use crate::{Error, Result};
 
 /// Name of the node DaemonSet.
@@ -303,6 +307,7 @@ async fn apply(ctx: &Context) -> Result<()> {
         .patch(DATASETS_SECRET, &params, &Patch::Apply(secret))
         .await
         .map_err(|e| Error::kube(format!("applying Secret {namespace}/{DATASETS_SECRET}"), e))?;
+    sweep_orphan_volumes(ctx).await?;
     if !ctx.config.manage_nodes {
         return Ok(());
     }
@@ -315,6 +320,48 @@ async fn apply(ctx: &Context) -> Result<()> {
         .patch(DAEMONSET, &params, &Patch::Apply(&ds))
         .await
         .map_err(|e| Error::kube(format!("applying DaemonSet {namespace}/{DAEMONSET}"), e))?;
+    Ok(())
+}
+
+/// Deletes PVs the operator made whose Dataset is gone (for instance its
+/// namespace was deleted while the operator was not running, so no finalizer ran).
+async fn sweep_orphan_volumes(ctx: &Context) -> Result<()> {
+    let pvs: Api<PersistentVolume> = Api::all(ctx.client.clone());
+    let selector = format!("{LABEL_MANAGED_BY}={MANAGED_BY}");
+    let list = pvs
+        .list(&ListParams::default().labels(&selector))
+        .await
+        .map_err(|e| Error::kube("listing Strata PersistentVolumes", e))?;
+    for pv in list.items {
+        let labels = pv.labels();
+        let (Some(namespace), Some(name)) = (
+            labels.get(LABEL_DATASET_NAMESPACE),
+            labels.get(LABEL_DATASET),
+        ) else {
+            continue;
+        };
+        if !ctx.config.watch_namespace.is_empty() && *namespace != ctx.config.watch_namespace {
+            continue;
+        }
+        let dataset = Api::<Dataset>::namespaced(ctx.client.clone(), namespace)
+            .get_opt(name)
+            .await
+            .map_err(|e| Error::kube(format!("reading Dataset {namespace}/{name}"), e))?;
+        if dataset.is_none() {
+            let pv_name = pv.name_any();
+            tracing::info!(pv = %pv_name, "deleting the PersistentVolume of a Dataset that no longer exists");
+            match pvs.delete(&pv_name, &DeleteParams::background()).await {
+                Ok(_) => {}
+                Err(kube::Error::Api(s)) if s.code == 404 => {}
+                Err(e) => {
+                    return Err(Error::kube(
+                        format!("deleting PersistentVolume {pv_name}"),
+                        e,
+                    ));
+                }
+            }
+        }
+    }
     Ok(())
 }
 

@@ -126,12 +126,14 @@ impl RunningOperator {
         self.task.abort();
     }
 
-    /// Asks the replica to stop (it releases the Lease) and waits.
+    /// Asks the replica to stop (it releases the Lease) and waits. Losing the
+    /// Lease counts as stopped: deleting the test namespace deletes the Lease.
     pub async fn stop(mut self) -> Result<()> {
         if let Some(tx) = self.shutdown.take() {
             let _ = tx.send(());
         }
         match tokio::time::timeout(Duration::from_secs(10), &mut self.task).await {
+            Ok(Ok(Err(strata_operator::Error::LostLease { .. }))) => Ok(()),
             Ok(Ok(result)) => Ok(result?),
             Ok(Err(e)) if e.is_cancelled() => Ok(()),
             Ok(Err(e)) => Err(e.into()),
