@@ -46,9 +46,9 @@ pub struct JobSettings {
 #[derive(Clone, Debug)]
 pub enum DesiredJob {
     /// Runs once.
-    Once(Job),
+    Once(Box<Job>),
     /// Runs on a schedule.
-    Scheduled(CronJob),
+    Scheduled(Box<CronJob>),
 }
 
 impl DesiredJob {
@@ -223,12 +223,12 @@ pub fn desired_job(req: &JobRequest<'_>, settings: &JobSettings) -> DesiredJob {
         ..JobSpec::default()
     };
     match req.schedule {
-        None => DesiredJob::Once(Job {
+        None => DesiredJob::Once(Box::new(Job {
             metadata,
             spec: Some(job_spec),
             status: None,
-        }),
-        Some(schedule) => DesiredJob::Scheduled(CronJob {
+        })),
+        Some(schedule) => DesiredJob::Scheduled(Box::new(CronJob {
             metadata: metadata.clone(),
             spec: CronJobSpec {
                 schedule: schedule.to_string(),
@@ -246,7 +246,7 @@ pub fn desired_job(req: &JobRequest<'_>, settings: &JobSettings) -> DesiredJob {
                 ..CronJobSpec::default()
             },
             status: None,
-        }),
+        })),
     }
 }
 
