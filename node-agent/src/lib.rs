@@ -23,6 +23,8 @@ pub mod glob;
 pub mod metadata;
 pub mod metrics;
 pub mod mounts;
+#[cfg(feature = "node-status")]
+pub mod node_status;
 pub mod path;
 pub mod singleflight;
 pub mod source;
