@@ -122,10 +122,13 @@ impl NodeService {
             )));
         };
 
+        // A bind inherits the read-only flag of the dataset mount (read-only today), so
+        // what a pod gets is read-only when either says so.
+        let effective_read_only = read_only || dataset_mount.read_only;
         if let Some(existing) = mount_table::mount_at(&table, target) {
             if existing.device == dataset_mount.device
                 && existing.root == Path::new(sub_path)
-                && existing.read_only == read_only
+                && existing.read_only == effective_read_only
             {
                 tracing::debug!(target = %target.display(), "already published");
                 return Ok(());
@@ -141,7 +144,11 @@ impl NodeService {
                     "read-write"
                 },
                 spec.qualified_name(),
-                if read_only { "read-only" } else { "read-write" },
+                if effective_read_only {
+                    "read-only"
+                } else {
+                    "read-write"
+                },
             )));
         }
 

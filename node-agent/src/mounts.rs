@@ -11,6 +11,7 @@ use crate::fs::{MountHandle, MountOptions};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Duration;
 
 type DatasetKey = (String, String);
 
@@ -232,11 +233,34 @@ impl MountRegistry {
     }
 }
 
+/// How long an unmount may wait for the FUSE session to end.
+const UNMOUNT_WAIT: Duration = Duration::from_secs(10);
+
 async fn unmount(handle: MountHandle) -> Result<()> {
     let path = handle.mountpoint().to_path_buf();
-    tokio::task::spawn_blocking(move || handle.unmount())
-        .await
-        .map_err(|e| ApiError::Engine(crate::Error::Task(e.to_string())))??;
+    // The session ends only when no mount of the file system is left. If some bind
+    // outlived its volume (a leaked pod mount), waiting would block forever: wait on a
+    // plain thread (not the runtime's blocking pool, which must not outlive shutdown)
+    // and give up after a while.
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("strata-unmount".into())
+        .spawn(move || {
+            let _ = tx.send(handle.unmount());
+        })
+        .map_err(|e| ApiError::io("starting the unmount thread", e))?;
+    match tokio::time::timeout(UNMOUNT_WAIT, rx).await {
+        Ok(Ok(result)) => result?,
+        Ok(Err(_)) => {
+            return Err(ApiError::Engine(crate::Error::Task(
+                "unmount thread died".into(),
+            )));
+        }
+        Err(_) => tracing::warn!(
+            mountpoint = %path.display(),
+            "unmounted, but the FUSE session is still in use elsewhere (a bind mount left behind?); it ends when its last user unmounts"
+        ),
+    }
     // The directory is ours; a leftover would only confuse the next mount.
     let _ = std::fs::remove_dir(&path);
     Ok(())

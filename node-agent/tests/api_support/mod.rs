@@ -77,6 +77,10 @@ impl TestAgent {
 
     /// Starts the agent with `--datasets-dir` rescanned every `rescan`.
     pub async fn start_with(rescan: Duration) -> TestAgent {
+        let _ = tracing_subscriber::fmt()
+            .with_test_writer()
+            .with_env_filter(std::env::var("STRATA_LOG").unwrap_or_else(|_| "warn".into()))
+            .try_init();
         let dir = tempfile::tempdir().unwrap();
         let source = dir.path().join("source");
         let files = write_tree(&source);
@@ -166,6 +170,25 @@ impl TestAgent {
                 .await
                 .expect("agent did not stop within 30s")
                 .expect("agent task panicked");
+        }
+    }
+}
+
+impl Drop for TestAgent {
+    // A failed test must not leave FUSE mounts behind (removing the temp dir would walk
+    // into them): detach every mount under the test directory, deepest first.
+    fn drop(&mut self) {
+        let root = self.dir.path().to_string_lossy().to_string();
+        let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+        let mut points: Vec<String> = table
+            .lines()
+            .filter_map(|l| l.split(' ').nth(4))
+            .filter(|p| p.starts_with(&root))
+            .map(|p| p.replace("\\040", " "))
+            .collect();
+        points.sort_by_key(|p| std::cmp::Reverse(p.len()));
+        for point in points {
+            let _ = nix::mount::umount2(point.as_str(), nix::mount::MntFlags::MNT_DETACH);
         }
     }
 }
