@@ -25,7 +25,7 @@ pub struct AgentConfig {
     pub disk_bytes: u64,
     /// Most bytes read ahead for one open file (default 64 MiB).
     pub readahead_per_file_bytes: u64,
-    /// Most bytes read ahead over all open files (default 512 MiB).
+    /// Most bytes read ahead over all open files (default 256 MiB).
     pub readahead_total_bytes: u64,
 }
 
@@ -37,7 +37,7 @@ impl AgentConfig {
             memory_bytes,
             disk_bytes,
             readahead_per_file_bytes: 64 << 20,
-            readahead_total_bytes: 512 << 20,
+            readahead_total_bytes: 256 << 20,
         }
     }
 }

@@ -624,10 +624,11 @@ impl DatasetCache {
     }
 
     /// Looks a block up in memory, then on disk (verifying its checksum). Blocking: call
-    /// from a blocking context when the disk may be touched.
+    /// from a blocking context when the disk may be touched. Meant to follow
+    /// [`Self::get_memory_only`]: a memory miss here is not counted again.
     pub fn get(&self, version: &ObjectVersion, index: u64) -> Option<Bytes> {
         let id: Arc<str> = Arc::from(version.id());
-        if let Some(b) = self.get_memory(&id, index) {
+        if let Some(b) = self.get_memory(&id, index, false) {
             return Some(b);
         }
         self.get_disk(&id, index)
@@ -636,10 +637,12 @@ impl DatasetCache {
     /// Memory tier only (never blocks on I/O).
     pub fn get_memory_only(&self, version: &ObjectVersion, index: u64) -> Option<Bytes> {
         let id: Arc<str> = Arc::from(version.id());
-        self.get_memory(&id, index)
+        self.get_memory(&id, index, true)
     }
 
-    fn get_memory(&self, id: &Arc<str>, index: u64) -> Option<Bytes> {
+    // `count_miss` is false for the re-check done right before the disk lookup, so one
+    // read counts one memory miss.
+    fn get_memory(&self, id: &Arc<str>, index: u64, count_miss: bool) -> Option<Bytes> {
         match self.node.memory_get(&self.memory_key(id, index)) {
             Some(b) => {
                 self.node.metrics.hit("memory");
@@ -652,7 +655,9 @@ impl DatasetCache {
                 Some(b)
             }
             None => {
-                self.node.metrics.miss("memory");
+                if count_miss {
+                    self.node.metrics.miss("memory");
+                }
                 None
             }
         }

@@ -890,6 +890,13 @@ type Prefetch = (
     OwnedSemaphorePermit,
 );
 
+/// Where a block of a read comes from.
+enum Wanted {
+    Ready(Bytes),
+    Prefetched(Shared<BoxFuture<'static, BlockResult>>),
+    Fetch,
+}
+
 /// An open file: reads keep the version seen at open time, and sequential reads trigger
 /// readahead of the next blocks (parallel ranged GETs), bounded per file and in total.
 pub struct FileReader {
@@ -902,6 +909,9 @@ struct ReaderState {
     next_offset: u64,
     window: u64,
     prefetched: HashMap<u64, Prefetch>,
+    // The block read last, so the many kernel requests (128 KiB - 1 MiB) that fall in
+    // one block do not each look it up again. Counted in the readahead budget.
+    recent: Option<(u64, Bytes, OwnedSemaphorePermit)>,
 }
 
 /// Bytes read through readahead over all readers (for tests and stats).
@@ -916,6 +926,7 @@ impl FileReader {
                 next_offset: 0,
                 window: 0,
                 prefetched: HashMap::new(),
+                recent: None,
             }),
         }
     }
@@ -945,21 +956,35 @@ impl FileReader {
         let bs = self.view.block_size();
         let first = offset / bs;
         let last = (end - 1) / bs;
-        let wanted: Vec<(u64, Option<Shared<BoxFuture<'static, BlockResult>>>)> = {
+        let units = bs.div_ceil(READAHEAD_UNIT) as u32;
+        let wanted: Vec<(u64, Wanted)> = {
             let mut st = self.state.lock().expect("reader");
-            let sequential = offset == st.next_offset;
-            st.next_offset = end;
+            // The kernel issues several reads at once, so "sequential" allows some
+            // reordering: anything within a block of where the last read ended.
+            let sequential = offset.abs_diff(st.next_offset) <= bs;
             if sequential {
+                st.next_offset = st.next_offset.max(end);
                 let max = (self.view.readahead.per_file_bytes / bs).max(1);
                 st.window = (st.window * 2).clamp(1, max);
             } else {
+                st.next_offset = end;
                 st.window = 0;
                 st.prefetched.clear();
             }
             // Blocks behind the reader are not needed any more.
             st.prefetched.retain(|i, _| *i >= first);
             let wanted = (first..=last)
-                .map(|i| (i, st.prefetched.remove(&i).map(|(f, _)| f)))
+                .map(|i| {
+                    if let Some((ri, b, _)) = &st.recent
+                        && *ri == i
+                    {
+                        return (i, Wanted::Ready(b.clone()));
+                    }
+                    match st.prefetched.remove(&i) {
+                        Some((f, _)) => (i, Wanted::Prefetched(f)),
+                        None => (i, Wanted::Fetch),
+                    }
+                })
                 .collect();
             if st.window > 0 {
                 let count = version.block_count(bs);
@@ -968,7 +993,6 @@ impl FileReader {
                     if st.prefetched.contains_key(&i) {
                         continue;
                     }
-                    let units = bs.div_ceil(READAHEAD_UNIT) as u32;
                     let Ok(permit) = self
                         .view
                         .readahead
@@ -991,17 +1015,37 @@ impl FileReader {
             }
             wanted
         };
-        let blocks = futures::future::try_join_all(wanted.into_iter().map(|(i, pre)| {
+        let blocks = futures::future::try_join_all(wanted.into_iter().map(|(i, w)| {
             let view = self.view.clone();
             let stat = self.stat.clone();
             async move {
-                match pre {
-                    Some(f) => f.await,
-                    None => view.get_block(&stat, i).await,
+                match w {
+                    Wanted::Ready(b) => Ok(b),
+                    Wanted::Prefetched(f) => f.await,
+                    Wanted::Fetch => view.get_block(&stat, i).await,
                 }
             }
         }))
         .await?;
+        if let Some(b) = blocks.last() {
+            let mut st = self.state.lock().expect("reader");
+            if st.recent.as_ref().is_none_or(|(ri, _, _)| *ri != last) {
+                // Reuse the permit of the block it replaces, else take one if available.
+                let permit = match st.recent.take() {
+                    Some((_, _, p)) => Some(p),
+                    None => self
+                        .view
+                        .readahead
+                        .total
+                        .clone()
+                        .try_acquire_many_owned(units)
+                        .ok(),
+                };
+                if let Some(p) = permit {
+                    st.recent = Some((last, b.clone(), p));
+                }
+            }
+        }
         let out = slice_blocks(&blocks, first * bs, offset, end);
         self.view.metrics.observe_read(started.elapsed());
         Ok(out)

@@ -223,6 +223,8 @@ struct OpenFile {
     reader: Arc<FileReader>,
     ino: u64,
     passthrough: Option<(Arc<BackingId>, PassthroughLease)>,
+    // Opened with FOPEN_DIRECT_IO (does not count as a cached open).
+    direct: bool,
 }
 
 #[derive(Default)]
@@ -433,52 +435,55 @@ impl Filesystem for StrataFs {
             return;
         };
         let span = tracing::debug_span!("open", path = %path, ino = ino.0);
-        self.state.rt.spawn(async move {
-            let reader = match st.view.open(&path).await {
-                Ok(r) => Arc::new(r),
-                Err(e) => {
-                    reply.error(errno(&e));
-                    return;
-                }
-            };
-            let etag = reader.stat().etag.clone().unwrap_or_default();
-            let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
-
-            if st.passthrough.load(Ordering::Relaxed) {
-                // Reuse the inode's backing id when one is open for this version.
-                let (existing, other_version, cached_open) = {
-                    let io = st.io.lock().expect("io");
-                    let e = io.get(&ino.0);
-                    let backing = e.and_then(|e| e.backing.as_ref());
-                    let alive = backing.and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
-                    match alive {
-                        Some((t, b)) if t == etag => (Some(b), false, false),
-                        Some(_) => (None, true, false),
-                        None => (None, false, e.is_some_and(|e| e.cached_opens > 0)),
+        self.state.rt.spawn(
+            async move {
+                let reader = match st.view.open(&path).await {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => {
+                        reply.error(errno(&e));
+                        return;
                     }
                 };
-                if other_version {
-                    // The kernel keeps one backing file per inode: serve this open directly.
-                    let open = Arc::new(OpenFile { reader, ino: ino.0, passthrough: None });
-                    st.handles.lock().expect("handles").insert(fh, open);
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
-                    return;
-                }
-                // Passthrough is refused by the kernel while cached opens of the inode exist.
-                if !cached_open
-                    && let Some((file, lease)) = st.view.cached_file(reader.stat()).await {
-                        let backing = match existing {
-                            Some(b) => Ok(b),
-                            None => reply.open_backing(&file).map(Arc::new),
+                let etag = reader.stat().etag.clone().unwrap_or_default();
+                let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
+
+                if st.passthrough.load(Ordering::Relaxed) {
+                    // The kernel allows one backing file per inode, and refuses passthrough
+                    // while the inode has cached (non-passthrough) opens; every decision below
+                    // is taken under the `io` lock so that concurrent opens agree.
+                    let cached_open = st
+                        .io
+                        .lock()
+                        .expect("io")
+                        .get(&ino.0)
+                        .is_some_and(|e| e.cached_opens > 0);
+                    let complete = if cached_open {
+                        None
+                    } else {
+                        st.view.cached_file(reader.stat()).await
+                    };
+                    if let Some((file, lease)) = complete {
+                        let mut io = st.io.lock().expect("io");
+                        let entry = io.entry(ino.0).or_default();
+                        let alive = entry
+                            .backing
+                            .as_ref()
+                            .and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
+                        let backing = match alive {
+                            Some((t, b)) if t == etag => Some(Ok(b)),
+                            Some(_) => None,
+                            None if entry.cached_opens > 0 => None,
+                            None => Some(reply.open_backing(&file).map(Arc::new)),
                         };
                         match backing {
-                            Ok(b) => {
-                                st.io.lock().expect("io").entry(ino.0).or_default().backing =
-                                    Some((etag.clone(), Arc::downgrade(&b)));
+                            Some(Ok(b)) => {
+                                entry.backing = Some((etag.clone(), Arc::downgrade(&b)));
+                                drop(io);
                                 let open = Arc::new(OpenFile {
                                     reader,
                                     ino: ino.0,
                                     passthrough: Some((b.clone(), lease)),
+                                    direct: false,
                                 });
                                 st.handles.lock().expect("handles").insert(fh, open);
                                 st.passthrough_ok.fetch_add(1, Ordering::Relaxed);
@@ -486,27 +491,62 @@ impl Filesystem for StrataFs {
                                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
                                 return;
                             }
-                            Err(e) => {
+                            Some(Err(e)) => {
+                                drop(io);
                                 st.passthrough_refused.fetch_add(1, Ordering::Relaxed);
                                 st.view.cache_metrics_passthrough("refused");
                                 tracing::warn!(path = %path, error = %e,
-                                    "FUSE passthrough refused; serving this file through the agent");
+                                "FUSE passthrough refused; serving this file through the agent");
                             }
+                            None => {}
                         }
                     }
+                }
+                // Served by the agent. If the inode is open in passthrough mode (another
+                // version, or a race with a completing download), a cached open would be
+                // refused by the kernel: use direct I/O for this handle instead.
+                let mut io = st.io.lock().expect("io");
+                let entry = io.entry(ino.0).or_default();
+                let passthrough_open = entry
+                    .backing
+                    .as_ref()
+                    .is_some_and(|(_, w)| w.strong_count() > 0);
+                if passthrough_open {
+                    drop(io);
+                    let open = Arc::new(OpenFile {
+                        reader,
+                        ino: ino.0,
+                        passthrough: None,
+                        direct: true,
+                    });
+                    st.handles.lock().expect("handles").insert(fh, open);
+                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                    return;
+                }
+                entry.cached_opens += 1;
+                drop(io);
+                let keep = {
+                    let mut last = st.last_etag.lock().expect("etags");
+                    let same = last.get(&ino.0).is_some_and(|t| *t == etag);
+                    last.insert(ino.0, etag);
+                    same
+                };
+                let open = Arc::new(OpenFile {
+                    reader,
+                    ino: ino.0,
+                    passthrough: None,
+                    direct: false,
+                });
+                st.handles.lock().expect("handles").insert(fh, open);
+                let flags = if keep {
+                    FopenFlags::FOPEN_KEEP_CACHE
+                } else {
+                    FopenFlags::empty()
+                };
+                reply.opened(FileHandle(fh), flags);
             }
-            let keep = {
-                let mut last = st.last_etag.lock().expect("etags");
-                let same = last.get(&ino.0).is_some_and(|t| *t == etag);
-                last.insert(ino.0, etag);
-                same
-            };
-            st.io.lock().expect("io").entry(ino.0).or_default().cached_opens += 1;
-            let open = Arc::new(OpenFile { reader, ino: ino.0, passthrough: None });
-            st.handles.lock().expect("handles").insert(fh, open);
-            let flags = if keep { FopenFlags::FOPEN_KEEP_CACHE } else { FopenFlags::empty() };
-            reply.opened(FileHandle(fh), flags);
-        }.instrument(span));
+            .instrument(span),
+        );
     }
 
     fn read(
@@ -557,6 +597,7 @@ impl Filesystem for StrataFs {
             let mut io = self.state.io.lock().expect("io");
             if let Some(e) = io.get_mut(&open.ino)
                 && open.passthrough.is_none()
+                && !open.direct
             {
                 e.cached_opens = e.cached_opens.saturating_sub(1);
             }

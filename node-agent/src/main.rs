@@ -63,6 +63,9 @@ struct CacheArgs {
     /// Readahead per open file, e.g. 64Mi.
     #[arg(long, env = "STRATA_READAHEAD", default_value = "64Mi", value_parser = size)]
     readahead: u64,
+    /// Readahead over all open files (bytes held by prefetched blocks), e.g. 256Mi.
+    #[arg(long, env = "STRATA_READAHEAD_TOTAL", default_value = "256Mi", value_parser = size)]
+    readahead_total: u64,
 }
 
 #[derive(Args, Debug)]
@@ -154,6 +157,7 @@ fn absolute_uri(uri: &str) -> anyhow::Result<String> {
 fn agent_config(c: &CacheArgs) -> AgentConfig {
     let mut cfg = AgentConfig::new(&c.cache_dir, c.memory, c.disk);
     cfg.readahead_per_file_bytes = c.readahead;
+    cfg.readahead_total_bytes = c.readahead_total;
     cfg
 }
 
