@@ -35,7 +35,10 @@ READY_TIMEOUT="${STRATA_READY_TIMEOUT:-120}"
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
-die() { printf '[cluster] error: %s\n' "$*" >&2; exit 1; }
+die() {
+	printf '[cluster] error: %s\n' "$*" >&2
+	exit 1
+}
 
 need() {
 	local tool
@@ -304,7 +307,10 @@ stop_all() {
 		c="${COMPONENTS[i]}"
 		pid="$(running_pid "$c")" || continue
 		kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 1 50); do kill -0 "$pid" 2>/dev/null || break; sleep 0.2; done
+		for _ in $(seq 1 50); do
+			kill -0 "$pid" 2>/dev/null || break
+			sleep 0.2
+		done
 		if kill -0 "$pid" 2>/dev/null; then
 			log "$c (pid $pid) ignored SIGTERM; sending SIGKILL"
 			kill -KILL "$pid" 2>/dev/null || true
@@ -410,7 +416,10 @@ cmd_up() {
 }
 
 cmd_down() {
-	[[ -d "$STATE_DIR" ]] || { log "no cluster state at $STATE_DIR"; return 0; }
+	[[ -d "$STATE_DIR" ]] || {
+		log "no cluster state at $STATE_DIR"
+		return 0
+	}
 	exec 9>"$STATE_DIR/.lock"
 	flock 9
 	stop_all
