@@ -36,14 +36,18 @@ impl NodeService {
 
     async fn publish(&self, req: NodePublishVolumeRequest) -> Result<()> {
         let target = required_path("target_path", &req.volume_id, &req.target_path)?;
-        let read_only = req.readonly || check_capability(req.volume_capability.as_ref())?;
+        let access = check_capability(req.volume_capability.as_ref())?;
+        let read_only = req.readonly || access.read_only;
         let spec = volume::resolve(&req.volume_id, &req.volume_context)?;
         let key = volume::volume_key(&req.volume_id, &req.target_path);
 
         let _guard = self.mount_lock.lock().await;
+        if access.single_target {
+            self.check_single_target(&req.volume_id, &key).await?;
+        }
         let mount = match self
             .agent
-            .acquire_volume(&spec.namespace, &spec.dataset, &key)
+            .acquire_volume(&spec.namespace, &spec.dataset, &key, Some(&req.volume_id))
             .await
         {
             Ok(mount) => mount,
@@ -75,6 +79,24 @@ impl NodeService {
             }
         }
         result
+    }
+
+    /// Single-node single-target access modes: refuse a second target for the volume.
+    async fn check_single_target(&self, volume_id: &str, key: &str) -> Result<()> {
+        let volumes = self
+            .agent
+            .volumes()
+            .await
+            .map_err(|e| CsiError::agent("listing the node agent's volumes", e))?;
+        if volumes
+            .iter()
+            .any(|v| v.owner.as_deref() == Some(volume_id) && v.volume_id != key)
+        {
+            return Err(CsiError::FailedPrecondition(format!(
+                "volume {volume_id} is already published at another target path on this node, and its access mode allows only one"
+            )));
+        }
+        Ok(())
     }
 
     fn bind_volume(
@@ -305,10 +327,18 @@ fn required_path(field: &'static str, volume_id: &str, path: &str) -> Result<Pat
     Ok(path)
 }
 
-/// Accepts mount volumes in any access mode and returns whether the mode is
-/// read-only. Datasets are read-only file systems today; a writer mode gets
-/// a volume on which writes fail with EROFS, which is what the data allows.
-fn check_capability(capability: Option<&VolumeCapability>) -> Result<bool> {
+/// What an access mode means for a publish.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Access {
+    read_only: bool,
+    /// The volume may be published at one target path of the node only.
+    single_target: bool,
+}
+
+/// Accepts mount volumes in any access mode. Datasets are read-only file systems
+/// today; a writer mode gets a volume on which writes fail with EROFS, which is what
+/// the data allows.
+fn check_capability(capability: Option<&VolumeCapability>) -> Result<Access> {
     let Some(capability) = capability else {
         return Err(CsiError::invalid("volume_capability", "is required"));
     };
@@ -333,14 +363,22 @@ fn check_capability(capability: Option<&VolumeCapability>) -> Result<bool> {
             "is required",
         ));
     };
-    match Mode::try_from(access_mode.mode) {
-        Ok(Mode::Unknown) | Err(_) => Err(CsiError::invalid(
-            "volume_capability.access_mode",
-            format!("mode {} is not a known access mode", access_mode.mode),
-        )),
-        Ok(Mode::SingleNodeReaderOnly | Mode::MultiNodeReaderOnly) => Ok(true),
-        Ok(_) => Ok(false),
-    }
+    let (read_only, single_target) = match Mode::try_from(access_mode.mode) {
+        Ok(Mode::Unknown) | Err(_) => {
+            return Err(CsiError::invalid(
+                "volume_capability.access_mode",
+                format!("mode {} is not a known access mode", access_mode.mode),
+            ));
+        }
+        Ok(Mode::SingleNodeReaderOnly) => (true, true),
+        Ok(Mode::MultiNodeReaderOnly) => (true, false),
+        Ok(Mode::SingleNodeSingleWriter) => (false, true),
+        Ok(_) => (false, false),
+    };
+    Ok(Access {
+        read_only,
+        single_target,
+    })
 }
 
 fn capability(kind: rpc::Type) -> NodeServiceCapability {
@@ -435,8 +473,28 @@ mod tests {
 
     #[test]
     fn reader_modes_are_read_only() {
-        assert!(check_capability(Some(&cap(Mode::MultiNodeReaderOnly, false))).unwrap());
-        assert!(!check_capability(Some(&cap(Mode::SingleNodeWriter, false))).unwrap());
+        let access = |mode| check_capability(Some(&cap(mode, false))).unwrap();
+        assert_eq!(
+            access(Mode::MultiNodeReaderOnly),
+            Access {
+                read_only: true,
+                single_target: false
+            }
+        );
+        assert_eq!(
+            access(Mode::SingleNodeWriter),
+            Access {
+                read_only: false,
+                single_target: false
+            }
+        );
+        assert_eq!(
+            access(Mode::SingleNodeSingleWriter),
+            Access {
+                read_only: false,
+                single_target: true
+            }
+        );
         assert_eq!(
             check_capability(Some(&cap(Mode::SingleNodeWriter, true)))
                 .unwrap_err()

@@ -516,3 +516,26 @@ async fn bad_requests_get_the_right_codes() {
     tokio::time::sleep(Duration::from_millis(10)).await;
     plugin.stop().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn single_writer_volume_has_one_target_per_node() {
+    let mut plugin = Plugin::start().await;
+    let request = |target: &Path| NodePublishVolumeRequest {
+        volume_id: "ml/imagenet".into(),
+        target_path: target.to_string_lossy().into(),
+        volume_capability: Some(mount_capability(Mode::SingleNodeSingleWriter)),
+        volume_context: ctx(&[(CTX_POD_NAMESPACE, "ml")]),
+        ..Default::default()
+    };
+    let (a, b) = (plugin.target("pod-a"), plugin.target("pod-b"));
+    plugin.publish(request(&a)).await.unwrap();
+    plugin.publish(request(&a)).await.unwrap();
+    let err = plugin.publish(request(&b)).await.unwrap_err();
+    assert_eq!(err.code(), Code::FailedPrecondition, "{}", err.message());
+    assert!(!is_mounted(&b));
+    // Once the first pod is gone, the second may have it.
+    plugin.unpublish("ml/imagenet", &a).await.unwrap();
+    plugin.publish(request(&b)).await.unwrap();
+    plugin.unpublish("ml/imagenet", &b).await.unwrap();
+    plugin.stop().await;
+}

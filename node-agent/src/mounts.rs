@@ -20,11 +20,16 @@ struct DatasetMount {
     volumes: BTreeSet<String>,
 }
 
+struct VolumeRecord {
+    dataset: DatasetKey,
+    /// Who published it (the CSI volume id), when the caller said.
+    owner: Option<String>,
+}
+
 #[derive(Default)]
 struct State {
     mounts: BTreeMap<DatasetKey, DatasetMount>,
-    /// volume id -> dataset.
-    volumes: BTreeMap<String, DatasetKey>,
+    volumes: BTreeMap<String, VolumeRecord>,
 }
 
 /// What [`MountRegistry::acquire`] did.
@@ -83,11 +88,17 @@ impl MountRegistry {
         self.root.join(namespace).join(name)
     }
 
-    /// Makes sure the dataset is mounted and records `volume_id` as a user of it. Idempotent.
-    pub async fn acquire(&self, view: Arc<DatasetView>, volume_id: &str) -> Result<Acquired> {
+    /// Makes sure the dataset is mounted and records `volume_id` (published by `owner`)
+    /// as a user of it. Idempotent.
+    pub async fn acquire(
+        &self,
+        view: Arc<DatasetView>,
+        volume_id: &str,
+        owner: Option<&str>,
+    ) -> Result<Acquired> {
         let key = (view.namespace().to_string(), view.name().to_string());
         let mut state = self.state.lock().await;
-        if let Some(other) = state.volumes.get(volume_id)
+        if let Some(other) = state.volumes.get(volume_id).map(|r| &r.dataset)
             && other != &key
         {
             return Err(ApiError::Conflict {
@@ -115,7 +126,13 @@ impl MountRegistry {
             volumes: mount.volumes.len(),
             new_volume,
         };
-        state.volumes.insert(volume_id.to_string(), key.clone());
+        state.volumes.insert(
+            volume_id.to_string(),
+            VolumeRecord {
+                dataset: key.clone(),
+                owner: owner.map(str::to_string),
+            },
+        );
         tracing::info!(dataset = %format!("{}/{}", key.0, key.1), volume_id, volumes = acquired.volumes, "volume acquired");
         Ok(acquired)
     }
@@ -148,7 +165,7 @@ impl MountRegistry {
         dataset: Option<(&str, &str)>,
     ) -> Result<Released> {
         let mut state = self.state.lock().await;
-        let Some(key) = state.volumes.get(volume_id).cloned() else {
+        let Some(key) = state.volumes.get(volume_id).map(|r| r.dataset.clone()) else {
             return Ok(Released {
                 released: false,
                 unmounted: false,
@@ -206,15 +223,16 @@ impl MountRegistry {
         state
             .volumes
             .iter()
-            .map(|(id, (ns, name))| VolumeInfo {
+            .map(|(id, record)| VolumeInfo {
                 volume_id: id.clone(),
-                namespace: ns.clone(),
-                name: name.clone(),
+                namespace: record.dataset.0.clone(),
+                name: record.dataset.1.clone(),
                 mount_path: state
                     .mounts
-                    .get(&(ns.clone(), name.clone()))
+                    .get(&record.dataset)
                     .map(|m| m.handle.mountpoint().to_path_buf())
                     .unwrap_or_default(),
+                owner: record.owner.clone(),
             })
             .collect()
     }

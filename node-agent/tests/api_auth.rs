@@ -57,7 +57,7 @@ async fn tcp_api_requires_the_bearer_token() {
     // Unauthenticated TCP callers cannot mount or preload either.
     let err = agent
         .tcp(None)
-        .acquire_volume("ml", "imagenet", "v1")
+        .acquire_volume("ml", "imagenet", "v1", None)
         .await
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(401));

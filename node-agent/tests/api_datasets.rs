@@ -293,24 +293,33 @@ async fn volumes_share_one_fuse_mount_per_dataset() {
     let api = agent.local();
 
     let err = api
-        .acquire_volume("ml", "missing", "vol-a")
+        .acquire_volume("ml", "missing", "vol-a", None)
         .await
         .unwrap_err();
     assert_eq!(status(&err), 404);
     assert!(err.to_string().contains("ml/missing"), "{err}");
     let err = api
-        .acquire_volume("ml", "imagenet", "bad id!")
+        .acquire_volume("ml", "imagenet", "bad id!", None)
         .await
         .unwrap_err();
     assert_eq!(status(&err), 400);
 
-    let a = api.acquire_volume("ml", "imagenet", "vol-a").await.unwrap();
+    let a = api
+        .acquire_volume("ml", "imagenet", "vol-a", None)
+        .await
+        .unwrap();
     assert_eq!(a.mount_path, agent.mount_root.join("ml/imagenet"));
     assert!(a.new_volume);
     assert!(is_mounted(&a.mount_path));
-    let again = api.acquire_volume("ml", "imagenet", "vol-a").await.unwrap();
+    let again = api
+        .acquire_volume("ml", "imagenet", "vol-a", None)
+        .await
+        .unwrap();
     assert!(!again.new_volume);
-    let b = api.acquire_volume("ml", "imagenet", "vol-b").await.unwrap();
+    let b = api
+        .acquire_volume("ml", "imagenet", "vol-b", Some("ml/imagenet"))
+        .await
+        .unwrap();
     assert_eq!((b.mount_path.clone(), b.volumes), (a.mount_path.clone(), 2));
 
     // The FUSE mount serves every file with the source's content.
@@ -330,6 +339,8 @@ async fn volumes_share_one_fuse_mount_per_dataset() {
     assert!(err.to_string().contains("vol-a"), "{err}");
     let listed = api.volumes().await.unwrap();
     assert_eq!(listed.len(), 2);
+    let owners: Vec<Option<&str>> = listed.iter().map(|v| v.owner.as_deref()).collect();
+    assert_eq!(owners, [None, Some("ml/imagenet")]);
 
     let first = api.release_volume("vol-a").await.unwrap();
     assert!(first.released && !first.unmounted);
@@ -353,7 +364,7 @@ async fn datasets_dir_adds_changes_and_removes() {
         "namespace: ml\nname: from-file\nsources:\n  - name: local\n    uri: file://{}\n",
         agent.source.display()
     );
-    std::fs::write(agent.datasets_dir.join("from-file.yaml"), yaml).unwrap();
+    std::fs::write(agent.datasets_dir.join("from-file.yaml"), &yaml).unwrap();
     std::fs::write(agent.datasets_dir.join("broken.yaml"), "name: [unclosed").unwrap();
     let mut found = None;
     for _ in 0..50 {
@@ -370,6 +381,22 @@ async fn datasets_dir_adds_changes_and_removes() {
             .await
             .is_ok()
     );
+
+    // A changed file is applied on the next scan.
+    std::fs::write(
+        agent.datasets_dir.join("from-file.yaml"),
+        format!("{yaml}cache:\n  blockSize: 64Ki\n"),
+    )
+    .unwrap();
+    let mut changed = false;
+    for _ in 0..50 {
+        if api.dataset("ml", "from-file").await.unwrap()["blockSize"] == 65536 {
+            changed = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(changed, "changed dataset file was not applied");
 
     std::fs::remove_file(agent.datasets_dir.join("from-file.yaml")).unwrap();
     let mut gone = false;

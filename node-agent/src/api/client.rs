@@ -370,8 +370,12 @@ impl AgentClient {
         namespace: &str,
         name: &str,
         volume_id: &str,
+        owner: Option<&str>,
     ) -> Result<VolumeMount> {
-        let uri = dataset_path(namespace, name, &format!("/volumes/{}", query(volume_id)));
+        let mut uri = dataset_path(namespace, name, &format!("/volumes/{}", query(volume_id)));
+        if let Some(owner) = owner {
+            uri.push_str(&format!("?owner={}", query(owner)));
+        }
         self.json(Method::PUT, &uri, None).await
     }
 

@@ -599,11 +599,21 @@ async fn acquire_volume(
     ns: String,
     name: String,
     volume_id: String,
+    query: HashMap<String, String>,
     state: Arc<ApiState>,
 ) -> Result<Response> {
     check_volume_id(&volume_id)?;
+    let owner = query.get("owner").map(String::as_str);
+    if let Some(owner) = owner
+        && (owner.is_empty() || owner.len() > 1024 || owner.chars().any(char::is_control))
+    {
+        return Err(ApiError::bad_request(
+            "owner",
+            "must be 1-1024 printable characters",
+        ));
+    }
     let view = state.view(&ns, &name)?;
-    let acquired = state.mounts.acquire(view, &volume_id).await?;
+    let acquired = state.mounts.acquire(view, &volume_id, owner).await?;
     Ok(json(
         StatusCode::OK,
         &VolumeMount {
@@ -766,8 +776,9 @@ fn v1_routes(state: Arc<ApiState>) -> BoxedFilter<(Response,)> {
     let volume = || warp::path!("datasets" / String / String / "volumes" / String);
     let acquire = volume()
         .and(warp::put())
+        .and(query())
         .and(st())
-        .then(|ns, name, id, s| async move { respond(acquire_volume(ns, name, id, s).await) })
+        .then(|ns, name, id, q, s| async move { respond(acquire_volume(ns, name, id, q, s).await) })
         .boxed();
     let release = volume()
         .and(warp::delete())

@@ -46,6 +46,9 @@ pub struct VolumeInfo {
     pub namespace: String,
     pub name: String,
     pub mount_path: PathBuf,
+    /// Who published the volume (the CSI volume id), if the caller said.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
 }
 
 /// Body of `POST .../preload`, `.../pin` and `.../unpin`: glob patterns over dataset paths.
