@@ -1,7 +1,8 @@
 //! Bad datasets get a documented condition and a Warning event, and the
 //! operator keeps serving the good ones: a missing Secret, a Secret without
 //! the key the scheme needs, two matching policies, an unreachable source.
-//! Fixing the Secret heals its dataset without touching the Dataset.
+//! Creating the Secret heals its dataset without touching the Dataset (the
+//! operator re-checks problem datasets every 30 s; it may not watch Secrets).
 
 mod operator_common;
 
@@ -221,7 +222,7 @@ spec: {quota: 2Gi, datasetSelector: {matchExpressions: [{key: team, operator: Ex
         );
     }
 
-    // Creating the missing Secret heals its dataset (the operator watches Secrets).
+    // Creating the missing Secret heals its dataset at the next re-check (30 s).
     cluster
         .run(
             "kubectl",
@@ -238,7 +239,7 @@ spec: {quota: 2Gi, datasetSelector: {matchExpressions: [{key: team, operator: Ex
             None,
         )
         .await?;
-    eventually("no-secret healed", Duration::from_secs(20), || async {
+    eventually("no-secret healed", Duration::from_secs(50), || async {
         let st = datasets.get("no-secret").await?.status.unwrap_or_default();
         Ok((st.phase == Some(DatasetPhase::Pending) && st.total_bytes == Some(10)).then_some(()))
     })

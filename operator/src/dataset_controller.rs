@@ -40,7 +40,9 @@ const SECRET_MANAGER: &str = "strata-operator-datasets";
 pub const CONTROLLER: &str = "dataset";
 /// Job runs kept in a Dataset's status.
 const MAX_JOB_RUNS: usize = 8;
-/// Requeue while something is wrong that may fix itself (Secret created later, source back).
+/// Requeue while something is wrong that may fix itself (Secret created later,
+/// source back). Secrets are not watched: outside its namespace the operator
+/// may only `get` named Secrets, never list or watch them.
 const PROBLEM_REQUEUE: std::time::Duration = std::time::Duration::from_secs(30);
 /// Requeue while waiting for the agents during deletion.
 const RELEASE_POLL: std::time::Duration = std::time::Duration::from_secs(2);

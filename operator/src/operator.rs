@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::{PersistentVolumeClaim, Secret};
-use kube::core::PartialObjectMeta;
+use k8s_openapi::api::core::v1::PersistentVolumeClaim;
+
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
@@ -123,11 +123,6 @@ pub async fn run_controllers(
         Controller::new(scope.get::<Dataset>(), wc.clone()).with_config(controller_config.clone());
     let dataset_store = datasets.store();
     let store_for_policies = dataset_store.clone();
-    let store_for_secrets = dataset_store.clone();
-    // Metadata only: the operator never caches Secret data.
-    let secret_events = watcher(scope.get::<PartialObjectMeta<Secret>>(), wc.clone())
-        .default_backoff()
-        .touched_objects();
     let datasets = datasets
         .owns(scope.get::<PersistentVolumeClaim>(), wc.clone())
         .watches(Api::<StrataNode>::all(client.clone()), wc.clone(), |node| {
@@ -144,23 +139,6 @@ pub async fn run_controllers(
                 .state()
                 .iter()
                 .filter(|d| d.namespace() == namespace)
-                .map(|d| ObjectRef::from_obj(d.as_ref()))
-                .collect::<Vec<_>>()
-        })
-        .watches_stream(secret_events, move |secret| {
-            let namespace = secret.namespace();
-            let name = secret.name_any();
-            store_for_secrets
-                .state()
-                .iter()
-                .filter(|d| d.namespace() == namespace)
-                .filter(|d| {
-                    d.spec.sources.iter().any(|s| {
-                        s.credentials_secret_ref
-                            .as_ref()
-                            .is_some_and(|r| r.name == name)
-                    })
-                })
                 .map(|d| ObjectRef::from_obj(d.as_ref()))
                 .collect::<Vec<_>>()
         })

@@ -377,18 +377,21 @@ async fn list(
     }
 }
 
+/// Whether the store refused the credentials (as opposed to not answering).
 fn classify(e: &object_store::Error) -> &'static str {
     let text = e.to_string();
+    // Whole phrases only: a bare "403" would also match a port such as 40313.
     let denied = matches!(
         e,
         object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
     ) || [
-        "403",
-        "401",
+        "403 Forbidden",
+        "401 Unauthorized",
         "AccessDenied",
         "InvalidAccessKeyId",
         "SignatureDoesNotMatch",
-        "Forbidden",
+        "AuthenticationFailed",
+        "AuthorizationFailure",
     ]
     .iter()
     .any(|needle| text.contains(needle));
@@ -472,6 +475,22 @@ mod tests {
             &creds,
         );
         assert_eq!(out, "GET http://h/b/k?<redacted> failed; key <redacted>");
+    }
+
+    #[test]
+    fn a_port_number_is_not_an_access_denial() {
+        let refused = object_store::Error::Generic {
+            store: "S3",
+            source: "Error performing GET http://127.0.0.1:40313/bucket: error sending request"
+                .into(),
+        };
+        assert_eq!(classify(&refused), reason::SOURCE_UNREACHABLE);
+        let forbidden = object_store::Error::Generic {
+            store: "S3",
+            source: "Server returned non-2xx status code: 403 Forbidden: <Code>AccessDenied</Code>"
+                .into(),
+        };
+        assert_eq!(classify(&forbidden), reason::ACCESS_DENIED);
     }
 
     #[test]
