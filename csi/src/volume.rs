@@ -10,6 +10,8 @@ use strata_agent::path::DatasetPath;
 pub const CTX_DATASET: &str = "dataset";
 /// volumeAttributes key of the optional directory inside the dataset.
 pub const CTX_SUB_PATH: &str = "subPath";
+/// volumeAttributes key the operator's PersistentVolumes carry beside `dataset`.
+pub const CTX_NAMESPACE: &str = "namespace";
 /// Set by kubelet when the CSIDriver has `podInfoOnMount: true`.
 pub const CTX_POD_NAMESPACE: &str = "csi.storage.k8s.io/pod.namespace";
 /// Set by kubelet to "true" for inline (ephemeral) volumes.
@@ -45,7 +47,36 @@ pub fn resolve(volume_id: &str, context: &HashMap<String, String>) -> Result<Vol
     let ephemeral = context.get(CTX_EPHEMERAL).is_some_and(|v| v == "true");
     let dataset_attr = context.get(CTX_DATASET).filter(|d| !d.is_empty());
 
-    let (kind, namespace, dataset) = if ephemeral || dataset_attr.is_some() {
+    let handle = volume_id.split_once('/').filter(|_| !ephemeral);
+    let (kind, namespace, dataset) = if let Some((namespace, name)) = handle {
+        // The PersistentVolume the operator made: its attributes repeat the handle.
+        for (key, expected) in [(CTX_DATASET, name), (CTX_NAMESPACE, namespace)] {
+            if let Some(given) = context.get(key).filter(|v| !v.is_empty())
+                && given != expected
+            {
+                return Err(CsiError::invalid(
+                    if key == CTX_DATASET {
+                        "volume_context.dataset"
+                    } else {
+                        "volume_context.namespace"
+                    },
+                    format!("{given:?} does not match the volume handle {volume_id:?}"),
+                ));
+            }
+        }
+        if let Some(pod_namespace) = pod_namespace
+            && pod_namespace != namespace
+        {
+            return Err(CsiError::PermissionDenied(format!(
+                "volume {volume_id:?} belongs to namespace {namespace:?}, but the pod runs in {pod_namespace:?}"
+            )));
+        }
+        (
+            VolumeKind::Persistent,
+            namespace.to_string(),
+            name.to_string(),
+        )
+    } else if ephemeral || dataset_attr.is_some() {
         let Some(dataset) = dataset_attr else {
             return Err(CsiError::invalid(
                 "volume_context.dataset",
@@ -66,25 +97,18 @@ pub fn resolve(volume_id: &str, context: &HashMap<String, String>) -> Result<Vol
                 )));
             }
         };
-        (VolumeKind::Inline, pod_namespace.clone(), name)
-    } else {
-        let Some((namespace, name)) = volume_id.split_once('/') else {
-            return Err(CsiError::NotFound(format!(
-                "volume_id {volume_id:?} is not a Strata volume handle (NAMESPACE/DATASET), and volume_context names no dataset"
-            )));
-        };
-        if let Some(pod_namespace) = pod_namespace
-            && pod_namespace != namespace
+        if let Some(given) = context.get(CTX_NAMESPACE).filter(|v| !v.is_empty())
+            && given != pod_namespace
         {
             return Err(CsiError::PermissionDenied(format!(
-                "volume {volume_id:?} belongs to namespace {namespace:?}, but the pod runs in {pod_namespace:?}"
+                "volume_context.namespace {given:?} is not the pod's namespace {pod_namespace:?}: inline volumes may only use datasets of their own namespace"
             )));
         }
-        (
-            VolumeKind::Persistent,
-            namespace.to_string(),
-            name.to_string(),
-        )
+        (VolumeKind::Inline, pod_namespace.clone(), name)
+    } else {
+        return Err(CsiError::NotFound(format!(
+            "volume_id {volume_id:?} is not a Strata volume handle (NAMESPACE/DATASET), and volume_context names no dataset"
+        )));
     };
 
     check_name("namespace", &namespace, 63)?;

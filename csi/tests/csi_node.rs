@@ -299,7 +299,12 @@ async fn persistent_volume_read_only_sub_path_and_sharing() {
         readonly,
         volume_context: match sub_path {
             Some(p) => ctx(&[(CTX_POD_NAMESPACE, "ml"), (CTX_SUB_PATH, p)]),
-            None => ctx(&[(CTX_POD_NAMESPACE, "ml")]),
+            // As the operator writes them: the attributes repeat the handle.
+            None => ctx(&[
+                (CTX_POD_NAMESPACE, "ml"),
+                (CTX_DATASET, "imagenet"),
+                ("namespace", "ml"),
+            ]),
         },
         ..Default::default()
     };

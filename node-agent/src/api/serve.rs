@@ -61,10 +61,10 @@ pub struct ServeArgs {
     )]
     pub cache_dir: PathBuf,
     /// Memory tier size (e.g. 512Mi, 4Gi).
-    #[arg(long, env = "STRATA_MEMORY_SIZE", default_value = "1Gi", value_parser = parse_size)]
+    #[arg(long = "memory", env = "STRATA_MEMORY", default_value = "1Gi", value_parser = parse_size)]
     pub memory_size: u64,
     /// Disk tier size (0 disables it).
-    #[arg(long, env = "STRATA_DISK_SIZE", default_value = "10Gi", value_parser = parse_size)]
+    #[arg(long = "disk", env = "STRATA_DISK", default_value = "10Gi", value_parser = parse_size)]
     pub disk_size: u64,
     /// Never open files in FUSE passthrough mode.
     #[arg(long, env = "STRATA_NO_PASSTHROUGH")]
@@ -72,6 +72,16 @@ pub struct ServeArgs {
     /// FUSE worker threads per dataset mount.
     #[arg(long, env = "STRATA_FUSE_THREADS", default_value_t = 4)]
     pub fuse_threads: usize,
+    /// This node's Kubernetes name: when set (and built with the node-status feature), the
+    /// agent reports what it holds in the StrataNode of that name.
+    #[arg(long, env = "STRATA_NODE_NAME")]
+    pub node_name: Option<String>,
+    /// URL peers and jobs use to reach this agent's API (reported in the StrataNode), e.g. http://10.0.0.5:7070.
+    #[arg(long, env = "STRATA_ADVERTISE_URL")]
+    pub advertise_url: Option<String>,
+    /// How often the StrataNode report is written.
+    #[arg(long, env = "STRATA_STATUS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
+    pub status_interval: Duration,
 }
 
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
@@ -205,12 +215,16 @@ pub async fn run(
             None
         }
     };
+    let reporter = start_node_status(&args, &state).await;
     on_bound(bound);
 
     shutdown.await;
     tracing::info!("shutting down");
     if let Some(watcher) = watcher {
         watcher.abort();
+    }
+    if let Some(reporter) = reporter {
+        reporter.abort();
     }
     let _ = stop_tx.send(true);
     // Streams (long preloads) may hold connections: do not wait for them forever.
@@ -225,4 +239,42 @@ pub async fn run(
     mounts.unmount_all().await;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+/// Starts the StrataNode reporter when `--node-name` is set. Outside a cluster (no
+/// kubeconfig, no service account) it logs why and the agent runs without it.
+#[cfg(feature = "node-status")]
+async fn start_node_status(
+    args: &ServeArgs,
+    state: &Arc<ApiState>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    let node_name = args.node_name.clone()?;
+    let client = match kube::Client::try_default().await {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::warn!(error = %e, node = %node_name, "no Kubernetes API reachable: not reporting the StrataNode");
+            return None;
+        }
+    };
+    let node = crate::node_status::NodeIdentity {
+        node_name,
+        endpoint: args.advertise_url.clone(),
+    };
+    Some(tokio::spawn(crate::node_status::run(
+        state.agent.clone(),
+        node,
+        client,
+        args.status_interval,
+    )))
+}
+
+#[cfg(not(feature = "node-status"))]
+async fn start_node_status(
+    args: &ServeArgs,
+    _state: &Arc<ApiState>,
+) -> Option<tokio::task::JoinHandle<()>> {
+    if args.node_name.is_some() {
+        tracing::warn!("built without the node-status feature: --node-name is ignored");
+    }
+    None
 }

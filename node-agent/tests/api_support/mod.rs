@@ -101,6 +101,9 @@ impl TestAgent {
             disk_size: 64 << 20,
             no_passthrough: false,
             fuse_threads: 2,
+            node_name: None,
+            advertise_url: None,
+            status_interval: Duration::from_secs(30),
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Bound>();
