@@ -24,6 +24,7 @@ pub enum Workload {
     Random4k,
     EpochSmall,
     List,
+    Preload,
     HitRatio,
 }
 
@@ -34,6 +35,7 @@ impl Workload {
             Workload::Random4k => "random-4k",
             Workload::EpochSmall => "epoch-small",
             Workload::List => "list",
+            Workload::Preload => "preload",
             Workload::HitRatio => "hit-ratio",
         }
     }
@@ -47,12 +49,13 @@ impl std::str::FromStr for Workload {
             Workload::Random4k,
             Workload::EpochSmall,
             Workload::List,
+            Workload::Preload,
             Workload::HitRatio,
         ]
         .into_iter()
         .find(|w| w.name() == s)
         .ok_or_else(|| {
-            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list or hit-ratio")
+            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, preload or hit-ratio")
         })
     }
 }
@@ -358,6 +361,74 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// `strata-agent preload` of the epoch-small files into a fresh cache, against what the link
+    /// carries for the same files with plenty of plain GETs in flight (and the tc cap, if set).
+    fn preload_session(&mut self, run: u32) -> Result<()> {
+        let cfg = self.cfg;
+        let dir = &cfg.work_dir;
+        let cache = dir.join("cache").join("strata-preload");
+        if cache.exists() {
+            std::fs::remove_dir_all(&cache).map_err(|e| Error::io(&cache, e))?;
+        }
+        let config = dir.join("preload-dataset.yaml");
+        let yaml = format!(
+            "name: bench\nsources:\n  - name: bench\n    uri: s3://{}/\n    endpoint: {}\n    region: us-east-1\n",
+            crate::data::BUCKET,
+            self.endpoint
+        );
+        std::fs::write(&config, yaml).map_err(|e| Error::io(&config, e))?;
+        let mut c = std::process::Command::new(&cfg.programs.strata_agent);
+        c.arg("preload")
+            .arg("--dataset-config")
+            .arg(&config)
+            .arg("--cache-dir")
+            .arg(&cache)
+            .arg("--memory")
+            .arg(cfg.quota.memory_bytes.to_string())
+            .arg("--disk")
+            .arg(cfg.quota.disk_bytes.to_string())
+            .arg(format!("/{}/**", cfg.spec.epoch_prefix()))
+            .env("AWS_ACCESS_KEY_ID", &self.creds.access_key)
+            .env("AWS_SECRET_ACCESS_KEY", &self.creds.secret_key)
+            .env("STRATA_LOG", "warn");
+        let bytes = cfg.spec.epoch_bytes() as f64;
+        let start = std::time::Instant::now();
+        let report = crate::process::run_checked(c)?;
+        let secs = start.elapsed().as_secs_f64();
+        let mib = bytes / (1024.0 * 1024.0);
+        tracing::info!(report = %report.trim(), "preload report");
+        self.record(
+            "preload",
+            "epoch-small data",
+            System::Strata,
+            "MiB/s",
+            "MiB/s",
+            true,
+            run,
+            mib / secs,
+            true,
+        );
+        // The link's practical capacity for the same files: 64 whole-object GETs in flight.
+        let store = s3_store(&self.endpoint, &self.creds)?;
+        let files = cfg.spec.epoch_keys();
+        let (n, gsecs) = self
+            .rt
+            .block_on(floor::whole_gets(store.as_ref(), &files, 64))?;
+        let got = n as f64 / files.len() as f64 * mib;
+        self.record(
+            "preload",
+            "epoch-small data",
+            System::ObjectStore,
+            "MiB/s",
+            "MiB/s",
+            true,
+            run,
+            got / gsecs,
+            n == files.len(),
+        );
+        Ok(())
+    }
+
     /// The local-file reference and the object_store floor.
     fn references(&mut self, run: u32, local_root: &Path) -> Result<()> {
         let cfg = self.cfg;
@@ -497,10 +568,6 @@ impl Ctx<'_> {
                 );
             }
         }
-        if ws.contains(&Workload::List) {
-            let dir = local_root.join("no-local-list");
-            let _ = dir; // the list workload has no local copy: object listings are the point
-        }
         Ok(())
     }
 }
@@ -598,7 +665,7 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 cfg.quota.disk_bytes >> 20
             ),
         );
-        results.settings.insert("Strata".into(), "`strata-agent mount s3://bench/ MNT --cache-dir D --memory M --disk D --metadata-ttl 1h`, defaults otherwise".into());
+        results.settings.insert("Strata".into(), "`strata-agent mount s3://bench/ MNT --endpoint URL --cache-dir D --memory M --disk D --metadata-ttl 1h`, defaults otherwise (S3-FIFO, 4 MiB blocks, 64 MiB readahead per file, FUSE passthrough for fully cached files)".into());
         results.settings.insert("rclone".into(), "`rclone mount --vfs-cache-mode full --read-only --vfs-cache-max-size D --dir-cache-time 1h`, defaults otherwise".into());
         results.settings.insert("s3fs".into(), "`s3fs -o use_cache=D,ro,use_path_request_style,stat_cache_expire=3600`, defaults otherwise".into());
         results.settings.insert(
@@ -662,6 +729,12 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                         sessions.push((
                             "list",
                             Box::new(move |c: &mut Ctx| c.list_session(system, run)),
+                        ));
+                    }
+                    if live.contains(&Workload::Preload) && system == System::Strata {
+                        sessions.push((
+                            "preload",
+                            Box::new(move |c: &mut Ctx| c.preload_session(run)),
                         ));
                     }
                     for (workload, session) in sessions {

@@ -77,12 +77,12 @@ struct RunArgs {
         default_value = "strata,rclone,s3fs"
     )]
     systems: Vec<System>,
-    /// Workloads: seq-large, random-4k, epoch-small, list, hit-ratio.
+    /// Workloads: seq-large, random-4k, epoch-small, list, preload, hit-ratio.
     #[arg(
         long,
         env = "STRATA_BENCH_WORKLOADS",
         value_delimiter = ',',
-        default_value = "seq-large,random-4k,epoch-small,list,hit-ratio"
+        default_value = "seq-large,random-4k,epoch-small,list,preload,hit-ratio"
     )]
     workloads: Vec<Workload>,
     /// Size of the seq-large object (default 1GiB, 128MiB with --quick).

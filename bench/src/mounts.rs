@@ -191,6 +191,9 @@ fn strata_command(req: &MountRequest<'_>) -> Result<Command> {
     c.arg("mount")
         .arg(format!("s3://{BUCKET}/"))
         .arg(req.mountpoint)
+        .arg("--endpoint")
+        .arg(req.endpoint_url)
+        .args(["--region", "us-east-1"])
         .arg("--cache-dir")
         .arg(req.cache_dir)
         .arg("--memory")
@@ -198,15 +201,11 @@ fn strata_command(req: &MountRequest<'_>) -> Result<Command> {
         .arg("--disk")
         .arg(req.quota.disk_bytes.to_string())
         // Long enough that the warm listing is served from the metadata cache.
-        .arg("--metadata-ttl")
-        .arg("1h")
+        .args(["--metadata-ttl", "1h"])
+        // Credentials through the environment, never on a command line.
         .env("AWS_ACCESS_KEY_ID", &req.creds.access_key)
         .env("AWS_SECRET_ACCESS_KEY", &req.creds.secret_key)
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_ENDPOINT", req.endpoint_url)
-        .env("AWS_ENDPOINT_URL", req.endpoint_url)
-        .env("AWS_ALLOW_HTTP", "true")
-        .env("RUST_LOG", "warn");
+        .env("STRATA_LOG", "warn");
     Ok(c)
 }
 

@@ -114,11 +114,20 @@ pub fn run_checked(mut command: Command) -> Result<String> {
     if !output.status.success() {
         return Err(Error::Command {
             command: shown,
-            detail: format!(
-                "{}: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim()
-            ),
+            detail: {
+                // Some tools (fio) put their error in stdout; keep the end of both.
+                let tail = |b: &[u8]| {
+                    let t = String::from_utf8_lossy(b);
+                    let t = t.trim();
+                    t[t.len().saturating_sub(600)..].to_string()
+                };
+                format!(
+                    "{}: {} {}",
+                    output.status,
+                    tail(&output.stderr),
+                    tail(&output.stdout)
+                )
+            },
         });
     }
     Ok(String::from_utf8_lossy(&output.stdout).into_owned())

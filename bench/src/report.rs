@@ -467,6 +467,19 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             &link,
             false,
         );
+        if !systems_in(r, "preload", &link).is_empty() {
+            let _ = writeln!(out, "### preload (MiB/s), link: {link}\n");
+            out.push_str("`strata-agent preload` of the epoch-small files into a fresh cache (wall time of the whole command), beside the link's practical capacity for the same files: object_store with 64 whole-object GETs in flight.\n\n");
+            workload_table(
+                &mut out,
+                r,
+                "preload",
+                &["epoch-small data"],
+                "MiB/s",
+                &link,
+                true,
+            );
+        }
         let mem_cases: BTreeSet<&str> = r
             .measurements
             .iter()
