@@ -138,13 +138,14 @@ impl MountRegistry {
     }
 
     async fn mount(&self, view: Arc<DatasetView>, path: &Path) -> Result<MountHandle> {
-        std::fs::create_dir_all(path)
-            .map_err(|e| ApiError::io(format!("creating mount point {}", path.display()), e))?;
-        // A mount left behind by an agent that crashed answers ENOTCONN: detach it first.
+        // A mount left behind by an agent that crashed answers ENOTCONN: detach it first
+        // (before anything else touches the path, which would fail the same way).
         if std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
             tracing::warn!(mountpoint = %path.display(), "detaching a stale mount left by a previous agent");
             let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
         }
+        std::fs::create_dir_all(path)
+            .map_err(|e| ApiError::io(format!("creating mount point {}", path.display()), e))?;
         let options = self.options.clone();
         let path = path.to_path_buf();
         let handle = tokio::runtime::Handle::current();
