@@ -55,9 +55,9 @@ async fn main() -> anyhow::Result<()> {
     let agent = AgentClient::unix(&args.agent_socket);
     tracing::info!(endpoint = %args.endpoint, node_id = %args.node_id, agent = %agent.endpoint(), "strata-csi serving");
 
-    let shutdown = async {
-        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-            .expect("installing the SIGTERM handler");
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .context("installing the SIGTERM handler")?;
+    let shutdown = async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
