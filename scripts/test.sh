@@ -8,6 +8,12 @@ start=$(date +%s)
 
 bash scripts/setup.sh
 
+# The suites that need Kubernetes start the local control plane themselves (once,
+# shared by all test binaries); stop it when the run ends, pass or fail.
+if [ "${STRATA_KEEP_CLUSTER:-0}" != 1 ]; then
+  trap 'e2e/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
+fi
+
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}"
