@@ -8,12 +8,19 @@ use crate::api::error::{ApiError, Result};
 use crate::api::types::VolumeInfo;
 use crate::dataset::DatasetView;
 use crate::fs::{MountHandle, MountOptions};
+use crate::metrics::Metrics;
+use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
 type DatasetKey = (String, String);
+
+/// Gauge: datasets mounted with FUSE on this node for volumes.
+pub const MOUNTED_DATASETS: &str = "strata_mounted_datasets";
+/// Gauge: volumes (pod publishes) recorded on this node.
+pub const PUBLISHED_VOLUMES: &str = "strata_published_volumes";
 
 struct DatasetMount {
     handle: MountHandle,
@@ -53,6 +60,8 @@ pub struct MountRegistry {
     root: PathBuf,
     options: MountOptions,
     state: tokio::sync::Mutex<State>,
+    mounted: Gauge,
+    published: Gauge,
 }
 
 impl std::fmt::Debug for MountRegistry {
@@ -76,7 +85,31 @@ impl MountRegistry {
             root,
             options,
             state: tokio::sync::Mutex::new(State::default()),
+            mounted: Gauge::default(),
+            published: Gauge::default(),
         })
+    }
+
+    /// Registers the registry's gauges ([`MOUNTED_DATASETS`], [`PUBLISHED_VOLUMES`]).
+    pub fn register_metrics(&self, metrics: &Metrics) {
+        let (mounted, published) = (self.mounted.clone(), self.published.clone());
+        metrics.register_with(|registry| {
+            registry.register(
+                MOUNTED_DATASETS,
+                "Datasets mounted with FUSE for volumes",
+                mounted,
+            );
+            registry.register(
+                PUBLISHED_VOLUMES,
+                "Volumes (pod publishes) using dataset mounts",
+                published,
+            );
+        });
+    }
+
+    fn update_gauges(&self, state: &State) {
+        self.mounted.set(state.mounts.len() as i64);
+        self.published.set(state.volumes.len() as i64);
     }
 
     pub fn root(&self) -> &Path {
@@ -133,6 +166,7 @@ impl MountRegistry {
                 owner: owner.map(str::to_string),
             },
         );
+        self.update_gauges(&state);
         tracing::info!(dataset = %format!("{}/{}", key.0, key.1), volume_id, volumes = acquired.volumes, "volume acquired");
         Ok(acquired)
     }
@@ -192,6 +226,7 @@ impl MountRegistry {
                 unmounted = true;
             }
         }
+        self.update_gauges(&state);
         tracing::info!(dataset = %format!("{}/{}", key.0, key.1), volume_id, unmounted, "volume released");
         Ok(Released {
             released: true,
@@ -244,6 +279,7 @@ impl MountRegistry {
         let mut state = self.state.lock().await;
         state.volumes.clear();
         let mounts = std::mem::take(&mut state.mounts);
+        self.update_gauges(&state);
         for ((ns, name), mount) in mounts {
             if let Err(e) = unmount(mount.handle).await {
                 tracing::warn!(dataset = %format!("{ns}/{name}"), error = %e, "unmount at shutdown failed");

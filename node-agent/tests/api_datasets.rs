@@ -341,6 +341,14 @@ async fn volumes_share_one_fuse_mount_per_dataset() {
     assert_eq!(listed.len(), 2);
     let owners: Vec<Option<&str>> = listed.iter().map(|v| v.owner.as_deref()).collect();
     assert_eq!(owners, [None, Some("ml/imagenet")]);
+    let (_, _, metrics) = raw_http(
+        agent.metrics,
+        "GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let metrics = String::from_utf8_lossy(&metrics).to_string();
+    assert!(metrics.contains("strata_published_volumes 2"), "{metrics}");
+    assert!(metrics.contains("strata_mounted_datasets 1"), "{metrics}");
 
     let first = api.release_volume("vol-a").await.unwrap();
     assert!(first.released && !first.unmounted);

@@ -159,6 +159,7 @@ pub async fn run(
             fsname: None,
         },
     )?);
+    mounts.register_metrics(agent.metrics());
     let state = ApiState::new(agent, mounts.clone());
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
