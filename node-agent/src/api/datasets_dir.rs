@@ -55,7 +55,9 @@ impl DatasetsDir {
     }
 
     /// Loads every file, applies new and changed datasets, removes datasets whose
-    /// file went away (unless a volume still uses them: they are kept until it is released).
+    /// file went away and drops their cache (unless a volume still uses them: they are
+    /// kept until it is released). Kubernetes swaps a mounted Secret's files atomically,
+    /// so a file never vanishes between two versions.
     pub async fn scan(&mut self, state: &ApiState) -> ScanReport {
         let mut report = ScanReport::default();
         let files = match self.config_files() {
@@ -106,7 +108,7 @@ impl DatasetsDir {
                 tracing::warn!(dataset = %format!("{ns}/{name}"), "config file removed but volumes still use the dataset; keeping it until they are released");
                 continue;
             }
-            match state.agent.remove_dataset(&ns, &name, false).await {
+            match state.agent.remove_dataset(&ns, &name, true).await {
                 Ok(()) | Err(crate::Error::DatasetNotFound { .. }) => {
                     report.removed += 1;
                     self.loaded.remove(&(ns, name));
