@@ -172,11 +172,19 @@ impl MountRegistry {
     }
 
     async fn mount(&self, view: Arc<DatasetView>, path: &Path) -> Result<MountHandle> {
-        // A mount left behind by an agent that crashed answers ENOTCONN: detach it first
-        // (before anything else touches the path, which would fail the same way).
-        if std::fs::metadata(path).is_err_and(|e| e.raw_os_error() == Some(libc::ENOTCONN)) {
+        // Anything mounted here that this registry does not know was left by an agent
+        // that died (its FUSE session is gone, the path answers ENOTCONN, though cached
+        // attributes may hide that from stat): detach it first, before anything else
+        // touches the path.
+        for _ in 0..8 {
+            if !is_mount_point(path) {
+                break;
+            }
             tracing::warn!(mountpoint = %path.display(), "detaching a stale mount left by a previous agent");
-            let _ = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH);
+            if let Err(e) = nix::mount::umount2(path, nix::mount::MntFlags::MNT_DETACH) {
+                tracing::warn!(mountpoint = %path.display(), error = %e, "could not detach the stale mount");
+                break;
+            }
         }
         std::fs::create_dir_all(path)
             .map_err(|e| ApiError::io(format!("creating mount point {}", path.display()), e))?;
@@ -286,6 +294,23 @@ impl MountRegistry {
             }
         }
     }
+}
+
+/// Whether something is mounted at `path` (per this process's mount table).
+fn is_mount_point(path: &Path) -> bool {
+    let Ok(table) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return false;
+    };
+    // mountinfo escapes these as octal.
+    let wanted = path
+        .to_string_lossy()
+        .replace('\\', "\\134")
+        .replace(' ', "\\040")
+        .replace('\t', "\\011")
+        .replace('\n', "\\012");
+    table
+        .lines()
+        .any(|line| line.split(' ').nth(4) == Some(wanted.as_str()))
 }
 
 /// How long an unmount may wait for the FUSE session to end.

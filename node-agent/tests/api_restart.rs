@@ -1,0 +1,120 @@
+//! The `strata-agent serve` binary killed with volumes mounted, then started
+//! again: the new agent detaches the dead FUSE mount and serves the dataset.
+//! Needs root.
+
+#[path = "api_support/mod.rs"]
+mod support;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+use strata_agent::api::client::AgentClient;
+use support::{is_mounted, sha256_file, write_tree};
+
+fn spawn_agent(work: &Path) -> Child {
+    Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+        .args(["serve", "--socket"])
+        .arg(work.join("agent.sock"))
+        .arg("--mount-root")
+        .arg(work.join("mounts"))
+        .arg("--cache-dir")
+        .arg(work.join("cache"))
+        .args(["--memory", "16Mi", "--disk", "64Mi", "--datasets-dir"])
+        .arg(work.join("datasets"))
+        .env("STRATA_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("starting strata-agent")
+}
+
+async fn wait_ready(client: &AgentClient) {
+    for _ in 0..200 {
+        if client.ready().await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("strata-agent did not become ready");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn restarted_agent_replaces_a_dead_mount() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    let files = write_tree(&source);
+    std::fs::create_dir_all(work.path().join("datasets")).unwrap();
+    std::fs::write(
+        work.path().join("datasets/ml.imagenet.yaml"),
+        format!(
+            "namespace: ml\nname: imagenet\nsources:\n  - name: local\n    uri: file://{}\n",
+            source.display()
+        ),
+    )
+    .unwrap();
+    let client = AgentClient::unix(work.path().join("agent.sock"));
+
+    let mut first = spawn_agent(work.path());
+    wait_ready(&client).await;
+    let mount = client
+        .acquire_volume("ml", "imagenet", "vol-1", None)
+        .await
+        .unwrap()
+        .mount_path;
+    assert_eq!(
+        sha256_file(&mount.join("labels/labels.csv")),
+        files["labels/labels.csv"]
+    );
+
+    // A crash: the FUSE session dies with the process, the mount stays behind.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let err = std::fs::read_dir(&mount).unwrap_err();
+    assert_eq!(
+        err.raw_os_error(),
+        Some(nix::errno::Errno::ENOTCONN as i32),
+        "{err}"
+    );
+
+    let mut second = spawn_agent(work.path());
+    wait_ready(&client).await;
+    let again = client
+        .acquire_volume("ml", "imagenet", "vol-1", None)
+        .await
+        .unwrap();
+    assert_eq!(again.mount_path, mount);
+    assert!(
+        again.new_volume,
+        "the new agent starts with no volume records"
+    );
+    let (dir, expected) = (mount.clone(), files.clone());
+    tokio::task::spawn_blocking(move || {
+        for (rel, sum) in expected {
+            assert_eq!(sha256_file(&dir.join(&rel)), sum, "{rel}");
+        }
+    })
+    .await
+    .unwrap();
+    // Exactly one mount at the path: the dead one was detached, not stacked under.
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let count = table
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(mount.to_str().unwrap()))
+        .count();
+    assert_eq!(count, 1, "{table}");
+
+    // A clean shutdown unmounts.
+    client.release_volume("vol-1").await.unwrap();
+    assert!(!is_mounted(&mount));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let status = second.wait().unwrap();
+    assert!(status.success(), "{status}");
+    assert!(
+        !work.path().join("agent.sock").exists(),
+        "socket left behind"
+    );
+}
