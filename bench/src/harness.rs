@@ -657,6 +657,7 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             "fio".into(),
             crate::mounts::version_of(&cfg.fio, "--version"),
         );
+        results.memory_quota_bytes = Some(cfg.quota.memory_bytes);
         results.settings.insert(
             "cache quota (every system)".into(),
             format!(

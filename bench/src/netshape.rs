@@ -7,9 +7,12 @@ use std::process::Command;
 use crate::Result;
 use crate::process::run_checked;
 
-/// TEST-NET-1 (RFC 5737) addresses: they only ever exist on this veth pair.
-pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
-pub const NAMESPACE_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 2);
+/// TEST-NET-2 (RFC 5737) addresses: they only ever exist on this veth pair. (Not TEST-NET-1:
+/// some sandboxes give their own eth0 a 192.0.2.x address.) `create` refuses to run if the
+/// range is already in use on this machine.
+pub const HOST_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 1);
+pub const NAMESPACE_IP: Ipv4Addr = Ipv4Addr::new(198, 51, 100, 2);
+const RANGE_PREFIX: &str = "198.51.100.";
 
 #[derive(Debug)]
 pub struct ShapedLink {
@@ -53,6 +56,23 @@ impl ShapedLink {
     /// Creates namespace `strata-bench-<pid>` with the far end of a veth pair, capped at
     /// `rate_mbit` in each direction.
     pub fn create(rate_mbit: u32) -> Result<Self> {
+        let mut show = Command::new("ip");
+        show.args(["-o", "addr"]);
+        if let Some(line) = run_checked(show)?
+            .lines()
+            .find(|l| l.contains(&format!(" {RANGE_PREFIX}")))
+        {
+            return Err(crate::Error::Config {
+                field: "bandwidth-mbit",
+                detail: format!(
+                    "the shaped link's address range {RANGE_PREFIX}0/24 is already in use here ({}); remove that address or run without --bandwidth-mbit",
+                    line.split_whitespace()
+                        .take(4)
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                ),
+            });
+        }
         let pid = std::process::id();
         let namespace = format!("strata-bench-{pid}");
         let host_if = format!("sbh{}", pid % 100_000);

@@ -34,6 +34,9 @@ const TABLE_SYSTEMS: [System; 5] = [
     System::LocalFile,
 ];
 
+/// What "a small constant" above the memory quota is taken to mean.
+const SMALL_CONSTANT_MIB: f64 = 128.0;
+
 pub fn fmt_num(v: f64) -> String {
     if !v.is_finite() {
         "—".into()
@@ -187,6 +190,29 @@ fn targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
             10.0,
             "Strata epoch 2 / epoch 1",
         ));
+    }
+    if let Some(quota) = r.memory_quota_bytes {
+        let peak = r
+            .measurements
+            .iter()
+            .filter(|x| x.workload == "memory" && x.system == System::Strata && x.link == link)
+            .map(|x| x.value)
+            .fold(f64::NAN, f64::max);
+        let quota_mib = quota as f64 / (1024.0 * 1024.0);
+        out.push(Verdict {
+            target: format!(
+                "Strata peak RSS ≤ memory quota ({}) + {SMALL_CONSTANT_MIB} MiB",
+                fmt_num(quota_mib)
+            ),
+            measured: if peak.is_finite() {
+                format!("{} MiB (max over all sessions)", fmt_num(peak))
+            } else {
+                "not measured".into()
+            },
+            met: peak
+                .is_finite()
+                .then(|| peak <= quota_mib + SMALL_CONSTANT_MIB),
+        });
     }
     out.push(check(
         "list: warm ≥20x faster than cold",

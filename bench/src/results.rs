@@ -74,6 +74,9 @@ pub struct BenchResults {
     pub hit_ratio: Vec<HitRatioPoint>,
     /// Things that went wrong or were cut short, in words, for the report.
     pub notes: Vec<String>,
+    /// Strata's memory-tier quota in the last live run, for the memory-bound target.
+    #[serde(default)]
+    pub memory_quota_bytes: Option<u64>,
 }
 
 impl BenchResults {
@@ -121,6 +124,9 @@ impl BenchResults {
         self.versions.extend(newer.versions);
         self.settings.extend(newer.settings);
         self.machine = newer.machine;
+        if newer.memory_quota_bytes.is_some() {
+            self.memory_quota_bytes = newer.memory_quota_bytes;
+        }
     }
 
     /// Values of every run of one figure.
