@@ -11,6 +11,15 @@ use std::time::Duration;
 use strata_agent::api::client::AgentClient;
 use support::{is_mounted, sha256_file, write_tree};
 
+/// Detaches whatever a failed run left mounted at the dataset's mount point.
+struct DetachOnDrop(std::path::PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
 fn spawn_agent(work: &Path) -> Child {
     Command::new(env!("CARGO_BIN_EXE_strata-agent"))
         .args(["serve", "--socket"])
@@ -61,6 +70,7 @@ async fn restarted_agent_replaces_a_dead_mount() {
         .await
         .unwrap()
         .mount_path;
+    let _detach = DetachOnDrop(mount.clone());
     assert_eq!(
         sha256_file(&mount.join("labels/labels.csv")),
         files["labels/labels.csv"]
