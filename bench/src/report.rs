@@ -211,7 +211,7 @@ fn targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
             },
             met: peak
                 .is_finite()
-                .then(|| peak <= quota_mib + SMALL_CONSTANT_MIB),
+                .then_some(peak <= quota_mib + SMALL_CONSTANT_MIB),
         });
     }
     out.push(check(
