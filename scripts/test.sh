@@ -18,4 +18,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}"
 
+# The CSI conformance suite (csi-sanity, built with the control plane) against the
+# real plugin and agent.
+cargo build -q -p strata-agent -p strata-csi
+STRATA_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" csi/sanity/run.sh
+
 echo "make test: all passed in $(( $(date +%s) - start ))s"
