@@ -1,0 +1,1265 @@
+//! Strata end to end, the way a user meets it, on the local control plane:
+//!
+//! 1. `helm install` the chart; the operator Deployment's pod cannot run (no kubelet), so the
+//!    cargo-built `strata-operator` runs as a local process with exactly the Deployment's flags
+//!    and a token of the chart's operator ServiceAccount (so the chart's RBAC is what it gets);
+//! 2. a real S3 server (moto) on loopback with generated data;
+//! 3. two simulated nodes, each a `strata-agent serve` and a `strata-csi` process with its own
+//!    node name, cache dir, sockets and loopback address, standing in for the DaemonSet's pods;
+//!    the Secrets the DaemonSet mounts (`strata-datasets`, `strata-agent-token`) are synced into
+//!    each node's directories, as kubelet would;
+//! 4. a Secret, Dataset and CachePolicy applied with kubectl; the Dataset becomes Ready;
+//! 5. the preload Job's command, run as its pod would, takes `kubectl get datasets` from 0% to
+//!    100% (before the reads, which would otherwise cache everything themselves);
+//! 6. NodePublishVolume through each node's CSI socket with the PV's volume handle and as an
+//!    inline volume; every file read through the target path has the source's checksum (warm on
+//!    the preloaded node, cold on the other);
+//! 7. with the quota lowered below the data and every file read again, the pinned paths are
+//!    still served with the S3 server stopped;
+//! 8. deleting the Dataset drops the caches and mounts and removes the PV and PVC.
+//!
+//! Finally every process log and every API object (Secrets aside) is searched for the test
+//! credentials, which must appear nowhere.
+//!
+//! Needs root (FUSE and bind mounts), `moto_server` (`pip install 'moto[server]'`) and the local
+//! control plane (`e2e/cluster/cluster.sh`). The binaries are built with `cargo build` into the
+//! target directory of this test (or taken from `STRATA_E2E_BIN_DIR`).
+
+use std::collections::{BTreeMap, HashMap};
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
+use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::Api;
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use sha2::{Digest, Sha256};
+use strata_agent::api::client::AgentClient;
+use strata_crds::Dataset;
+use strata_csi::proto::node_client::NodeClient;
+use strata_csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use strata_csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
+use strata_e2e::{Cluster, TestNamespace, wait_until};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const BUCKET: &str = "strata-e2e";
+const DATASET: &str = "corpus";
+const POLICY: &str = "corpus-cache";
+/// The policy's quota in step 7, below the dataset's 17 MiB, above its 1.2 MiB of pins.
+const QUOTA_AFTER: u64 = 8 << 20;
+const WAIT: Duration = Duration::from_secs(90);
+/// Loopback addresses of the two simulated nodes (the agent API binds the chart's agentPort on
+/// each, as two hosts would).
+const NODE_IPS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+
+// ---------------------------------------------------------------------------------------------
+// Binaries and processes
+
+/// The workspace's binaries, built on demand into the target directory this test was built in
+/// (`<target>/<profile>/deps/end_to_end-*` → `<target>/<profile>/`), with the same profile.
+/// `STRATA_E2E_BIN_DIR` points at prebuilt ones instead.
+fn workspace_binaries(packages: &[&str]) -> Result<PathBuf> {
+    if let Some(dir) = std::env::var_os("STRATA_E2E_BIN_DIR") {
+        return Ok(PathBuf::from(dir));
+    }
+    let exe = std::env::current_exe()?;
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .context("test binary is not in <target>/<profile>/deps")?
+        .to_path_buf();
+    let target_dir = profile_dir
+        .parent()
+        .context("no target directory above the profile directory")?;
+    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
+        Some("debug") => "dev",
+        Some(other) => other,
+        None => bail!("profile directory {} has no name", profile_dir.display()),
+    };
+    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+    let mut command = Command::new(&cargo);
+    command
+        .args(["build", "--bins", "--profile", profile, "--target-dir"])
+        .arg(target_dir)
+        .current_dir(env!("CARGO_MANIFEST_DIR"));
+    for package in packages {
+        command.args(["-p", package]);
+    }
+    let status = command
+        .status()
+        .with_context(|| format!("running {cargo} build"))?;
+    ensure!(
+        status.success(),
+        "cargo build of {packages:?} failed: {status}"
+    );
+    Ok(profile_dir)
+}
+
+/// A local process standing in for a pod's container; its output goes to `<logs>/<name>.log`.
+/// Dropping it sends SIGTERM (so an agent unmounts its FUSE file systems), then SIGKILL.
+struct Process {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl Process {
+    fn spawn(
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+        logs: &Path,
+    ) -> Result<Process> {
+        let log = logs.join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {}", program.display()))?;
+        Ok(Process {
+            name: name.to_string(),
+            child,
+            log,
+        })
+    }
+
+    /// Fails with the log's tail if the process has exited.
+    fn check_running(&mut self) -> Result<()> {
+        if let Some(status) = self.child.try_wait()? {
+            bail!("{} exited ({status}):\n{}", self.name, tail(&self.log, 30));
+        }
+        Ok(())
+    }
+
+    fn terminate(&mut self) {
+        if self.child.try_wait().ok().flatten().is_some() {
+            return;
+        }
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if self.child.try_wait().ok().flatten().is_some() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Process {
+    fn drop(&mut self) {
+        self.terminate();
+    }
+}
+
+fn tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+fn free_port(ip: &str) -> Result<u16> {
+    Ok(TcpListener::bind((ip, 0))?.local_addr()?.port())
+}
+
+async fn wait_for_port(addr: SocketAddr, process: &mut Process) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while TcpStream::connect(addr).is_err() {
+        process.check_running()?;
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not listen on {addr}",
+            process.name
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+async fn wait_for_socket(path: &Path, process: &mut Process) -> Result<()> {
+    let deadline = Instant::now() + WAIT;
+    while tokio::net::UnixStream::connect(path).await.is_err() {
+        process.check_running()?;
+        ensure!(
+            Instant::now() < deadline,
+            "{} did not listen on {}",
+            process.name,
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The S3 server and its data
+
+/// moto's S3 server on loopback. It accepts any credentials (it checks no signatures), so the
+/// objects are uploaded with plain PUTs; the agents still sign with the test credentials.
+struct S3Server {
+    process: Process,
+    addr: SocketAddr,
+}
+
+impl S3Server {
+    async fn start(logs: &Path) -> Result<S3Server> {
+        let port = free_port("127.0.0.1")?;
+        let program = PathBuf::from("moto_server");
+        let mut process = Process::spawn(
+            "moto",
+            &program,
+            &[
+                "-H".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+            ],
+            &[],
+            logs,
+        )
+        .context("moto_server not found: install it with `pip install 'moto[server]'`")?;
+        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+        wait_for_port(addr, &mut process).await?;
+        Ok(S3Server { process, addr })
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Stops the server, so what still reads can only come from the caches.
+    fn stop(mut self) {
+        self.process.terminate();
+    }
+
+    fn put(&self, path: &str, body: &[u8]) -> Result<()> {
+        let mut s = TcpStream::connect(self.addr)?;
+        write!(
+            s,
+            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            self.addr,
+            body.len()
+        )?;
+        s.write_all(body)?;
+        let mut response = String::new();
+        s.read_to_string(&mut response)?;
+        ensure!(
+            response.starts_with("HTTP/1.1 200"),
+            "PUT {path}: {}",
+            response.lines().next().unwrap_or("")
+        );
+        Ok(())
+    }
+}
+
+/// Deterministic pseudo-random bytes (xorshift64*), so every file differs and block mix-ups
+/// show in the checksums.
+fn generated(seed: u64, len: usize) -> Vec<u8> {
+    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut out = Vec::with_capacity(len + 8);
+    while out.len() < len {
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    hex_string(&Sha256::digest(bytes))
+}
+
+fn hex_string(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The test data: dataset path → (sha256, size). `/pinned/**` is what the policy pins.
+fn upload_data(s3: &S3Server) -> Result<BTreeMap<String, (String, u64)>> {
+    s3.put(&format!("/{BUCKET}"), b"")?;
+    let mut files = vec![
+        ("train/shard-000.bin".to_string(), 3 << 20),
+        ("train/shard-001.bin".to_string(), (5 << 20) + 17),
+        ("train/shard-002.bin".to_string(), 4 << 20),
+        ("train/shard-003.bin".to_string(), 4 << 20),
+        ("train/empty.bin".to_string(), 0),
+        ("pinned/labels.csv".to_string(), (1 << 20) + 5),
+        ("pinned/vocab/words.txt".to_string(), 200_000),
+    ];
+    for i in 0..12 {
+        files.push((format!("train/small/{i:02}.json"), 1000 + i * 777));
+    }
+    let mut sums = BTreeMap::new();
+    for (seed, (key, len)) in files.into_iter().enumerate() {
+        let body = generated(seed as u64 + 1, len);
+        s3.put(&format!("/{BUCKET}/data/{key}"), &body)?;
+        sums.insert(format!("/{key}"), (sha256(&body), len as u64));
+    }
+    Ok(sums)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Simulated nodes
+
+struct Node {
+    name: String,
+    ip: &'static str,
+    dir: PathBuf,
+    agent: Process,
+    csi: Process,
+    csi_client: NodeClient<Channel>,
+}
+
+impl Node {
+    fn datasets_dir(&self) -> PathBuf {
+        self.dir.join("datasets")
+    }
+
+    fn mount_root(&self) -> PathBuf {
+        self.dir.join("mounts")
+    }
+
+    fn cache_dir(&self) -> PathBuf {
+        self.dir.join("cache")
+    }
+
+    /// A kubelet-like target path: the parent exists, the target does not.
+    fn target(&self, pod: &str) -> Result<PathBuf> {
+        let parent = self
+            .dir
+            .join("kubelet/pods")
+            .join(pod)
+            .join("volumes/kubernetes.io~csi/data");
+        std::fs::create_dir_all(&parent)?;
+        Ok(parent.join("mount"))
+    }
+}
+
+/// Writes the keys of `secret` as files into `dir`, as kubelet does for a Secret volume: a new
+/// file appears whole (written beside and renamed), a removed key disappears.
+fn sync_secret_to_dir(secret: &Secret, dir: &Path, staging: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(staging)?;
+    let data = secret.data.clone().unwrap_or_default();
+    for (key, value) in &data {
+        let path = dir.join(key);
+        if std::fs::read(&path).ok().as_deref() == Some(value.0.as_slice()) {
+            continue;
+        }
+        let temporary = staging.join(key);
+        std::fs::write(&temporary, &value.0)?;
+        std::fs::rename(&temporary, &path)?;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !data.contains_key(&name) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// Keeps every node's `datasets/` and `token/` equal to the two Secrets, every 300 ms, until
+/// the returned handle is aborted.
+fn spawn_secret_sync(
+    client: kube::Client,
+    namespace: String,
+    node_dirs: Vec<PathBuf>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let secrets: Api<Secret> = Api::namespaced(client, &namespace);
+        loop {
+            for (secret, sub) in [
+                ("strata-datasets", "datasets"),
+                ("strata-agent-token", "token"),
+            ] {
+                if let Ok(Some(s)) = secrets.get_opt(secret).await {
+                    for dir in &node_dirs {
+                        if let Err(e) =
+                            sync_secret_to_dir(&s, &dir.join(sub), &dir.join(".staging"))
+                        {
+                            eprintln!("syncing Secret {secret} into {}: {e:#}", dir.display());
+                        }
+                    }
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+    })
+}
+
+async fn csi_connect(socket: PathBuf) -> Result<NodeClient<Channel>> {
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(NodeClient::new(channel))
+}
+
+fn publish_request(
+    volume_id: &str,
+    target: &Path,
+    context: HashMap<String, String>,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.to_string_lossy().into(),
+        volume_capability: Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: access_mode::Mode::MultiNodeReaderOnly as i32,
+            }),
+        }),
+        readonly: true,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+/// Every regular file under `root`, as dataset path → sha256 of what a read returns.
+fn checksums_under(root: &Path) -> Result<BTreeMap<String, String>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            let path = entry.path();
+            if entry.file_type()?.is_dir() {
+                stack.push(path);
+            } else {
+                let bytes =
+                    std::fs::read(&path).with_context(|| format!("reading {}", path.display()))?;
+                let relative = path.strip_prefix(root)?.to_string_lossy().into_owned();
+                out.insert(format!("/{relative}"), sha256(&bytes));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn mounts_under(dir: &Path) -> Result<Vec<String>> {
+    let table = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let prefix = dir.to_string_lossy().replace(' ', "\\040");
+    Ok(table
+        .lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|m| m.starts_with(prefix.as_str()))
+        .map(str::to_string)
+        .collect())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifests
+
+fn manifests(tenant: &str, endpoint: &str, key_id: &str, secret_key: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: s3-creds
+  namespace: {tenant}
+type: Opaque
+stringData:
+  AWS_ACCESS_KEY_ID: {key_id}
+  AWS_SECRET_ACCESS_KEY: {secret_key}
+---
+apiVersion: strata.dev/v1alpha1
+kind: Dataset
+metadata:
+  name: {DATASET}
+  namespace: {tenant}
+  labels:
+    team: e2e
+spec:
+  sources:
+    - name: corpus
+      uri: s3://{BUCKET}/data/
+      mountPath: /
+      endpoint: {endpoint}
+      region: us-east-1
+      credentialsSecretRef:
+        name: s3-creds
+      options:
+        allow_http: "true"
+  policyRef:
+    name: {POLICY}
+---
+apiVersion: strata.dev/v1alpha1
+kind: CachePolicy
+metadata:
+  name: {POLICY}
+  namespace: {tenant}
+spec:
+  datasetSelector:
+    matchLabels:
+      team: e2e
+  quota: 64Mi
+  tiers: [Memory, SSD]
+  eviction: LRU
+  blockSize: 1Mi
+  replicas: 1
+  metadata:
+    ttl: 1h
+  pin:
+    - paths: ["/pinned/**"]
+  preload:
+    - paths: ["/**"]
+"#
+    )
+}
+
+// ---------------------------------------------------------------------------------------------
+// Steps
+
+async fn dataset_status(cluster: &Cluster, tenant: &str) -> Result<serde_json::Value> {
+    let out = cluster
+        .kubectl(&["-n", tenant, "get", "dataset", DATASET, "-o", "json"])
+        .await?;
+    let value: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(value["status"].clone())
+}
+
+/// The args of one container of the node DaemonSet, after checking it runs the binary the
+/// test runs in its place.
+fn daemon_set_args(daemon_set: &DaemonSet, container: &str) -> Result<Vec<String>> {
+    let pod = daemon_set
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .context("DaemonSet without a pod spec")?;
+    let c = pod
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .with_context(|| format!("DaemonSet has no container {container}"))?;
+    let binary = if container == "agent" {
+        "strata-agent"
+    } else {
+        "strata-csi"
+    };
+    ensure!(
+        c.command.as_deref() == Some(&[binary.to_string()][..]),
+        "container {container} runs {:?}, not {binary}",
+        c.command
+    );
+    Ok(c.args.clone().unwrap_or_default())
+}
+
+/// The Job's one container's args, with the Job's pod environment applied: the node's IP and
+/// the token mounted from `strata-token-<policy>`.
+fn job_command(job: &Job, node: &Node, token_file: &Path) -> Result<Vec<String>> {
+    let spec = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .context("Job without a pod spec")?;
+    let container = &spec.containers[0];
+    ensure!(
+        container.command.as_deref() == Some(&["strata-agent".to_string()][..]),
+        "Job runs {:?}, not strata-agent",
+        container.command
+    );
+    let token = token_file.to_string_lossy();
+    Ok(container
+        .args
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            a.replace("$(STRATA_NODE_IP)", node.ip)
+                .replace("/var/run/strata/token", &token)
+        })
+        .collect())
+}
+
+async fn jobs_of_kind(api: &Api<Job>, kind: &str) -> Result<Vec<Job>> {
+    Ok(api
+        .list(&ListParams::default().labels(&format!("strata.dev/job-kind={kind}")))
+        .await?
+        .items)
+}
+
+#[tokio::test]
+async fn strata_end_to_end() -> Result<()> {
+    let started = Instant::now();
+    let step = |n: u32, what: &str| {
+        eprintln!(
+            "step {n} ok after {:.1}s: {what}",
+            started.elapsed().as_secs_f64()
+        );
+    };
+    let cluster = Cluster::shared().await?;
+    let bins = tokio::task::spawn_blocking(|| {
+        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi"])
+    })
+    .await??;
+    let system = TestNamespace::create(cluster, "e2e-system").await?;
+    let tenant = TestNamespace::create(cluster, "e2e-tenant").await?;
+    let client = cluster.client().await?;
+    // Kept when the test fails (logs, node directories); removed at the end of a passing run.
+    let run = tempfile::Builder::new()
+        .prefix("strata-e2e-")
+        .tempdir()?
+        .keep();
+    let logs = run.join("logs");
+    std::fs::create_dir_all(&logs)?;
+    eprintln!("logs in {}", logs.display());
+
+    // 1. The chart, and the operator as the Deployment would run it.
+    let release = system.name().to_string();
+    let agent_port = free_port(NODE_IPS[0])?;
+    let chart = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../charts/strata");
+    cluster
+        .helm(&[
+            "install",
+            &release,
+            &chart.to_string_lossy(),
+            "-n",
+            system.name(),
+            "--set",
+            &format!(
+                "operator.watchNamespace={},node.agentPort={agent_port},logLevel=debug",
+                tenant.name()
+            ),
+            "--set",
+            "node.cache.memory.size=64Mi,node.cache.disk.size=256Mi",
+            "--set",
+            "operator.leaderElection.leaseDuration=4s,operator.sourceCheckTimeout=5s",
+        ])
+        .await?;
+    let operator_name = format!("{release}-operator");
+    let deployment = system.api::<Deployment>().get(&operator_name).await?;
+    let pod = deployment
+        .spec
+        .template
+        .spec
+        .context("operator Deployment without a pod spec")?;
+    let operator_port = free_port("127.0.0.1")?;
+    let operator_args: Vec<String> = pod.containers[0]
+        .args
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| {
+            if a.starts_with("--metrics-addr=") {
+                format!("--metrics-addr=127.0.0.1:{operator_port}")
+            } else {
+                a.replace("$(POD_NAME)", &format!("{operator_name}-local"))
+            }
+        })
+        .collect();
+    let operator_kubeconfig = run.join("operator.kubeconfig");
+    cluster
+        .write_service_account_kubeconfig(system.name(), &operator_name, &operator_kubeconfig)
+        .await?;
+    let mut operator = Process::spawn(
+        "operator",
+        &bins.join("strata-operator"),
+        &operator_args,
+        &[("KUBECONFIG", &operator_kubeconfig.to_string_lossy())],
+        &logs,
+    )?;
+    wait_for_port(([127, 0, 0, 1], operator_port).into(), &mut operator).await?;
+    let secrets = system.api::<Secret>();
+    wait_until("the operator to mint the agent token", WAIT, || async {
+        secrets.get_opt("strata-agent-token").await
+    })
+    .await?;
+    let daemon_set = wait_until("the node DaemonSet", WAIT, || async {
+        system.api::<DaemonSet>().get_opt("strata-node").await
+    })
+    .await?;
+    Api::<CSIDriver>::all(client.clone())
+        .get("csi.strata.dev")
+        .await?;
+    step(
+        1,
+        "chart installed, operator running with its flags and RBAC",
+    );
+
+    // 2. S3 with generated data.
+    let s3 = S3Server::start(&logs).await?;
+    let files = upload_data(&s3)?;
+    let sums: BTreeMap<String, String> = files
+        .iter()
+        .map(|(path, (sum, _))| (path.clone(), sum.clone()))
+        .collect();
+    step(
+        2,
+        &format!("S3 on {} with {} files", s3.endpoint(), sums.len()),
+    );
+
+    // 3. Two nodes.
+    let agent_kubeconfig = run.join("agent.kubeconfig");
+    cluster
+        .write_service_account_kubeconfig(
+            system.name(),
+            &format!("{release}-agent"),
+            &agent_kubeconfig,
+        )
+        .await?;
+    let suffix = &system.name()[system.name().len() - 6..];
+    let node_dirs: Vec<PathBuf> = (0..2).map(|i| run.join(format!("node-{i}"))).collect();
+    for dir in &node_dirs {
+        for sub in ["datasets", "token", "cache", "mounts", "kubelet"] {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+    }
+    let sync = spawn_secret_sync(client.clone(), system.name().to_string(), node_dirs.clone());
+    let mut nodes = Vec::new();
+    for (i, dir) in node_dirs.iter().enumerate() {
+        let name = format!("e2e-node-{i}-{suffix}");
+        let ip = NODE_IPS[i];
+        let token = dir.join("token/token");
+        wait_until("the agent token file", WAIT, || async {
+            Ok::<_, std::io::Error>(token.exists().then_some(()))
+        })
+        .await?;
+        let p = |sub: &str| dir.join(sub).to_string_lossy().into_owned();
+        // The DaemonSet's own command lines, with the pod's paths mapped into this node's
+        // directory (the hostPath and Secret volumes) and its environment expanded.
+        let pod_paths = [
+            ("/etc/strata/datasets", p("datasets")),
+            ("/var/run/strata/token", p("token/token")),
+            ("/run/strata/agent.sock", p("agent.sock")),
+            ("/var/lib/strata/mounts", p("mounts")),
+            ("/var/cache/strata", p("cache")),
+            ("unix:///csi/csi.sock", format!("unix://{}", p("csi.sock"))),
+            ("$(NODE_NAME)", name.clone()),
+            (
+                &format!("0.0.0.0:{agent_port}"),
+                format!("{ip}:{agent_port}"),
+            ),
+        ];
+        let from_pod = |container: &str| -> Result<Vec<String>> {
+            let args = daemon_set_args(&daemon_set, container)?;
+            Ok(args
+                .into_iter()
+                .map(|mut arg| {
+                    for (pod_path, local) in &pod_paths {
+                        arg = arg.replace(pod_path, local);
+                    }
+                    arg
+                })
+                .collect())
+        };
+        let mut agent_args = from_pod("agent")?;
+        // Test pacing, and the advertised URL the DaemonSet does not set.
+        agent_args.extend([
+            "--datasets-rescan".into(),
+            "1s".into(),
+            "--status-interval".into(),
+            "2s".into(),
+            "--advertise-url".into(),
+            format!("http://{ip}:{agent_port}"),
+        ]);
+        let kubeconfig = agent_kubeconfig.to_string_lossy().into_owned();
+        let mut agent = Process::spawn(
+            &format!("agent-{i}"),
+            &bins.join("strata-agent"),
+            &agent_args,
+            &[
+                ("KUBECONFIG", &kubeconfig),
+                ("NODE_NAME", &name),
+                ("STRATA_LOG", "debug"),
+            ],
+            &logs,
+        )?;
+        wait_for_socket(&dir.join("agent.sock"), &mut agent).await?;
+        wait_for_port(format!("{ip}:{agent_port}").parse()?, &mut agent).await?;
+        let csi_args = from_pod("csi")?;
+        let mut csi = Process::spawn(
+            &format!("csi-{i}"),
+            &bins.join("strata-csi"),
+            &csi_args,
+            &[("STRATA_LOG", "debug")],
+            &logs,
+        )?;
+        wait_for_socket(&dir.join("csi.sock"), &mut csi).await?;
+        let csi_client = csi_connect(dir.join("csi.sock")).await?;
+        nodes.push(Node {
+            name,
+            ip,
+            dir: dir.clone(),
+            agent,
+            csi,
+            csi_client,
+        });
+    }
+    step(3, "two nodes: agent and CSI plugin each");
+
+    // 4. Secret, Dataset, CachePolicy; Ready.
+    let key_id = format!("AKIASTRATAE2E{}", suffix.to_ascii_uppercase());
+    let secret_key = format!("strataE2eSecret{suffix}x{}", sha256(suffix.as_bytes()));
+    cluster
+        .apply(&manifests(
+            tenant.name(),
+            &s3.endpoint(),
+            &key_id,
+            &secret_key,
+        ))
+        .await?;
+    let ready = wait_until("Dataset Ready", WAIT, || async {
+        let status = dataset_status(cluster, tenant.name()).await?;
+        Ok::<_, anyhow::Error>((status["phase"] == "Ready").then_some(status))
+    })
+    .await;
+    let ready = match ready {
+        Ok(status) => status,
+        Err(e) => bail!(
+            "{e}; status: {}; operator log: {}",
+            dataset_status(cluster, tenant.name()).await?,
+            operator.log.display()
+        ),
+    };
+    eprintln!("Dataset status: {ready}");
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pv = wait_until("the Dataset's PersistentVolume", WAIT, || async {
+        let list = pvs
+            .list(&ListParams::default().labels(&format!(
+                "strata.dev/dataset={DATASET},strata.dev/dataset-namespace={}",
+                tenant.name()
+            )))
+            .await?;
+        Ok::<_, kube::Error>(list.items.into_iter().next())
+    })
+    .await?;
+    let pvc = tenant
+        .api::<PersistentVolumeClaim>()
+        .get(DATASET)
+        .await
+        .context("the Dataset's PersistentVolumeClaim")?;
+    let csi_source = pv
+        .spec
+        .as_ref()
+        .and_then(|s| s.csi.clone())
+        .context("PV without a CSI source")?;
+    assert_eq!(csi_source.driver, "csi.strata.dev");
+    assert_eq!(
+        pvc.spec.as_ref().and_then(|s| s.volume_name.clone()),
+        pv.metadata.name.clone()
+    );
+    let config_key = format!("{}.{DATASET}.yaml", tenant.name());
+    for node in &nodes {
+        let file = node.datasets_dir().join(&config_key);
+        wait_until("the dataset config on every node", WAIT, || async {
+            Ok::<_, std::io::Error>(file.exists().then_some(()))
+        })
+        .await?;
+    }
+    step(4, "Dataset Ready, PV and PVC bound, config on every node");
+
+    // 5. The preload Job's command, as its pod runs it (on node 0), takes the Dataset from
+    // nothing cached to `kubectl get datasets` showing 100%.
+    let before = dataset_status(cluster, tenant.name()).await?;
+    ensure!(
+        before["cachedPercent"].as_i64().unwrap_or(0) < 100,
+        "cached before any read or preload: {before}"
+    );
+    let jobs = tenant.api::<Job>();
+    let preload = wait_until("the preload Job", WAIT, || async {
+        Ok::<_, anyhow::Error>(jobs_of_kind(&jobs, "preload").await?.into_iter().next())
+    })
+    .await?;
+    let job_token = wait_until("the agent token copied for the jobs", WAIT, || async {
+        tenant
+            .api::<Secret>()
+            .get_opt(&format!("strata-token-{POLICY}"))
+            .await
+    })
+    .await?;
+    let job_dir = run.join("job");
+    sync_secret_to_dir(
+        &job_token,
+        &job_dir.join("token"),
+        &job_dir.join(".staging"),
+    )?;
+    let job_token_file = job_dir.join("token/token");
+    let args = job_command(&preload, &nodes[0], &job_token_file)?;
+    let preload_log = logs.join("preload-job.log");
+    let status = Command::new(bins.join("strata-agent"))
+        .args(&args)
+        .env("STRATA_LOG", "debug")
+        .stdout(std::fs::File::create(&preload_log)?)
+        .stderr(std::fs::File::create(logs.join("preload-job.err.log"))?)
+        .status()?;
+    ensure!(
+        status.success(),
+        "preload job {args:?} failed: {}\n{}",
+        tail(&preload_log, 20),
+        tail(&logs.join("preload-job.err.log"), 20)
+    );
+    wait_until("kubectl get datasets to show 100%", WAIT, || async {
+        let out = cluster
+            .kubectl(&["-n", tenant.name(), "get", "datasets"])
+            .await?;
+        let status = dataset_status(cluster, tenant.name()).await?;
+        Ok::<_, anyhow::Error>((status["cachedPercent"] == 100).then_some(out))
+    })
+    .await
+    .map(|table| eprintln!("{table}"))?;
+    step(
+        5,
+        "preload job ran; kubectl get datasets went from 0% to 100%",
+    );
+
+    // 6. Publish through each node's CSI socket, persistent and inline; read everything (warm
+    // on node 0, which was preloaded, cold from S3 on node 1).
+    let mut published: Vec<(usize, String, PathBuf)> = Vec::new();
+    for (i, node) in nodes.iter_mut().enumerate() {
+        let mut context: HashMap<String, String> = csi_source
+            .volume_attributes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        context.insert(
+            "csi.storage.k8s.io/pod.namespace".into(),
+            tenant.name().into(),
+        );
+        context.insert("csi.storage.k8s.io/pod.name".into(), "reader".into());
+        let target = node.target("pod-pvc")?;
+        let handle = csi_source.volume_handle.clone();
+        // The agent picks the dataset up from its datasets dir within a rescan.
+        wait_until("NodePublishVolume of the PV", WAIT, || {
+            let mut client = node.csi_client.clone();
+            let request = publish_request(&handle, &target, context.clone());
+            async move { client.node_publish_volume(request).await.map(Some) }
+        })
+        .await?;
+        published.push((i, handle.clone(), target.clone()));
+        let read = checksums_under(&target)?;
+        assert_eq!(
+            read, sums,
+            "node {i}: files through the PV differ from the source"
+        );
+
+        let inline_id = format!("csi-inline-{i}-{suffix}");
+        let target = node.target("pod-inline")?;
+        let context: HashMap<String, String> = [
+            ("dataset", DATASET),
+            ("subPath", "/pinned"),
+            ("csi.storage.k8s.io/ephemeral", "true"),
+            ("csi.storage.k8s.io/pod.namespace", tenant.name()),
+            ("csi.storage.k8s.io/pod.name", "inline-reader"),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        node.csi_client
+            .node_publish_volume(publish_request(&inline_id, &target, context))
+            .await?;
+        published.push((i, inline_id, target.clone()));
+        let read = checksums_under(&target)?;
+        let expected: BTreeMap<String, String> = sums
+            .iter()
+            .filter_map(|(k, v)| {
+                k.strip_prefix("/pinned")
+                    .map(|k| (k.to_string(), v.clone()))
+            })
+            .collect();
+        assert_eq!(
+            read, expected,
+            "node {i}: inline volume with subPath /pinned"
+        );
+
+        // Another namespace's pod cannot name this dataset.
+        let foreign = node.target("pod-foreign")?;
+        let context: HashMap<String, String> = [
+            ("dataset", format!("{}/{DATASET}", tenant.name())),
+            ("csi.storage.k8s.io/ephemeral", "true".into()),
+            ("csi.storage.k8s.io/pod.namespace", "intruder".into()),
+        ]
+        .into_iter()
+        .map(|(k, v)| (k.to_string(), v))
+        .collect();
+        let refused = node
+            .csi_client
+            .node_publish_volume(publish_request("csi-foreign", &foreign, context))
+            .await
+            .expect_err("a pod of another namespace mounted the dataset");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::PermissionDenied | tonic::Code::NotFound
+            ),
+            "{refused:?}"
+        );
+        node.agent.check_running()?;
+        node.csi.check_running()?;
+    }
+    step(
+        6,
+        "PV and inline volumes published on both nodes, every checksum equal",
+    );
+
+    // 7. Pinned paths stay when the cache overflows its quota.
+    let pins = wait_until("the pin Job", WAIT, || async {
+        Ok::<_, anyhow::Error>(jobs_of_kind(&jobs, "pin").await?.into_iter().next())
+    })
+    .await?;
+    for node in &nodes {
+        let args = job_command(&pins, node, &job_token_file)?;
+        let out = Command::new(bins.join("strata-agent"))
+            .args(&args)
+            .env("STRATA_LOG", "debug")
+            .output()?;
+        std::fs::write(
+            logs.join(format!("pin-job-{}.log", node.name)),
+            [out.stdout, out.stderr].concat(),
+        )?;
+        ensure!(
+            out.status.success(),
+            "pin job {args:?} failed on {}",
+            node.name
+        );
+    }
+    // Quota below the data: reading everything again must evict, and only unpinned blocks.
+    Api::<strata_crds::CachePolicy>::namespaced(client.clone(), tenant.name())
+        .patch(
+            POLICY,
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"spec": {"quota": QUOTA_AFTER.to_string()}})),
+        )
+        .await?;
+    for node in &nodes {
+        let file = node.datasets_dir().join(&config_key);
+        wait_until("the lowered quota on every node", WAIT, || async {
+            let text = std::fs::read_to_string(&file)?;
+            Ok::<_, std::io::Error>(
+                text.contains(&format!("quota: {QUOTA_AFTER}"))
+                    .then_some(()),
+            )
+        })
+        .await?;
+    }
+    // Read through each agent's token-guarded API, as a peer would: unlike re-reading the
+    // mount, this cannot be answered from the kernel's page cache.
+    let token = std::fs::read_to_string(&job_token_file)?.trim().to_string();
+    let agents: Vec<AgentClient> = nodes
+        .iter()
+        .map(|n| {
+            AgentClient::from_url(
+                &format!("http://{}:{agent_port}", n.ip),
+                Some(token.clone()),
+            )
+        })
+        .collect::<std::result::Result<_, _>>()?;
+    let anonymous = AgentClient::from_url(&format!("http://{}:{agent_port}", nodes[0].ip), None)?;
+    let refused = anonymous
+        .usage(tenant.name(), DATASET)
+        .await
+        .expect_err("the agent API answered a request without the token");
+    ensure!(
+        refused.status().map(|s| s.as_u16()) == Some(401),
+        "{refused}"
+    );
+    for (i, agent) in agents.iter().enumerate() {
+        for (path, (sum, _)) in &files {
+            let bytes = agent.read(tenant.name(), DATASET, path).await?;
+            ensure!(
+                &sha256(&bytes) == sum,
+                "node {i}: {path} read past the quota"
+            );
+        }
+    }
+    s3.stop();
+    for (i, agent) in agents.iter().enumerate() {
+        let mut unpinned_still_cached = 0u64;
+        let mut unpinned_evicted = 0;
+        for (path, (sum, size)) in &files {
+            let read = agent.read(tenant.name(), DATASET, path).await;
+            match (path.starts_with("/pinned/"), read) {
+                (true, Ok(bytes)) => ensure!(&sha256(&bytes) == sum, "node {i}: pinned {path}"),
+                (true, Err(e)) => bail!("node {i}: pinned {path} not cached: {e}"),
+                (false, Ok(bytes)) => {
+                    ensure!(&sha256(&bytes) == sum, "node {i}: {path}");
+                    unpinned_still_cached += size;
+                }
+                (false, Err(_)) => unpinned_evicted += 1,
+            }
+        }
+        ensure!(
+            unpinned_evicted > 0 && unpinned_still_cached <= QUOTA_AFTER,
+            "node {i}: with S3 stopped, {unpinned_still_cached} unpinned bytes still read and \
+             {unpinned_evicted} files not: the {QUOTA_AFTER}-byte quota was not enforced"
+        );
+        eprintln!(
+            "node {i}: S3 stopped; pinned files all read, {unpinned_evicted} unpinned files \
+             evicted, {unpinned_still_cached} unpinned bytes still cached"
+        );
+    }
+    step(7, "past the quota, pinned paths still read with S3 stopped");
+
+    // 8. Pods go (kubelet unpublishes), the Dataset is deleted: caches, mounts, PV, PVC gone.
+    for (i, id, target) in &published {
+        nodes[*i]
+            .csi_client
+            .node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: id.clone(),
+                target_path: target.to_string_lossy().into(),
+            })
+            .await?;
+    }
+    Api::<Dataset>::namespaced(client.clone(), tenant.name())
+        .delete(DATASET, &DeleteParams::default())
+        .await?;
+    wait_until("the Dataset to be gone", WAIT, || async {
+        let found = Api::<Dataset>::namespaced(client.clone(), tenant.name())
+            .get_opt(DATASET)
+            .await?;
+        Ok::<_, kube::Error>(found.is_none().then_some(()))
+    })
+    .await?;
+    let pv_name = pv.metadata.name.clone().unwrap_or_default();
+    wait_until("the PV and PVC to be removed", WAIT, || async {
+        let pv = pvs.get_opt(&pv_name).await?;
+        let pvc = tenant
+            .api::<PersistentVolumeClaim>()
+            .get_opt(DATASET)
+            .await?;
+        Ok::<_, kube::Error>((pv.is_none() && pvc.is_none()).then_some(()))
+    })
+    .await?;
+    // A node that keeps the dataset is recorded and the credential check still runs; the test
+    // fails at the end with everything that went wrong.
+    let mut failures = Vec::new();
+    for node in &nodes {
+        let mounts = node.mount_root();
+        let cache = node.cache_dir();
+        let kubelet = node.dir.join("kubelet");
+        let dropped = wait_until(
+            "the node to drop the dataset's mounts and cache",
+            WAIT,
+            || async {
+                let left = mounts_under(&mounts)?;
+                let pods = mounts_under(&kubelet)?;
+                let cached = cached_objects(&cache)?;
+                Ok::<_, anyhow::Error>(
+                    (left.is_empty() && pods.is_empty() && cached == 0).then_some(()),
+                )
+            },
+        )
+        .await;
+        if let Err(e) = dropped {
+            failures.push(format!(
+                "step 8, {}: {e}: FUSE mounts {:?}, pod mounts {:?}, cached objects left {:?}",
+                node.name,
+                mounts_under(&mounts)?,
+                mounts_under(&kubelet)?,
+                cached_objects(&cache)?
+            ));
+        }
+    }
+    if failures.is_empty() {
+        step(
+            8,
+            "Dataset deleted: caches dropped, mounts gone, PV and PVC removed",
+        );
+    }
+
+    // No credential anywhere: process logs, API objects (Secrets are where they belong).
+    let mut everything = String::new();
+    for entry in std::fs::read_dir(&logs)? {
+        everything.push_str(&std::fs::read_to_string(entry?.path()).unwrap_or_default());
+    }
+    let kinds = cluster
+        .kubectl(&["api-resources", "--verbs=list", "-o", "name"])
+        .await?;
+    let kinds: Vec<&str> = kinds.lines().filter(|k| *k != "secrets").collect();
+    everything.push_str(
+        &cluster
+            .kubectl(&["get", &kinds.join(","), "--all-namespaces", "-o", "yaml"])
+            .await?,
+    );
+    for credential in [&key_id, &secret_key] {
+        let encoded = base64(credential.as_bytes());
+        for form in [credential.as_str(), encoded.as_str()] {
+            if let Some(at) = everything.find(form) {
+                let start = at.saturating_sub(300);
+                bail!(
+                    "a test credential appears outside its Secret:\n...{}...",
+                    &everything[start..(at + form.len() + 100).min(everything.len())]
+                );
+            }
+        }
+    }
+    step(9, "no credential in any log or object");
+
+    ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    sync.abort();
+    drop(nodes);
+    operator.terminate();
+    cluster
+        .helm(&["uninstall", &release, "-n", system.name(), "--wait"])
+        .await?;
+    tenant.cleanup().await?;
+    system.cleanup().await?;
+    std::fs::remove_dir_all(&run)?;
+    Ok(())
+}
+
+/// Cached object files (`<id>.data`) left under a node's cache directory.
+fn cached_objects(dir: &Path) -> Result<u64> {
+    let mut total = 0;
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let meta = entry.metadata()?;
+            if meta.is_dir() {
+                stack.push(entry.path());
+            } else if entry.path().extension().is_some_and(|e| e == "data") {
+                total += 1;
+            }
+        }
+    }
+    Ok(total)
+}
+
+fn base64(bytes: &[u8]) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in bytes.chunks(3) {
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
+        let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(ALPHABET[((n >> (18 - 6 * i)) & 63) as usize]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
