@@ -86,6 +86,9 @@ pub struct Source {
     secrets: Vec<String>,
     metrics: Arc<Metrics>,
     dataset: String,
+    /// Local sources: the directory, canonical. object_store follows symlinks, so every
+    /// entry is resolved and checked against it (see [`Source::escapes_local_root`]).
+    local_root: Option<std::path::PathBuf>,
 }
 
 impl fmt::Debug for Source {
@@ -115,6 +118,16 @@ impl Source {
             Error::config(format!("source {:?} mountPath", cfg.name), e.to_string())
         })?;
         let (store, prefix) = build_store(cfg)?;
+        let local_root = local_dir(&cfg.uri)
+            .map(|dir| {
+                std::fs::canonicalize(dir).map_err(|e| {
+                    Error::config(
+                        format!("source {:?} uri", cfg.name),
+                        format!("local directory {dir:?}: {e}"),
+                    )
+                })
+            })
+            .transpose()?;
         let mut secrets = Vec::new();
         if let Some(c) = &cfg.credentials {
             for s in [
@@ -148,6 +161,7 @@ impl Source {
             secrets,
             metrics,
             dataset: dataset.to_string(),
+            local_root,
         })
     }
 
@@ -170,6 +184,7 @@ impl Source {
             secrets: Vec::new(),
             metrics,
             dataset: String::new(),
+            local_root: None,
         }
     }
 
@@ -202,6 +217,32 @@ impl Source {
     /// endpoint, bucket or credential is reported at startup with the source's name.
     pub async fn check(&self) -> Result<()> {
         self.list_dir("").await.map(|_| ())
+    }
+
+    /// True when `key` of a local source resolves (through symlinks) to something outside
+    /// the source directory: such entries are treated as absent, so a link like
+    /// `ln -s /etc secrets` in a hostPath source cannot expose the node's files.
+    /// A key that does not resolve (missing, dangling link) is left to the store.
+    fn escapes_local_root(&self, key: &str) -> bool {
+        let Some(root) = &self.local_root else {
+            return false;
+        };
+        match std::fs::canonicalize(root.join(key.trim_start_matches('/'))) {
+            Ok(real) => !real.starts_with(root),
+            Err(_) => std::fs::symlink_metadata(root.join(key.trim_start_matches('/')))
+                .is_ok_and(|m| m.file_type().is_symlink()),
+        }
+    }
+
+    fn outside_root_error(&self, rel: &str) -> Error {
+        Error::Source {
+            source_name: self.name.clone(),
+            uri: self.uri.clone(),
+            kind: SourceErrorKind::NotFound,
+            message: format!(
+                "{rel}: not found (a symlink leading outside the source directory is not followed)"
+            ),
+        }
     }
 
     fn location(&self, rel: &str) -> Result<StorePath> {
@@ -241,6 +282,9 @@ impl Source {
             return Ok(None);
         }
         let loc = self.location(rel)?;
+        if self.escapes_local_root(rel) {
+            return Ok(None);
+        }
         let _permit = self
             .permits
             .acquire()
@@ -281,18 +325,45 @@ impl Source {
             Err(object_store::Error::NotFound { .. }) => return Ok(SourceListing::default()),
             Err(e) => return Err(self.error(e)),
         };
+        let base = rel.trim_matches('/');
         let dirs = res
             .common_prefixes
             .iter()
             .filter_map(|p| p.filename().map(str::to_string))
+            .filter(|d| !self.escapes_local_root(&format!("{base}/{d}")))
             .collect();
-        let files = res.objects.iter().map(|m| self.to_info(m)).collect();
+        let files = res
+            .objects
+            .iter()
+            .map(|m| self.to_info(m))
+            .filter(|f| !self.escapes_local_root(&f.key))
+            .collect();
         Ok(SourceListing { dirs, files })
     }
 
     /// Every object under a directory, recursively, streamed page by page to `each`.
     pub async fn list_recursive(&self, rel: &str, mut each: impl FnMut(ObjectInfo)) -> Result<()> {
         use futures::StreamExt;
+        if self.local_root.is_some() {
+            // object_store's recursive local listing follows directory symlinks (a link to
+            // "/" would walk the whole node); walk level by level through the checked
+            // listing instead.
+            let mut pending = vec![rel.trim_matches('/').to_string()];
+            while let Some(dir) = pending.pop() {
+                let listing = self.list_dir(&dir).await?;
+                for f in listing.files {
+                    each(f);
+                }
+                for d in listing.dirs {
+                    pending.push(if dir.is_empty() {
+                        d
+                    } else {
+                        format!("{dir}/{d}")
+                    });
+                }
+            }
+            return Ok(());
+        }
         let prefix = if rel.is_empty() && self.prefix.is_empty() {
             None
         } else {
@@ -316,6 +387,9 @@ impl Source {
     /// object no longer has `etag` (so blocks of two versions are never mixed).
     pub async fn get_range(&self, rel: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
         let loc = self.location(rel)?;
+        if self.escapes_local_root(rel) {
+            return Err(self.outside_root_error(rel));
+        }
         let _permit = self
             .permits
             .acquire()
@@ -576,6 +650,13 @@ fn split_uri(uri: &str) -> Option<(&str, &str, &str)> {
     let (scheme, rest) = uri.split_once("://")?;
     let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
     Some((scheme, bucket, prefix))
+}
+
+/// The directory of a local source URI (`/data` or `file:///data`), `None` otherwise.
+fn local_dir(uri: &str) -> Option<&str> {
+    let uri = uri.trim();
+    (uri.starts_with('/') || uri.starts_with("file://"))
+        .then(|| uri.strip_prefix("file://").unwrap_or(uri))
 }
 
 fn build_store(cfg: &SourceConfig) -> Result<(Arc<dyn ObjectStore>, String)> {
