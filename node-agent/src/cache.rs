@@ -110,12 +110,14 @@ struct BlockMeta {
     crc: u32,
     last_access: u64,
     reads: u32,
+    // Written or checked by this process: the file holds what the checksum says. Blocks
+    // found on disk at start are checked before a passthrough open trusts them.
+    verified: bool,
 }
 
 #[derive(Debug, Default)]
 struct ObjectState {
     blocks: BTreeMap<u64, BlockMeta>,
-    verified_complete: bool,
 }
 
 /// An object version with some blocks on disk.
@@ -578,6 +580,7 @@ impl DatasetCache {
                         crc,
                         last_access,
                         reads: 0,
+                        verified: false,
                     },
                 );
                 if !pinned {
@@ -707,6 +710,7 @@ impl DatasetCache {
                 Some(m) => {
                     m.last_access = now_secs();
                     m.reads += 1;
+                    m.verified = true;
                     m.reads >= 2
                 }
                 None => false,
@@ -839,6 +843,7 @@ impl DatasetCache {
                     crc: crc32c::crc32c(data),
                     last_access: now_secs(),
                     reads: 0,
+                    verified: true,
                 },
             );
             if let Err(e) = obj.write_sidecar(&st) {
@@ -883,7 +888,6 @@ impl DatasetCache {
         if st.blocks.remove(&index).is_none() {
             return;
         }
-        st.verified_complete = false;
         let len = obj.block_len(index);
         self.node.release(self, len);
         self.policy
@@ -1038,20 +1042,21 @@ impl DatasetCache {
             if st.blocks.len() as u64 != version.block_count(self.block_size) {
                 return None;
             }
-            if !st.verified_complete {
+            if st.blocks.values().any(|m| !m.verified) {
                 let f = File::open(&obj.data_path).ok()?;
                 let mut buf = vec![0u8; self.block_size as usize];
-                for (index, meta) in &st.blocks {
+                for (index, meta) in st.blocks.iter_mut().filter(|(_, m)| !m.verified) {
                     let len = obj.block_len(*index) as usize;
                     let ok = f
                         .read_exact_at(&mut buf[..len], index * self.block_size)
                         .is_ok()
                         && crc32c::crc32c(&buf[..len]) == meta.crc;
-                    if !ok {
+                    if ok {
+                        meta.verified = true;
+                    } else {
                         bad.push(*index);
                     }
                 }
-                st.verified_complete = bad.is_empty();
             }
         }
         if !bad.is_empty() {
