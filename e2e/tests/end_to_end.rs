@@ -873,6 +873,13 @@ async fn strata_end_to_end() -> Result<()> {
         })
         .await?;
     }
+    // The credentials did reach the agents (through the mounted Secret only), so the search for
+    // them in logs and objects at the end is not vacuous.
+    let config = std::fs::read_to_string(nodes[0].datasets_dir().join(&config_key))?;
+    ensure!(
+        config.contains(&key_id) && config.contains(&secret_key),
+        "the agents' dataset config lacks the source credentials:\n{config}"
+    );
     step(4, "Dataset Ready, PV and PVC bound, config on every node");
 
     // 5. The preload Job's command, as its pod runs it (on node 0), takes the Dataset from
