@@ -686,6 +686,13 @@ async fn strata_end_to_end() -> Result<()> {
         &logs,
     )?;
     wait_for_port(([127, 0, 0, 1], operator_port).into(), &mut operator).await?;
+    let _teardown = Teardown {
+        cluster,
+        run: run.clone(),
+        tenant: tenant.name().to_string(),
+        system: system.name().to_string(),
+        release: release.clone(),
+    };
     let secrets = system.api::<Secret>();
     wait_until("the operator to mint the agent token", WAIT, || async {
         secrets.get_opt("strata-agent-token").await
@@ -1220,16 +1227,86 @@ async fn strata_end_to_end() -> Result<()> {
     step(9, "no credential in any log or object");
 
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
+    // The tenant goes while the operator still runs (it finalizes what is left), then the rest.
+    tenant.cleanup().await?;
     sync.abort();
     drop(nodes);
     operator.terminate();
     cluster
         .helm(&["uninstall", &release, "-n", system.name(), "--wait"])
         .await?;
-    tenant.cleanup().await?;
     system.cleanup().await?;
     std::fs::remove_dir_all(&run)?;
     Ok(())
+}
+
+/// Leaves nothing behind when the test fails half-way. Dropped after the nodes' processes (so
+/// their FUSE mounts are gone) and before the operator's (which must still run to finalize the
+/// Datasets): unmounts pod target paths left published, deletes the tenant's Datasets, strips
+/// the finalizers of any that remain (so the namespace can go) and uninstalls the release (its
+/// ClusterRoles outlive the namespace). Every step is idempotent, so it also runs harmlessly
+/// after a passing test.
+struct Teardown {
+    cluster: &'static Cluster,
+    run: PathBuf,
+    tenant: String,
+    system: String,
+    release: String,
+}
+
+impl Drop for Teardown {
+    fn drop(&mut self) {
+        // Deepest first, lazily: bind mounts of FUSE mounts whose agent is gone.
+        let mut left = mounts_under(&self.run).unwrap_or_default();
+        left.sort_by_key(|m| std::cmp::Reverse(m.len()));
+        for mount in left {
+            let _ = Command::new("umount").args(["-l", &mount]).status();
+        }
+        let kubectl = |args: &[&str]| {
+            Command::new(self.cluster.bin("kubectl"))
+                .args(args)
+                .env("KUBECONFIG", self.cluster.kubeconfig())
+                .stdin(Stdio::null())
+                .stderr(Stdio::null())
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default()
+        };
+        let tenant = self.tenant.as_str();
+        kubectl(&[
+            "-n",
+            tenant,
+            "delete",
+            "datasets,cachepolicies",
+            "--all",
+            "--timeout=20s",
+        ]);
+        for name in kubectl(&["-n", tenant, "get", "datasets,cachepolicies", "-o", "name"]).lines()
+        {
+            kubectl(&[
+                "-n",
+                tenant,
+                "patch",
+                name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ]);
+        }
+        let _ = Command::new(self.cluster.bin("helm"))
+            .args([
+                "uninstall",
+                &self.release,
+                "-n",
+                &self.system,
+                "--ignore-not-found",
+            ])
+            .env("KUBECONFIG", self.cluster.kubeconfig())
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+    }
 }
 
 /// Cached object files (`<id>.data`) left under a node's cache directory.
