@@ -1203,6 +1203,13 @@ async fn strata_end_to_end() -> Result<()> {
     for entry in std::fs::read_dir(&logs)? {
         everything.push_str(&std::fs::read_to_string(entry?.path()).unwrap_or_default());
     }
+    // The chart's RBAC was enough: the API server refused the operator and the agents nothing.
+    if let Some(at) = everything.find("is forbidden: User") {
+        bail!(
+            "a component was refused by RBAC:\n{}",
+            &everything[at.saturating_sub(300)..(at + 300).min(everything.len())]
+        );
+    }
     let kinds = cluster
         .kubectl(&["api-resources", "--verbs=list", "-o", "name"])
         .await?;
@@ -1224,7 +1231,7 @@ async fn strata_end_to_end() -> Result<()> {
             }
         }
     }
-    step(9, "no credential in any log or object");
+    step(9, "no RBAC refusal in any log, no credential in any log or object");
 
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     // The tenant goes while the operator still runs (it finalizes what is left), then the rest.
