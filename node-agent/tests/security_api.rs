@@ -163,10 +163,10 @@ fn listening_tcp_ports() -> Vec<u16> {
             .skip(1)
         {
             let cols: Vec<&str> = line.split_whitespace().collect();
-            if cols.get(3) == Some(&"0A") {
-                if let Some(port) = cols[1].rsplit(':').next() {
-                    out.push(u16::from_str_radix(port, 16).unwrap());
-                }
+            if cols.get(3) == Some(&"0A")
+                && let Some(port) = cols[1].rsplit(':').next()
+            {
+                out.push(u16::from_str_radix(port, 16).unwrap());
             }
         }
     }

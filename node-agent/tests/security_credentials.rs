@@ -52,7 +52,7 @@ fn assert_clean(what: &str, text: &str) {
             assert!(
                 rest.starts_with("<redacted>"),
                 "{what} has a value after {marker:?}:\n{}",
-                excerpt(text, &text[i..(i + 40).min(text.len())])
+                excerpt(text, marker)
             );
         }
     }
@@ -68,8 +68,14 @@ fn assert_clean(what: &str, text: &str) {
 fn excerpt(text: &str, needle: &str) -> String {
     let lower = text.to_ascii_lowercase();
     let i = lower.find(&needle.to_ascii_lowercase()).unwrap_or(0);
-    let start = text.floor_char_boundary(i.saturating_sub(300));
-    let end = text.ceil_char_boundary((i + 300).min(text.len()));
+    let mut start = i.saturating_sub(300);
+    while !text.is_char_boundary(start) {
+        start -= 1;
+    }
+    let mut end = (i + 300).min(text.len());
+    while !text.is_char_boundary(end) {
+        end += 1;
+    }
     text[start..end].to_string()
 }
 
