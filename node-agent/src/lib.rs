@@ -11,6 +11,8 @@
 //! Every user-supplied path goes through [`path::DatasetPath::parse`].
 //! The engine has no Kubernetes dependency.
 
+#![forbid(unsafe_code)]
+
 pub mod agent;
 pub mod api;
 pub mod cache;

@@ -302,8 +302,30 @@ fn init_tracing(filter: &str, json: bool) {
     }
 }
 
-#[tokio::main]
-async fn main() -> anyhow::Result<()> {
+fn main() -> anyhow::Result<()> {
+    tune_allocator();
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?
+        .block_on(run())
+}
+
+/// glibc raises its mmap threshold after the first large free; from then on the 4 MiB
+/// block buffers come from per-thread heaps and stay resident (measured: 250 MiB RSS
+/// after reading a 1 GiB file with an empty memory tier; 20 MiB with a fixed threshold).
+/// A fixed 1 MiB threshold hands block buffers back to the kernel when they are freed,
+/// so the agent's memory stays at its configured tiers plus a small constant.
+#[allow(unsafe_code)]
+fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: mallopt only sets an allocator parameter; it runs before any other thread
+    // exists and takes no pointers.
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 20);
+    }
+}
+
+async fn run() -> anyhow::Result<()> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
     if strata_agent::api::jobs::is_agent_preload(&argv) {
         // `preload --agent URL ...` (the operator's Jobs) talks to running agents.
