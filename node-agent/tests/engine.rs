@@ -660,3 +660,40 @@ async fn preload_pin_and_usage() {
     view.drop_cache();
     assert_eq!(view.usage().cached_bytes, 0);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn blocks_read_again_from_disk_are_promoted_to_memory() {
+    let src = tempdir();
+    let data = content(8, 100_000);
+    write_tree(src.path(), &[("hot".into(), data.clone())]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "promo",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    let hits = |tier: &str| -> u64 {
+        let text = agent.metrics().encode();
+        let prefix = format!("strata_cache_hits_total{{tier=\"{tier}\"}} ");
+        text.lines()
+            .find_map(|l| l.strip_prefix(&prefix))
+            .map(|v| v.parse().unwrap())
+            .unwrap_or(0)
+    };
+    // Fetched once: on disk only.
+    view.read(&p("/hot"), 0, u64::MAX).await.unwrap();
+    assert_eq!(view.usage().memory_bytes, 0);
+    // Read twice from disk: promoted.
+    view.read(&p("/hot"), 0, u64::MAX).await.unwrap();
+    view.read(&p("/hot"), 0, u64::MAX).await.unwrap();
+    assert_eq!(hits("disk"), 2);
+    assert_eq!(view.usage().memory_bytes, 100_000);
+    let got = view.read(&p("/hot"), 0, u64::MAX).await.unwrap();
+    assert_eq!(&got[..], &data[..]);
+    assert_eq!(hits("memory"), 1);
+    assert_eq!(view.request_counts().gets, 1);
+}
