@@ -1025,6 +1025,35 @@ async fn strata_end_to_end() -> Result<()> {
             ),
             "{refused:?}"
         );
+        // Nor through the PV's handle: a pod elsewhere that names it is refused too.
+        let mut context: HashMap<String, String> = csi_source
+            .volume_attributes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        context.insert("csi.storage.k8s.io/pod.namespace".into(), "intruder".into());
+        let refused = node
+            .csi_client
+            .node_publish_volume(publish_request(
+                &csi_source.volume_handle,
+                &node.target("pod-foreign-pv")?,
+                context,
+            ))
+            .await
+            .expect_err("a pod of another namespace mounted the dataset's PV");
+        assert!(
+            matches!(
+                refused.code(),
+                tonic::Code::PermissionDenied | tonic::Code::NotFound
+            ),
+            "{refused:?}"
+        );
+        ensure!(
+            mounts_under(&node.dir.join("kubelet/pods/pod-foreign"))?.is_empty()
+                && mounts_under(&node.dir.join("kubelet/pods/pod-foreign-pv"))?.is_empty(),
+            "a refused publish left a mount"
+        );
         node.agent.check_running()?;
         node.csi.check_running()?;
     }
@@ -1231,7 +1260,10 @@ async fn strata_end_to_end() -> Result<()> {
             }
         }
     }
-    step(9, "no RBAC refusal in any log, no credential in any log or object");
+    step(
+        9,
+        "no RBAC refusal in any log, no credential in any log or object",
+    );
 
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     // The tenant goes while the operator still runs (it finalizes what is left), then the rest.
