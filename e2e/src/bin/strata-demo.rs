@@ -1,0 +1,803 @@
+//! `strata-demo`: the one-node cluster demo behind `make demo` (driven by `scripts/demo.sh`).
+//!
+//! `up` expects the local control plane (`e2e/cluster/cluster.sh up`, reached through the
+//! inherited `STRATA_STATE` / port variables) and an S3 server with the sample data. It installs
+//! the chart with helm, runs the operator, the node agent and the CSI plugin as local background
+//! processes with the flags of the chart's Deployment and of the operator's DaemonSet (there is
+//! no kubelet), keeps the two Secrets the DaemonSet mounts synced into the node's directories
+//! (`sync-secrets`, also in the background), applies a Dataset and CachePolicy, publishes the
+//! Dataset's PersistentVolume through the CSI socket as kubelet would, times a cold and a warm
+//! read, runs the preload Job's command and prints `kubectl get datasets`.
+//! `down` unpublishes the volume and stops, by pid, what `up` started.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail, ensure};
+use clap::{Parser, Subcommand};
+use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
+use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
+use kube::Api;
+use kube::api::ListParams;
+use strata_csi::proto::node_client::NodeClient;
+use strata_csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
+use strata_csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
+use strata_e2e::{Cluster, wait_until};
+use tonic::transport::{Channel, Endpoint, Uri};
+
+const SYSTEM_NS: &str = "strata-system";
+const RELEASE: &str = "strata";
+const TENANT_NS: &str = "demo";
+const DATASET: &str = "sample";
+const POLICY: &str = "sample-cache";
+const NODE_NAME: &str = "demo-node";
+const NODE_IP: &str = "127.0.0.1";
+const WAIT: Duration = Duration::from_secs(120);
+/// The demo's processes, in the order `down` stops them.
+const PROCESSES: [&str; 4] = ["csi", "agent", "sync-secrets", "operator"];
+
+#[derive(Parser)]
+#[command(about = "One-node Strata demo on the local control plane")]
+struct Cli {
+    /// Directory for the demo's state: pid files, logs, the node's directories, the mount.
+    #[arg(long, env = "STRATA_DEMO_DIR", default_value = "/tmp/strata-demo")]
+    state: PathBuf,
+    #[command(subcommand)]
+    command: Action,
+}
+
+#[derive(Subcommand)]
+enum Action {
+    /// Install, start, publish and show the dataset (harmless when already up).
+    Up {
+        /// Directory holding the built strata-operator, strata-agent and strata-csi.
+        #[arg(long, env = "STRATA_DEMO_BIN_DIR")]
+        bins: PathBuf,
+        /// The Helm chart to install.
+        #[arg(long, env = "STRATA_DEMO_CHART")]
+        chart: PathBuf,
+        /// S3 endpoint holding the sample data, e.g. http://127.0.0.1:9000.
+        #[arg(long, env = "STRATA_DEMO_S3_ENDPOINT")]
+        s3_endpoint: String,
+        /// Bucket and prefix of the sample data.
+        #[arg(
+            long,
+            env = "STRATA_DEMO_S3_URI",
+            default_value = "s3://strata-demo/data/"
+        )]
+        s3_uri: String,
+    },
+    /// Unpublish the volume and stop the processes `up` started.
+    Down,
+    /// Keep the node's datasets/ and token/ equal to the Secrets the DaemonSet mounts.
+    SyncSecrets,
+}
+
+#[tokio::main]
+async fn main() -> Result<()> {
+    let cli = Cli::parse();
+    let demo = Demo {
+        state: cli.state.clone(),
+    };
+    match cli.command {
+        Action::Up {
+            bins,
+            chart,
+            s3_endpoint,
+            s3_uri,
+        } => demo.up(&bins, &chart, &s3_endpoint, &s3_uri).await,
+        Action::Down => demo.down().await,
+        Action::SyncSecrets => demo.sync_secrets().await,
+    }
+}
+
+struct Demo {
+    state: PathBuf,
+}
+
+impl Demo {
+    fn node(&self, sub: &str) -> PathBuf {
+        self.state.join("node").join(sub)
+    }
+    fn logs(&self) -> PathBuf {
+        self.state.join("logs")
+    }
+    fn pid_file(&self, name: &str) -> PathBuf {
+        self.state.join("run").join(format!("{name}.pid"))
+    }
+    /// Where kubelet would ask for the pod's volume: the parent exists, the target does not.
+    fn target(&self) -> PathBuf {
+        self.node("kubelet/pods/reader/volumes/kubernetes.io~csi/sample/mount")
+    }
+    fn summary_file(&self) -> PathBuf {
+        self.state.join("summary.txt")
+    }
+
+    fn running(&self, name: &str) -> Option<u32> {
+        let pid: u32 = std::fs::read_to_string(self.pid_file(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        // A zombie (exited, not yet reaped) counts as stopped.
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit(')').next()?.split_whitespace().next()?;
+        (state != "Z").then_some(pid)
+    }
+
+    fn tail(&self, name: &str) -> String {
+        let text =
+            std::fs::read_to_string(self.logs().join(format!("{name}.log"))).unwrap_or_default();
+        let lines: Vec<&str> = text.lines().collect();
+        lines[lines.len().saturating_sub(15)..].join("\n")
+    }
+
+    /// Starts `program` in its own process group (it outlives this command), logging to
+    /// `logs/<name>.log`; a process already running from an earlier `up` is kept.
+    fn start(
+        &self,
+        name: &str,
+        program: &Path,
+        args: &[String],
+        env: &[(&str, &str)],
+    ) -> Result<u32> {
+        if let Some(pid) = self.running(name) {
+            println!("demo: {name} already running (pid {pid})");
+            return Ok(pid);
+        }
+        let log = self.logs().join(format!("{name}.log"));
+        let out = std::fs::File::create(&log)?;
+        let child = Command::new(program)
+            .args(args)
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .process_group(0)
+            .spawn()
+            .with_context(|| format!("starting {name}: {}", program.display()))?;
+        std::fs::write(self.pid_file(name), child.id().to_string())?;
+        println!(
+            "demo: started {name} (pid {}, log {})",
+            child.id(),
+            log.display()
+        );
+        Ok(child.id())
+    }
+
+    async fn wait_ready(&self, name: &str, what: &str, ready: impl Fn() -> bool) -> Result<()> {
+        let deadline = Instant::now() + WAIT;
+        while !ready() {
+            if self.running(name).is_none() {
+                bail!(
+                    "{name} exited before {what}; last log lines:\n{}",
+                    self.tail(name)
+                );
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{name}: no {what} after {WAIT:?}; last log lines:\n{}",
+                    self.tail(name)
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        Ok(())
+    }
+
+    async fn up(&self, bins: &Path, chart: &Path, endpoint: &str, s3_uri: &str) -> Result<()> {
+        if let Ok(summary) = std::fs::read_to_string(self.summary_file())
+            && PROCESSES.iter().all(|p| self.running(p).is_some())
+            && is_mount_point(&self.target())
+        {
+            println!("demo: already up; 'make demo-down' stops it. From the first run:\n");
+            print!("{summary}");
+            return Ok(());
+        }
+        let started = Instant::now();
+        for dir in [
+            "run",
+            "logs",
+            "node/datasets",
+            "node/token",
+            "node/cache",
+            "node/mounts",
+        ] {
+            std::fs::create_dir_all(self.state.join(dir))?;
+        }
+        let cluster = Cluster::shared().await?;
+        let client = cluster.client().await?;
+
+        // 1. The chart, and the operator as its Deployment would run it.
+        cluster
+            .apply(&format!(
+                "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {SYSTEM_NS}\n---\n\
+                 apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {TENANT_NS}\n"
+            ))
+            .await?;
+        let agent_port = self.remembered_port("agent-port", NODE_IP)?;
+        cluster
+            .helm(&[
+                "upgrade",
+                "--install",
+                RELEASE,
+                &chart.to_string_lossy(),
+                "-n",
+                SYSTEM_NS,
+                "--set",
+                &format!("operator.watchNamespace={TENANT_NS},node.agentPort={agent_port}"),
+                "--set",
+                "node.cache.memory.size=256Mi,node.cache.disk.size=1Gi",
+            ])
+            .await
+            .context("helm upgrade --install of the chart")?;
+        println!(
+            "demo: chart {} installed as release {RELEASE} in {SYSTEM_NS}",
+            chart.display()
+        );
+        let operator_name = format!("{RELEASE}-operator");
+        let deployment = Api::<Deployment>::namespaced(client.clone(), SYSTEM_NS)
+            .get(&operator_name)
+            .await?;
+        let pod = deployment
+            .spec
+            .template
+            .spec
+            .context("operator Deployment without a pod spec")?;
+        let metrics_port = self.remembered_port("operator-metrics-port", "127.0.0.1")?;
+        let operator_args: Vec<String> = pod.containers[0]
+            .args
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                if a.starts_with("--metrics-addr=") {
+                    format!("--metrics-addr=127.0.0.1:{metrics_port}")
+                } else {
+                    a.replace("$(POD_NAME)", &format!("{operator_name}-local"))
+                }
+            })
+            .collect();
+        let operator_kubeconfig = self.state.join("operator.kubeconfig");
+        write_sa_kubeconfig(cluster, &operator_name, &operator_kubeconfig).await?;
+        self.start(
+            "operator",
+            &bins.join("strata-operator"),
+            &operator_args,
+            &[("KUBECONFIG", &operator_kubeconfig.to_string_lossy())],
+        )?;
+        let secrets: Api<Secret> = Api::namespaced(client.clone(), SYSTEM_NS);
+        let daemon_set = wait_until("the operator's node DaemonSet", WAIT, || async {
+            Api::<DaemonSet>::namespaced(client.clone(), SYSTEM_NS)
+                .get_opt("strata-node")
+                .await
+        })
+        .await
+        .with_context(|| format!("operator log:\n{}", self.tail("operator")))?;
+        wait_until("the agent token Secret", WAIT, || async {
+            secrets.get_opt("strata-agent-token").await
+        })
+        .await?;
+
+        // 2. The node: the Secrets the DaemonSet mounts, the agent, the CSI plugin.
+        let me = std::env::current_exe()?;
+        self.start(
+            "sync-secrets",
+            &me,
+            &[
+                "--state".into(),
+                self.state.to_string_lossy().into(),
+                "sync-secrets".into(),
+            ],
+            &[("KUBECONFIG", &cluster.kubeconfig().to_string_lossy())],
+        )?;
+        let token = self.node("token/token");
+        self.wait_ready("sync-secrets", "agent token file", || token.exists())
+            .await?;
+        let p = |sub: &str| self.node(sub).to_string_lossy().into_owned();
+        let pod_paths = [
+            ("/etc/strata/datasets", p("datasets")),
+            ("/var/run/strata/token", p("token/token")),
+            ("/run/strata/agent.sock", p("agent.sock")),
+            ("/var/lib/strata/mounts", p("mounts")),
+            ("/var/cache/strata", p("cache")),
+            ("unix:///csi/csi.sock", format!("unix://{}", p("csi.sock"))),
+            ("$(NODE_NAME)", NODE_NAME.into()),
+            (
+                &format!("0.0.0.0:{agent_port}"),
+                format!("{NODE_IP}:{agent_port}"),
+            ),
+        ];
+        let from_pod = |container: &str| -> Result<Vec<String>> {
+            Ok(daemon_set_args(&daemon_set, container)?
+                .into_iter()
+                .map(|mut arg| {
+                    for (pod_path, local) in &pod_paths {
+                        arg = arg.replace(pod_path, local);
+                    }
+                    arg
+                })
+                .collect())
+        };
+        let mut agent_args = from_pod("agent")?;
+        agent_args.extend([
+            "--datasets-rescan".into(),
+            "1s".into(),
+            "--status-interval".into(),
+            "2s".into(),
+            "--advertise-url".into(),
+            format!("http://{NODE_IP}:{agent_port}"),
+        ]);
+        let agent_kubeconfig = self.state.join("agent.kubeconfig");
+        write_sa_kubeconfig(cluster, &format!("{RELEASE}-agent"), &agent_kubeconfig).await?;
+        self.start(
+            "agent",
+            &bins.join("strata-agent"),
+            &agent_args,
+            &[
+                ("KUBECONFIG", &agent_kubeconfig.to_string_lossy()),
+                ("NODE_NAME", NODE_NAME),
+            ],
+        )?;
+        let agent_addr: SocketAddr = format!("{NODE_IP}:{agent_port}").parse()?;
+        self.wait_ready("agent", "API socket and port", || {
+            self.node("agent.sock").exists() && TcpStream::connect(agent_addr).is_ok()
+        })
+        .await?;
+        self.start("csi", &bins.join("strata-csi"), &from_pod("csi")?, &[])?;
+        self.wait_ready("csi", "CSI socket", || self.node("csi.sock").exists())
+            .await?;
+        println!(
+            "demo: node {NODE_NAME} up: agent on {agent_addr}, CSI plugin on {}",
+            p("csi.sock")
+        );
+
+        // 3. The Dataset, its CachePolicy and credentials Secret.
+        cluster.apply(&manifests(endpoint, s3_uri)).await?;
+        wait_until("Dataset Ready", WAIT, || async {
+            let status = dataset_status(cluster).await?;
+            Ok::<_, anyhow::Error>((status["phase"] == "Ready").then_some(()))
+        })
+        .await
+        .with_context(|| format!("operator log:\n{}", self.tail("operator")))?;
+        let pvs: Api<PersistentVolume> = Api::all(client.clone());
+        let pv = wait_until("the Dataset's PersistentVolume", WAIT, || async {
+            let selector =
+                format!("strata.dev/dataset={DATASET},strata.dev/dataset-namespace={TENANT_NS}");
+            let list = pvs.list(&ListParams::default().labels(&selector)).await?;
+            Ok::<_, kube::Error>(list.items.into_iter().next())
+        })
+        .await?;
+        let csi_source = pv
+            .spec
+            .and_then(|s| s.csi)
+            .context("the Dataset's PV has no CSI source")?;
+        println!(
+            "demo: Dataset {TENANT_NS}/{DATASET} Ready, PV volume handle {}",
+            csi_source.volume_handle
+        );
+
+        // 4. NodePublishVolume as kubelet would for a pod using the Dataset's PVC.
+        let target = self.target();
+        std::fs::create_dir_all(target.parent().context("target without parent")?)?;
+        let mut context: HashMap<String, String> = csi_source
+            .volume_attributes
+            .clone()
+            .unwrap_or_default()
+            .into_iter()
+            .collect();
+        context.insert("csi.storage.k8s.io/pod.namespace".into(), TENANT_NS.into());
+        context.insert("csi.storage.k8s.io/pod.name".into(), "reader".into());
+        let csi = csi_connect(self.node("csi.sock")).await?;
+        let handle = csi_source.volume_handle.clone();
+        wait_until("NodePublishVolume of the PV", WAIT, || {
+            let mut csi = csi.clone();
+            let request = publish_request(&handle, &target, context.clone());
+            async move { csi.node_publish_volume(request).await.map(Some) }
+        })
+        .await
+        .with_context(|| {
+            format!(
+                "CSI log:\n{}\nagent log:\n{}",
+                self.tail("csi"),
+                self.tail("agent")
+            )
+        })?;
+        std::fs::write(self.state.join("published-volume"), &handle)?;
+
+        // 5. Cold read (from S3 through the agent), then warm (from its cache).
+        let (files, bytes, cold) = read_all(&target)?;
+        drop_page_cache();
+        let (_, _, warm) = read_all(&target)?;
+
+        // 6. The preload Job's command, as its pod would run it, then the cached percent.
+        let preload = self.run_preload_job(cluster, &client, agent_port).await?;
+        let table = wait_until("kubectl get datasets to show 100%", WAIT, || async {
+            let status = dataset_status(cluster).await?;
+            let table = cluster
+                .kubectl(&["-n", TENANT_NS, "get", "datasets"])
+                .await?;
+            Ok::<_, anyhow::Error>((status["cachedPercent"] == 100).then_some(table))
+        })
+        .await
+        .with_context(|| format!("agent log:\n{}", self.tail("agent")))?;
+
+        let mib = bytes as f64 / f64::from(1 << 20);
+        let summary = format!(
+            "The dataset {TENANT_NS}/{DATASET} ({s3_uri} on {endpoint}) is mounted, as kubelet would \
+             give it to a pod, at:\n  {target}\n\
+             Try: ls -lR {target}\n\n\
+             read all {files} files ({mib:.1} MiB) through the mount:\n  \
+             cold (from S3 through the agent): {cold:.3}s ({cold_rate:.0} MiB/s)\n  \
+             warm (from the node cache, page cache dropped): {warm:.3}s ({warm_rate:.0} MiB/s)\n\n\
+             preload Job command: {preload}\n\
+             $ kubectl get datasets -n {TENANT_NS}\n{table}\n\
+             Explore the cluster:\n  export KUBECONFIG={kubeconfig} PATH={bin}:$PATH\n  \
+             kubectl get datasets,cachepolicies,pv,pvc -A\n\
+             Logs: {logs}\nStop it all: make demo-down\n",
+            target = target.display(),
+            cold = cold.as_secs_f64(),
+            warm = warm.as_secs_f64(),
+            cold_rate = mib / cold.as_secs_f64(),
+            warm_rate = mib / warm.as_secs_f64(),
+            kubeconfig = cluster.kubeconfig().display(),
+            bin = cluster.bin_dir().display(),
+            logs = self.logs().display(),
+        );
+        std::fs::write(self.summary_file(), &summary)?;
+        println!("demo: up in {:.1}s\n", started.elapsed().as_secs_f64());
+        print!("{summary}");
+        Ok(())
+    }
+
+    /// Runs the preload Job's container command against this node's agent, with the token the
+    /// Job's pod mounts; returns how it went.
+    async fn run_preload_job(
+        &self,
+        cluster: &Cluster,
+        client: &kube::Client,
+        agent_port: u16,
+    ) -> Result<String> {
+        let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
+        let job = wait_until("the preload Job", WAIT, || async {
+            let list = jobs
+                .list(&ListParams::default().labels("strata.dev/job-kind=preload"))
+                .await?;
+            Ok::<_, kube::Error>(list.items.into_iter().next())
+        })
+        .await?;
+        let token_secret = wait_until("the agent token copied for the Jobs", WAIT, || async {
+            Api::<Secret>::namespaced(client.clone(), TENANT_NS)
+                .get_opt(&format!("strata-token-{POLICY}"))
+                .await
+        })
+        .await?;
+        let token = token_secret
+            .data
+            .and_then(|d| d.get("token").cloned())
+            .context("Secret strata-token-<policy> has no key `token`")?;
+        let token_file = self.state.join("job-token");
+        std::fs::write(&token_file, token.0)?;
+        let container = job
+            .spec
+            .and_then(|s| s.template.spec)
+            .map(|s| s.containers[0].clone())
+            .context("preload Job without a pod spec")?;
+        let args: Vec<String> = container
+            .args
+            .unwrap_or_default()
+            .into_iter()
+            .map(|a| {
+                a.replace("$(STRATA_NODE_IP)", NODE_IP)
+                    .replace("/var/run/strata/token", &token_file.to_string_lossy())
+            })
+            .collect();
+        let _ = (cluster, agent_port);
+        let log = self.logs().join("preload-job.log");
+        let out = std::fs::File::create(&log)?;
+        let started = Instant::now();
+        let status = Command::new(self.bin_of_agent()?)
+            .args(&args)
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .status()?;
+        ensure!(
+            status.success(),
+            "preload Job command strata-agent {} failed ({status}):\n{}",
+            args.join(" "),
+            self.tail("preload-job")
+        );
+        Ok(format!(
+            "strata-agent {} ({:.1}s)",
+            args.join(" "),
+            started.elapsed().as_secs_f64()
+        ))
+    }
+
+    fn bin_of_agent(&self) -> Result<PathBuf> {
+        let pid = self.running("agent").context("the agent is not running")?;
+        Ok(std::fs::read_link(format!("/proc/{pid}/exe"))?)
+    }
+
+    /// A port picked once and kept in the state dir, so a second `up` finds the same one.
+    fn remembered_port(&self, name: &str, ip: &str) -> Result<u16> {
+        let file = self.state.join(name);
+        if let Some(port) = std::fs::read_to_string(&file)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+        {
+            return Ok(port);
+        }
+        let port = TcpListener::bind((ip, 0))?.local_addr()?.port();
+        std::fs::write(&file, port.to_string())?;
+        Ok(port)
+    }
+
+    async fn down(&self) -> Result<()> {
+        let target = self.target();
+        if let Ok(handle) = std::fs::read_to_string(self.state.join("published-volume"))
+            && self.running("csi").is_some()
+        {
+            let mut csi = csi_connect(self.node("csi.sock")).await?;
+            csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                volume_id: handle.clone(),
+                target_path: target.to_string_lossy().into(),
+            })
+            .await
+            .with_context(|| format!("NodeUnpublishVolume {handle} at {}", target.display()))?;
+            println!("demo: unpublished {handle} from {}", target.display());
+        }
+        for name in PROCESSES {
+            if let Some(pid) = self.running(name) {
+                stop(name, pid).await;
+            }
+            let _ = std::fs::remove_file(self.pid_file(name));
+        }
+        Ok(())
+    }
+
+    async fn sync_secrets(&self) -> Result<()> {
+        let client = kube::Client::try_default().await?;
+        let secrets: Api<Secret> = Api::namespaced(client, SYSTEM_NS);
+        loop {
+            for (secret, sub) in [
+                ("strata-datasets", "datasets"),
+                ("strata-agent-token", "token"),
+            ] {
+                match secrets.get_opt(secret).await {
+                    Ok(Some(s)) => {
+                        if let Err(e) =
+                            sync_secret_to_dir(&s, &self.node(sub), &self.node(".staging"))
+                        {
+                            eprintln!(
+                                "syncing Secret {secret} into {}: {e:#}",
+                                self.node(sub).display()
+                            );
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => eprintln!("reading Secret {SYSTEM_NS}/{secret}: {e}"),
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}
+
+/// SIGTERM (an agent unmounts its FUSE file systems on it), then SIGKILL after 15 s.
+async fn stop(name: &str, pid: u32) {
+    let _ = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status();
+    for _ in 0..150 {
+        if !Path::new(&format!("/proc/{pid}")).exists() {
+            println!("demo: stopped {name} (pid {pid})");
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    println!("demo: killed {name} (pid {pid}), it ignored SIGTERM for 15s");
+}
+
+fn is_mount_point(path: &Path) -> bool {
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    let wanted = path.to_string_lossy().replace(' ', "\\040");
+    table
+        .lines()
+        .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
+}
+
+/// Reads every regular file under `root`: (files, bytes, time taken).
+fn read_all(root: &Path) -> Result<(usize, u64, Duration)> {
+    let started = Instant::now();
+    let (mut files, mut bytes) = (0, 0);
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in
+            std::fs::read_dir(&dir).with_context(|| format!("listing {}", dir.display()))?
+        {
+            let entry = entry?;
+            if entry.file_type()?.is_dir() {
+                stack.push(entry.path());
+            } else {
+                let mut f = std::fs::File::open(entry.path())?;
+                bytes += std::io::copy(&mut f, &mut std::io::sink())
+                    .with_context(|| format!("reading {}", entry.path().display()))?;
+                files += 1;
+            }
+        }
+    }
+    Ok((files, bytes, started.elapsed()))
+}
+
+/// So the warm read comes from the agent's cache, not the kernel's page cache of the mount.
+fn drop_page_cache() {
+    let _ = Command::new("sync").status();
+    let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
+}
+
+fn sync_secret_to_dir(secret: &Secret, dir: &Path, staging: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir)?;
+    std::fs::create_dir_all(staging)?;
+    let data = secret.data.clone().unwrap_or_default();
+    for (key, value) in &data {
+        let path = dir.join(key);
+        if std::fs::read(&path).ok().as_deref() == Some(value.0.as_slice()) {
+            continue;
+        }
+        let temporary = staging.join(key);
+        std::fs::write(&temporary, &value.0)?;
+        std::fs::rename(&temporary, &path)?;
+    }
+    for entry in std::fs::read_dir(dir)? {
+        let entry = entry?;
+        if !data.contains_key(&*entry.file_name().to_string_lossy()) {
+            std::fs::remove_file(entry.path())?;
+        }
+    }
+    Ok(())
+}
+
+/// A kubeconfig authenticating as ServiceAccount `strata-system/<name>` (so each component gets
+/// exactly the chart's RBAC), with a token valid for a day of demo.
+async fn write_sa_kubeconfig(cluster: &Cluster, name: &str, path: &Path) -> Result<()> {
+    let token = cluster
+        .kubectl(&["create", "token", name, "-n", SYSTEM_NS, "--duration=24h"])
+        .await?;
+    let kubeconfig = serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{ "name": "strata-local", "cluster": {
+            "server": cluster.api_server(),
+            "certificate-authority": cluster.state_dir().join("pki/ca.crt"),
+        }}],
+        "users": [{ "name": name, "user": { "token": token.trim() } }],
+        "contexts": [{ "name": "strata-local", "context": {
+            "cluster": "strata-local", "user": name, "namespace": SYSTEM_NS,
+        }}],
+        "current-context": "strata-local",
+    });
+    std::fs::write(path, kubeconfig.to_string())
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+fn daemon_set_args(daemon_set: &DaemonSet, container: &str) -> Result<Vec<String>> {
+    let pod = daemon_set
+        .spec
+        .template
+        .spec
+        .as_ref()
+        .context("DaemonSet without a pod spec")?;
+    let c = pod
+        .containers
+        .iter()
+        .find(|c| c.name == container)
+        .with_context(|| format!("DaemonSet strata-node has no container {container}"))?;
+    Ok(c.args.clone().unwrap_or_default())
+}
+
+async fn dataset_status(cluster: &Cluster) -> Result<serde_json::Value> {
+    let out = cluster
+        .kubectl(&["-n", TENANT_NS, "get", "dataset", DATASET, "-o", "json"])
+        .await?;
+    let value: serde_json::Value = serde_json::from_str(&out)?;
+    Ok(value["status"].clone())
+}
+
+async fn csi_connect(socket: PathBuf) -> Result<NodeClient<Channel>> {
+    let channel = Endpoint::try_from("http://[::]:50051")?
+        .connect_with_connector(tower::service_fn(move |_: Uri| {
+            let socket = socket.clone();
+            async move {
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
+                    tokio::net::UnixStream::connect(socket).await?,
+                ))
+            }
+        }))
+        .await?;
+    Ok(NodeClient::new(channel))
+}
+
+fn publish_request(
+    volume_id: &str,
+    target: &Path,
+    context: HashMap<String, String>,
+) -> NodePublishVolumeRequest {
+    NodePublishVolumeRequest {
+        volume_id: volume_id.into(),
+        target_path: target.to_string_lossy().into(),
+        volume_capability: Some(VolumeCapability {
+            access_type: Some(AccessType::Mount(MountVolume::default())),
+            access_mode: Some(AccessMode {
+                mode: access_mode::Mode::MultiNodeReaderOnly as i32,
+            }),
+        }),
+        readonly: true,
+        volume_context: context,
+        ..Default::default()
+    }
+}
+
+/// The demo's credentials are placeholders: moto checks no signatures, the agent still signs.
+fn manifests(endpoint: &str, uri: &str) -> String {
+    format!(
+        r#"apiVersion: v1
+kind: Secret
+metadata:
+  name: s3-creds
+  namespace: {TENANT_NS}
+type: Opaque
+stringData:
+  AWS_ACCESS_KEY_ID: AKIASTRATADEMO
+  AWS_SECRET_ACCESS_KEY: strata-demo-secret
+---
+apiVersion: strata.dev/v1alpha1
+kind: Dataset
+metadata:
+  name: {DATASET}
+  namespace: {TENANT_NS}
+  labels:
+    app: strata-demo
+spec:
+  sources:
+    - name: sample
+      uri: {uri}
+      mountPath: /
+      endpoint: {endpoint}
+      region: us-east-1
+      credentialsSecretRef:
+        name: s3-creds
+      options:
+        allow_http: "true"
+  policyRef:
+    name: {POLICY}
+---
+apiVersion: strata.dev/v1alpha1
+kind: CachePolicy
+metadata:
+  name: {POLICY}
+  namespace: {TENANT_NS}
+spec:
+  datasetSelector:
+    matchLabels:
+      app: strata-demo
+  quota: 512Mi
+  tiers: [Memory, SSD]
+  eviction: LRU
+  blockSize: 1Mi
+  replicas: 1
+  metadata:
+    ttl: 1h
+  preload:
+    - paths: ["/**"]
+"#
+    )
+}
