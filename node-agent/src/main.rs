@@ -91,7 +91,7 @@ struct MountArgs {
     #[command(flatten)]
     cache: CacheArgs,
     /// `[URI] MOUNTPOINT`: one source URI (mounted at /) and the mount point.
-    #[arg(required = true, num_args = 1..=2, value_name = "URI] [MOUNTPOINT")]
+    #[arg(required = true, num_args = 1..=2, value_names = ["URI", "MOUNTPOINT"])]
     positional: Vec<String>,
 }
 
