@@ -2,15 +2,16 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use strata_crds::StrataNode;
+use strata_crds::{CachePolicy, StrataNode};
 
 use crate::Result;
 use crate::config::OperatorConfig;
@@ -21,6 +22,18 @@ use crate::source_check::{CheckLimits, SourceChecker};
 
 /// Field manager of every server-side apply the operator makes.
 pub const MANAGER: &str = "strata-operator";
+
+/// The reflector stores a Context reads.
+pub struct Stores {
+    /// StrataNodes.
+    pub nodes: Store<StrataNode>,
+    /// CachePolicies.
+    pub policies: Store<CachePolicy>,
+    /// Jobs labelled as the operator's.
+    pub jobs: Store<Job>,
+    /// CronJobs labelled as the operator's.
+    pub cron_jobs: Store<CronJob>,
+}
 
 /// What reconciles share.
 pub struct Context {
@@ -34,6 +47,15 @@ pub struct Context {
     pub recorder: Recorder,
     /// The StrataNode reports, kept current by a reflector.
     pub nodes: Store<StrataNode>,
+    /// CachePolicies in scope (a reflector: resolving a policy costs no API call).
+    pub policies: Store<CachePolicy>,
+    /// Jobs the operator made (label-filtered reflector), for Dataset status.
+    pub jobs: Store<Job>,
+    /// CronJobs the operator made.
+    pub cron_jobs: Store<CronJob>,
+    /// Hash and time of the last write of each datasets-Secret key, so an
+    /// unchanged config is not re-sent on every reconcile.
+    written: Mutex<HashMap<String, (u64, Instant)>>,
     /// Cached source checks.
     pub sources: SourceChecker,
     /// Job manifest settings from the flags.
@@ -48,7 +70,7 @@ impl Context {
         client: Client,
         config: OperatorConfig,
         metrics: Metrics,
-        nodes: Store<StrataNode>,
+        stores: Stores,
     ) -> Result<Arc<Self>> {
         let recorder = Recorder::new(
             client.clone(),
@@ -69,7 +91,11 @@ impl Context {
             config,
             metrics,
             recorder,
-            nodes,
+            nodes: stores.nodes,
+            policies: stores.policies,
+            jobs: stores.jobs,
+            cron_jobs: stores.cron_jobs,
+            written: Mutex::new(HashMap::new()),
             sources: SourceChecker::default(),
             job_settings,
             failures: Mutex::new(HashMap::new()),
@@ -126,6 +152,25 @@ impl Context {
         *n = n.saturating_add(1);
         let secs = 1u64 << (*n - 1).min(8);
         Action::requeue(Duration::from_secs(secs.min(300)))
+    }
+
+    /// Whether `key` must be (re)written with content hashing to `hash`: it
+    /// changed, or the last write is older than the resync interval (so a
+    /// Secret edited by hand is repaired).
+    pub fn needs_write(&self, key: &str, hash: u64) -> bool {
+        let written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        !written
+            .get(key)
+            .is_some_and(|(h, at)| *h == hash && at.elapsed() < self.config.resync_interval)
+    }
+
+    /// Records a successful write of `key` (`None`: the key was removed).
+    pub fn wrote(&self, key: &str, hash: Option<u64>) {
+        let mut written = self.written.lock().unwrap_or_else(|p| p.into_inner());
+        match hash {
+            Some(h) => written.insert(key.to_string(), (h, Instant::now())),
+            None => written.remove(key),
+        };
     }
 
     /// Forgets the failures of `key` after a success.

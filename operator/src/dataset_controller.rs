@@ -7,11 +7,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use futures::future::join_all;
-use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use kube::runtime::controller::Action;
 use kube::runtime::finalizer::{self, Event as FinalizerEvent, finalizer};
 use kube::{Api, ResourceExt};
@@ -196,11 +195,13 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     }
 
     // 3. The policy.
-    let policies: Vec<CachePolicy> = Api::<CachePolicy>::namespaced(ctx.client.clone(), &namespace)
-        .list(&ListParams::default())
-        .await
-        .map_err(|e| Error::kube(format!("listing CachePolicies in {namespace}"), e))?
-        .items;
+    let policies: Vec<CachePolicy> = ctx
+        .policies
+        .state()
+        .iter()
+        .filter(|p| p.namespace().as_deref() == Some(namespace.as_str()))
+        .map(|p| p.as_ref().clone())
+        .collect();
     let resolution = resolve(ds, &policies);
     let mut policy_problem = None;
     match &resolution {
@@ -407,7 +408,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     }
 
     // 8. Preload and pin jobs for this dataset.
-    status.jobs = job_runs(ctx, &namespace, &name).await?;
+    status.jobs = job_runs(ctx, &namespace, &name);
     let running = status
         .jobs
         .iter()
@@ -524,11 +525,15 @@ async fn announce(ds: &Dataset, ctx: &Context, old: &[Condition], new: &[Conditi
             continue;
         }
         let ok = c.status == "True";
-        // Only the Ready flip is worth a Normal event; the others only when they fail.
-        if ok && c.type_ != condition::READY {
+        // Only the Ready flip is worth a Normal event; the others only when
+        // they fail. Waiting for the first node report is a normal state.
+        if (ok && c.type_ != condition::READY)
+            || c.reason == reason::WAITING_FOR_NODES
+            || c.type_ == condition::PRELOADING
+        {
             continue;
         }
-        if !ok && c.type_ != condition::PRELOADING {
+        if !ok {
             ctx.metrics
                 .dataset_problems
                 .get_or_create(&crate::metrics::ReasonLabel {
@@ -536,34 +541,37 @@ async fn announce(ds: &Dataset, ctx: &Context, old: &[Condition], new: &[Conditi
                 })
                 .inc();
         }
-        if c.type_ == condition::PRELOADING {
-            continue;
-        }
         ctx.event(ds, !ok, &c.reason, c.message.clone()).await;
     }
 }
 
-async fn job_runs(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<strata_crds::JobRun>> {
-    let selector = format!("{LABEL_DATASET}={name}");
-    let lp = ListParams::default().labels(&selector);
-    let job_list = Api::<Job>::namespaced(ctx.client.clone(), namespace)
-        .list(&lp)
-        .await
-        .map_err(|e| Error::kube(format!("listing Jobs of dataset {namespace}/{name}"), e))?;
-    let cron_list = Api::<CronJob>::namespaced(ctx.client.clone(), namespace)
-        .list(&lp)
-        .await
-        .map_err(|e| Error::kube(format!("listing CronJobs of dataset {namespace}/{name}"), e))?;
-    let mut runs: Vec<_> = job_list
-        .items
+fn job_runs(ctx: &Context, namespace: &str, name: &str) -> Vec<strata_crds::JobRun> {
+    let ours = |meta: &kube::api::ObjectMeta| {
+        meta.namespace.as_deref() == Some(namespace)
+            && meta
+                .labels
+                .as_ref()
+                .and_then(|l| l.get(LABEL_DATASET))
+                .map(String::as_str)
+                == Some(name)
+    };
+    let mut runs: Vec<_> = ctx
+        .jobs
+        .state()
         .iter()
-        .filter(|j| !jobs::created_by_cron_job(j))
-        .filter_map(jobs::job_run)
-        .chain(cron_list.items.iter().filter_map(jobs::cron_job_run))
+        .filter(|j| ours(&j.metadata) && !jobs::created_by_cron_job(j))
+        .filter_map(|j| jobs::job_run(j))
+        .chain(
+            ctx.cron_jobs
+                .state()
+                .iter()
+                .filter(|c| ours(&c.metadata))
+                .filter_map(|c| jobs::cron_job_run(c)),
+        )
         .collect();
     runs.sort_by(|a, b| b.start_time.cmp(&a.start_time).then(a.job.cmp(&b.job)));
     runs.truncate(MAX_JOB_RUNS);
-    Ok(runs)
+    runs
 }
 
 /// Writes one dataset's key into the datasets Secret. A JSON merge patch
@@ -571,6 +579,22 @@ async fn job_runs(ctx: &Context, namespace: &str, name: &str) -> Result<Vec<stra
 /// overwrite each other (no read-modify-write).
 async fn write_agent_config(ctx: &Context, namespace: &str, name: &str, yaml: &str) -> Result<()> {
     let key = agent_config::secret_key(namespace, name);
+    let hash = {
+        use std::hash::{Hash, Hasher};
+        let mut h = std::collections::hash_map::DefaultHasher::new();
+        yaml.hash(&mut h);
+        h.finish()
+    };
+    if !ctx.needs_write(&key, hash) {
+        return Ok(());
+    }
+    write_agent_config_now(ctx, &key, yaml).await?;
+    ctx.wrote(&key, Some(hash));
+    Ok(())
+}
+
+async fn write_agent_config_now(ctx: &Context, key: &str, yaml: &str) -> Result<()> {
+    let key = key.to_string();
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
     let patch = json!({ "stringData": { key.clone(): yaml } });
     let params = PatchParams {
@@ -647,6 +671,7 @@ pub fn datasets_secret_skeleton(ctx: &Context, string_data: BTreeMap<String, Str
 async fn remove_agent_config(ctx: &Context, namespace: &str, name: &str) -> Result<()> {
     let key = agent_config::secret_key(namespace, name);
     let api: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
+    ctx.wrote(&key, None);
     let patch = json!({ "data": { key.clone(): null } });
     let params = PatchParams {
         field_manager: Some(SECRET_MANAGER.into()),

@@ -332,6 +332,20 @@ async fn sweep_orphan_volumes(ctx: &Context) -> Result<()> {
         .list(&ListParams::default().labels(&selector))
         .await
         .map_err(|e| Error::kube("listing Strata PersistentVolumes", e))?;
+    let datasets = if ctx.config.watch_namespace.is_empty() {
+        Api::<Dataset>::all(ctx.client.clone())
+    } else {
+        Api::<Dataset>::namespaced(ctx.client.clone(), &ctx.config.watch_namespace)
+    };
+    // One list, not a get per volume: there may be thousands.
+    let existing: std::collections::BTreeSet<(String, String)> = datasets
+        .list_metadata(&ListParams::default())
+        .await
+        .map_err(|e| Error::kube("listing Datasets", e))?
+        .items
+        .into_iter()
+        .map(|d| (d.namespace().unwrap_or_default(), d.name_any()))
+        .collect();
     for pv in list.items {
         let labels = pv.labels();
         let (Some(namespace), Some(name)) = (
@@ -343,11 +357,7 @@ async fn sweep_orphan_volumes(ctx: &Context) -> Result<()> {
         if !ctx.config.watch_namespace.is_empty() && *namespace != ctx.config.watch_namespace {
             continue;
         }
-        let dataset = Api::<Dataset>::namespaced(ctx.client.clone(), namespace)
-            .get_opt(name)
-            .await
-            .map_err(|e| Error::kube(format!("reading Dataset {namespace}/{name}"), e))?;
-        if dataset.is_none() {
+        if !existing.contains(&(namespace.clone(), name.clone())) {
             let pv_name = pv.name_any();
             tracing::info!(pv = %pv_name, "deleting the PersistentVolume of a Dataset that no longer exists");
             match pvs.delete(&pv_name, &DeleteParams::background()).await {

@@ -6,7 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures::StreamExt;
+use futures::{FutureExt, StreamExt};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::PersistentVolumeClaim;
 
@@ -19,9 +19,10 @@ use strata_crds::{CachePolicy, Dataset, Replicas, StrataNode};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
-use crate::context::Context;
+use crate::context::{Context, Stores};
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
+use crate::volume::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::{OperatorConfig, Result, dataset_controller, node_set, policy_controller};
 
 /// How often the node DaemonSet, CSIDriver and Secrets are re-applied.
@@ -76,7 +77,9 @@ impl Operator {
             elector.acquire().await;
             self.metrics.leader.set(1);
             let result = tokio::select! {
-                r = run_controllers(self.client.clone(), self.config.clone(), self.metrics.clone()) => r,
+                // Boxed: the controllers' futures are large, and debug builds
+                // would otherwise overflow a worker thread's stack.
+                r = Box::pin(run_controllers(self.client.clone(), self.config.clone(), self.metrics.clone())) => r,
                 lost = elector.hold() => Err(lost),
             };
             self.metrics.leader.set(0);
@@ -105,18 +108,42 @@ pub async fn run_controllers(
         namespace: config.watch_namespace.clone(),
     };
     let (nodes, node_writer) = reflector::store::<StrataNode>();
-    let node_reflector = reflect(
-        node_writer,
-        watcher(Api::<StrataNode>::all(client.clone()), wc.clone()),
-    )
-    .default_backoff()
-    .touched_objects()
-    .for_each(|event| async move {
-        if let Err(e) = event {
-            warn!(error = %e, "watching StrataNodes");
-        }
-    });
-    let ctx = Context::new(client.clone(), config, metrics, nodes.clone())?;
+    let node_reflector = Box::pin(drain(
+        "StrataNodes",
+        reflect(
+            node_writer,
+            watcher(Api::<StrataNode>::all(client.clone()), wc.clone()),
+        ),
+    ));
+    // Reflectors for what reconciles read, so a reconcile costs no list calls.
+    let (policies_store, policies_writer) = reflector::store::<CachePolicy>();
+    let (jobs_store, jobs_writer) = reflector::store::<Job>();
+    let (crons_store, crons_writer) = reflector::store::<CronJob>();
+    let ours = watcher::Config::default()
+        .any_semantic()
+        .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
+    let policy_reflector = Box::pin(drain(
+        "CachePolicies",
+        reflect(
+            policies_writer,
+            watcher(scope.get::<CachePolicy>(), wc.clone()),
+        ),
+    ));
+    let job_reflector = Box::pin(drain(
+        "Jobs",
+        reflect(jobs_writer, watcher(scope.get::<Job>(), ours.clone())),
+    ));
+    let cron_reflector = Box::pin(drain(
+        "CronJobs",
+        reflect(crons_writer, watcher(scope.get::<CronJob>(), ours)),
+    ));
+    let stores = Stores {
+        nodes: nodes.clone(),
+        policies: policies_store.clone(),
+        jobs: jobs_store.clone(),
+        cron_jobs: crons_store.clone(),
+    };
+    let ctx = Context::new(client.clone(), config, metrics, stores)?;
 
     let controller_config = ControllerConfig::default().concurrency(CONCURRENCY);
     let datasets =
@@ -147,7 +174,8 @@ pub async fn run_controllers(
             dataset_controller::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+        .boxed();
 
     let policies =
         Controller::new(scope.get::<CachePolicy>(), wc.clone()).with_config(controller_config);
@@ -191,10 +219,30 @@ pub async fn run_controllers(
             policy_controller::error_policy,
             ctx.clone(),
         )
-        .for_each(|_| async {});
+        .for_each(|_| async {})
+        .boxed();
 
-    let node_set_loop = node_set_loop(ctx.clone());
-    tokio::join!(node_reflector, datasets, policies, node_set_loop);
+    let node_set_loop = node_set_loop(ctx.clone()).boxed();
+    // Reconciles start once the stores they read are filled.
+    let controllers = Box::pin(async {
+        let ready = futures::future::join4(
+            nodes.wait_until_ready(),
+            policies_store.wait_until_ready(),
+            jobs_store.wait_until_ready(),
+            crons_store.wait_until_ready(),
+        )
+        .await;
+        if let (Ok(()), Ok(()), Ok(()), Ok(())) = ready {
+            tokio::join!(datasets, policies, node_set_loop);
+        }
+    });
+    tokio::join!(
+        node_reflector,
+        policy_reflector,
+        job_reflector,
+        cron_reflector,
+        controllers
+    );
     Ok(())
 }
 
@@ -215,6 +263,21 @@ impl Scoped {
             Api::namespaced(self.client.clone(), &self.namespace)
         }
     }
+}
+
+/// Polls a reflector stream for as long as it runs, logging watch errors.
+async fn drain<K, S>(what: &'static str, stream: S)
+where
+    S: futures::Stream<Item = std::result::Result<watcher::Event<K>, watcher::Error>>,
+{
+    stream
+        .default_backoff()
+        .for_each(|event| async move {
+            if let Err(e) = event {
+                warn!(error = %e, "watching {what}");
+            }
+        })
+        .await;
 }
 
 async fn node_set_loop(ctx: Arc<Context>) {
