@@ -9,7 +9,7 @@
 #      a cold and a warm read, the preload Job's command and `kubectl get datasets`.
 # Everything runs on after it returns; `make demo-down` (scripts/demo.sh down) stops it all.
 # `scripts/demo.sh standalone` / `standalone-down`: just the agent's FUSE mount of examples/data.
-set -euo pipefail
+set -Eeuo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 demo_dir=${STRATA_DEMO_DIR:-/tmp/strata-demo}
@@ -35,7 +35,7 @@ on_error() {
   local rc=$?
   echo >&2
   echo "demo: FAILED (exit $rc) at: ${BASH_COMMAND}" >&2
-  for f in "$logs"/*.log "$STRATA_STATE"/cluster/logs/*.log; do
+  for f in "$logs"/*.log; do
     [ -s "$f" ] || continue
     echo "---- last lines of $f" >&2
     tail -n 12 "$f" >&2

@@ -197,6 +197,11 @@ impl Demo {
         {
             println!("demo: already up; 'make demo-down' stops it. From the first run:\n");
             print!("{summary}");
+            let now = Cluster::shared()
+                .await?
+                .kubectl(&["-n", TENANT_NS, "get", "datasets"])
+                .await?;
+            println!("\nNow:\n$ kubectl get datasets -n {TENANT_NS}\n{now}");
             return Ok(());
         }
         let started = Instant::now();
@@ -416,7 +421,7 @@ impl Demo {
         let (_, _, warm) = read_all(&target)?;
 
         // 6. The preload Job's command, as its pod would run it, then the cached percent.
-        let preload = self.run_preload_job(cluster, &client, agent_port).await?;
+        let preload = self.run_preload_job(&client).await?;
         let table = wait_until("kubectl get datasets to show 100%", WAIT, || async {
             let status = dataset_status(cluster).await?;
             let table = cluster
@@ -457,12 +462,7 @@ impl Demo {
 
     /// Runs the preload Job's container command against this node's agent, with the token the
     /// Job's pod mounts; returns how it went.
-    async fn run_preload_job(
-        &self,
-        cluster: &Cluster,
-        client: &kube::Client,
-        agent_port: u16,
-    ) -> Result<String> {
+    async fn run_preload_job(&self, client: &kube::Client) -> Result<String> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
         let job = wait_until("the preload Job", WAIT, || async {
             let list = jobs
@@ -497,7 +497,6 @@ impl Demo {
                     .replace("/var/run/strata/token", &token_file.to_string_lossy())
             })
             .collect();
-        let _ = (cluster, agent_port);
         let log = self.logs().join("preload-job.log");
         let out = std::fs::File::create(&log)?;
         let started = Instant::now();
