@@ -142,9 +142,9 @@ time_read_all() {
 
 standalone() {
   STRATA_SETUP_CLUSTER=0 bash scripts/setup.sh
-  echo "demo: building strata-agent (release)"
-  cargo build --release -q -p strata-agent
-  agent="$target_dir/release/strata-agent"
+  echo "demo: building strata-agent (debug profile, as 'up' does)"
+  cargo build -q -p strata-agent
+  agent="$bins/strata-agent"
 
   if [ -f "$agent_pidfile" ] && kill -0 "$(cat "$agent_pidfile")" 2>/dev/null; then
     echo "demo: already running (pid $(cat "$agent_pidfile")); '$0 standalone-down' stops it"
