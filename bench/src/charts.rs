@@ -29,6 +29,18 @@ const PALETTE: [RGBColor; 6] = [
     RGBColor(0xd6, 0x27, 0x28),
 ];
 
+/// The same colour for a system in every chart.
+fn system_color(label: &str) -> Option<RGBColor> {
+    Some(match label {
+        "Strata" => PALETTE[5],
+        "rclone" => PALETTE[0],
+        "s3fs" => PALETTE[1],
+        "object_store GETs" => PALETTE[2],
+        "local file" => PALETTE[3],
+        _ => return None,
+    })
+}
+
 fn chart_err(path: &Path, e: impl std::fmt::Display) -> Error {
     Error::Chart {
         path: path.to_path_buf(),
@@ -89,7 +101,7 @@ pub fn grouped_bars(
         .map_err(|e| chart_err(path, e))?;
     let width = 0.8 / series.len() as f64;
     for (s, (name, vals)) in series.iter().enumerate() {
-        let color = PALETTE[s % PALETTE.len()];
+        let color = system_color(name).unwrap_or(PALETTE[s % PALETTE.len()]);
         let bars = vals.iter().enumerate().filter_map(|(c, v)| {
             let v = (*v)?;
             (v > 0.0).then(|| {

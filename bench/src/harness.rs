@@ -12,7 +12,7 @@ use crate::netshape::ShapedLink;
 use crate::process::drop_page_caches;
 use crate::proxy::DelayProxyProcess;
 use crate::results::{
-    BenchResults, Measurement, SectionMeta, TraceInfo, git_commit, load_average, machine_info,
+    BenchResults, Measurement, SectionMeta, TraceInfo, load_average, machine_info,
 };
 use crate::s3server::{S3Credentials, SeaweedFs, SeaweedOptions};
 use crate::workloads::{epoch, fio, floor, listing};
@@ -71,6 +71,8 @@ pub struct RunConfig {
     pub spec: DataSpec,
     pub work_dir: PathBuf,
     pub repo_dir: PathBuf,
+    /// The commit of the code being measured, for the report.
+    pub commit: String,
     pub programs: Programs,
     pub weed: PathBuf,
     pub fio: PathBuf,
@@ -588,7 +590,7 @@ fn size_of_epoch_key(rel: &str) -> u64 {
 fn section(cfg: &RunConfig, load_before: f64) -> SectionMeta {
     SectionMeta {
         date: chrono::Utc::now().format("%Y-%m-%d %H:%M").to_string(),
-        commit: git_commit(&cfg.repo_dir),
+        commit: cfg.commit.clone(),
         runs: cfg.runs,
         quick: cfg.quick,
         spec: cfg.spec,

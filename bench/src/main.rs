@@ -40,6 +40,9 @@ struct DocArgs {
     /// The repository root (docs/ is written there).
     #[arg(long, env = "STRATA_BENCH_REPO", default_value = ".")]
     repo: PathBuf,
+    /// The commit the measured binaries were built from, for the report (default: HEAD of --repo).
+    #[arg(long, env = "STRATA_BENCH_COMMIT")]
+    commit: Option<String>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -286,6 +289,11 @@ fn main() -> anyhow::Result<()> {
                 spec,
                 work_dir: std::fs::canonicalize(&work_dir)?,
                 repo_dir: repo.clone(),
+                commit: a
+                    .doc
+                    .commit
+                    .clone()
+                    .unwrap_or_else(|| strata_bench::results::git_commit(&repo)),
                 programs: Programs {
                     strata_agent,
                     rclone: a.rclone,

@@ -366,7 +366,7 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
     for (w, s) in &r.sections {
         let data = match w.as_str() {
             "seq-large" | "random-4k" => format!("{} MiB object", s.spec.seq_large_bytes >> 20),
-            "epoch-small" => format!("{} files of ~110 KiB", s.spec.epoch_files),
+            "epoch-small" | "preload" => format!("{} files of ~110 KiB", s.spec.epoch_files),
             "list" => format!("{} objects", s.spec.list_objects),
             _ => "synthetic traces".into(),
         };
