@@ -23,4 +23,14 @@ cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-
 cargo build -q -p strata-agent -p strata-csi
 STRATA_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" csi/sanity/run.sh
 
+# A short fuzz run over path normalization and the agent's HTTP request handling
+# (longer by hand: scripts/fuzz.sh 3600). Its build is kept outside the clone so a
+# machine builds it once.
+if cargo +nightly --version >/dev/null 2>&1; then
+  command -v cargo-fuzz >/dev/null || cargo install -q --locked cargo-fuzz@0.13.2
+  CARGO_TARGET_DIR="$HOME/.cache/strata/fuzz-target" scripts/fuzz.sh "${STRATA_FUZZ_SECONDS:-20}"
+else
+  echo "make test: WARNING: no nightly toolchain (rustup toolchain install nightly), fuzz run skipped" >&2
+fi
+
 echo "make test: all passed in $(( $(date +%s) - start ))s"
