@@ -246,6 +246,9 @@ struct FsState {
     passthrough_refused: AtomicU64,
     uid: u32,
     gid: u32,
+    /// Object stores keep no directory times; directories show the mount time
+    /// instead of 1970.
+    mounted_at: SystemTime,
 }
 
 use std::sync::atomic::AtomicBool;
@@ -291,6 +294,7 @@ impl FsState {
             passthrough_refused: AtomicU64::new(0),
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
+            mounted_at: SystemTime::now(),
         }
     }
 
@@ -320,14 +324,19 @@ impl FsState {
         } else {
             (FileType::RegularFile, 0o444, 1)
         };
+        let mtime = if stat.mtime == SystemTime::UNIX_EPOCH {
+            self.mounted_at
+        } else {
+            stat.mtime
+        };
         FileAttr {
             ino: INodeNo(ino),
             size: stat.size,
             blocks: stat.size.div_ceil(512),
-            atime: stat.mtime,
-            mtime: stat.mtime,
-            ctime: stat.mtime,
-            crtime: stat.mtime,
+            atime: mtime,
+            mtime,
+            ctime: mtime,
+            crtime: mtime,
             kind,
             perm,
             nlink,

@@ -154,6 +154,15 @@ async fn thousand_files_from_s3_through_fuse() {
         eprintln!("passthrough opens: {pt_ok} ok, {pt_refused} refused");
         assert!(pt_ok > 0, "no file was opened in passthrough mode");
         assert_eq!(pt_refused, 0);
+        // Directories have no time in an object store: they show the mount's, not 1970.
+        let dir_mtime = std::fs::metadata(mnt.path().join("edge"))
+            .unwrap()
+            .modified()
+            .unwrap();
+        assert!(
+            dir_mtime > std::time::SystemTime::UNIX_EPOCH + Duration::from_secs(86_400 * 365 * 50),
+            "directory mtime {dir_mtime:?}"
+        );
         // Read-only: writes are refused.
         let err = std::fs::write(mnt.path().join("edge/one-byte"), b"x").unwrap_err();
         assert_eq!(err.raw_os_error(), Some(libc::EROFS), "{err}");
