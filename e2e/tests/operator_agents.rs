@@ -106,7 +106,15 @@ spec:
         table.contains(&node.node_name) && table.contains('1'),
         "{table}"
     );
-    ensure!(reported.status.unwrap_or_default().tiers.len() == 2);
+    let reported = reported.status.unwrap_or_default();
+    ensure!(reported.tiers.len() == 2);
+    // The agent echoes the uid the operator put in its config.
+    let uid = datasets.get("local").await?.metadata.uid;
+    ensure!(
+        uid.is_some() && reported.datasets[0].uid == uid,
+        "{:?} vs {uid:?}",
+        reported.datasets[0].uid
+    );
 
     // Deletion: the key goes; the agent (here: the test, as `serve` would on
     // rescan) drops the dataset and reports; then the finalizer is released.

@@ -1,7 +1,8 @@
 //! The operator creates, from its flags, the node DaemonSet (agent, CSI
 //! plugin, node-driver-registrar), the CSIDriver object, the agent token and
 //! the datasets Secret; namespaced ones are owned by the operator's
-//! Deployment. The metrics and health endpoint answers.
+//! Deployment. The metrics and health endpoint answers. Node reports are
+//! summed into a Dataset's status only when they carry its uid.
 
 mod operator_common;
 
@@ -12,9 +13,11 @@ use anyhow::{Result, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::CSIDriver;
+use kube::api::DeleteParams;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use operator_common::*;
+use strata_crds::{Dataset, DatasetPhase, DatasetStatus};
 use strata_e2e::{Cluster, TestNamespace};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -158,6 +161,140 @@ async fn node_daemonset_and_csidriver_follow_the_flags() -> Result<()> {
         "{metrics}"
     );
 
+    ns.cleanup().await?;
+    operator.stop().await?;
+    Ok(())
+}
+
+/// A Dataset with one node-local source (checked by the agents, so no store is needed).
+fn local_dataset(name: &str) -> Result<Dataset> {
+    Ok(serde_json::from_value(serde_json::json!({
+        "apiVersion": "strata.dev/v1alpha1",
+        "kind": "Dataset",
+        "metadata": {"name": name},
+        "spec": {"sources": [{"name": "disk", "uri": "file:///data/scratch", "mountPath": "/"}]},
+    }))?)
+}
+
+/// Waits until the Dataset's status satisfies `check`; returns that status.
+async fn wait_status(
+    datasets: &Api<Dataset>,
+    name: &str,
+    what: &str,
+    check: impl Fn(&DatasetStatus) -> bool,
+) -> Result<DatasetStatus> {
+    eventually(&format!("{name}: {what}"), WAIT, || async {
+        let st = datasets
+            .get_opt(name)
+            .await?
+            .and_then(|d| d.status)
+            .unwrap_or_default();
+        Ok(check(&st).then_some(st))
+    })
+    .await
+}
+
+fn report<'a>(namespace: &'a str, name: &'a str, uid: &str, cached_bytes: i64) -> Report<'a> {
+    Report {
+        namespace,
+        name,
+        uid: Some(uid.to_string()),
+        cached_bytes,
+        hits: 1,
+        misses: 1,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reports_about_an_earlier_dataset_of_the_same_name_are_not_counted() -> Result<()> {
+    let cluster = Cluster::shared().await?;
+    install_crds(cluster).await?;
+    let ns = TestNamespace::create(cluster, "op-uid").await?;
+    let client = ns.client().clone();
+    let namespace = ns.name().to_string();
+    let operator = RunningOperator::start(cluster, &namespace, "op-uid", &[]).await?;
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), &namespace);
+    let (lagging, fresh) = (format!("{namespace}-lagging"), format!("{namespace}-fresh"));
+
+    let first = datasets
+        .create(&PostParams::default(), &local_dataset("scratch")?)
+        .await?;
+    let first_uid = first.uid().unwrap_or_default();
+    // The agents are told the uid, to echo it in their reports.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let key = format!("{namespace}.scratch.yaml");
+    eventually("agent config with the uid", WAIT, || async {
+        let data = secrets
+            .get_opt("strata-datasets")
+            .await?
+            .and_then(|s| s.data)
+            .unwrap_or_default();
+        let text = data
+            .get(&key)
+            .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+            .unwrap_or_default();
+        Ok(text.contains(&format!("uid: {first_uid}")).then_some(()))
+    })
+    .await?;
+    report_node(
+        &client,
+        &lagging,
+        &[report(&namespace, "scratch", &first_uid, 5_000)],
+    )
+    .await?;
+    wait_status(&datasets, "scratch", "Ready with 5000 bytes", |st| {
+        st.phase == Some(DatasetPhase::Ready) && st.cached_bytes == Some(5_000)
+    })
+    .await?;
+
+    // Delete it; once the node stops reporting it the finalizer lets go.
+    datasets.delete("scratch", &DeleteParams::default()).await?;
+    report_node(&client, &lagging, &[]).await?;
+    eventually("first dataset gone", WAIT, || async {
+        Ok(datasets.get_opt("scratch").await?.is_none().then_some(()))
+    })
+    .await?;
+
+    // A lagging agent reports the old dataset again while a new one of the
+    // same name appears: its 5000 bytes must not count for the new one.
+    report_node(
+        &client,
+        &lagging,
+        &[report(&namespace, "scratch", &first_uid, 5_000)],
+    )
+    .await?;
+    let second = datasets
+        .create(&PostParams::default(), &local_dataset("scratch")?)
+        .await?;
+    let second_uid = second.uid().unwrap_or_default();
+    ensure!(second_uid != first_uid);
+    let pending = wait_status(&datasets, "scratch", "Pending, nothing cached", |st| {
+        st.phase == Some(DatasetPhase::Pending)
+    })
+    .await?;
+    ensure!(
+        pending.cached_bytes == Some(0) && pending.nodes == Some(0),
+        "{pending:?}"
+    );
+    // A fresh report of the new dataset counts; the lagging one still does not.
+    report_node(
+        &client,
+        &fresh,
+        &[report(&namespace, "scratch", &second_uid, 1_000)],
+    )
+    .await?;
+    let ready = wait_status(&datasets, "scratch", "Ready from the fresh node", |st| {
+        st.phase == Some(DatasetPhase::Ready)
+    })
+    .await?;
+    ensure!(
+        ready.cached_bytes == Some(1_000) && ready.nodes == Some(1) && ready.hits == Some(1),
+        "{ready:?}"
+    );
+
+    report_node(&client, &lagging, &[]).await?;
+    report_node(&client, &fresh, &[]).await?;
+    delete_nodes(&client, &[&lagging, &fresh]).await;
     ns.cleanup().await?;
     operator.stop().await?;
     Ok(())

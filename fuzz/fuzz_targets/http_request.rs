@@ -53,6 +53,7 @@ fn fixture() -> &'static Fixture {
                 .add_dataset(DatasetConfig {
                     namespace: "ml".into(),
                     name: "data".into(),
+                    uid: None,
                     sources: vec![SourceConfig {
                         name: "local".into(),
                         uri: format!("file://{}", source.display()),

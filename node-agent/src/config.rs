@@ -26,6 +26,11 @@ pub struct DatasetConfig {
     pub namespace: String,
     /// Dataset name.
     pub name: String,
+    /// UID of the Kubernetes Dataset (set by the operator), echoed in the StrataNode
+    /// report so that the operator never counts a report about an earlier dataset of
+    /// the same name.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     /// The sources, each visible under its `mountPath`.
     pub sources: Vec<SourceConfig>,
     /// Cache settings for this dataset.

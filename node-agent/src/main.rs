@@ -213,6 +213,7 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let dataset = DatasetConfig {
         namespace,
         name,
+        uid: None,
         sources,
         cache: cache_settings(&args.cache),
     };

@@ -62,7 +62,7 @@ pub fn status_of(agent: &Agent) -> StrataNodeStatus {
             NodeDatasetUsage {
                 namespace: view.namespace().to_string(),
                 name: view.name().to_string(),
-                uid: None,
+                uid: view.config().uid.clone(),
                 cached_bytes: api_int(cached),
                 pinned_bytes: Some(api_int(usage.pinned_bytes)),
                 files: api_int(usage.cached_files),
@@ -177,6 +177,7 @@ mod tests {
             .add_dataset(DatasetConfig {
                 namespace: "ml".into(),
                 name: "local".into(),
+                uid: Some("7d1e-uid".into()),
                 sources: vec![SourceConfig {
                     name: "dir".into(),
                     uri: format!("file://{}", data.path().display()),
@@ -197,6 +198,7 @@ mod tests {
             (report.namespace.as_str(), report.name.as_str()),
             ("ml", "local")
         );
+        assert_eq!(report.uid.as_deref(), Some("7d1e-uid"));
         assert!(report.cached_bytes >= 10_000, "{report:?}");
         assert_eq!(report.files, 1);
         assert!(report.misses >= 1, "{report:?}");

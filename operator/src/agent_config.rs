@@ -26,6 +26,10 @@ pub fn secret_key(namespace: &str, name: &str) -> String {
 pub struct AgentDatasetConfig {
     pub namespace: String,
     pub name: String,
+    /// The Dataset's UID; the agent echoes it in its StrataNode report so a
+    /// report about a deleted dataset of the same name is not counted.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub uid: Option<String>,
     pub sources: Vec<AgentSource>,
     pub cache: AgentCacheSettings,
 }
@@ -121,6 +125,7 @@ pub fn build(
     AgentDatasetConfig {
         namespace: dataset.metadata.namespace.clone().unwrap_or_default(),
         name: dataset.metadata.name.clone().unwrap_or_default(),
+        uid: dataset.metadata.uid.clone(),
         sources: dataset
             .spec
             .sources
@@ -175,6 +180,7 @@ mod tests {
             },
         );
         ds.metadata.namespace = Some("ml".into());
+        ds.metadata.uid = Some("0b6c9a4e-uid".into());
         ds
     }
 
@@ -192,6 +198,7 @@ mod tests {
         let yaml = config.to_yaml().unwrap();
         let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(value["namespace"], "ml");
+        assert_eq!(value["uid"], "0b6c9a4e-uid");
         assert_eq!(value["sources"][0]["mountPath"], "/train");
         assert_eq!(value["sources"][0]["readOnly"], true);
         assert_eq!(

@@ -151,6 +151,7 @@ pub fn dataset(name: &str, sources: Vec<SourceConfig>, cache: CacheSettings) -> 
     DatasetConfig {
         namespace: "test".into(),
         name: name.into(),
+        uid: None,
         sources,
         cache,
     }
