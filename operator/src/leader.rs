@@ -1,19 +1,89 @@
 //! Leader election with a coordination.k8s.io Lease, so two replicas can run
-//! and only one acts. Expiry is judged by the local clock from when this
-//! replica last saw the Lease change (as client-go does), not by comparing
-//! clocks across machines.
+//! and only one acts.
+//!
+//! Why two replicas never act at once (D = the lease duration; the full
+//! argument is in docs/operator.md, "Leader election"):
+//! - the holder stamps `renewTime` and starts its own deadline at the same
+//!   instant, and stops acting 2D/3 after its last successful stamp, even if
+//!   a renewal request hangs ([`LeaderElector::hold`]);
+//! - a standby takes over when its own clock passes `renewTime + D`, but only
+//!   if that renewal looked less than D/4 old when it first saw it. A renewal
+//!   cannot be seen before it is stamped, so that age bounds how far the
+//!   standby's clock runs ahead of the holder's: it takes over at least
+//!   D - D/4 = 3D/4 after the stamp, D/12 after the holder stopped;
+//! - otherwise it falls back to client-go's rule, D after it first saw the
+//!   renewal on its own monotonic clock, which needs no clock agreement.
+//!
+//! Writes carry the resourceVersion, so two standbys cannot both take over.
 
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::MicroTime;
-use k8s_openapi::jiff::Timestamp;
+use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::api::{ObjectMeta, PostParams};
 use kube::{Api, Client};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::{Error, Result};
+
+/// How long a standby must wait before it may take over a Lease held by
+/// another replica (zero: now). Pure, so the clock cases can be tested.
+///
+/// - `renew_time`: the Lease's `renewTime`, on the holder's clock;
+/// - `first_seen`: this replica's wall clock when it first saw that renewal
+///   (read after the response arrived, so never before the renewal was written);
+/// - `unchanged_for`: how long ago that was, on this replica's monotonic clock;
+/// - `now`: this replica's wall clock;
+/// - `duration`: the Lease's `leaseDurationSeconds`.
+pub fn takeover_wait(
+    renew_time: Option<Timestamp>,
+    first_seen: Timestamp,
+    unchanged_for: Duration,
+    now: Timestamp,
+    duration: Duration,
+) -> Duration {
+    // client-go's rule: no change seen for a whole duration. Safe whatever the clocks say.
+    let by_sighting = duration.saturating_sub(unchanged_for);
+    let Some(renewed) = renew_time else {
+        return by_sighting;
+    };
+    // The renewal's age when first seen is at least how far this clock runs
+    // ahead of the holder's; beyond D/4 the renewTime rule is not provably safe.
+    let age_at_sight = first_seen.duration_since(renewed);
+    if age_at_sight >= signed(duration / 4) {
+        return by_sighting;
+    }
+    let left = renewed.duration_since(now).saturating_add(signed(duration));
+    // Negative: renewTime + duration has passed.
+    let by_renew_time = Duration::try_from(left).unwrap_or(Duration::ZERO);
+    by_sighting.min(by_renew_time)
+}
+
+fn signed(d: Duration) -> SignedDuration {
+    SignedDuration::try_from(d).unwrap_or(SignedDuration::MAX)
+}
+
+/// A renewal as this replica first saw it.
+#[derive(Debug, Clone, PartialEq)]
+struct Sighting {
+    holder: String,
+    renew_time: Option<Timestamp>,
+    /// Wall clock and monotonic clock right after the response that showed it.
+    wall: Timestamp,
+    at: Instant,
+}
+
+/// What one attempt at the Lease found.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Attempt {
+    /// This replica holds the Lease; it may act until `stamped` + the renew deadline.
+    Leading { stamped: Instant },
+    /// Another replica holds it; try again at `recheck` (exactly when it may
+    /// take over, if that comes before the next poll).
+    Standby { recheck: Instant },
+}
 
 /// One replica's view of the Lease.
 pub struct LeaderElector {
@@ -22,8 +92,10 @@ pub struct LeaderElector {
     namespace: String,
     identity: String,
     duration: Duration,
-    /// (holder, renewTime) last seen and when it was first seen.
-    observed: Mutex<Option<(String, Option<Timestamp>, Instant)>>,
+    /// The current holder's latest renewal and when it was first seen.
+    sighting: Mutex<Option<Sighting>>,
+    /// When this replica stamped its latest successful acquire or renewal.
+    stamped: Mutex<Option<Instant>>,
 }
 
 impl std::fmt::Debug for LeaderElector {
@@ -36,7 +108,9 @@ impl std::fmt::Debug for LeaderElector {
 }
 
 impl LeaderElector {
-    /// An elector for Lease `namespace/name`.
+    /// An elector for Lease `namespace/name`. `duration` is cut to whole
+    /// seconds (`leaseDurationSeconds` is an integer), so the deadline this
+    /// replica keeps is the one the standbys read.
     pub fn new(
         client: Client,
         namespace: &str,
@@ -49,30 +123,49 @@ impl LeaderElector {
             name: name.into(),
             namespace: namespace.into(),
             identity: identity.into(),
-            duration,
-            observed: Mutex::new(None),
+            duration: Duration::from_secs(duration.as_secs().clamp(1, i32::MAX as u64)),
+            sighting: Mutex::new(None),
+            stamped: Mutex::new(None),
         }
     }
 
-    /// How often a standby retries and a leader renews.
-    pub fn retry_period(&self) -> Duration {
-        (self.duration / 4).max(Duration::from_millis(500))
+    /// How often the leader renews.
+    pub fn renew_period(&self) -> Duration {
+        self.duration / 4
+    }
+
+    /// How often a standby looks at the Lease (and a leader retries a failed
+    /// renewal); a standby also looks exactly when the Lease expires.
+    pub fn poll_period(&self) -> Duration {
+        self.duration / 8
+    }
+
+    /// The leader stops acting this long after its last successful renewal
+    /// stamp; standbys take over no earlier than 3/4 of the duration after it.
+    pub fn renew_deadline(&self) -> Duration {
+        self.duration * 2 / 3
     }
 
     fn duration_secs(&self) -> i32 {
-        i32::try_from(self.duration.as_secs().max(1)).unwrap_or(i32::MAX)
+        i32::try_from(self.duration.as_secs()).unwrap_or(i32::MAX)
     }
 
-    /// Takes or renews the Lease. `Ok(true)` when this replica holds it.
-    pub async fn try_acquire_or_renew(&self) -> Result<bool> {
-        let now = Timestamp::now();
-        let action = || format!("acquiring Lease {}/{}", self.namespace, self.name);
-        let Some(mut lease) = self
+    fn lease_ref(&self) -> String {
+        format!("{}/{}", self.namespace, self.name)
+    }
+
+    /// Takes or renews the Lease if this replica may.
+    async fn attempt(&self) -> Result<Attempt> {
+        // renewTime and the leader's deadline start at the same instant, before any request.
+        let (now, stamped) = (Timestamp::now(), Instant::now());
+        let action = || format!("acquiring Lease {}", self.lease_ref());
+        let lease = self
             .api
             .get_opt(&self.name)
             .await
-            .map_err(|e| Error::kube(action(), e))?
-        else {
+            .map_err(|e| Error::kube(action(), e))?;
+        let (seen_wall, seen_at) = (Timestamp::now(), Instant::now());
+        let Some(mut lease) = lease else {
             let lease = Lease {
                 metadata: ObjectMeta {
                     name: Some(self.name.clone()),
@@ -89,37 +182,37 @@ impl LeaderElector {
                 }),
             };
             return match self.api.create(&PostParams::default(), &lease).await {
-                Ok(_) => Ok(true),
-                Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+                Ok(_) => Ok(Attempt::Leading { stamped }),
+                Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Standby {
+                    recheck: Instant::now() + self.poll_period(),
+                }),
                 Err(e) => Err(Error::kube(action(), e)),
             };
         };
         let spec = lease.spec.clone().unwrap_or_default();
         let holder = spec.holder_identity.clone().unwrap_or_default();
-        let renew = spec.renew_time.as_ref().map(|t| t.0);
+        let renew_time = spec.renew_time.as_ref().map(|t| t.0);
         let held_by_me = holder == self.identity;
         if !held_by_me && !holder.is_empty() {
-            // Someone else holds it: expired only if it has not changed for a whole lease duration.
             let their_duration = spec
                 .lease_duration_seconds
                 .map(|s| Duration::from_secs(u64::try_from(s).unwrap_or(0)))
                 .unwrap_or(self.duration);
-            let mut observed = self.observed.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = observed
-                .as_ref()
-                .is_none_or(|(h, r, _)| *h != holder || *r != renew);
-            if changed {
-                *observed = Some((holder.clone(), renew, Instant::now()));
-                return Ok(false);
+            let sighting = self.see(&holder, renew_time, seen_wall, seen_at, their_duration);
+            let wait = takeover_wait(
+                renew_time,
+                sighting.wall,
+                stamped.saturating_duration_since(sighting.at),
+                now,
+                their_duration,
+            );
+            if !wait.is_zero() {
+                // Counted from before the GET, like `now`, so the next look is not late.
+                return Ok(Attempt::Standby {
+                    recheck: stamped + wait.min(self.poll_period()),
+                });
             }
-            let seen_at = observed
-                .as_ref()
-                .map(|(_, _, at)| *at)
-                .unwrap_or_else(Instant::now);
-            if seen_at.elapsed() < their_duration {
-                return Ok(false);
-            }
-            info!(previous = %holder, "lease expired; taking over");
+            info!(previous = %holder, renew_time = ?renew_time, "lease expired; taking over");
         }
         let transitions = spec.lease_transitions.unwrap_or(0) + i32::from(!held_by_me);
         lease.spec = Some(LeaseSpec {
@@ -140,44 +233,115 @@ impl LeaderElector {
             .replace(&self.name, &PostParams::default(), &lease)
             .await
         {
-            Ok(_) => Ok(true),
-            Err(kube::Error::Api(s)) if s.code == 409 => Ok(false),
+            Ok(_) => Ok(Attempt::Leading { stamped }),
+            Err(kube::Error::Api(s)) if s.code == 409 => Ok(Attempt::Standby {
+                recheck: Instant::now() + self.poll_period(),
+            }),
             Err(e) => Err(Error::kube(action(), e)),
         }
+    }
+
+    /// Records a renewal by another holder; returns when it was first seen.
+    fn see(
+        &self,
+        holder: &str,
+        renew_time: Option<Timestamp>,
+        wall: Timestamp,
+        at: Instant,
+        duration: Duration,
+    ) -> Sighting {
+        let mut sighting = self.sighting.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(s) = sighting.as_ref()
+            && s.holder == holder
+            && s.renew_time == renew_time
+        {
+            return s.clone();
+        }
+        if let (Some(renewed), Some(previous)) = (renew_time, sighting.as_ref()) {
+            let age = wall.duration_since(renewed);
+            // A fresh renewal that already looks old: clocks disagree (or the API is slow).
+            if previous.holder == holder && age >= signed(duration / 4) {
+                warn!(
+                    %holder,
+                    age = ?age,
+                    "a Lease renewal looked old when first seen: this replica's clock may run \
+                     ahead of the holder's; waiting a whole lease duration from the sighting \
+                     instead of trusting renewTime (keep node clocks in sync)"
+                );
+            } else {
+                debug!(%holder, age = ?age, "lease renewal seen");
+            }
+        }
+        let new = Sighting {
+            holder: holder.to_string(),
+            renew_time,
+            wall,
+            at,
+        };
+        *sighting = Some(new.clone());
+        new
+    }
+
+    fn set_stamped(&self, at: Instant) {
+        *self.stamped.lock().unwrap_or_else(|p| p.into_inner()) = Some(at);
     }
 
     /// Waits until this replica holds the Lease.
     pub async fn acquire(&self) {
         loop {
-            match self.try_acquire_or_renew().await {
-                Ok(true) => {
+            let next = match self.attempt().await {
+                Ok(Attempt::Leading { stamped }) => {
+                    self.set_stamped(stamped);
                     info!(identity = %self.identity, lease = %self.name, "became leader");
                     return;
                 }
-                Ok(false) => {}
-                Err(e) => warn!(error = %e, "leader election"),
-            }
-            tokio::time::sleep(self.retry_period()).await;
+                Ok(Attempt::Standby { recheck }) => recheck,
+                Err(e) => {
+                    warn!(error = %e, "leader election");
+                    Instant::now() + self.poll_period()
+                }
+            };
+            tokio::time::sleep_until(next.into()).await;
         }
     }
 
-    /// Renews the Lease until that fails for longer than the renew deadline
-    /// (2/3 of the duration, so it stops before a standby may take over) or
-    /// another replica holds it; then returns the error to stop on.
+    /// Renews the Lease until another replica holds it or no renewal has
+    /// succeeded for the renew deadline (2/3 of the duration, counted from
+    /// the renewal's stamp, cutting off a request that hangs); then returns
+    /// the error to stop on. Acting must end when this returns.
     pub async fn hold(&self) -> Error {
-        let deadline = self.duration * 2 / 3;
-        let mut last_renewal = Instant::now();
+        let deadline = self.renew_deadline();
+        let stamped = *self.stamped.lock().unwrap_or_else(|p| p.into_inner());
+        // Without an acquire there is nothing to hold: stop at once.
+        let mut valid_until = stamped.map_or_else(Instant::now, |at| at + deadline);
+        let mut pause = self.renew_period();
         loop {
-            tokio::time::sleep(self.retry_period()).await;
-            match self.try_acquire_or_renew().await {
-                Ok(true) => last_renewal = Instant::now(),
-                Ok(false) => break,
-                Err(e) => {
-                    warn!(error = %e, "renewing the leader lease");
-                    if last_renewal.elapsed() >= deadline {
+            let renewal = async {
+                tokio::time::sleep(pause).await;
+                self.attempt().await
+            };
+            tokio::select! {
+                // Checked first: once the deadline has passed, a late success does not count.
+                biased;
+                () = tokio::time::sleep_until(valid_until.into()) => {
+                    warn!(deadline = ?deadline, "leader lease not renewed in time; stopping");
+                    break;
+                }
+                attempt = renewal => match attempt {
+                    Ok(Attempt::Leading { stamped }) => {
+                        self.set_stamped(stamped);
+                        valid_until = stamped + deadline;
+                        pause = self.renew_period();
+                    }
+                    Ok(Attempt::Standby { .. }) => {
+                        warn!("another replica holds the leader lease; stopping");
                         break;
                     }
-                }
+                    Err(e) => {
+                        warn!(error = %e, "renewing the leader lease");
+                        pause = self.poll_period();
+                    }
+                },
             }
         }
         Error::LostLease {
@@ -216,9 +380,157 @@ impl LeaderElector {
             .api
             .get_opt(&self.name)
             .await
-            .map_err(|e| Error::kube(format!("reading Lease {}/{}", self.namespace, self.name), e))?
+            .map_err(|e| Error::kube(format!("reading Lease {}", self.lease_ref()), e))?
             .and_then(|l| l.spec)
             .and_then(|s| s.holder_identity)
             .filter(|h| !h.is_empty()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: Duration = Duration::from_secs(12);
+
+    fn ms(n: i64) -> SignedDuration {
+        SignedDuration::from_millis(n)
+    }
+
+    /// A point on the holder's clock; tests add offsets to it.
+    fn t0() -> Timestamp {
+        Timestamp::from_second(1_800_000_000).unwrap()
+    }
+
+    fn at(offset: SignedDuration) -> Timestamp {
+        t0().checked_add(offset).unwrap()
+    }
+
+    /// The standby's wait when the holder stamped `renewTime` at true time 0,
+    /// the standby's clock leads the holder's by `lead`, it first saw the
+    /// renewal at true time `seen` and asks at true time `true_now`.
+    fn wait_at(lead: SignedDuration, seen: SignedDuration, true_now: SignedDuration) -> Duration {
+        takeover_wait(
+            Some(t0()),
+            at(seen + lead),
+            Duration::try_from(true_now - seen).unwrap_or(Duration::ZERO),
+            at(true_now + lead),
+            D,
+        )
+    }
+
+    #[test]
+    fn same_clocks_take_over_at_renew_time_plus_duration() {
+        // Seen 0.5 s after the renewal; the sighting rule alone would wait until 12.5 s.
+        assert_eq!(wait_at(ms(0), ms(500), ms(5_000)), Duration::from_secs(7));
+        assert_eq!(
+            wait_at(ms(0), ms(500), ms(11_999)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(wait_at(ms(0), ms(500), ms(12_000)), Duration::ZERO);
+        assert_eq!(wait_at(ms(0), ms(500), ms(20_000)), Duration::ZERO);
+    }
+
+    #[test]
+    fn standby_clock_ahead_within_a_quarter_is_trusted() {
+        // 2.5 s ahead, seen 0.4 s after the stamp: it looked 2.9 s old (< D/4 = 3 s).
+        // Takeover at the standby's renewTime + 12 s, true time 9.5 s: after the
+        // holder stopped at 8 s.
+        assert_eq!(
+            wait_at(ms(2_500), ms(400), ms(9_499)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(wait_at(ms(2_500), ms(400), ms(9_500)), Duration::ZERO);
+    }
+
+    #[test]
+    fn standby_clock_far_ahead_falls_back_to_the_sighting() {
+        // 5 s ahead: renewTime + 12 s passes at true time 7 s, while the holder may
+        // act until 8 s. The renewal looked 5.4 s old when first seen, so the
+        // standby waits 12 s from the sighting instead.
+        assert_eq!(
+            wait_at(ms(5_000), ms(400), ms(7_000)),
+            Duration::from_millis(5_400)
+        );
+        assert_eq!(
+            wait_at(ms(5_000), ms(400), ms(12_399)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(wait_at(ms(5_000), ms(400), ms(12_400)), Duration::ZERO);
+        // Exactly D/4 is not trusted either.
+        assert_eq!(
+            wait_at(ms(2_600), ms(400), ms(9_400)),
+            Duration::from_millis(3_000)
+        );
+    }
+
+    #[test]
+    fn standby_clock_behind_never_waits_longer_than_a_duration_from_the_sighting() {
+        // 2 s behind: renewTime lies in the future; renewTime + 12 s is true time 14 s,
+        // the sighting rule (seen at 0.5 s) gives 12.5 s.
+        assert_eq!(wait_at(ms(-2_000), ms(500), ms(500)), D);
+        assert_eq!(wait_at(ms(-2_000), ms(500), ms(12_500)), Duration::ZERO);
+        // An hour behind: still 12 s from the sighting.
+        assert_eq!(
+            wait_at(ms(-3_600_000), ms(500), ms(6_500)),
+            Duration::from_secs(6)
+        );
+        // 0.2 s behind: renewTime + 12 s comes first.
+        assert_eq!(
+            wait_at(ms(-200), ms(500), ms(12_199)),
+            Duration::from_millis(1)
+        );
+        assert_eq!(wait_at(ms(-200), ms(500), ms(12_200)), Duration::ZERO);
+    }
+
+    #[test]
+    fn a_stale_lease_found_at_startup_waits_a_whole_duration() {
+        // The holder died an hour ago; a standby starting now cannot tell that from a
+        // clock an hour ahead, so it waits the duration from its first look.
+        let now = at(SignedDuration::from_hours(1));
+        assert_eq!(takeover_wait(Some(t0()), now, Duration::ZERO, now, D), D);
+        assert_eq!(
+            takeover_wait(Some(t0()), now, D, now.checked_add(ms(12_000)).unwrap(), D),
+            Duration::ZERO
+        );
+    }
+
+    #[test]
+    fn no_renew_time_uses_the_sighting() {
+        let now = t0();
+        assert_eq!(
+            takeover_wait(None, now, Duration::from_secs(4), now, D),
+            Duration::from_secs(8)
+        );
+    }
+
+    /// Over clock leads from an hour behind to an hour ahead and sighting delays up
+    /// to D/2, the first true time at which a standby would take over is never
+    /// before 3D/4 (the holder stops at 2D/3), never later than a duration after
+    /// the sighting, and exactly D when the clocks agree.
+    #[test]
+    fn takeover_is_never_early_and_never_slower_than_client_go() {
+        let step = 50;
+        let d_ms = i64::try_from(D.as_millis()).unwrap();
+        let leads = [
+            -3_600_000, -4_000, -1_000, -50, 0, 50, 1_000, 2_000, 2_900, 3_000, 4_000,
+        ]
+        .into_iter()
+        .chain([6_000, 8_000, 12_000, 24_000, 3_600_000]);
+        for lead in leads {
+            for seen in (0..=d_ms / 2).step_by(250) {
+                let takeover = (seen..=seen + d_ms)
+                    .step_by(step)
+                    .find(|&t| wait_at(ms(lead), ms(seen), ms(t)).is_zero())
+                    .expect("takes over within a duration of the sighting");
+                assert!(
+                    takeover >= d_ms * 3 / 4,
+                    "lead {lead} ms, seen at {seen} ms: took over at {takeover} ms"
+                );
+                if lead == 0 && seen < d_ms / 4 {
+                    assert_eq!(takeover, d_ms, "seen at {seen} ms");
+                }
+            }
+        }
     }
 }
