@@ -27,6 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::block_writer::BlockWriter;
 use crate::config::EvictionKind;
 use crate::eviction::{EvictionPolicy, S3Fifo, new_policy};
 use crate::glob::PathGlobs;
@@ -207,6 +208,7 @@ pub struct BlockCache {
     reserve_lock: Mutex<()>,
     datasets: Mutex<HashMap<String, Weak<DatasetCache>>>,
     metrics: Arc<Metrics>,
+    writer: BlockWriter,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -240,6 +242,7 @@ impl BlockCache {
             reserve_lock: Mutex::new(()),
             datasets: Mutex::new(HashMap::new()),
             metrics,
+            writer: BlockWriter::default(),
         }))
     }
 
@@ -835,7 +838,9 @@ impl DatasetCache {
             if f.metadata()?.len() != version.size {
                 f.set_len(version.size)?;
             }
-            f.write_all_at(data, index * self.block_size)?;
+            self.node
+                .writer
+                .write_at(&obj.data_path, &f, data, index * self.block_size)?;
             // Block data first, then the sidecar that makes it visible.
             st.blocks.insert(
                 index,

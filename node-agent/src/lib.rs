@@ -15,6 +15,7 @@
 
 pub mod agent;
 pub mod api;
+pub mod block_writer;
 pub mod cache;
 pub mod config;
 pub mod dataset;

@@ -1,0 +1,171 @@
+//! Writes blocks into the disk tier's files with `O_DIRECT`, around the page cache.
+//!
+//! On the cold read path the buffered write of each fetched block was the agent's largest
+//! CPU cost: the kernel copies the block into fresh page-cache pages and then throttles the
+//! writer on dirty pages. Measured on the 2-core test VM (ext4): `dd bs=4M` of 1 GiB took
+//! 2.1 s of CPU and 4.5 s of wall time buffered, 0.09 s and 0.6 s with `O_DIRECT`; in a
+//! profile of a cold 1 GiB read through the mount, `copy_folio_from_iter_atomic` under
+//! `pwrite` was 40% of the agent's samples. A block is written once and later read by the
+//! kernel (passthrough) or by a rare agent read, so the page-cache copy buys nothing.
+//!
+//! `O_DIRECT` needs the buffer, offset and length aligned to the device's logical block:
+//! blocks are powers of two of at least 1 MiB, so offsets are aligned; the data is copied
+//! into an aligned buffer (a user-space copy, far cheaper than the kernel path above), and
+//! the unaligned tail of an object's last block is written buffered. File systems that
+//! refuse `O_DIRECT` (EINVAL: tmpfs on older kernels, some overlays) switch the writer to
+//! buffered writes for good.
+
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::path::Path;
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+/// Alignment of `O_DIRECT` buffers, offsets and lengths (the largest logical block size
+/// in common use).
+pub const DIRECT_ALIGN: usize = 4096;
+
+/// Aligned buffers kept for reuse (each the size of one block plus the alignment slack),
+/// so steady writing does not map and fault in a new buffer per block. More writers than
+/// this at once allocate and free their own.
+const POOLED_BUFFERS: usize = 4;
+
+/// Writes block data into cache files, with `O_DIRECT` where the file system allows it.
+#[derive(Debug)]
+pub struct BlockWriter {
+    direct: AtomicBool,
+    buffers: Mutex<Vec<Vec<u8>>>,
+}
+
+impl Default for BlockWriter {
+    fn default() -> Self {
+        Self::new(true)
+    }
+}
+
+impl BlockWriter {
+    /// A writer; `direct: false` always writes through the page cache.
+    pub fn new(direct: bool) -> Self {
+        BlockWriter {
+            direct: AtomicBool::new(direct),
+            buffers: Mutex::new(Vec::new()),
+        }
+    }
+
+    /// Whether writes still go around the page cache.
+    pub fn is_direct(&self) -> bool {
+        self.direct.load(Ordering::Relaxed)
+    }
+
+    /// Writes `data` at `offset` of the file at `path`; `buffered` is the same file opened
+    /// normally (used for unaligned parts and as the fallback).
+    pub fn write_at(
+        &self,
+        path: &Path,
+        buffered: &File,
+        data: &[u8],
+        offset: u64,
+    ) -> io::Result<()> {
+        let aligned_len = data.len() / DIRECT_ALIGN * DIRECT_ALIGN;
+        if !self.is_direct() || aligned_len == 0 || !offset.is_multiple_of(DIRECT_ALIGN as u64) {
+            return buffered.write_all_at(data, offset);
+        }
+        match self.write_direct(path, &data[..aligned_len], offset) {
+            Ok(()) => {}
+            Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+                self.direct.store(false, Ordering::Relaxed);
+                tracing::info!(dir = %path.parent().unwrap_or(path).display(), error = %e,
+                    "the cache file system refuses O_DIRECT; writing blocks through the page cache");
+                return buffered.write_all_at(data, offset);
+            }
+            Err(e) => return Err(e),
+        }
+        if aligned_len < data.len() {
+            buffered.write_all_at(&data[aligned_len..], offset + aligned_len as u64)?;
+        }
+        Ok(())
+    }
+
+    fn write_direct(&self, path: &Path, data: &[u8], offset: u64) -> io::Result<()> {
+        let file = OpenOptions::new()
+            .write(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(path)?;
+        let mut buffer = self
+            .buffers
+            .lock()
+            .expect("buffers")
+            .pop()
+            .unwrap_or_default();
+        if buffer.len() < data.len() + DIRECT_ALIGN {
+            buffer.resize(data.len() + DIRECT_ALIGN, 0);
+        }
+        let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
+        let aligned = &mut buffer[start..start + data.len()];
+        aligned.copy_from_slice(data);
+        let result = file.write_all_at(aligned, offset);
+        let mut pool = self.buffers.lock().expect("buffers");
+        if pool.len() < POOLED_BUFFERS {
+            pool.push(buffer);
+        }
+        result
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pattern(len: usize, seed: u8) -> Vec<u8> {
+        (0..len)
+            .map(|i| (i as u8).wrapping_mul(31) ^ seed)
+            .collect()
+    }
+
+    /// Every block shape the cache writes (whole aligned blocks, a last block with an
+    /// unaligned tail, a last block shorter than the alignment) lands byte for byte, in
+    /// any order, on a real file system.
+    #[test]
+    fn blocks_land_byte_for_byte() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("object.data");
+        let block = 64 * 1024;
+        let size = 3 * block + 5000;
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .expect("open");
+        file.set_len(size as u64).expect("set_len");
+        let want = pattern(size, 7);
+        let writer = BlockWriter::default();
+        for index in [3usize, 1, 0, 2] {
+            let start = index * block;
+            let end = (start + block).min(size);
+            writer
+                .write_at(&path, &file, &want[start..end], start as u64)
+                .expect("write");
+        }
+        assert_eq!(std::fs::read(&path).expect("read back"), want);
+
+        let tiny = dir.path().join("tiny.data");
+        let f = File::create(&tiny).expect("create");
+        writer.write_at(&tiny, &f, b"abc", 0).expect("write tiny");
+        assert_eq!(std::fs::read(&tiny).expect("read tiny"), b"abc");
+    }
+
+    #[test]
+    fn buffered_writer_writes_the_same_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let path = dir.path().join("object.data");
+        let file = File::create(&path).expect("create");
+        let want = pattern(2 * DIRECT_ALIGN + 17, 3);
+        let writer = BlockWriter::new(false);
+        writer.write_at(&path, &file, &want, 0).expect("write");
+        assert!(!writer.is_direct());
+        assert_eq!(std::fs::read(&path).expect("read back"), want);
+    }
+}
