@@ -7,10 +7,10 @@
 //!   instant, and stops acting 2D/3 after its last successful stamp, even if
 //!   a renewal request hangs ([`LeaderElector::hold`]);
 //! - a standby takes over when its own clock passes `renewTime + D`, but only
-//!   if that renewal looked less than D/4 old when it first saw it. A renewal
+//!   if that renewal looked less than D/6 old when it first saw it. A renewal
 //!   cannot be seen before it is stamped, so that age bounds how far the
 //!   standby's clock runs ahead of the holder's: it takes over at least
-//!   D - D/4 = 3D/4 after the stamp, D/12 after the holder stopped;
+//!   D - D/6 = 5D/6 after the stamp, D/6 after the holder stopped;
 //! - otherwise it falls back to client-go's rule, D after it first saw the
 //!   renewal on its own monotonic clock, which needs no clock agreement.
 //!
@@ -50,15 +50,22 @@ pub fn takeover_wait(
         return by_sighting;
     };
     // The renewal's age when first seen is at least how far this clock runs
-    // ahead of the holder's; beyond D/4 the renewTime rule is not provably safe.
+    // ahead of the holder's; from D/6 on the renewTime rule is not provably safe.
     let age_at_sight = first_seen.duration_since(renewed);
-    if age_at_sight >= signed(duration / 4) {
+    if age_at_sight >= signed(max_trusted_age(duration)) {
         return by_sighting;
     }
     let left = renewed.duration_since(now).saturating_add(signed(duration));
     // Negative: renewTime + duration has passed.
     let by_renew_time = Duration::try_from(left).unwrap_or(Duration::ZERO);
     by_sighting.min(by_renew_time)
+}
+
+/// A renewal older than this when first seen does not bound the clock lead
+/// enough; a standby polls every D/16, so a live leader's renewals are seen
+/// well before.
+fn max_trusted_age(duration: Duration) -> Duration {
+    duration / 6
 }
 
 fn signed(d: Duration) -> SignedDuration {
@@ -137,11 +144,11 @@ impl LeaderElector {
     /// How often a standby looks at the Lease (and a leader retries a failed
     /// renewal); a standby also looks exactly when the Lease expires.
     pub fn poll_period(&self) -> Duration {
-        self.duration / 8
+        self.duration / 16
     }
 
     /// The leader stops acting this long after its last successful renewal
-    /// stamp; standbys take over no earlier than 3/4 of the duration after it.
+    /// stamp; standbys take over no earlier than 5/6 of the duration after it.
     pub fn renew_deadline(&self) -> Duration {
         self.duration * 2 / 3
     }
@@ -260,7 +267,7 @@ impl LeaderElector {
         if let (Some(renewed), Some(previous)) = (renew_time, sighting.as_ref()) {
             let age = wall.duration_since(renewed);
             // A fresh renewal that already looks old: clocks disagree (or the API is slow).
-            if previous.holder == holder && age >= signed(duration / 4) {
+            if previous.holder == holder && age >= signed(max_trusted_age(duration)) {
                 warn!(
                     %holder,
                     age = ?age,
@@ -432,15 +439,15 @@ mod tests {
     }
 
     #[test]
-    fn standby_clock_ahead_within_a_quarter_is_trusted() {
-        // 2.5 s ahead, seen 0.4 s after the stamp: it looked 2.9 s old (< D/4 = 3 s).
-        // Takeover at the standby's renewTime + 12 s, true time 9.5 s: after the
+    fn standby_clock_ahead_within_a_sixth_is_trusted() {
+        // 1.5 s ahead, seen 0.4 s after the stamp: it looked 1.9 s old (< D/6 = 2 s).
+        // Takeover at the standby's renewTime + 12 s, true time 10.5 s: after the
         // holder stopped at 8 s.
         assert_eq!(
-            wait_at(ms(2_500), ms(400), ms(9_499)),
+            wait_at(ms(1_500), ms(400), ms(10_499)),
             Duration::from_millis(1)
         );
-        assert_eq!(wait_at(ms(2_500), ms(400), ms(9_500)), Duration::ZERO);
+        assert_eq!(wait_at(ms(1_500), ms(400), ms(10_500)), Duration::ZERO);
     }
 
     #[test]
@@ -457,10 +464,10 @@ mod tests {
             Duration::from_millis(1)
         );
         assert_eq!(wait_at(ms(5_000), ms(400), ms(12_400)), Duration::ZERO);
-        // Exactly D/4 is not trusted either.
+        // Exactly D/6 is not trusted either: 12 s from the sighting at 0.4 s.
         assert_eq!(
-            wait_at(ms(2_600), ms(400), ms(9_400)),
-            Duration::from_millis(3_000)
+            wait_at(ms(1_600), ms(400), ms(10_400)),
+            Duration::from_millis(2_000)
         );
     }
 
@@ -506,14 +513,14 @@ mod tests {
 
     /// Over clock leads from an hour behind to an hour ahead and sighting delays up
     /// to D/2, the first true time at which a standby would take over is never
-    /// before 3D/4 (the holder stops at 2D/3), never later than a duration after
+    /// before 5D/6 (the holder stops at 2D/3), never later than a duration after
     /// the sighting, and exactly D when the clocks agree.
     #[test]
     fn takeover_is_never_early_and_never_slower_than_client_go() {
         let step = 50;
         let d_ms = i64::try_from(D.as_millis()).unwrap();
         let leads = [
-            -3_600_000, -4_000, -1_000, -50, 0, 50, 1_000, 2_000, 2_900, 3_000, 4_000,
+            -3_600_000, -4_000, -1_000, -50, 0, 50, 1_000, 1_900, 1_999, 2_000, 4_000,
         ]
         .into_iter()
         .chain([6_000, 8_000, 12_000, 24_000, 3_600_000]);
@@ -524,10 +531,10 @@ mod tests {
                     .find(|&t| wait_at(ms(lead), ms(seen), ms(t)).is_zero())
                     .expect("takes over within a duration of the sighting");
                 assert!(
-                    takeover >= d_ms * 3 / 4,
+                    takeover >= d_ms * 5 / 6,
                     "lead {lead} ms, seen at {seen} ms: took over at {takeover} ms"
                 );
-                if lead == 0 && seen < d_ms / 4 {
+                if lead == 0 && seen < d_ms / 6 {
                     assert_eq!(takeover, d_ms, "seen at {seen} ms");
                 }
             }
