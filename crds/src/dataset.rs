@@ -201,7 +201,7 @@ pub struct DatasetStatus {
     pub phase: Option<DatasetPhase>,
 
     /// Standard conditions: Ready, SourcesReachable, PolicyResolved,
-    /// Preloading, SpecValid. Each says what is wrong in words a user can act on.
+    /// Preloading, NodesHealthy, SpecValid. Each says what is wrong in words a user can act on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -337,7 +337,7 @@ pub struct JobRun {
     pub job: Option<String>,
     /// Pending, Running, Succeeded or Failed.
     pub phase: JobPhase,
-    /// Bytes fetched so far.
+    /// Bytes fetched so far, summed over the nodes' reports of the run.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_done: Option<i64>,
     /// Bytes the job will fetch in total (known once listing is done).

@@ -34,7 +34,10 @@ pub use error::{Error, FieldError, FieldErrorKind, Result};
 pub use quantity::{format_bytes, parse_quantity_bytes};
 pub use schedule::Schedule;
 pub use source_uri::{Scheme, SourceUri};
-pub use strata_node::{NodeDatasetUsage, StrataNode, StrataNodeSpec, StrataNodeStatus, TierUsage};
+pub use strata_node::{
+    NodeDatasetUsage, NodeError, NodeJobProgress, StrataNode, StrataNodeSpec, StrataNodeStatus,
+    TierUsage,
+};
 pub use validation::validate_dataset_path_glob;
 
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
@@ -60,6 +63,8 @@ pub mod condition {
     pub const PRELOADING: &str = "Preloading";
     /// The spec passed the Rust validation twin (fails for objects stored before a rule existed).
     pub const SPEC_VALID: &str = "SpecValid";
+    /// No live node reports an error reading or listing the Dataset's sources.
+    pub const NODES_HEALTHY: &str = "NodesHealthy";
 }
 
 /// Keys of the Secret named by a source's `credentialsSecretRef` (the names

@@ -5,8 +5,8 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::Tier;
 use crate::validation::{HTTP_URL_PATTERN, MSG_ENDPOINT, cel_matches};
+use crate::{JobPhase, Tier};
 
 /// What one node's cache agent holds and can hold. Cluster-scoped, named
 /// after the node; written only by that node's agent.
@@ -149,4 +149,54 @@ pub struct NodeDatasetUsage {
     /// When these numbers were taken.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update: Option<Time>,
+    /// The last failed read or listing of one of the dataset's sources by this
+    /// node's agent; gone once the sources answer again. Never carries a
+    /// credential or a signed URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<NodeError>,
+    /// Preload and pin runs this agent executed for the dataset's Jobs, the
+    /// latest per Job, newest first (at most 8).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 8))]
+    pub jobs: Vec<NodeJobProgress>,
+}
+
+/// An error a node's agent met.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeError {
+    /// What failed, e.g. `source train (s3://bucket/train/): access denied (check the credentials and their permissions)`.
+    #[schemars(length(max = 2048))]
+    pub message: String,
+    /// When it happened.
+    pub time: Time,
+}
+
+/// Progress of one preload or pin Job's run on one node.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeJobProgress {
+    /// Name of the Kubernetes Job (in the dataset's namespace).
+    #[schemars(length(min = 1, max = 253))]
+    pub job: String,
+    /// Running, Succeeded or Failed.
+    pub phase: JobPhase,
+    /// Files fetched so far.
+    pub files_done: i64,
+    /// Files matched by the run's paths.
+    pub files_total: i64,
+    /// Bytes fetched so far.
+    pub bytes_done: i64,
+    /// Bytes of the matched files.
+    pub bytes_total: i64,
+    /// When the agent started the run.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_time: Option<Time>,
+    /// When the run ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub completion_time: Option<Time>,
+    /// Why it failed (never a credential or signed URL).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 2048))]
+    pub message: Option<String>,
 }

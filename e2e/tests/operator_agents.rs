@@ -14,6 +14,7 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use operator_common::*;
 use strata_agent::agent::{Agent, AgentConfig};
+use strata_agent::api::jobs::ActivityBoard;
 use strata_agent::config::DatasetConfig;
 use strata_agent::node_status::{self, NodeIdentity};
 use strata_agent::path::DatasetPath;
@@ -82,11 +83,12 @@ spec:
         .await?;
     ensure!(bytes.len() == 300_000);
 
+    let activity = ActivityBoard::default();
     let node = NodeIdentity {
         node_name: format!("{namespace}-agent"),
         endpoint: Some("http://127.0.0.1:7070".into()),
     };
-    node_status::write_once(&client, &agent, &node).await?;
+    node_status::write_once(&client, &agent, &activity, &node).await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), &namespace);
     let ready = eventually("Ready from the agent's report", WAIT, || async {
         let st = datasets.get("local").await?.status.unwrap_or_default();
@@ -143,7 +145,7 @@ spec:
         "released while the node still reported the dataset"
     );
     agent.remove_dataset(&namespace, "local", true).await?;
-    node_status::write_once(&client, &agent, &node).await?;
+    node_status::write_once(&client, &agent, &activity, &node).await?;
     eventually("Dataset gone", WAIT, || async {
         Ok(datasets.get_opt("local").await?.is_none().then_some(()))
     })

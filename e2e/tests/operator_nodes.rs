@@ -2,22 +2,30 @@
 //! plugin, node-driver-registrar), the CSIDriver object, the agent token and
 //! the datasets Secret; namespaced ones are owned by the operator's
 //! Deployment. The metrics and health endpoint answers. Node reports are
-//! summed into a Dataset's status only when they carry its uid.
+//! summed into a Dataset's status only when they carry its uid; the progress
+//! they report for preload/pin Jobs is summed into `status.jobs`, and source
+//! errors they report make the Dataset Degraded (`NodesHealthy=False`) until
+//! they stop.
 
 mod operator_common;
 
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use anyhow::{Result, ensure};
+use anyhow::{Context as _, Result, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::api::storage::v1::CSIDriver;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
 use kube::api::DeleteParams;
 use kube::api::PostParams;
 use kube::{Api, ResourceExt};
 use operator_common::*;
-use strata_crds::{Dataset, DatasetPhase, DatasetStatus};
+use strata_crds::{
+    Dataset, DatasetPhase, DatasetStatus, JobPhase, NodeDatasetUsage, NodeError, NodeJobProgress,
+};
 use strata_e2e::{Cluster, TestNamespace};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -295,6 +303,234 @@ async fn reports_about_an_earlier_dataset_of_the_same_name_are_not_counted() -> 
     report_node(&client, &lagging, &[]).await?;
     report_node(&client, &fresh, &[]).await?;
     delete_nodes(&client, &[&lagging, &fresh]).await;
+    ns.cleanup().await?;
+    operator.stop().await?;
+    Ok(())
+}
+
+fn usage(
+    namespace: &str,
+    uid: &str,
+    jobs: Vec<NodeJobProgress>,
+    error: Option<&str>,
+) -> NodeDatasetUsage {
+    NodeDatasetUsage {
+        namespace: namespace.to_string(),
+        name: "scratch".into(),
+        uid: Some(uid.to_string()),
+        cached_bytes: 100,
+        pinned_bytes: None,
+        files: 1,
+        hits: 0,
+        misses: 0,
+        last_update: Some(Time(Timestamp::now())),
+        last_error: error.map(|message| NodeError {
+            message: message.to_string(),
+            time: Time(Timestamp::now()),
+        }),
+        jobs,
+    }
+}
+
+fn progress(job: &str, phase: JobPhase, bytes_done: i64, files_done: i64) -> NodeJobProgress {
+    NodeJobProgress {
+        job: job.to_string(),
+        phase,
+        files_done,
+        files_total: 10,
+        bytes_done,
+        bytes_total: 1_000,
+        start_time: Some(Time(Timestamp::now())),
+        completion_time: (phase != JobPhase::Running).then(|| Time(Timestamp::now())),
+        message: None,
+    }
+}
+
+fn condition<'a>(
+    st: &'a DatasetStatus,
+    type_: &str,
+) -> Option<&'a k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition> {
+    st.conditions.iter().find(|c| c.type_ == type_)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn job_progress_and_source_errors_from_the_nodes_reach_the_dataset() -> Result<()> {
+    let cluster = Cluster::shared().await?;
+    install_crds(cluster).await?;
+    let ns = TestNamespace::create(cluster, "op-progress").await?;
+    let client = ns.client().clone();
+    let namespace = ns.name().to_string();
+    let operator = RunningOperator::start(cluster, &namespace, "op-progress", &[]).await?;
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), &namespace);
+    let (a, b) = (format!("{namespace}-a"), format!("{namespace}-b"));
+
+    let policy = r#"
+apiVersion: strata.dev/v1alpha1
+kind: CachePolicy
+metadata: {name: warm}
+spec: {quota: 1Gi, datasetSelector: {}, preload: [{paths: ["/**"]}]}
+"#;
+    cluster
+        .run(
+            "kubectl",
+            &["-n", &namespace, "apply", "-f", "-"],
+            Some(policy.as_bytes()),
+        )
+        .await?;
+    let ds = datasets
+        .create(&PostParams::default(), &local_dataset("scratch")?)
+        .await?;
+    let uid = ds.uid().unwrap_or_default();
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let job = eventually("the preload Job", WAIT, || async {
+        let list = jobs.list(&Default::default()).await?;
+        Ok(list.items.into_iter().find_map(|j| {
+            j.metadata
+                .name
+                .filter(|n| n.starts_with("preload-scratch-"))
+        }))
+    })
+    .await?;
+
+    // Two nodes report their share of the run: 300 + 200 of 2000 bytes.
+    report_node_usage(
+        &client,
+        &a,
+        vec![usage(
+            &namespace,
+            &uid,
+            vec![progress(&job, JobPhase::Running, 300, 3)],
+            None,
+        )],
+    )
+    .await?;
+    report_node_usage(
+        &client,
+        &b,
+        vec![usage(
+            &namespace,
+            &uid,
+            vec![progress(&job, JobPhase::Running, 200, 2)],
+            None,
+        )],
+    )
+    .await?;
+    let st = wait_status(&datasets, "scratch", "job progress summed", |st| {
+        st.jobs
+            .iter()
+            .any(|r| r.job.as_deref() == Some(&job) && r.bytes_done == Some(500))
+    })
+    .await?;
+    let run = st
+        .jobs
+        .iter()
+        .find(|r| r.job.as_deref() == Some(&job))
+        .unwrap();
+    ensure!(
+        run.phase == JobPhase::Running
+            && run.bytes_total == Some(2_000)
+            && run.files_done == Some(5)
+            && run.files_total == Some(20)
+            && run.percent == Some(25),
+        "{run:?}"
+    );
+    ensure!(
+        condition(&st, "Preloading").is_some_and(|c| c.status == "True"),
+        "{:?}",
+        st.conditions
+    );
+    ensure!(st.phase == Some(DatasetPhase::Ready), "{st:?}");
+
+    // Node b fails to read the source: Degraded with NodesHealthy=False naming it.
+    report_node_usage(
+        &client,
+        &a,
+        vec![usage(
+            &namespace,
+            &uid,
+            vec![progress(&job, JobPhase::Succeeded, 1_000, 10)],
+            None,
+        )],
+    )
+    .await?;
+    report_node_usage(
+        &client,
+        &b,
+        vec![usage(
+            &namespace,
+            &uid,
+            vec![progress(&job, JobPhase::Running, 400, 4)],
+            Some("source disk (file:///data/scratch): permission denied"),
+        )],
+    )
+    .await?;
+    let st = wait_status(&datasets, "scratch", "Degraded by node errors", |st| {
+        st.phase == Some(DatasetPhase::Degraded)
+    })
+    .await?;
+    let healthy = condition(&st, "NodesHealthy")
+        .cloned()
+        .context("no NodesHealthy condition")?;
+    ensure!(
+        healthy.status == "False"
+            && healthy.reason == "NodeReportsErrors"
+            && healthy.message.contains(&b)
+            && !healthy.message.contains(&a)
+            && healthy.message.contains("permission denied"),
+        "{healthy:?}"
+    );
+    let ready = condition(&st, "Ready").cloned().context("no Ready")?;
+    ensure!(
+        ready.status == "False" && ready.reason == "NodeReportsErrors",
+        "{ready:?}"
+    );
+    let events = eventually("NodeReportsErrors event", WAIT, || async {
+        let events = events_for(&client, &namespace, "scratch").await?;
+        Ok(events
+            .iter()
+            .any(|(t, r, _)| t == "Warning" && r == "NodeReportsErrors")
+            .then_some(events))
+    })
+    .await?;
+    ensure!(!events.is_empty());
+
+    // The error stops and the run completes everywhere: Ready, 100%, not preloading.
+    report_node_usage(
+        &client,
+        &b,
+        vec![usage(
+            &namespace,
+            &uid,
+            vec![progress(&job, JobPhase::Succeeded, 1_000, 10)],
+            None,
+        )],
+    )
+    .await?;
+    let st = wait_status(&datasets, "scratch", "Ready again, run done", |st| {
+        st.phase == Some(DatasetPhase::Ready)
+            && st.jobs.iter().any(|r| r.phase == JobPhase::Succeeded)
+    })
+    .await?;
+    let run = st
+        .jobs
+        .iter()
+        .find(|r| r.job.as_deref() == Some(&job))
+        .unwrap();
+    ensure!(
+        run.percent == Some(100) && run.completion_time.is_some(),
+        "{run:?}"
+    );
+    ensure!(
+        condition(&st, "NodesHealthy")
+            .is_some_and(|c| c.status == "True" && c.reason == "NoNodeErrors")
+            && condition(&st, "Preloading").is_some_and(|c| c.status == "False"),
+        "{:?}",
+        st.conditions
+    );
+
+    report_node(&client, &a, &[]).await?;
+    report_node(&client, &b, &[]).await?;
+    delete_nodes(&client, &[&a, &b]).await;
     ns.cleanup().await?;
     operator.stop().await?;
     Ok(())

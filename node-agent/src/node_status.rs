@@ -5,17 +5,27 @@
 //! talks to the API server.
 
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use strata_crds::{
-    NodeDatasetUsage, StrataNode, StrataNodeSpec, StrataNodeStatus, Tier, TierUsage, format_bytes,
+    JobPhase, NodeDatasetUsage, NodeError, NodeJobProgress, StrataNode, StrataNodeSpec,
+    StrataNodeStatus, Tier, TierUsage, format_bytes,
 };
 
 use crate::agent::Agent;
+use crate::api::jobs::{ActivityBoard, DatasetActivity, RunPhase};
+
+/// How often every dataset's sources are listed once to find (and clear) errors
+/// that no read has met yet, e.g. a node-local directory missing on this node.
+pub const PROBE_EVERY: Duration = Duration::from_secs(300);
+/// How long one probe may take before it counts as failed.
+const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Datasets probed at once.
+const PROBE_PARALLEL: usize = 8;
 
 /// Why a report could not be written. Kept here rather than in the engine's
 /// error type: only this feature talks to the API server.
@@ -48,8 +58,47 @@ fn api_int(value: u64) -> i64 {
     i64::try_from(value).unwrap_or(i64::MAX)
 }
 
-/// The report as of now: tiers and, per dataset, bytes, files, hits and misses.
-pub fn status_of(agent: &Agent) -> StrataNodeStatus {
+fn api_time(t: SystemTime) -> Option<Time> {
+    Timestamp::try_from(t).ok().map(Time)
+}
+
+fn api_phase(phase: RunPhase) -> JobPhase {
+    match phase {
+        RunPhase::Running => JobPhase::Running,
+        RunPhase::Succeeded => JobPhase::Succeeded,
+        RunPhase::Failed => JobPhase::Failed,
+    }
+}
+
+/// The last source error and the Job runs of one dataset, as reported.
+fn activity_report(activity: DatasetActivity) -> (Option<NodeError>, Vec<NodeJobProgress>) {
+    let last_error = activity.last_error.and_then(|e| {
+        Some(NodeError {
+            message: e.message,
+            time: api_time(e.time)?,
+        })
+    });
+    let jobs = activity
+        .runs
+        .into_iter()
+        .map(|r| NodeJobProgress {
+            job: r.job,
+            phase: api_phase(r.phase),
+            files_done: api_int(r.files_done),
+            files_total: api_int(r.files_total),
+            bytes_done: api_int(r.bytes_done),
+            bytes_total: api_int(r.bytes_total),
+            start_time: api_time(r.started),
+            completion_time: r.finished.and_then(api_time),
+            message: r.message,
+        })
+        .collect();
+    (last_error, jobs)
+}
+
+/// The report as of now: tiers and, per dataset, bytes, files, hits, misses, the
+/// last source error and the progress of Job runs (from `activity`).
+pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
     let now = Time(Timestamp::now());
     let mut datasets: Vec<NodeDatasetUsage> = agent
         .datasets()
@@ -59,6 +108,8 @@ pub fn status_of(agent: &Agent) -> StrataNodeStatus {
             // A block read twice from disk is copied into memory, so the two
             // tiers overlap; the larger one is a lower bound of distinct bytes.
             let cached = usage.cached_bytes.max(usage.memory_bytes);
+            let (last_error, jobs) =
+                activity_report(activity.snapshot(view.namespace(), view.name()));
             NodeDatasetUsage {
                 namespace: view.namespace().to_string(),
                 name: view.name().to_string(),
@@ -69,6 +120,8 @@ pub fn status_of(agent: &Agent) -> StrataNodeStatus {
                 hits: api_int(usage.hits),
                 misses: api_int(usage.misses),
                 last_update: Some(now.clone()),
+                last_error,
+                jobs,
             }
         })
         .collect();
@@ -121,6 +174,7 @@ fn kube_error(action: &'static str, node: &str, source: kube::Error) -> ReportEr
 pub async fn write_once(
     client: &kube::Client,
     agent: &Agent,
+    activity: &ActivityBoard,
     node: &NodeIdentity,
 ) -> Result<(), ReportError> {
     let api: Api<StrataNode> = Api::all(client.clone());
@@ -138,7 +192,7 @@ pub async fn write_once(
     let status = serde_json::json!({
         "apiVersion": "strata.dev/v1alpha1",
         "kind": "StrataNode",
-        "status": status_of(agent),
+        "status": status_of(agent, activity),
     });
     api.patch_status(&node.node_name, &params, &Patch::Apply(status))
         .await
@@ -146,16 +200,61 @@ pub async fn write_once(
     Ok(())
 }
 
-/// Reports every `interval` until dropped; a failed write is logged and retried next time.
-pub async fn run(agent: Arc<Agent>, node: NodeIdentity, client: kube::Client, interval: Duration) {
-    let mut ticker = tokio::time::interval(interval);
-    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        ticker.tick().await;
-        if let Err(e) = write_once(&client, &agent, &node).await {
-            tracing::warn!(error = %e, node = %node.node_name, "reporting the node status");
+/// Lists every dataset's sources once (one level of each root): a failure becomes
+/// the dataset's last error, success clears an error older than the probe.
+pub async fn probe_sources(agent: &Agent, activity: &ActivityBoard) {
+    use futures::StreamExt;
+    let views = agent.datasets();
+    futures::stream::iter(views)
+        .for_each_concurrent(PROBE_PARALLEL, |view| async move {
+            let at = SystemTime::now();
+            match tokio::time::timeout(PROBE_TIMEOUT, view.check_sources()).await {
+                Ok(Ok(())) => activity.sources_ok(view.namespace(), view.name(), at),
+                Ok(Err(e)) => {
+                    tracing::warn!(dataset = %view.id(), error = %e, "source check failed");
+                    activity.source_failed(view.namespace(), view.name(), &e.to_string());
+                }
+                Err(_) => activity.source_failed(
+                    view.namespace(),
+                    view.name(),
+                    &format!(
+                        "listing the sources did not finish within {PROBE_TIMEOUT:?} (check the endpoints and the network path from this node)"
+                    ),
+                ),
+            }
+        })
+        .await;
+}
+
+/// Reports every `interval` and probes the sources every [`PROBE_EVERY`] until
+/// dropped; a failed write is logged and retried next time.
+pub async fn run(
+    agent: Arc<Agent>,
+    activity: Arc<ActivityBoard>,
+    node: NodeIdentity,
+    client: kube::Client,
+    interval: Duration,
+) {
+    let probes = async {
+        let mut ticker = tokio::time::interval(PROBE_EVERY);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            probe_sources(&agent, &activity).await;
         }
-    }
+    };
+    let reports = async {
+        let mut ticker = tokio::time::interval(interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            ticker.tick().await;
+            activity.retain(|ns, name| agent.dataset(ns, name).is_some());
+            if let Err(e) = write_once(&client, &agent, &activity, &node).await {
+                tracing::warn!(error = %e, node = %node.node_name, "reporting the node status");
+            }
+        }
+    };
+    tokio::join!(probes, reports);
 }
 
 #[cfg(test)]
@@ -191,7 +290,7 @@ mod tests {
         let bytes = view.read(&path, 0, 10_000).await.unwrap();
         assert_eq!(bytes.len(), 10_000);
 
-        let status = status_of(&agent);
+        let status = status_of(&agent, &ActivityBoard::default());
         assert_eq!(status.dataset_count, Some(1));
         let report = &status.datasets[0];
         assert_eq!(
@@ -205,5 +304,142 @@ mod tests {
         assert_eq!(status.tiers.len(), 2);
         assert_eq!(status.tiers[0].capacity_bytes, 8 << 20);
         assert!(status.last_heartbeat.is_some());
+    }
+
+    /// A real preload over the agent's HTTP API, asked for by a Job: while it runs
+    /// the report shows it Running, afterwards Succeeded with every byte counted.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_jobs_preload_shows_up_in_the_report() {
+        use crate::api::client::AgentClient;
+        use crate::api::server::{Access, ApiState, api_routes};
+        use crate::fs::MountOptions;
+        use crate::mounts::MountRegistry;
+
+        let data = tempfile::tempdir().unwrap();
+        for i in 0..48 {
+            std::fs::write(
+                data.path().join(format!("f{i}.bin")),
+                vec![i as u8; 1 << 20],
+            )
+            .unwrap();
+        }
+        let cache = tempfile::tempdir().unwrap();
+        let agent = Agent::new(AgentConfig::new(cache.path(), 8 << 20, 256 << 20))
+            .await
+            .unwrap();
+        agent
+            .add_dataset(DatasetConfig {
+                namespace: "ml".into(),
+                name: "local".into(),
+                uid: Some("u-1".into()),
+                sources: vec![SourceConfig {
+                    name: "dir".into(),
+                    uri: format!("file://{}", data.path().display()),
+                    ..SourceConfig::default()
+                }],
+                ..DatasetConfig::default()
+            })
+            .await
+            .unwrap();
+        let mounts = Arc::new(
+            MountRegistry::new(&cache.path().join("mnt"), MountOptions::default()).unwrap(),
+        );
+        let state = ApiState::new(agent.clone(), mounts);
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let routes = api_routes(state.clone(), Access::token("t0ken"));
+        tokio::spawn(warp::serve(routes).incoming(listener).run());
+
+        // Watch the report while the preload runs.
+        let watcher = {
+            let (agent, activity) = (agent.clone(), state.activity.clone());
+            tokio::spawn(async move {
+                loop {
+                    let status = status_of(&agent, &activity);
+                    if let Some(run) = status.datasets[0].jobs.first()
+                        && run.phase == JobPhase::Running
+                    {
+                        return run.clone();
+                    }
+                    tokio::time::sleep(Duration::from_millis(2)).await;
+                }
+            })
+        };
+        let client = AgentClient::from_url(&format!("http://{addr}"), Some("t0ken".into()))
+            .unwrap()
+            .with_job(Some("preload-local-0a1b2c3d".into()));
+        let last = client
+            .preload("ml", "local", &["/**".to_string()], |_| {})
+            .await
+            .unwrap();
+        assert_eq!(last.bytes_done, 48 << 20);
+        let running = tokio::time::timeout(Duration::from_secs(5), watcher)
+            .await
+            .expect("the report never showed the run as Running")
+            .unwrap();
+        assert_eq!(running.job, "preload-local-0a1b2c3d");
+        assert!(running.completion_time.is_none() && running.start_time.is_some());
+
+        let report = status_of(&agent, &state.activity).datasets.remove(0);
+        assert_eq!(report.uid.as_deref(), Some("u-1"));
+        assert_eq!(report.jobs.len(), 1);
+        let done = &report.jobs[0];
+        assert_eq!(done.phase, JobPhase::Succeeded);
+        assert_eq!((done.files_done, done.files_total), (48, 48));
+        assert_eq!((done.bytes_done, done.bytes_total), (48 << 20, 48 << 20));
+        assert!(done.completion_time.is_some() && done.message.is_none());
+        assert!(report.last_error.is_none());
+    }
+
+    /// A source this node cannot reach becomes the dataset's lastError, without
+    /// the credentials; an error older than a clean probe is cleared.
+    #[tokio::test]
+    async fn an_unreachable_source_is_the_last_error_without_credentials() {
+        let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = closed.local_addr().unwrap().port();
+        drop(closed);
+        let cache = tempfile::tempdir().unwrap();
+        let agent = Agent::new(AgentConfig::new(cache.path(), 8 << 20, 64 << 20))
+            .await
+            .unwrap();
+        agent
+            .add_dataset(DatasetConfig {
+                namespace: "ml".into(),
+                name: "remote".into(),
+                sources: vec![SourceConfig {
+                    name: "train".into(),
+                    uri: "s3://bucket/train/".into(),
+                    endpoint: Some(format!("http://127.0.0.1:{port}")),
+                    region: Some("us-east-1".into()),
+                    credentials: Some(crate::config::Credentials {
+                        access_key_id: Some("AKIAEXAMPLEKEYID".into()),
+                        secret_access_key: Some("hunter2-very-secret".into()),
+                        ..Default::default()
+                    }),
+                    max_retries: Some(0),
+                    ..SourceConfig::default()
+                }],
+                ..DatasetConfig::default()
+            })
+            .await
+            .unwrap();
+        let activity = ActivityBoard::default();
+        probe_sources(&agent, &activity).await;
+        let report = status_of(&agent, &activity).datasets.remove(0);
+        let error = report
+            .last_error
+            .expect("no lastError after a failed probe");
+        assert!(error.message.contains("train"), "{}", error.message);
+        assert!(
+            !error.message.contains("hunter2") && !error.message.contains("AKIAEXAMPLEKEYID"),
+            "{}",
+            error.message
+        );
+        activity.sources_ok("ml", "remote", SystemTime::now());
+        assert!(
+            status_of(&agent, &activity).datasets[0]
+                .last_error
+                .is_none()
+        );
     }
 }

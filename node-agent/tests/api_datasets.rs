@@ -213,6 +213,7 @@ async fn job_commands_over_tcp_print_progress() {
         token_file: Some(token_file.clone()),
         dataset: "ml/imagenet".into(),
         paths: vec!["/labels/**".into()],
+        job_name: None,
     };
     let mut out = Vec::new();
     let results = strata_agent::api::jobs::preload(

@@ -39,6 +39,10 @@ pub mod reason {
     pub const JOB_RUNNING: &str = "JobRunning";
     /// No preload or pin job is running.
     pub const NO_JOB_RUNNING: &str = "NoJobRunning";
+    /// Live nodes report errors reading or listing the dataset's sources.
+    pub const NODE_REPORTS_ERRORS: &str = "NodeReportsErrors";
+    /// No live node reports a source error.
+    pub const NO_NODE_ERRORS: &str = "NoNodeErrors";
 }
 
 /// The `status` string of a condition.

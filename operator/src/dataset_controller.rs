@@ -25,7 +25,7 @@ use crate::conditions::{self, reason};
 use crate::context::{Context, MANAGER};
 use crate::credentials::{self, AgentCredentials};
 use crate::jobs;
-use crate::node_reports::{self, cached_percent, non_negative, to_api};
+use crate::node_reports::{self, JobProgress, cached_percent, non_negative, to_api};
 use crate::policy_resolution::{Resolution, resolve};
 use crate::source_check::SourceCheck;
 use crate::volume::{self, LABEL_DATASET, LABEL_DATASET_NAMESPACE};
@@ -136,6 +136,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
             condition::SOURCES_REACHABLE,
             condition::POLICY_RESOLVED,
             condition::PRELOADING,
+            condition::NODES_HEALTHY,
         ] {
             status.conditions.retain(|c| c.type_ != stale);
         }
@@ -407,8 +408,28 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
             .map(|t| cached_percent(0, non_negative(t)));
     }
 
-    // 8. Preload and pin jobs for this dataset.
-    status.jobs = job_runs(ctx, &namespace, &name);
+    let node_problem = node_errors_problem(&usage.errors);
+    match &node_problem {
+        Some(p) => conditions::set(
+            &mut status.conditions,
+            condition::NODES_HEALTHY,
+            false,
+            p.reason,
+            &p.message,
+            generation,
+        ),
+        None => conditions::set(
+            &mut status.conditions,
+            condition::NODES_HEALTHY,
+            true,
+            reason::NO_NODE_ERRORS,
+            "No live node reports an error reading the sources.",
+            generation,
+        ),
+    }
+
+    // 8. Preload and pin jobs for this dataset, with the progress the nodes report.
+    status.jobs = job_runs(ctx, &namespace, &name, &usage.jobs);
     let running = status
         .jobs
         .iter()
@@ -433,7 +454,11 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     // 9. Phase and Ready.
     let (phase, ready_reason, ready_message) = if let Some(p) = &credential_problem {
         (DatasetPhase::Failed, p.reason, p.message.clone())
-    } else if let Some(p) = source_problem.as_ref().or(policy_problem.as_ref()) {
+    } else if let Some(p) = source_problem
+        .as_ref()
+        .or(policy_problem.as_ref())
+        .or(node_problem.as_ref())
+    {
         (DatasetPhase::Degraded, p.reason, p.message.clone())
     } else if usage.nodes.is_empty() {
         (DatasetPhase::Pending, reason::WAITING_FOR_NODES,
@@ -545,7 +570,80 @@ async fn announce(ds: &Dataset, ctx: &Context, old: &[Condition], new: &[Conditi
     }
 }
 
-fn job_runs(ctx: &Context, namespace: &str, name: &str) -> Vec<strata_crds::JobRun> {
+/// Nodes reporting source errors, as the NodesHealthy problem: names the nodes
+/// (the first few) and the first node's error.
+fn node_errors_problem(errors: &[node_reports::NodeReportedError]) -> Option<Problem> {
+    const NAMED: usize = 5;
+    let first = errors.first()?;
+    let mut nodes: Vec<&str> = errors.iter().take(NAMED).map(|e| e.node.as_str()).collect();
+    let more = errors.len().saturating_sub(NAMED);
+    let more = if more > 0 {
+        format!(" and {more} more")
+    } else {
+        String::new()
+    };
+    nodes.dedup();
+    Some(Problem {
+        reason: reason::NODE_REPORTS_ERRORS,
+        message: format!(
+            "{} node(s) fail to read the sources: {}{more}. First, on {}: {}. Check the endpoint, credentials and the network path from those nodes; the condition clears once their agents read the sources again.",
+            errors.len(),
+            nodes.join(", "),
+            first.node,
+            first.message
+        ),
+    })
+}
+
+/// Fills a run's numbers from what the nodes report about its Job. The
+/// Kubernetes Job's phase wins once it is final; before that the agents' is
+/// fresher (and the only one where no Job controller runs).
+fn with_progress(mut run: strata_crds::JobRun, progress: &JobProgress) -> strata_crds::JobRun {
+    use strata_crds::JobPhase;
+    run.files_done = Some(to_api(progress.files_done));
+    run.files_total = Some(to_api(progress.files_total));
+    run.bytes_done = Some(to_api(progress.bytes_done));
+    run.bytes_total = Some(to_api(progress.bytes_total));
+    run.percent = Some(progress.percent());
+    if matches!(run.phase, JobPhase::Pending | JobPhase::Running)
+        && let Some(phase) = progress.phase
+    {
+        run.phase = phase;
+        if run.completion_time.is_none() {
+            run.completion_time = progress.finished_at();
+        }
+    }
+    if run.start_time.is_none() {
+        run.start_time = progress.start_time.clone();
+    }
+    if run.message.is_none() {
+        run.message = progress.message.clone();
+    }
+    run
+}
+
+/// The newest reported run of a CronJob's Jobs (named `<cronjob>-<minutes>`).
+fn cron_progress<'a>(
+    cron: &str,
+    progress: &'a BTreeMap<String, JobProgress>,
+) -> Option<&'a JobProgress> {
+    progress
+        .iter()
+        .filter(|(job, _)| {
+            job.strip_prefix(cron)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|n| !n.is_empty() && n.bytes().all(|c| c.is_ascii_digit()))
+        })
+        .max_by(|a, b| a.1.start_time.cmp(&b.1.start_time))
+        .map(|(_, p)| p)
+}
+
+fn job_runs(
+    ctx: &Context,
+    namespace: &str,
+    name: &str,
+    progress: &BTreeMap<String, JobProgress>,
+) -> Vec<strata_crds::JobRun> {
     let ours = |meta: &kube::api::ObjectMeta| {
         meta.namespace.as_deref() == Some(namespace)
             && meta
@@ -561,12 +659,22 @@ fn job_runs(ctx: &Context, namespace: &str, name: &str) -> Vec<strata_crds::JobR
         .iter()
         .filter(|j| ours(&j.metadata) && !jobs::created_by_cron_job(j))
         .filter_map(|j| jobs::job_run(j))
+        .map(|run| match run.job.as_ref().and_then(|j| progress.get(j)) {
+            Some(p) => with_progress(run, p),
+            None => run,
+        })
         .chain(
             ctx.cron_jobs
                 .state()
                 .iter()
                 .filter(|c| ours(&c.metadata))
-                .filter_map(|c| jobs::cron_job_run(c)),
+                .filter_map(|c| jobs::cron_job_run(c))
+                .map(
+                    |run| match run.job.as_deref().and_then(|j| cron_progress(j, progress)) {
+                        Some(p) => with_progress(run, p),
+                        None => run,
+                    },
+                ),
         )
         .collect();
     runs.sort_by(|a, b| b.start_time.cmp(&a.start_time).then(a.job.cmp(&b.job)));

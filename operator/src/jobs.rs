@@ -153,17 +153,12 @@ fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec
                 image_pull_policy: Some(settings.image_pull_policy.clone()),
                 command: Some(vec!["strata-agent".into()]),
                 args: Some(args),
-                env: Some(vec![EnvVar {
-                    name: "STRATA_NODE_IP".into(),
-                    value_from: Some(EnvVarSource {
-                        field_ref: Some(ObjectFieldSelector {
-                            field_path: "status.hostIP".into(),
-                            ..ObjectFieldSelector::default()
-                        }),
-                        ..EnvVarSource::default()
-                    }),
-                    ..EnvVar::default()
-                }]),
+                env: Some(vec![
+                    field_env("STRATA_NODE_IP", "status.hostIP"),
+                    // The agent reports the run's progress under the Job's name,
+                    // which the Job controller puts in this label of its pods.
+                    field_env("STRATA_JOB_NAME", JOB_NAME_FIELD),
+                ]),
                 volume_mounts: Some(vec![VolumeMount {
                     name: "agent-token".into(),
                     mount_path: TOKEN_DIR.into(),
@@ -182,6 +177,23 @@ fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec
             }]),
             ..PodSpec::default()
         }),
+    }
+}
+
+/// The pod label naming its Job, set by the Job controller (Kubernetes 1.27+).
+pub const JOB_NAME_FIELD: &str = "metadata.labels['batch.kubernetes.io/job-name']";
+
+fn field_env(name: &str, field_path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: field_path.into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
     }
 }
 
@@ -449,6 +461,19 @@ mod tests {
                 "--replicas",
                 "All"
             ]
+        );
+        let env = pod.containers[0].env.as_ref().unwrap();
+        let job_name = env.iter().find(|e| e.name == "STRATA_JOB_NAME").unwrap();
+        assert_eq!(
+            job_name
+                .value_from
+                .as_ref()
+                .unwrap()
+                .field_ref
+                .as_ref()
+                .unwrap()
+                .field_path,
+            "metadata.labels['batch.kubernetes.io/job-name']"
         );
         let terms = &pod
             .affinity

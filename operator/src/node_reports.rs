@@ -1,10 +1,12 @@
 //! Summing the agents' `StrataNode` reports into one Dataset's numbers.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use strata_crds::StrataNode;
+use strata_crds::{JobPhase, StrataNode};
 
 /// What the live nodes report about one dataset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -17,6 +19,79 @@ pub struct DatasetUsage {
     pub misses: u64,
     /// Names of the nodes reporting the dataset.
     pub nodes: Vec<String>,
+    /// Source errors the nodes report, by node name.
+    pub errors: Vec<NodeReportedError>,
+    /// Progress of Job runs, by Job name, summed over the nodes.
+    pub jobs: BTreeMap<String, JobProgress>,
+}
+
+/// One node's last error reading the dataset's sources.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeReportedError {
+    /// The node.
+    pub node: String,
+    /// What failed (the agent scrubs credentials before reporting).
+    pub message: String,
+}
+
+/// One Job's run, summed over the nodes that report it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct JobProgress {
+    pub files_done: u64,
+    pub files_total: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Failed if any node's run failed, else Running if any runs, else Succeeded.
+    pub phase: Option<JobPhase>,
+    /// Earliest start over the nodes.
+    pub start_time: Option<Time>,
+    /// Latest end over the nodes, once none runs.
+    pub completion_time: Option<Time>,
+    /// The first failure's message.
+    pub message: Option<String>,
+}
+
+impl JobProgress {
+    fn add(&mut self, run: &strata_crds::NodeJobProgress) {
+        self.files_done = self.files_done.saturating_add(non_negative(run.files_done));
+        self.files_total = self
+            .files_total
+            .saturating_add(non_negative(run.files_total));
+        self.bytes_done = self.bytes_done.saturating_add(non_negative(run.bytes_done));
+        self.bytes_total = self
+            .bytes_total
+            .saturating_add(non_negative(run.bytes_total));
+        self.phase = Some(match (self.phase, run.phase) {
+            (Some(JobPhase::Failed), _) | (_, JobPhase::Failed) => JobPhase::Failed,
+            (Some(JobPhase::Running), _) | (_, JobPhase::Running) => JobPhase::Running,
+            (Some(JobPhase::Pending), _) | (_, JobPhase::Pending) => JobPhase::Pending,
+            _ => JobPhase::Succeeded,
+        });
+        if run.start_time.is_some()
+            && (self.start_time.is_none() || run.start_time < self.start_time)
+        {
+            self.start_time = run.start_time.clone();
+        }
+        if run.completion_time > self.completion_time {
+            self.completion_time = run.completion_time.clone();
+        }
+        if self.message.is_none() && run.phase == JobPhase::Failed {
+            self.message = run.message.clone();
+        }
+    }
+
+    /// bytesDone / bytesTotal in percent, rounded down (100 when nothing matched).
+    pub fn percent(&self) -> i32 {
+        cached_percent(self.bytes_done, self.bytes_total)
+    }
+
+    /// The completion time, only once the run is over on every node.
+    pub fn finished_at(&self) -> Option<Time> {
+        match self.phase {
+            Some(JobPhase::Succeeded | JobPhase::Failed) => self.completion_time.clone(),
+            _ => None,
+        }
+    }
 }
 
 /// Whether a node's last heartbeat is recent enough to count. A report with
@@ -57,10 +132,20 @@ pub fn usage_of<'a>(
                 usage.hits = usage.hits.saturating_add(non_negative(report.hits));
                 usage.misses = usage.misses.saturating_add(non_negative(report.misses));
                 usage.nodes.push(node.name_any());
+                if let Some(error) = &report.last_error {
+                    usage.errors.push(NodeReportedError {
+                        node: node.name_any(),
+                        message: error.message.clone(),
+                    });
+                }
+                for run in &report.jobs {
+                    usage.jobs.entry(run.job.clone()).or_default().add(run);
+                }
             }
         }
     }
     usage.nodes.sort();
+    usage.errors.sort_by(|a, b| a.node.cmp(&b.node));
     usage
 }
 
@@ -88,8 +173,9 @@ pub fn cached_percent(cached: u64, total: u64) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
-    use strata_crds::{NodeDatasetUsage, StrataNodeSpec, StrataNodeStatus};
+    use strata_crds::{
+        NodeDatasetUsage, NodeError, NodeJobProgress, StrataNodeSpec, StrataNodeStatus,
+    };
 
     fn node(name: &str, heartbeat: i64, reports: &[(&str, &str, Option<&str>, u64)]) -> StrataNode {
         let mut n = StrataNode::new(
@@ -113,6 +199,8 @@ mod tests {
                     hits: 2,
                     misses: 1,
                     last_update: None,
+                    last_error: None,
+                    jobs: vec![],
                 })
                 .collect(),
             ..Default::default()
@@ -147,6 +235,72 @@ mod tests {
         assert_eq!(usage.cached_bytes, 150);
         assert_eq!(usage.hits, 4);
         assert_eq!(usage.nodes, vec!["a".to_string(), "b".to_string()]);
+    }
+
+    fn run(job: &str, phase: JobPhase, done: i64, total: i64, start: i64) -> NodeJobProgress {
+        NodeJobProgress {
+            job: job.into(),
+            phase,
+            files_done: done / 10,
+            files_total: total / 10,
+            bytes_done: done,
+            bytes_total: total,
+            start_time: Some(Time(Timestamp::from_second(start).unwrap())),
+            completion_time: (phase != JobPhase::Running)
+                .then(|| Time(Timestamp::from_second(start + 5).unwrap())),
+            message: (phase == JobPhase::Failed).then(|| "source a: access denied".into()),
+        }
+    }
+
+    #[test]
+    fn sums_job_progress_and_collects_errors() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let mut a = node("a", 9_990, &[("ml", "imagenet", Some("u1"), 100)]);
+        let mut b = node("b", 9_990, &[("ml", "imagenet", Some("u1"), 100)]);
+        let mut old = node("old", 9_990, &[("ml", "imagenet", Some("u0"), 100)]);
+        fn report(n: &mut StrataNode) -> &mut NodeDatasetUsage {
+            &mut n.status.as_mut().unwrap().datasets[0]
+        }
+        report(&mut a).jobs = vec![
+            run("pin-x-1", JobPhase::Running, 300, 1_000, 100),
+            run("preload-x-2", JobPhase::Succeeded, 50, 50, 10),
+        ];
+        report(&mut b).jobs = vec![run("pin-x-1", JobPhase::Succeeded, 1_000, 1_000, 90)];
+        report(&mut b).last_error = Some(NodeError {
+            message: "source a: connection refused".into(),
+            time: Time(now),
+        });
+        report(&mut old).jobs = vec![run("pin-x-1", JobPhase::Failed, 0, 1_000, 80)];
+        report(&mut old).last_error = Some(NodeError {
+            message: "about the earlier dataset".into(),
+            time: Time(now),
+        });
+        let usage = usage_of(
+            &[a, b, old],
+            "ml",
+            "imagenet",
+            Some("u1"),
+            Duration::from_secs(180),
+            now,
+        );
+        let pin = &usage.jobs["pin-x-1"];
+        assert_eq!((pin.bytes_done, pin.bytes_total), (1_300, 2_000));
+        assert_eq!((pin.files_done, pin.files_total), (130, 200));
+        assert_eq!(pin.phase, Some(JobPhase::Running));
+        assert_eq!(pin.percent(), 65);
+        assert_eq!(pin.start_time.as_ref().unwrap().0.as_second(), 90);
+        assert_eq!(pin.finished_at(), None);
+        let preload = &usage.jobs["preload-x-2"];
+        assert_eq!(preload.phase, Some(JobPhase::Succeeded));
+        assert_eq!(preload.percent(), 100);
+        assert_eq!(preload.finished_at().unwrap().0.as_second(), 15);
+        assert_eq!(
+            usage.errors,
+            vec![NodeReportedError {
+                node: "b".into(),
+                message: "source a: connection refused".into()
+            }]
+        );
     }
 
     #[test]

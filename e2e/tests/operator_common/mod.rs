@@ -255,17 +255,6 @@ pub struct Report<'a> {
 /// Creates or replaces StrataNode `node` with `reports`, heartbeat now, as an
 /// agent would (spec by create, status through the status subresource).
 pub async fn report_node(client: &kube::Client, node: &str, reports: &[Report<'_>]) -> Result<()> {
-    let api: Api<StrataNode> = Api::all(client.clone());
-    if api.get_opt(node).await?.is_none() {
-        let object = StrataNode::new(
-            node,
-            StrataNodeSpec {
-                node_name: node.to_string(),
-                endpoint: Some("http://127.0.0.1:7070".into()),
-            },
-        );
-        api.create(&PostParams::default(), &object).await?;
-    }
     let datasets: Vec<NodeDatasetUsage> = reports
         .iter()
         .map(|r| NodeDatasetUsage {
@@ -278,9 +267,31 @@ pub async fn report_node(client: &kube::Client, node: &str, reports: &[Report<'_
             hits: r.hits,
             misses: r.misses,
             last_update: Some(Time(Timestamp::now())),
+            last_error: None,
+            jobs: vec![],
         })
         .collect();
-    let cached: i64 = reports.iter().map(|r| r.cached_bytes).sum();
+    report_node_usage(client, node, datasets).await
+}
+
+/// Like [`report_node`], with whole per-dataset reports (errors, job progress).
+pub async fn report_node_usage(
+    client: &kube::Client,
+    node: &str,
+    datasets: Vec<NodeDatasetUsage>,
+) -> Result<()> {
+    let api: Api<StrataNode> = Api::all(client.clone());
+    if api.get_opt(node).await?.is_none() {
+        let object = StrataNode::new(
+            node,
+            StrataNodeSpec {
+                node_name: node.to_string(),
+                endpoint: Some("http://127.0.0.1:7070".into()),
+            },
+        );
+        api.create(&PostParams::default(), &object).await?;
+    }
+    let cached: i64 = datasets.iter().map(|r| r.cached_bytes).sum();
     let status = json!({
         "status": {
             "datasets": datasets,

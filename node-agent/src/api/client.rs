@@ -98,6 +98,9 @@ enum Transport {
 pub struct AgentClient {
     transport: Transport,
     timeout: Duration,
+    /// The Kubernetes Job this client works for, sent with preloads so the agent reports
+    /// their progress under it.
+    job: Option<String>,
 }
 
 impl fmt::Debug for AgentClient {
@@ -115,6 +118,7 @@ impl AgentClient {
         AgentClient {
             transport: Transport::Unix(socket.into()),
             timeout: Duration::from_secs(30),
+            job: None,
         }
     }
 
@@ -147,6 +151,7 @@ impl AgentClient {
                     token,
                 },
                 timeout: Duration::from_secs(30),
+                job: None,
             });
         }
         if url.starts_with("https://") {
@@ -162,6 +167,12 @@ impl AgentClient {
     /// Limit for one whole request/answer (not for streamed preloads, which can run for hours).
     pub fn with_timeout(mut self, timeout: Duration) -> Self {
         self.timeout = timeout;
+        self
+    }
+
+    /// Names the Kubernetes Job whose preloads this client asks for.
+    pub fn with_job(mut self, job: Option<String>) -> Self {
+        self.job = job;
         self
     }
 
@@ -406,6 +417,7 @@ impl AgentClient {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
             modified_within: modified_within.map(str::to_string),
+            job: None,
         });
         self.json(
             Method::POST,
@@ -420,6 +432,7 @@ impl AgentClient {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
             modified_within: None,
+            job: None,
         });
         self.json(
             Method::POST,
@@ -441,6 +454,7 @@ impl AgentClient {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
             modified_within: None,
+            job: self.job.clone(),
         });
         let uri = dataset_path(namespace, name, "/preload");
         let response =

@@ -263,6 +263,7 @@ async fn start_node_status(
     };
     Some(tokio::spawn(crate::node_status::run(
         state.agent.clone(),
+        state.activity.clone(),
         node,
         client,
         args.status_interval,

@@ -1,6 +1,7 @@
 //! Routes and handlers of the agent's HTTP API (warp).
 
 use super::error::{ApiError, Result};
+use super::jobs::ActivityBoard;
 use super::types::{
     ErrorBody, HealthStatus, PathsRequest, PinAnswer, PreloadProgress, VolumeMount, VolumeRelease,
 };
@@ -34,6 +35,8 @@ const PRELOAD_REPORT_EVERY: Duration = Duration::from_millis(500);
 pub struct ApiState {
     pub agent: Arc<Agent>,
     pub mounts: Arc<MountRegistry>,
+    /// Preload runs and source errors, for the StrataNode report.
+    pub activity: Arc<ActivityBoard>,
     ready: AtomicBool,
 }
 
@@ -42,6 +45,7 @@ impl ApiState {
         Arc::new(ApiState {
             agent,
             mounts,
+            activity: Arc::default(),
             ready: AtomicBool::new(false),
         })
     }
@@ -464,7 +468,27 @@ async fn read(
 
 async fn preload(ns: String, name: String, body: Bytes, state: Arc<ApiState>) -> Result<Response> {
     let view = state.view(&ns, &name)?;
-    let paths = paths_body(&body)?.paths;
+    let request = paths_body(&body)?;
+    let paths = request.paths;
+    if let Some(job) = &request.job
+        && (job.is_empty()
+            || job.len() > 253
+            || !job
+                .bytes()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'))
+    {
+        return Err(ApiError::bad_request(
+            "job",
+            "must be a Kubernetes Job name (lowercase letters, digits, '-' and '.', at most 253)",
+        ));
+    }
+    // A Job's run is reported (progress, outcome) in the StrataNode under the Job's name.
+    let run = request
+        .job
+        .as_deref()
+        .map(|job| state.activity.start_run(&ns, &name, job));
+    let activity = state.activity.clone();
+    let started = std::time::SystemTime::now();
     let (progress_tx, mut progress_rx) =
         tokio::sync::watch::channel(None::<crate::dataset::PreloadProgress>);
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
@@ -499,13 +523,24 @@ async fn preload(ns: String, name: String, body: Bytes, state: Arc<ApiState>) ->
                     if progress_rx.has_changed().unwrap_or(false) {
                         let current = *progress_rx.borrow_and_update();
                         if let Some(p) = current {
-                            let _ = lines_tx.send(line(&to_api(p))).await;
+                            let p = to_api(p);
+                            if let Some(run) = &run {
+                                run.progress(&p);
+                            }
+                            let _ = lines_tx.send(line(&p)).await;
                         }
                     }
                 }
             }
         };
         let last = progress_rx.borrow().map(to_api).unwrap_or_default();
+        // Files the sources refused and source failures are the dataset's last error;
+        // a clean run shows the sources answer again.
+        let source_failed = match &outcome {
+            Ok(Ok(report)) => !report.failed.is_empty(),
+            Ok(Err(e)) => matches!(e, crate::Error::Source { .. }),
+            Err(_) => false,
+        };
         let last = match outcome {
             Ok(Ok(report)) => PreloadProgress {
                 done: true,
@@ -530,6 +565,14 @@ async fn preload(ns: String, name: String, body: Bytes, state: Arc<ApiState>) ->
             },
         };
         tracing::info!(files = last.files_done, bytes = last.bytes_done, error = ?last.error, "preload finished");
+        match &last.error {
+            Some(error) if source_failed => activity.source_failed(&ns, &name, error),
+            Some(_) => {}
+            None => activity.sources_ok(&ns, &name, started),
+        }
+        if let Some(run) = run {
+            run.finish(&last, last.error.as_deref());
+        }
         let _ = lines_tx.send(line(&last)).await;
     });
     let stream = futures::stream::unfold(lines_rx, |mut rx| async move {

@@ -60,6 +60,10 @@ pub struct PathsRequest {
     /// (e.g. `14d`), each by its exact path.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified_within: Option<String>,
+    /// Preload only: the Kubernetes Job asking, so the agent reports the run's progress
+    /// under its name in the StrataNode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
 }
 
 /// Answer to `POST .../pin` and `.../unpin`.
