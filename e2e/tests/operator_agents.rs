@@ -2,23 +2,31 @@
 //! cluster: the agent config the operator writes into the datasets Secret is
 //! parsed and loaded by `strata_agent` (the same code `serve` uses), the
 //! agent reads through it, and its `node_status` reporter writes the
-//! StrataNode that moves the Dataset to Ready. Deleting the Dataset removes
-//! the key; the agent drops the dataset, reports again, and the finalizer lets go.
+//! StrataNode that moves the Dataset to Ready. The policy's preload Job command
+//! (`strata-agent preload --agent ... --job NAME`) runs against the agent's HTTP
+//! API; the agent reports the run and the operator shows its progress in the
+//! Dataset's status. Deleting the Dataset removes the key; the agent drops the
+//! dataset, reports again, and the finalizer lets go.
 
 mod operator_common;
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Result, ensure};
+use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use operator_common::*;
 use strata_agent::agent::{Agent, AgentConfig};
-use strata_agent::api::jobs::ActivityBoard;
+use strata_agent::api::jobs::{JobArgs, PreloadJobArgs};
+use strata_agent::api::server::{Access, ApiState, api_routes};
 use strata_agent::config::DatasetConfig;
+use strata_agent::fs::MountOptions;
+use strata_agent::mounts::MountRegistry;
 use strata_agent::node_status::{self, NodeIdentity};
 use strata_agent::path::DatasetPath;
-use strata_crds::{Dataset, DatasetPhase, StrataNode};
+use strata_crds::{Dataset, DatasetPhase, JobPhase, StrataNode};
 use strata_e2e::{Cluster, TestNamespace};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -33,6 +41,7 @@ async fn agent_loads_the_operators_config_and_its_report_makes_the_dataset_ready
     let data = tempfile::tempdir()?;
     std::fs::create_dir(data.path().join("train"))?;
     std::fs::write(data.path().join("train/shard-0.bin"), vec![1u8; 300_000])?;
+    std::fs::write(data.path().join("train/shard-1.bin"), vec![2u8; 700_000])?;
     let cache = tempfile::tempdir()?;
 
     let operator = RunningOperator::start(cluster, &namespace, "op-agents", &[]).await?;
@@ -41,7 +50,7 @@ async fn agent_loads_the_operators_config_and_its_report_makes_the_dataset_ready
 apiVersion: strata.dev/v1alpha1
 kind: CachePolicy
 metadata: {{name: small-blocks}}
-spec: {{quota: 64Mi, blockSize: 1Mi, eviction: LRU, datasetSelector: {{}}, pin: [{{paths: ["/train/**"]}}]}}
+spec: {{quota: 64Mi, blockSize: 1Mi, eviction: LRU, datasetSelector: {{}}, pin: [{{paths: ["/train/**"]}}], preload: [{{paths: ["/train/**"]}}]}}
 ---
 apiVersion: strata.dev/v1alpha1
 kind: Dataset
@@ -83,7 +92,22 @@ spec:
         .await?;
     ensure!(bytes.len() == 300_000);
 
-    let activity = ActivityBoard::default();
+    // The agent's HTTP API, as `serve` runs it for jobs and peers.
+    let mounts = Arc::new(MountRegistry::new(
+        &cache.path().join("mounts"),
+        MountOptions::default(),
+    )?);
+    let state = ApiState::new(agent.clone(), mounts);
+    let activity = state.activity.clone();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let api_url = format!("http://{}", listener.local_addr()?);
+    tokio::spawn(
+        warp::serve(api_routes(state.clone(), Access::token("e2e-token")))
+            .incoming(listener)
+            .run(),
+    );
+    let token_file = cache.path().join("token");
+    std::fs::write(&token_file, "e2e-token\n")?;
     let node = NodeIdentity {
         node_name: format!("{namespace}-agent"),
         endpoint: Some("http://127.0.0.1:7070".into()),
@@ -116,6 +140,58 @@ spec:
         uid.is_some() && reported.datasets[0].uid == uid,
         "{:?} vs {uid:?}",
         reported.datasets[0].uid
+    );
+
+    // The preload Job's command, run as its pod would (STRATA_JOB_NAME from the
+    // pod's job-name label); the report carries the run to the Dataset's status.
+    let jobs: Api<Job> = Api::namespaced(client.clone(), &namespace);
+    let job = eventually("the preload Job", WAIT, || async {
+        let list = jobs.list(&Default::default()).await?;
+        Ok(list
+            .items
+            .into_iter()
+            .find_map(|j| j.metadata.name.filter(|n| n.starts_with("preload-local-"))))
+    })
+    .await?;
+    let mut log = Vec::new();
+    strata_agent::api::jobs::preload(
+        &PreloadJobArgs {
+            job: JobArgs {
+                agent: vec![api_url.clone()],
+                token_file: Some(token_file.clone()),
+                dataset: format!("{namespace}/local"),
+                paths: vec!["/train/**".into()],
+                job_name: Some(job.clone()),
+            },
+            concurrency: 4,
+        },
+        &mut log,
+    )
+    .await?;
+    let log = String::from_utf8(log)?;
+    ensure!(
+        log.contains("files 2/2, bytes 1000000/1000000, 100.0%, done"),
+        "{log}"
+    );
+    node_status::write_once(&client, &agent, &activity, &node).await?;
+    let run = eventually("the run's progress in the Dataset", WAIT, || async {
+        let st = datasets.get("local").await?.status.unwrap_or_default();
+        Ok(st
+            .jobs
+            .into_iter()
+            .find(|r| r.job.as_deref() == Some(job.as_str()) && r.percent.is_some()))
+    })
+    .await?;
+    ensure!(
+        run.phase == JobPhase::Succeeded
+            && run.files_done == Some(2)
+            && run.files_total == Some(2)
+            && run.bytes_done == Some(1_000_000)
+            && run.bytes_total == Some(1_000_000)
+            && run.percent == Some(100)
+            && run.start_time.is_some()
+            && run.completion_time.is_some(),
+        "{run:?}"
     );
 
     // Deletion: the key goes; the agent (here: the test, as `serve` would on
