@@ -69,6 +69,20 @@ use crate::{FieldErrorKind, Result};
         description = "The CachePolicy in effect"
     ),
     printcolumn(
+        name = "Job",
+        type_ = "string",
+        json_path = ".status.jobs[0].job",
+        priority = 1,
+        description = "The newest preload or pin job"
+    ),
+    printcolumn(
+        name = "Job %",
+        type_ = "integer",
+        json_path = ".status.jobs[0].percent",
+        priority = 1,
+        description = "Bytes the newest preload or pin job has fetched, in percent, summed over the nodes"
+    ),
+    printcolumn(
         name = "Age",
         type_ = "date",
         json_path = ".metadata.creationTimestamp"

@@ -435,9 +435,32 @@ spec: {quota: 1Gi, datasetSelector: {}, preload: [{paths: ["/**"]}]}
         "{run:?}"
     );
     ensure!(
-        condition(&st, "Preloading").is_some_and(|c| c.status == "True"),
+        condition(&st, "Preloading")
+            .is_some_and(|c| c.status == "True" && c.message.contains(&format!("{job} (25%)"))),
         "{:?}",
         st.conditions
+    );
+    let wide = cluster
+        .kubectl(&["-n", &namespace, "get", "datasets", "-o", "wide"])
+        .await?;
+    let header: Vec<&str> = wide
+        .lines()
+        .next()
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or("")
+        .split_whitespace()
+        .collect();
+    ensure!(
+        header
+            .windows(5)
+            .any(|w| w == ["POLICY", "JOB", "JOB", "%", "AGE"])
+            && row.windows(3).any(|w| w == ["warm", job.as_str(), "25"]),
+        "{wide}"
     );
     ensure!(st.phase == Some(DatasetPhase::Ready), "{st:?}");
 

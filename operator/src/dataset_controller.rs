@@ -430,10 +430,17 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
 
     // 8. Preload and pin jobs for this dataset, with the progress the nodes report.
     status.jobs = job_runs(ctx, &namespace, &name, &usage.jobs);
-    let running = status
+    let running_jobs: Vec<String> = status
         .jobs
         .iter()
-        .any(|j| j.phase == strata_crds::JobPhase::Running);
+        .filter(|j| j.phase == strata_crds::JobPhase::Running)
+        .map(|j| match (&j.job, j.percent) {
+            (Some(job), Some(p)) => format!("{job} ({p}%)"),
+            (Some(job), None) => job.clone(),
+            (None, _) => j.policy.clone(),
+        })
+        .collect();
+    let running = !running_jobs.is_empty();
     conditions::set(
         &mut status.conditions,
         condition::PRELOADING,
@@ -444,9 +451,9 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
             reason::NO_JOB_RUNNING
         },
         if running {
-            "A preload or pin job is running."
+            format!("Running: {}.", running_jobs.join(", "))
         } else {
-            "No preload or pin job is running."
+            "No preload or pin job is running.".to_string()
         },
         generation,
     );
