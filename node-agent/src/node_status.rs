@@ -19,8 +19,11 @@ use strata_crds::{
 use crate::agent::Agent;
 use crate::api::jobs::{ActivityBoard, DatasetActivity, RunPhase};
 
-/// How often every dataset's sources are listed once to find (and clear) errors
-/// that no read has met yet, e.g. a node-local directory missing on this node.
+/// How often the sources of the datasets this node uses are listed once, to find
+/// (and clear) errors that no preload has met, e.g. a node without a route to the
+/// endpoint. A dataset is probed once when it appears; after that only while this
+/// node uses it (anything cached or read) or while it has an error: with hundreds of
+/// datasets on every node, listing all of them would cost real money on S3.
 pub const PROBE_EVERY: Duration = Duration::from_secs(300);
 /// How long one probe may take before it counts as failed.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -200,11 +203,31 @@ pub async fn write_once(
     Ok(())
 }
 
-/// Lists every dataset's sources once (one level of each root): a failure becomes
-/// the dataset's last error, success clears an error older than the probe.
-pub async fn probe_sources(agent: &Agent, activity: &ActivityBoard) {
+/// Lists the sources (one level of each root) of every dataset not in `probed`
+/// yet, used on this node, or with an error: a failure becomes the dataset's last
+/// error, success clears an error older than the probe. Adds what it probed to
+/// `probed`.
+pub async fn probe_sources(
+    agent: &Agent,
+    activity: &ActivityBoard,
+    probed: &mut std::collections::HashSet<String>,
+) {
     use futures::StreamExt;
-    let views = agent.datasets();
+    let views: Vec<_> = agent
+        .datasets()
+        .into_iter()
+        .filter(|view| {
+            let usage = view.usage();
+            !probed.contains(view.id())
+                || usage.cached_files > 0
+                || usage.hits + usage.misses > 0
+                || activity
+                    .snapshot(view.namespace(), view.name())
+                    .last_error
+                    .is_some()
+        })
+        .collect();
+    probed.extend(views.iter().map(|v| v.id().to_string()));
     futures::stream::iter(views)
         .for_each_concurrent(PROBE_PARALLEL, |view| async move {
             let at = SystemTime::now();
@@ -238,9 +261,14 @@ pub async fn run(
     let probes = async {
         let mut ticker = tokio::time::interval(PROBE_EVERY);
         ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut probed = std::collections::HashSet::new();
         loop {
             ticker.tick().await;
-            probe_sources(&agent, &activity).await;
+            probed.retain(|id: &String| {
+                id.split_once('/')
+                    .is_some_and(|(ns, name)| agent.dataset(ns, name).is_some())
+            });
+            probe_sources(&agent, &activity, &mut probed).await;
         }
     };
     let reports = async {
@@ -424,7 +452,9 @@ mod tests {
             .await
             .unwrap();
         let activity = ActivityBoard::default();
-        probe_sources(&agent, &activity).await;
+        let mut probed = std::collections::HashSet::new();
+        probe_sources(&agent, &activity, &mut probed).await;
+        assert!(probed.contains("ml/remote"));
         let report = status_of(&agent, &activity).datasets.remove(0);
         let error = report
             .last_error
@@ -435,11 +465,60 @@ mod tests {
             "{}",
             error.message
         );
+        // Unused here, but probed again while it has an error (still failing).
+        let first = activity.snapshot("ml", "remote").last_error.unwrap().time;
+        probe_sources(&agent, &activity, &mut probed).await;
+        let again = activity.snapshot("ml", "remote").last_error.unwrap().time;
+        assert!(again > first, "not probed again while failing");
         activity.sources_ok("ml", "remote", SystemTime::now());
         assert!(
             status_of(&agent, &activity).datasets[0]
                 .last_error
                 .is_none()
         );
+    }
+
+    /// After its first probe, a dataset nobody uses on this node is left alone.
+    #[tokio::test]
+    async fn unused_datasets_are_probed_once() {
+        let data = tempfile::tempdir().unwrap();
+        std::fs::write(data.path().join("a.bin"), vec![1u8; 1000]).unwrap();
+        let cache = tempfile::tempdir().unwrap();
+        let agent = Agent::new(AgentConfig::new(cache.path(), 8 << 20, 64 << 20))
+            .await
+            .unwrap();
+        let view = agent
+            .add_dataset(DatasetConfig {
+                namespace: "ml".into(),
+                name: "idle".into(),
+                sources: vec![SourceConfig {
+                    name: "dir".into(),
+                    uri: format!("file://{}", data.path().display()),
+                    ..SourceConfig::default()
+                }],
+                ..DatasetConfig::default()
+            })
+            .await
+            .unwrap();
+        let (activity, mut probed) = (ActivityBoard::default(), std::collections::HashSet::new());
+        probe_sources(&agent, &activity, &mut probed).await;
+        let lists = view.request_counts().lists;
+        assert!(lists >= 1);
+        probe_sources(&agent, &activity, &mut probed).await;
+        assert_eq!(
+            view.request_counts().lists,
+            lists,
+            "an idle dataset was probed again"
+        );
+        view.read(&DatasetPath::parse("/a.bin").unwrap(), 0, 1000)
+            .await
+            .unwrap();
+        let lists = view.request_counts().lists;
+        probe_sources(&agent, &activity, &mut probed).await;
+        assert!(
+            view.request_counts().lists > lists,
+            "a used dataset was not probed"
+        );
+        assert!(activity.snapshot("ml", "idle").last_error.is_none());
     }
 }
