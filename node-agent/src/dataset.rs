@@ -26,8 +26,10 @@ use crate::{Error, Result};
 
 /// Most metadata entries kept per dataset (stat and listings each).
 const MAX_METADATA_ENTRIES: usize = 200_000;
-/// Blocks fetched at once by a preload.
-const PRELOAD_PARALLELISM: usize = 16;
+/// Block fetches a preload keeps in flight (over all its files).
+const PRELOAD_MAX_FETCHES: usize = 64;
+/// Bytes of blocks a preload holds in flight.
+const PRELOAD_MAX_BYTES: u64 = 256 << 20;
 
 /// File or directory.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -748,7 +750,7 @@ impl DatasetView {
         progress: impl Fn(PreloadProgress) + Send + Sync,
     ) -> Result<PreloadReport> {
         let globs = PathGlobs::new(globs)?;
-        let files = self.expand_globs(&globs).await?;
+        let files = Arc::new(self.expand_globs(&globs).await?);
         let mut p = PreloadProgress {
             files_total: files.len() as u64,
             bytes_total: files.iter().map(|f| f.size).sum(),
@@ -760,37 +762,68 @@ impl DatasetView {
         progress(p);
         let bs = self.block_size();
         let mut report = PreloadReport::default();
-        let mut results = futures::stream::iter(files.into_iter().map(|f| {
-            let view = self.clone();
-            async move {
-                let Some(v) = f.version.clone() else {
-                    return (f, Ok(()));
-                };
-                let blocks = v.block_count(bs);
-                let r = futures::stream::iter(0..blocks)
-                    .map(|i| {
-                        let view = view.clone();
-                        let f = f.clone();
-                        async move { view.get_block(&f, i).await.map(|_| ()) }
-                    })
-                    .buffer_unordered(PRELOAD_PARALLELISM)
-                    .fold(Ok(()), |acc, r| async move { acc.and(r) })
-                    .await;
-                (f, r)
-            }
-        }))
-        .buffer_unordered(4);
-        while let Some((f, r)) = results.next().await {
-            match r {
-                Ok(()) => {
+        // One stream of blocks over all files, so many small files keep as many fetches in
+        // flight as one large file does: a preload over a high-latency link is bound by
+        // round trips unless dozens of GETs are outstanding. Bytes in flight are bounded
+        // too, so large blocks do not multiply into gigabytes of buffers.
+        let budget = Arc::new(Semaphore::new(
+            (PRELOAD_MAX_BYTES / READAHEAD_UNIT) as usize,
+        ));
+        let counts: Vec<u64> = files
+            .iter()
+            .map(|f| f.version.as_ref().map_or(0, |v| v.block_count(bs)))
+            .collect();
+        let mut remaining = counts.clone();
+        let mut failed: Vec<Option<String>> = vec![None; files.len()];
+        let mut settle = |n: usize, error: Option<String>| {
+            let f = &files[n];
+            match error {
+                None => {
                     report.files += 1;
                     report.bytes += f.size;
                     p.files_done += 1;
                     p.bytes_done += f.size;
                 }
-                Err(e) => report.failed.push((f.path.to_string(), e.to_string())),
+                Some(e) => report.failed.push((f.path.to_string(), e)),
             }
             progress(p);
+        };
+        // Directories and empty files have no blocks: done at once.
+        for (n, _) in counts.iter().enumerate().filter(|(_, c)| **c == 0) {
+            settle(n, None);
+        }
+        let blocks: Vec<(usize, u64)> = counts
+            .iter()
+            .enumerate()
+            .flat_map(|(n, &count)| (0..count).map(move |i| (n, i)))
+            .collect();
+        let shared = files.clone();
+        let mut fetches = futures::stream::iter(blocks.into_iter().map(|(n, i)| {
+            let view = self.clone();
+            let budget = budget.clone();
+            let files = shared.clone();
+            async move {
+                let f = &files[n];
+                let len = f.version.as_ref().map_or(0, |v| {
+                    let r = v.block_range(bs, i);
+                    r.end - r.start
+                });
+                let units = len.div_ceil(READAHEAD_UNIT).max(1) as u32;
+                let _permit = budget.acquire_many_owned(units).await;
+                (n, view.get_block(f, i).await.map(|_| ()))
+            }
+        }))
+        .buffer_unordered(PRELOAD_MAX_FETCHES);
+        while let Some((n, r)) = fetches.next().await {
+            if let Err(e) = r
+                && failed[n].is_none()
+            {
+                failed[n] = Some(e.to_string());
+            }
+            remaining[n] -= 1;
+            if remaining[n] == 0 {
+                settle(n, failed[n].take());
+            }
         }
         Ok(report)
     }
