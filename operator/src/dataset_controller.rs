@@ -582,14 +582,13 @@ async fn announce(ds: &Dataset, ctx: &Context, old: &[Condition], new: &[Conditi
 fn node_errors_problem(errors: &[node_reports::NodeReportedError]) -> Option<Problem> {
     const NAMED: usize = 5;
     let first = errors.first()?;
-    let mut nodes: Vec<&str> = errors.iter().take(NAMED).map(|e| e.node.as_str()).collect();
+    let nodes: Vec<&str> = errors.iter().take(NAMED).map(|e| e.node.as_str()).collect();
     let more = errors.len().saturating_sub(NAMED);
     let more = if more > 0 {
         format!(" and {more} more")
     } else {
         String::new()
     };
-    nodes.dedup();
     Some(Problem {
         reason: reason::NODE_REPORTS_ERRORS,
         message: format!(
@@ -904,5 +903,108 @@ fn ignore_not_found<T>(result: kube::Result<T>) -> kube::Result<()> {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use strata_crds::{JobKind, JobPhase, JobRun};
+
+    fn progress(phase: JobPhase, done: u64, start: i64) -> JobProgress {
+        JobProgress {
+            files_done: done / 100,
+            files_total: 10,
+            bytes_done: done,
+            bytes_total: 1_000,
+            phase: Some(phase),
+            start_time: Some(Time(Timestamp::from_second(start).unwrap())),
+            completion_time: (phase != JobPhase::Running)
+                .then(|| Time(Timestamp::from_second(start + 60).unwrap())),
+            message: (phase == JobPhase::Failed).then(|| "source a: access denied".into()),
+        }
+    }
+
+    fn run(phase: JobPhase) -> JobRun {
+        JobRun {
+            kind: JobKind::Preload,
+            policy: "warm".into(),
+            rule: 0,
+            dataset: "imagenet".into(),
+            job: Some("preload-imagenet-1a2b3c4d".into()),
+            phase,
+            bytes_done: None,
+            bytes_total: None,
+            files_done: None,
+            files_total: None,
+            percent: None,
+            start_time: None,
+            completion_time: None,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn the_agents_phase_counts_until_the_job_is_final() {
+        let pending = with_progress(
+            run(JobPhase::Pending),
+            &progress(JobPhase::Failed, 300, 100),
+        );
+        assert_eq!(pending.phase, JobPhase::Failed);
+        assert_eq!(pending.percent, Some(30));
+        assert_eq!(pending.message.as_deref(), Some("source a: access denied"));
+        assert_eq!(pending.completion_time.unwrap().0.as_second(), 160);
+        let mut done = run(JobPhase::Succeeded);
+        done.start_time = Some(Time(Timestamp::from_second(90).unwrap()));
+        let done = with_progress(done, &progress(JobPhase::Running, 999, 100));
+        assert_eq!(
+            done.phase,
+            JobPhase::Succeeded,
+            "the Job's final phase wins"
+        );
+        assert_eq!((done.bytes_done, done.percent), (Some(999), Some(99)));
+        assert_eq!(done.start_time.unwrap().0.as_second(), 90);
+    }
+
+    #[test]
+    fn a_cronjob_shows_its_newest_reported_run() {
+        let reports = BTreeMap::from([
+            (
+                "nightly-27812345".to_string(),
+                progress(JobPhase::Succeeded, 1_000, 100),
+            ),
+            (
+                "nightly-27813785".to_string(),
+                progress(JobPhase::Running, 400, 200),
+            ),
+            (
+                "nightly-other-27899999".to_string(),
+                progress(JobPhase::Running, 1, 300),
+            ),
+            ("nightly".to_string(), progress(JobPhase::Running, 2, 400)),
+        ]);
+        let newest = cron_progress("nightly", &reports).unwrap();
+        assert_eq!(newest.bytes_done, 400);
+        assert!(cron_progress("weekly", &reports).is_none());
+    }
+
+    #[test]
+    fn node_errors_name_the_nodes_and_the_first_error() {
+        assert!(node_errors_problem(&[]).is_none());
+        let errors: Vec<_> = (0..7)
+            .map(|i| node_reports::NodeReportedError {
+                node: format!("node-{i}"),
+                message: format!("source a: connection refused ({i})"),
+            })
+            .collect();
+        let p = node_errors_problem(&errors).unwrap();
+        assert_eq!(p.reason, "NodeReportsErrors");
+        assert!(
+            p.message.starts_with(
+                "7 node(s) fail to read the sources: node-0, node-1, node-2, node-3, node-4 and 2 more. First, on node-0: source a: connection refused (0)."
+            ),
+            "{}",
+            p.message
+        );
     }
 }
