@@ -9,10 +9,16 @@
 //! 3. the new leader's API connection is cut (a proxy that stops forwarding,
 //!    so its requests hang rather than fail): it must stop on its own within
 //!    2/3 of the duration of its last renewal, and the third replica takes
-//!    over only after that.
+//!    over only after that;
+//! 4. a standby whose wall clock runs 2 s ahead (libfaketime) does not take
+//!    over early: it sees that renewals look too old and waits a whole
+//!    duration from its sighting;
+//! 5. a standby whose clock runs 2 s behind still takes over within a
+//!    duration of its sighting.
 //!
 //! The operator binary is built with `cargo build` into this test's target
-//! directory (or taken from `STRATA_E2E_BIN_DIR`).
+//! directory (or taken from `STRATA_E2E_BIN_DIR`). Needs libfaketime
+//! (`apt-get install faketime`).
 
 mod operator_common;
 
@@ -102,6 +108,17 @@ impl Replica {
         identity: &str,
         logs: &Path,
     ) -> Result<Replica> {
+        Self::spawn_with_env(bin, kubeconfig, namespace, identity, logs, &[])
+    }
+
+    fn spawn_with_env(
+        bin: &Path,
+        kubeconfig: &Path,
+        namespace: &str,
+        identity: &str,
+        logs: &Path,
+        env: &[(&str, &str)],
+    ) -> Result<Replica> {
         let metrics: SocketAddr = ([127, 0, 0, 1], free_port()).into();
         let log = logs.join(format!("{identity}.log"));
         let out = std::fs::File::create(&log)?;
@@ -117,6 +134,7 @@ impl Replica {
             ])
             .env("KUBECONFIG", kubeconfig)
             .env("STRATA_LOG", "info,strata_operator::leader=debug")
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(out.try_clone()?)
             .stderr(out)
@@ -334,7 +352,12 @@ async fn only_the_leader_acts_and_a_standby_takes_over() -> Result<()> {
         .tempdir()?;
     let result = scenario(cluster, &ns, &bin, logs.path()).await;
     if result.is_err() {
+        // Only the logs: the proxied kubeconfig next to them holds the admin key.
+        let is_log = |p: &Path| p.extension().is_some_and(|e| e == "log");
         for entry in std::fs::read_dir(logs.path())?.flatten() {
+            if !is_log(&entry.path()) {
+                continue;
+            }
             let text = std::fs::read_to_string(entry.path()).unwrap_or_default();
             eprintln!("==> {} <==\n{text}", entry.path().display());
         }
@@ -427,10 +450,7 @@ async fn scenario(
     while lease(&leases).await?.renew_time == seen {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)?
-        .subsec_nanos();
-    tokio::time::sleep(LEASE / 4 * (nanos % 1000) / 1000).await;
+    tokio::time::sleep(LEASE / 4 * pseudo_random_permille() / 1000).await;
     let killed_at = Timestamp::now();
     a.sigkill()?;
     let last_renewal = lease(&leases).await?;
@@ -552,5 +572,127 @@ async fn scenario(
     apply(dataset("third")).await?;
     reconciled("third").await?;
     ensure!(c.dataset_reconciles()? > 0.0, "replica-c did not reconcile");
-    Ok(c)
+
+    // 4. A standby whose clock runs 2 s ahead (more than D/6): renewTime + D
+    // comes 2 s early on its clock, while a live leader may act until 2D/3 =
+    // 2.67 s. It must notice (renewals look too old when first seen) and wait
+    // D from its sighting instead.
+    let faketime = libfaketime()?;
+    let mut d = Replica::spawn_with_env(
+        bin,
+        cluster.kubeconfig(),
+        &namespace,
+        "replica-d",
+        logs,
+        &[
+            ("LD_PRELOAD", &faketime),
+            ("FAKETIME", "+2s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )?;
+    d.wait_serving().await?;
+    tokio::time::sleep(LEASE / 2).await;
+    let (renewed_c, acquired_d) = kill_and_take_over(&leases, &mut c, "replica-d").await?;
+    let acquired_d = acquired_d.checked_sub(SignedDuration::from_secs(2))?;
+    let after = acquired_d.duration_since(renewed_c);
+    eprintln!(
+        "clock 2s ahead: replica-d took the Lease {:.3}s after replica-c's last renewal (true time)",
+        secs(after)
+    );
+    // At most D after it first saw the renewal, which a running standby does within D/16.
+    ensure!(
+        after >= lease_d && after <= lease_d + lease_d / 16 + SignedDuration::from_millis(300),
+        "replica-d, clock 2s ahead, took over {after:#} after the last renewal"
+    );
+    ensure!(
+        d.log_text().contains("looked old when first seen"),
+        "replica-d did not warn about its clock:\n{}",
+        d.log_tail()
+    );
+
+    // 5. A standby whose clock runs 2 s behind: renewTime lies in its future,
+    // and renewTime + D would come 4 s late (replica-d's clock is 2 s ahead);
+    // the sighting rule caps the wait at D from its first look.
+    let mut e = Replica::spawn_with_env(
+        bin,
+        cluster.kubeconfig(),
+        &namespace,
+        "replica-e",
+        logs,
+        &[
+            ("LD_PRELOAD", &faketime),
+            ("FAKETIME", "-2s"),
+            ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ],
+    )?;
+    e.wait_serving().await?;
+    tokio::time::sleep(LEASE / 2).await;
+    let (renewed_d, acquired_e) = kill_and_take_over(&leases, &mut d, "replica-e").await?;
+    let renewed_d = renewed_d.checked_sub(SignedDuration::from_secs(2))?;
+    let acquired_e = acquired_e.checked_add(SignedDuration::from_secs(2))?;
+    let after = acquired_e.duration_since(renewed_d);
+    eprintln!(
+        "clock 2s behind the standby, 4s behind the dead leader: replica-e took the Lease {:.3}s \
+         after replica-d's last renewal (true time)",
+        secs(after)
+    );
+    ensure!(
+        after >= lease_d && after <= lease_d + lease_d / 16 + SignedDuration::from_millis(300),
+        "replica-e, clock 2s behind, took over {after:#} after the last renewal"
+    );
+    apply(dataset("fourth")).await?;
+    reconciled("fourth").await?;
+    ensure!(e.dataset_reconciles()? > 0.0, "replica-e did not reconcile");
+    Ok(e)
+}
+
+/// SIGKILLs `leader` at a pseudo-random point of its renew cycle and waits
+/// until `standby` holds the Lease; returns the dead leader's last renewTime
+/// and the standby's acquireTime, each as written (on its writer's clock).
+async fn kill_and_take_over(
+    leases: &Api<Lease>,
+    leader: &mut Replica,
+    standby: &str,
+) -> Result<(Timestamp, Timestamp)> {
+    let seen = lease(leases).await?.renew_time;
+    while lease(leases).await?.renew_time == seen {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    tokio::time::sleep(LEASE / 4 * pseudo_random_permille() / 1000).await;
+    leader.sigkill()?;
+    let last = lease(leases).await?;
+    ensure!(holder_of(&last) == leader.identity, "{last:?}");
+    let (taken, _) = wait_holder(leases, standby).await?;
+    Ok((
+        time(last.renew_time.as_ref())?,
+        time(taken.acquire_time.as_ref())?,
+    ))
+}
+
+fn pseudo_random_permille() -> u32 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.subsec_nanos() % 1000)
+}
+
+/// libfaketime, which shifts a process's wall clock (`apt-get install
+/// faketime`); `STRATA_E2E_LIBFAKETIME` names another path.
+fn libfaketime() -> Result<String> {
+    if let Ok(path) = std::env::var("STRATA_E2E_LIBFAKETIME") {
+        return Ok(path);
+    }
+    let candidates = [
+        "/usr/lib/x86_64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/aarch64-linux-gnu/faketime/libfaketimeMT.so.1",
+        "/usr/lib/faketime/libfaketimeMT.so.1",
+        "/usr/local/lib/faketime/libfaketimeMT.so.1",
+    ];
+    candidates
+        .iter()
+        .find(|p| Path::new(p).exists())
+        .map(|p| p.to_string())
+        .context(
+            "libfaketime not found: install it with `apt-get install faketime` \
+             (or set STRATA_E2E_LIBFAKETIME)",
+        )
 }

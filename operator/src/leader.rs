@@ -17,6 +17,7 @@
 //! Writes carry the resourceVersion, so two standbys cannot both take over.
 
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::coordination::v1::{Lease, LeaseSpec};
@@ -103,6 +104,8 @@ pub struct LeaderElector {
     sighting: Mutex<Option<Sighting>>,
     /// When this replica stamped its latest successful acquire or renewal.
     stamped: Mutex<Option<Instant>>,
+    /// The clock warning is logged once; a skewed clock would repeat it every renewal.
+    clock_warned: AtomicBool,
 }
 
 impl std::fmt::Debug for LeaderElector {
@@ -133,6 +136,7 @@ impl LeaderElector {
             duration: Duration::from_secs(duration.as_secs().clamp(1, i32::MAX as u64)),
             sighting: Mutex::new(None),
             stamped: Mutex::new(None),
+            clock_warned: AtomicBool::new(false),
         }
     }
 
@@ -267,7 +271,8 @@ impl LeaderElector {
         if let (Some(renewed), Some(previous)) = (renew_time, sighting.as_ref()) {
             let age = wall.duration_since(renewed);
             // A fresh renewal that already looks old: clocks disagree (or the API is slow).
-            if previous.holder == holder && age >= signed(max_trusted_age(duration)) {
+            let looks_old = previous.holder == holder && age >= signed(max_trusted_age(duration));
+            if looks_old && !self.clock_warned.swap(true, Ordering::Relaxed) {
                 warn!(
                     %holder,
                     age = ?age,
