@@ -14,6 +14,10 @@ use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
+/// Block fetches all directory prefetches keep in flight together: half of a source's
+/// default concurrency, so the reader's own misses still get through at once.
+const DIRECTORY_PREFETCH_FETCHES: usize = 32;
+
 /// Node-level settings (set at install time; datasets get shares of them).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AgentConfig {
@@ -27,6 +31,11 @@ pub struct AgentConfig {
     pub readahead_per_file_bytes: u64,
     /// Most bytes read ahead over all open files (default 256 MiB).
     pub readahead_total_bytes: u64,
+    /// Small files of a directory read whole before the directory's other small files are
+    /// prefetched (default 4; 0 turns directory prefetch off).
+    pub directory_prefetch_files: u32,
+    /// Most bytes one directory prefetch fetches (default 1 GiB).
+    pub directory_prefetch_bytes: u64,
 }
 
 impl AgentConfig {
@@ -38,6 +47,8 @@ impl AgentConfig {
             disk_bytes,
             readahead_per_file_bytes: 64 << 20,
             readahead_total_bytes: 256 << 20,
+            directory_prefetch_files: 4,
+            directory_prefetch_bytes: 1 << 30,
         }
     }
 }
@@ -81,6 +92,9 @@ impl Agent {
             readahead: ReadaheadLimits {
                 per_file_bytes: config.readahead_per_file_bytes,
                 total: Arc::new(Semaphore::new(units)),
+                directory_trigger_files: config.directory_prefetch_files,
+                directory_bytes: config.directory_prefetch_bytes,
+                directory_fetches: Arc::new(Semaphore::new(DIRECTORY_PREFETCH_FETCHES)),
             },
             config,
             cache,

@@ -640,6 +640,43 @@ impl DatasetCache {
         self.get_disk(&id, index)
     }
 
+    /// Disk bytes this dataset may hold: its quota within the node's disk tier (0 when the
+    /// disk tier is off).
+    pub fn disk_budget(&self) -> u64 {
+        if !self.disk_enabled {
+            return 0;
+        }
+        self.quota
+            .load(Ordering::Relaxed)
+            .min(self.node.disk_capacity)
+    }
+
+    /// Whether a block is held in either tier, without reading it or counting a hit or a
+    /// miss (for prefetchers deciding what to fetch).
+    pub fn has_block(&self, version: &ObjectVersion, index: u64) -> bool {
+        let id: Arc<str> = Arc::from(version.id());
+        let on_disk = self
+            .objects
+            .read()
+            .expect("objects")
+            .get(&id)
+            .is_some_and(|o| {
+                o.state
+                    .lock()
+                    .expect("object state")
+                    .blocks
+                    .contains_key(&index)
+            });
+        on_disk
+            || self
+                .node
+                .memory
+                .lock()
+                .expect("memory tier")
+                .map
+                .contains_key(&self.memory_key(&id, index))
+    }
+
     /// Memory tier only (never blocks on I/O).
     pub fn get_memory_only(&self, version: &ObjectVersion, index: u64) -> Option<Bytes> {
         let id: Arc<str> = Arc::from(version.id());

@@ -175,6 +175,29 @@ pub struct ReadaheadLimits {
     pub per_file_bytes: u64,
     /// Budget over all open files (bytes held by prefetches in flight or unread).
     pub total: Arc<Semaphore>,
+    /// Directory prefetch: once this many small files (at most one block) of a directory
+    /// have been read whole, the directory's other small files are fetched in the
+    /// background, as a training data loader reads every file of its shards. 0 turns it off.
+    pub directory_trigger_files: u32,
+    /// Most bytes one directory prefetch fetches (also at most a quarter of the dataset's
+    /// disk budget, so a prefetch cannot flush the cache).
+    pub directory_bytes: u64,
+    /// Block fetches all directory prefetches of the agent keep in flight together.
+    pub directory_fetches: Arc<Semaphore>,
+}
+
+/// Directories whose reads are tracked for directory prefetch at once, per dataset.
+const MAX_TRACKED_DIRECTORIES: usize = 4096;
+/// A directory prefetched once is not prefetched again for this long.
+const DIRECTORY_PREFETCH_INTERVAL: Duration = Duration::from_secs(600);
+
+/// Directory prefetch state of one directory.
+#[derive(Debug, Clone, Copy)]
+enum DirectoryScan {
+    /// Small files read whole so far.
+    Counting(u32),
+    Running,
+    Done(Instant),
 }
 
 /// Units of the readahead budget semaphore (64 KiB each).
@@ -195,6 +218,7 @@ pub struct DatasetView {
     block_flights: SingleFlight<(String, u64), BlockResult>,
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
+    directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
     metrics: Arc<Metrics>,
     totals: Mutex<Option<(u64, u64)>>,
     handle: tokio::runtime::Handle,
@@ -277,6 +301,7 @@ impl DatasetView {
             block_flights: SingleFlight::default(),
             refreshing: Mutex::new(Default::default()),
             readahead,
+            directory_scans: Mutex::new(HashMap::new()),
             metrics,
             totals: Mutex::new(None),
             handle,
@@ -713,6 +738,104 @@ impl DatasetView {
             .flatten()
     }
 
+    /// Called when a reader has read a whole file: counts small files read whole per
+    /// directory and starts the directory's prefetch at the trigger count.
+    fn note_whole_read(self: &Arc<Self>, stat: &FileStat) {
+        let trigger = self.readahead.directory_trigger_files;
+        if trigger == 0 || stat.size == 0 || stat.size > self.block_size() {
+            return;
+        }
+        let Some(dir) = stat.path.parent() else {
+            return;
+        };
+        let start = {
+            let mut scans = self.directory_scans.lock().expect("directory scans");
+            if scans.len() >= MAX_TRACKED_DIRECTORIES && !scans.contains_key(&dir) {
+                scans.retain(|_, s| matches!(s, DirectoryScan::Running));
+            }
+            let scan = scans
+                .entry(dir.clone())
+                .or_insert(DirectoryScan::Counting(0));
+            let count = match *scan {
+                DirectoryScan::Counting(n) => n + 1,
+                DirectoryScan::Done(at) if at.elapsed() >= DIRECTORY_PREFETCH_INTERVAL => 1,
+                DirectoryScan::Running | DirectoryScan::Done(_) => return,
+            };
+            *scan = if count >= trigger {
+                DirectoryScan::Running
+            } else {
+                DirectoryScan::Counting(count)
+            };
+            count >= trigger
+        };
+        if start {
+            let view = self.clone();
+            self.handle
+                .spawn(async move { view.prefetch_directory(dir).await });
+        }
+    }
+
+    /// Fetches the small files of `dir` that are not cached yet, in listing order, within
+    /// the byte limits, with the agent-wide number of fetches in flight.
+    async fn prefetch_directory(self: Arc<Self>, dir: DatasetPath) {
+        let budget = self
+            .readahead
+            .directory_bytes
+            .min(self.cache.disk_budget() / 4);
+        let bs = self.block_size();
+        let mut files = 0u64;
+        if budget > 0 {
+            match self.list(&dir).await {
+                Ok(listing) => {
+                    let mut bytes = 0u64;
+                    let wanted: Vec<FileStat> = listing
+                        .entries
+                        .iter()
+                        .filter(|e| !e.stat.is_dir() && e.stat.size > 0 && e.stat.size <= bs)
+                        .filter(|e| {
+                            e.stat
+                                .version
+                                .as_ref()
+                                .is_some_and(|v| !self.cache.has_block(v, 0))
+                        })
+                        .take_while(|e| {
+                            bytes += e.stat.size;
+                            bytes <= budget
+                        })
+                        .map(|e| e.stat.clone())
+                        .collect();
+                    let fetched = AtomicU64::new(0);
+                    futures::stream::iter(wanted)
+                        .for_each_concurrent(PRELOAD_MAX_FETCHES, |f| {
+                            let view = self.clone();
+                            let fetched = &fetched;
+                            async move {
+                                let Ok(_permit) = view.readahead.directory_fetches.acquire().await
+                                else {
+                                    return;
+                                };
+                                if view.get_block(&f, 0).await.is_ok() {
+                                    fetched.fetch_add(1, Ordering::Relaxed);
+                                }
+                            }
+                        })
+                        .await;
+                    files = fetched.into_inner();
+                }
+                Err(e) => {
+                    tracing::debug!(dataset = %self.id, dir = %dir, error = %e,
+                        "directory prefetch: cannot list the directory");
+                }
+            }
+        }
+        self.metrics.directory_prefetched(&self.id, files);
+        tracing::debug!(dataset = %self.id, dir = %dir, files, "directory prefetch done");
+        self.directory_scans
+            .lock()
+            .expect("directory scans")
+            .insert(dir, DirectoryScan::Done(Instant::now()));
+    }
+
     /// Every file under the globs' common directory that matches them.
     pub async fn expand_globs(self: &Arc<Self>, globs: &PathGlobs) -> Result<Vec<FileStat>> {
         let mut out = Vec::new();
@@ -945,6 +1068,9 @@ struct ReaderState {
     // The block read last, so the many kernel requests (128 KiB - 1 MiB) that fall in
     // one block do not each look it up again. Counted in the readahead budget.
     recent: Option<(u64, Bytes, OwnedSemaphorePermit)>,
+    // Bytes served so far if the first read started at offset 0, for directory prefetch
+    // (None once the file was read whole, or when the reader started elsewhere).
+    served_from_start: Option<u64>,
 }
 
 /// Bytes read through readahead over all readers (for tests and stats).
@@ -960,6 +1086,7 @@ impl FileReader {
                 window: 0,
                 prefetched: HashMap::new(),
                 recent: None,
+                served_from_start: None,
             }),
         }
     }
@@ -972,6 +1099,19 @@ impl FileReader {
     /// The dataset.
     pub fn view(&self) -> &Arc<DatasetView> {
         &self.view
+    }
+
+    /// Counts bytes served; true once, when the file has been read whole from its start.
+    fn note_served(&self, offset: u64, len: u64, size: u64) -> bool {
+        let mut st = self.state.lock().expect("reader");
+        let served = match st.served_from_start {
+            None if offset == 0 => len,
+            None => return false,
+            Some(n) if n >= size => return false,
+            Some(n) => n + len,
+        };
+        st.served_from_start = Some(served);
+        served >= size
     }
 
     /// Reads `len` bytes at `offset`.
@@ -1081,6 +1221,9 @@ impl FileReader {
         }
         let out = slice_blocks(&blocks, first * bs, offset, end);
         self.view.metrics.observe_read(started.elapsed());
+        if self.note_served(offset, out.len() as u64, version.size) {
+            self.view.note_whole_read(&self.stat);
+        }
         Ok(out)
     }
 }

@@ -66,6 +66,13 @@ struct CacheArgs {
     /// Readahead over all open files (bytes held by prefetched blocks), e.g. 256Mi.
     #[arg(long, env = "STRATA_READAHEAD_TOTAL", default_value = "256Mi", value_parser = size)]
     readahead_total: u64,
+    /// Directory prefetch: after this many small files (at most one block) of a directory
+    /// were read whole, fetch the directory's other small files in the background. 0 = off.
+    #[arg(long, env = "STRATA_PREFETCH_DIRECTORY_FILES", default_value_t = 4)]
+    prefetch_directory_files: u32,
+    /// Most bytes one directory prefetch fetches (and at most a quarter of the disk tier).
+    #[arg(long, env = "STRATA_PREFETCH_DIRECTORY_BYTES", default_value = "1Gi", value_parser = size)]
+    prefetch_directory_bytes: u64,
 }
 
 #[derive(Args, Debug)]
@@ -158,6 +165,8 @@ fn agent_config(c: &CacheArgs) -> AgentConfig {
     let mut cfg = AgentConfig::new(&c.cache_dir, c.memory, c.disk);
     cfg.readahead_per_file_bytes = c.readahead;
     cfg.readahead_total_bytes = c.readahead_total;
+    cfg.directory_prefetch_files = c.prefetch_directory_files;
+    cfg.directory_prefetch_bytes = c.prefetch_directory_bytes;
     cfg
 }
 

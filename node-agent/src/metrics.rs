@@ -36,6 +36,8 @@ pub const DISK_WRITE_ERRORS: &str = "strata_disk_write_errors";
 pub const CHECKSUM_FAILURES: &str = "strata_checksum_failures";
 /// Labels: `result` = ok|refused|unavailable. FUSE opens in passthrough mode.
 pub const PASSTHROUGH_OPENS: &str = "strata_passthrough_opens";
+/// Labels: `dataset`. Small files fetched ahead of the reader by directory prefetch.
+pub const DIRECTORY_PREFETCH_FILES: &str = "strata_directory_prefetch_files";
 
 type Labels = Vec<(String, String)>;
 
@@ -54,6 +56,7 @@ pub struct Metrics {
     disk_write_errors: Counter,
     checksum_failures: Counter,
     passthrough: Family<Labels, Counter>,
+    directory_prefetch_files: Family<Labels, Counter>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -97,6 +100,7 @@ impl Metrics {
             disk_write_errors: Counter::default(),
             checksum_failures: Counter::default(),
             passthrough: Family::default(),
+            directory_prefetch_files: Family::default(),
         };
         registry.register(CACHE_HITS, "Block cache hits per tier", m.hits.clone());
         registry.register(
@@ -153,6 +157,11 @@ impl Metrics {
             PASSTHROUGH_OPENS,
             "FUSE opens in passthrough mode by result",
             m.passthrough.clone(),
+        );
+        registry.register(
+            DIRECTORY_PREFETCH_FILES,
+            "Small files fetched ahead of the reader by directory prefetch",
+            m.directory_prefetch_files.clone(),
         );
         *m.registry.lock().expect("metrics registry") = registry;
         m
@@ -224,6 +233,11 @@ impl Metrics {
     }
     pub(crate) fn checksum_failure(&self) {
         self.checksum_failures.inc();
+    }
+    pub(crate) fn directory_prefetched(&self, dataset: &str, files: u64) {
+        self.directory_prefetch_files
+            .get_or_create(&vec![("dataset".into(), dataset.into())])
+            .inc_by(files);
     }
     pub(crate) fn passthrough_open(&self, result: &str) {
         self.passthrough

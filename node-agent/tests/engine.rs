@@ -697,3 +697,86 @@ async fn blocks_read_again_from_disk_are_promoted_to_memory() {
     assert_eq!(hits("memory"), 1);
     assert_eq!(view.request_counts().gets, 1);
 }
+
+/// A data loader reading small files of a shard whole: after the trigger count the rest
+/// of the directory is fetched in the background, within the byte limit, and reading it
+/// then costs no request. Off (0), nothing is fetched ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn whole_reads_of_small_files_prefetch_their_directory() {
+    let src = tempdir();
+    let mut files: Vec<(String, Vec<u8>)> = (0..20)
+        .map(|i| (format!("shard-0/{i:03}.bin"), content(i, 1000 + i as usize)))
+        .collect();
+    // Not small (more than one block) or elsewhere: never prefetched.
+    files.push(("shard-0/big.bin".into(), content(90, 2 * MIB + 1)));
+    files.push(("shard-1/000.bin".into(), content(91, 500)));
+    write_tree(src.path(), &files);
+    let settings = CacheSettings {
+        block_size: MIB as u64,
+        ..Default::default()
+    };
+    let read_whole = |view: Arc<strata_agent::dataset::DatasetView>, path: String| async move {
+        let reader = view.open(&p(&path)).await.unwrap();
+        let size = reader.stat().size;
+        let mut off = 0;
+        while off < size {
+            off += reader.read(off, 4096).await.unwrap().len() as u64;
+        }
+    };
+
+    for (trigger, expect_prefetch) in [(3u32, true), (0, false)] {
+        let cache_dir = tempdir();
+        let mut config = strata_agent::agent::AgentConfig::new(cache_dir.path(), 0, 1 << 30);
+        config.directory_prefetch_files = trigger;
+        let agent = strata_agent::agent::Agent::new(config).await.unwrap();
+        let view = agent
+            .add_dataset(dataset(
+                "loader",
+                vec![local_source("l", src.path(), "/")],
+                settings.clone(),
+            ))
+            .await
+            .unwrap();
+        for f in ["shard-0/007.bin", "shard-0/003.bin"] {
+            read_whole(view.clone(), f.to_string()).await;
+        }
+        assert_eq!(view.request_counts().gets, 2, "one GET per file read");
+        // The third whole read reaches the trigger (when on).
+        read_whole(view.clone(), "shard-0/015.bin".to_string()).await;
+        if expect_prefetch {
+            // The other 17 small files of shard-0 arrive in the background.
+            wait_for(Duration::from_secs(10), || view.request_counts().gets == 20).await;
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            assert_eq!(
+                view.request_counts().gets,
+                20,
+                "big.bin and shard-1 are not prefetched"
+            );
+        } else {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            assert_eq!(view.request_counts().gets, 3, "prefetch is off");
+        }
+        // Every byte still equals the source; prefetched files cost no request.
+        for (name, want) in files.iter().filter(|(n, _)| n.starts_with("shard-0/0")) {
+            let reader = view.open(&p(name)).await.unwrap();
+            let got = reader.read(0, u64::MAX).await.unwrap();
+            assert_eq!(&got[..], &want[..], "{name}");
+        }
+        assert_eq!(
+            view.request_counts().gets,
+            20,
+            "each small file of shard-0 fetched exactly once"
+        );
+    }
+}
+
+async fn wait_for(limit: Duration, ok: impl Fn() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not met within {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
