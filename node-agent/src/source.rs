@@ -480,10 +480,10 @@ impl Source {
 
 fn classify_text(text: &str) -> SourceErrorKind {
     let t = text.to_ascii_lowercase();
-    if t.contains("nosuchbucket") || t.contains("404") || t.contains("not found") {
+    if t.contains("nosuchbucket") || has_status(&t, "404") || t.contains("not found") {
         SourceErrorKind::NotFound
-    } else if t.contains("403")
-        || t.contains("401")
+    } else if has_status(&t, "403")
+        || has_status(&t, "401")
         || t.contains("accessdenied")
         || t.contains("invalidaccesskeyid")
         || t.contains("signaturedoesnotmatch")
@@ -495,13 +495,25 @@ fn classify_text(text: &str) -> SourceErrorKind {
         || t.contains("timeout")
         || t.contains("dns")
         || t.contains("refused")
-        || t.contains("500")
-        || t.contains("503")
+        || has_status(&t, "500")
+        || has_status(&t, "503")
     {
         SourceErrorKind::Unavailable
     } else {
         SourceErrorKind::Other
     }
+}
+
+/// Whether `code` occurs as a number of its own: not inside a port (`127.0.0.1:40345`), an
+/// address or a duration (`403.2ms`), which the error texts also contain.
+fn has_status(text: &str, code: &str) -> bool {
+    let bytes = text.as_bytes();
+    let part_of_number = |c: u8| c.is_ascii_digit() || c == b'.' || c == b':';
+    text.match_indices(code).any(|(i, _)| {
+        let before = i.checked_sub(1).map(|j| bytes[j]);
+        let after = bytes.get(i + code.len()).copied();
+        !before.is_some_and(part_of_number) && !after.is_some_and(part_of_number)
+    })
 }
 
 fn is_directory_error(e: &object_store::Error) -> bool {
@@ -802,6 +814,28 @@ fn build_store(cfg: &SourceConfig) -> Result<(Arc<dyn ObjectStore>, String)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Status codes are recognised as numbers of their own, not inside a port or a
+    /// duration (a refused connection to port 40345 was once taken for a 403).
+    #[test]
+    fn error_texts_classify_by_status_not_by_port() {
+        let refused = "Error performing GET http://127.0.0.1:40345/b?<redacted> in 401.3ms - \
+                       client error (Connect): tcp connect error: Connection refused";
+        assert_eq!(classify_text(refused), SourceErrorKind::Unavailable);
+        assert_eq!(
+            classify_text("Client error with status 403 Forbidden: <Error>"),
+            SourceErrorKind::PermissionDenied
+        );
+        assert_eq!(
+            classify_text("status: 404, body: NoSuchKey"),
+            SourceErrorKind::NotFound
+        );
+        assert_eq!(
+            classify_text("Server error with status 503 Service Unavailable"),
+            SourceErrorKind::Unavailable
+        );
+        assert_eq!(classify_text("port 14040 said no"), SourceErrorKind::Other);
+    }
 
     #[test]
     fn scrubs_signatures_and_secrets() {
