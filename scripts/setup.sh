@@ -10,6 +10,8 @@ command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
 command -v ss >/dev/null || need_apt+=(iproute2)
 command -v flock >/dev/null || need_apt+=(util-linux)
+# libfaketime: the leader-election test runs a standby whose clock is ahead or behind.
+command -v faketime >/dev/null || need_apt+=(faketime)
 if [ "${STRATA_SETUP_BENCH:-0}" = 1 ]; then
   command -v fio >/dev/null || need_apt+=(fio)
   command -v rclone >/dev/null || need_apt+=(rclone)
