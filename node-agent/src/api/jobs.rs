@@ -244,7 +244,7 @@ pub struct PreloadJobArgs {
     #[command(flatten)]
     pub job: JobArgs,
     /// Files fetched in parallel. Accepted for the CachePolicy's `concurrency`; the
-    /// agent currently uses its own fixed parallelism (4 files x 16 blocks).
+    /// agent keeps its own fixed 64 block fetches in flight per preload, over all files.
     #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 4)]
     pub concurrency: u32,
 }
