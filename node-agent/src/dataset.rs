@@ -219,6 +219,8 @@ pub struct DatasetView {
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
     directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
+    // The last failed request to a source (not a "not found") since the reporter took it.
+    last_source_error: Mutex<Option<(String, SystemTime)>>,
     metrics: Arc<Metrics>,
     totals: Mutex<Option<(u64, u64)>>,
     handle: tokio::runtime::Handle,
@@ -302,6 +304,7 @@ impl DatasetView {
             refreshing: Mutex::new(Default::default()),
             readahead,
             directory_scans: Mutex::new(HashMap::new()),
+            last_source_error: Mutex::new(None),
             metrics,
             totals: Mutex::new(None),
             handle,
@@ -460,7 +463,7 @@ impl DatasetView {
                 move || async move {
                     let (source, rel) = view.resolve(&p).expect("resolved before");
                     let source = source.clone();
-                    let stat = match source.head(&rel).await? {
+                    let stat = match view.noted(source.head(&rel).await)? {
                         Some(info) => Some(FileStat {
                             path: p.clone(),
                             kind: EntryKind::File,
@@ -475,7 +478,7 @@ impl DatasetView {
                             }),
                         }),
                         None => {
-                            let listing = source.list_dir(&rel).await?;
+                            let listing = view.noted(source.list_dir(&rel).await)?;
                             if listing.dirs.is_empty() && listing.files.is_empty() {
                                 None
                             } else {
@@ -548,7 +551,7 @@ impl DatasetView {
                         });
                     };
                     let source = source.clone();
-                    let listing = source.list_dir(&rel).await?;
+                    let listing = view.noted(source.list_dir(&rel).await)?;
                     let mut by_name: BTreeMap<String, DirEntry> = BTreeMap::new();
                     for d in listing.dirs {
                         let Ok(child) = p.join(&d) else { continue };
@@ -696,7 +699,8 @@ impl DatasetView {
                             path: path.to_string(),
                         })?;
                     let range = version.block_range(view.block_size(), index);
-                    let data = source.get_range(&version.key, &version.etag, range).await?;
+                    let data =
+                        view.noted(source.get_range(&version.key, &version.etag, range).await)?;
                     let cache = view.cache.clone();
                     let d = data.clone();
                     // Writing to disk happens before the fetch is "done", so a reader that
@@ -736,6 +740,24 @@ impl DatasetView {
             .await
             .ok()
             .flatten()
+    }
+
+    /// Passes `result` on, remembering a failed source request for the node report. A
+    /// "not found" is an answer, not a failure.
+    fn noted<T>(&self, result: Result<T>) -> Result<T> {
+        if let Err(e) = &result
+            && !e.is_not_found()
+        {
+            *self.last_source_error.lock().expect("source error") =
+                Some((e.to_string(), SystemTime::now()));
+        }
+        result
+    }
+
+    /// The last failed source request (reads, listings, lookups) since the previous call,
+    /// with its time. Messages are already scrubbed of credentials.
+    pub fn take_source_error(&self) -> Option<(String, SystemTime)> {
+        self.last_source_error.lock().expect("source error").take()
     }
 
     /// Called when a reader has read a whole file: counts small files read whole per

@@ -111,6 +111,10 @@ pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
             // A block read twice from disk is copied into memory, so the two
             // tiers overlap; the larger one is a lower bound of distinct bytes.
             let cached = usage.cached_bytes.max(usage.memory_bytes);
+            // Reads through mounts and the API that failed since the last report.
+            if let Some((message, _)) = view.take_source_error() {
+                activity.source_failed(view.namespace(), view.name(), &message);
+            }
             let (last_error, jobs) =
                 activity_report(activity.snapshot(view.namespace(), view.name()));
             NodeDatasetUsage {

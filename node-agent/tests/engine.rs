@@ -780,3 +780,35 @@ async fn wait_for(limit: Duration, ok: impl Fn() -> bool) {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// A failed read from a source is kept for the node report (once), a "not found" is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failed_source_requests_are_kept_for_the_node_report() {
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let src = tempdir();
+    write_tree(src.path(), &[("a.txt".into(), b"a".to_vec())]);
+    let local = agent
+        .add_dataset(dataset(
+            "fine",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    assert!(local.stat(&p("/missing")).await.unwrap_err().is_not_found());
+    assert_eq!(local.take_source_error(), None, "not found is an answer");
+
+    let s3 = S3Server::start();
+    let mut dead = s3.source("dead-endpoint", "s3://b/", "/");
+    dead.endpoint = Some(format!("http://127.0.0.1:{}", free_port()));
+    dead.max_retries = Some(0);
+    let view = agent
+        .add_dataset(dataset("down", vec![dead], CacheSettings::default()))
+        .await
+        .unwrap();
+    view.stat(&p("/x.bin")).await.unwrap_err();
+    let (message, _) = view.take_source_error().expect("the failure is kept");
+    assert!(message.contains("dead-endpoint"), "{message}");
+    assert_eq!(view.take_source_error(), None, "taken once");
+}
