@@ -253,8 +253,12 @@ struct FsState {
 
 use std::sync::atomic::AtomicBool;
 
+/// Inode numbers of the paths the kernel knows. Numbers are never reused; an entry goes
+/// when the kernel forgets every lookup of it, so a walk over millions of objects does
+/// not keep millions of entries after the kernel dropped them.
 struct InodeTable {
-    by_ino: HashMap<u64, DatasetPath>,
+    // Path and the kernel's lookup count (entries sent by lookup and readdirplus).
+    by_ino: HashMap<u64, (DatasetPath, u64)>,
     by_path: HashMap<DatasetPath, u64>,
     next: u64,
 }
@@ -266,10 +270,49 @@ impl InodeTable {
         }
         let i = self.next;
         self.next += 1;
-        self.by_ino.insert(i, path.clone());
+        self.by_ino.insert(i, (path.clone(), 0));
         self.by_path.insert(path.clone(), i);
         i
     }
+
+    /// The inode of `path`, counted as one more lookup the kernel holds.
+    fn looked_up(&mut self, path: &DatasetPath) -> u64 {
+        let i = self.ino_for(path);
+        if let Some(e) = self.by_ino.get_mut(&i) {
+            e.1 += 1;
+        }
+        i
+    }
+
+    /// The kernel dropped `n` lookups of `ino`; true if the entry is gone.
+    fn forget(&mut self, ino: u64, n: u64) -> bool {
+        if ino == 1 {
+            return false;
+        }
+        let Some(e) = self.by_ino.get_mut(&ino) else {
+            return false;
+        };
+        e.1 = e.1.saturating_sub(n);
+        if e.1 > 0 {
+            return false;
+        }
+        if let Some((path, _)) = self.by_ino.remove(&ino)
+            && self.by_path.get(&path) == Some(&ino)
+        {
+            self.by_path.remove(&path);
+        }
+        true
+    }
+}
+
+/// A stable `d_ino` for plain readdir entries the kernel has not looked up: readdir
+/// does not count as a lookup, so it must not create entries nobody would forget.
+/// The high bit keeps it apart from the table's sequential numbers.
+fn unlisted_ino(path: &DatasetPath) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::collections::hash_map::DefaultHasher::new();
+    path.hash(&mut h);
+    h.finish() | (1 << 63)
 }
 
 impl FsState {
@@ -279,7 +322,7 @@ impl FsState {
             by_path: HashMap::new(),
             next: 2,
         };
-        table.by_ino.insert(1, DatasetPath::root());
+        table.by_ino.insert(1, (DatasetPath::root(), 1));
         table.by_path.insert(DatasetPath::root(), 1);
         FsState {
             view,
@@ -304,7 +347,7 @@ impl FsState {
             .expect("inodes")
             .by_ino
             .get(&ino.0)
-            .cloned()
+            .map(|(path, _)| path.clone())
     }
 
     fn ino_for(&self, path: &DatasetPath) -> u64 {
@@ -312,6 +355,25 @@ impl FsState {
             return *i;
         }
         self.inodes.write().expect("inodes").ino_for(path)
+    }
+
+    fn looked_up(&self, path: &DatasetPath) -> u64 {
+        self.inodes.write().expect("inodes").looked_up(path)
+    }
+
+    fn known_ino(&self, path: &DatasetPath) -> Option<u64> {
+        self.inodes
+            .read()
+            .expect("inodes")
+            .by_path
+            .get(path)
+            .copied()
+    }
+
+    fn forget(&self, ino: u64, n: u64) {
+        if self.inodes.write().expect("inodes").forget(ino, n) {
+            self.last_etag.lock().expect("etags").remove(&ino);
+        }
     }
 
     fn ttl(&self) -> Duration {
@@ -397,7 +459,7 @@ impl Filesystem for StrataFs {
             async move {
                 match st.view.stat(&path).await {
                     Ok(stat) => {
-                        let ino = st.ino_for(&path);
+                        let ino = st.looked_up(&path);
                         reply.entry(&st.ttl(), &st.attr(ino, &stat), Generation(0));
                     }
                     Err(e) => {
@@ -640,6 +702,10 @@ impl Filesystem for StrataFs {
         reply.ok();
     }
 
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.state.forget(ino.0, nlookup);
+    }
+
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         reply.opened(FileHandle(0), FopenFlags::empty());
     }
@@ -678,7 +744,10 @@ impl Filesystem for StrataFs {
                         } else {
                             FileType::RegularFile
                         };
-                        reply.add(INodeNo(st.ino_for(&e.stat.path)), i + 1, kind, &e.name)
+                        let child = st
+                            .known_ino(&e.stat.path)
+                            .unwrap_or_else(|| unlisted_ino(&e.stat.path));
+                        reply.add(INodeNo(child), i + 1, kind, &e.name)
                     }
                 };
                 if full {
@@ -734,15 +803,21 @@ impl Filesystem for StrataFs {
                     ),
                     _ => {
                         let e = &listing.entries[(i - 2) as usize];
-                        let child = st.ino_for(&e.stat.path);
-                        reply.add(
+                        // Counted before the reply can reach the kernel; taken back if
+                        // the buffer was full and the entry not sent.
+                        let child = st.looked_up(&e.stat.path);
+                        let full = reply.add(
                             INodeNo(child),
                             i + 1,
                             &e.name,
                             &ttl,
                             &st.attr(child, &e.stat),
                             Generation(0),
-                        )
+                        );
+                        if full {
+                            st.forget(child, 1);
+                        }
+                        full
                     }
                 };
                 if full {

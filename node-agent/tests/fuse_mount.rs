@@ -241,6 +241,58 @@ async fn upstream_change_shows_after_metadata_ttl() {
     handle.unmount().unwrap();
 }
 
+/// The kernel's FORGETs empty the inode table: after a walk over 2,000 files, dropping
+/// the kernel's dentries and inodes brings the mount's inode count (statfs `f_files`)
+/// back down, and every file is still found and read right afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forgotten_inodes_leave_the_table() {
+    require_fuse();
+    let src = tempdir();
+    let files: Vec<(String, Vec<u8>)> = (0..2000)
+        .map(|i| (format!("d{}/f{i}.txt", i % 10), format!("{i}").into_bytes()))
+        .collect();
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    let mnt = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "forget",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings::default(),
+        ))
+        .await
+        .unwrap();
+    let handle = mount(view, mnt.path(), MountOptions::default()).unwrap();
+    let inodes = |p: &Path| nix::sys::statvfs::statvfs(p).unwrap().files();
+    let root = mnt.path().to_path_buf();
+    let walked = tokio::task::spawn_blocking(move || walk(&root).len())
+        .await
+        .unwrap();
+    assert_eq!(walked, 2000);
+    let after_walk = inodes(mnt.path());
+    assert!(after_walk >= 2000, "{after_walk} inodes after the walk");
+    // Drop dentries and inodes: the kernel sends FORGET for every lookup it held.
+    std::fs::write("/proc/sys/vm/drop_caches", "2").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while inodes(mnt.path()) > 100 {
+        assert!(
+            Instant::now() < deadline,
+            "{} inodes still held after the kernel dropped its caches",
+            inodes(mnt.path())
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    for (name, want) in files.iter().step_by(97) {
+        assert_eq!(
+            &std::fs::read(mnt.path().join(name)).unwrap(),
+            want,
+            "{name}"
+        );
+    }
+    handle.unmount().unwrap();
+}
+
 fn mb_per_s(bytes: usize, d: Duration) -> f64 {
     bytes as f64 / d.as_secs_f64() / 1e6
 }
