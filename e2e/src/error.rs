@@ -58,6 +58,31 @@ pub enum Error {
     #[error("Kubernetes API request failed: {0}")]
     Api(#[from] kube::Error),
 
+    #[error("locating the test binary: {0}")]
+    CurrentExe(#[source] std::io::Error),
+
+    #[error("test binary {} is not in <target>/<profile>/deps", .exe.display())]
+    NotInProfileDir { exe: PathBuf },
+
+    #[error("no target directory above the profile directory")]
+    NoTargetDir,
+
+    #[error("profile directory {} has no name", .0.display())]
+    ProfileDirName(PathBuf),
+
+    #[error("running {cargo} build: {source}")]
+    CargoSpawn {
+        cargo: String,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("cargo build of {packages:?} failed: {status}")]
+    CargoBuild {
+        packages: Vec<String>,
+        status: String,
+    },
+
     #[error("timed out after {timeout:?} waiting for {what}{}", last.as_ref().map(|l| format!("; last seen: {l}")).unwrap_or_default())]
     Timeout {
         what: String,

@@ -17,12 +17,14 @@
 //! # }
 //! ```
 
+mod binaries;
 mod cluster;
 mod error;
 mod namespace;
 mod tool;
 mod wait;
 
+pub use binaries::workspace_binaries;
 pub use cluster::{Cluster, client_from_kubeconfig};
 pub use error::{Error, Result};
 pub use namespace::{MANAGED_BY, TestNamespace};

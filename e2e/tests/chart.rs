@@ -4,7 +4,7 @@
 //! `kubectl auth can-i` as each ServiceAccount), and `helm uninstall` removes what it installed.
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::Stdio;
 use std::time::Duration;
 
@@ -15,7 +15,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBind
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
 use kube::Api;
 use serde::Deserialize;
-use strata_e2e::{Cluster, TestNamespace, wait_until};
+use strata_e2e::{Cluster, TestNamespace, wait_until, workspace_binaries};
 
 const CRDS: [&str; 3] = [
     "datasets.strata.dev",
@@ -70,46 +70,6 @@ async fn expect_permissions(
     }
     ensure!(wrong.is_empty(), "{user}:\n  {}", wrong.join("\n  "));
     Ok(())
-}
-
-/// The workspace's binaries, built on demand into the target directory this test was built in
-/// (`<target>/<profile>/deps/chart-*` → `<target>/<profile>/`), with the same profile. Set
-/// `STRATA_E2E_BIN_DIR` to use binaries built elsewhere instead.
-fn workspace_binaries(packages: &[&str]) -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("STRATA_E2E_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not in <target>/<profile>/deps")?
-        .to_path_buf();
-    let target_dir = profile_dir
-        .parent()
-        .context("no target directory above the profile directory")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("profile directory {} has no name", profile_dir.display()),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = std::process::Command::new(&cargo);
-    command
-        .args(["build", "--bins", "--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for package in packages {
-        command.args(["-p", package]);
-    }
-    let status = command
-        .status()
-        .with_context(|| format!("running {cargo} build"))?;
-    ensure!(
-        status.success(),
-        "cargo build of {packages:?} failed: {status}"
-    );
-    Ok(profile_dir)
 }
 
 /// Long flags listed in a clap `--help` text, without `--help` and `--version`.

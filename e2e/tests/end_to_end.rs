@@ -45,7 +45,7 @@ use strata_crds::Dataset;
 use strata_csi::proto::node_client::NodeClient;
 use strata_csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
 use strata_csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
-use strata_e2e::{Cluster, TestNamespace, wait_until};
+use strata_e2e::{Cluster, TestNamespace, wait_until, workspace_binaries};
 use tonic::transport::{Channel, Endpoint, Uri};
 
 const BUCKET: &str = "strata-e2e";
@@ -60,46 +60,6 @@ const NODE_IPS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
 
 // ---------------------------------------------------------------------------------------------
 // Binaries and processes
-
-/// The workspace's binaries, built on demand into the target directory this test was built in
-/// (`<target>/<profile>/deps/end_to_end-*` → `<target>/<profile>/`), with the same profile.
-/// `STRATA_E2E_BIN_DIR` points at prebuilt ones instead.
-fn workspace_binaries(packages: &[&str]) -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("STRATA_E2E_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not in <target>/<profile>/deps")?
-        .to_path_buf();
-    let target_dir = profile_dir
-        .parent()
-        .context("no target directory above the profile directory")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("profile directory {} has no name", profile_dir.display()),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(&cargo);
-    command
-        .args(["build", "--bins", "--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for package in packages {
-        command.args(["-p", package]);
-    }
-    let status = command
-        .status()
-        .with_context(|| format!("running {cargo} build"))?;
-    ensure!(
-        status.success(),
-        "cargo build of {packages:?} failed: {status}"
-    );
-    Ok(profile_dir)
-}
 
 /// A local process standing in for a pod's container; its output goes to `<logs>/<name>.log`.
 /// Dropping it sends SIGTERM (so an agent unmounts its FUSE file systems), then SIGKILL.

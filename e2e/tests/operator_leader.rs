@@ -36,7 +36,7 @@ use k8s_openapi::jiff::{SignedDuration, Timestamp};
 use kube::Api;
 use operator_common::*;
 use strata_crds::Dataset;
-use strata_e2e::{Cluster, TestNamespace};
+use strata_e2e::{Cluster, TestNamespace, workspace_binaries};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinSet;
@@ -51,45 +51,6 @@ fn dataset(name: &str) -> String {
     format!(
         "apiVersion: strata.dev/v1alpha1\nkind: Dataset\nmetadata: {{name: {name}}}\nspec:\n  sources:\n  - name: s3\n    uri: s3://bucket/{name}/\n    endpoint: http://127.0.0.1:1\n    region: us-east-1\n    mountPath: /\n    credentialsSecretRef: {{name: missing}}\n"
     )
-}
-
-/// The workspace's binaries, built on demand into the target directory this
-/// test was built in, with the same profile.
-fn workspace_binaries(packages: &[&str]) -> Result<PathBuf> {
-    if let Some(dir) = std::env::var_os("STRATA_E2E_BIN_DIR") {
-        return Ok(PathBuf::from(dir));
-    }
-    let exe = std::env::current_exe()?;
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .context("test binary is not in <target>/<profile>/deps")?
-        .to_path_buf();
-    let target_dir = profile_dir
-        .parent()
-        .context("no target directory above the profile directory")?;
-    let profile = match profile_dir.file_name().and_then(|n| n.to_str()) {
-        Some("debug") => "dev",
-        Some(other) => other,
-        None => bail!("profile directory {} has no name", profile_dir.display()),
-    };
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut command = Command::new(&cargo);
-    command
-        .args(["build", "--bins", "--profile", profile, "--target-dir"])
-        .arg(target_dir)
-        .current_dir(env!("CARGO_MANIFEST_DIR"));
-    for package in packages {
-        command.args(["-p", package]);
-    }
-    let status = command
-        .status()
-        .with_context(|| format!("running {cargo} build"))?;
-    ensure!(
-        status.success(),
-        "cargo build of {packages:?} failed: {status}"
-    );
-    Ok(profile_dir)
 }
 
 /// One `strata-operator` process, killed when dropped.
