@@ -127,8 +127,22 @@ impl Cluster {
         name: &str,
         path: &Path,
     ) -> Result<()> {
+        self.write_service_account_kubeconfig_valid_for(namespace, name, path, "1h")
+            .await
+    }
+
+    /// [`Cluster::write_service_account_kubeconfig`] with a token valid for `duration` (a
+    /// `kubectl create token --duration` value such as `24h`), for what outlives a test.
+    pub async fn write_service_account_kubeconfig_valid_for(
+        &self,
+        namespace: &str,
+        name: &str,
+        path: &Path,
+        duration: &str,
+    ) -> Result<()> {
+        let duration = format!("--duration={duration}");
         let token = self
-            .kubectl(&["create", "token", name, "-n", namespace, "--duration=1h"])
+            .kubectl(&["create", "token", name, "-n", namespace, &duration])
             .await?;
         let ca = self.state_dir.join("pki/ca.crt");
         let user = format!("{namespace}/{name}");

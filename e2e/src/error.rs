@@ -83,6 +83,41 @@ pub enum Error {
         status: String,
     },
 
+    #[error("connecting to the CSI plugin on {}: {source}", .socket.display())]
+    CsiConnect {
+        socket: PathBuf,
+        #[source]
+        source: tonic::transport::Error,
+    },
+
+    #[error("{what} without a pod spec")]
+    NoPodSpec { what: String },
+
+    #[error("{owner} has no container {container}")]
+    NoContainer { owner: String, container: String },
+
+    #[error("{what} runs {command:?}, not {expected}")]
+    UnexpectedCommand {
+        what: String,
+        command: Option<Vec<String>>,
+        expected: String,
+    },
+
+    #[error("{action} {}: {source}", .path.display())]
+    Filesystem {
+        action: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+
+    #[error("parsing the output of `{what}`: {source}")]
+    Json {
+        what: String,
+        #[source]
+        source: serde_json::Error,
+    },
+
     #[error("timed out after {timeout:?} waiting for {what}{}", last.as_ref().map(|l| format!("; last seen: {l}")).unwrap_or_default())]
     Timeout {
         what: String,

@@ -38,15 +38,18 @@ use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
 use k8s_openapi::api::storage::v1::CSIDriver;
 use kube::Api;
-use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams};
 use sha2::{Digest, Sha256};
 use strata_agent::api::client::AgentClient;
 use strata_crds::Dataset;
+use strata_csi::proto::NodeUnpublishVolumeRequest;
 use strata_csi::proto::node_client::NodeClient;
-use strata_csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
-use strata_csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
-use strata_e2e::{Cluster, TestNamespace, wait_until, workspace_binaries};
-use tonic::transport::{Channel, Endpoint, Uri};
+use strata_e2e::{
+    Cluster, LocalNode, TestNamespace, csi_connect, dataset_status, job_args, jobs_of_kind,
+    operator_args, pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv,
+    wait_until, workspace_binaries,
+};
+use tonic::transport::Channel;
 
 const BUCKET: &str = "strata-e2e";
 const DATASET: &str = "corpus";
@@ -311,31 +314,6 @@ impl Node {
     }
 }
 
-/// Writes the keys of `secret` as files into `dir`, as kubelet does for a Secret volume: a new
-/// file appears whole (written beside and renamed), a removed key disappears.
-fn sync_secret_to_dir(secret: &Secret, dir: &Path, staging: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::create_dir_all(staging)?;
-    let data = secret.data.clone().unwrap_or_default();
-    for (key, value) in &data {
-        let path = dir.join(key);
-        if std::fs::read(&path).ok().as_deref() == Some(value.0.as_slice()) {
-            continue;
-        }
-        let temporary = staging.join(key);
-        std::fs::write(&temporary, &value.0)?;
-        std::fs::rename(&temporary, &path)?;
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        let name = entry.file_name().to_string_lossy().into_owned();
-        if !data.contains_key(&name) {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
 /// Keeps every node's `datasets/` and `token/` equal to the two Secrets, every 300 ms, until
 /// the returned handle is aborted.
 fn spawn_secret_sync(
@@ -363,40 +341,6 @@ fn spawn_secret_sync(
             tokio::time::sleep(Duration::from_millis(300)).await;
         }
     })
-}
-
-async fn csi_connect(socket: PathBuf) -> Result<NodeClient<Channel>> {
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(NodeClient::new(channel))
-}
-
-fn publish_request(
-    volume_id: &str,
-    target: &Path,
-    context: HashMap<String, String>,
-) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: volume_id.into(),
-        target_path: target.to_string_lossy().into(),
-        volume_capability: Some(VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: access_mode::Mode::MultiNodeReaderOnly as i32,
-            }),
-        }),
-        readonly: true,
-        volume_context: context,
-        ..Default::default()
-    }
 }
 
 /// Every regular file under `root`, as dataset path → sha256 of what a read returns.
@@ -496,75 +440,6 @@ spec:
 // ---------------------------------------------------------------------------------------------
 // Steps
 
-async fn dataset_status(cluster: &Cluster, tenant: &str) -> Result<serde_json::Value> {
-    let out = cluster
-        .kubectl(&["-n", tenant, "get", "dataset", DATASET, "-o", "json"])
-        .await?;
-    let value: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(value["status"].clone())
-}
-
-/// The args of one container of the node DaemonSet, after checking it runs the binary the
-/// test runs in its place.
-fn daemon_set_args(daemon_set: &DaemonSet, container: &str) -> Result<Vec<String>> {
-    let pod = daemon_set
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .context("DaemonSet without a pod spec")?;
-    let c = pod
-        .containers
-        .iter()
-        .find(|c| c.name == container)
-        .with_context(|| format!("DaemonSet has no container {container}"))?;
-    let binary = if container == "agent" {
-        "strata-agent"
-    } else {
-        "strata-csi"
-    };
-    ensure!(
-        c.command.as_deref() == Some(&[binary.to_string()][..]),
-        "container {container} runs {:?}, not {binary}",
-        c.command
-    );
-    Ok(c.args.clone().unwrap_or_default())
-}
-
-/// The Job's one container's args, with the Job's pod environment applied: the node's IP and
-/// the token mounted from `strata-token-<policy>`.
-fn job_command(job: &Job, node: &Node, token_file: &Path) -> Result<Vec<String>> {
-    let spec = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .context("Job without a pod spec")?;
-    let container = &spec.containers[0];
-    ensure!(
-        container.command.as_deref() == Some(&["strata-agent".to_string()][..]),
-        "Job runs {:?}, not strata-agent",
-        container.command
-    );
-    let token = token_file.to_string_lossy();
-    Ok(container
-        .args
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| {
-            a.replace("$(STRATA_NODE_IP)", node.ip)
-                .replace("/var/run/strata/token", &token)
-        })
-        .collect())
-}
-
-async fn jobs_of_kind(api: &Api<Job>, kind: &str) -> Result<Vec<Job>> {
-    Ok(api
-        .list(&ListParams::default().labels(&format!("strata.dev/job-kind={kind}")))
-        .await?
-        .items)
-}
-
 #[tokio::test]
 async fn strata_end_to_end() -> Result<()> {
     let started = Instant::now();
@@ -615,25 +490,8 @@ async fn strata_end_to_end() -> Result<()> {
         .await?;
     let operator_name = format!("{release}-operator");
     let deployment = system.api::<Deployment>().get(&operator_name).await?;
-    let pod = deployment
-        .spec
-        .template
-        .spec
-        .context("operator Deployment without a pod spec")?;
     let operator_port = free_port("127.0.0.1")?;
-    let operator_args: Vec<String> = pod.containers[0]
-        .args
-        .clone()
-        .unwrap_or_default()
-        .into_iter()
-        .map(|a| {
-            if a.starts_with("--metrics-addr=") {
-                format!("--metrics-addr=127.0.0.1:{operator_port}")
-            } else {
-                a.replace("$(POD_NAME)", &format!("{operator_name}-local"))
-            }
-        })
-        .collect();
+    let operator_args = operator_args(&deployment, &operator_name, operator_port)?;
     let operator_kubeconfig = run.join("operator.kubeconfig");
     cluster
         .write_service_account_kubeconfig(system.name(), &operator_name, &operator_kubeconfig)
@@ -708,44 +566,13 @@ async fn strata_end_to_end() -> Result<()> {
             Ok::<_, std::io::Error>(token.exists().then_some(()))
         })
         .await?;
-        let p = |sub: &str| dir.join(sub).to_string_lossy().into_owned();
-        // The DaemonSet's own command lines, with the pod's paths mapped into this node's
-        // directory (the hostPath and Secret volumes) and its environment expanded.
-        let pod_paths = [
-            ("/etc/strata/datasets", p("datasets")),
-            ("/var/run/strata/token", p("token/token")),
-            ("/run/strata/agent.sock", p("agent.sock")),
-            ("/var/lib/strata/mounts", p("mounts")),
-            ("/var/cache/strata", p("cache")),
-            ("unix:///csi/csi.sock", format!("unix://{}", p("csi.sock"))),
-            ("$(NODE_NAME)", name.clone()),
-            (
-                &format!("0.0.0.0:{agent_port}"),
-                format!("{ip}:{agent_port}"),
-            ),
-        ];
-        let from_pod = |container: &str| -> Result<Vec<String>> {
-            let args = daemon_set_args(&daemon_set, container)?;
-            Ok(args
-                .into_iter()
-                .map(|mut arg| {
-                    for (pod_path, local) in &pod_paths {
-                        arg = arg.replace(pod_path, local);
-                    }
-                    arg
-                })
-                .collect())
+        let local = LocalNode {
+            name: name.clone(),
+            ip: ip.to_string(),
+            dir: dir.clone(),
+            agent_port,
         };
-        let mut agent_args = from_pod("agent")?;
-        // Test pacing, and the advertised URL the DaemonSet does not set.
-        agent_args.extend([
-            "--datasets-rescan".into(),
-            "1s".into(),
-            "--status-interval".into(),
-            "2s".into(),
-            "--advertise-url".into(),
-            format!("http://{ip}:{agent_port}"),
-        ]);
+        let agent_args = local.agent_args(&daemon_set)?;
         let kubeconfig = agent_kubeconfig.to_string_lossy().into_owned();
         let mut agent = Process::spawn(
             &format!("agent-{i}"),
@@ -760,7 +587,7 @@ async fn strata_end_to_end() -> Result<()> {
         )?;
         wait_for_socket(&dir.join("agent.sock"), &mut agent).await?;
         wait_for_port(format!("{ip}:{agent_port}").parse()?, &mut agent).await?;
-        let csi_args = from_pod("csi")?;
+        let csi_args = local.container_args(&daemon_set, "csi")?;
         let mut csi = Process::spawn(
             &format!("csi-{i}"),
             &bins.join("strata-csi"),
@@ -793,7 +620,7 @@ async fn strata_end_to_end() -> Result<()> {
         ))
         .await?;
     let ready = wait_until("Dataset Ready", WAIT, || async {
-        let status = dataset_status(cluster, tenant.name()).await?;
+        let status = dataset_status(cluster, tenant.name(), DATASET).await?;
         Ok::<_, anyhow::Error>((status["phase"] == "Ready").then_some(status))
     })
     .await;
@@ -801,22 +628,13 @@ async fn strata_end_to_end() -> Result<()> {
         Ok(status) => status,
         Err(e) => bail!(
             "{e}; status: {}; operator log: {}",
-            dataset_status(cluster, tenant.name()).await?,
+            dataset_status(cluster, tenant.name(), DATASET).await?,
             operator.log.display()
         ),
     };
     eprintln!("Dataset status: {ready}");
     let pvs: Api<PersistentVolume> = Api::all(client.clone());
-    let pv = wait_until("the Dataset's PersistentVolume", WAIT, || async {
-        let list = pvs
-            .list(&ListParams::default().labels(&format!(
-                "strata.dev/dataset={DATASET},strata.dev/dataset-namespace={}",
-                tenant.name()
-            )))
-            .await?;
-        Ok::<_, kube::Error>(list.items.into_iter().next())
-    })
-    .await?;
+    let pv = wait_for_dataset_pv(&client, tenant.name(), DATASET, WAIT).await?;
     let pvc = tenant
         .api::<PersistentVolumeClaim>()
         .get(DATASET)
@@ -851,7 +669,7 @@ async fn strata_end_to_end() -> Result<()> {
 
     // 5. The preload Job's command, as its pod runs it (on node 0), takes the Dataset from
     // nothing cached to `kubectl get datasets` showing 100%.
-    let before = dataset_status(cluster, tenant.name()).await?;
+    let before = dataset_status(cluster, tenant.name(), DATASET).await?;
     ensure!(
         before["cachedPercent"].as_i64().unwrap_or(0) < 100,
         "cached before any read or preload: {before}"
@@ -875,7 +693,7 @@ async fn strata_end_to_end() -> Result<()> {
         &job_dir.join(".staging"),
     )?;
     let job_token_file = job_dir.join("token/token");
-    let args = job_command(&preload, &nodes[0], &job_token_file)?;
+    let args = job_args(&preload, nodes[0].ip, &job_token_file)?;
     let preload_log = logs.join("preload-job.log");
     let status = Command::new(bins.join("strata-agent"))
         .args(&args)
@@ -893,7 +711,7 @@ async fn strata_end_to_end() -> Result<()> {
         let out = cluster
             .kubectl(&["-n", tenant.name(), "get", "datasets"])
             .await?;
-        let status = dataset_status(cluster, tenant.name()).await?;
+        let status = dataset_status(cluster, tenant.name(), DATASET).await?;
         Ok::<_, anyhow::Error>((status["cachedPercent"] == 100).then_some(out))
     })
     .await
@@ -907,17 +725,7 @@ async fn strata_end_to_end() -> Result<()> {
     // on node 0, which was preloaded, cold from S3 on node 1).
     let mut published: Vec<(usize, String, PathBuf)> = Vec::new();
     for (i, node) in nodes.iter_mut().enumerate() {
-        let mut context: HashMap<String, String> = csi_source
-            .volume_attributes
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        context.insert(
-            "csi.storage.k8s.io/pod.namespace".into(),
-            tenant.name().into(),
-        );
-        context.insert("csi.storage.k8s.io/pod.name".into(), "reader".into());
+        let context = pod_volume_context(&csi_source, tenant.name(), "reader");
         let target = node.target("pod-pvc")?;
         let handle = csi_source.volume_handle.clone();
         // The agent picks the dataset up from its datasets dir within a rescan.
@@ -1028,7 +836,7 @@ async fn strata_end_to_end() -> Result<()> {
     })
     .await?;
     for node in &nodes {
-        let args = job_command(&pins, node, &job_token_file)?;
+        let args = job_args(&pins, node.ip, &job_token_file)?;
         let out = Command::new(bins.join("strata-agent"))
             .args(&args)
             .env("STRATA_LOG", "debug")

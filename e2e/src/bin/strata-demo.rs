@@ -10,7 +10,6 @@
 //! read, runs the preload Job's command and prints `kubectl get datasets`.
 //! `down` unpublishes the volume and stops, by pid, what `up` started.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -21,14 +20,13 @@ use anyhow::{Context, Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::{PersistentVolume, Secret};
+use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use kube::api::ListParams;
-use strata_csi::proto::node_client::NodeClient;
-use strata_csi::proto::volume_capability::{AccessMode, AccessType, MountVolume, access_mode};
-use strata_csi::proto::{NodePublishVolumeRequest, NodeUnpublishVolumeRequest, VolumeCapability};
-use strata_e2e::{Cluster, wait_until};
-use tonic::transport::{Channel, Endpoint, Uri};
+use strata_csi::proto::NodeUnpublishVolumeRequest;
+use strata_e2e::{
+    Cluster, LocalNode, csi_connect, dataset_status, job_args, jobs_of_kind, operator_args,
+    pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv, wait_until,
+};
 
 const SYSTEM_NS: &str = "strata-system";
 const RELEASE: &str = "strata";
@@ -249,27 +247,19 @@ impl Demo {
         let deployment = Api::<Deployment>::namespaced(client.clone(), SYSTEM_NS)
             .get(&operator_name)
             .await?;
-        let pod = deployment
-            .spec
-            .template
-            .spec
-            .context("operator Deployment without a pod spec")?;
         let metrics_port = self.remembered_port("operator-metrics-port", "127.0.0.1")?;
-        let operator_args: Vec<String> = pod.containers[0]
-            .args
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| {
-                if a.starts_with("--metrics-addr=") {
-                    format!("--metrics-addr=127.0.0.1:{metrics_port}")
-                } else {
-                    a.replace("$(POD_NAME)", &format!("{operator_name}-local"))
-                }
-            })
-            .collect();
+        let operator_args = operator_args(&deployment, &operator_name, metrics_port)?;
         let operator_kubeconfig = self.state.join("operator.kubeconfig");
-        write_sa_kubeconfig(cluster, &operator_name, &operator_kubeconfig).await?;
+        // A token of the chart's ServiceAccount (so the operator gets exactly the chart's RBAC),
+        // valid for a day of demo.
+        cluster
+            .write_service_account_kubeconfig_valid_for(
+                SYSTEM_NS,
+                &operator_name,
+                &operator_kubeconfig,
+                "24h",
+            )
+            .await?;
         self.start(
             "operator",
             &bins.join("strata-operator"),
@@ -304,42 +294,22 @@ impl Demo {
         let token = self.node("token/token");
         self.wait_ready("sync-secrets", "agent token file", || token.exists())
             .await?;
-        let p = |sub: &str| self.node(sub).to_string_lossy().into_owned();
-        let pod_paths = [
-            ("/etc/strata/datasets", p("datasets")),
-            ("/var/run/strata/token", p("token/token")),
-            ("/run/strata/agent.sock", p("agent.sock")),
-            ("/var/lib/strata/mounts", p("mounts")),
-            ("/var/cache/strata", p("cache")),
-            ("unix:///csi/csi.sock", format!("unix://{}", p("csi.sock"))),
-            ("$(NODE_NAME)", NODE_NAME.into()),
-            (
-                &format!("0.0.0.0:{agent_port}"),
-                format!("{NODE_IP}:{agent_port}"),
-            ),
-        ];
-        let from_pod = |container: &str| -> Result<Vec<String>> {
-            Ok(daemon_set_args(&daemon_set, container)?
-                .into_iter()
-                .map(|mut arg| {
-                    for (pod_path, local) in &pod_paths {
-                        arg = arg.replace(pod_path, local);
-                    }
-                    arg
-                })
-                .collect())
+        let node = LocalNode {
+            name: NODE_NAME.into(),
+            ip: NODE_IP.into(),
+            dir: self.state.join("node"),
+            agent_port,
         };
-        let mut agent_args = from_pod("agent")?;
-        agent_args.extend([
-            "--datasets-rescan".into(),
-            "1s".into(),
-            "--status-interval".into(),
-            "2s".into(),
-            "--advertise-url".into(),
-            format!("http://{NODE_IP}:{agent_port}"),
-        ]);
+        let agent_args = node.agent_args(&daemon_set)?;
         let agent_kubeconfig = self.state.join("agent.kubeconfig");
-        write_sa_kubeconfig(cluster, &format!("{RELEASE}-agent"), &agent_kubeconfig).await?;
+        cluster
+            .write_service_account_kubeconfig_valid_for(
+                SYSTEM_NS,
+                &format!("{RELEASE}-agent"),
+                &agent_kubeconfig,
+                "24h",
+            )
+            .await?;
         self.start(
             "agent",
             &bins.join("strata-agent"),
@@ -354,30 +324,28 @@ impl Demo {
             self.node("agent.sock").exists() && TcpStream::connect(agent_addr).is_ok()
         })
         .await?;
-        self.start("csi", &bins.join("strata-csi"), &from_pod("csi")?, &[])?;
+        self.start(
+            "csi",
+            &bins.join("strata-csi"),
+            &node.container_args(&daemon_set, "csi")?,
+            &[],
+        )?;
         self.wait_ready("csi", "CSI socket", || self.node("csi.sock").exists())
             .await?;
         println!(
             "demo: node {NODE_NAME} up: agent on {agent_addr}, CSI plugin on {}",
-            p("csi.sock")
+            self.node("csi.sock").display()
         );
 
         // 3. The Dataset, its CachePolicy and credentials Secret.
         cluster.apply(&manifests(endpoint, s3_uri)).await?;
         wait_until("Dataset Ready", WAIT, || async {
-            let status = dataset_status(cluster).await?;
+            let status = dataset_status(cluster, TENANT_NS, DATASET).await?;
             Ok::<_, anyhow::Error>((status["phase"] == "Ready").then_some(()))
         })
         .await
         .with_context(|| format!("operator log:\n{}", self.tail("operator")))?;
-        let pvs: Api<PersistentVolume> = Api::all(client.clone());
-        let pv = wait_until("the Dataset's PersistentVolume", WAIT, || async {
-            let selector =
-                format!("strata.dev/dataset={DATASET},strata.dev/dataset-namespace={TENANT_NS}");
-            let list = pvs.list(&ListParams::default().labels(&selector)).await?;
-            Ok::<_, kube::Error>(list.items.into_iter().next())
-        })
-        .await?;
+        let pv = wait_for_dataset_pv(&client, TENANT_NS, DATASET, WAIT).await?;
         let csi_source = pv
             .spec
             .and_then(|s| s.csi)
@@ -390,14 +358,7 @@ impl Demo {
         // 4. NodePublishVolume as kubelet would for a pod using the Dataset's PVC.
         let target = self.target();
         std::fs::create_dir_all(target.parent().context("target without parent")?)?;
-        let mut context: HashMap<String, String> = csi_source
-            .volume_attributes
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        context.insert("csi.storage.k8s.io/pod.namespace".into(), TENANT_NS.into());
-        context.insert("csi.storage.k8s.io/pod.name".into(), "reader".into());
+        let context = pod_volume_context(&csi_source, TENANT_NS, "reader");
         let csi = csi_connect(self.node("csi.sock")).await?;
         let handle = csi_source.volume_handle.clone();
         wait_until("NodePublishVolume of the PV", WAIT, || {
@@ -423,7 +384,7 @@ impl Demo {
         // 6. The preload Job's command, as its pod would run it, then the cached percent.
         let preload = self.run_preload_job(&client).await?;
         let table = wait_until("kubectl get datasets to show 100%", WAIT, || async {
-            let status = dataset_status(cluster).await?;
+            let status = dataset_status(cluster, TENANT_NS, DATASET).await?;
             let table = cluster
                 .kubectl(&["-n", TENANT_NS, "get", "datasets"])
                 .await?;
@@ -465,10 +426,7 @@ impl Demo {
     async fn run_preload_job(&self, client: &kube::Client) -> Result<String> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
         let job = wait_until("the preload Job", WAIT, || async {
-            let list = jobs
-                .list(&ListParams::default().labels("strata.dev/job-kind=preload"))
-                .await?;
-            Ok::<_, kube::Error>(list.items.into_iter().next())
+            Ok::<_, strata_e2e::Error>(jobs_of_kind(&jobs, "preload").await?.into_iter().next())
         })
         .await?;
         let token_secret = wait_until("the agent token copied for the Jobs", WAIT, || async {
@@ -483,20 +441,7 @@ impl Demo {
             .context("Secret strata-token-<policy> has no key `token`")?;
         let token_file = self.state.join("job-token");
         std::fs::write(&token_file, token.0)?;
-        let container = job
-            .spec
-            .and_then(|s| s.template.spec)
-            .map(|s| s.containers[0].clone())
-            .context("preload Job without a pod spec")?;
-        let args: Vec<String> = container
-            .args
-            .unwrap_or_default()
-            .into_iter()
-            .map(|a| {
-                a.replace("$(STRATA_NODE_IP)", NODE_IP)
-                    .replace("/var/run/strata/token", &token_file.to_string_lossy())
-            })
-            .collect();
+        let args = job_args(&job, NODE_IP, &token_file)?;
         let log = self.logs().join("preload-job.log");
         let out = std::fs::File::create(&log)?;
         let started = Instant::now();
@@ -641,108 +586,6 @@ fn read_all(root: &Path) -> Result<(usize, u64, Duration)> {
 fn drop_page_cache() {
     let _ = Command::new("sync").status();
     let _ = std::fs::write("/proc/sys/vm/drop_caches", "3");
-}
-
-fn sync_secret_to_dir(secret: &Secret, dir: &Path, staging: &Path) -> Result<()> {
-    std::fs::create_dir_all(dir)?;
-    std::fs::create_dir_all(staging)?;
-    let data = secret.data.clone().unwrap_or_default();
-    for (key, value) in &data {
-        let path = dir.join(key);
-        if std::fs::read(&path).ok().as_deref() == Some(value.0.as_slice()) {
-            continue;
-        }
-        let temporary = staging.join(key);
-        std::fs::write(&temporary, &value.0)?;
-        std::fs::rename(&temporary, &path)?;
-    }
-    for entry in std::fs::read_dir(dir)? {
-        let entry = entry?;
-        if !data.contains_key(&*entry.file_name().to_string_lossy()) {
-            std::fs::remove_file(entry.path())?;
-        }
-    }
-    Ok(())
-}
-
-/// A kubeconfig authenticating as ServiceAccount `strata-system/<name>` (so each component gets
-/// exactly the chart's RBAC), with a token valid for a day of demo.
-async fn write_sa_kubeconfig(cluster: &Cluster, name: &str, path: &Path) -> Result<()> {
-    let token = cluster
-        .kubectl(&["create", "token", name, "-n", SYSTEM_NS, "--duration=24h"])
-        .await?;
-    let kubeconfig = serde_json::json!({
-        "apiVersion": "v1",
-        "kind": "Config",
-        "clusters": [{ "name": "strata-local", "cluster": {
-            "server": cluster.api_server(),
-            "certificate-authority": cluster.state_dir().join("pki/ca.crt"),
-        }}],
-        "users": [{ "name": name, "user": { "token": token.trim() } }],
-        "contexts": [{ "name": "strata-local", "context": {
-            "cluster": "strata-local", "user": name, "namespace": SYSTEM_NS,
-        }}],
-        "current-context": "strata-local",
-    });
-    std::fs::write(path, kubeconfig.to_string())
-        .with_context(|| format!("writing {}", path.display()))
-}
-
-fn daemon_set_args(daemon_set: &DaemonSet, container: &str) -> Result<Vec<String>> {
-    let pod = daemon_set
-        .spec
-        .template
-        .spec
-        .as_ref()
-        .context("DaemonSet without a pod spec")?;
-    let c = pod
-        .containers
-        .iter()
-        .find(|c| c.name == container)
-        .with_context(|| format!("DaemonSet strata-node has no container {container}"))?;
-    Ok(c.args.clone().unwrap_or_default())
-}
-
-async fn dataset_status(cluster: &Cluster) -> Result<serde_json::Value> {
-    let out = cluster
-        .kubectl(&["-n", TENANT_NS, "get", "dataset", DATASET, "-o", "json"])
-        .await?;
-    let value: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(value["status"].clone())
-}
-
-async fn csi_connect(socket: PathBuf) -> Result<NodeClient<Channel>> {
-    let channel = Endpoint::try_from("http://[::]:50051")?
-        .connect_with_connector(tower::service_fn(move |_: Uri| {
-            let socket = socket.clone();
-            async move {
-                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(
-                    tokio::net::UnixStream::connect(socket).await?,
-                ))
-            }
-        }))
-        .await?;
-    Ok(NodeClient::new(channel))
-}
-
-fn publish_request(
-    volume_id: &str,
-    target: &Path,
-    context: HashMap<String, String>,
-) -> NodePublishVolumeRequest {
-    NodePublishVolumeRequest {
-        volume_id: volume_id.into(),
-        target_path: target.to_string_lossy().into(),
-        volume_capability: Some(VolumeCapability {
-            access_type: Some(AccessType::Mount(MountVolume::default())),
-            access_mode: Some(AccessMode {
-                mode: access_mode::Mode::MultiNodeReaderOnly as i32,
-            }),
-        }),
-        readonly: true,
-        volume_context: context,
-        ..Default::default()
-    }
 }
 
 /// The demo's credentials are placeholders: moto checks no signatures, the agent still signs.
