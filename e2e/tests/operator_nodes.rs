@@ -346,6 +346,31 @@ fn progress(job: &str, phase: JobPhase, bytes_done: i64, files_done: i64) -> Nod
     }
 }
 
+/// Dataset `scratch`'s preload run `job`, as the nodes report their share of it.
+struct ScratchRun<'a> {
+    client: &'a kube::Client,
+    namespace: &'a str,
+    uid: &'a str,
+    job: &'a str,
+}
+
+impl ScratchRun<'_> {
+    /// `node` reports `bytes_done` of 1000 bytes and `files_done` of 10 files in `phase`, and
+    /// the source error it met last, if any.
+    async fn report(
+        &self,
+        node: &str,
+        phase: JobPhase,
+        bytes_done: i64,
+        files_done: i64,
+        error: Option<&str>,
+    ) -> Result<()> {
+        let job = progress(self.job, phase, bytes_done, files_done);
+        let usage = usage(self.namespace, self.uid, vec![job], error);
+        report_node_usage(self.client, node, vec![usage]).await
+    }
+}
+
 fn condition<'a>(
     st: &'a DatasetStatus,
     type_: &str,
@@ -392,29 +417,16 @@ spec: {quota: 1Gi, datasetSelector: {}, preload: [{paths: ["/**"]}]}
     })
     .await?;
 
+    let scratch = ScratchRun {
+        client: &client,
+        namespace: &namespace,
+        uid: &uid,
+        job: &job,
+    };
+
     // Two nodes report their share of the run: 300 + 200 of 2000 bytes.
-    report_node_usage(
-        &client,
-        &a,
-        vec![usage(
-            &namespace,
-            &uid,
-            vec![progress(&job, JobPhase::Running, 300, 3)],
-            None,
-        )],
-    )
-    .await?;
-    report_node_usage(
-        &client,
-        &b,
-        vec![usage(
-            &namespace,
-            &uid,
-            vec![progress(&job, JobPhase::Running, 200, 2)],
-            None,
-        )],
-    )
-    .await?;
+    scratch.report(&a, JobPhase::Running, 300, 3, None).await?;
+    scratch.report(&b, JobPhase::Running, 200, 2, None).await?;
     let st = wait_status(&datasets, "scratch", "job progress summed", |st| {
         st.jobs
             .iter()
@@ -465,28 +477,18 @@ spec: {quota: 1Gi, datasetSelector: {}, preload: [{paths: ["/**"]}]}
     ensure!(st.phase == Some(DatasetPhase::Ready), "{st:?}");
 
     // Node b fails to read the source: Degraded with NodesHealthy=False naming it.
-    report_node_usage(
-        &client,
-        &a,
-        vec![usage(
-            &namespace,
-            &uid,
-            vec![progress(&job, JobPhase::Succeeded, 1_000, 10)],
-            None,
-        )],
-    )
-    .await?;
-    report_node_usage(
-        &client,
-        &b,
-        vec![usage(
-            &namespace,
-            &uid,
-            vec![progress(&job, JobPhase::Running, 400, 4)],
+    scratch
+        .report(&a, JobPhase::Succeeded, 1_000, 10, None)
+        .await?;
+    scratch
+        .report(
+            &b,
+            JobPhase::Running,
+            400,
+            4,
             Some("source disk (file:///data/scratch): permission denied"),
-        )],
-    )
-    .await?;
+        )
+        .await?;
     let st = wait_status(&datasets, "scratch", "Degraded by node errors", |st| {
         st.phase == Some(DatasetPhase::Degraded)
     })
@@ -518,17 +520,9 @@ spec: {quota: 1Gi, datasetSelector: {}, preload: [{paths: ["/**"]}]}
     ensure!(!events.is_empty());
 
     // The error stops and the run completes everywhere: Ready, 100%, not preloading.
-    report_node_usage(
-        &client,
-        &b,
-        vec![usage(
-            &namespace,
-            &uid,
-            vec![progress(&job, JobPhase::Succeeded, 1_000, 10)],
-            None,
-        )],
-    )
-    .await?;
+    scratch
+        .report(&b, JobPhase::Succeeded, 1_000, 10, None)
+        .await?;
     let st = wait_status(&datasets, "scratch", "Ready again, run done", |st| {
         st.phase == Some(DatasetPhase::Ready)
             && st.jobs.iter().any(|r| r.phase == JobPhase::Succeeded)
