@@ -192,6 +192,13 @@ impl Cluster {
             .stdout)
     }
 
+    /// Client-side `kubectl -n <namespace> apply -f -` with `manifest`, as a user applies files
+    /// into their namespace; returns what the apply printed.
+    pub async fn apply_in(&self, namespace: &str, manifest: &str) -> Result<ToolOutput> {
+        let args = ["-n", namespace, "apply", "-f", "-"];
+        self.run("kubectl", &args, Some(manifest.as_bytes())).await
+    }
+
     /// Runs `helm args...` against this cluster and returns its stdout.
     pub async fn helm(&self, args: &[&str]) -> Result<String> {
         Ok(self.run("helm", args, None).await?.stdout)

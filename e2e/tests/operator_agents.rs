@@ -60,13 +60,7 @@ spec:
 "#,
         data.path().display()
     );
-    cluster
-        .run(
-            "kubectl",
-            &["-n", &namespace, "apply", "-f", "-"],
-            Some(manifest.as_bytes()),
-        )
-        .await?;
+    cluster.apply_in(&namespace, &manifest).await?;
 
     // What a node's agent finds in its datasets directory.
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);

@@ -106,13 +106,7 @@ spec: {quota: 2Gi, datasetSelector: {matchExpressions: [{key: team, operator: Ex
         .to_string(),
     ]
     .join("\n---\n");
-    cluster
-        .run(
-            "kubectl",
-            &["-n", &namespace, "apply", "-f", "-"],
-            Some(manifest.as_bytes()),
-        )
-        .await?;
+    cluster.apply_in(&namespace, &manifest).await?;
     let datasets: Api<Dataset> = Api::namespaced(client.clone(), &namespace);
 
     let message = wait_for_condition(

@@ -344,15 +344,7 @@ async fn scenario(
     let events: Api<Event> = Api::namespaced(client.clone(), &namespace);
     let apply = |manifest: String| {
         let namespace = namespace.clone();
-        async move {
-            cluster
-                .run(
-                    "kubectl",
-                    &["-n", &namespace, "apply", "-f", "-"],
-                    Some(manifest.as_bytes()),
-                )
-                .await
-        }
+        async move { cluster.apply_in(&namespace, &manifest).await }
     };
     let reconciled = |name: &'static str| {
         let datasets = datasets.clone();

@@ -395,13 +395,7 @@ kind: CachePolicy
 metadata: {name: warm}
 spec: {quota: 1Gi, datasetSelector: {}, preload: [{paths: ["/**"]}]}
 "#;
-    cluster
-        .run(
-            "kubectl",
-            &["-n", &namespace, "apply", "-f", "-"],
-            Some(policy.as_bytes()),
-        )
-        .await?;
+    cluster.apply_in(&namespace, policy).await?;
     let ds = datasets
         .create(&PostParams::default(), &local_dataset("scratch")?)
         .await?;

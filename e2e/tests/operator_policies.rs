@@ -78,15 +78,7 @@ async fn policy_changes_replace_jobs_without_duplicates() -> Result<()> {
     let operator = RunningOperator::start(cluster, &namespace, "op-policies", &[]).await?;
     let apply = |manifest: String| {
         let namespace = namespace.clone();
-        async move {
-            cluster
-                .run(
-                    "kubectl",
-                    &["-n", &namespace, "apply", "-f", "-"],
-                    Some(manifest.as_bytes()),
-                )
-                .await
-        }
+        async move { cluster.apply_in(&namespace, &manifest).await }
     };
     apply(DATASETS.to_string()).await?;
     apply(policy(r#"    - paths: ["/2026-11-01/**"]"#)).await?;
