@@ -794,13 +794,7 @@ async fn strata_end_to_end() -> Result<()> {
             "{refused:?}"
         );
         // Nor through the PV's handle: a pod elsewhere that names it is refused too.
-        let mut context: HashMap<String, String> = csi_source
-            .volume_attributes
-            .clone()
-            .unwrap_or_default()
-            .into_iter()
-            .collect();
-        context.insert("csi.storage.k8s.io/pod.namespace".into(), "intruder".into());
+        let context = pod_volume_context(&csi_source, "intruder", "reader");
         let refused = node
             .csi_client
             .node_publish_volume(publish_request(
