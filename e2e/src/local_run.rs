@@ -250,3 +250,89 @@ pub async fn wait_for_dataset_pv(
     })
     .await
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::ByteString;
+
+    use super::*;
+
+    fn secret(data: &[(&str, &str)]) -> Secret {
+        Secret {
+            data: Some(
+                data.iter()
+                    .map(|(k, v)| (k.to_string(), ByteString(v.as_bytes().to_vec())))
+                    .collect::<BTreeMap<_, _>>(),
+            ),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_secret_volume_follows_its_secret() {
+        let root = tempfile::tempdir().unwrap();
+        let (dir, staging) = (root.path().join("token"), root.path().join(".staging"));
+        sync_secret_to_dir(&secret(&[("token", "one"), ("old", "x")]), &dir, &staging).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("token")).unwrap(), "one");
+        sync_secret_to_dir(&secret(&[("token", "two")]), &dir, &staging).unwrap();
+        assert_eq!(std::fs::read_to_string(dir.join("token")).unwrap(), "two");
+        assert!(!dir.join("old").exists(), "a removed key stays as a file");
+    }
+
+    fn daemon_set(command: &str, args: &[&str]) -> DaemonSet {
+        serde_json::from_value(serde_json::json!({
+            "metadata": {"name": "strata-node"},
+            "spec": {
+                "selector": {},
+                "template": {"spec": {"containers": [{
+                    "name": "agent",
+                    "command": [command],
+                    "args": args,
+                }]}}
+            }
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn node_args_map_the_pods_paths_onto_the_node_dir() {
+        let node = LocalNode {
+            name: "n1".into(),
+            ip: "127.0.0.2".into(),
+            dir: PathBuf::from("/nodes/n1"),
+            agent_port: 7070,
+        };
+        let ds = daemon_set(
+            "strata-agent",
+            &[
+                "--datasets=/etc/strata/datasets",
+                "--listen=0.0.0.0:7070",
+                "--node=$(NODE_NAME)",
+            ],
+        );
+        assert_eq!(
+            node.agent_args(&ds).unwrap(),
+            [
+                "--datasets=/nodes/n1/datasets",
+                "--listen=127.0.0.2:7070",
+                "--node=n1",
+                "--datasets-rescan",
+                "1s",
+                "--status-interval",
+                "2s",
+                "--advertise-url",
+                "http://127.0.0.2:7070",
+            ]
+        );
+        let wrong = daemon_set("sh", &[]);
+        let err = node
+            .container_args(&wrong, "agent")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not strata-agent"), "{err}");
+        let err = node.container_args(&ds, "csi").unwrap_err().to_string();
+        assert_eq!(err, "DaemonSet strata-node has no container csi");
+    }
+}
