@@ -66,6 +66,19 @@ pub struct ServeArgs {
     /// Disk tier size (0 disables it).
     #[arg(long = "disk", env = "STRATA_DISK", default_value = "10Gi", value_parser = parse_size)]
     pub disk_size: u64,
+    /// Readahead per open file, e.g. 64Mi.
+    #[arg(long, env = "STRATA_READAHEAD", default_value = "64Mi", value_parser = parse_size)]
+    pub readahead: u64,
+    /// Readahead over all open files (bytes held by prefetched blocks), e.g. 256Mi.
+    #[arg(long, env = "STRATA_READAHEAD_TOTAL", default_value = "256Mi", value_parser = parse_size)]
+    pub readahead_total: u64,
+    /// Directory prefetch: after this many small files (at most one block) of a directory
+    /// were read whole, fetch the directory's other small files in the background. 0 = off.
+    #[arg(long, env = "STRATA_PREFETCH_DIRECTORY_FILES", default_value_t = 4)]
+    pub prefetch_directory_files: u32,
+    /// Most bytes one directory prefetch fetches (and at most a quarter of the disk tier).
+    #[arg(long, env = "STRATA_PREFETCH_DIRECTORY_BYTES", default_value = "1Gi", value_parser = parse_size)]
+    pub prefetch_directory_bytes: u64,
     /// Never open files in FUSE passthrough mode.
     #[arg(long, env = "STRATA_NO_PASSTHROUGH")]
     pub no_passthrough: bool,
@@ -144,12 +157,12 @@ pub async fn run(
         (None, _) => None,
     };
 
-    let agent = Agent::new(AgentConfig::new(
-        &args.cache_dir,
-        args.memory_size,
-        args.disk_size,
-    ))
-    .await?;
+    let mut config = AgentConfig::new(&args.cache_dir, args.memory_size, args.disk_size);
+    config.readahead_per_file_bytes = args.readahead;
+    config.readahead_total_bytes = args.readahead_total;
+    config.directory_prefetch_files = args.prefetch_directory_files;
+    config.directory_prefetch_bytes = args.prefetch_directory_bytes;
+    let agent = Agent::new(config).await?;
     let mounts = Arc::new(MountRegistry::new(
         &args.mount_root,
         MountOptions {
