@@ -40,8 +40,9 @@ pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
 /// Default metadata (list/stat) cache TTL.
 pub const DEFAULT_METADATA_TTL: &str = "1m";
-/// Default preload concurrency (parallel fetches per job).
-pub const DEFAULT_PRELOAD_CONCURRENCY: i32 = 4;
+/// Default preload concurrency (block fetches in flight per job): over a 50 ms round
+/// trip a preload needs dozens in flight to fill the link.
+pub const DEFAULT_PRELOAD_CONCURRENCY: i32 = 64;
 
 /// A CachePolicy says how the datasets it applies to are cached: their share
 /// of each node's cache, the tiers and eviction policy, block size, replicas
@@ -262,7 +263,9 @@ pub struct PreloadRule {
     #[x_kube(validation = Rule::new(cel_matches(SCHEDULE_PATTERN)).message(MSG_SCHEDULE))]
     pub schedule: Option<String>,
 
-    /// Parallel block fetches per preload job, 1 to 64. Default 4.
+    /// Block fetches each agent keeps in flight for this preload, over all its
+    /// files, 1 to 64. Default 64: over a high-latency link a preload needs dozens
+    /// in flight to fill it; lower it to spare the source.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 64))]
     pub concurrency: i32,

@@ -213,7 +213,7 @@ spec:
         "{spec}"
     );
     assert_eq!(spec["metadata"]["ttl"], "1m", "{spec}");
-    assert_eq!(spec["preload"][0]["concurrency"], 4, "{spec}");
+    assert_eq!(spec["preload"][0]["concurrency"], 64, "{spec}");
     // An integer quota is accepted and kept as an integer (strata-crds reads both forms).
     assert_eq!(spec["quota"], 1073741824u64, "{spec}");
 

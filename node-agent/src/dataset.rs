@@ -26,8 +26,8 @@ use crate::{Error, Result};
 
 /// Most metadata entries kept per dataset (stat and listings each).
 const MAX_METADATA_ENTRIES: usize = 200_000;
-/// Block fetches a preload keeps in flight (over all its files).
-const PRELOAD_MAX_FETCHES: usize = 64;
+/// Block fetches a preload keeps in flight (over all its files) unless told otherwise.
+pub const PRELOAD_MAX_FETCHES: usize = 64;
 /// Bytes of blocks a preload holds in flight.
 const PRELOAD_MAX_BYTES: u64 = 256 << 20;
 
@@ -894,6 +894,17 @@ impl DatasetView {
         globs: &[String],
         progress: impl Fn(PreloadProgress) + Send + Sync,
     ) -> Result<PreloadReport> {
+        self.preload_with(globs, PRELOAD_MAX_FETCHES, progress)
+            .await
+    }
+
+    /// [`Self::preload`] with `fetches` block fetches in flight (at least 1).
+    pub async fn preload_with(
+        self: &Arc<Self>,
+        globs: &[String],
+        fetches: usize,
+        progress: impl Fn(PreloadProgress) + Send + Sync,
+    ) -> Result<PreloadReport> {
         let globs = PathGlobs::new(globs)?;
         let files = Arc::new(self.expand_globs(&globs).await?);
         let mut p = PreloadProgress {
@@ -943,7 +954,7 @@ impl DatasetView {
             .flat_map(|(n, &count)| (0..count).map(move |i| (n, i)))
             .collect();
         let shared = files.clone();
-        let mut fetches = futures::stream::iter(blocks.into_iter().map(|(n, i)| {
+        let mut in_flight = futures::stream::iter(blocks.into_iter().map(|(n, i)| {
             let view = self.clone();
             let budget = budget.clone();
             let files = shared.clone();
@@ -958,8 +969,8 @@ impl DatasetView {
                 (n, view.get_block(f, i).await.map(|_| ()))
             }
         }))
-        .buffer_unordered(PRELOAD_MAX_FETCHES);
-        while let Some((n, r)) = fetches.next().await {
+        .buffer_unordered(fetches.max(1));
+        while let Some((n, r)) = in_flight.next().await {
             if let Err(e) = r
                 && failed[n].is_none()
             {

@@ -166,6 +166,23 @@ async fn preload_pin_and_usage() {
         .unwrap_err();
     assert_eq!(status(&err), 400);
 
+    // The rule's concurrency is taken (1 fetch in flight still gets everything) and
+    // checked: 65 is refused with the field named, before anything starts.
+    let one_at_a_time = api.clone().with_concurrency(Some(1));
+    let last = one_at_a_time
+        .preload("ml", "imagenet", &["/train/**".to_string()], |_| {})
+        .await
+        .unwrap();
+    assert_eq!((last.files_done, last.files_total), (3, 3), "{last:?}");
+    let err = api
+        .clone()
+        .with_concurrency(Some(65))
+        .preload("ml", "imagenet", &["/train/**".to_string()], |_| {})
+        .await
+        .unwrap_err();
+    assert_eq!(status(&err), 400);
+    assert!(err.to_string().contains("concurrency"), "{err}");
+
     // Pin by glob, then only recent files by exact path.
     let pinned = api
         .pin("ml", "imagenet", &["/labels/**".to_string()], None)

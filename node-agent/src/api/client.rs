@@ -101,6 +101,8 @@ pub struct AgentClient {
     /// The Kubernetes Job this client works for, sent with preloads so the agent reports
     /// their progress under it.
     job: Option<String>,
+    /// Block fetches a preload keeps in flight (None: the agent's default).
+    concurrency: Option<u32>,
 }
 
 impl fmt::Debug for AgentClient {
@@ -119,6 +121,7 @@ impl AgentClient {
             transport: Transport::Unix(socket.into()),
             timeout: Duration::from_secs(30),
             job: None,
+            concurrency: None,
         }
     }
 
@@ -152,6 +155,7 @@ impl AgentClient {
                 },
                 timeout: Duration::from_secs(30),
                 job: None,
+                concurrency: None,
             });
         }
         if url.starts_with("https://") {
@@ -173,6 +177,12 @@ impl AgentClient {
     /// Names the Kubernetes Job whose preloads this client asks for.
     pub fn with_job(mut self, job: Option<String>) -> Self {
         self.job = job;
+        self
+    }
+
+    /// Block fetches the agent keeps in flight for this client's preloads.
+    pub fn with_concurrency(mut self, concurrency: Option<u32>) -> Self {
+        self.concurrency = concurrency;
         self
     }
 
@@ -418,6 +428,7 @@ impl AgentClient {
             paths: paths.to_vec(),
             modified_within: modified_within.map(str::to_string),
             job: None,
+            concurrency: None,
         });
         self.json(
             Method::POST,
@@ -433,6 +444,7 @@ impl AgentClient {
             paths: paths.to_vec(),
             modified_within: None,
             job: None,
+            concurrency: None,
         });
         self.json(
             Method::POST,
@@ -455,6 +467,7 @@ impl AgentClient {
             paths: paths.to_vec(),
             modified_within: None,
             job: self.job.clone(),
+            concurrency: self.concurrency,
         });
         let uri = dataset_path(namespace, name, "/preload");
         let response =

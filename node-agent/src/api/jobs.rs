@@ -243,9 +243,11 @@ pub struct JobArgs {
 pub struct PreloadJobArgs {
     #[command(flatten)]
     pub job: JobArgs,
-    /// Files fetched in parallel. Accepted for the CachePolicy's `concurrency`; the
-    /// agent keeps its own fixed 64 block fetches in flight per preload, over all files.
-    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 4)]
+    /// Block fetches the agent keeps in flight for this preload, over all its files, 1 to
+    /// 64 (the CachePolicy rule's `concurrency`). Over a high-latency link a preload needs
+    /// dozens in flight to fill it; lower it to spare the source.
+    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
 }
 
@@ -360,6 +362,7 @@ pub async fn preload(
     args.job.dataset()?;
     let mut results = Vec::new();
     for client in args.job.clients()? {
+        let client = client.with_concurrency(Some(args.concurrency));
         results.push(preload_on(&client, &args.job.dataset, &args.job.paths, out).await?);
     }
     Ok(results)

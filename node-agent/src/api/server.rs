@@ -482,6 +482,16 @@ async fn preload(ns: String, name: String, body: Bytes, state: Arc<ApiState>) ->
             "must be a Kubernetes Job name (lowercase letters, digits, '-' and '.', at most 253)",
         ));
     }
+    let fetches = match request.concurrency {
+        None => crate::dataset::PRELOAD_MAX_FETCHES,
+        Some(n @ 1..=64) => n as usize,
+        Some(n) => {
+            return Err(ApiError::bad_request(
+                "concurrency",
+                format!("{n} is out of range: give 1 to 64 block fetches in flight"),
+            ));
+        }
+    };
     // A Job's run is reported (progress, outcome) in the StrataNode under the Job's name.
     let run = request
         .job
@@ -494,7 +504,7 @@ async fn preload(ns: String, name: String, body: Bytes, state: Arc<ApiState>) ->
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tracing::info!(dataset = %format!("{ns}/{name}"), ?paths, "preload started");
     let mut task = tokio::spawn(async move {
-        view.preload(&paths, move |p| {
+        view.preload_with(&paths, fetches, move |p| {
             let _ = progress_tx.send(Some(p));
         })
         .await
