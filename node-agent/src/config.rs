@@ -167,6 +167,9 @@ pub enum EvictionKind {
     #[default]
     #[serde(rename = "S3FIFO", alias = "s3fifo", alias = "S3Fifo")]
     S3Fifo,
+    /// ARC: adapts between recency and frequency from the misses its ghost lists remember.
+    #[serde(rename = "ARC", alias = "arc", alias = "Arc")]
+    Arc,
 }
 
 /// Cache settings of one dataset.
@@ -462,6 +465,15 @@ cache:
         assert_eq!(cfg.cache.metadata_ttl, Duration::from_secs(300));
         assert_eq!(cfg.cache.quota, Some(200 << 30));
         assert_eq!(cfg.cache.eviction, EvictionKind::Lru);
+        // What the operator writes for each CachePolicy eviction value.
+        for (text, kind) in [
+            ("LRU", EvictionKind::Lru),
+            ("S3FIFO", EvictionKind::S3Fifo),
+            ("ARC", EvictionKind::Arc),
+        ] {
+            let parsed: EvictionKind = serde_json::from_value(serde_json::json!(text)).unwrap();
+            assert_eq!(parsed, kind, "{text}");
+        }
         assert_eq!(cfg.cache.data_ttl, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(cfg.sources[0].mount_path, "/train");
         // Round trip through JSON.

@@ -39,6 +39,7 @@ pub fn new_policy<K: Eq + Hash + Clone + Send + 'static>(
     match kind {
         EvictionKind::Lru => Box::new(Lru::new()),
         EvictionKind::S3Fifo => Box::new(S3Fifo::new()),
+        EvictionKind::Arc => Box::new(AdaptiveReplacement::new()),
     }
 }
 
@@ -318,6 +319,183 @@ impl<K: Eq + Hash + Clone + Send> S3Fifo<K> {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArcList {
+    /// Cached, read once since admission (recency).
+    T1,
+    /// Cached, read again (frequency).
+    T2,
+    /// Ghost of an entry evicted from T1.
+    B1,
+    /// Ghost of an entry evicted from T2.
+    B2,
+}
+
+/// ARC (Megiddo and Modha, FAST 2003), by bytes: two cached lists, T1 (seen once) and T2
+/// (seen again), and two ghost lists of keys recently evicted from each. A miss that hits
+/// a ghost moves the target size of T1 towards the list that would have kept it, so the
+/// split between recency and frequency adapts to the workload. The policy is not told
+/// the cache's capacity: it takes it to be the bytes held when the cache first asks for a
+/// victim (the cache evicts only when full), and the largest such figure after that.
+#[derive(Debug)]
+pub struct AdaptiveReplacement<K> {
+    entries: HashMap<K, (ArcList, u64, u64)>, // key -> (list, seq, size)
+    lists: [BTreeMap<u64, K>; 4],
+    list_bytes: [u64; 4],
+    seq: u64,
+    // Target bytes of T1.
+    target: u64,
+    capacity: u64,
+}
+
+impl<K: Eq + Hash + Clone> Default for AdaptiveReplacement<K> {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl<K: Eq + Hash + Clone> AdaptiveReplacement<K> {
+    /// An empty ARC.
+    pub fn new() -> Self {
+        AdaptiveReplacement {
+            entries: HashMap::new(),
+            lists: Default::default(),
+            list_bytes: [0; 4],
+            seq: 0,
+            target: 0,
+            capacity: 0,
+        }
+    }
+
+    fn index(list: ArcList) -> usize {
+        match list {
+            ArcList::T1 => 0,
+            ArcList::T2 => 1,
+            ArcList::B1 => 2,
+            ArcList::B2 => 3,
+        }
+    }
+
+    fn bytes_of(&self, list: ArcList) -> u64 {
+        self.list_bytes[Self::index(list)]
+    }
+
+    /// Takes `key` out of whatever list holds it; its list and size.
+    fn unlink(&mut self, key: &K) -> Option<(ArcList, u64)> {
+        let (list, seq, size) = self.entries.remove(key)?;
+        let i = Self::index(list);
+        self.lists[i].remove(&seq);
+        self.list_bytes[i] -= size;
+        Some((list, size))
+    }
+
+    /// Puts `key` at the most recent end of `list`.
+    fn link(&mut self, key: K, list: ArcList, size: u64) {
+        self.seq += 1;
+        let i = Self::index(list);
+        self.lists[i].insert(self.seq, key.clone());
+        self.list_bytes[i] += size;
+        self.entries.insert(key, (list, self.seq, size));
+    }
+
+    /// Moves the least recent entry of `from` (a cached list) to the ghost list `to`.
+    fn demote(&mut self, from: ArcList, to: ArcList) -> Option<K> {
+        let (_, key) = self.lists[Self::index(from)].pop_first()?;
+        let (_, _, size) = self.entries.remove(&key)?;
+        self.list_bytes[Self::index(from)] -= size;
+        self.link(key.clone(), to, size);
+        self.trim_ghosts();
+        Some(key)
+    }
+
+    /// Bounds the ghosts as ARC does: T1 + B1 within the capacity, all four lists within
+    /// twice the capacity.
+    fn trim_ghosts(&mut self) {
+        let c = self.capacity.max(1);
+        let (t1, b1) = (Self::index(ArcList::T1), Self::index(ArcList::B1));
+        while self.list_bytes[t1] + self.list_bytes[b1] > c {
+            let Some((_, key)) = self.lists[b1].pop_first() else {
+                break;
+            };
+            if let Some((_, _, size)) = self.entries.remove(&key) {
+                self.list_bytes[b1] -= size;
+            }
+        }
+        let b2 = Self::index(ArcList::B2);
+        while self.list_bytes.iter().sum::<u64>() > 2 * c {
+            let Some((_, key)) = self.lists[b2].pop_first() else {
+                break;
+            };
+            if let Some((_, _, size)) = self.entries.remove(&key) {
+                self.list_bytes[b2] -= size;
+            }
+        }
+    }
+}
+
+impl<K: Eq + Hash + Clone + Send> EvictionPolicy<K> for AdaptiveReplacement<K> {
+    fn name(&self) -> &'static str {
+        "arc"
+    }
+    fn insert(&mut self, key: K, size: u64) {
+        let b1 = self.bytes_of(ArcList::B1).max(1);
+        let b2 = self.bytes_of(ArcList::B2).max(1);
+        match self.unlink(&key) {
+            // A miss that B1 remembers: recency would have kept it, grow T1's target.
+            Some((ArcList::B1, _)) => {
+                let delta = size.max(size.saturating_mul(b2) / b1);
+                self.target = (self.target + delta).min(self.capacity);
+                self.link(key, ArcList::T2, size);
+            }
+            // A miss that B2 remembers: frequency would have kept it, shrink T1's target.
+            Some((ArcList::B2, _)) => {
+                let delta = size.max(size.saturating_mul(b1) / b2);
+                self.target = self.target.saturating_sub(delta);
+                self.link(key, ArcList::T2, size);
+            }
+            // Re-inserting a cached key updates its size where it is.
+            Some((list, _)) => self.link(key, list, size),
+            None => self.link(key, ArcList::T1, size),
+        }
+    }
+    fn access(&mut self, key: &K) {
+        if let Some(&(list, _, size)) = self.entries.get(key)
+            && matches!(list, ArcList::T1 | ArcList::T2)
+        {
+            self.unlink(key);
+            self.link(key.clone(), ArcList::T2, size);
+        }
+    }
+    fn remove(&mut self, key: &K) -> bool {
+        // A ghost is forgotten too, but only a cached entry counts as removed.
+        matches!(self.unlink(key), Some((ArcList::T1 | ArcList::T2, _)))
+    }
+    fn evict(&mut self) -> Option<K> {
+        self.capacity = self.capacity.max(self.bytes());
+        let t1 = self.bytes_of(ArcList::T1);
+        let from_t1 =
+            t1 > 0 && (t1 > self.target || self.lists[Self::index(ArcList::T2)].is_empty());
+        if from_t1 {
+            self.demote(ArcList::T1, ArcList::B1)
+        } else {
+            self.demote(ArcList::T2, ArcList::B2)
+                .or_else(|| self.demote(ArcList::T1, ArcList::B1))
+        }
+    }
+    fn len(&self) -> usize {
+        self.lists[0].len() + self.lists[1].len()
+    }
+    fn bytes(&self) -> u64 {
+        self.list_bytes[0] + self.list_bytes[1]
+    }
+    fn contains(&self, key: &K) -> bool {
+        matches!(
+            self.entries.get(key),
+            Some((ArcList::T1 | ArcList::T2, _, _))
+        )
+    }
+}
+
 /// Result of [`simulate`].
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SimulationReport {
@@ -380,7 +558,11 @@ mod tests {
     use super::*;
 
     fn both() -> Vec<Box<dyn EvictionPolicy<u64>>> {
-        vec![Box::new(Lru::new()), Box::new(S3Fifo::new())]
+        vec![
+            Box::new(Lru::new()),
+            Box::new(S3Fifo::new()),
+            Box::new(AdaptiveReplacement::new()),
+        ]
     }
 
     // The shared suite: every policy must pass these.
@@ -477,10 +659,32 @@ mod tests {
         }
         let mut lru: Lru<u64> = Lru::new();
         let mut fifo: S3Fifo<u64> = S3Fifo::new();
+        let trace_copy = trace.clone();
         let lru_r = simulate(&mut lru, 50, trace.clone());
         let fifo_r = simulate(&mut fifo, 50, trace);
         // After the scan, S3-FIFO still has the working set; LRU lost all of it.
         assert!(fifo_r.hits >= 160 + 35, "s3fifo {fifo_r:?}");
         assert_eq!(lru_r.hits, 160, "lru {lru_r:?}");
+        // ARC keeps the working set in T2 (read more than once); the scan passes through T1.
+        let mut arc: AdaptiveReplacement<u64> = AdaptiveReplacement::new();
+        let arc_r = simulate(&mut arc, 50, trace_copy);
+        assert!(arc_r.hits >= 160 + 35, "arc {arc_r:?}");
+    }
+
+    #[test]
+    fn arc_adapts_its_target_to_ghost_hits() {
+        // Ten keys read twice fill T2. A new key goes to T1 and, T1 being over its target
+        // of 0, is the next victim; asked for again, its ghost in B1 raises the target and
+        // it comes back into T2.
+        let mut p: AdaptiveReplacement<u64> = AdaptiveReplacement::new();
+        let warm = (0..10u64).chain(0..10).map(|k| (k, 1));
+        simulate(&mut p, 10, warm.chain([(100, 1), (200, 1)]));
+        assert_eq!(p.target, 0);
+        assert!(!p.contains(&100));
+        let r = simulate(&mut p, 10, [(100, 1)]);
+        assert_eq!(r.misses, 1);
+        assert!(p.target >= 1, "a B1 ghost hit must grow T1's target");
+        assert!(p.contains(&100));
+        assert_eq!(p.bytes(), 10);
     }
 }

@@ -57,7 +57,7 @@ struct CacheArgs {
     /// How long stat/list results are trusted, e.g. 30s or 5m.
     #[arg(long, env = "STRATA_METADATA_TTL", value_parser = duration)]
     metadata_ttl: Option<Duration>,
-    /// Eviction policy: LRU or S3FIFO.
+    /// Eviction policy: LRU, S3FIFO or ARC.
     #[arg(long, env = "STRATA_EVICTION", default_value = "S3FIFO", value_parser = eviction)]
     eviction: EvictionKind,
     /// Readahead per open file, e.g. 64Mi.
@@ -127,8 +127,9 @@ fn eviction(s: &str) -> Result<EvictionKind, String> {
     match s.to_ascii_uppercase().replace('-', "").as_str() {
         "LRU" => Ok(EvictionKind::Lru),
         "S3FIFO" => Ok(EvictionKind::S3Fifo),
+        "ARC" => Ok(EvictionKind::Arc),
         other => Err(format!(
-            "unknown eviction policy {other:?}; use LRU or S3FIFO"
+            "unknown eviction policy {other:?}; use LRU, S3FIFO or ARC"
         )),
     }
 }

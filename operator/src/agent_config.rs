@@ -99,11 +99,10 @@ impl AgentCacheSettings {
                 .map(|d| d.as_secs())
                 .unwrap_or(defaults.metadata_ttl),
             quota: policy.quota_bytes().ok(),
-            // The engine implements LRU and S3-FIFO; ARC falls back to S3-FIFO
-            // (also scan-resistant) until the engine has it.
             eviction: match policy.eviction {
                 Eviction::Lru => "LRU",
-                Eviction::S3Fifo | Eviction::Arc => "S3FIFO",
+                Eviction::S3Fifo => "S3FIFO",
+                Eviction::Arc => "ARC",
             },
             pins: policy
                 .pin

@@ -14,10 +14,10 @@ pub use trace::{Access, Trace};
 /// Every policy the engine offers. The match makes a new `EvictionKind` a compile error here,
 /// so the study cannot silently skip it.
 pub fn engine_policies() -> Vec<EvictionKind> {
-    let all = [EvictionKind::Lru, EvictionKind::S3Fifo];
+    let all = [EvictionKind::Lru, EvictionKind::S3Fifo, EvictionKind::Arc];
     for kind in all {
         match kind {
-            EvictionKind::Lru | EvictionKind::S3Fifo => {}
+            EvictionKind::Lru | EvictionKind::S3Fifo | EvictionKind::Arc => {}
         }
     }
     all.to_vec()
