@@ -40,7 +40,7 @@ pub enum Error {
     },
     /// Another replica took the leader Lease, or it could not be renewed in time.
     #[error(
-        "lost leadership of Lease {namespace}/{name}: not renewed within {duration:?}; stopping so only one replica acts"
+        "lost leadership of Lease {namespace}/{name}: taken by another replica, or not renewed within 2/3 of its {duration:?} duration; stopping so only one replica acts"
     )]
     LostLease {
         /// Namespace of the Lease.
