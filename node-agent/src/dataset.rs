@@ -1106,6 +1106,20 @@ struct ReaderState {
     served_from_start: Option<u64>,
 }
 
+impl ReaderState {
+    /// Counts bytes served; true once, when the file has been read whole from its start.
+    fn note_served(&mut self, offset: u64, len: u64, size: u64) -> bool {
+        let served = match self.served_from_start {
+            None if offset == 0 => len,
+            None => return false,
+            Some(n) if n >= size => return false,
+            Some(n) => n + len,
+        };
+        self.served_from_start = Some(served);
+        served >= size
+    }
+}
+
 /// Bytes read through readahead over all readers (for tests and stats).
 pub static READAHEAD_BLOCKS: AtomicU64 = AtomicU64::new(0);
 
@@ -1132,19 +1146,6 @@ impl FileReader {
     /// The dataset.
     pub fn view(&self) -> &Arc<DatasetView> {
         &self.view
-    }
-
-    /// Counts bytes served; true once, when the file has been read whole from its start.
-    fn note_served(&self, offset: u64, len: u64, size: u64) -> bool {
-        let mut st = self.state.lock().expect("reader");
-        let served = match st.served_from_start {
-            None if offset == 0 => len,
-            None => return false,
-            Some(n) if n >= size => return false,
-            Some(n) => n + len,
-        };
-        st.served_from_start = Some(served);
-        served >= size
     }
 
     /// Reads `len` bytes at `offset`.
@@ -1233,9 +1234,11 @@ impl FileReader {
             }
         }))
         .await?;
-        if let Some(b) = blocks.last() {
+        let read_whole = {
             let mut st = self.state.lock().expect("reader");
-            if st.recent.as_ref().is_none_or(|(ri, _, _)| *ri != last) {
+            if let Some(b) = blocks.last()
+                && st.recent.as_ref().is_none_or(|(ri, _, _)| *ri != last)
+            {
                 // Reuse the permit of the block it replaces, else take one if available.
                 let permit = match st.recent.take() {
                     Some((_, _, p)) => Some(p),
@@ -1251,10 +1254,11 @@ impl FileReader {
                     st.recent = Some((last, b.clone(), p));
                 }
             }
-        }
+            st.note_served(offset, end - offset, version.size)
+        };
         let out = slice_blocks(&blocks, first * bs, offset, end);
         self.view.metrics.observe_read(started.elapsed());
-        if self.note_served(offset, out.len() as u64, version.size) {
+        if read_whole {
             self.view.note_whole_read(&self.stat);
         }
         Ok(out)

@@ -296,6 +296,21 @@ mod tests {
     use crate::config::{DatasetConfig, SourceConfig};
     use crate::path::DatasetPath;
 
+    /// Dataset `ml/NAME` over a local directory.
+    fn local_dataset(name: &str, uid: Option<&str>, dir: &std::path::Path) -> DatasetConfig {
+        DatasetConfig {
+            namespace: "ml".into(),
+            name: name.into(),
+            uid: uid.map(str::to_string),
+            sources: vec![SourceConfig {
+                name: "dir".into(),
+                uri: format!("file://{}", dir.display()),
+                ..SourceConfig::default()
+            }],
+            ..DatasetConfig::default()
+        }
+    }
+
     #[tokio::test]
     async fn the_report_counts_what_was_read() {
         let data = tempfile::tempdir().unwrap();
@@ -305,17 +320,7 @@ mod tests {
             .await
             .unwrap();
         let view = agent
-            .add_dataset(DatasetConfig {
-                namespace: "ml".into(),
-                name: "local".into(),
-                uid: Some("7d1e-uid".into()),
-                sources: vec![SourceConfig {
-                    name: "dir".into(),
-                    uri: format!("file://{}", data.path().display()),
-                    ..SourceConfig::default()
-                }],
-                ..DatasetConfig::default()
-            })
+            .add_dataset(local_dataset("local", Some("7d1e-uid"), data.path()))
             .await
             .unwrap();
         let path = DatasetPath::parse("/a.bin").unwrap();
@@ -360,17 +365,7 @@ mod tests {
             .await
             .unwrap();
         agent
-            .add_dataset(DatasetConfig {
-                namespace: "ml".into(),
-                name: "local".into(),
-                uid: Some("u-1".into()),
-                sources: vec![SourceConfig {
-                    name: "dir".into(),
-                    uri: format!("file://{}", data.path().display()),
-                    ..SourceConfig::default()
-                }],
-                ..DatasetConfig::default()
-            })
+            .add_dataset(local_dataset("local", Some("u-1"), data.path()))
             .await
             .unwrap();
         let mounts = Arc::new(
@@ -492,16 +487,7 @@ mod tests {
             .await
             .unwrap();
         let view = agent
-            .add_dataset(DatasetConfig {
-                namespace: "ml".into(),
-                name: "idle".into(),
-                sources: vec![SourceConfig {
-                    name: "dir".into(),
-                    uri: format!("file://{}", data.path().display()),
-                    ..SourceConfig::default()
-                }],
-                ..DatasetConfig::default()
-            })
+            .add_dataset(local_dataset("idle", None, data.path()))
             .await
             .unwrap();
         let (activity, mut probed) = (ActivityBoard::default(), std::collections::HashSet::new());
