@@ -20,6 +20,9 @@ pub const SEQ_CASES: [&str; 6] = [
     "4 jobs, warm",
     "4 jobs, hot",
 ];
+/// object_store only: ranged GETs with many in flight, the most any client gets from this
+/// server and link on this machine.
+pub const CEILING_CASES: [&str; 2] = ["raw GETs, 16 in flight", "raw GETs, 64 in flight"];
 pub const EPOCH_CASES: [&str; 4] = [
     "1 reader, epoch 1",
     "1 reader, epoch 2",
@@ -123,6 +126,28 @@ fn targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
                 "Strata / peer, MiB/s",
             ));
         }
+    }
+    // Whether 2x the faster peer is within reach of any client here: the raw-GET ceiling.
+    let ceiling = CEILING_CASES
+        .iter()
+        .filter_map(|c| m("seq-large", c, tp, System::ObjectStore))
+        .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+    for case in ["1 job, cold", "4 jobs, cold"] {
+        let faster_peer = [System::Rclone, System::S3fs]
+            .iter()
+            .filter_map(|p| m("seq-large", case, tp, *p))
+            .fold(None, |a: Option<f64>, v| Some(a.map_or(v, |a| a.max(v))));
+        let need = faster_peer.map(|p| 2.0 * p);
+        out.push(check(
+            &format!(
+                "seq-large {case}: 2x the faster peer ({} MiB/s) is below the raw-GET ceiling ({} MiB/s), i.e. reachable here at all",
+                need.map(fmt_num).unwrap_or_else(|| "—".into()),
+                ceiling.map(fmt_num).unwrap_or_else(|| "—".into()),
+            ),
+            ratio(ceiling, need),
+            1.0,
+            "ceiling / (2 x faster peer)",
+        ));
     }
     for peer in [System::Rclone, System::S3fs] {
         out.push(check(
@@ -408,12 +433,13 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             out,
             "### seq-large (MiB/s, higher is better), link: {link}\n"
         );
-        out.push_str("cold = fresh cache and page cache dropped; warm = in the system's cache, page cache dropped; hot = read again at once. object_store = 8 MiB ranged GETs, 1 or 4 in flight, no cache; local file = the same bytes from local disk.\n\n");
+        out.push_str("cold = fresh cache and page cache dropped; warm = in the system's cache, page cache dropped; hot = read again at once. Before every cold and warm read the harness runs `sync` and lets the disk idle for the settle time (see Settings). object_store = 8 MiB ranged GETs, 1, 4, 16 or 64 in flight, no cache (the last two rows: the most any client gets here); local file = the same bytes from a local file, read in every session right after the system's own reads.\n\n");
+        let seq_rows: Vec<&str> = SEQ_CASES.iter().chain(&CEILING_CASES).copied().collect();
         workload_table(
             &mut out,
             r,
             "seq-large",
-            &SEQ_CASES,
+            &seq_rows,
             "throughput",
             &link,
             true,
