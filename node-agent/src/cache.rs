@@ -163,6 +163,23 @@ impl CachedObject {
         fs::rename(&tmp, &self.meta_path)
     }
 
+    /// The object's data file, created at the object's size if missing.
+    fn open_data_file(&self) -> std::io::Result<File> {
+        if let Some(parent) = self.data_path.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let f = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&self.data_path)?;
+        if f.metadata()?.len() != self.version.size {
+            f.set_len(self.version.size)?;
+        }
+        Ok(f)
+    }
+
     fn is_evictable(&self) -> bool {
         !self.pinned.load(Ordering::Relaxed) && self.leases.load(Ordering::Relaxed) == 0
     }
@@ -853,6 +870,7 @@ impl DatasetCache {
             return false;
         }
         if !self.node.reserve(self, len) {
+            self.release_unwritten(version, index);
             return false;
         }
         let result = (|| -> std::io::Result<()> {
@@ -863,18 +881,7 @@ impl DatasetCache {
                     "raced",
                 ));
             }
-            if let Some(parent) = obj.data_path.parent() {
-                fs::create_dir_all(parent)?;
-            }
-            let f = OpenOptions::new()
-                .create(true)
-                .truncate(false)
-                .read(true)
-                .write(true)
-                .open(&obj.data_path)?;
-            if f.metadata()?.len() != version.size {
-                f.set_len(version.size)?;
-            }
+            let f = obj.open_data_file()?;
             self.node
                 .writer
                 .write_at(&obj.data_path, &f, data, index * self.block_size)?;
@@ -921,6 +928,87 @@ impl DatasetCache {
                 }
                 false
             }
+        }
+    }
+
+    /// Allocates the disk space of blocks `blocks` of `version` before they are fetched, in
+    /// file order. Parallel fetches finish in any order, and a file system allocates a
+    /// block where it stands when it is written, so without this a sequentially read object
+    /// lies scattered on disk and a later sequential read of it (FUSE passthrough reads the
+    /// file directly) is a random read for the disk: 0.5x the speed of a contiguous copy,
+    /// measured. Only when the disk tier has room without evicting; the space stays
+    /// uncounted until the block is written ([`Self::put`]), and
+    /// [`Self::release_unwritten`] gives it back if the block never is. Blocking, cheap
+    /// (unwritten extents, no data written).
+    pub fn preallocate(
+        &self,
+        version: &ObjectVersion,
+        path: &DatasetPath,
+        mtime: SystemTime,
+        blocks: std::ops::Range<u64>,
+    ) {
+        if !self.disk_enabled || version.size == 0 || blocks.is_empty() {
+            return;
+        }
+        let start = blocks.start * self.block_size;
+        let end = (blocks.end * self.block_size).min(version.size);
+        if start >= end {
+            return;
+        }
+        let len = end - start;
+        let quota = self.quota.load(Ordering::Relaxed);
+        if self.used.load(Ordering::Relaxed).saturating_add(len) > quota
+            || self.node.disk_used().saturating_add(len) > self.node.disk_capacity()
+        {
+            return;
+        }
+        let id: Arc<str> = Arc::from(version.id());
+        let obj = self.object_for(&id, version, path, mtime);
+        let st = obj.state.lock().expect("object state");
+        if blocks.clone().all(|i| st.blocks.contains_key(&i)) {
+            return;
+        }
+        let result = obj.open_data_file().and_then(|f| {
+            nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                start as i64,
+                len as i64,
+            )
+            .map_err(std::io::Error::from)
+        });
+        if let Err(e) = result {
+            // Not supported (tmpfs before 6.x, some overlays) or no space: blocks are
+            // allocated as they are written instead.
+            tracing::debug!(dataset = %self.id, file = %obj.data_path.display(), error = %e,
+                "cannot preallocate cache blocks");
+        }
+    }
+
+    /// Gives back the space [`Self::preallocate`] took for a block that was not stored
+    /// (its fetch failed, or the tier had no room for it after all).
+    pub fn release_unwritten(&self, version: &ObjectVersion, index: u64) {
+        if !self.disk_enabled {
+            return;
+        }
+        let id: Arc<str> = Arc::from(version.id());
+        let Some(obj) = self.objects.read().expect("objects").get(&id).cloned() else {
+            return;
+        };
+        let st = obj.state.lock().expect("object state");
+        if st.blocks.contains_key(&index) {
+            return;
+        }
+        // The file itself stays (other blocks may be in flight into it); a data file that
+        // never got a block has no sidecar and is removed when the index is next rebuilt.
+        if let Ok(f) = OpenOptions::new().write(true).open(&obj.data_path) {
+            let _ = nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                (index * self.block_size) as i64,
+                obj.block_len(index) as i64,
+            );
         }
     }
 

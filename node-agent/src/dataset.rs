@@ -699,8 +699,13 @@ impl DatasetView {
                             path: path.to_string(),
                         })?;
                     let range = version.block_range(view.block_size(), index);
-                    let data =
-                        view.noted(source.get_range(&version.key, &version.etag, range).await)?;
+                    let fetched = source.get_range(&version.key, &version.etag, range).await;
+                    if fetched.is_err() {
+                        let cache = view.cache.clone();
+                        let v = version.clone();
+                        tokio::task::spawn_blocking(move || cache.release_unwritten(&v, index));
+                    }
+                    let data = view.noted(fetched)?;
                     let cache = view.cache.clone();
                     let d = data.clone();
                     // Writing to disk happens before the fetch is "done", so a reader that
@@ -966,6 +971,17 @@ impl DatasetView {
                 });
                 let units = len.div_ceil(READAHEAD_UNIT).max(1) as u32;
                 let _permit = budget.acquire_many_owned(units).await;
+                if let (0, Some(version)) = (i, f.version.clone()) {
+                    // The whole file's space in file order before its blocks land in any
+                    // order (see `DatasetCache::preallocate`).
+                    let cache = view.cache.clone();
+                    let (path, mtime) = (f.path.clone(), f.mtime);
+                    let blocks = 0..version.block_count(bs);
+                    let _ = tokio::task::spawn_blocking(move || {
+                        cache.preallocate(&version, &path, mtime, blocks)
+                    })
+                    .await;
+                }
                 (n, view.get_block(f, i).await.map(|_| ()))
             }
         }))
@@ -1180,7 +1196,7 @@ impl FileReader {
             }
             // Blocks behind the reader are not needed any more.
             st.prefetched.retain(|i, _| *i >= first);
-            let wanted = (first..=last)
+            let wanted: Vec<(u64, Wanted)> = (first..=last)
                 .map(|i| {
                     if let Some((ri, b, _)) = &st.recent
                         && *ri == i
@@ -1193,9 +1209,14 @@ impl FileReader {
                     }
                 })
                 .collect();
+            let mut fetching = wanted.iter().any(|(_, w)| matches!(w, Wanted::Fetch));
+            let count = version.block_count(bs);
+            let ahead_end = if st.window > 0 {
+                (last + 1 + st.window).min(count)
+            } else {
+                last + 1
+            };
             if st.window > 0 {
-                let count = version.block_count(bs);
-                let ahead_end = (last + 1 + st.window).min(count);
                 for i in last + 1..ahead_end {
                     if st.prefetched.contains_key(&i) {
                         continue;
@@ -1218,7 +1239,18 @@ impl FileReader {
                     self.view.handle.spawn(fut.clone());
                     READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
                     st.prefetched.insert(i, (fut, permit));
+                    fetching = true;
                 }
+            }
+            if fetching {
+                // Before any of these fetches lands (a round trip away): their disk space
+                // in file order, so the cached file is contiguous for later reads.
+                self.view.cache.preallocate(
+                    &version,
+                    &self.stat.path,
+                    self.stat.mtime,
+                    first..ahead_end,
+                );
             }
             wanted
         };

@@ -115,6 +115,11 @@ struct PreloadArgs {
     /// Also pin what was fetched.
     #[arg(long, env = "STRATA_PIN")]
     pin: bool,
+    /// Block fetches kept in flight over all files, 1 to 64. Over a high-latency link a
+    /// preload needs dozens in flight to fill it; lower it to spare the source.
+    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    concurrency: u32,
 }
 
 fn size(s: &str) -> Result<u64, String> {
@@ -280,7 +285,7 @@ async fn run_preload(args: PreloadArgs) -> anyhow::Result<()> {
     let agent = Agent::new(agent_config(&args.cache)).await?;
     let view = agent.add_dataset(dataset).await?;
     let report = view
-        .preload(&args.paths, |p| {
+        .preload_with(&args.paths, args.concurrency as usize, |p| {
             tracing::info!(
                 files = p.files_done,
                 files_total = p.files_total,
