@@ -161,8 +161,9 @@ impl Ctx<'_> {
     }
 
     /// Writes back dirty pages, lets the disk idle for `settle`, then drops the page cache.
-    /// On this VM the same 1 GiB file reads at ~1.9 GB/s after a few idle seconds but at
-    /// ~0.5 GB/s right after a GiB of writes, and every cold read has just written a cache.
+    /// On this VM the same 1 GiB file reads at ~2 GB/s on a quiet disk but at ~0.6 GB/s for
+    /// 5 to 35 s after a GiB of writes (the host writing them back, measured), and every
+    /// cold read has just written a GiB of cache.
     fn settle(&self) -> Result<()> {
         nix::unistd::sync();
         std::thread::sleep(self.cfg.settle);
@@ -227,7 +228,7 @@ impl Ctx<'_> {
         let size = cfg.spec.seq_large_bytes;
         let label = if jobs == 1 { "1 job" } else { "4 jobs" };
         let want_seq = cfg.workloads.contains(&Workload::SeqLarge);
-        self.settle()?;
+        drop_page_caches()?;
         let cold = fio::sequential(&cfg.fio, &file, size, jobs, cfg.seq_limit)?;
         if want_seq {
             let done = cold.bytes >= size;
@@ -702,7 +703,7 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
         results.settings.insert(
             "settle".into(),
             format!(
-                "`sync`, then {} s idle, then drop the page cache, before every cold and warm read (each system's and the local file's): this VM's disk reads the same file ~4x slower right after a burst of writes",
+                "`sync`, then {} s idle, then drop the page cache, before every warm read (each system's and the local file's): this VM's disk reads the same file at ~0.6 GB/s instead of ~2 GB/s for 5 to 35 s after a GiB of writes, and each cold read has just written one",
                 cfg.settle.as_secs_f64()
             ),
         );

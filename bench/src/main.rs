@@ -115,10 +115,10 @@ struct RunArgs {
     /// Seconds of random 4 KiB reads (default 10, 3 with --quick).
     #[arg(long, env = "STRATA_BENCH_RAND_SECONDS")]
     rand_seconds: Option<u32>,
-    /// Idle time after `sync` before every read from a cache or the local file (default 10s,
-    /// 2s with --quick): a VM disk reads several times slower right after a burst of writes
-    /// (a cold read just wrote a GiB of cache), so every system and the local-file reference
-    /// start from the same settled disk.
+    /// Idle time after `sync` before every warm read, from a cache or the local file (default
+    /// 30s, 2s with --quick): a VM disk reads several times slower for a while after a burst
+    /// of writes (a cold read just wrote a GiB of cache), so every system and the local-file
+    /// reference start from the same settled disk.
     #[arg(long, env = "STRATA_BENCH_SETTLE", value_parser = humantime::parse_duration)]
     settle: Option<Duration>,
     /// Where the S3 server's data, caches, mounts and logs live (kept for reuse between runs).
@@ -327,7 +327,7 @@ fn main() -> anyhow::Result<()> {
                 rand_seconds: a.rand_seconds.unwrap_or(if quick { 3 } else { 10 }),
                 settle: a
                     .settle
-                    .unwrap_or(Duration::from_secs(if quick { 2 } else { 10 })),
+                    .unwrap_or(Duration::from_secs(if quick { 2 } else { 30 })),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)
