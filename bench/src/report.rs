@@ -433,7 +433,7 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             out,
             "### seq-large (MiB/s, higher is better), link: {link}\n"
         );
-        out.push_str("cold = fresh cache and page cache dropped; warm = in the system's cache, page cache dropped; hot = read again at once. Before every warm read the harness runs `sync` and lets the disk idle for the settle time (see Settings). object_store = 8 MiB ranged GETs, 1, 4, 16 or 64 in flight, no cache (the last two rows: the most any client gets here); local file = the same bytes from a local file, read in every session right after the system's own reads.\n\n");
+        out.push_str("cold = fresh cache and page cache dropped; warm = in the system's cache, page cache dropped; hot = read again at once. Before every warm read the harness runs `sync` and lets the disk idle for the settle time (see Settings). object_store = 8 MiB ranged GETs, 1, 4, 16 or 64 in flight, no cache (the last two rows: the most any client gets here); local file = the same bytes from a local copy written with `O_DIRECT` right after the system's cold read (as the cache files were), read after the system's own reads with the same settle; the random-4k local file is the long-lived reference copy.\n\n");
         let seq_rows: Vec<&str> = SEQ_CASES.iter().chain(&CEILING_CASES).copied().collect();
         workload_table(
             &mut out,
