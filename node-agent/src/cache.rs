@@ -180,6 +180,19 @@ impl CachedObject {
         Ok(f)
     }
 
+    /// Frees the disk space of block `index` (the file keeps its size). Best effort.
+    fn punch_hole(&self, index: u64) {
+        if let Ok(f) = OpenOptions::new().write(true).open(&self.data_path) {
+            let _ = nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                (index * self.block_size) as i64,
+                self.block_len(index) as i64,
+            );
+        }
+    }
+
     fn is_evictable(&self) -> bool {
         !self.pinned.load(Ordering::Relaxed) && self.leases.load(Ordering::Relaxed) == 0
     }
@@ -1001,15 +1014,7 @@ impl DatasetCache {
         }
         // The file itself stays (other blocks may be in flight into it); a data file that
         // never got a block has no sidecar and is removed when the index is next rebuilt.
-        if let Ok(f) = OpenOptions::new().write(true).open(&obj.data_path) {
-            let _ = nix::fcntl::fallocate(
-                &f,
-                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                (index * self.block_size) as i64,
-                obj.block_len(index) as i64,
-            );
-        }
+        obj.punch_hole(index);
     }
 
     /// Removes one block from disk (hole punched, sidecar rewritten).
@@ -1032,15 +1037,7 @@ impl DatasetCache {
             let _ = fs::remove_file(&obj.meta_path);
             let _ = fs::remove_file(&obj.data_path);
         } else {
-            if let Ok(f) = OpenOptions::new().write(true).open(&obj.data_path) {
-                let _ = nix::fcntl::fallocate(
-                    &f,
-                    nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
-                        | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
-                    (index * self.block_size) as i64,
-                    len as i64,
-                );
-            }
+            obj.punch_hole(index);
             if let Err(e) = obj.write_sidecar(&st) {
                 tracing::warn!(dataset = %self.id, error = %e, "cannot rewrite cache sidecar");
             }
