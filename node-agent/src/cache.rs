@@ -977,10 +977,17 @@ impl DatasetCache {
         }
         let id: Arc<str> = Arc::from(version.id());
         let obj = self.object_for(&id, version, path, mtime);
-        let st = obj.state.lock().expect("object state");
-        if blocks.clone().all(|i| st.blocks.contains_key(&i)) {
+        if blocks.clone().all(|i| {
+            obj.state
+                .lock()
+                .expect("object state")
+                .blocks
+                .contains_key(&i)
+        }) {
             return;
         }
+        // No lock held from here: allocating never touches written data, and the file
+        // system orders this against concurrent block writes itself.
         let result = obj.open_data_file().and_then(|f| {
             nix::fcntl::fallocate(
                 &f,

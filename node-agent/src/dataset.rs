@@ -1209,7 +1209,11 @@ impl FileReader {
                     }
                 })
                 .collect();
-            let mut fetching = wanted.iter().any(|(_, w)| matches!(w, Wanted::Fetch));
+            // The first block this read starts fetching (on demand or ahead), if any.
+            let mut fetch_from = wanted
+                .iter()
+                .find(|(_, w)| matches!(w, Wanted::Fetch))
+                .map(|(i, _)| *i);
             let count = version.block_count(bs);
             let ahead_end = if st.window > 0 {
                 (last + 1 + st.window).min(count)
@@ -1239,17 +1243,17 @@ impl FileReader {
                     self.view.handle.spawn(fut.clone());
                     READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
                     st.prefetched.insert(i, (fut, permit));
-                    fetching = true;
+                    fetch_from.get_or_insert(i);
                 }
             }
-            if fetching {
+            if let Some(from) = fetch_from {
                 // Before any of these fetches lands (a round trip away): their disk space
                 // in file order, so the cached file is contiguous for later reads.
                 self.view.cache.preallocate(
                     &version,
                     &self.stat.path,
                     self.stat.mtime,
-                    first..ahead_end,
+                    from..ahead_end,
                 );
             }
             wanted
