@@ -788,6 +788,42 @@ mod tests {
         assert_eq!(find("1 job, cold: ≥2x rclone").met, None);
     }
 
+    /// 2x the faster peer's cold figure is "reachable" only below the best raw-GET rate.
+    #[test]
+    fn ceiling_says_whether_twice_the_faster_peer_is_reachable() {
+        let tp = "throughput";
+        let mut r = BenchResults::default();
+        for (case, system, value) in [
+            ("1 job, cold", System::Rclone, 200.0),
+            ("1 job, cold", System::S3fs, 250.0),
+            ("4 jobs, cold", System::Rclone, 300.0),
+            ("4 jobs, cold", System::S3fs, 150.0),
+            (CEILING_CASES[0], System::ObjectStore, 450.0),
+            (CEILING_CASES[1], System::ObjectStore, 550.0),
+        ] {
+            r.measurements.push(m("seq-large", case, tp, system, value));
+        }
+        let v = targets(&r, "25 ms");
+        let find = |t: &str| v.iter().find(|x| x.target.contains(t)).unwrap();
+        // 1 job: 2 x 250 = 500 <= 550 (the better ceiling row counts).
+        let one = find("1 job, cold: 2x the faster peer (500 MiB/s)");
+        assert_eq!(one.met, Some(true), "{}", one.measured);
+        assert!(one.target.contains("(550 MiB/s)"), "{}", one.target);
+        // 4 jobs: 2 x 300 = 600 > 550.
+        assert_eq!(
+            find("4 jobs, cold: 2x the faster peer (600 MiB/s)").met,
+            Some(false)
+        );
+        // No ceiling measured: nothing to say.
+        r.measurements.retain(|x| x.system != System::ObjectStore);
+        let v = targets(&r, "25 ms");
+        let none = v
+            .iter()
+            .find(|x| x.target.contains("1 job, cold: 2x the faster peer"))
+            .unwrap();
+        assert_eq!(none.met, None);
+    }
+
     #[test]
     fn generated_part_is_replaced_not_duplicated() {
         let dir = tempfile::tempdir().unwrap();
