@@ -82,7 +82,7 @@ pub struct RunConfig {
     pub epoch_limit: Duration,
     pub list_limit: Duration,
     pub rand_seconds: u32,
-    /// Idle time after `sync` before each read that the disk serves (see `Ctx::settle`).
+    /// Idle time after `sync` before each warm read (see `Ctx::settle`).
     pub settle: Duration,
 }
 
@@ -171,7 +171,7 @@ impl Ctx<'_> {
     }
 
     /// Writes a fresh local copy of the seq-large bytes, the way the caches were just written
-    /// (`O_DIRECT`): the local-file reference must be as new to the disk as the cache files,
+    /// (`O_DIRECT`), read as the local-file reference and removed after: the reference must be as new to the disk as the cache files,
     /// because this VM's disk serves the first read of newly written data slower than data
     /// it has read before (1.1-1.7 GB/s against 2.0 GB/s for the same copy read again).
     fn write_fresh_local_copy(&self) -> Result<PathBuf> {
@@ -186,38 +186,34 @@ impl Ctx<'_> {
         Ok(copy)
     }
 
-    /// Warm and hot reads of the seq-large bytes from a fresh local copy (see
-    /// `write_fresh_local_copy`), recorded as the reference; the copy is removed after.
-    fn local_file_reads(&mut self, copy: &Path, jobs: u32, label: &str, run: u32) -> Result<()> {
+    /// Settles the disk, then reads `file` (the seq-large bytes) twice, recording the warm
+    /// and the hot figure for `system`.
+    fn warm_and_hot(
+        &mut self,
+        file: &Path,
+        system: System,
+        jobs: u32,
+        label: &str,
+        run: u32,
+    ) -> Result<()> {
         let cfg = self.cfg;
-        let local = copy;
         let size = cfg.spec.seq_large_bytes;
         self.settle()?;
-        let warm = fio::sequential(&cfg.fio, local, size, jobs, cfg.seq_limit)?;
-        self.record(
-            "seq-large",
-            &format!("{label}, warm"),
-            System::LocalFile,
-            "throughput",
-            "MiB/s",
-            true,
-            run,
-            warm.mib_per_s,
-            true,
-        );
-        let hot = fio::sequential(&cfg.fio, local, size, jobs, cfg.seq_limit)?;
-        self.record(
-            "seq-large",
-            &format!("{label}, hot"),
-            System::LocalFile,
-            "throughput",
-            "MiB/s",
-            true,
-            run,
-            hot.mib_per_s,
-            true,
-        );
-        std::fs::remove_file(local).map_err(|e| Error::io(local, e))
+        for state in ["warm", "hot"] {
+            let r = fio::sequential(&cfg.fio, file, size, jobs, cfg.seq_limit)?;
+            self.record(
+                "seq-large",
+                &format!("{label}, {state}"),
+                system,
+                "throughput",
+                "MiB/s",
+                true,
+                run,
+                r.mib_per_s,
+                true,
+            );
+        }
+        Ok(())
     }
 
     fn record_rss(&mut self, m: &Mounted, session: &str, run: u32) {
@@ -267,34 +263,11 @@ impl Ctx<'_> {
                 return Ok(());
             }
             let fresh_copy = self.write_fresh_local_copy()?;
-            self.settle()?;
-            let warm = fio::sequential(&cfg.fio, &file, size, jobs, cfg.seq_limit)?;
-            self.record(
-                "seq-large",
-                &format!("{label}, warm"),
-                system,
-                "throughput",
-                "MiB/s",
-                true,
-                run,
-                warm.mib_per_s,
-                true,
-            );
-            let hot = fio::sequential(&cfg.fio, &file, size, jobs, cfg.seq_limit)?;
-            self.record(
-                "seq-large",
-                &format!("{label}, hot"),
-                system,
-                "throughput",
-                "MiB/s",
-                true,
-                run,
-                hot.mib_per_s,
-                true,
-            );
+            self.warm_and_hot(&file, system, jobs, label, run)?;
             // The local-file reference, paired with this session's reads: the same settle,
             // the same moment, so a disk that drifts over the run affects both alike.
-            self.local_file_reads(&fresh_copy, jobs, label, run)?;
+            self.warm_and_hot(&fresh_copy, System::LocalFile, jobs, label, run)?;
+            std::fs::remove_file(&fresh_copy).map_err(|e| Error::io(&fresh_copy, e))?;
         }
         if jobs == 1 && cfg.workloads.contains(&Workload::Random4k) {
             self.settle()?;
