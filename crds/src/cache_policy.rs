@@ -40,7 +40,7 @@ pub const MAX_BLOCK_SIZE: u64 = 64 << 20;
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 << 20;
 /// Default metadata (list/stat) cache TTL.
 pub const DEFAULT_METADATA_TTL: &str = "1m";
-/// Default preload concurrency (block fetches in flight per job): over a 50 ms round
+/// Default preload concurrency (requests in flight per job): over a 50 ms round
 /// trip a preload needs dozens in flight to fill the link.
 pub const DEFAULT_PRELOAD_CONCURRENCY: i32 = 64;
 
@@ -263,8 +263,8 @@ pub struct PreloadRule {
     #[x_kube(validation = Rule::new(cel_matches(SCHEDULE_PATTERN)).message(MSG_SCHEDULE))]
     pub schedule: Option<String>,
 
-    /// Block fetches each agent keeps in flight for this preload, over all its
-    /// files, 1 to 64. Default 64: over a high-latency link a preload needs dozens
+    /// Requests (each up to 16 MiB of adjacent blocks) each agent keeps in flight for
+    /// this preload, over all its files, 1 to 64. Default 64: over a high-latency link a preload needs dozens
     /// in flight to fill it; lower it to spare the source.
     #[serde(default = "default_concurrency")]
     #[schemars(range(min = 1, max = 64))]

@@ -45,7 +45,7 @@ impl AgentConfig {
             cache_dir: cache_dir.into(),
             memory_bytes,
             disk_bytes,
-            readahead_per_file_bytes: 64 << 20,
+            readahead_per_file_bytes: 128 << 20,
             readahead_total_bytes: 256 << 20,
             directory_prefetch_files: 4,
             directory_prefetch_bytes: 1 << 30,

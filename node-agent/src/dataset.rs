@@ -3,6 +3,7 @@
 //! goes through [`DatasetView`].
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::ops::Range;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -26,8 +27,11 @@ use crate::{Error, Result};
 
 /// Most metadata entries kept per dataset (stat and listings each).
 const MAX_METADATA_ENTRIES: usize = 200_000;
-/// Block fetches a preload keeps in flight (over all its files) unless told otherwise.
+/// Requests a preload keeps in flight (over all its files) unless told otherwise.
 pub const PRELOAD_MAX_FETCHES: usize = 64;
+/// Largest ranged GET readahead and preload send for adjacent blocks
+/// (see [`DatasetView::fetch_blocks`]).
+pub const MAX_SPAN_BYTES: u64 = 16 << 20;
 /// Bytes of blocks a preload holds in flight.
 const PRELOAD_MAX_BYTES: u64 = 256 << 20;
 
@@ -204,6 +208,10 @@ enum DirectoryScan {
 pub const READAHEAD_UNIT: u64 = 64 * 1024;
 
 type BlockResult = Result<Bytes>;
+/// A block being fetched, shared by everyone waiting for it.
+type SharedBlock = Shared<BoxFuture<'static, BlockResult>>;
+/// Where a group fetch hands over one block.
+type BlockSender = tokio::sync::oneshot::Sender<BlockResult>;
 
 /// A dataset as served by this node.
 pub struct DatasetView {
@@ -338,6 +346,11 @@ impl DatasetView {
     /// Block size.
     pub fn block_size(&self) -> u64 {
         self.cache.block_size()
+    }
+
+    /// Most blocks one readahead or preload request fetches ([`MAX_SPAN_BYTES`]).
+    pub fn max_span_blocks(&self) -> u64 {
+        (MAX_SPAN_BYTES / self.block_size()).max(1)
     }
     /// The metadata TTL.
     pub fn metadata_ttl(&self) -> Duration {
@@ -722,6 +735,215 @@ impl DatasetView {
             .await
     }
 
+    /// Blocks `blocks` of a file, each resolving as soon as its own bytes are in (and
+    /// written to a tier). Blocks a tier holds are served from it, blocks being fetched
+    /// are joined, and each run of adjacent missing blocks is fetched with one ranged GET
+    /// (from a remote store): fewer, larger requests carry more over a high-latency link
+    /// and cost a store (and its bill) less than one request per block. Measured on the
+    /// benchmark link (25 ms, SeaweedFS): 16 GETs in flight carried 440 MiB/s as 4 MiB
+    /// requests and 800 MiB/s as 16 MiB requests.
+    pub fn fetch_blocks(self: &Arc<Self>, stat: &FileStat, blocks: Range<u64>) -> Vec<SharedBlock> {
+        let Some(version) = stat.version.clone() else {
+            let err = Error::IsDirectory {
+                path: stat.path.to_string(),
+            };
+            return blocks
+                .map(|_| futures::future::ready(Err(err.clone())).boxed().shared())
+                .collect();
+        };
+        let id = version.id();
+        let keys = blocks.map(|i| (id.clone(), i)).collect();
+        let view = self.clone();
+        let stat = stat.clone();
+        self.block_flights.run_group(
+            keys,
+            move |senders| async move {
+                let indexes = senders.into_iter().map(|((_, i), tx)| (i, tx)).collect();
+                view.fetch_group(stat, version, indexes).await
+            },
+            |e| Err(Error::Task(e)),
+        )
+    }
+
+    /// The body of [`Self::fetch_blocks`]: serves the blocks a tier holds, fetches the rest.
+    async fn fetch_group(
+        self: Arc<Self>,
+        stat: FileStat,
+        version: ObjectVersion,
+        blocks: Vec<(u64, BlockSender)>,
+    ) {
+        let cache = self.cache.clone();
+        let v = version.clone();
+        let indexes: Vec<u64> = blocks.iter().map(|(i, _)| *i).collect();
+        let held = tokio::task::spawn_blocking(move || {
+            indexes.iter().map(|&i| cache.get(&v, i)).collect()
+        })
+        .await;
+        let held: Vec<Option<Bytes>> = match held {
+            Ok(held) => held,
+            Err(e) => {
+                for (_, tx) in blocks {
+                    let _ = tx.send(Err(Error::Task(e.to_string())));
+                }
+                return;
+            }
+        };
+        let mut runs: Vec<Vec<(u64, BlockSender)>> = Vec::new();
+        for ((i, tx), hit) in blocks.into_iter().zip(held) {
+            match (hit, runs.last_mut()) {
+                (Some(b), _) => {
+                    let _ = tx.send(Ok(b));
+                }
+                (None, Some(run)) if run.last().is_some_and(|(j, _)| j + 1 == i) => {
+                    run.push((i, tx))
+                }
+                (None, _) => runs.push(vec![(i, tx)]),
+            }
+        }
+        let Some(source) = self
+            .sources
+            .iter()
+            .find(|s| s.name() == version.source)
+            .cloned()
+        else {
+            for (_, tx) in runs.into_iter().flatten() {
+                let _ = tx.send(Err(Error::NotFound {
+                    path: stat.path.to_string(),
+                }));
+            }
+            return;
+        };
+        futures::future::join_all(
+            runs.into_iter()
+                .map(|run| self.fetch_run(&source, &stat, &version, run)),
+        )
+        .await;
+    }
+
+    /// Fetches adjacent blocks: one streamed GET from a remote store, cut into blocks as
+    /// the bytes arrive; block by block from a local directory (a read each, nothing to
+    /// save in requests).
+    async fn fetch_run(
+        self: &Arc<Self>,
+        source: &Arc<Source>,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        run: Vec<(u64, BlockSender)>,
+    ) {
+        let bs = self.block_size();
+        for _ in &run {
+            self.cache.record_miss();
+        }
+        if source.is_local() {
+            futures::future::join_all(run.into_iter().map(|(i, tx)| async move {
+                let range = version.block_range(bs, i);
+                let fetched = source.get_range(&version.key, &version.etag, range).await;
+                match self.noted(fetched) {
+                    Ok(data) => self.store_block(stat, version, i, data, tx).await,
+                    Err(e) => self.fail_blocks(version, vec![(i, tx)], e),
+                }
+            }))
+            .await;
+            return;
+        }
+        let (Some((first, _)), Some((last, _))) = (run.first(), run.last()) else {
+            return;
+        };
+        let range = version.block_range(bs, *first).start..version.block_range(bs, *last).end;
+        let mut pending = run.into_iter().peekable();
+        let mut stream = match source
+            .get_range_stream(&version.key, &version.etag, range)
+            .await
+        {
+            Ok(stream) => stream,
+            Err(e) => {
+                let e = self.noted::<()>(Err(e)).unwrap_err();
+                return self.fail_blocks(version, pending.collect(), e);
+            }
+        };
+        let mut stores = Vec::new();
+        let mut buf = BytesMut::new();
+        let mut failure = None;
+        'body: while let Some(chunk) = stream.next().await {
+            let mut chunk = match chunk {
+                Ok(chunk) => chunk,
+                Err(e) => {
+                    failure = Some(e);
+                    break;
+                }
+            };
+            while !chunk.is_empty() {
+                let Some((index, _)) = pending.peek() else {
+                    break 'body;
+                };
+                let block_range = version.block_range(bs, *index);
+                let len = (block_range.end - block_range.start) as usize;
+                let missing = len - buf.len();
+                let block = if buf.is_empty() && chunk.len() >= missing {
+                    chunk.split_to(missing) // a whole block in one chunk: no copy
+                } else {
+                    if buf.capacity() == 0 {
+                        buf.reserve(len);
+                    }
+                    let part = chunk.split_to(missing.min(chunk.len()));
+                    buf.extend_from_slice(&part);
+                    if buf.len() < len {
+                        continue;
+                    }
+                    std::mem::take(&mut buf).freeze()
+                };
+                if let Some((i, tx)) = pending.next() {
+                    stores.push(self.store_block(stat, version, i, block, tx));
+                }
+            }
+        }
+        if pending.peek().is_some() {
+            let e = failure.unwrap_or_else(|| {
+                Error::Task(format!("{}: the source's response ended early", stat.path))
+            });
+            let e = self.noted::<()>(Err(e)).unwrap_err();
+            self.fail_blocks(version, pending.collect(), e);
+        }
+        futures::future::join_all(stores).await;
+    }
+
+    /// Writes a fetched block to a tier, then hands it to its waiters (so a reader that
+    /// comes after the fetch finds it in a tier).
+    async fn store_block(
+        &self,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        index: u64,
+        data: Bytes,
+        tx: BlockSender,
+    ) {
+        let cache = self.cache.clone();
+        let (version, path, mtime, d) =
+            (version.clone(), stat.path.clone(), stat.mtime, data.clone());
+        let stored =
+            tokio::task::spawn_blocking(move || cache.put(&version, &path, mtime, index, d)).await;
+        let _ = tx.send(
+            stored
+                .map(|()| data)
+                .map_err(|e| Error::Task(e.to_string())),
+        );
+    }
+
+    /// Fails blocks whose fetch failed, giving back any disk space set aside for them.
+    fn fail_blocks(&self, version: &ObjectVersion, blocks: Vec<(u64, BlockSender)>, error: Error) {
+        let indexes: Vec<u64> = blocks.iter().map(|(i, _)| *i).collect();
+        for (_, tx) in blocks {
+            let _ = tx.send(Err(error.clone()));
+        }
+        let cache = self.cache.clone();
+        let version = version.clone();
+        tokio::task::spawn_blocking(move || {
+            for i in indexes {
+                cache.release_unwritten(&version, i);
+            }
+        });
+    }
+
     /// Opens a file for sequential reading with readahead.
     pub async fn open(self: &Arc<Self>, path: &DatasetPath) -> Result<FileReader> {
         let stat = self.stat(path).await?;
@@ -903,7 +1125,8 @@ impl DatasetView {
             .await
     }
 
-    /// [`Self::preload`] with `fetches` block fetches in flight (at least 1).
+    /// [`Self::preload`] with `fetches` requests in flight (at least 1), each of up to
+    /// [`MAX_SPAN_BYTES`] of one file.
     pub async fn preload_with(
         self: &Arc<Self>,
         globs: &[String],
@@ -930,11 +1153,16 @@ impl DatasetView {
         let budget = Arc::new(Semaphore::new(
             (PRELOAD_MAX_BYTES / READAHEAD_UNIT) as usize,
         ));
-        let counts: Vec<u64> = files
+        // Each file's blocks in requests of up to MAX_SPAN_BYTES (see `fetch_blocks`).
+        let span = self.max_span_blocks();
+        let spans: Vec<Vec<Range<u64>>> = files
             .iter()
-            .map(|f| f.version.as_ref().map_or(0, |v| v.block_count(bs)))
+            .map(|f| {
+                let count = f.version.as_ref().map_or(0, |v| v.block_count(bs));
+                split_spans(&(0..count).collect::<Vec<_>>(), span)
+            })
             .collect();
-        let mut remaining = counts.clone();
+        let mut remaining: Vec<usize> = spans.iter().map(Vec::len).collect();
         let mut failed: Vec<Option<String>> = vec![None; files.len()];
         let mut settle = |n: usize, error: Option<String>| {
             let f = &files[n];
@@ -950,44 +1178,44 @@ impl DatasetView {
             progress(p);
         };
         // Directories and empty files have no blocks: done at once.
-        for (n, _) in counts.iter().enumerate().filter(|(_, c)| **c == 0) {
+        for (n, _) in remaining.iter().enumerate().filter(|(_, c)| **c == 0) {
             settle(n, None);
         }
-        let blocks: Vec<(usize, u64)> = counts
-            .iter()
+        let requests: Vec<(usize, Range<u64>)> = spans
+            .into_iter()
             .enumerate()
-            .flat_map(|(n, &count)| (0..count).map(move |i| (n, i)))
+            .flat_map(|(n, spans)| spans.into_iter().map(move |r| (n, r)))
             .collect();
         let shared = files.clone();
-        let mut in_flight = futures::stream::iter(blocks.into_iter().map(|(n, i)| {
+        let mut in_flight = futures::stream::iter(requests.into_iter().map(|(n, blocks)| {
             let view = self.clone();
             let budget = budget.clone();
             let files = shared.clone();
             async move {
                 let f = &files[n];
                 let len = f.version.as_ref().map_or(0, |v| {
-                    let r = v.block_range(bs, i);
-                    r.end - r.start
+                    v.block_range(bs, blocks.end - 1).end - v.block_range(bs, blocks.start).start
                 });
                 let units = len.div_ceil(READAHEAD_UNIT).max(1) as u32;
                 let _permit = budget.acquire_many_owned(units).await;
-                if let (0, Some(version)) = (i, f.version.clone()) {
+                if let (0, Some(version)) = (blocks.start, f.version.clone()) {
                     // The whole file's space in file order before its blocks land in any
                     // order (see `DatasetCache::preallocate`).
                     let cache = view.cache.clone();
                     let (path, mtime) = (f.path.clone(), f.mtime);
-                    let blocks = 0..version.block_count(bs);
+                    let all = 0..version.block_count(bs);
                     let _ = tokio::task::spawn_blocking(move || {
-                        cache.preallocate(&version, &path, mtime, blocks)
+                        cache.preallocate(&version, &path, mtime, all)
                     })
                     .await;
                 }
-                (n, view.get_block(f, i).await.map(|_| ()))
+                let fetched = futures::future::join_all(view.fetch_blocks(f, blocks)).await;
+                (n, fetched.into_iter().find_map(|r| r.err()))
             }
         }))
         .buffer_unordered(fetches.max(1));
-        while let Some((n, r)) = in_flight.next().await {
-            if let Err(e) = r
+        while let Some((n, error)) = in_flight.next().await {
+            if let Some(e) = error
                 && failed[n].is_none()
             {
                 failed[n] = Some(e.to_string());
@@ -1100,6 +1328,18 @@ enum Wanted {
     Ready(Bytes),
     Prefetched(Shared<BoxFuture<'static, BlockResult>>),
     Fetch,
+}
+
+/// Splits ascending block indexes into runs of adjacent blocks of at most `span` each.
+fn split_spans(indexes: &[u64], span: u64) -> Vec<Range<u64>> {
+    let mut spans: Vec<Range<u64>> = Vec::new();
+    for &i in indexes {
+        match spans.last_mut() {
+            Some(s) if s.end == i && s.end - s.start < span => s.end += 1,
+            _ => spans.push(i..i + 1),
+        }
+    }
+    spans
 }
 
 /// An open file: reads keep the version seen at open time, and sequential reads trigger
@@ -1220,30 +1460,49 @@ impl FileReader {
             } else {
                 last + 1
             };
+            let mut issued_end = last + 1;
             if st.window > 0 {
-                for i in last + 1..ahead_end {
-                    if st.prefetched.contains_key(&i) {
-                        continue;
+                let span = (st.window / 8).clamp(1, self.view.max_span_blocks());
+                let missing: Vec<u64> = (last + 1..ahead_end)
+                    .filter(|i| !st.prefetched.contains_key(i))
+                    .collect();
+                let mut spans = split_spans(&missing, span);
+                // Steady reading frees one block at a time: wait until a whole request's
+                // worth is missing, so requests stay large (not at the end of the file).
+                if spans
+                    .last()
+                    .is_some_and(|s| s.end - s.start < span && s.end < count)
+                {
+                    spans.pop();
+                }
+                'spans: for span in spans {
+                    let mut permits = Vec::new();
+                    for _ in span.clone() {
+                        match self
+                            .view
+                            .readahead
+                            .total
+                            .clone()
+                            .try_acquire_many_owned(units)
+                        {
+                            Ok(p) => permits.push(p),
+                            Err(_) => break, // total budget exhausted: read on demand
+                        }
                     }
-                    let Ok(permit) = self
-                        .view
-                        .readahead
-                        .total
-                        .clone()
-                        .try_acquire_many_owned(units)
-                    else {
-                        break; // total budget exhausted: read on demand
-                    };
-                    let view = self.view.clone();
-                    let stat = self.stat.clone();
-                    let fut = async move { view.get_block(&stat, i).await }
-                        .boxed()
-                        .shared();
-                    // Start it now; the shared future keeps the result for the reader.
-                    self.view.handle.spawn(fut.clone());
-                    READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
-                    st.prefetched.insert(i, (fut, permit));
-                    fetch_from.get_or_insert(i);
+                    let end = span.start + permits.len() as u64;
+                    if end == span.start {
+                        break;
+                    }
+                    let blocks = self.view.fetch_blocks(&self.stat, span.start..end);
+                    for ((i, fut), permit) in (span.start..end).zip(blocks).zip(permits) {
+                        READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
+                        st.prefetched.insert(i, (fut, permit));
+                    }
+                    fetch_from.get_or_insert(span.start);
+                    issued_end = issued_end.max(end);
+                    if end < span.end {
+                        break 'spans;
+                    }
                 }
             }
             if let Some(from) = fetch_from {
@@ -1253,7 +1512,7 @@ impl FileReader {
                     &version,
                     &self.stat.path,
                     self.stat.mtime,
-                    from..ahead_end,
+                    from..issued_end,
                 );
             }
             wanted

@@ -60,8 +60,8 @@ struct CacheArgs {
     /// Eviction policy: LRU, S3FIFO or ARC.
     #[arg(long, env = "STRATA_EVICTION", default_value = "S3FIFO", value_parser = eviction)]
     eviction: EvictionKind,
-    /// Readahead per open file, e.g. 64Mi.
-    #[arg(long, env = "STRATA_READAHEAD", default_value = "64Mi", value_parser = size)]
+    /// Readahead per open file, e.g. 128Mi.
+    #[arg(long, env = "STRATA_READAHEAD", default_value = "128Mi", value_parser = size)]
     readahead: u64,
     /// Readahead over all open files (bytes held by prefetched blocks), e.g. 256Mi.
     #[arg(long, env = "STRATA_READAHEAD_TOTAL", default_value = "256Mi", value_parser = size)]
@@ -115,7 +115,7 @@ struct PreloadArgs {
     /// Also pin what was fetched.
     #[arg(long, env = "STRATA_PIN")]
     pin: bool,
-    /// Block fetches kept in flight over all files, 1 to 64. Over a high-latency link a
+    /// Requests (each up to 16 MiB of adjacent blocks) kept in flight over all files, 1 to 64. Over a high-latency link a
     /// preload needs dozens in flight to fill it; lower it to spare the source.
     #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=64))]

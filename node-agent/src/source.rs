@@ -9,6 +9,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use bytes::Bytes;
+use futures::StreamExt;
+use futures::stream::BoxStream;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -16,14 +18,14 @@ use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
 use object_store::{
-    BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange, ObjectStore,
+    BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange, GetResult, ObjectStore,
     ObjectStoreExt, RetryConfig,
 };
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::config::SourceConfig;
 use crate::error::SourceErrorKind;
-use crate::metrics::Metrics;
+use crate::metrics::{InFlight, Metrics};
 use crate::path::DatasetPath;
 use crate::{Error, Result};
 
@@ -44,6 +46,28 @@ pub struct ObjectInfo {
     /// Version identity: ETag, else object version, else size+mtime. A change of this
     /// value makes a new cache key, so changed objects are never served stale.
     pub etag: String,
+}
+
+/// A GET whose response headers are in.
+struct StartedGet {
+    response: GetResult,
+    request: RequestGuard,
+}
+
+/// What a GET holds until its body is read: its concurrency permit and in-flight gauge.
+struct RequestGuard {
+    started: Instant,
+    _permit: OwnedSemaphorePermit,
+    _in_flight: InFlight,
+}
+
+struct StreamState {
+    source: Arc<Source>,
+    rel: String,
+    body: BoxStream<'static, object_store::Result<Bytes>>,
+    got: u64,
+    wanted: u64,
+    request: RequestGuard,
 }
 
 /// Number of requests a source has received (for tests, status and metrics).
@@ -196,6 +220,11 @@ impl Source {
     /// The source's URI (without credentials).
     pub fn uri(&self) -> &str {
         &self.uri
+    }
+
+    /// Whether this is a local directory (where one large request saves nothing).
+    pub fn is_local(&self) -> bool {
+        self.local_root.is_some()
     }
 
     /// Where the source appears in the dataset.
@@ -386,54 +415,124 @@ impl Source {
     /// Ranged GET of one object version. Fails with [`SourceErrorKind::Changed`] when the
     /// object no longer has `etag` (so blocks of two versions are never mixed).
     pub async fn get_range(&self, rel: &str, etag: &str, range: Range<u64>) -> Result<Bytes> {
+        let wanted = range.end - range.start;
+        let request = self.start_get(rel, etag, range).await?;
+        let result = request.response.bytes().await;
+        self.metrics
+            .observe_fetch(request.request.started.elapsed());
+        match result {
+            Ok(bytes) => {
+                self.count_bytes(bytes.len() as u64);
+                if (bytes.len() as u64) != wanted {
+                    return Err(self.short_read(rel, wanted, bytes.len() as u64));
+                }
+                Ok(bytes)
+            }
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// [`Self::get_range`] as a stream of chunks as they arrive, for one request spanning
+    /// several blocks: the caller can use each block as soon as its bytes are in. The
+    /// stream ends with an error if the object changed or delivered fewer bytes than asked.
+    pub async fn get_range_stream(
+        self: &Arc<Self>,
+        rel: &str,
+        etag: &str,
+        range: Range<u64>,
+    ) -> Result<BoxStream<'static, Result<Bytes>>> {
+        let wanted = range.end - range.start;
+        let request = self.start_get(rel, etag, range).await?;
+        let body = request.response.into_stream();
+        let state = StreamState {
+            source: self.clone(),
+            rel: rel.to_string(),
+            body,
+            got: 0,
+            wanted,
+            request: request.request,
+        };
+        Ok(futures::stream::unfold(Some(state), |state| async move {
+            let mut st = state?;
+            match st.body.next().await {
+                Some(Ok(chunk)) => {
+                    st.got += chunk.len() as u64;
+                    st.source.count_bytes(chunk.len() as u64);
+                    Some((Ok(chunk), Some(st)))
+                }
+                Some(Err(e)) => {
+                    st.source
+                        .metrics
+                        .observe_fetch(st.request.started.elapsed());
+                    Some((Err(st.source.error(e)), None))
+                }
+                None => {
+                    st.source
+                        .metrics
+                        .observe_fetch(st.request.started.elapsed());
+                    if st.got == st.wanted {
+                        None
+                    } else {
+                        Some((Err(st.source.short_read(&st.rel, st.wanted, st.got)), None))
+                    }
+                }
+            }
+        })
+        .boxed())
+    }
+
+    /// Sends a ranged GET (in the source's concurrency bound, counted) and waits for the
+    /// response headers.
+    async fn start_get(&self, rel: &str, etag: &str, range: Range<u64>) -> Result<StartedGet> {
         let loc = self.location(rel)?;
         if self.escapes_local_root(rel) {
             return Err(self.outside_root_error(rel));
         }
-        let _permit = self
+        let permit = self
             .permits
-            .acquire()
+            .clone()
+            .acquire_owned()
             .await
             .map_err(|e| Error::Task(e.to_string()))?;
         self.counters.gets.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .source_request(&self.dataset, &self.name, "get");
-        let _in_flight = self.metrics.fetch_started();
+        let in_flight = self.metrics.fetch_started();
         let started = Instant::now();
-        let wanted = range.end - range.start;
         let opts = GetOptions {
             range: Some(GetRange::Bounded(range)),
             // Synthetic identities (size-mtime) are not ETags the store would know.
             if_match: (!is_synthetic_etag(etag)).then(|| etag.to_string()),
             ..Default::default()
         };
-        let result = async {
-            let res = self.store.get_opts(&loc, opts).await?;
-            res.bytes().await
-        }
-        .await;
-        self.metrics.observe_fetch(started.elapsed());
-        match result {
-            Ok(bytes) => {
-                self.counters
-                    .bytes
-                    .fetch_add(bytes.len() as u64, Ordering::Relaxed);
-                self.metrics
-                    .source_bytes(&self.dataset, &self.name, bytes.len() as u64);
-                if (bytes.len() as u64) != wanted {
-                    return Err(Error::Source {
-                        source_name: self.name.clone(),
-                        uri: self.uri.clone(),
-                        kind: SourceErrorKind::Changed,
-                        message: format!(
-                            "{rel}: expected {wanted} bytes, got {}; the object changed",
-                            bytes.len()
-                        ),
-                    });
-                }
-                Ok(bytes)
+        match self.store.get_opts(&loc, opts).await {
+            Ok(response) => Ok(StartedGet {
+                response,
+                request: RequestGuard {
+                    started,
+                    _permit: permit,
+                    _in_flight: in_flight,
+                },
+            }),
+            Err(e) => {
+                self.metrics.observe_fetch(started.elapsed());
+                Err(self.error(e))
             }
-            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    fn count_bytes(&self, n: u64) {
+        self.counters.bytes.fetch_add(n, Ordering::Relaxed);
+        self.metrics.source_bytes(&self.dataset, &self.name, n);
+    }
+
+    /// The object delivered fewer (or more) bytes than its version has: it changed.
+    fn short_read(&self, rel: &str, wanted: u64, got: u64) -> Error {
+        Error::Source {
+            source_name: self.name.clone(),
+            uri: self.uri.clone(),
+            kind: SourceErrorKind::Changed,
+            message: format!("{rel}: expected {wanted} bytes, got {got}; the object changed"),
         }
     }
 

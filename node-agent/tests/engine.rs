@@ -604,6 +604,84 @@ async fn sequential_reads_trigger_parallel_readahead() {
     assert_eq!(view.request_counts().gets, 12);
 }
 
+/// Readahead and preload fetch runs of adjacent blocks with one ranged GET each (up to
+/// 16 MiB), cut into blocks as the bytes arrive; blocks a tier already holds split a run
+/// instead of being fetched again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn adjacent_blocks_are_fetched_with_one_request() {
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("seq.bin".into(), content(31, 48 * MIB + 3)),
+        ("pre.bin".into(), content(32, 40 * MIB)),
+    ];
+    s3.upload("data", &files).await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "spans",
+            vec![s3.source("s3", "s3://data/", "/")],
+            CacheSettings {
+                block_size: MIB as u64,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+
+    // A sequential reader: 49 blocks, far fewer requests.
+    let reader = view.open(&p("/seq.bin")).await.unwrap();
+    let mut got = Vec::new();
+    let mut off = 0u64;
+    while off < files[0].1.len() as u64 {
+        let chunk = reader.read(off, 256 * 1024).await.unwrap();
+        assert!(!chunk.is_empty(), "short read at {off}");
+        off += chunk.len() as u64;
+        got.extend_from_slice(&chunk);
+    }
+    assert!(got == files[0].1, "bytes differ from the source");
+    let seq = view.request_counts();
+    assert!(
+        seq.gets * 2 < 49,
+        "{} GETs for 49 blocks read in order: adjacent blocks were not fetched together",
+        seq.gets
+    );
+    assert_eq!(
+        seq.bytes,
+        files[0].1.len() as u64,
+        "every byte fetched once"
+    );
+
+    // Preload after one block in the middle was read: the cached block splits the first
+    // 16-block request in two, the other requests are whole.
+    let before = view.request_counts().gets;
+    let middle = view.read(&p("/pre.bin"), 5 * MIB as u64, 10).await.unwrap();
+    assert_eq!(&middle[..], &files[1].1[5 * MIB..5 * MIB + 10]);
+    assert_eq!(view.request_counts().gets, before + 1);
+    let report = view
+        .preload(&["/pre.bin".to_string()], |_| {})
+        .await
+        .unwrap();
+    assert!(report.failed.is_empty(), "{:?}", report.failed);
+    assert_eq!(
+        view.request_counts().gets,
+        before + 1 + 4,
+        "blocks 0-4, 6-15, 16-31 and 32-39: one request each"
+    );
+    let gets = view.request_counts().gets;
+    let all = view.read(&p("/pre.bin"), 0, u64::MAX).await.unwrap();
+    assert!(
+        all[..] == files[1].1[..],
+        "preloaded bytes differ from the source"
+    );
+    assert_eq!(
+        view.request_counts().gets,
+        gets,
+        "preloaded blocks fetched again"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn preload_pin_and_usage() {
     let src = tempdir();

@@ -66,8 +66,8 @@ pub struct ServeArgs {
     /// Disk tier size (0 disables it).
     #[arg(long = "disk", env = "STRATA_DISK", default_value = "10Gi", value_parser = parse_size)]
     pub disk_size: u64,
-    /// Readahead per open file, e.g. 64Mi.
-    #[arg(long, env = "STRATA_READAHEAD", default_value = "64Mi", value_parser = parse_size)]
+    /// Readahead per open file, e.g. 128Mi.
+    #[arg(long, env = "STRATA_READAHEAD", default_value = "128Mi", value_parser = parse_size)]
     pub readahead: u64,
     /// Readahead over all open files (bytes held by prefetched blocks), e.g. 256Mi.
     #[arg(long, env = "STRATA_READAHEAD_TOTAL", default_value = "256Mi", value_parser = parse_size)]

@@ -488,7 +488,7 @@ async fn preload(ns: String, name: String, body: Bytes, state: Arc<ApiState>) ->
         Some(n) => {
             return Err(ApiError::bad_request(
                 "concurrency",
-                format!("{n} is out of range: give 1 to 64 block fetches in flight"),
+                format!("{n} is out of range: give 1 to 64 requests in flight"),
             ));
         }
     };

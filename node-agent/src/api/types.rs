@@ -64,7 +64,7 @@ pub struct PathsRequest {
     /// under its name in the StrataNode.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub job: Option<String>,
-    /// Preload only: block fetches kept in flight (the CachePolicy rule's `concurrency`),
+    /// Preload only: requests kept in flight (the CachePolicy rule's `concurrency`),
     /// 1 to 64; absent means 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
