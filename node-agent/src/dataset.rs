@@ -14,6 +14,7 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::block_writer::aligned_block_buffer;
 use crate::cache::{CacheUsage, DatasetCache, ObjectVersion, PassthroughLease};
 use crate::config::DatasetConfig;
 use crate::error::SourceErrorKind;
@@ -862,7 +863,9 @@ impl DatasetView {
             }
         };
         let mut stores = Vec::new();
-        let mut buf = BytesMut::new();
+        // The block being assembled, from `start` on (aligned, so the disk write needs
+        // no copy of its own).
+        let (mut buf, mut start) = (BytesMut::new(), 0);
         let mut failure = None;
         'body: while let Some(chunk) = stream.next().await {
             let mut chunk = match chunk {
@@ -878,20 +881,16 @@ impl DatasetView {
                 };
                 let block_range = version.block_range(bs, *index);
                 let len = (block_range.end - block_range.start) as usize;
-                let missing = len - buf.len();
-                let block = if buf.is_empty() && chunk.len() >= missing {
-                    chunk.split_to(missing) // a whole block in one chunk: no copy
-                } else {
-                    if buf.capacity() == 0 {
-                        buf.reserve(len);
-                    }
-                    let part = chunk.split_to(missing.min(chunk.len()));
-                    buf.extend_from_slice(&part);
-                    if buf.len() < len {
-                        continue;
-                    }
-                    std::mem::take(&mut buf).freeze()
-                };
+                if buf.capacity() == 0 {
+                    (buf, start) = aligned_block_buffer(len);
+                }
+                let missing = len - (buf.len() - start);
+                let part = chunk.split_to(missing.min(chunk.len()));
+                buf.extend_from_slice(&part);
+                if buf.len() - start < len {
+                    continue;
+                }
+                let block = std::mem::take(&mut buf).freeze().slice(start..);
                 if let Some((i, tx)) = pending.next() {
                     stores.push(self.store_block(stat, version, i, block, tx));
                 }
