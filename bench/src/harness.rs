@@ -688,7 +688,7 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 cfg.quota.disk_bytes >> 20
             ),
         );
-        results.settings.insert("Strata".into(), "`strata-agent mount s3://bench/ MNT --endpoint URL --cache-dir D --memory M --disk D --metadata-ttl 1h`, defaults otherwise (S3-FIFO, 4 MiB blocks, 64 MiB readahead per file, directory prefetch after 4 small files read whole, FUSE passthrough for fully cached files)".into());
+        results.settings.insert("Strata".into(), "`strata-agent mount s3://bench/ MNT --endpoint URL --cache-dir D --memory M --disk D --metadata-ttl 1h`, defaults otherwise (S3-FIFO, 4 MiB blocks, 128 MiB readahead per file, adjacent blocks fetched with one GET of up to 16 MiB, directory prefetch after 4 small files read whole, FUSE passthrough for fully cached files)".into());
         results.settings.insert("rclone".into(), "`rclone mount --vfs-cache-mode full --read-only --vfs-cache-max-size D --dir-cache-time 1h`, defaults otherwise".into());
         results.settings.insert("s3fs".into(), "`s3fs -o use_cache=D,ro,use_path_request_style,stat_cache_expire=3600`, defaults otherwise".into());
         results.settings.insert(

@@ -569,6 +569,19 @@ async fn source_errors_name_the_source_and_leak_no_secret() {
     assert!(view.request_counts().total() == 0);
 }
 
+/// Reads a whole file front to back in `chunk`-byte reads, as a sequential reader does.
+async fn read_in_order(reader: &strata_agent::dataset::FileReader, chunk: u64) -> Vec<u8> {
+    let size = reader.stat().size;
+    let mut got = Vec::new();
+    while (got.len() as u64) < size {
+        let off = got.len() as u64;
+        let data = reader.read(off, chunk).await.unwrap();
+        assert!(!data.is_empty(), "short read at {off}");
+        got.extend_from_slice(&data);
+    }
+    got
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sequential_reads_trigger_parallel_readahead() {
     let src = tempdir();
@@ -589,13 +602,7 @@ async fn sequential_reads_trigger_parallel_readahead() {
         .unwrap();
     let reader = view.open(&p("/seq.bin")).await.unwrap();
     let before = strata_agent::dataset::READAHEAD_BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
-    let mut got = Vec::new();
-    let mut off = 0u64;
-    while off < data.len() as u64 {
-        let chunk = reader.read(off, 128 * 1024).await.unwrap();
-        off += chunk.len() as u64;
-        got.extend_from_slice(&chunk);
-    }
+    let got = read_in_order(&reader, 128 * 1024).await;
     assert_eq!(got, data);
     let ahead =
         strata_agent::dataset::READAHEAD_BLOCKS.load(std::sync::atomic::Ordering::Relaxed) - before;
@@ -632,14 +639,7 @@ async fn adjacent_blocks_are_fetched_with_one_request() {
 
     // A sequential reader: 49 blocks, far fewer requests.
     let reader = view.open(&p("/seq.bin")).await.unwrap();
-    let mut got = Vec::new();
-    let mut off = 0u64;
-    while off < files[0].1.len() as u64 {
-        let chunk = reader.read(off, 256 * 1024).await.unwrap();
-        assert!(!chunk.is_empty(), "short read at {off}");
-        off += chunk.len() as u64;
-        got.extend_from_slice(&chunk);
-    }
+    let got = read_in_order(&reader, 256 * 1024).await;
     assert!(got == files[0].1, "bytes differ from the source");
     let seq = view.request_counts();
     assert!(
