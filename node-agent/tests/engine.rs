@@ -23,10 +23,7 @@ async fn s3_read_through_then_cached_then_restart_without_source() {
     let cfg = dataset(
         "s3",
         vec![s3.source("s3", "s3://data/", "/")],
-        CacheSettings {
-            block_size: MIB as u64,
-            ..Default::default()
-        },
+        one_mib_blocks(),
     );
     {
         let agent = agent(cache_dir.path(), 64 << 20, 1 << 30).await;
@@ -176,10 +173,7 @@ async fn corrupted_block_is_detected_refetched_and_never_returned() {
         .add_dataset(dataset(
             "corrupt",
             vec![local_source("local", src.path(), "/")],
-            CacheSettings {
-                block_size: MIB as u64,
-                ..Default::default()
-            },
+            one_mib_blocks(),
         ))
         .await
         .unwrap();
@@ -396,10 +390,7 @@ async fn full_disk_degrades_to_read_through() {
             .add_dataset(dataset(
                 "full",
                 vec![local_source("l", src.path(), "/")],
-                CacheSettings {
-                    block_size: MIB as u64,
-                    ..Default::default()
-                },
+                one_mib_blocks(),
             ))
             .await
             .unwrap();
@@ -593,10 +584,7 @@ async fn sequential_reads_trigger_parallel_readahead() {
         .add_dataset(dataset(
             "ra",
             vec![local_source("l", src.path(), "/")],
-            CacheSettings {
-                block_size: MIB as u64,
-                ..Default::default()
-            },
+            one_mib_blocks(),
         ))
         .await
         .unwrap();
@@ -629,10 +617,7 @@ async fn adjacent_blocks_are_fetched_with_one_request() {
         .add_dataset(dataset(
             "spans",
             vec![s3.source("s3", "s3://data/", "/")],
-            CacheSettings {
-                block_size: MIB as u64,
-                ..Default::default()
-            },
+            one_mib_blocks(),
         ))
         .await
         .unwrap();
@@ -789,10 +774,7 @@ async fn whole_reads_of_small_files_prefetch_their_directory() {
     files.push(("shard-0/big.bin".into(), content(90, 2 * MIB + 1)));
     files.push(("shard-1/000.bin".into(), content(91, 500)));
     write_tree(src.path(), &files);
-    let settings = CacheSettings {
-        block_size: MIB as u64,
-        ..Default::default()
-    };
+    let settings = one_mib_blocks();
     let read_whole = |view: Arc<strata_agent::dataset::DatasetView>, path: String| async move {
         let reader = view.open(&p(&path)).await.unwrap();
         let size = reader.stat().size;
@@ -931,10 +913,7 @@ async fn blocks_landing_out_of_order_lie_in_file_order() {
     );
     let cache_dir = tempdir();
     let agent = agent(cache_dir.path(), 0, 1 << 30).await;
-    let settings = CacheSettings {
-        block_size: MIB as u64,
-        ..Default::default()
-    };
+    let settings = one_mib_blocks();
     let view = agent
         .add_dataset(dataset(
             "layout",

@@ -147,6 +147,14 @@ pub fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
 
 pub const MIB: usize = 1 << 20;
 
+/// Cache settings with 1 MiB blocks (small test files span several), defaults otherwise.
+pub fn one_mib_blocks() -> strata_agent::config::CacheSettings {
+    strata_agent::config::CacheSettings {
+        block_size: MIB as u64,
+        ..Default::default()
+    }
+}
+
 pub fn dataset(name: &str, sources: Vec<SourceConfig>, cache: CacheSettings) -> DatasetConfig {
     DatasetConfig {
         namespace: "test".into(),
