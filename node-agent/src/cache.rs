@@ -14,7 +14,7 @@
 //! The disk tier never fails a read: when a write fails (disk full, I/O error) the block
 //! is kept in memory instead and the read is served anyway.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::os::unix::fs::FileExt;
@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::block_writer::BlockWriter;
+use crate::block_writer::{BlockBuffer, BlockBuffers, BlockWriter};
 use crate::config::EvictionKind;
 use crate::eviction::{EvictionPolicy, S3Fifo, new_policy};
 use crate::glob::PathGlobs;
@@ -119,6 +119,8 @@ struct BlockMeta {
 #[derive(Debug, Default)]
 struct ObjectState {
     blocks: BTreeMap<u64, BlockMeta>,
+    // Blocks being written right now (not in `blocks` until their data is on disk).
+    writing: BTreeSet<u64>,
 }
 
 /// An object version with some blocks on disk.
@@ -239,6 +241,7 @@ pub struct BlockCache {
     datasets: Mutex<HashMap<String, Weak<DatasetCache>>>,
     metrics: Arc<Metrics>,
     writer: BlockWriter,
+    buffers: Arc<BlockBuffers>,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -273,6 +276,7 @@ impl BlockCache {
             datasets: Mutex::new(HashMap::new()),
             metrics,
             writer: BlockWriter::default(),
+            buffers: Arc::new(BlockBuffers::default()),
         }))
     }
 
@@ -670,6 +674,11 @@ impl DatasetCache {
         self.get_disk(&id, index)
     }
 
+    /// An empty buffer for a fetched block of `len` bytes, from the node's pool.
+    pub fn block_buffer(&self, len: usize) -> BlockBuffer {
+        self.node.buffers.take(len)
+    }
+
     /// Disk bytes this dataset may hold: its quota within the node's disk tier (0 when the
     /// disk tier is off).
     pub fn disk_budget(&self) -> u64 {
@@ -887,22 +896,31 @@ impl DatasetCache {
             return false;
         }
         let result = (|| -> std::io::Result<()> {
-            let mut st = obj.state.lock().expect("object state");
-            if st.blocks.contains_key(&index) {
-                return Err(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    "raced",
-                ));
+            {
+                let mut st = obj.state.lock().expect("object state");
+                if st.blocks.contains_key(&index) || !st.writing.insert(index) {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AlreadyExists,
+                        "raced",
+                    ));
+                }
             }
-            let f = obj.open_data_file()?;
-            self.node
-                .writer
-                .write_at(&obj.data_path, &f, data, index * self.block_size)?;
+            // The data goes in without the object's lock, so the blocks of one object
+            // (a long GET delivers several at once) reach the disk side by side.
+            let written = obj.open_data_file().and_then(|f| {
+                self.node
+                    .writer
+                    .write_at(&obj.data_path, &f, data, index * self.block_size)
+            });
+            let crc = crc32c::crc32c(data);
+            let mut st = obj.state.lock().expect("object state");
+            st.writing.remove(&index);
+            written?;
             // Block data first, then the sidecar that makes it visible.
             st.blocks.insert(
                 index,
                 BlockMeta {
-                    crc: crc32c::crc32c(data),
+                    crc,
                     last_access: now_secs(),
                     reads: 0,
                     verified: true,
@@ -1016,7 +1034,7 @@ impl DatasetCache {
             return;
         };
         let st = obj.state.lock().expect("object state");
-        if st.blocks.contains_key(&index) {
+        if st.blocks.contains_key(&index) || st.writing.contains(&index) {
             return;
         }
         // The file itself stays (other blocks may be in flight into it); a data file that
@@ -1039,7 +1057,8 @@ impl DatasetCache {
         self.node.memory_remove_where(|k| {
             k.object == obj.id && k.index == index && k.dataset == self.id
         });
-        let now_empty = st.blocks.is_empty();
+        // A block being written keeps the object (and its files).
+        let now_empty = st.blocks.is_empty() && st.writing.is_empty();
         if now_empty {
             let _ = fs::remove_file(&obj.meta_path);
             let _ = fs::remove_file(&obj.data_path);

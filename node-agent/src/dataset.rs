@@ -14,7 +14,6 @@ use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::block_writer::aligned_block_buffer;
 use crate::cache::{CacheUsage, DatasetCache, ObjectVersion, PassthroughLease};
 use crate::config::DatasetConfig;
 use crate::error::SourceErrorKind;
@@ -840,7 +839,9 @@ impl DatasetView {
                 let range = version.block_range(bs, i);
                 let fetched = source.get_range(&version.key, &version.etag, range).await;
                 match self.noted(fetched) {
-                    Ok(data) => self.store_block(stat, version, i, data, tx).await,
+                    Ok(data) => {
+                        let _ = self.store_block(stat, version, i, data, tx).await;
+                    }
                     Err(e) => self.fail_blocks(version, vec![(i, tx)], e),
                 }
             }))
@@ -863,9 +864,7 @@ impl DatasetView {
             }
         };
         let mut stores = Vec::new();
-        // The block being assembled, from `start` on (aligned, so the disk write needs
-        // no copy of its own).
-        let (mut buf, mut start) = (BytesMut::new(), 0);
+        let mut buf = None;
         let mut failure = None;
         'body: while let Some(chunk) = stream.next().await {
             let mut chunk = match chunk {
@@ -881,16 +880,13 @@ impl DatasetView {
                 };
                 let block_range = version.block_range(bs, *index);
                 let len = (block_range.end - block_range.start) as usize;
-                if buf.capacity() == 0 {
-                    (buf, start) = aligned_block_buffer(len);
-                }
-                let missing = len - (buf.len() - start);
-                let part = chunk.split_to(missing.min(chunk.len()));
-                buf.extend_from_slice(&part);
-                if buf.len() - start < len {
+                let block = buf.get_or_insert_with(|| self.cache.block_buffer(len));
+                let part = chunk.split_to((len - block.len()).min(chunk.len()));
+                block.extend_from_slice(&part);
+                if block.len() < len {
                     continue;
                 }
-                let block = std::mem::take(&mut buf).freeze().slice(start..);
+                let block = buf.take().expect("a block being assembled").freeze();
                 if let Some((i, tx)) = pending.next() {
                     stores.push(self.store_block(stat, version, i, block, tx));
                 }
@@ -907,25 +903,23 @@ impl DatasetView {
     }
 
     /// Writes a fetched block to a tier, then hands it to its waiters (so a reader that
-    /// comes after the fetch finds it in a tier).
-    async fn store_block(
+    /// comes after the fetch finds it in a tier). Starts at once, not when awaited: the
+    /// blocks of a long GET are stored and handed over while the rest of it arrives.
+    fn store_block(
         &self,
         stat: &FileStat,
         version: &ObjectVersion,
         index: u64,
         data: Bytes,
         tx: BlockSender,
-    ) {
+    ) -> tokio::task::JoinHandle<()> {
         let cache = self.cache.clone();
-        let (version, path, mtime, d) =
-            (version.clone(), stat.path.clone(), stat.mtime, data.clone());
-        let stored =
-            tokio::task::spawn_blocking(move || cache.put(&version, &path, mtime, index, d)).await;
-        let _ = tx.send(
-            stored
-                .map(|()| data)
-                .map_err(|e| Error::Task(e.to_string())),
-        );
+        let (version, path, mtime) = (version.clone(), stat.path.clone(), stat.mtime);
+        // A panic in `put` drops `tx`, and the waiters get the flight's "lost" error.
+        tokio::task::spawn_blocking(move || {
+            cache.put(&version, &path, mtime, index, data.clone());
+            let _ = tx.send(Ok(data));
+        })
     }
 
     /// Fails blocks whose fetch failed, giving back any disk space set aside for them.

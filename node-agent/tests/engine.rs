@@ -665,6 +665,29 @@ async fn adjacent_blocks_are_fetched_with_one_request() {
         gets,
         "preloaded blocks fetched again"
     );
+
+    // The blocks of one GET are written side by side; every one of them is on disk and
+    // in the object's index: a restarted agent serves both files without a request.
+    drop((view, agent));
+    let restarted = common::agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = restarted
+        .add_dataset(dataset(
+            "spans",
+            vec![s3.source("s3", "s3://data/", "/")],
+            one_mib_blocks(),
+        ))
+        .await
+        .unwrap();
+    for (k, v) in &files {
+        let got = view.read(&p(k), 0, u64::MAX).await.unwrap();
+        assert!(got[..] == v[..], "{k}: bytes differ after a restart");
+    }
+    assert_eq!(
+        view.request_counts().total(),
+        0,
+        "blocks written together were lost from the index: {:?}",
+        view.request_counts()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
