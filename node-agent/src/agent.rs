@@ -92,6 +92,8 @@ impl Agent {
             readahead: ReadaheadLimits {
                 per_file_bytes: config.readahead_per_file_bytes,
                 total: Arc::new(Semaphore::new(units)),
+                total_bytes: config.readahead_total_bytes,
+                sequential_readers: Arc::default(),
                 directory_trigger_files: config.directory_prefetch_files,
                 directory_bytes: config.directory_prefetch_bytes,
                 directory_fetches: Arc::new(Semaphore::new(DIRECTORY_PREFETCH_FETCHES)),

@@ -4,7 +4,7 @@
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -179,6 +179,12 @@ pub struct ReadaheadLimits {
     pub per_file_bytes: u64,
     /// Budget over all open files (bytes held by prefetches in flight or unread).
     pub total: Arc<Semaphore>,
+    /// The same budget in bytes.
+    pub total_bytes: u64,
+    /// Files being read in order right now, over the agent: each one's window is at most
+    /// an equal share of the budget, so one reader cannot take it all and leave the next
+    /// ones to read block by block on demand.
+    pub sequential_readers: Arc<AtomicUsize>,
     /// Directory prefetch: once this many small files (at most one block) of a directory
     /// have been read whole, the directory's other small files are fetched in the
     /// background, as a training data loader reads every file of its shards. 0 turns it off.
@@ -346,6 +352,12 @@ impl DatasetView {
     /// Block size.
     pub fn block_size(&self) -> u64 {
         self.cache.block_size()
+    }
+
+    /// Files being read in order right now, over the agent (each gets an equal share of
+    /// the readahead budget).
+    pub fn sequential_readers(&self) -> usize {
+        self.readahead.sequential_readers.load(Ordering::Relaxed)
     }
 
     /// Most blocks one readahead or preload request fetches ([`MAX_SPAN_BYTES`]).
@@ -1316,6 +1328,18 @@ type Prefetch = (
     OwnedSemaphorePermit,
 );
 
+impl Drop for FileReader {
+    fn drop(&mut self) {
+        let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
+        if st.counted {
+            self.view
+                .readahead
+                .sequential_readers
+                .fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+}
+
 /// Where a block of a read comes from.
 enum Wanted {
     Ready(Bytes),
@@ -1347,9 +1371,16 @@ struct ReaderState {
     next_offset: u64,
     window: u64,
     prefetched: HashMap<u64, Prefetch>,
-    // The block read last, so the many kernel requests (128 KiB - 1 MiB) that fall in
-    // one block do not each look it up again. Counted in the readahead budget.
-    recent: Option<(u64, Bytes, OwnedSemaphorePermit)>,
+    // The blocks read last (newest at the back), so the many kernel requests (128 KiB -
+    // 1 MiB) that fall in one block do not each look it up again. Two, because the kernel
+    // sends reads two at a time and the one for the end of a block often comes after the
+    // first read of the next: with one kept, that late read went to the disk tier for the
+    // whole block (5-40 ms, ~40 times per GiB, on the benchmark rig). Counted in the
+    // readahead budget when it has room; kept even when it has none, or every kernel
+    // request would read the whole block again.
+    recent: VecDeque<(u64, Bytes, Option<OwnedSemaphorePermit>)>,
+    // Whether this reader counts in `ReadaheadLimits::sequential_readers`.
+    counted: bool,
     // Bytes served so far if the first read started at offset 0, for directory prefetch
     // (None once the file was read whole, or when the reader started elsewhere).
     served_from_start: Option<u64>,
@@ -1372,6 +1403,9 @@ impl ReaderState {
 /// Bytes read through readahead over all readers (for tests and stats).
 pub static READAHEAD_BLOCKS: AtomicU64 = AtomicU64::new(0);
 
+/// Blocks a reader keeps after reading them (see `ReaderState::recent`).
+const RECENT_BLOCKS: usize = 2;
+
 impl FileReader {
     fn new(view: Arc<DatasetView>, stat: FileStat) -> Self {
         FileReader {
@@ -1381,7 +1415,8 @@ impl FileReader {
                 next_offset: 0,
                 window: 0,
                 prefetched: HashMap::new(),
-                recent: None,
+                recent: VecDeque::new(),
+                counted: false,
                 served_from_start: None,
             }),
         }
@@ -1418,11 +1453,20 @@ impl FileReader {
             // The kernel issues several reads at once, so "sequential" allows some
             // reordering: anything within a block of where the last read ended.
             let sequential = offset.abs_diff(st.next_offset) <= bs;
+            let limits = &self.view.readahead;
             if sequential {
                 st.next_offset = st.next_offset.max(end);
-                let max = (self.view.readahead.per_file_bytes / bs).max(1);
-                st.window = (st.window * 2).clamp(1, max);
+                if !st.counted {
+                    st.counted = true;
+                    limits.sequential_readers.fetch_add(1, Ordering::Relaxed);
+                }
+                let readers = limits.sequential_readers.load(Ordering::Relaxed).max(1) as u64;
+                let share = limits.per_file_bytes.min(limits.total_bytes / readers);
+                st.window = (st.window * 2).clamp(1, (share / bs).max(1));
             } else {
+                if std::mem::take(&mut st.counted) {
+                    limits.sequential_readers.fetch_sub(1, Ordering::Relaxed);
+                }
                 st.next_offset = end;
                 st.window = 0;
                 st.prefetched.clear();
@@ -1431,9 +1475,7 @@ impl FileReader {
             st.prefetched.retain(|i, _| *i >= first);
             let wanted: Vec<(u64, Wanted)> = (first..=last)
                 .map(|i| {
-                    if let Some((ri, b, _)) = &st.recent
-                        && *ri == i
-                    {
+                    if let Some((_, b, _)) = st.recent.iter().find(|(ri, _, _)| *ri == i) {
                         return (i, Wanted::Ready(b.clone()));
                     }
                     match st.prefetched.remove(&i) {
@@ -1455,7 +1497,7 @@ impl FileReader {
             };
             let mut issued_end = last + 1;
             if st.window > 0 {
-                let span = (st.window / 8).clamp(1, self.view.max_span_blocks());
+                let span = (st.window / 4).clamp(1, self.view.max_span_blocks());
                 let missing: Vec<u64> = (last + 1..ahead_end)
                     .filter(|i| !st.prefetched.contains_key(i))
                     .collect();
@@ -1525,22 +1567,22 @@ impl FileReader {
         let read_whole = {
             let mut st = self.state.lock().expect("reader");
             if let Some(b) = blocks.last()
-                && st.recent.as_ref().is_none_or(|(ri, _, _)| *ri != last)
+                && st.recent.iter().all(|(ri, _, _)| *ri != last)
             {
                 // Reuse the permit of the block it replaces, else take one if available.
-                let permit = match st.recent.take() {
-                    Some((_, _, p)) => Some(p),
-                    None => self
-                        .view
+                let permit = match st.recent.len() {
+                    RECENT_BLOCKS.. => st.recent.pop_front().and_then(|(_, _, p)| p),
+                    _ => None,
+                };
+                let permit = permit.or_else(|| {
+                    self.view
                         .readahead
                         .total
                         .clone()
                         .try_acquire_many_owned(units)
-                        .ok(),
-                };
-                if let Some(p) = permit {
-                    st.recent = Some((last, b.clone(), p));
-                }
+                        .ok()
+                });
+                st.recent.push_back((last, b.clone(), permit));
             }
             st.note_served(offset, end - offset, version.size)
         };

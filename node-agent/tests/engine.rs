@@ -599,6 +599,94 @@ async fn sequential_reads_trigger_parallel_readahead() {
     assert_eq!(view.request_counts().gets, 12);
 }
 
+/// Files read in order at once share the readahead budget: each counts as a sequential
+/// reader while it reads in order and stops counting when it seeks or is closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_readers_share_the_readahead_budget() {
+    let src = tempdir();
+    let files: Vec<(String, Vec<u8>)> = vec![
+        ("a.bin".into(), content(41, 12 * MIB)),
+        ("b.bin".into(), content(42, 12 * MIB)),
+    ];
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "share",
+            vec![local_source("l", src.path(), "/")],
+            one_mib_blocks(),
+        ))
+        .await
+        .unwrap();
+    let a = view.open(&p("/a.bin")).await.unwrap();
+    let b = view.open(&p("/b.bin")).await.unwrap();
+    assert_eq!(view.sequential_readers(), 0);
+    for off in [0, 256 * 1024] {
+        assert_eq!(
+            a.read(off, 256 * 1024).await.unwrap(),
+            files[0].1[off as usize..][..256 * 1024]
+        );
+        assert_eq!(
+            b.read(off, 256 * 1024).await.unwrap(),
+            files[1].1[off as usize..][..256 * 1024]
+        );
+    }
+    assert_eq!(view.sequential_readers(), 2);
+    // A jump is not sequential: `a` stops counting until it reads in order again.
+    let far = 9 * MIB as u64;
+    assert_eq!(
+        a.read(far, 10).await.unwrap(),
+        files[0].1[far as usize..][..10]
+    );
+    assert_eq!(view.sequential_readers(), 1);
+    assert_eq!(
+        a.read(far + 10, 10).await.unwrap(),
+        files[0].1[far as usize + 10..][..10]
+    );
+    assert_eq!(view.sequential_readers(), 2);
+    drop(b);
+    assert_eq!(view.sequential_readers(), 1);
+    drop(a);
+    assert_eq!(view.sequential_readers(), 0);
+}
+
+/// The kernel sends reads two at a time, and the read for the end of a block often comes
+/// after the first read of the next block: the reader still holds the earlier block and
+/// answers it without going to a tier again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_late_read_of_the_previous_block_is_served_by_the_reader() {
+    let src = tempdir();
+    let data = content(43, 4 * MIB);
+    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "late",
+            vec![local_source("l", src.path(), "/")],
+            one_mib_blocks(),
+        ))
+        .await
+        .unwrap();
+    let reader = view.open(&p("/f.bin")).await.unwrap();
+    let (head, tail) = (MIB as u64 - 512 * 1024, MIB as u64 - 256 * 1024);
+    for off in [0, 256 * 1024, head] {
+        reader.read(off, 256 * 1024).await.unwrap();
+    }
+    // The next block's first read overtakes the previous block's last one.
+    let next = reader.read(MIB as u64, 256 * 1024).await.unwrap();
+    assert_eq!(next, data[MIB..][..256 * 1024]);
+    let hits = view.usage().hits;
+    let late = reader.read(tail, 256 * 1024).await.unwrap();
+    assert_eq!(late, data[tail as usize..][..256 * 1024]);
+    assert_eq!(
+        view.usage().hits,
+        hits,
+        "the late read went to a cache tier for a block the reader had just served"
+    );
+}
+
 /// Readahead and preload fetch runs of adjacent blocks with one ranged GET each (up to
 /// 16 MiB), cut into blocks as the bytes arrive; blocks a tier already holds split a run
 /// instead of being fetched again.
