@@ -1432,6 +1432,50 @@ impl FileReader {
         &self.view
     }
 
+    /// Most blocks this reader may read ahead now: `--readahead`, or an equal share of the
+    /// total budget among the files being read in order.
+    fn window_cap(&self) -> u64 {
+        let limits = &self.view.readahead;
+        let readers = limits.sequential_readers.load(Ordering::Relaxed).max(1) as u64;
+        let share = limits.per_file_bytes.min(limits.total_bytes / readers);
+        (share / self.view.block_size()).max(1)
+    }
+
+    /// [`Self::read`] when it can be answered at once from the block this reader just
+    /// served, as most of the kernel's reads in a block are: no task, no wait, and nothing
+    /// for readahead to do (the window is full and the reader is in the same block).
+    /// `None` when it cannot; then call [`Self::read`].
+    pub fn read_held(&self, offset: u64, len: u64) -> Option<Bytes> {
+        let started = Instant::now();
+        let size = self.stat.version.as_ref()?.size;
+        let end = offset.saturating_add(len).min(size);
+        let bs = self.view.block_size();
+        let block = offset / bs;
+        if offset >= end || (end - 1) / bs != block {
+            return None;
+        }
+        let (out, read_whole) = {
+            let mut st = self.state.lock().expect("reader");
+            let newest = st.recent.back().map(|(i, _, _)| *i);
+            if newest != Some(block)
+                || st.window < self.window_cap()
+                || offset.abs_diff(st.next_offset) > bs
+            {
+                return None;
+            }
+            let (_, data, _) = st.recent.back()?;
+            let skip = (offset - block * bs) as usize;
+            let out = data.slice(skip..skip + (end - offset) as usize);
+            st.next_offset = st.next_offset.max(end);
+            (out, st.note_served(offset, end - offset, size))
+        };
+        self.view.metrics.observe_read(started.elapsed());
+        if read_whole {
+            self.view.note_whole_read(&self.stat);
+        }
+        Some(out)
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let Some(version) = self.stat.version.clone() else {
@@ -1460,9 +1504,7 @@ impl FileReader {
                     st.counted = true;
                     limits.sequential_readers.fetch_add(1, Ordering::Relaxed);
                 }
-                let readers = limits.sequential_readers.load(Ordering::Relaxed).max(1) as u64;
-                let share = limits.per_file_bytes.min(limits.total_bytes / readers);
-                st.window = (st.window * 2).clamp(1, (share / bs).max(1));
+                st.window = (st.window * 2).clamp(1, self.window_cap());
             } else {
                 if std::mem::take(&mut st.counted) {
                     limits.sequential_readers.fetch_sub(1, Ordering::Relaxed);

@@ -687,6 +687,52 @@ async fn a_late_read_of_the_previous_block_is_served_by_the_reader() {
     );
 }
 
+/// Once a reader's window is full, reads inside the block it just served are answered at
+/// once (`read_held`, what the FUSE thread tries first) with the same bytes as `read`;
+/// anything else is left to `read`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_in_the_block_just_served_are_answered_at_once() {
+    let src = tempdir();
+    let data = content(44, 8 * MIB);
+    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "held",
+            vec![local_source("l", src.path(), "/")],
+            one_mib_blocks(),
+        ))
+        .await
+        .unwrap();
+    let reader = view.open(&p("/f.bin")).await.unwrap();
+    let chunk = 128 * 1024;
+    assert!(reader.read_held(0, chunk).is_none(), "nothing served yet");
+    let mut off = 0;
+    let mut held = 0;
+    while off < data.len() as u64 {
+        let got = match reader.read_held(off, chunk) {
+            Some(got) => {
+                held += 1;
+                got
+            }
+            None => reader.read(off, chunk).await.unwrap(),
+        };
+        assert!(
+            got[..] == data[off as usize..][..chunk as usize],
+            "bytes differ at {off}"
+        );
+        off += chunk;
+    }
+    // 64 reads: the window fills within the first block, then 7 of every 8 reads are held.
+    assert!(held >= 48, "only {held} of 64 reads answered at once");
+    // A read in another block, or one that jumps, is not answered from the held block.
+    let last_block = 7 * MIB as u64;
+    assert!(reader.read_held(last_block - chunk, chunk).is_none());
+    assert!(reader.read_held(0, chunk).is_none());
+    assert!(reader.read_held(last_block, chunk).is_some());
+}
+
 /// Readahead and preload fetch runs of adjacent blocks with one ranged GET each (up to
 /// 16 MiB), cut into blocks as the bytes arrive; blocks a tier already holds split a run
 /// instead of being fetched again.
