@@ -573,21 +573,39 @@ async fn read_in_order(reader: &strata_agent::dataset::FileReader, chunk: u64) -
     got
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sequential_reads_trigger_parallel_readahead() {
+/// A dataset over a local directory holding `files`, with 1 MiB blocks, a disk tier and
+/// no memory tier (a block read again comes from the disk tier).
+struct LocalDataset {
+    view: Arc<strata_agent::dataset::DatasetView>,
+    _agent: Arc<strata_agent::agent::Agent>,
+    _dirs: (tempfile::TempDir, tempfile::TempDir),
+}
+
+async fn local_dataset(name: &str, files: &[(String, Vec<u8>)]) -> LocalDataset {
     let src = tempdir();
-    let data = content(77, 12 * MIB);
-    write_tree(src.path(), &[("seq.bin".into(), data.clone())]);
+    write_tree(src.path(), files);
     let cache_dir = tempdir();
     let agent = agent(cache_dir.path(), 0, 1 << 30).await;
     let view = agent
         .add_dataset(dataset(
-            "ra",
+            name,
             vec![local_source("l", src.path(), "/")],
             one_mib_blocks(),
         ))
         .await
         .unwrap();
+    LocalDataset {
+        view,
+        _agent: agent,
+        _dirs: (src, cache_dir),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sequential_reads_trigger_parallel_readahead() {
+    let data = content(77, 12 * MIB);
+    let ds = local_dataset("ra", &[("seq.bin".into(), data.clone())]).await;
+    let view = &ds.view;
     let reader = view.open(&p("/seq.bin")).await.unwrap();
     let before = strata_agent::dataset::READAHEAD_BLOCKS.load(std::sync::atomic::Ordering::Relaxed);
     let got = read_in_order(&reader, 128 * 1024).await;
@@ -603,22 +621,12 @@ async fn sequential_reads_trigger_parallel_readahead() {
 /// reader while it reads in order and stops counting when it seeks or is closed.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sequential_readers_share_the_readahead_budget() {
-    let src = tempdir();
     let files: Vec<(String, Vec<u8>)> = vec![
         ("a.bin".into(), content(41, 12 * MIB)),
         ("b.bin".into(), content(42, 12 * MIB)),
     ];
-    write_tree(src.path(), &files);
-    let cache_dir = tempdir();
-    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "share",
-            vec![local_source("l", src.path(), "/")],
-            one_mib_blocks(),
-        ))
-        .await
-        .unwrap();
+    let ds = local_dataset("share", &files).await;
+    let view = &ds.view;
     let a = view.open(&p("/a.bin")).await.unwrap();
     let b = view.open(&p("/b.bin")).await.unwrap();
     assert_eq!(view.sequential_readers(), 0);
@@ -656,19 +664,9 @@ async fn sequential_readers_share_the_readahead_budget() {
 /// answers it without going to a tier again.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn a_late_read_of_the_previous_block_is_served_by_the_reader() {
-    let src = tempdir();
     let data = content(43, 4 * MIB);
-    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
-    let cache_dir = tempdir();
-    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "late",
-            vec![local_source("l", src.path(), "/")],
-            one_mib_blocks(),
-        ))
-        .await
-        .unwrap();
+    let ds = local_dataset("late", &[("f.bin".into(), data.clone())]).await;
+    let view = &ds.view;
     let reader = view.open(&p("/f.bin")).await.unwrap();
     let (head, tail) = (MIB as u64 - 512 * 1024, MIB as u64 - 256 * 1024);
     for off in [0, 256 * 1024, head] {
@@ -692,19 +690,9 @@ async fn a_late_read_of_the_previous_block_is_served_by_the_reader() {
 /// anything else is left to `read`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reads_in_the_block_just_served_are_answered_at_once() {
-    let src = tempdir();
     let data = content(44, 8 * MIB);
-    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
-    let cache_dir = tempdir();
-    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "held",
-            vec![local_source("l", src.path(), "/")],
-            one_mib_blocks(),
-        ))
-        .await
-        .unwrap();
+    let ds = local_dataset("held", &[("f.bin".into(), data.clone())]).await;
+    let view = &ds.view;
     let reader = view.open(&p("/f.bin")).await.unwrap();
     let chunk = 128 * 1024;
     assert!(reader.read_held(0, chunk).is_none(), "nothing served yet");
