@@ -734,15 +734,13 @@ async fn adjacent_blocks_are_fetched_with_one_request() {
     ];
     s3.upload("data", &files).await;
     let cache_dir = tempdir();
+    let cfg = dataset(
+        "spans",
+        vec![s3.source("s3", "s3://data/", "/")],
+        one_mib_blocks(),
+    );
     let agent = agent(cache_dir.path(), 0, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "spans",
-            vec![s3.source("s3", "s3://data/", "/")],
-            one_mib_blocks(),
-        ))
-        .await
-        .unwrap();
+    let view = agent.add_dataset(cfg.clone()).await.unwrap();
 
     // A sequential reader: 49 blocks, far fewer requests.
     let reader = view.open(&p("/seq.bin")).await.unwrap();
@@ -792,14 +790,7 @@ async fn adjacent_blocks_are_fetched_with_one_request() {
     // in the object's index: a restarted agent serves both files without a request.
     drop((view, agent));
     let restarted = common::agent(cache_dir.path(), 0, 1 << 30).await;
-    let view = restarted
-        .add_dataset(dataset(
-            "spans",
-            vec![s3.source("s3", "s3://data/", "/")],
-            one_mib_blocks(),
-        ))
-        .await
-        .unwrap();
+    let view = restarted.add_dataset(cfg).await.unwrap();
     for (k, v) in &files {
         let got = view.read(&p(k), 0, u64::MAX).await.unwrap();
         assert!(got[..] == v[..], "{k}: bytes differ after a restart");
