@@ -33,9 +33,10 @@ pub const DIRECT_ALIGN: usize = 4096;
 /// this at once allocate and free their own.
 const POOLED_BUFFERS: usize = 4;
 
-/// Block buffers kept for reuse by [`BlockBuffers`] when idle (at 4 MiB blocks, 64 MiB):
-/// enough for the blocks that are freed while the next ones are being fetched.
-const IDLE_BLOCK_BUFFERS: usize = 16;
+/// Bytes of idle block buffers [`BlockBuffers`] keeps for reuse (16 buffers at 4 MiB
+/// blocks): enough for the blocks freed while the next ones are being fetched, and a
+/// fixed amount whatever the block size.
+const IDLE_BUFFER_BYTES: usize = 64 << 20;
 
 /// Aligned buffers for fetched blocks, reused once every copy of a block is dropped. A
 /// fresh 4 MiB buffer is mapped and faulted in page by page (1,024 faults, each page
@@ -75,7 +76,8 @@ impl BlockBuffers {
 
     fn give_back(&self, vec: Vec<u8>) {
         let mut idle = self.idle.lock().expect("block buffers");
-        if idle.len() < IDLE_BLOCK_BUFFERS {
+        let held: usize = idle.iter().map(Vec::capacity).sum();
+        if held + vec.capacity() <= IDLE_BUFFER_BYTES {
             idle.push(vec);
         }
     }
@@ -287,6 +289,19 @@ mod tests {
         again.extend_from_slice(b"x");
         assert_eq!(again.freeze().as_ptr(), first);
         assert_eq!(buffers.idle(), 1);
+    }
+
+    /// Idle buffers are kept up to a fixed number of bytes, whatever the block size.
+    #[test]
+    fn idle_buffers_are_bounded_in_bytes() {
+        let buffers = Arc::new(BlockBuffers::default());
+        let taken: Vec<BlockBuffer> = (0..5).map(|_| buffers.take(20 << 20)).collect();
+        drop(taken);
+        assert_eq!(
+            buffers.idle(),
+            3,
+            "three 20 MiB buffers fit in 64 MiB, a fourth does not"
+        );
     }
 
     #[test]
