@@ -579,7 +579,12 @@ impl Source {
 
 fn classify_text(text: &str) -> SourceErrorKind {
     let t = text.to_ascii_lowercase();
-    if t.contains("nosuchbucket") || has_status(&t, "404") || t.contains("not found") {
+    // "Not a directory": a local path that goes through a regular file ("a.bin/x").
+    if t.contains("nosuchbucket")
+        || has_status(&t, "404")
+        || t.contains("not found")
+        || t.contains("not a directory")
+    {
         SourceErrorKind::NotFound
     } else if has_status(&t, "403")
         || has_status(&t, "401")

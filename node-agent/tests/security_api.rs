@@ -297,6 +297,14 @@ async fn no_request_input_reads_outside_the_dataset() {
     );
     result.unwrap();
 
+    // A path through a regular file (found by the run above once) is not found, not a
+    // source failure.
+    for op in ["read", "stat", "list"] {
+        let target = format!("/v1/datasets/ml/imagenet/{op}?path=train%2Fa.bin%2Fchild");
+        let (status, body) = call(addr, "GET", &target, Some(&bearer)).await;
+        assert_eq!(status, 404, "{target}: {body}");
+    }
+
     // URL path segments: namespace and name never resolve to anything but a dataset.
     let result = runner.run(&(hostile_path(), hostile_path()), |(ns, name)| {
         let target = format!(
