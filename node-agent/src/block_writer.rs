@@ -19,19 +19,14 @@ use std::fs::{File, OpenOptions};
 use std::io;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use bytes::Bytes;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Alignment of `O_DIRECT` buffers, offsets and lengths (the largest logical block size
 /// in common use).
 pub const DIRECT_ALIGN: usize = 4096;
-
-/// Aligned buffers kept for reuse (each the size of one block plus the alignment slack),
-/// so steady writing does not map and fault in a new buffer per block. More writers than
-/// this at once allocate and free their own.
-const POOLED_BUFFERS: usize = 4;
 
 /// Bytes of idle block buffers [`BlockBuffers`] keeps for reuse (16 buffers at 4 MiB
 /// blocks): enough for the blocks freed while the next ones are being fetched, and a
@@ -134,7 +129,9 @@ impl Drop for BlockBuffer {
 #[derive(Debug)]
 pub struct BlockWriter {
     direct: AtomicBool,
-    buffers: Mutex<Vec<Vec<u8>>>,
+    // Aligned buffers for fetched blocks, and for copying unaligned data before an
+    // `O_DIRECT` write.
+    buffers: Arc<BlockBuffers>,
 }
 
 impl Default for BlockWriter {
@@ -148,8 +145,13 @@ impl BlockWriter {
     pub fn new(direct: bool) -> Self {
         BlockWriter {
             direct: AtomicBool::new(direct),
-            buffers: Mutex::new(Vec::new()),
+            buffers: Arc::default(),
         }
+    }
+
+    /// The pool of aligned block buffers this writer writes from without a copy.
+    pub fn buffers(&self) -> &Arc<BlockBuffers> {
+        &self.buffers
     }
 
     /// Whether writes still go around the page cache.
@@ -192,27 +194,12 @@ impl BlockWriter {
             .custom_flags(libc::O_DIRECT)
             .open(path)?;
         if data.as_ptr().align_offset(DIRECT_ALIGN) == 0 {
-            // Already aligned (see `aligned_block_buffer`): no copy.
+            // Already aligned (a block from `BlockBuffers`): no copy.
             return file.write_all_at(data, offset);
         }
-        let mut buffer = self
-            .buffers
-            .lock()
-            .expect("buffers")
-            .pop()
-            .unwrap_or_default();
-        if buffer.len() < data.len() + DIRECT_ALIGN {
-            buffer.resize(data.len() + DIRECT_ALIGN, 0);
-        }
-        let start = buffer.as_ptr().align_offset(DIRECT_ALIGN);
-        let aligned = &mut buffer[start..start + data.len()];
-        aligned.copy_from_slice(data);
-        let result = file.write_all_at(aligned, offset);
-        let mut pool = self.buffers.lock().expect("buffers");
-        if pool.len() < POOLED_BUFFERS {
-            pool.push(buffer);
-        }
-        result
+        let mut aligned = self.buffers.take(data.len());
+        aligned.extend_from_slice(data);
+        file.write_all_at(aligned.as_ref(), offset)
     }
 }
 

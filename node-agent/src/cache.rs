@@ -27,7 +27,7 @@ use bytes::Bytes;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::block_writer::{BlockBuffer, BlockBuffers, BlockWriter};
+use crate::block_writer::{BlockBuffer, BlockWriter};
 use crate::config::EvictionKind;
 use crate::eviction::{EvictionPolicy, S3Fifo, new_policy};
 use crate::glob::PathGlobs;
@@ -241,7 +241,6 @@ pub struct BlockCache {
     datasets: Mutex<HashMap<String, Weak<DatasetCache>>>,
     metrics: Arc<Metrics>,
     writer: BlockWriter,
-    buffers: Arc<BlockBuffers>,
 }
 
 impl std::fmt::Debug for BlockCache {
@@ -276,7 +275,6 @@ impl BlockCache {
             datasets: Mutex::new(HashMap::new()),
             metrics,
             writer: BlockWriter::default(),
-            buffers: Arc::new(BlockBuffers::default()),
         }))
     }
 
@@ -676,7 +674,7 @@ impl DatasetCache {
 
     /// An empty buffer for a fetched block of `len` bytes, from the node's pool.
     pub fn block_buffer(&self, len: usize) -> BlockBuffer {
-        self.node.buffers.take(len)
+        self.node.writer.buffers().take(len)
     }
 
     /// Disk bytes this dataset may hold: its quota within the node's disk tier (0 when the
@@ -907,15 +905,17 @@ impl DatasetCache {
             }
             // The data goes in without the object's lock, so the blocks of one object
             // (a long GET delivers several at once) reach the disk side by side.
-            let written = obj.open_data_file().and_then(|f| {
-                self.node
-                    .writer
-                    .write_at(&obj.data_path, &f, data, index * self.block_size)
-            });
-            let crc = crc32c::crc32c(data);
+            let written = obj
+                .open_data_file()
+                .and_then(|f| {
+                    self.node
+                        .writer
+                        .write_at(&obj.data_path, &f, data, index * self.block_size)
+                })
+                .map(|()| crc32c::crc32c(data));
             let mut st = obj.state.lock().expect("object state");
             st.writing.remove(&index);
-            written?;
+            let crc = written?;
             // Block data first, then the sidecar that makes it visible.
             st.blocks.insert(
                 index,
