@@ -1406,6 +1406,12 @@ pub static READAHEAD_BLOCKS: AtomicU64 = AtomicU64::new(0);
 /// Blocks a reader keeps after reading them (see `ReaderState::recent`).
 const RECENT_BLOCKS: usize = 2;
 
+/// How far from the end of the furthest read so far a read may start and still count as in
+/// order:
+/// the kernel's readahead for a FUSE file can be several MiB of requests at once
+/// (`read_ahead_kb` of the mount's bdi), served by the agent's threads in any order.
+const REORDER_BYTES: u64 = 16 << 20;
+
 impl FileReader {
     fn new(view: Arc<DatasetView>, stat: FileStat) -> Self {
         FileReader {
@@ -1494,9 +1500,11 @@ impl FileReader {
         let units = bs.div_ceil(READAHEAD_UNIT) as u32;
         let wanted: Vec<(u64, Wanted)> = {
             let mut st = self.state.lock().expect("reader");
-            // The kernel issues several reads at once, so "sequential" allows some
-            // reordering: anything within a block of where the last read ended.
-            let sequential = offset.abs_diff(st.next_offset) <= bs;
+            // The kernel issues several reads at once and the FUSE threads take them in
+            // any order, so "sequential" allows reordering: anything within what the
+            // kernel may have in flight of where the furthest read so far ended.
+            let reorder = bs.max(REORDER_BYTES);
+            let sequential = offset.abs_diff(st.next_offset) <= reorder;
             let limits = &self.view.readahead;
             if sequential {
                 st.next_offset = st.next_offset.max(end);
@@ -1513,15 +1521,20 @@ impl FileReader {
                 st.window = 0;
                 st.prefetched.clear();
             }
-            // Blocks behind the reader are not needed any more.
-            st.prefetched.retain(|i, _| *i >= first);
+            // Blocks further behind the reader than a reordered read could be are not
+            // needed any more.
+            let behind = st.next_offset.saturating_sub(reorder) / bs;
+            st.prefetched.retain(|i, _| *i >= behind);
+            // A prefetched block stays listed until a read of it completes (it then moves
+            // to `recent`): the other kernel reads of the same block that arrive while it
+            // is on its way wait for the same fetch instead of reading it from the cache.
             let wanted: Vec<(u64, Wanted)> = (first..=last)
                 .map(|i| {
                     if let Some((_, b, _)) = st.recent.iter().find(|(ri, _, _)| *ri == i) {
                         return (i, Wanted::Ready(b.clone()));
                     }
-                    match st.prefetched.remove(&i) {
-                        Some((f, _)) => (i, Wanted::Prefetched(f)),
+                    match st.prefetched.get(&i) {
+                        Some((f, _)) => (i, Wanted::Prefetched(f.clone())),
                         None => (i, Wanted::Fetch),
                     }
                 })
@@ -1540,7 +1553,10 @@ impl FileReader {
             let mut issued_end = last + 1;
             if st.window > 0 {
                 let span = (st.window / 4).clamp(1, self.view.max_span_blocks());
-                let missing: Vec<u64> = (last + 1..ahead_end)
+                // Not below the furthest read so far: a reordered read behind it must not
+                // fetch again what the reader already had.
+                let ahead_from = (last + 1).max(st.next_offset.div_ceil(bs));
+                let missing: Vec<u64> = (ahead_from..ahead_end)
                     .filter(|i| !st.prefetched.contains_key(i))
                     .collect();
                 let mut spans = split_spans(&missing, span);
@@ -1611,12 +1627,14 @@ impl FileReader {
             if let Some(b) = blocks.last()
                 && st.recent.iter().all(|(ri, _, _)| *ri != last)
             {
-                // Reuse the permit of the block it replaces, else take one if available.
-                let permit = match st.recent.len() {
+                // The block's own readahead permit, or the one of the block it replaces,
+                // else one if the budget has room.
+                let own = st.prefetched.remove(&last).map(|(_, p)| p);
+                let replaced = match st.recent.len() {
                     RECENT_BLOCKS.. => st.recent.pop_front().and_then(|(_, _, p)| p),
                     _ => None,
                 };
-                let permit = permit.or_else(|| {
+                let permit = own.or(replaced).or_else(|| {
                     self.view
                         .readahead
                         .total

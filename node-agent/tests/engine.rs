@@ -622,8 +622,8 @@ async fn sequential_reads_trigger_parallel_readahead() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sequential_readers_share_the_readahead_budget() {
     let files: Vec<(String, Vec<u8>)> = vec![
-        ("a.bin".into(), content(41, 12 * MIB)),
-        ("b.bin".into(), content(42, 12 * MIB)),
+        ("a.bin".into(), content(41, 40 * MIB)),
+        ("b.bin".into(), content(42, 40 * MIB)),
     ];
     let ds = local_dataset("share", &files).await;
     let view = &ds.view;
@@ -641,8 +641,9 @@ async fn sequential_readers_share_the_readahead_budget() {
         );
     }
     assert_eq!(view.sequential_readers(), 2);
-    // A jump is not sequential: `a` stops counting until it reads in order again.
-    let far = 9 * MIB as u64;
+    // A jump (further than the kernel's reads could be reordered) is not sequential: `a`
+    // stops counting until it reads in order again.
+    let far = 30 * MIB as u64;
     assert_eq!(
         a.read(far, 10).await.unwrap(),
         files[0].1[far as usize..][..10]
@@ -682,6 +683,36 @@ async fn a_late_read_of_the_previous_block_is_served_by_the_reader() {
         view.usage().hits,
         hits,
         "the late read went to a cache tier for a block the reader had just served"
+    );
+}
+
+/// With a large kernel readahead (`read_ahead_kb` of a few MiB), the kernel has several MiB
+/// of reads in flight and the FUSE threads take them in any order. Such a reader is still
+/// reading in order: its readahead keeps going and every block reaches it from its own
+/// fetch, never read back from a cache tier (before, a read 8 MiB ahead reset the reader,
+/// and each block was read again from the disk tier for every kernel request in it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reads_reordered_by_a_large_kernel_readahead_stay_sequential() {
+    let data = content(45, 40 * MIB);
+    let ds = local_dataset("reorder", &[("f.bin".into(), data.clone())]).await;
+    let view = &ds.view;
+    let reader = view.open(&p("/f.bin")).await.unwrap();
+    let (window, chunk) = (8 * MIB as u64, 512 * 1024);
+    for start in (0..data.len() as u64).step_by(window as usize) {
+        // The worst order: the furthest read of each window first.
+        let offsets: Vec<u64> = (start..start + window).step_by(chunk as usize).collect();
+        for off in offsets.into_iter().rev() {
+            let got = reader.read(off, chunk).await.unwrap();
+            assert!(
+                got[..] == data[off as usize..][..chunk as usize],
+                "bytes differ at {off}"
+            );
+        }
+    }
+    assert_eq!(
+        view.usage().hits,
+        0,
+        "blocks were read back from a cache tier instead of reaching the reader from its fetch"
     );
 }
 
