@@ -2,7 +2,7 @@
 //! cache and a share of the block cache. Every entry point (FUSE, HTTP, preload jobs)
 //! goes through [`DatasetView`].
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1371,6 +1371,9 @@ struct ReaderState {
     next_offset: u64,
     window: u64,
     prefetched: HashMap<u64, Prefetch>,
+    // Blocks in the readahead window that a tier already held when the window reached
+    // them: loaded one block ahead of the reader, not with the window.
+    held_ahead: BTreeSet<u64>,
     // The blocks read last (newest at the back), so the many kernel requests (128 KiB -
     // 1 MiB) that fall in one block do not each look it up again. Two, because the kernel
     // sends reads two at a time and the one for the end of a block often comes after the
@@ -1421,6 +1424,7 @@ impl FileReader {
                 next_offset: 0,
                 window: 0,
                 prefetched: HashMap::new(),
+                held_ahead: BTreeSet::new(),
                 recent: VecDeque::new(),
                 counted: false,
                 served_from_start: None,
@@ -1482,6 +1486,34 @@ impl FileReader {
         Some(out)
     }
 
+    /// Starts fetching `blocks` ahead of the reader, as far as the readahead budget
+    /// allows (`units` permits per block); returns the blocks started.
+    fn fetch_ahead(&self, st: &mut ReaderState, blocks: Range<u64>, units: u32) -> Range<u64> {
+        let mut permits = Vec::new();
+        for _ in blocks.clone() {
+            match self
+                .view
+                .readahead
+                .total
+                .clone()
+                .try_acquire_many_owned(units)
+            {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+        let started = blocks.start..blocks.start + permits.len() as u64;
+        if started.is_empty() {
+            return started;
+        }
+        let futures = self.view.fetch_blocks(&self.stat, started.clone());
+        for ((i, fut), permit) in started.clone().zip(futures).zip(permits) {
+            READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
+            st.prefetched.insert(i, (fut, permit));
+        }
+        started
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let Some(version) = self.stat.version.clone() else {
@@ -1520,11 +1552,13 @@ impl FileReader {
                 st.next_offset = end;
                 st.window = 0;
                 st.prefetched.clear();
+                st.held_ahead.clear();
             }
             // Blocks further behind the reader than a reordered read could be are not
             // needed any more.
             let behind = st.next_offset.saturating_sub(reorder) / bs;
             st.prefetched.retain(|i, _| *i >= behind);
+            st.held_ahead.retain(|i| *i >= behind);
             // A prefetched block stays listed until a read of it completes (it then moves
             // to `recent`): the other kernel reads of the same block that arrive while it
             // is on its way wait for the same fetch instead of reading it from the cache.
@@ -1557,7 +1591,7 @@ impl FileReader {
                 // fetch again what the reader already had.
                 let ahead_from = (last + 1).max(st.next_offset.div_ceil(bs));
                 let missing: Vec<u64> = (ahead_from..ahead_end)
-                    .filter(|i| !st.prefetched.contains_key(i))
+                    .filter(|i| !st.prefetched.contains_key(i) && !st.held_ahead.contains(i))
                     .collect();
                 let mut spans = split_spans(&missing, span);
                 // Steady reading frees one block at a time: wait until a whole request's
@@ -1569,33 +1603,28 @@ impl FileReader {
                     spans.pop();
                 }
                 'spans: for span in spans {
-                    let mut permits = Vec::new();
-                    for _ in span.clone() {
-                        match self
-                            .view
-                            .readahead
-                            .total
-                            .clone()
-                            .try_acquire_many_owned(units)
-                        {
-                            Ok(p) => permits.push(p),
-                            Err(_) => break, // total budget exhausted: read on demand
+                    // Blocks a tier already holds are not loaded ahead: a reader that stops
+                    // before them (as the reader of one range of a file split between
+                    // readers does) would have read them from disk for nothing. They are
+                    // loaded one block ahead of the reader instead (below).
+                    let (held, to_fetch): (Vec<u64>, Vec<u64>) =
+                        span.partition(|i| self.view.cache.has_block(&version, *i));
+                    st.held_ahead.extend(held);
+                    for run in split_spans(&to_fetch, u64::MAX) {
+                        let fetched = self.fetch_ahead(&mut st, run.clone(), units);
+                        if fetched.is_empty() {
+                            break 'spans; // total budget exhausted: read on demand
+                        }
+                        fetch_from.get_or_insert(run.start);
+                        issued_end = issued_end.max(fetched.end);
+                        if fetched.end < run.end {
+                            break 'spans;
                         }
                     }
-                    let end = span.start + permits.len() as u64;
-                    if end == span.start {
-                        break;
-                    }
-                    let blocks = self.view.fetch_blocks(&self.stat, span.start..end);
-                    for ((i, fut), permit) in (span.start..end).zip(blocks).zip(permits) {
-                        READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
-                        st.prefetched.insert(i, (fut, permit));
-                    }
-                    fetch_from.get_or_insert(span.start);
-                    issued_end = issued_end.max(end);
-                    if end < span.end {
-                        break 'spans;
-                    }
+                }
+                let next = last + 1;
+                if st.held_ahead.remove(&next) {
+                    self.fetch_ahead(&mut st, next..next + 1, units);
                 }
             }
             if let Some(from) = fetch_from {

@@ -716,6 +716,53 @@ async fn reads_reordered_by_a_large_kernel_readahead_stay_sequential() {
     );
 }
 
+/// A file read in ranges by several readers (as a split of a large file is): one reader's
+/// readahead runs past the end of its range into blocks the next reader has already
+/// cached. Those are not read back from disk ahead of it, only one block ahead once it
+/// gets there, so a reader that stops at its range's end loads at most one of them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
+    let data = content(46, 24 * MIB);
+    let ds = local_dataset("ranges", &[("f.bin".into(), data.clone())]).await;
+    let view = &ds.view;
+    let half = 12 * MIB as u64;
+    let chunk = 256 * 1024;
+    let second = view.open(&p("/f.bin")).await.unwrap();
+    for off in (half..2 * half).step_by(chunk as usize) {
+        second.read(off, chunk).await.unwrap();
+    }
+    drop(second);
+    let gets = view.request_counts().gets;
+    let hits = view.usage().hits;
+    let first = view.open(&p("/f.bin")).await.unwrap();
+    for off in (0..half).step_by(chunk as usize) {
+        let got = first.read(off, chunk).await.unwrap();
+        assert!(
+            got[..] == data[off as usize..][..chunk as usize],
+            "bytes differ at {off}"
+        );
+    }
+    let loaded = view.usage().hits - hits;
+    assert!(
+        loaded <= 1,
+        "{loaded} blocks past the reader's range were read back from disk"
+    );
+    // Reading on into the cached half: the right bytes, from the cache, not the source.
+    let gets_first_half = view.request_counts().gets;
+    for off in (half..2 * half).step_by(chunk as usize) {
+        let got = first.read(off, chunk).await.unwrap();
+        assert!(
+            got[..] == data[off as usize..][..chunk as usize],
+            "bytes differ at {off}"
+        );
+    }
+    assert_eq!(view.request_counts().gets, gets_first_half);
+    assert!(
+        gets_first_half > gets,
+        "the first half came from the source"
+    );
+}
+
 /// Once a reader's window is full, reads inside the block it just served are answered at
 /// once (`read_held`, what the FUSE thread tries first) with the same bytes as `read`;
 /// anything else is left to `read`.
