@@ -1415,8 +1415,7 @@ const RECENT_BLOCKS: usize = 2;
 const HELD_AHEAD_BLOCKS: u64 = 4;
 
 /// How far from the end of the furthest read so far a read may start and still count as in
-/// order:
-/// the kernel's readahead for a FUSE file can be several MiB of requests at once
+/// order: the kernel's readahead for a FUSE file can be several MiB of requests at once
 /// (`read_ahead_kb` of the mount's bdi), served by the agent's threads in any order.
 const REORDER_BYTES: u64 = 16 << 20;
 
