@@ -573,6 +573,22 @@ async fn read_in_order(reader: &strata_agent::dataset::FileReader, chunk: u64) -
     got
 }
 
+/// Reads `chunk` bytes at each of `offsets` in turn and checks them against `data`.
+async fn read_checked(
+    reader: &strata_agent::dataset::FileReader,
+    data: &[u8],
+    offsets: impl IntoIterator<Item = u64>,
+    chunk: u64,
+) {
+    for off in offsets {
+        let got = reader.read(off, chunk).await.unwrap();
+        assert!(
+            got[..] == data[off as usize..][..chunk as usize],
+            "bytes differ at {off}"
+        );
+    }
+}
+
 /// A dataset over a local directory holding `files`, with 1 MiB blocks, a disk tier and
 /// no memory tier (a block read again comes from the disk tier).
 struct LocalDataset {
@@ -701,13 +717,7 @@ async fn reads_reordered_by_a_large_kernel_readahead_stay_sequential() {
     for start in (0..data.len() as u64).step_by(window as usize) {
         // The worst order: the furthest read of each window first.
         let offsets: Vec<u64> = (start..start + window).step_by(chunk as usize).collect();
-        for off in offsets.into_iter().rev() {
-            let got = reader.read(off, chunk).await.unwrap();
-            assert!(
-                got[..] == data[off as usize..][..chunk as usize],
-                "bytes differ at {off}"
-            );
-        }
+        read_checked(&reader, &data, offsets.into_iter().rev(), chunk).await;
     }
     assert_eq!(
         view.usage().hits,
@@ -736,13 +746,7 @@ async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
     let gets = view.request_counts().gets;
     let hits = view.usage().hits;
     let first = view.open(&p("/f.bin")).await.unwrap();
-    for off in (0..half).step_by(chunk as usize) {
-        let got = first.read(off, chunk).await.unwrap();
-        assert!(
-            got[..] == data[off as usize..][..chunk as usize],
-            "bytes differ at {off}"
-        );
-    }
+    read_checked(&first, &data, (0..half).step_by(chunk as usize), chunk).await;
     let loaded = view.usage().hits - hits;
     assert!(
         loaded <= 4,
@@ -755,23 +759,23 @@ async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
         "the first half came from the source"
     );
     let three_quarters = half + half / 2;
-    for off in (half..three_quarters).step_by(chunk as usize) {
-        let got = first.read(off, chunk).await.unwrap();
-        assert!(
-            got[..] == data[off as usize..][..chunk as usize],
-            "bytes differ at {off}"
-        );
-    }
+    read_checked(
+        &first,
+        &data,
+        (half..three_quarters).step_by(chunk as usize),
+        chunk,
+    )
+    .await;
     assert_eq!(view.request_counts().gets, gets_first_half);
     // The rest is evicted under the reader: fetched again, the right bytes.
     view.drop_cache();
-    for off in (three_quarters..2 * half).step_by(chunk as usize) {
-        let got = first.read(off, chunk).await.unwrap();
-        assert!(
-            got[..] == data[off as usize..][..chunk as usize],
-            "bytes differ at {off}"
-        );
-    }
+    read_checked(
+        &first,
+        &data,
+        (three_quarters..2 * half).step_by(chunk as usize),
+        chunk,
+    )
+    .await;
     assert!(view.request_counts().gets > gets_first_half);
 }
 
