@@ -19,10 +19,13 @@ use tokio::time::{Instant, sleep_until};
 use crate::process::{ChildGuard, free_port, wait_until};
 use crate::{Error, Result};
 
-/// Chunks in flight per direction: with 64 KiB reads, up to 128 MiB (a 25 ms link at
-/// ~5 GB/s), so the delay line itself is never the bottleneck.
+/// Chunks in flight per direction: at least 128 MiB even if every read returned only 64 KiB
+/// (a 25 ms link at ~5 GB/s), so the delay line itself is never the bottleneck.
 const IN_FLIGHT_CHUNKS: usize = 2048;
-const READ_CHUNK: usize = 64 * 1024;
+/// Most bytes one read takes off a socket. The link costs a real client no CPU, but this proxy
+/// shares the machine's two cores with every system under test: 256 KiB reads took ~25% less
+/// of its CPU than 64 KiB ones (60-66 against 79-86 ticks per GiB) for the same delay.
+const READ_CHUNK: usize = 256 * 1024;
 
 /// Bytes that crossed the link, per direction.
 #[derive(Debug, Default)]
