@@ -121,6 +121,10 @@ struct ObjectState {
     blocks: BTreeMap<u64, BlockMeta>,
     // Blocks being written right now (not in `blocks` until their data is on disk).
     writing: BTreeSet<u64>,
+    // Left the index (its last block was evicted, or the cache was dropped) and its files
+    // are gone: nothing may be written into it any more, or the bytes would be counted
+    // against the quota with no indexed block to ever give them back.
+    removed: bool,
 }
 
 /// An object version with some blocks on disk.
@@ -192,6 +196,20 @@ impl CachedObject {
                 (index * self.block_size) as i64,
                 self.block_len(index) as i64,
             );
+        }
+    }
+
+    /// Marks block `index` (or every block) as read now, for the data TTL.
+    fn touch(&self, index: Option<u64>) {
+        let now = now_secs();
+        let mut st = self.state.lock().expect("object state");
+        match index {
+            Some(i) => st
+                .blocks
+                .get_mut(&i)
+                .into_iter()
+                .for_each(|m| m.last_access = now),
+            None => st.blocks.values_mut().for_each(|m| m.last_access = now),
         }
     }
 
@@ -727,11 +745,12 @@ impl DatasetCache {
             Some(b) => {
                 self.node.metrics.hit("memory");
                 self.hits.fetch_add(1, Ordering::Relaxed);
-                // Keep the disk copy warm in its policy too.
+                // Keep the disk copy warm in its policy and for the data TTL too.
                 self.policy
                     .lock()
                     .expect("policy")
                     .access(&(id.clone(), index));
+                self.touch(id, index);
                 Some(b)
             }
             None => {
@@ -767,7 +786,14 @@ impl DatasetCache {
         if let Err(e) = read {
             tracing::warn!(dataset = %self.id, file = %obj.data_path.display(), error = %e,
                 "cannot read cached block; refetching");
-            self.drop_block(&obj, index);
+            // Gone or cut short: the block is lost. Anything else (out of file
+            // descriptors, say) says nothing about the block, which stays.
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+            ) {
+                self.drop_block(&obj, index, false);
+            }
             self.node.metrics.miss("disk");
             return None;
         }
@@ -775,7 +801,7 @@ impl DatasetCache {
             tracing::warn!(dataset = %self.id, path = %obj.path, block = index,
                 file = %obj.data_path.display(), "checksum mismatch on cached block; dropped and refetching");
             self.node.metrics.checksum_failure();
-            self.drop_block(&obj, index);
+            self.drop_block(&obj, index, false);
             self.node.metrics.miss("disk");
             return None;
         }
@@ -837,10 +863,16 @@ impl DatasetCache {
         path: &DatasetPath,
         mtime: SystemTime,
     ) -> Arc<CachedObject> {
-        if let Some(o) = self.objects.read().expect("objects").get(id) {
+        let live = |o: &Arc<CachedObject>| !o.state.lock().expect("object state").removed;
+        if let Some(o) = self.objects.read().expect("objects").get(id)
+            && live(o)
+        {
             return o.clone();
         }
         let mut objects = self.objects.write().expect("objects");
+        if objects.get(id).is_some_and(|o| !live(o)) {
+            objects.remove(id);
+        }
         objects
             .entry(id.clone())
             .or_insert_with(|| {
@@ -876,33 +908,33 @@ impl DatasetCache {
         data: &Bytes,
     ) -> bool {
         let obj = self.object_for(id, version, path, mtime);
-        if obj
-            .state
-            .lock()
-            .expect("object state")
-            .blocks
-            .contains_key(&index)
-        {
-            return true;
-        }
         let len = data.len() as u64;
         if len != obj.block_len(index) {
             return false;
         }
+        {
+            // Claimed before space is reserved: the eviction that makes room may take
+            // this object's other blocks, and a block being written keeps the object
+            // (and its files) in the index.
+            let mut st = obj.state.lock().expect("object state");
+            if st.blocks.contains_key(&index) || st.writing.contains(&index) {
+                return true; // stored already, or being stored by another fetch
+            }
+            if st.removed {
+                return false; // dropped a moment ago: read through this once
+            }
+            st.writing.insert(index);
+        }
         if !self.node.reserve(self, len) {
+            obj.state
+                .lock()
+                .expect("object state")
+                .writing
+                .remove(&index);
             self.release_unwritten(version, index);
             return false;
         }
         let result = (|| -> std::io::Result<()> {
-            {
-                let mut st = obj.state.lock().expect("object state");
-                if st.blocks.contains_key(&index) || !st.writing.insert(index) {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::AlreadyExists,
-                        "raced",
-                    ));
-                }
-            }
             // The data goes in without the object's lock, so the blocks of one object
             // (a long GET delivers several at once) reach the disk side by side.
             let written = obj
@@ -916,6 +948,13 @@ impl DatasetCache {
             let mut st = obj.state.lock().expect("object state");
             st.writing.remove(&index);
             let crc = written?;
+            if st.removed {
+                // The whole cache was dropped while this block was being written.
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    "cache dropped during the write",
+                ));
+            }
             // Block data first, then the sidecar that makes it visible.
             st.blocks.insert(
                 index,
@@ -1042,11 +1081,26 @@ impl DatasetCache {
         obj.punch_hole(index);
     }
 
-    /// Removes one block from disk (hole punched, sidecar rewritten).
-    fn drop_block(&self, obj: &Arc<CachedObject>, index: u64) {
+    /// Marks block `index` of object `id` as read now, for the data TTL.
+    fn touch(&self, id: &Arc<str>, index: u64) {
+        let obj = self.objects.read().expect("objects").get(id).cloned();
+        if let Some(obj) = obj {
+            obj.touch(Some(index));
+        }
+    }
+
+    /// Removes one block from disk (hole punched, sidecar rewritten). With `evicting`, only
+    /// if the object is neither pinned nor leased, checked under the object's lock, the
+    /// one under which [`Self::complete_file`] takes its lease: a file handed to FUSE
+    /// passthrough never has a block punched out of it (the hole would read as zeros).
+    /// Returns whether a block was dropped.
+    fn drop_block(&self, obj: &Arc<CachedObject>, index: u64, evicting: bool) -> bool {
         let mut st = obj.state.lock().expect("object state");
+        if evicting && !obj.is_evictable() {
+            return false;
+        }
         if st.blocks.remove(&index).is_none() {
-            return;
+            return false;
         }
         let len = obj.block_len(index);
         self.node.release(self, len);
@@ -1060,6 +1114,7 @@ impl DatasetCache {
         // A block being written keeps the object (and its files).
         let now_empty = st.blocks.is_empty() && st.writing.is_empty();
         if now_empty {
+            st.removed = true;
             let _ = fs::remove_file(&obj.meta_path);
             let _ = fs::remove_file(&obj.data_path);
         } else {
@@ -1070,9 +1125,14 @@ impl DatasetCache {
         }
         drop(st);
         if now_empty {
-            self.objects.write().expect("objects").remove(&obj.id);
+            let mut objects = self.objects.write().expect("objects");
+            // Unless a new object of the same version took its place meanwhile.
+            if objects.get(&obj.id).is_some_and(|o| Arc::ptr_eq(o, obj)) {
+                objects.remove(&obj.id);
+            }
         }
         self.publish_metrics();
+        true
     }
 
     /// Evicts one block chosen by the policy; false when nothing is evictable.
@@ -1083,11 +1143,9 @@ impl DatasetCache {
                 return false;
             };
             let obj = self.objects.read().expect("objects").get(&id).cloned();
-            if let Some(obj) = obj {
-                if !obj.is_evictable() {
-                    continue;
-                }
-                self.drop_block(&obj, index);
+            if let Some(obj) = obj
+                && self.drop_block(&obj, index, true)
+            {
                 self.node.metrics.evicted("disk", 1);
                 return true;
             }
@@ -1123,8 +1181,9 @@ impl DatasetCache {
                 .map(|(i, _)| *i)
                 .collect();
             for index in stale {
-                self.drop_block(&obj, index);
-                dropped += 1;
+                if self.drop_block(&obj, index, true) {
+                    dropped += 1;
+                }
             }
         }
         if dropped > 0 {
@@ -1188,9 +1247,16 @@ impl DatasetCache {
         }
         let id: Arc<str> = Arc::from(version.id());
         let obj = self.objects.read().expect("objects").get(&id).cloned()?;
-        let lease = PassthroughLease::new(self, &obj);
+        let weak = self
+            .node
+            .datasets
+            .lock()
+            .expect("datasets")
+            .get(self.id.as_ref())
+            .cloned()
+            .unwrap_or_default();
         let mut bad = Vec::new();
-        {
+        let lease = {
             let mut st = obj.state.lock().expect("object state");
             if st.blocks.len() as u64 != version.block_count(self.block_size) {
                 return None;
@@ -1211,17 +1277,19 @@ impl DatasetCache {
                     }
                 }
             }
-        }
-        if !bad.is_empty() {
-            drop(lease);
+            // Taken under the lock eviction checks leases under (see `drop_block`).
+            bad.is_empty()
+                .then(|| PassthroughLease::new(self, weak, &obj, &st))
+        };
+        let Some(lease) = lease else {
             self.node.metrics.checksum_failure();
             tracing::warn!(dataset = %self.id, path = %obj.path, blocks = ?bad,
                 "checksum mismatch in cached file; dropped the bad blocks");
             for i in bad {
-                self.drop_block(&obj, i);
+                self.drop_block(&obj, i, false);
             }
             return None;
-        }
+        };
         let f = File::open(&obj.data_path).ok()?;
         Some((f, lease))
     }
@@ -1339,6 +1407,10 @@ impl DatasetCache {
 
     fn set_in_policy(&self, obj: &CachedObject, present: bool) {
         let st = obj.state.lock().expect("object state");
+        self.set_in_policy_locked(obj, &st, present);
+    }
+
+    fn set_in_policy_locked(&self, obj: &CachedObject, st: &ObjectState, present: bool) {
         let mut policy = self.policy.lock().expect("policy");
         for index in st.blocks.keys() {
             let key = (obj.id.clone(), *index);
@@ -1382,7 +1454,9 @@ impl DatasetCache {
         *self.policy.lock().expect("policy") = new_policy(EvictionKind::Lru);
         let mut freed = 0;
         for obj in objects {
-            let st = obj.state.lock().expect("object state");
+            let mut st = obj.state.lock().expect("object state");
+            // Blocks still being written give their space back themselves.
+            st.removed = true;
             freed += st.blocks.keys().map(|i| obj.block_len(*i)).sum::<u64>();
             let _ = fs::remove_file(&obj.meta_path);
             let _ = fs::remove_file(&obj.data_path);
@@ -1437,18 +1511,18 @@ impl std::fmt::Debug for PassthroughLease {
 }
 
 impl PassthroughLease {
-    fn new(ds: &DatasetCache, obj: &Arc<CachedObject>) -> Self {
+    /// Takes a lease on `obj`, whose state `st` the caller holds locked; `weak` is `ds`
+    /// as the node knows it, looked up before taking that lock (the node's dataset map
+    /// is never locked under an object's state).
+    fn new(
+        ds: &DatasetCache,
+        weak: Weak<DatasetCache>,
+        obj: &Arc<CachedObject>,
+        st: &ObjectState,
+    ) -> Self {
         if obj.leases.fetch_add(1, Ordering::Relaxed) == 0 && !obj.pinned.load(Ordering::Relaxed) {
-            ds.set_in_policy(obj, false);
+            ds.set_in_policy_locked(obj, st, false);
         }
-        let weak = ds
-            .node
-            .datasets
-            .lock()
-            .expect("datasets")
-            .get(ds.id.as_ref())
-            .cloned()
-            .unwrap_or_default();
         PassthroughLease {
             obj: obj.clone(),
             ds: weak,
@@ -1458,6 +1532,8 @@ impl PassthroughLease {
 
 impl Drop for PassthroughLease {
     fn drop(&mut self) {
+        // Read by the kernel while open, unseen by the agent: read now, for the data TTL.
+        self.obj.touch(None);
         if self.obj.leases.fetch_sub(1, Ordering::Relaxed) == 1
             && !self.obj.pinned.load(Ordering::Relaxed)
             && let Some(ds) = self.ds.upgrade()

@@ -1323,10 +1323,7 @@ fn slice_blocks(blocks: &[Bytes], first_start: u64, offset: u64, end: u64) -> By
     out.freeze()
 }
 
-type Prefetch = (
-    Shared<BoxFuture<'static, BlockResult>>,
-    OwnedSemaphorePermit,
-);
+type Prefetch = (SharedBlock, OwnedSemaphorePermit);
 
 impl Drop for FileReader {
     fn drop(&mut self) {
@@ -1343,7 +1340,7 @@ impl Drop for FileReader {
 /// Where a block of a read comes from.
 enum Wanted {
     Ready(Bytes),
-    Prefetched(Shared<BoxFuture<'static, BlockResult>>),
+    Prefetched(SharedBlock),
     Fetch,
 }
 
@@ -1518,6 +1515,19 @@ impl FileReader {
         started
     }
 
+    /// Drops the readahead fetch `fetch` of `block` (giving its budget back), unless a
+    /// newer one replaced it meanwhile.
+    fn forget_prefetch(&self, block: u64, fetch: &SharedBlock) {
+        let mut st = self.state.lock().expect("reader");
+        if st
+            .prefetched
+            .get(&block)
+            .is_some_and(|(f, _)| f.ptr_eq(fetch))
+        {
+            st.prefetched.remove(&block);
+        }
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let Some(version) = self.stat.version.clone() else {
@@ -1534,7 +1544,7 @@ impl FileReader {
         let first = offset / bs;
         let last = (end - 1) / bs;
         let units = bs.div_ceil(READAHEAD_UNIT) as u32;
-        let wanted: Vec<(u64, Wanted)> = {
+        let (wanted, preallocate) = {
             let mut st = self.state.lock().expect("reader");
             // The kernel issues several reads at once and the FUSE threads take them in
             // any order, so "sequential" allows reordering: anything within what the
@@ -1568,6 +1578,9 @@ impl FileReader {
             // is on its way wait for the same fetch instead of reading it from the cache.
             let wanted: Vec<(u64, Wanted)> = (first..=last)
                 .map(|i| {
+                    // Read now: not to be loaded ahead again (a reordered read can reach
+                    // a held block before the reader nears it).
+                    st.held_ahead.remove(&i);
                     if let Some((_, b, _)) = st.recent.iter().find(|(ri, _, _)| *ri == i) {
                         return (i, Wanted::Ready(b.clone()));
                     }
@@ -1632,37 +1645,46 @@ impl FileReader {
                     .copied()
                     .collect();
                 for i in near {
-                    st.held_ahead.remove(&i);
                     if !self.view.cache.has_block(&version, i) {
                         // Evicted since the window reached it, and likely the blocks after
-                        // it too: let the window fetch them again (each checked anew), or
-                        // the reader would fetch from the source a few blocks at a time.
+                        // it too: the window fetches them again (each checked anew) in
+                        // large requests, not the reader a block at a time from here.
                         st.held_ahead.clear();
+                        break;
                     }
+                    st.held_ahead.remove(&i);
                     if self.fetch_ahead(&mut st, i..i + 1, units).is_empty() {
                         break;
                     }
                 }
             }
-            if let Some(from) = fetch_from {
-                // Before any of these fetches lands (a round trip away): their disk space
-                // in file order, so the cached file is contiguous for later reads.
-                self.view.cache.preallocate(
-                    &version,
-                    &self.stat.path,
-                    self.stat.mtime,
-                    from..issued_end,
-                );
-            }
-            wanted
+            let preallocate = fetch_from.map(|from| from..issued_end);
+            (wanted, preallocate)
         };
+        if let Some(blocks) = preallocate {
+            // Before any of these fetches lands (a round trip away): their disk space in
+            // file order, so the cached file is contiguous for later reads. Outside the
+            // reader's lock: it opens and extends a file.
+            self.view
+                .cache
+                .preallocate(&version, &self.stat.path, self.stat.mtime, blocks);
+        }
         let blocks = futures::future::try_join_all(wanted.into_iter().map(|(i, w)| {
             let view = self.view.clone();
             let stat = self.stat.clone();
             async move {
                 match w {
                     Wanted::Ready(b) => Ok(b),
-                    Wanted::Prefetched(f) => f.await,
+                    Wanted::Prefetched(f) => match f.clone().await {
+                        Ok(b) => Ok(b),
+                        // Readahead guessed ahead of time; if its fetch failed (a source
+                        // hiccup), the read that needs the block fetches it itself, and
+                        // only that fetch's error, if any, is the answer.
+                        Err(_) => {
+                            self.forget_prefetch(i, &f);
+                            view.get_block(&stat, i).await
+                        }
+                    },
                     Wanted::Fetch => view.get_block(&stat, i).await,
                 }
             }

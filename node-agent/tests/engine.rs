@@ -366,6 +366,85 @@ async fn data_ttl_drops_blocks_nobody_read() {
     assert_eq!(usage.pinned_bytes, 1000);
 }
 
+/// A block read from the memory tier counts as read for the data TTL: its disk copy is
+/// not dropped while it is in use (before, only reads from disk counted).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn data_ttl_keeps_blocks_read_from_memory() {
+    let src = tempdir();
+    write_tree(src.path(), &[("x".into(), content(3, 1000))]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "ttl-memory",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                data_ttl: Some(Duration::from_secs(2)),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    view.read(&p("/x"), 0, 10).await.unwrap();
+    // Read every half second for five seconds, well past the TTL: from disk at first,
+    // then from memory once promoted.
+    for _ in 0..10 {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        view.read(&p("/x"), 0, 10).await.unwrap();
+    }
+    let usage = view.usage();
+    assert_eq!(usage.cached_files, 1, "{usage:?}");
+    assert_eq!(
+        view.request_counts().gets,
+        1,
+        "dropped while in use, and fetched again"
+    );
+}
+
+/// Making room for a block can evict the last other block of the same file. The new
+/// block is still indexed and counted once: it is served from the cache afterwards, and
+/// the disk tier's usage is what it holds (before, it went into a file entry already
+/// dropped from the index: counted against the quota for good, never served).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn evicting_a_files_last_block_to_store_another_keeps_the_file() {
+    let src = tempdir();
+    let files = vec![
+        ("a.bin".to_string(), content(4, 2 * MIB)),
+        ("b.bin".to_string(), content(5, 2 * MIB)),
+    ];
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 3 * MIB as u64).await;
+    let view = agent
+        .add_dataset(dataset(
+            "refill",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                eviction: strata_agent::config::EvictionKind::Lru,
+                ..one_mib_blocks()
+            },
+        ))
+        .await
+        .unwrap();
+    view.read(&p("/a.bin"), 0, 10).await.unwrap();
+    view.read(&p("/b.bin"), 0, 2 * MIB as u64).await.unwrap();
+    // Full: a's block 0 is the least recently used, and goes to make room for a's block 1.
+    let mib = MIB as u64;
+    let got = view.read(&p("/a.bin"), mib, 10).await.unwrap();
+    assert_eq!(&got[..], &files[0].1[MIB..MIB + 10]);
+    let gets = view.request_counts().gets;
+    let got = view.read(&p("/a.bin"), mib, 10).await.unwrap();
+    assert_eq!(&got[..], &files[0].1[MIB..MIB + 10]);
+    assert_eq!(
+        view.request_counts().gets,
+        gets,
+        "a's block 1 was not cached"
+    );
+    let usage = view.usage();
+    assert_eq!(usage.cached_files, 2, "{usage:?}");
+    assert_eq!(usage.cached_bytes, 3 * mib, "{usage:?}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn full_disk_degrades_to_read_through() {
     // A real full file system: a 2 MiB tmpfs as the cache directory.
@@ -730,12 +809,24 @@ async fn reads_reordered_by_a_large_kernel_readahead_stay_sequential() {
 /// readahead runs past the end of its range into blocks the next reader has already
 /// cached. Those are not read back from disk a window ahead of it, only a few blocks
 /// ahead once it gets there, so a reader that stops at its range's end loads at most four
-/// of them (before: all twelve).
+/// of them (before: all twelve). If they are evicted before the reader gets there, its
+/// readahead fetches them again in one request, not a block at a time.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
     let data = content(46, 24 * MIB);
-    let ds = local_dataset("ranges", &[("f.bin".into(), data.clone())]).await;
-    let view = &ds.view;
+    s3.upload("data", &[("f.bin".into(), data.clone())]).await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "ranges",
+            vec![s3.source("s3", "s3://data/", "/")],
+            one_mib_blocks(),
+        ))
+        .await
+        .unwrap();
     let half = 12 * MIB as u64;
     let chunk = 256 * 1024;
     let second = view.open(&p("/f.bin")).await.unwrap();
@@ -767,7 +858,8 @@ async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
     )
     .await;
     assert_eq!(view.request_counts().gets, gets_first_half);
-    // The rest is evicted under the reader: fetched again, the right bytes.
+    // The cache is dropped under the reader. The next four blocks were already loaded;
+    // the last two come back from the source with one request (before: one each).
     view.drop_cache();
     read_checked(
         &first,
@@ -776,7 +868,56 @@ async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
         chunk,
     )
     .await;
-    assert!(view.request_counts().gets > gets_first_half);
+    assert_eq!(
+        view.request_counts().gets - gets_first_half,
+        1,
+        "evicted blocks were fetched again one request each"
+    );
+}
+
+/// A readahead fetch that failed is not the answer for good: the read that needs the
+/// block fetches it again itself. Here the object changes upstream while the reader's
+/// readahead fetches the next block (the store refuses the old version: 412), then the
+/// same bytes are put back (same ETag). Before, that reader got the stored error for the
+/// block until it seeked away or closed the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_failed_readahead_fetch_is_retried_by_the_read_that_needs_the_block() {
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
+    let data = content(47, 40 * MIB);
+    let file = vec![("f.bin".to_string(), data.clone())];
+    s3.upload("data", &file).await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "flaky",
+            vec![s3.source("s3", "s3://data/", "/")],
+            one_mib_blocks(),
+        ))
+        .await
+        .unwrap();
+    let reader = view.open(&p("/f.bin")).await.unwrap();
+    let chunk = 256 * 1024;
+    // Far from the start, so not in order yet: nothing is read ahead.
+    let start = 20 * MIB as u64;
+    read_checked(&reader, &data, [start], chunk).await;
+    s3.upload("data", &[("f.bin".into(), content(48, 40 * MIB))])
+        .await;
+    // In order now: readahead fetches the next block, and the store refuses it.
+    read_checked(&reader, &data, [start + chunk], chunk).await;
+    wait_for(Duration::from_secs(10), || {
+        view.take_source_error().is_some()
+    })
+    .await;
+    s3.upload("data", &file).await;
+    read_checked(
+        &reader,
+        &data,
+        (start + MIB as u64..start + 4 * MIB as u64).step_by(chunk as usize),
+        chunk,
+    )
+    .await;
 }
 
 /// Once a reader's window is full, reads inside the block it just served are answered at
