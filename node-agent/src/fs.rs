@@ -22,7 +22,7 @@ use fuser::{
 use tracing::Instrument;
 
 use crate::cache::PassthroughLease;
-use crate::dataset::{DatasetView, FileReader, FileStat};
+use crate::dataset::{DatasetView, DirListing, FileReader, FileStat};
 use crate::path::DatasetPath;
 use crate::{Error, Result};
 
@@ -88,16 +88,50 @@ impl MountHandle {
     }
 
     fn do_unmount(&mut self) -> Result<()> {
-        if let Some(session) = self.session.take() {
-            session.umount_and_join().map_err(|e| Error::Mount {
-                mountpoint: self.mountpoint.clone(),
-                message: format!("unmount failed: {e}"),
-            })?;
-            tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let failed = |e: std::io::Error| Error::Mount {
+            mountpoint: self.mountpoint.clone(),
+            message: format!("unmount failed: {e}"),
+        };
+        // fuser unmounts with a plain umount(2), which fails while a process has a file
+        // open or its working directory under the mount point; the agent would then exit
+        // and leave a dead mount behind ("Transport endpoint is not connected") that also
+        // blocks the next mount there. Detached instead, the mount point is free at once
+        // and the open files are served until their users let go (or the wait ends).
+        // MNT_EXPIRE unmounts nothing on a first call: it fails with EBUSY if the mount
+        // is in use (EAGAIN if not), which is what tells the two cases apart.
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_EXPIRE) {
+            Err(nix::errno::Errno::EBUSY) => {
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| failed(e.into()))?;
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "mount point busy (a file open or a working directory under it): detached; \
+                     its open files are served for up to {BUSY_UNMOUNT_WAIT:?} more");
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(session.join());
+                });
+                match rx.recv_timeout(BUSY_UNMOUNT_WAIT) {
+                    Ok(joined) => joined.map_err(failed)?,
+                    Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(),
+                        "files under the detached mount point are still open; \
+                         reads of them fail once the agent exits"),
+                }
+            }
+            // Not in use, or not root (fuser then goes through fusermount3, which detaches
+            // a busy mount itself).
+            _ => session.umount_and_join().map_err(failed)?,
         }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
         Ok(())
     }
 }
+
+/// How long an unmount of a busy mount point keeps serving its open files after
+/// detaching it.
+const BUSY_UNMOUNT_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
@@ -241,6 +275,10 @@ struct FsState {
     handles: Mutex<HashMap<u64, Arc<OpenFile>>>,
     io: Mutex<HashMap<u64, InodeIo>>,
     last_etag: Mutex<HashMap<u64, String>>,
+    // Open directories, with the listing their first read took: every later read of the
+    // handle continues in that listing, so a listing refreshed between two reads cannot
+    // make an entry show twice or not at all.
+    dirs: Mutex<HashMap<u64, Option<Arc<DirListing>>>>,
     next_fh: AtomicU64,
     passthrough_ok: AtomicU64,
     passthrough_refused: AtomicU64,
@@ -332,6 +370,7 @@ impl FsState {
             handles: Mutex::new(HashMap::new()),
             io: Mutex::new(HashMap::new()),
             last_etag: Mutex::new(HashMap::new()),
+            dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
             passthrough_ok: AtomicU64::new(0),
             passthrough_refused: AtomicU64::new(0),
@@ -339,6 +378,27 @@ impl FsState {
             gid: nix::unistd::getegid().as_raw(),
             mounted_at: SystemTime::now(),
         }
+    }
+
+    /// The listing a read of open directory `fh` at `offset` continues in: the handle's
+    /// own, taken by its first read (or again when it starts over at offset 0, as
+    /// `rewinddir` does).
+    async fn dir_listing(
+        &self,
+        fh: u64,
+        path: &DatasetPath,
+        offset: u64,
+    ) -> Result<Arc<DirListing>> {
+        if offset > 0
+            && let Some(Some(listing)) = self.dirs.lock().expect("dirs").get(&fh)
+        {
+            return Ok(listing.clone());
+        }
+        let listing = self.view.list(path).await?;
+        if let Some(slot) = self.dirs.lock().expect("dirs").get_mut(&fh) {
+            *slot = Some(listing.clone());
+        }
+        Ok(listing)
     }
 
     fn path_of(&self, ino: INodeNo) -> Option<DatasetPath> {
@@ -357,8 +417,39 @@ impl FsState {
         self.inodes.write().expect("inodes").ino_for(path)
     }
 
-    fn looked_up(&self, path: &DatasetPath) -> u64 {
-        self.inodes.write().expect("inodes").looked_up(path)
+    /// The inode of `path` (now at version `etag`), counted as one more lookup the kernel
+    /// holds. A new number if the current one has handles of another version open: the
+    /// kernel keeps one passthrough backing file and one page cache per inode, so two
+    /// versions open at once need two inodes. The old number lives on for its open
+    /// handles until the kernel forgets it.
+    fn looked_up(&self, path: &DatasetPath, etag: Option<&str>) -> u64 {
+        let mut inodes = self.inodes.write().expect("inodes");
+        if let (Some(etag), Some(&ino)) = (etag, inodes.by_path.get(path))
+            && self.open_with_other_version(ino, etag)
+        {
+            inodes.by_path.remove(path);
+        }
+        inodes.looked_up(path)
+    }
+
+    /// Whether inode `ino` has handles open on a version other than `etag`.
+    fn open_with_other_version(&self, ino: u64, etag: &str) -> bool {
+        let io = self.io.lock().expect("io");
+        let Some(entry) = io.get(&ino) else {
+            return false;
+        };
+        let backing = entry
+            .backing
+            .as_ref()
+            .is_some_and(|(t, w)| w.strong_count() > 0 && t != etag);
+        backing
+            || (entry.cached_opens > 0
+                && self
+                    .last_etag
+                    .lock()
+                    .expect("etags")
+                    .get(&ino)
+                    .is_some_and(|t| t != etag))
     }
 
     fn known_ino(&self, path: &DatasetPath) -> Option<u64> {
@@ -459,7 +550,7 @@ impl Filesystem for StrataFs {
             async move {
                 match st.view.stat(&path).await {
                     Ok(stat) => {
-                        let ino = st.looked_up(&path);
+                        let ino = st.looked_up(&path, stat.etag.as_deref());
                         reply.entry(&st.ttl(), &st.attr(ino, &stat), Generation(0));
                     }
                     Err(e) => {
@@ -516,105 +607,129 @@ impl Filesystem for StrataFs {
                     }
                 };
                 let etag = reader.stat().etag.clone().unwrap_or_default();
+                if st.open_with_other_version(ino.0, &etag) {
+                    // The object changed while this inode is open on its old version. The
+                    // kernel would refuse this open (one backing file per inode) or mix the
+                    // two in one page cache; ESTALE makes it look the name up again, and
+                    // `lookup` gives the new version an inode of its own.
+                    reply.error(Errno::ESTALE);
+                    return;
+                }
                 let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
-
-                if st.passthrough.load(Ordering::Relaxed) {
-                    // The kernel allows one backing file per inode, and refuses passthrough
-                    // while the inode has cached (non-passthrough) opens; every decision below
-                    // is taken under the `io` lock so that concurrent opens agree.
-                    let cached_open = st
-                        .io
-                        .lock()
-                        .expect("io")
-                        .get(&ino.0)
-                        .is_some_and(|e| e.cached_opens > 0);
-                    let complete = if cached_open {
-                        None
-                    } else {
-                        st.view.cached_file(reader.stat()).await
-                    };
-                    if let Some((file, lease)) = complete {
-                        let mut io = st.io.lock().expect("io");
-                        let entry = io.entry(ino.0).or_default();
-                        let alive = entry
-                            .backing
-                            .as_ref()
-                            .and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
-                        let backing = match alive {
-                            Some((t, b)) if t == etag => Some(Ok(b)),
-                            Some(_) => None,
-                            None if entry.cached_opens > 0 => None,
-                            None => Some(reply.open_backing(&file).map(Arc::new)),
+                // Twice at most: see "its download completed" below.
+                let mut tried_passthrough = 0;
+                loop {
+                    tried_passthrough += 1;
+                    if st.passthrough.load(Ordering::Relaxed) {
+                        // The kernel allows one backing file per inode, and refuses passthrough
+                        // while the inode has cached (non-passthrough) opens; every decision below
+                        // is taken under the `io` lock so that concurrent opens agree.
+                        let cached_open = st
+                            .io
+                            .lock()
+                            .expect("io")
+                            .get(&ino.0)
+                            .is_some_and(|e| e.cached_opens > 0);
+                        let complete = if cached_open {
+                            None
+                        } else {
+                            st.view.cached_file(reader.stat()).await
                         };
-                        match backing {
-                            Some(Ok(b)) => {
-                                entry.backing = Some((etag.clone(), Arc::downgrade(&b)));
-                                drop(io);
-                                let open = Arc::new(OpenFile {
-                                    reader,
-                                    ino: ino.0,
-                                    passthrough: Some((b.clone(), lease)),
-                                    direct: false,
-                                });
-                                st.handles.lock().expect("handles").insert(fh, open);
-                                st.passthrough_ok.fetch_add(1, Ordering::Relaxed);
-                                st.view.cache_metrics_passthrough("ok");
-                                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
-                                return;
-                            }
-                            Some(Err(e)) => {
-                                drop(io);
-                                st.passthrough_refused.fetch_add(1, Ordering::Relaxed);
-                                st.view.cache_metrics_passthrough("refused");
-                                tracing::warn!(path = %path, error = %e,
+                        if let Some((file, lease)) = complete {
+                            let mut io = st.io.lock().expect("io");
+                            let entry = io.entry(ino.0).or_default();
+                            let alive = entry
+                                .backing
+                                .as_ref()
+                                .and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
+                            let backing = match alive {
+                                Some((t, b)) if t == etag => Some(Ok(b)),
+                                Some(_) => None,
+                                None if entry.cached_opens > 0 => None,
+                                None => Some(reply.open_backing(&file).map(Arc::new)),
+                            };
+                            match backing {
+                                Some(Ok(b)) => {
+                                    entry.backing = Some((etag.clone(), Arc::downgrade(&b)));
+                                    drop(io);
+                                    let open = Arc::new(OpenFile {
+                                        reader,
+                                        ino: ino.0,
+                                        passthrough: Some((b.clone(), lease)),
+                                        direct: false,
+                                    });
+                                    st.handles.lock().expect("handles").insert(fh, open);
+                                    st.passthrough_ok.fetch_add(1, Ordering::Relaxed);
+                                    st.view.cache_metrics_passthrough("ok");
+                                    reply.opened_passthrough(
+                                        FileHandle(fh),
+                                        FopenFlags::empty(),
+                                        &b,
+                                    );
+                                    return;
+                                }
+                                Some(Err(e)) => {
+                                    drop(io);
+                                    st.passthrough_refused.fetch_add(1, Ordering::Relaxed);
+                                    st.view.cache_metrics_passthrough("refused");
+                                    tracing::warn!(path = %path, error = %e,
                                 "FUSE passthrough refused; serving this file through the agent");
+                                }
+                                None => {}
                             }
-                            None => {}
                         }
                     }
-                }
-                // Served by the agent. If the inode is open in passthrough mode (another
-                // version, or a race with a completing download), a cached open would be
-                // refused by the kernel: use direct I/O for this handle instead.
-                let mut io = st.io.lock().expect("io");
-                let entry = io.entry(ino.0).or_default();
-                let passthrough_open = entry
-                    .backing
-                    .as_ref()
-                    .is_some_and(|(_, w)| w.strong_count() > 0);
-                if passthrough_open {
+                    // Served by the agent.
+                    let mut io = st.io.lock().expect("io");
+                    let entry = io.entry(ino.0).or_default();
+                    let passthrough_open = entry
+                        .backing
+                        .as_ref()
+                        .is_some_and(|(_, w)| w.strong_count() > 0);
+                    if passthrough_open && tried_passthrough < 2 {
+                        // Open in passthrough mode on this version (another was ruled out
+                        // above): its download completed for another opener since this one
+                        // looked. The kernel refuses any other kind of open of this inode now,
+                        // so look again: the file is complete.
+                        drop(io);
+                        continue;
+                    }
+                    if passthrough_open {
+                        // Still not (passthrough refused meanwhile): direct I/O, the last resort.
+                        drop(io);
+                        let open = Arc::new(OpenFile {
+                            reader,
+                            ino: ino.0,
+                            passthrough: None,
+                            direct: true,
+                        });
+                        st.handles.lock().expect("handles").insert(fh, open);
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                        return;
+                    }
+                    entry.cached_opens += 1;
                     drop(io);
+                    let keep = {
+                        let mut last = st.last_etag.lock().expect("etags");
+                        let same = last.get(&ino.0).is_some_and(|t| *t == etag);
+                        last.insert(ino.0, etag);
+                        same
+                    };
                     let open = Arc::new(OpenFile {
                         reader,
                         ino: ino.0,
                         passthrough: None,
-                        direct: true,
+                        direct: false,
                     });
                     st.handles.lock().expect("handles").insert(fh, open);
-                    reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags);
                     return;
                 }
-                entry.cached_opens += 1;
-                drop(io);
-                let keep = {
-                    let mut last = st.last_etag.lock().expect("etags");
-                    let same = last.get(&ino.0).is_some_and(|t| *t == etag);
-                    last.insert(ino.0, etag);
-                    same
-                };
-                let open = Arc::new(OpenFile {
-                    reader,
-                    ino: ino.0,
-                    passthrough: None,
-                    direct: false,
-                });
-                st.handles.lock().expect("handles").insert(fh, open);
-                let flags = if keep {
-                    FopenFlags::FOPEN_KEEP_CACHE
-                } else {
-                    FopenFlags::empty()
-                };
-                reply.opened(FileHandle(fh), flags);
             }
             .instrument(span),
         );
@@ -714,14 +829,16 @@ impl Filesystem for StrataFs {
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        reply.opened(FileHandle(0), FopenFlags::empty());
+        let fh = self.state.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.state.dirs.lock().expect("dirs").insert(fh, None);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
     }
 
     fn readdir(
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectory,
     ) {
@@ -731,7 +848,7 @@ impl Filesystem for StrataFs {
             return;
         };
         self.state.rt.spawn(async move {
-            let listing = match st.view.list(&path).await {
+            let listing = match st.dir_listing(fh.0, &path, offset).await {
                 Ok(l) => l,
                 Err(e) => {
                     reply.error(errno(&e));
@@ -769,7 +886,7 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         offset: u64,
         mut reply: ReplyDirectoryPlus,
     ) {
@@ -779,7 +896,7 @@ impl Filesystem for StrataFs {
             return;
         };
         self.state.rt.spawn(async move {
-            let listing = match st.view.list(&path).await {
+            let listing = match st.dir_listing(fh.0, &path, offset).await {
                 Ok(l) => l,
                 Err(e) => {
                     reply.error(errno(&e));
@@ -812,7 +929,7 @@ impl Filesystem for StrataFs {
                         let e = &listing.entries[(i - 2) as usize];
                         // Counted before the reply can reach the kernel; taken back if
                         // the buffer was full and the entry not sent.
-                        let child = st.looked_up(&e.stat.path);
+                        let child = st.looked_up(&e.stat.path, e.stat.etag.as_deref());
                         let full = reply.add(
                             INodeNo(child),
                             i + 1,
@@ -839,10 +956,11 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _flags: OpenFlags,
         reply: ReplyEmpty,
     ) {
+        self.state.dirs.lock().expect("dirs").remove(&fh.0);
         reply.ok();
     }
 

@@ -241,6 +241,59 @@ async fn upstream_change_shows_after_metadata_ttl() {
     handle.unmount().unwrap();
 }
 
+/// A directory read over many calls while its listing is refreshed in between (an object
+/// added upstream and the metadata TTL passed) shows each entry exactly once: an open
+/// directory keeps the listing its first read took. Before, the later calls continued by
+/// offset in the new listing, and the entry at the seam showed twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_directory_read_across_a_listing_refresh_shows_each_entry_once() {
+    require_fuse();
+    let src = tempdir();
+    let files: Vec<(String, Vec<u8>)> =
+        (0..2000).map(|i| (format!("d/f{i:05}"), vec![1])).collect();
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    let mnt = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "dirs",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                metadata_ttl: Duration::from_millis(500),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let handle = mount(view, mnt.path(), MountOptions::default()).unwrap();
+    let dir = mnt.path().join("d");
+    let upstream = src.path().join("d/a-new");
+    let names = tokio::task::spawn_blocking(move || {
+        let name = |e: std::io::Result<std::fs::DirEntry>| {
+            e.unwrap().file_name().to_string_lossy().into_owned()
+        };
+        let mut open = std::fs::read_dir(&dir).unwrap();
+        let mut names: Vec<String> = open.by_ref().take(10).map(name).collect();
+        // Sorts before every entry already read; another listing after the TTL sees it.
+        std::fs::write(&upstream, b"x").unwrap();
+        std::thread::sleep(Duration::from_millis(700));
+        let fresh: Vec<String> = std::fs::read_dir(&dir).unwrap().map(name).collect();
+        assert!(
+            fresh.iter().any(|n| n == "a-new"),
+            "the listing was not refreshed"
+        );
+        names.extend(open.map(name));
+        names
+    })
+    .await
+    .unwrap();
+    let unique: std::collections::BTreeSet<&String> = names.iter().collect();
+    assert_eq!(unique.len(), names.len(), "an entry showed twice");
+    assert_eq!(names.len(), files.len(), "entries missing");
+    handle.unmount().unwrap();
+}
+
 /// The kernel's FORGETs empty the inode table: after a walk over 2,000 files, dropping
 /// the kernel's dentries and inodes brings the mount's inode count (statfs `f_files`)
 /// back down, and every file is still found and read right afterwards.
@@ -371,6 +424,133 @@ async fn passthrough_serves_cached_files_at_local_speed() {
     handle.unmount().unwrap();
 }
 
+/// A file open in passthrough mode on its old version while the object changes upstream:
+/// once the metadata TTL has passed, a new open gets the new version (it opens, and
+/// reads the new bytes), and the handle still open reads the old version whole. The
+/// kernel keeps one backing file per inode and refuses any other kind of open of it, so
+/// before, the new open failed with EIO until the old handle was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
+    require_fuse();
+    let src = tempdir();
+    let old = content(60, 3 * MIB);
+    let new = content(61, 3 * MIB);
+    write_tree(src.path(), &[("f.bin".into(), old.clone())]);
+    let cache_dir = tempdir();
+    let mnt = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "versions",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                metadata_ttl: Duration::from_secs(1),
+                ..one_mib_blocks()
+            },
+        ))
+        .await
+        .unwrap();
+    let handle = mount(view, mnt.path(), MountOptions::default()).unwrap();
+    let file = mnt.path().join("f.bin");
+    let upstream = src.path().join("f.bin");
+    let (old_read, new_read, old_again) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        assert!(std::fs::read(&file).unwrap() == old, "cold read");
+        // Fully cached now: this open is a passthrough one, held across the change.
+        let mut held = std::fs::File::open(&file).unwrap();
+        let mut first = vec![0u8; MIB];
+        held.read_exact(&mut first).unwrap();
+        std::fs::write(&upstream, &new).unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        let new_read = std::fs::read(&file).expect("opening the new version");
+        let mut rest = Vec::new();
+        held.read_to_end(&mut rest).unwrap();
+        first.extend(rest);
+        (first, new_read, std::fs::read(&file).unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(
+        handle.passthrough_counts().0 >= 1,
+        "{:?}",
+        handle.passthrough_counts()
+    );
+    assert!(
+        old_read == content(60, 3 * MIB),
+        "the open handle's bytes changed"
+    );
+    assert!(
+        new_read == content(61, 3 * MIB),
+        "the new open read old bytes"
+    );
+    assert!(old_again == content(61, 3 * MIB));
+    handle.unmount().unwrap();
+}
+
+/// The same without passthrough: a handle open on the old version keeps reading it while
+/// new opens read the new version, and the two never share the kernel's page cache.
+/// Before, both versions were cached under one inode, so the old handle's reads filled
+/// pages that a later open of the new version was told to keep, and it read old bytes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn versions_open_at_once_do_not_share_the_page_cache() {
+    require_fuse();
+    let src = tempdir();
+    write_tree(src.path(), &[("f.bin".into(), content(62, 3 * MIB))]);
+    let cache_dir = tempdir();
+    let mnt = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "pages",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                metadata_ttl: Duration::from_secs(1),
+                ..one_mib_blocks()
+            },
+        ))
+        .await
+        .unwrap();
+    let options = MountOptions {
+        passthrough: false,
+        ..Default::default()
+    };
+    let handle = mount(view, mnt.path(), options).unwrap();
+    let file = mnt.path().join("f.bin");
+    let upstream = src.path().join("f.bin");
+    let (old_read, later_read) = tokio::task::spawn_blocking(move || {
+        use std::io::Read;
+        // Cached whole, then opened and read in part on the old version.
+        assert!(std::fs::read(&file).unwrap() == content(62, 3 * MIB));
+        let mut old = std::fs::File::open(&file).unwrap();
+        let mut old_read = vec![0u8; MIB];
+        old.read_exact(&mut old_read).unwrap();
+        std::fs::write(&upstream, content(63, 3 * MIB)).unwrap();
+        std::thread::sleep(Duration::from_millis(1300));
+        let mut new = std::fs::File::open(&file).unwrap();
+        let mut first = vec![0u8; MIB];
+        new.read_exact(&mut first).unwrap();
+        assert!(
+            first[..] == content(63, MIB)[..],
+            "the new open read old bytes"
+        );
+        // The old handle reads on (filling the page cache of its inode)...
+        old.read_to_end(&mut old_read).unwrap();
+        // ...and a later open of the new version reads only new bytes.
+        (old_read, std::fs::read(&file).unwrap())
+    })
+    .await
+    .unwrap();
+    assert!(
+        old_read == content(62, 3 * MIB),
+        "the old handle's bytes changed"
+    );
+    assert!(
+        later_read == content(63, 3 * MIB),
+        "a later open read old bytes"
+    );
+    handle.unmount().unwrap();
+}
+
 fn is_mounted(p: &Path) -> bool {
     let canonical = std::fs::canonicalize(p).unwrap_or_else(|_| p.to_path_buf());
     std::fs::read_to_string("/proc/self/mounts")
@@ -453,6 +633,70 @@ fn cli_mounts_in_the_foreground_and_unmounts_on_sigterm() {
     let status = child.wait().unwrap();
     assert!(status.success(), "{status:?}");
     assert!(!is_mounted(mnt.path()), "still mounted after SIGTERM");
+}
+
+/// Starts `strata-agent mount SRC MNT` and waits until it is mounted.
+fn spawn_cli_mount(src: &Path, mnt: &Path, cache_dir: &Path) -> std::process::Child {
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+        .args(["mount", src.to_str().unwrap()])
+        .arg(mnt)
+        .arg("--cache-dir")
+        .arg(cache_dir)
+        .args(["--memory", "64Mi", "--disk", "1Gi"])
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while !is_mounted(mnt) {
+        assert!(Instant::now() < deadline, "not mounted in time");
+        assert!(child.try_wait().unwrap().is_none(), "agent exited early");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    child
+}
+
+/// Ctrl-C while a file under the mount point is open: the agent still exits cleanly and
+/// leaves no dead mount behind ("Transport endpoint is not connected"); the directory
+/// can be listed and mounted again at once.
+#[test]
+fn cli_unmounts_a_busy_mount_point_on_sigint() {
+    require_fuse();
+    let src = tempdir();
+    let files = vec![("a.txt".to_string(), b"hello".to_vec())];
+    write_tree(src.path(), &files);
+    let cache_dir = tempdir();
+    let mnt = tempdir();
+    let mut child = spawn_cli_mount(src.path(), mnt.path(), cache_dir.path());
+    let held = std::fs::File::open(mnt.path().join("a.txt")).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "agent did not exit after SIGINT");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(status.success(), "{status:?}: {stderr}");
+    assert!(!is_mounted(mnt.path()), "still mounted: {stderr}");
+    std::fs::read_dir(mnt.path()).expect("the mount point is usable again");
+    drop(held);
+
+    let mut again = spawn_cli_mount(src.path(), mnt.path(), cache_dir.path());
+    read_all_by_path(mnt.path(), &files);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(again.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(again.wait().unwrap().success());
+    assert!(!is_mounted(mnt.path()));
 }
 
 #[allow(dead_code)]
