@@ -369,6 +369,11 @@ impl DatasetView {
         self.stats.ttl()
     }
 
+    /// Block fetches (or loads from a tier) under way now.
+    pub fn fetches_in_flight(&self) -> usize {
+        self.block_flights.in_flight()
+    }
+
     /// Requests sent to all sources so far.
     pub fn request_counts(&self) -> RequestCounts {
         self.sources

@@ -858,8 +858,10 @@ async fn readahead_leaves_blocks_a_tier_holds_until_the_reader_nears_them() {
     )
     .await;
     assert_eq!(view.request_counts().gets, gets_first_half);
-    // The cache is dropped under the reader. The next four blocks were already loaded;
-    // the last two come back from the source with one request (before: one each).
+    // The cache is dropped under the reader. The next four blocks were already loaded
+    // (once their loads have finished); the last two come back from the source with one
+    // request (before: one each).
+    wait_for(Duration::from_secs(10), || view.fetches_in_flight() == 0).await;
     view.drop_cache();
     read_checked(
         &first,

@@ -424,24 +424,28 @@ async fn passthrough_serves_cached_files_at_local_speed() {
     handle.unmount().unwrap();
 }
 
-/// A file open in passthrough mode on its old version while the object changes upstream:
-/// once the metadata TTL has passed, a new open gets the new version (it opens, and
-/// reads the new bytes), and the handle still open reads the old version whole. The
-/// kernel keeps one backing file per inode and refuses any other kind of open of it, so
-/// before, the new open failed with EIO until the old handle was closed.
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
-    require_fuse();
+/// A mounted local directory holding `f.bin`, to be changed upstream by a test.
+struct ChangingFile {
+    handle: strata_agent::fs::MountHandle,
+    /// `f.bin` in the mount.
+    file: PathBuf,
+    /// `f.bin` in the source directory.
+    upstream: PathBuf,
+    _agent: std::sync::Arc<strata_agent::agent::Agent>,
+    _dirs: [tempfile::TempDir; 3],
+}
+
+/// `f.bin` = `data` in a local directory, mounted with 1 MiB blocks and a one-second
+/// metadata TTL.
+async fn mount_changing_file(name: &str, data: &[u8], options: MountOptions) -> ChangingFile {
     let src = tempdir();
-    let old = content(60, 3 * MIB);
-    let new = content(61, 3 * MIB);
-    write_tree(src.path(), &[("f.bin".into(), old.clone())]);
+    write_tree(src.path(), &[("f.bin".into(), data.to_vec())]);
     let cache_dir = tempdir();
     let mnt = tempdir();
     let agent = agent(cache_dir.path(), 0, 1 << 30).await;
     let view = agent
         .add_dataset(dataset(
-            "versions",
+            name,
             vec![local_source("l", src.path(), "/")],
             CacheSettings {
                 metadata_ttl: Duration::from_secs(1),
@@ -450,9 +454,27 @@ async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
         ))
         .await
         .unwrap();
-    let handle = mount(view, mnt.path(), MountOptions::default()).unwrap();
-    let file = mnt.path().join("f.bin");
-    let upstream = src.path().join("f.bin");
+    ChangingFile {
+        handle: mount(view, mnt.path(), options).unwrap(),
+        file: mnt.path().join("f.bin"),
+        upstream: src.path().join("f.bin"),
+        _agent: agent,
+        _dirs: [src, cache_dir, mnt],
+    }
+}
+
+/// A file open in passthrough mode on its old version while the object changes upstream:
+/// once the metadata TTL has passed, a new open gets the new version (it opens, and
+/// reads the new bytes), and the handle still open reads the old version whole. The
+/// kernel keeps one backing file per inode and refuses any other kind of open of it, so
+/// before, the new open failed with EIO until the old handle was closed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
+    require_fuse();
+    let old = content(60, 3 * MIB);
+    let new = content(61, 3 * MIB);
+    let mounted = mount_changing_file("versions", &old, MountOptions::default()).await;
+    let (file, upstream) = (mounted.file.clone(), mounted.upstream.clone());
     let (old_read, new_read, old_again) = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         assert!(std::fs::read(&file).unwrap() == old, "cold read");
@@ -471,9 +493,9 @@ async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
     .await
     .unwrap();
     assert!(
-        handle.passthrough_counts().0 >= 1,
+        mounted.handle.passthrough_counts().0 >= 1,
         "{:?}",
-        handle.passthrough_counts()
+        mounted.handle.passthrough_counts()
     );
     assert!(
         old_read == content(60, 3 * MIB),
@@ -484,7 +506,7 @@ async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
         "the new open read old bytes"
     );
     assert!(old_again == content(61, 3 * MIB));
-    handle.unmount().unwrap();
+    mounted.handle.unmount().unwrap();
 }
 
 /// The same without passthrough: a handle open on the old version keeps reading it while
@@ -494,29 +516,12 @@ async fn a_new_version_opens_while_the_old_one_is_open_in_passthrough() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn versions_open_at_once_do_not_share_the_page_cache() {
     require_fuse();
-    let src = tempdir();
-    write_tree(src.path(), &[("f.bin".into(), content(62, 3 * MIB))]);
-    let cache_dir = tempdir();
-    let mnt = tempdir();
-    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "pages",
-            vec![local_source("l", src.path(), "/")],
-            CacheSettings {
-                metadata_ttl: Duration::from_secs(1),
-                ..one_mib_blocks()
-            },
-        ))
-        .await
-        .unwrap();
     let options = MountOptions {
         passthrough: false,
         ..Default::default()
     };
-    let handle = mount(view, mnt.path(), options).unwrap();
-    let file = mnt.path().join("f.bin");
-    let upstream = src.path().join("f.bin");
+    let mounted = mount_changing_file("pages", &content(62, 3 * MIB), options).await;
+    let (file, upstream) = (mounted.file.clone(), mounted.upstream.clone());
     let (old_read, later_read) = tokio::task::spawn_blocking(move || {
         use std::io::Read;
         // Cached whole, then opened and read in part on the old version.
@@ -548,7 +553,7 @@ async fn versions_open_at_once_do_not_share_the_page_cache() {
         later_read == content(63, 3 * MIB),
         "a later open read old bytes"
     );
-    handle.unmount().unwrap();
+    mounted.handle.unmount().unwrap();
 }
 
 fn is_mounted(p: &Path) -> bool {
