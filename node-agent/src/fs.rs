@@ -380,6 +380,71 @@ impl FsState {
         }
     }
 
+    /// Opens `ino` in passthrough mode if its version (`etag`) is fully cached and the
+    /// kernel allows it; gives `reply` back if it did not.
+    async fn open_passthrough(
+        &self,
+        ino: u64,
+        reader: &Arc<FileReader>,
+        etag: &str,
+        fh: u64,
+        path: &DatasetPath,
+        reply: ReplyOpen,
+    ) -> Option<ReplyOpen> {
+        // The kernel allows one backing file per inode, and refuses passthrough while the
+        // inode has cached (non-passthrough) opens; every decision below is taken under
+        // the `io` lock so that concurrent opens agree.
+        let cached_open = self
+            .io
+            .lock()
+            .expect("io")
+            .get(&ino)
+            .is_some_and(|e| e.cached_opens > 0);
+        if cached_open {
+            return Some(reply);
+        }
+        let Some((file, lease)) = self.view.cached_file(reader.stat()).await else {
+            return Some(reply);
+        };
+        let mut io = self.io.lock().expect("io");
+        let entry = io.entry(ino).or_default();
+        let alive = entry
+            .backing
+            .as_ref()
+            .and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
+        let backing = match alive {
+            Some((t, b)) if t == etag => Ok(b),
+            Some(_) => return Some(reply),
+            None if entry.cached_opens > 0 => return Some(reply),
+            None => reply.open_backing(&file).map(Arc::new),
+        };
+        match backing {
+            Ok(b) => {
+                entry.backing = Some((etag.to_string(), Arc::downgrade(&b)));
+                drop(io);
+                let open = Arc::new(OpenFile {
+                    reader: reader.clone(),
+                    ino,
+                    passthrough: Some((b.clone(), lease)),
+                    direct: false,
+                });
+                self.handles.lock().expect("handles").insert(fh, open);
+                self.passthrough_ok.fetch_add(1, Ordering::Relaxed);
+                self.view.cache_metrics_passthrough("ok");
+                reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
+                None
+            }
+            Err(e) => {
+                drop(io);
+                self.passthrough_refused.fetch_add(1, Ordering::Relaxed);
+                self.view.cache_metrics_passthrough("refused");
+                tracing::warn!(path = %path, error = %e,
+                    "FUSE passthrough refused; serving this file through the agent");
+                Some(reply)
+            }
+        }
+    }
+
     /// The listing a read of open directory `fh` at `offset` continues in: the handle's
     /// own, taken by its first read (or again when it starts over at offset 0, as
     /// `rewinddir` does).
@@ -618,65 +683,16 @@ impl Filesystem for StrataFs {
                 let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
                 // Twice at most: see "its download completed" below.
                 let mut tried_passthrough = 0;
+                let mut reply = reply;
                 loop {
                     tried_passthrough += 1;
                     if st.passthrough.load(Ordering::Relaxed) {
-                        // The kernel allows one backing file per inode, and refuses passthrough
-                        // while the inode has cached (non-passthrough) opens; every decision below
-                        // is taken under the `io` lock so that concurrent opens agree.
-                        let cached_open = st
-                            .io
-                            .lock()
-                            .expect("io")
-                            .get(&ino.0)
-                            .is_some_and(|e| e.cached_opens > 0);
-                        let complete = if cached_open {
-                            None
-                        } else {
-                            st.view.cached_file(reader.stat()).await
-                        };
-                        if let Some((file, lease)) = complete {
-                            let mut io = st.io.lock().expect("io");
-                            let entry = io.entry(ino.0).or_default();
-                            let alive = entry
-                                .backing
-                                .as_ref()
-                                .and_then(|(t, w)| w.upgrade().map(|b| (t.clone(), b)));
-                            let backing = match alive {
-                                Some((t, b)) if t == etag => Some(Ok(b)),
-                                Some(_) => None,
-                                None if entry.cached_opens > 0 => None,
-                                None => Some(reply.open_backing(&file).map(Arc::new)),
-                            };
-                            match backing {
-                                Some(Ok(b)) => {
-                                    entry.backing = Some((etag.clone(), Arc::downgrade(&b)));
-                                    drop(io);
-                                    let open = Arc::new(OpenFile {
-                                        reader,
-                                        ino: ino.0,
-                                        passthrough: Some((b.clone(), lease)),
-                                        direct: false,
-                                    });
-                                    st.handles.lock().expect("handles").insert(fh, open);
-                                    st.passthrough_ok.fetch_add(1, Ordering::Relaxed);
-                                    st.view.cache_metrics_passthrough("ok");
-                                    reply.opened_passthrough(
-                                        FileHandle(fh),
-                                        FopenFlags::empty(),
-                                        &b,
-                                    );
-                                    return;
-                                }
-                                Some(Err(e)) => {
-                                    drop(io);
-                                    st.passthrough_refused.fetch_add(1, Ordering::Relaxed);
-                                    st.view.cache_metrics_passthrough("refused");
-                                    tracing::warn!(path = %path, error = %e,
-                                "FUSE passthrough refused; serving this file through the agent");
-                                }
-                                None => {}
-                            }
+                        match st
+                            .open_passthrough(ino.0, &reader, &etag, fh, &path, reply)
+                            .await
+                        {
+                            None => return,
+                            Some(not_opened) => reply = not_opened,
                         }
                     }
                     // Served by the agent.
