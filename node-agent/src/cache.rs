@@ -1422,6 +1422,12 @@ impl DatasetCache {
         }
     }
 
+    /// Bytes this dataset holds on disk (what [`Self::usage`] reports, without walking
+    /// the cached objects).
+    pub fn disk_bytes(&self) -> u64 {
+        self.used.load(Ordering::Relaxed)
+    }
+
     /// Usage figures.
     pub fn usage(&self) -> CacheUsage {
         let objects = self.objects.read().expect("objects");
@@ -1433,7 +1439,7 @@ impl DatasetCache {
             }
         }
         CacheUsage {
-            disk_bytes: self.used.load(Ordering::Relaxed),
+            disk_bytes: self.disk_bytes(),
             memory_bytes: self.node.memory_bytes_of(&self.id),
             cached_objects: objects.len() as u64,
             pinned_bytes: pinned,

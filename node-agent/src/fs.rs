@@ -981,15 +981,15 @@ impl Filesystem for StrataFs {
     }
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
-        let cache = self.state.view.cache();
-        let usage = cache.usage();
+        // Called by every `df`: the running total, not a walk over every cached object.
+        let used = self.state.view.cache().disk_bytes();
         let bsize = 4096u64;
         let quota = self.state.view.config().cache.quota;
         let capacity = quota
             .unwrap_or(u64::MAX)
             .min(self.state.view_node_capacity());
         let blocks = capacity / bsize;
-        let free = capacity.saturating_sub(usage.disk_bytes) / bsize;
+        let free = capacity.saturating_sub(used) / bsize;
         let files = self.state.inodes.read().expect("inodes").by_ino.len() as u64;
         reply.statfs(
             blocks,

@@ -380,6 +380,11 @@ async fn passthrough_serves_cached_files_at_local_speed() {
         .await
         .unwrap();
     assert!(cold == data);
+    // `df` on the mount shows the cache: its size, and the cached bytes as used.
+    let vfs = nix::sys::statvfs::statvfs(mnt.path()).unwrap();
+    let used = (vfs.blocks() - vfs.blocks_free()) * vfs.fragment_size();
+    assert_eq!(vfs.blocks() * vfs.fragment_size(), 1 << 30);
+    assert_eq!(used, 64 * MIB as u64, "df's used bytes");
     // Second open: fully cached, so passthrough.
     let f = file.clone();
     let (warm, warm_t) = tokio::task::spawn_blocking(move || timed_read(&f))
