@@ -2,11 +2,11 @@
 //!
 //! Blocks are keyed by (dataset, object version, block index); an object version is
 //! (source, key, ETag). On disk each object version is one sparse data file of the
-//! object's size plus a sidecar (`.meta`, JSON) listing the blocks present and their
-//! crc32c. A block is written into the data file first and only then recorded in the
-//! sidecar, which is replaced atomically (write temp + rename): a crash can lose a block
-//! but never expose a torn one. Checksums are verified whenever a block is read back;
-//! a bad block is dropped (hole punched, sidecar updated) and reported as a miss.
+//! object's size plus a sidecar (`.meta`, see [`crate::sidecar`]): an append-only journal
+//! of the blocks present and their crc32c. A block is written into the data file first
+//! and only then recorded in the sidecar: a crash can lose a block but never expose a
+//! torn one. Checksums are verified whenever a block is read back; a bad block is dropped
+//! (hole punched, removal recorded) and reported as a miss.
 //!
 //! A fully cached object version is therefore one ordinary local file that the FUSE
 //! layer can hand to the kernel in passthrough mode ([`DatasetCache::complete_file`]).
@@ -16,7 +16,6 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -33,9 +32,8 @@ use crate::eviction::{EvictionPolicy, S3Fifo, new_policy};
 use crate::glob::PathGlobs;
 use crate::metrics::Metrics;
 use crate::path::DatasetPath;
+use crate::sidecar::{self, JournalState, SidecarHeader};
 use crate::{Error, Result};
-
-const SIDECAR_FORMAT: u32 = 1;
 
 /// One version of one object of a source.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -89,23 +87,6 @@ pub struct BlockKey {
 
 type DiskKey = (Arc<str>, u64);
 
-#[derive(Debug, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct Sidecar {
-    format: u32,
-    source: String,
-    key: String,
-    etag: String,
-    size: u64,
-    block_size: u64,
-    path: String,
-    /// Object last-modified time, Unix milliseconds.
-    #[serde(default)]
-    mtime_ms: i64,
-    /// (index, crc32c)
-    blocks: Vec<(u64, u32)>,
-}
-
 #[derive(Debug, Clone, Copy)]
 struct BlockMeta {
     crc: u32,
@@ -125,6 +106,7 @@ struct ObjectState {
     // are gone: nothing may be written into it any more, or the bytes would be counted
     // against the quota with no indexed block to ever give them back.
     removed: bool,
+    journal: JournalState,
 }
 
 /// An object version with some blocks on disk.
@@ -149,9 +131,9 @@ impl CachedObject {
         r.end - r.start
     }
 
-    fn write_sidecar(&self, state: &ObjectState) -> std::io::Result<()> {
-        let sidecar = Sidecar {
-            format: SIDECAR_FORMAT,
+    fn sidecar_header(&self) -> SidecarHeader {
+        SidecarHeader {
+            format: sidecar::FORMAT,
             source: self.version.source.clone(),
             key: self.version.key.clone(),
             etag: self.version.etag.clone(),
@@ -159,14 +141,30 @@ impl CachedObject {
             block_size: self.block_size,
             path: self.path.as_str().to_string(),
             mtime_ms: self.mtime_ms,
-            blocks: state.blocks.iter().map(|(i, m)| (*i, m.crc)).collect(),
-        };
-        let tmp = self.meta_path.with_extension("meta.tmp");
-        {
-            let mut f = File::create(&tmp)?;
-            f.write_all(&serde_json::to_vec(&sidecar).map_err(std::io::Error::other)?)?;
+            blocks: Vec::new(),
         }
-        fs::rename(&tmp, &self.meta_path)
+    }
+
+    /// Records in the sidecar that block `index` was stored with checksum `crc` (or, with
+    /// `None`, removed); `state.blocks` already says so.
+    fn record_in_sidecar(
+        &self,
+        state: &mut ObjectState,
+        index: u64,
+        crc: Option<u32>,
+    ) -> std::io::Result<()> {
+        let ObjectState {
+            blocks, journal, ..
+        } = state;
+        sidecar::record_change(
+            &self.meta_path,
+            &self.sidecar_header(),
+            journal,
+            index,
+            crc,
+            blocks.iter().map(|(i, m)| (*i, m.crc)),
+            blocks.len() as u64,
+        )
     }
 
     /// The object's data file, created at the object's size if missing.
@@ -576,24 +574,19 @@ impl DatasetCache {
     }
 
     fn load_object(&self, meta_path: &Path) -> std::io::Result<bool> {
-        let sidecar: Sidecar =
-            serde_json::from_slice(&fs::read(meta_path)?).map_err(std::io::Error::other)?;
+        let loaded = sidecar::load(meta_path)?;
+        let header = &loaded.header;
         let data_path = meta_path.with_extension("data");
         let data_len = fs::metadata(&data_path)?.len();
-        if sidecar.format != SIDECAR_FORMAT
-            || sidecar.block_size != self.block_size
-            || data_len != sidecar.size
-        {
-            return Err(std::io::Error::other(
-                "format, block size or length changed",
-            ));
+        if header.block_size != self.block_size || data_len != header.size {
+            return Err(std::io::Error::other("block size or length changed"));
         }
-        let path = DatasetPath::parse(&sidecar.path).map_err(std::io::Error::other)?;
+        let path = DatasetPath::parse(&header.path).map_err(std::io::Error::other)?;
         let version = ObjectVersion {
-            source: sidecar.source,
-            key: sidecar.key,
-            etag: sidecar.etag,
-            size: sidecar.size,
+            source: header.source.clone(),
+            key: header.key.clone(),
+            etag: header.etag.clone(),
+            size: header.size,
         };
         let id: Arc<str> = Arc::from(version.id());
         let last_access = fs::metadata(meta_path)?
@@ -605,7 +598,7 @@ impl DatasetCache {
         let obj = Arc::new(CachedObject {
             id: id.clone(),
             path,
-            mtime_ms: sidecar.mtime_ms,
+            mtime_ms: header.mtime_ms,
             cached_at: last_access,
             data_path,
             meta_path: meta_path.to_path_buf(),
@@ -620,8 +613,9 @@ impl DatasetCache {
         let mut bytes = 0;
         {
             let mut st = obj.state.lock().expect("object state");
+            st.journal = JournalState::loaded(&loaded);
             let mut policy = self.policy.lock().expect("policy");
-            for (index, crc) in sidecar.blocks {
+            for (&index, &crc) in &loaded.blocks {
                 if index >= obj.version.block_count(self.block_size) {
                     continue;
                 }
@@ -965,7 +959,7 @@ impl DatasetCache {
                     verified: true,
                 },
             );
-            if let Err(e) = obj.write_sidecar(&st) {
+            if let Err(e) = obj.record_in_sidecar(&mut st, index, Some(crc)) {
                 st.blocks.remove(&index);
                 return Err(e);
             }
@@ -1089,7 +1083,7 @@ impl DatasetCache {
         }
     }
 
-    /// Removes one block from disk (hole punched, sidecar rewritten). With `evicting`, only
+    /// Removes one block from disk (hole punched, removal recorded). With `evicting`, only
     /// if the object is neither pinned nor leased, checked under the object's lock, the
     /// one under which [`Self::complete_file`] takes its lease: a file handed to FUSE
     /// passthrough never has a block punched out of it (the hole would read as zeros).
@@ -1119,8 +1113,8 @@ impl DatasetCache {
             let _ = fs::remove_file(&obj.data_path);
         } else {
             obj.punch_hole(index);
-            if let Err(e) = obj.write_sidecar(&st) {
-                tracing::warn!(dataset = %self.id, error = %e, "cannot rewrite cache sidecar");
+            if let Err(e) = obj.record_in_sidecar(&mut st, index, None) {
+                tracing::warn!(dataset = %self.id, error = %e, "cannot update cache sidecar");
             }
         }
         drop(st);

@@ -29,6 +29,7 @@ pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;
 pub mod path;
+pub mod sidecar;
 pub mod singleflight;
 pub mod source;
 
