@@ -430,6 +430,14 @@ impl DatasetView {
 
     /// Stat of a file or directory.
     pub async fn stat(self: &Arc<Self>, path: &DatasetPath) -> Result<FileStat> {
+        Ok(self.stat_until(path).await?.0)
+    }
+
+    /// Stat of a file or directory, and until when the answer is valid (one metadata TTL
+    /// after it was fetched). A cache that keeps the answer, the kernel's through FUSE,
+    /// must keep it no longer: given a whole TTL, an answer that had aged here would show
+    /// a change upstream up to twice the TTL late.
+    pub async fn stat_until(self: &Arc<Self>, path: &DatasetPath) -> Result<(FileStat, Instant)> {
         match self.stat_opt(path).await? {
             Some(s) => Ok(s),
             None => Err(Error::NotFound {
@@ -438,34 +446,37 @@ impl DatasetView {
         }
     }
 
-    async fn stat_opt(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<FileStat>> {
+    async fn stat_opt(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<(FileStat, Instant)>> {
+        let valid_until = || Instant::now() + self.metadata_ttl();
         // Mount paths never nest (validated), so a path with sources below it is not
         // inside any source: a synthetic directory.
         if self.virtual_children(path).is_some() {
-            return Ok(Some(FileStat::dir(path.clone())));
+            return Ok(Some((FileStat::dir(path.clone()), valid_until())));
         }
         let Some((_, rel)) = self.resolve(path) else {
             return Ok(None);
         };
         if rel.is_empty() {
-            return Ok(Some(FileStat::dir(path.clone())));
+            return Ok(Some((FileStat::dir(path.clone()), valid_until())));
         }
         match self.stats.get(path) {
-            Lookup::Fresh(v) => return Ok(v),
-            Lookup::Stale(v) => {
+            Lookup::Fresh(v, expires) => return Ok(v.map(|s| (s, expires))),
+            Lookup::Stale(v, expires) => {
                 self.refresh_in_background(path.clone());
-                return Ok(v);
+                return Ok(v.map(|s| (s, expires)));
             }
             Lookup::Missing => {}
         }
         // A fresh listing of the parent answers without a request.
         if let Some(parent) = path.parent()
-            && let Lookup::Fresh(listing) | Lookup::Stale(listing) = self.listings.get(&parent)
+            && let Lookup::Fresh(listing, expires) | Lookup::Stale(listing, expires) =
+                self.listings.get(&parent)
         {
             let name = path.file_name().unwrap_or_default();
-            return Ok(listing.find(name).map(|e| e.stat.clone()));
+            return Ok(listing.find(name).map(|e| (e.stat.clone(), expires)));
         }
-        self.fetch_stat(path.clone()).await
+        let stat = self.fetch_stat(path.clone()).await?;
+        Ok(stat.map(|s| (s, valid_until())))
     }
 
     fn refresh_in_background(self: &Arc<Self>, path: DatasetPath) {
@@ -526,6 +537,16 @@ impl DatasetView {
 
     /// Lists a directory. The listing is fetched once per metadata TTL and shared.
     pub async fn list(self: &Arc<Self>, path: &DatasetPath) -> Result<Arc<DirListing>> {
+        Ok(self.list_until(path).await?.0)
+    }
+
+    /// Lists a directory, and says until when the listing is valid (see
+    /// [`Self::stat_until`]).
+    pub async fn list_until(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+    ) -> Result<(Arc<DirListing>, Instant)> {
+        let valid_until = || Instant::now() + self.metadata_ttl();
         if let Some(names) = self.virtual_children(path) {
             let entries = names
                 .into_iter()
@@ -537,11 +558,11 @@ impl DatasetView {
                     })
                 })
                 .collect();
-            return Ok(Arc::new(DirListing { entries }));
+            return Ok((Arc::new(DirListing { entries }), valid_until()));
         }
         match self.listings.get(path) {
-            Lookup::Fresh(l) => return Ok(l),
-            Lookup::Stale(l) => {
+            Lookup::Fresh(l, expires) => return Ok((l, expires)),
+            Lookup::Stale(l, expires) => {
                 let view = self.clone();
                 let p = path.clone();
                 if self
@@ -555,7 +576,7 @@ impl DatasetView {
                         view.refreshing.lock().expect("refreshing").remove(&p);
                     });
                 }
-                return Ok(l);
+                return Ok((l, expires));
             }
             Lookup::Missing => {}
         }
@@ -565,7 +586,8 @@ impl DatasetView {
                 path: path.to_string(),
             });
         }
-        self.fetch_listing(path.clone()).await
+        let listing = self.fetch_listing(path.clone()).await?;
+        Ok((listing, valid_until()))
     }
 
     async fn fetch_listing(self: &Arc<Self>, path: DatasetPath) -> Result<Arc<DirListing>> {

@@ -10,7 +10,7 @@ use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, Weak};
-use std::time::{Duration, SystemTime};
+use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
     BackingId, Config, Errno, FileAttr, FileHandle, FileType, Filesystem, FopenFlags, Generation,
@@ -267,6 +267,9 @@ struct InodeIo {
     cached_opens: usize,
 }
 
+/// A directory listing and until when it is valid.
+type TimedListing = (Arc<DirListing>, Instant);
+
 struct FsState {
     view: Arc<DatasetView>,
     rt: tokio::runtime::Handle,
@@ -277,8 +280,8 @@ struct FsState {
     last_etag: Mutex<HashMap<u64, String>>,
     // Open directories, with the listing their first read took: every later read of the
     // handle continues in that listing, so a listing refreshed between two reads cannot
-    // make an entry show twice or not at all.
-    dirs: Mutex<HashMap<u64, Option<Arc<DirListing>>>>,
+    // make an entry show twice or not at all. With it, until when the listing is valid.
+    dirs: Mutex<HashMap<u64, Option<TimedListing>>>,
     next_fh: AtomicU64,
     passthrough_ok: AtomicU64,
     passthrough_refused: AtomicU64,
@@ -447,19 +450,19 @@ impl FsState {
 
     /// The listing a read of open directory `fh` at `offset` continues in: the handle's
     /// own, taken by its first read (or again when it starts over at offset 0, as
-    /// `rewinddir` does).
+    /// `rewinddir` does), and until when it is valid.
     async fn dir_listing(
         &self,
         fh: u64,
         path: &DatasetPath,
         offset: u64,
-    ) -> Result<Arc<DirListing>> {
+    ) -> Result<TimedListing> {
         if offset > 0
             && let Some(Some(listing)) = self.dirs.lock().expect("dirs").get(&fh)
         {
             return Ok(listing.clone());
         }
-        let listing = self.view.list(path).await?;
+        let listing = self.view.list_until(path).await?;
         if let Some(slot) = self.dirs.lock().expect("dirs").get_mut(&fh) {
             *slot = Some(listing.clone());
         }
@@ -534,6 +537,11 @@ impl FsState {
 
     fn ttl(&self) -> Duration {
         self.view.metadata_ttl()
+    }
+
+    /// How long the kernel may keep an answer valid here until `valid_until`.
+    fn ttl_until(valid_until: Instant) -> Duration {
+        valid_until.saturating_duration_since(Instant::now())
     }
 
     fn attr(&self, ino: u64, stat: &FileStat) -> FileAttr {
@@ -613,10 +621,11 @@ impl Filesystem for StrataFs {
         let span = tracing::debug_span!("lookup", path = %path);
         self.state.rt.spawn(
             async move {
-                match st.view.stat(&path).await {
-                    Ok(stat) => {
+                match st.view.stat_until(&path).await {
+                    Ok((stat, valid_until)) => {
                         let ino = st.looked_up(&path, stat.etag.as_deref());
-                        reply.entry(&st.ttl(), &st.attr(ino, &stat), Generation(0));
+                        let ttl = FsState::ttl_until(valid_until);
+                        reply.entry(&ttl, &st.attr(ino, &stat), Generation(0));
                     }
                     Err(e) => {
                         if !e.is_not_found() {
@@ -644,8 +653,10 @@ impl Filesystem for StrataFs {
             return;
         };
         self.state.rt.spawn(async move {
-            match st.view.stat(&path).await {
-                Ok(stat) => reply.attr(&st.ttl(), &st.attr(ino.0, &stat)),
+            match st.view.stat_until(&path).await {
+                Ok((stat, valid_until)) => {
+                    reply.attr(&FsState::ttl_until(valid_until), &st.attr(ino.0, &stat))
+                }
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -864,7 +875,7 @@ impl Filesystem for StrataFs {
             return;
         };
         self.state.rt.spawn(async move {
-            let listing = match st.dir_listing(fh.0, &path, offset).await {
+            let (listing, _) = match st.dir_listing(fh.0, &path, offset).await {
                 Ok(l) => l,
                 Err(e) => {
                     reply.error(errno(&e));
@@ -912,14 +923,16 @@ impl Filesystem for StrataFs {
             return;
         };
         self.state.rt.spawn(async move {
-            let listing = match st.dir_listing(fh.0, &path, offset).await {
+            let (listing, valid_until) = match st.dir_listing(fh.0, &path, offset).await {
                 Ok(l) => l,
                 Err(e) => {
                     reply.error(errno(&e));
                     return;
                 }
             };
-            let ttl = st.ttl();
+            // An open directory can be read long after its listing was taken: the kernel
+            // keeps these entries only while the listing is valid.
+            let ttl = FsState::ttl_until(valid_until);
             let dir_stat = FileStat {
                 path: path.clone(),
                 kind: crate::dataset::EntryKind::Directory,

@@ -2,6 +2,8 @@
 //! never served (so an object changed upstream is seen once its TTL passes); entries in
 //! the last quarter of their life are served and flagged for a background refresh, so
 //! hot paths do not stall on expiry. Negative entries ("not found") expire the same way.
+//! A lookup also says when its entry expires, so an answer passed on to another cache (the
+//! kernel's, through FUSE) is kept there only as long as it is valid here.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -11,10 +13,11 @@ use std::time::{Duration, Instant};
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<V> {
-    /// Fresh value.
-    Fresh(V),
-    /// Value still valid but should be refreshed in the background.
-    Stale(V),
+    /// Fresh value, and when it expires.
+    Fresh(V, Instant),
+    /// Value still valid (until the instant given) but should be refreshed in the
+    /// background.
+    Stale(V, Instant),
     /// Nothing valid cached.
     Missing,
 }
@@ -55,13 +58,14 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             return Lookup::Missing;
         };
         let age = at.elapsed();
+        let expires = *at + ttl;
         if age >= ttl {
             map.remove(key);
             Lookup::Missing
         } else if age >= ttl.mul_f64(0.75) {
-            Lookup::Stale(v.clone())
+            Lookup::Stale(v.clone(), expires)
         } else {
-            Lookup::Fresh(v.clone())
+            Lookup::Fresh(v.clone(), expires)
         }
     }
 
@@ -110,10 +114,18 @@ mod tests {
     #[test]
     fn expires_and_flags_stale() {
         let c = TtlCache::new(Duration::from_millis(200), 10);
+        let before = Instant::now();
         c.insert("a", 1);
-        assert_eq!(c.get(&"a"), Lookup::Fresh(1));
+        let after = Instant::now();
+        let Lookup::Fresh(1, expires) = c.get(&"a") else {
+            panic!("not fresh")
+        };
+        assert!(
+            expires >= before + Duration::from_millis(200)
+                && expires <= after + Duration::from_millis(200)
+        );
         std::thread::sleep(Duration::from_millis(160));
-        assert_eq!(c.get(&"a"), Lookup::Stale(1));
+        assert_eq!(c.get(&"a"), Lookup::Stale(1, expires));
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.get(&"a"), Lookup::Missing);
     }
@@ -125,6 +137,6 @@ mod tests {
             c.insert(i, i);
         }
         assert!(c.len() <= 10);
-        assert_eq!(c.get(&99), Lookup::Fresh(99));
+        assert!(matches!(c.get(&99), Lookup::Fresh(99, _)));
     }
 }

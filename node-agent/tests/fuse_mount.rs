@@ -241,6 +241,59 @@ async fn upstream_change_shows_after_metadata_ttl() {
     handle.unmount().unwrap();
 }
 
+/// The kernel keeps an answer only as long as it is valid in the agent: a stat answered
+/// from a listing the agent fetched most of a TTL ago must not stay in the kernel for a
+/// whole TTL more. Before, the kernel got the whole TTL with every answer, and a change
+/// upstream showed up to twice the TTL late.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn an_answer_aged_in_the_agent_is_not_kept_a_whole_ttl_by_the_kernel() {
+    require_fuse();
+    const TTL: Duration = Duration::from_secs(2);
+    let src = tempdir();
+    write_tree(src.path(), &[("dir/f.txt".into(), b"old".to_vec())]);
+    let cache_dir = tempdir();
+    let mnt = tempdir();
+    let agent = agent(cache_dir.path(), 16 << 20, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "aged",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                metadata_ttl: TTL,
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    let handle = mount(view.clone(), mnt.path(), MountOptions::default()).unwrap();
+    // The agent lists the directory (another reader of the dataset, say); the object then
+    // changes upstream.
+    let listed = Instant::now();
+    view.list(&p("/dir")).await.unwrap();
+    std::fs::write(src.path().join("dir/f.txt"), b"new and longer").unwrap();
+    let file = mnt.path().join("dir/f.txt");
+    let size = |f: PathBuf| async move {
+        tokio::task::spawn_blocking(move || std::fs::metadata(f).unwrap().len())
+            .await
+            .unwrap()
+    };
+    // Late in the listing's life, the kernel looks the file up: the answer comes from the
+    // listing, still valid.
+    tokio::time::sleep(TTL * 3 / 4).await;
+    let early = size(file.clone()).await;
+    if listed.elapsed() < TTL {
+        assert_eq!(early, 3, "a valid cached answer was not used");
+    }
+    // Once the listing's TTL has passed, the kernel must ask again and see the change.
+    tokio::time::sleep_until((listed + TTL + Duration::from_millis(300)).into()).await;
+    assert_eq!(
+        size(file.clone()).await,
+        14,
+        "the kernel kept an answer past its TTL in the agent"
+    );
+    handle.unmount().unwrap();
+}
+
 /// A directory read over many calls while its listing is refreshed in between (an object
 /// added upstream and the metadata TTL passed) shows each entry exactly once: an open
 /// directory keeps the listing its first read took. Before, the later calls continued by
