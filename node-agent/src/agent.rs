@@ -230,6 +230,7 @@ impl Agent {
                 name: name.into(),
             });
         };
+        view.close();
         let cache = view.cache().clone();
         tokio::task::spawn_blocking(move || {
             if drop_cache {

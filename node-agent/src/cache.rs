@@ -376,7 +376,7 @@ impl BlockCache {
     /// never candidates. Returns false when the space cannot be found.
     fn reserve(&self, ds: &DatasetCache, bytes: u64) -> bool {
         let _guard = self.reserve_lock.lock().expect("reserve lock");
-        if bytes > self.disk_capacity {
+        if bytes > self.disk_capacity || !*ds.counted.lock().expect("counted") {
             return false;
         }
         let quota = ds.quota.load(Ordering::Relaxed);
@@ -411,14 +411,23 @@ impl BlockCache {
                 _ => return false,
             }
         }
-        ds.used.fetch_add(bytes, Ordering::Relaxed);
-        self.disk_used.fetch_add(bytes, Ordering::Relaxed);
-        true
+        ds.count(bytes)
     }
 
     fn release(&self, ds: &DatasetCache, bytes: u64) {
-        ds.used.fetch_sub(bytes, Ordering::Relaxed);
-        self.disk_used.fetch_sub(bytes, Ordering::Relaxed);
+        let counted = ds.counted.lock().expect("counted");
+        // A dataset no longer counted gave its bytes back all at once (`uncount`); what
+        // its writes still in flight release then is not taken from the node again.
+        let taken = ds
+            .used
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |u| {
+                Some(u.saturating_sub(bytes))
+            })
+            .unwrap_or(0)
+            .min(bytes);
+        if *counted {
+            self.disk_used.fetch_sub(taken, Ordering::Relaxed);
+        }
     }
 }
 
@@ -453,6 +462,10 @@ pub struct DatasetCache {
     extra_pins: Mutex<Vec<String>>,
     pins: RwLock<PathGlobs>,
     used: AtomicU64,
+    // Whether `used` counts in the node's total: false once the dataset was removed or
+    // replaced, after which no space is reserved for it. Changes of `used` and of the
+    // node's total happen together under this lock.
+    counted: Mutex<bool>,
     hits: AtomicU64,
     misses: AtomicU64,
     write_failures_logged: AtomicU64,
@@ -508,6 +521,7 @@ impl DatasetCache {
             extra_pins: Mutex::new(Vec::new()),
             pins: RwLock::new(pins),
             used: AtomicU64::new(0),
+            counted: Mutex::new(true),
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
             write_failures_logged: AtomicU64::new(0),
@@ -520,8 +534,7 @@ impl DatasetCache {
             .expect("datasets")
             .insert(id.to_string(), Arc::downgrade(&ds));
         if let Some(prev) = previous.and_then(|w| w.upgrade()) {
-            node.disk_used
-                .fetch_sub(prev.used.swap(0, Ordering::Relaxed), Ordering::Relaxed);
+            prev.uncount();
             // The old instance becomes inert; its files are re-indexed below.
             *prev.policy.lock().expect("policy") = new_policy(EvictionKind::Lru);
             prev.objects.write().expect("objects").clear();
@@ -640,8 +653,9 @@ impl DatasetCache {
             let _ = fs::remove_file(&obj.data_path);
             return Ok(false);
         }
-        self.used.fetch_add(bytes, Ordering::Relaxed);
-        self.node.disk_used.fetch_add(bytes, Ordering::Relaxed);
+        if !self.count(bytes) {
+            return Ok(false);
+        }
         self.objects.write().expect("objects").insert(id, obj);
         Ok(true)
     }
@@ -1477,12 +1491,36 @@ impl DatasetCache {
             .is_some_and(|d| std::ptr::eq(d.as_ref(), self))
         {
             datasets.remove(self.id.as_ref());
+        }
+        drop(datasets);
+        self.uncount();
+        let id = self.id.clone();
+        self.node.memory_remove_where(|k| k.dataset == id);
+    }
+
+    /// Counts `bytes` more as this dataset's, in its total and the node's; false (nothing
+    /// counted) once the dataset is no longer counted.
+    fn count(&self, bytes: u64) -> bool {
+        let counted = self.counted.lock().expect("counted");
+        if *counted {
+            self.used.fetch_add(bytes, Ordering::Relaxed);
+            self.node.disk_used.fetch_add(bytes, Ordering::Relaxed);
+        }
+        *counted
+    }
+
+    /// Stops counting this dataset's bytes in the node's total (it was removed, or
+    /// replaced by a new instance that counts the files itself): they are taken off at
+    /// once, no space is reserved for it any more, and what its writes still in flight
+    /// give back is not taken off twice.
+    fn uncount(&self) {
+        let mut counted = self.counted.lock().expect("counted");
+        if *counted {
+            *counted = false;
             self.node
                 .disk_used
                 .fetch_sub(self.used.swap(0, Ordering::Relaxed), Ordering::Relaxed);
         }
-        let id = self.id.clone();
-        self.node.memory_remove_where(|k| k.dataset == id);
     }
 
     fn publish_metrics(&self) {

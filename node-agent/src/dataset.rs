@@ -13,6 +13,7 @@ use futures::future::{BoxFuture, Shared};
 use futures::{FutureExt, StreamExt};
 use serde::{Deserialize, Serialize};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio_util::sync::CancellationToken;
 
 use crate::cache::{CacheUsage, DatasetCache, ObjectVersion, PassthroughLease};
 use crate::config::DatasetConfig;
@@ -237,6 +238,8 @@ pub struct DatasetView {
     last_source_error: Mutex<Option<(String, SystemTime)>>,
     metrics: Arc<Metrics>,
     totals: Mutex<Option<(u64, u64)>>,
+    // Cancelled when the dataset is removed from the agent: preloads stop.
+    removed: CancellationToken,
     handle: tokio::runtime::Handle,
 }
 
@@ -321,8 +324,15 @@ impl DatasetView {
             last_source_error: Mutex::new(None),
             metrics,
             totals: Mutex::new(None),
+            removed: CancellationToken::new(),
             handle,
         }))
+    }
+
+    /// Marks the dataset removed from the agent: preloads under way stop with
+    /// [`Error::DatasetRemoved`] (their fetches would fill a cache nobody serves from).
+    pub fn close(&self) {
+        self.removed.cancel();
     }
 
     /// "namespace/name".
@@ -1246,7 +1256,14 @@ impl DatasetView {
             }
         }))
         .buffer_unordered(fetches.max(1));
-        while let Some((n, error)) = in_flight.next().await {
+        loop {
+            let next = tokio::select! {
+                next = in_flight.next() => next,
+                () = self.removed.cancelled() => {
+                    return Err(Error::DatasetRemoved { dataset: self.id.clone() });
+                }
+            };
+            let Some((n, error)) = next else { break };
             if let Some(e) = error
                 && failed[n].is_none()
             {

@@ -63,6 +63,9 @@ pub enum Error {
     /// No dataset with this namespace/name is configured on this agent.
     #[error("dataset {namespace}/{name} is not configured on this agent")]
     DatasetNotFound { namespace: String, name: String },
+    /// The dataset was removed from this agent while the work ran (a preload stops).
+    #[error("dataset {dataset} was removed from this agent; stopped")]
+    DatasetRemoved { dataset: String },
     /// A background task died (panic or cancellation).
     #[error("internal task failed: {0}")]
     Task(String),
@@ -76,7 +79,9 @@ impl Error {
     pub fn errno(&self) -> i32 {
         match self {
             Error::InvalidPath { .. } => libc::EINVAL,
-            Error::NotFound { .. } | Error::DatasetNotFound { .. } => libc::ENOENT,
+            Error::NotFound { .. }
+            | Error::DatasetNotFound { .. }
+            | Error::DatasetRemoved { .. } => libc::ENOENT,
             Error::IsDirectory { .. } => libc::EISDIR,
             Error::NotDirectory { .. } => libc::ENOTDIR,
             Error::Source { kind, .. } => match kind {

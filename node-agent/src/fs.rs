@@ -451,12 +451,7 @@ impl FsState {
     /// The listing a read of open directory `fh` at `offset` continues in: the handle's
     /// own, taken by its first read (or again when it starts over at offset 0, as
     /// `rewinddir` does), and until when it is valid.
-    async fn dir_listing(
-        &self,
-        fh: u64,
-        path: &DatasetPath,
-        offset: u64,
-    ) -> Result<TimedListing> {
+    async fn dir_listing(&self, fh: u64, path: &DatasetPath, offset: u64) -> Result<TimedListing> {
         if offset > 0
             && let Some(Some(listing)) = self.dirs.lock().expect("dirs").get(&fh)
         {

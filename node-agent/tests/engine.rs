@@ -1097,6 +1097,74 @@ async fn preload_pin_and_usage() {
     assert_eq!(view.usage().cached_bytes, 0);
 }
 
+/// A dataset removed while a preload of it runs: the preload stops with an error that
+/// says so, and the node's disk total no longer holds any of the dataset's bytes. Before,
+/// the preload went on fetching the whole dataset into a cache nobody served from, and
+/// each block it stored after the removal stayed in the node's total for good (counted
+/// again when the dataset came back), shrinking the disk tier of every other dataset.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn removing_a_dataset_stops_its_preload_and_gives_its_disk_space_back() {
+    const FILE: usize = 64 * 1024;
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
+    let files: Vec<(String, Vec<u8>)> = (0..300)
+        .map(|i| (format!("f{i:03}"), content(i, FILE)))
+        .collect();
+    s3.upload("data", &files).await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let cfg = dataset(
+        "removed",
+        vec![s3.source("s3", "s3://data/", "/")],
+        CacheSettings::default(),
+    );
+    let view = agent.add_dataset(cfg.clone()).await.unwrap();
+    let (started, started_rx) = tokio::sync::oneshot::channel();
+    let started = std::sync::Mutex::new(Some(started));
+    let preload = tokio::spawn({
+        let view = view.clone();
+        async move {
+            view.preload_with(&["/**".to_string()], 2, move |p| {
+                if p.files_done >= 5
+                    && let Some(tx) = started.lock().unwrap().take()
+                {
+                    let _ = tx.send(());
+                }
+            })
+            .await
+        }
+    });
+    started_rx.await.unwrap();
+    agent
+        .remove_dataset("test", "removed", false)
+        .await
+        .unwrap();
+    let err = preload
+        .await
+        .unwrap()
+        .expect_err("the preload went on after its dataset was removed");
+    assert!(
+        err.to_string().contains("test/removed was removed"),
+        "{err}"
+    );
+    wait_for(Duration::from_secs(10), || view.fetches_in_flight() == 0).await;
+    assert_eq!(
+        agent.block_cache().disk_used(),
+        0,
+        "bytes of a removed dataset still count on the node"
+    );
+    assert!(
+        view.request_counts().gets < files.len() as u64,
+        "every file was fetched: {:?}",
+        view.request_counts()
+    );
+    // Back again, it counts what is on disk, once.
+    let view = agent.add_dataset(cfg).await.unwrap();
+    let cached = view.usage().cached_bytes;
+    assert!(cached >= 5 * FILE as u64, "{cached}");
+    assert_eq!(agent.block_cache().disk_used(), cached);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn blocks_read_again_from_disk_are_promoted_to_memory() {
     let src = tempdir();

@@ -117,7 +117,9 @@ fn engine_status(error: &crate::Error) -> StatusCode {
         | E::IsDirectory { .. }
         | E::NotDirectory { .. }
         | E::Config { .. } => StatusCode::BAD_REQUEST,
-        E::NotFound { .. } | E::DatasetNotFound { .. } => StatusCode::NOT_FOUND,
+        E::NotFound { .. } | E::DatasetNotFound { .. } | E::DatasetRemoved { .. } => {
+            StatusCode::NOT_FOUND
+        }
         E::Source { kind, .. } => match kind {
             SourceErrorKind::NotFound => StatusCode::NOT_FOUND,
             SourceErrorKind::Changed => StatusCode::CONFLICT,
