@@ -294,9 +294,12 @@ struct FsState {
 
 use std::sync::atomic::AtomicBool;
 
-/// Inode numbers of the paths the kernel knows. Numbers are never reused; an entry goes
-/// when the kernel forgets every lookup of it, so a walk over millions of objects does
-/// not keep millions of entries after the kernel dropped them.
+/// Inode numbers of the paths the kernel knows. A path's number is its hash
+/// ([`path_ino`]), the `d_ino` plain readdir shows for it, so `readdir` and `stat` agree;
+/// a sequential number (below 2^63, apart from the hashes) when that one is taken by
+/// another version of the path still open, or by a hash collision. An entry goes when
+/// the kernel forgets every lookup of it, so a walk over millions of objects does not
+/// keep millions of entries after the kernel dropped them.
 struct InodeTable {
     // Path and the kernel's lookup count (entries sent by lookup and readdirplus).
     by_ino: HashMap<u64, (DatasetPath, u64)>,
@@ -309,8 +312,13 @@ impl InodeTable {
         if let Some(i) = self.by_path.get(path) {
             return *i;
         }
-        let i = self.next;
-        self.next += 1;
+        let hashed = path_ino(path);
+        let i = if self.by_ino.contains_key(&hashed) {
+            self.next += 1;
+            self.next - 1
+        } else {
+            hashed
+        };
         self.by_ino.insert(i, (path.clone(), 0));
         self.by_path.insert(path.clone(), i);
         i
@@ -346,10 +354,11 @@ impl InodeTable {
     }
 }
 
-/// A stable `d_ino` for plain readdir entries the kernel has not looked up: readdir
-/// does not count as a lookup, so it must not create entries nobody would forget.
-/// The high bit keeps it apart from the table's sequential numbers.
-fn unlisted_ino(path: &DatasetPath) -> u64 {
+/// The inode number of `path`, unless taken (see [`InodeTable`]): also the `d_ino` of
+/// plain readdir entries the kernel has not looked up, which must not create table
+/// entries (readdir does not count as a lookup, so nothing would forget them). The high
+/// bit keeps it apart from the table's sequential numbers.
+fn path_ino(path: &DatasetPath) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     path.hash(&mut h);
@@ -892,7 +901,7 @@ impl Filesystem for StrataFs {
                         };
                         let child = st
                             .known_ino(&e.stat.path)
-                            .unwrap_or_else(|| unlisted_ino(&e.stat.path));
+                            .unwrap_or_else(|| path_ino(&e.stat.path));
                         reply.add(INodeNo(child), i + 1, kind, &e.name)
                     }
                 };
@@ -1021,6 +1030,31 @@ impl FsState {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn table() -> InodeTable {
+        InodeTable {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: 2,
+        }
+    }
+
+    #[test]
+    fn a_looked_up_path_gets_the_number_plain_readdir_shows() {
+        let mut t = table();
+        let a = DatasetPath::parse("/d/a").unwrap();
+        let ino = t.looked_up(&a);
+        assert_eq!(ino, path_ino(&a), "readdir would show another d_ino");
+        // Forgotten and looked up again: the same number.
+        assert!(t.forget(ino, 1));
+        assert_eq!(t.looked_up(&a), path_ino(&a));
+        // The number still held by another version of the path (its entry moved aside
+        // while a handle is open): a sequential one, apart from the hashes.
+        t.by_path.remove(&a);
+        let other = t.looked_up(&a);
+        assert_ne!(other, ino);
+        assert!(other < 1 << 63);
+    }
 
     #[test]
     fn mountinfo_unescaping() {
