@@ -197,6 +197,36 @@ impl CachedObject {
         }
     }
 
+    /// Frees the space of every block not in `present`: space allocated for blocks
+    /// whose fetch never finished (a preload stopped, a crash) would otherwise stay
+    /// taken on disk, counted nowhere. Best effort.
+    fn punch_missing(&self, present: &BTreeMap<u64, u32>) {
+        let Ok(f) = OpenOptions::new().write(true).open(&self.data_path) else {
+            return;
+        };
+        let count = self.version.block_count(self.block_size);
+        let mut index = 0;
+        while index < count {
+            if present.contains_key(&index) {
+                index += 1;
+                continue;
+            }
+            let start = index;
+            while index < count && !present.contains_key(&index) {
+                index += 1;
+            }
+            let from = start * self.block_size;
+            let to = (index * self.block_size).min(self.version.size);
+            let _ = nix::fcntl::fallocate(
+                &f,
+                nix::fcntl::FallocateFlags::FALLOC_FL_PUNCH_HOLE
+                    | nix::fcntl::FallocateFlags::FALLOC_FL_KEEP_SIZE,
+                from as i64,
+                (to - from) as i64,
+            );
+        }
+    }
+
     /// Marks block `index` (or every block) as read now, for the data TTL.
     fn touch(&self, index: Option<u64>) {
         let now = now_secs();
@@ -656,6 +686,9 @@ impl DatasetCache {
         if !self.count(bytes) {
             return Ok(false);
         }
+        if (loaded.blocks.len() as u64) < obj.version.block_count(self.block_size) {
+            obj.punch_missing(&loaded.blocks);
+        }
         self.objects.write().expect("objects").insert(id, obj);
         Ok(true)
     }
@@ -1104,7 +1137,9 @@ impl DatasetCache {
     /// Returns whether a block was dropped.
     fn drop_block(&self, obj: &Arc<CachedObject>, index: u64, evicting: bool) -> bool {
         let mut st = obj.state.lock().expect("object state");
-        if evicting && !obj.is_evictable() {
+        // A removed object's files are gone (or belong to its successor) and its bytes
+        // were given back when it was removed.
+        if st.removed || (evicting && !obj.is_evictable()) {
             return false;
         }
         if st.blocks.remove(&index).is_none() {

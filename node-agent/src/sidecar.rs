@@ -9,8 +9,14 @@
 //! again). Rewriting the whole block list per stored block, as format 1 did, wrote the
 //! sidecar's size once per block: O(n²), 5 GB of sidecar writes for a 100 GiB object in
 //! 4 MiB blocks. The journal is rewritten whole (temp file + rename, atomic) only when
-//! it is created, after a failed append, and when removals make it more than twice as
-//! long as the live list.
+//! it is created, after a failed append, when removals make it more than twice as long
+//! as the live list, and at the first change after it was loaded torn, long or in
+//! format 1.
+//!
+//! Records are appended without fsync, as the data is written: after a power cut the
+//! journal may name a block whose data did not reach the disk. Such a block fails its
+//! checksum, which is checked on every read from disk and before a file is handed to
+//! passthrough, and is fetched again.
 //!
 //! Format 1 (one JSON document with the block list inline) is still read, and rewritten
 //! as a journal when loaded.
@@ -55,6 +61,8 @@ pub struct LoadedSidecar {
     pub header: SidecarHeader,
     /// Block index to crc32c, as of the last whole record.
     pub blocks: BTreeMap<u64, u32>,
+    /// Whole records after the header.
+    pub records: u64,
     /// False when the file must be rewritten before anything is appended: its tail was
     /// torn, it is in the old format, or removals made it long.
     pub clean: bool,
@@ -69,10 +77,10 @@ pub struct JournalState {
 }
 
 impl JournalState {
-    /// The state of a journal just loaded with `records` whole records.
+    /// The state of a journal just loaded.
     pub fn loaded(sidecar: &LoadedSidecar) -> Self {
         JournalState {
-            records: sidecar.clean.then_some(sidecar.blocks.len() as u64),
+            records: sidecar.clean.then_some(sidecar.records),
         }
     }
 }
@@ -110,8 +118,9 @@ pub fn load(path: &Path) -> std::io::Result<LoadedSidecar> {
                 header.format
             )));
         }
-        let blocks = header.blocks.iter().copied().collect();
+        let blocks: BTreeMap<u64, u32> = header.blocks.iter().copied().collect();
         return Ok(LoadedSidecar {
+            records: blocks.len() as u64,
             header,
             blocks,
             clean: false,
@@ -145,6 +154,7 @@ pub fn load(path: &Path) -> std::io::Result<LoadedSidecar> {
     Ok(LoadedSidecar {
         header,
         blocks,
+        records: whole,
         clean: !torn && !long,
     })
 }
@@ -281,6 +291,7 @@ mod tests {
         let loaded = load(&path).unwrap();
         assert!(loaded.clean);
         assert_eq!(loaded.blocks, live);
+        assert_eq!(loaded.records, 8);
         assert_eq!(loaded.header.mtime_ms, 7);
     }
 

@@ -1431,3 +1431,49 @@ async fn blocks_landing_out_of_order_lie_in_file_order() {
         .unwrap_or(0);
     assert_eq!(taken, 0, "8 MiB taken ahead in a 2 MiB tier");
 }
+
+/// Space taken ahead for blocks that never arrived, because the agent stopped first, is
+/// given back when a restarted agent rebuilds its index: the disk then holds what the
+/// index counts. Before, it stayed allocated, counted nowhere, until the whole object
+/// left the cache.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn space_taken_ahead_for_blocks_that_never_came_is_freed_on_restart() {
+    let src = tempdir();
+    let data = content(13, 4 * MIB);
+    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
+    let cache_dir = tempdir();
+    let cfg = dataset(
+        "ahead",
+        vec![local_source("local", src.path(), "/")],
+        one_mib_blocks(),
+    );
+    let allocated = |f: &std::path::Path| {
+        std::os::unix::fs::MetadataExt::blocks(&std::fs::metadata(f).unwrap()) * 512
+    };
+    let file = {
+        let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+        let view = agent.add_dataset(cfg.clone()).await.unwrap();
+        let cache = view.cache().clone();
+        let stat = view.stat(&p("/f.bin")).await.unwrap();
+        let version = stat.version.clone().unwrap();
+        cache.preallocate(&version, &stat.path, stat.mtime, 0..4);
+        let first = bytes::Bytes::copy_from_slice(&data[..MIB]);
+        cache.put(&version, &stat.path, stat.mtime, 0, first);
+        let file = cache.data_file(&version).unwrap();
+        assert_eq!(allocated(&file), 4 * MIB as u64, "space taken ahead");
+        file
+        // The agent stops here, with blocks 1 to 3 never fetched.
+    };
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent.add_dataset(cfg).await.unwrap();
+    assert_eq!(view.usage().cached_bytes, MIB as u64);
+    assert_eq!(
+        allocated(&file),
+        MIB as u64,
+        "the disk holds more than the index counts"
+    );
+    assert_eq!(
+        &view.read(&p("/f.bin"), 0, u64::MAX).await.unwrap()[..],
+        &data[..]
+    );
+}
