@@ -61,6 +61,10 @@ pub struct Agent {
     readahead: ReadaheadLimits,
     datasets: Mutex<BTreeMap<(String, String), Arc<DatasetView>>>,
     expiry: Mutex<BTreeMap<(String, String), tokio::task::JoinHandle<()>>>,
+    // Held while a dataset is added, replaced or removed: a removal between reading the
+    // current view and installing its replacement would leave a view over a detached
+    // cache.
+    reconfiguring: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -103,6 +107,7 @@ impl Agent {
             metrics,
             datasets: Mutex::new(BTreeMap::new()),
             expiry: Mutex::new(BTreeMap::new()),
+            reconfiguring: tokio::sync::Mutex::new(()),
         }))
     }
 
@@ -135,6 +140,7 @@ impl Agent {
             pins: config.cache.pins.clone(),
             data_ttl: config.cache.data_ttl,
         };
+        let _reconfiguring = self.reconfiguring.lock().await;
         let existing = self.datasets.lock().expect("datasets").get(&key).cloned();
         if let Some(old) = &existing
             && old.config() == &config
@@ -160,6 +166,13 @@ impl Agent {
             self.readahead.clone(),
             self.metrics.clone(),
         )?;
+        match &existing {
+            None => view.seed_metadata_from_cache(),
+            // A new cache (the block size changed): the old view's work would only fill
+            // the old one, which no longer counts.
+            Some(old) if !Arc::ptr_eq(old.cache(), &cache) => old.close(),
+            Some(_) => {}
+        }
         self.datasets
             .lock()
             .expect("datasets")
@@ -219,6 +232,7 @@ impl Agent {
         name: &str,
         drop_cache: bool,
     ) -> Result<()> {
+        let _reconfiguring = self.reconfiguring.lock().await;
         let key = (namespace.to_string(), name.to_string());
         let view = self.datasets.lock().expect("datasets").remove(&key);
         if let Some(h) = self.expiry.lock().expect("expiry").remove(&key) {
@@ -233,10 +247,12 @@ impl Agent {
         view.close();
         let cache = view.cache().clone();
         tokio::task::spawn_blocking(move || {
+            // Detached first: writes still in flight then find no space, instead of
+            // creating files among those being deleted.
+            cache.detach();
             if drop_cache {
                 cache.drop_all();
             }
-            cache.detach();
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?;

@@ -83,6 +83,9 @@ pub struct BlockKey {
     pub object: Arc<str>,
     /// Block index.
     pub index: u64,
+    /// Block size: a dataset re-created with another block size must not find the old
+    /// instance's blocks (nor the old one the new one's) under the same index.
+    pub block_size: u64,
 }
 
 type DiskKey = (Arc<str>, u64);
@@ -565,6 +568,8 @@ impl DatasetCache {
             .insert(id.to_string(), Arc::downgrade(&ds));
         if let Some(prev) = previous.and_then(|w| w.upgrade()) {
             prev.uncount();
+            let id = prev.id.clone();
+            node.memory_remove_where(|k| k.dataset == id);
             // The old instance becomes inert; its files are re-indexed below.
             *prev.policy.lock().expect("policy") = new_policy(EvictionKind::Lru);
             prev.objects.write().expect("objects").clear();
@@ -717,6 +722,7 @@ impl DatasetCache {
             dataset: self.id.clone(),
             object: object.clone(),
             index,
+            block_size: self.block_size,
         }
     }
 
@@ -890,6 +896,10 @@ impl DatasetCache {
         index: u64,
         data: Bytes,
     ) {
+        if !self.is_counted() {
+            // Removed or replaced: nothing is served from this instance's tiers any more.
+            return;
+        }
         let id: Arc<str> = Arc::from(version.id());
         if self.disk_enabled && self.put_disk(&id, version, path, mtime, index, &data) {
             return;
@@ -1058,7 +1068,7 @@ impl DatasetCache {
         mtime: SystemTime,
         blocks: std::ops::Range<u64>,
     ) {
-        if !self.disk_enabled || version.size == 0 || blocks.is_empty() {
+        if !self.disk_enabled || version.size == 0 || blocks.is_empty() || !self.is_counted() {
             return;
         }
         let start = blocks.start * self.block_size;
@@ -1106,7 +1116,9 @@ impl DatasetCache {
     /// Gives back the space [`Self::preallocate`] took for a block that was not stored
     /// (its fetch failed, or the tier had no room for it after all).
     pub fn release_unwritten(&self, version: &ObjectVersion, index: u64) {
-        if !self.disk_enabled {
+        // An instance no longer counted leaves the files alone: a new instance of the
+        // dataset may be using them.
+        if !self.disk_enabled || !self.is_counted() {
             return;
         }
         let id: Arc<str> = Arc::from(version.id());
@@ -1138,8 +1150,9 @@ impl DatasetCache {
     fn drop_block(&self, obj: &Arc<CachedObject>, index: u64, evicting: bool) -> bool {
         let mut st = obj.state.lock().expect("object state");
         // A removed object's files are gone (or belong to its successor) and its bytes
-        // were given back when it was removed.
-        if st.removed || (evicting && !obj.is_evictable()) {
+        // were given back when it was removed; an instance no longer counted leaves the
+        // files to the dataset's new instance.
+        if st.removed || (evicting && !obj.is_evictable()) || !self.is_counted() {
             return false;
         }
         if st.blocks.remove(&index).is_none() {
@@ -1531,6 +1544,10 @@ impl DatasetCache {
         self.uncount();
         let id = self.id.clone();
         self.node.memory_remove_where(|k| k.dataset == id);
+    }
+
+    fn is_counted(&self) -> bool {
+        *self.counted.lock().expect("counted")
     }
 
     /// Counts `bytes` more as this dataset's, in its total and the node's; false (nothing

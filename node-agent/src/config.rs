@@ -208,6 +208,9 @@ pub struct CacheSettings {
 fn default_block_size() -> u64 {
     DEFAULT_BLOCK_SIZE
 }
+/// Longest metadata TTL accepted.
+pub const MAX_METADATA_TTL: Duration = Duration::from_secs(365 * 86400);
+
 fn default_metadata_ttl() -> Duration {
     DEFAULT_METADATA_TTL
 }
@@ -299,6 +302,15 @@ impl DatasetConfig {
                     ));
                 }
             }
+        }
+        if self.cache.metadata_ttl > MAX_METADATA_TTL {
+            return Err(Error::config(
+                "cache.metadataTtl",
+                format!(
+                    "{}s is longer than the 365 days allowed; for data that never changes use 365d",
+                    self.cache.metadata_ttl.as_secs()
+                ),
+            ));
         }
         let bs = self.cache.block_size;
         if !(64 * 1024..=256 * 1024 * 1024).contains(&bs) || !bs.is_multiple_of(4096) {
@@ -509,6 +521,14 @@ cache:
         )
         .unwrap_err();
         assert!(err.to_string().contains("cache.blockSize"), "{err}");
+        let err = DatasetConfig::from_yaml(
+            "name: x\nsources: [{name: a, uri: /tmp}]\ncache: {metadataTtl: 1000000d}",
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("cache.metadataTtl") && err.to_string().contains("365d"),
+            "{err}"
+        );
     }
 
     #[test]

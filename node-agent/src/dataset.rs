@@ -232,6 +232,7 @@ pub struct DatasetView {
     list_flights: SingleFlight<DatasetPath, Result<Arc<DirListing>>>,
     block_flights: SingleFlight<(String, u64), BlockResult>,
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
+    refreshing_listings: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
     directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
     // The last failed request to a source (not a "not found") since the reporter took it.
@@ -282,32 +283,6 @@ impl DatasetView {
             Error::Task("DatasetView must be created inside a tokio runtime".into())
         })?;
         let stats = TtlCache::new(ttl, MAX_METADATA_ENTRIES);
-        // What the disk tier holds is known without asking the sources: a restarted agent
-        // serves cached files (and their parent directories) for one metadata TTL.
-        for (path, version, mtime) in cache.cached_versions() {
-            if !sources.iter().any(|s| s.name() == version.source) {
-                continue;
-            }
-            let mut dir = path.parent();
-            while let Some(d) = dir {
-                if d.is_root() {
-                    break;
-                }
-                dir = d.parent();
-                stats.insert(d.clone(), Some(FileStat::dir(d)));
-            }
-            stats.insert(
-                path.clone(),
-                Some(FileStat {
-                    path,
-                    kind: EntryKind::File,
-                    size: version.size,
-                    mtime,
-                    etag: Some(version.etag.clone()),
-                    version: Some(version),
-                }),
-            );
-        }
         Ok(Arc::new(DatasetView {
             config,
             id,
@@ -319,6 +294,7 @@ impl DatasetView {
             list_flights: SingleFlight::default(),
             block_flights: SingleFlight::default(),
             refreshing: Mutex::new(Default::default()),
+            refreshing_listings: Mutex::new(Default::default()),
             readahead,
             directory_scans: Mutex::new(HashMap::new()),
             last_source_error: Mutex::new(None),
@@ -327,6 +303,38 @@ impl DatasetView {
             removed: CancellationToken::new(),
             handle,
         }))
+    }
+
+    /// Takes the metadata of what the disk tier holds as known, without asking the
+    /// sources: a restarted agent serves its cached files (and their parent
+    /// directories) for one metadata TTL, also while a source is unreachable. Only for
+    /// the first view of a dataset in a process: a view replacing another would take
+    /// back the versions on disk where the old view had already seen newer ones.
+    pub fn seed_metadata_from_cache(&self) {
+        for (path, version, mtime) in self.cache.cached_versions() {
+            if !self.sources.iter().any(|s| s.name() == version.source) {
+                continue;
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d.is_root() {
+                    break;
+                }
+                dir = d.parent();
+                self.stats.insert(d.clone(), Some(FileStat::dir(d)));
+            }
+            self.stats.insert(
+                path.clone(),
+                Some(FileStat {
+                    path,
+                    kind: EntryKind::File,
+                    size: version.size,
+                    mtime,
+                    etag: Some(version.etag.clone()),
+                    version: Some(version),
+                }),
+            );
+        }
     }
 
     /// Marks the dataset removed from the agent: preloads under way stop with
@@ -443,10 +451,10 @@ impl DatasetView {
         Ok(self.stat_until(path).await?.0)
     }
 
-    /// Stat of a file or directory, and until when the answer is valid (one metadata TTL
-    /// after it was fetched). A cache that keeps the answer, the kernel's through FUSE,
-    /// must keep it no longer: given a whole TTL, an answer that had aged here would show
-    /// a change upstream up to twice the TTL late.
+    /// Stat of a file or directory, and until when a cache that keeps the answer (the
+    /// kernel's, through FUSE) may keep it: until its background refresh is due here, or
+    /// its expiry once that is due (see [`crate::metadata::Lookup`]). Given a whole TTL,
+    /// an answer that had aged here would show a change upstream up to twice the TTL late.
     pub async fn stat_until(self: &Arc<Self>, path: &DatasetPath) -> Result<(FileStat, Instant)> {
         match self.stat_opt(path).await? {
             Some(s) => Ok(s),
@@ -457,7 +465,7 @@ impl DatasetView {
     }
 
     async fn stat_opt(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<(FileStat, Instant)>> {
-        let valid_until = || Instant::now() + self.metadata_ttl();
+        let valid_until = || self.stats.keep_new_until();
         // Mount paths never nest (validated), so a path with sources below it is not
         // inside any source: a synthetic directory.
         if self.virtual_children(path).is_some() {
@@ -470,20 +478,27 @@ impl DatasetView {
             return Ok(Some((FileStat::dir(path.clone()), valid_until())));
         }
         match self.stats.get(path) {
-            Lookup::Fresh(v, expires) => return Ok(v.map(|s| (s, expires))),
-            Lookup::Stale(v, expires) => {
+            Lookup::Fresh(v, keep) => return Ok(v.map(|s| (s, keep))),
+            Lookup::Stale(v, keep) => {
                 self.refresh_in_background(path.clone());
-                return Ok(v.map(|s| (s, expires)));
+                return Ok(v.map(|s| (s, keep)));
             }
             Lookup::Missing => {}
         }
         // A fresh listing of the parent answers without a request.
-        if let Some(parent) = path.parent()
-            && let Lookup::Fresh(listing, expires) | Lookup::Stale(listing, expires) =
-                self.listings.get(&parent)
-        {
-            let name = path.file_name().unwrap_or_default();
-            return Ok(listing.find(name).map(|e| (e.stat.clone(), expires)));
+        if let Some(parent) = path.parent() {
+            let found = match self.listings.get(&parent) {
+                Lookup::Fresh(listing, keep) => Some((listing, keep)),
+                Lookup::Stale(listing, keep) => {
+                    self.refresh_listing_in_background(parent);
+                    Some((listing, keep))
+                }
+                Lookup::Missing => None,
+            };
+            if let Some((listing, keep)) = found {
+                let name = path.file_name().unwrap_or_default();
+                return Ok(listing.find(name).map(|e| (e.stat.clone(), keep)));
+            }
         }
         let stat = self.fetch_stat(path.clone()).await?;
         Ok(stat.map(|s| (s, valid_until())))
@@ -556,7 +571,7 @@ impl DatasetView {
         self: &Arc<Self>,
         path: &DatasetPath,
     ) -> Result<(Arc<DirListing>, Instant)> {
-        let valid_until = || Instant::now() + self.metadata_ttl();
+        let valid_until = || self.listings.keep_new_until();
         if let Some(names) = self.virtual_children(path) {
             let entries = names
                 .into_iter()
@@ -571,22 +586,10 @@ impl DatasetView {
             return Ok((Arc::new(DirListing { entries }), valid_until()));
         }
         match self.listings.get(path) {
-            Lookup::Fresh(l, expires) => return Ok((l, expires)),
-            Lookup::Stale(l, expires) => {
-                let view = self.clone();
-                let p = path.clone();
-                if self
-                    .refreshing
-                    .lock()
-                    .expect("refreshing")
-                    .insert(p.clone())
-                {
-                    self.handle.spawn(async move {
-                        let _ = view.fetch_listing(p.clone()).await;
-                        view.refreshing.lock().expect("refreshing").remove(&p);
-                    });
-                }
-                return Ok((l, expires));
+            Lookup::Fresh(l, keep) => return Ok((l, keep)),
+            Lookup::Stale(l, keep) => {
+                self.refresh_listing_in_background(path.clone());
+                return Ok((l, keep));
             }
             Lookup::Missing => {}
         }
@@ -598,6 +601,27 @@ impl DatasetView {
         }
         let listing = self.fetch_listing(path.clone()).await?;
         Ok((listing, valid_until()))
+    }
+
+    fn refresh_listing_in_background(self: &Arc<Self>, path: DatasetPath) {
+        // Keyed apart from a stat refresh of the same path.
+        let key = path.clone();
+        if !self
+            .refreshing_listings
+            .lock()
+            .expect("refreshing")
+            .insert(key)
+        {
+            return;
+        }
+        let view = self.clone();
+        self.handle.spawn(async move {
+            let _ = view.fetch_listing(path.clone()).await;
+            view.refreshing_listings
+                .lock()
+                .expect("refreshing")
+                .remove(&path);
+        });
     }
 
     async fn fetch_listing(self: &Arc<Self>, path: DatasetPath) -> Result<Arc<DirListing>> {

@@ -2,8 +2,10 @@
 //! never served (so an object changed upstream is seen once its TTL passes); entries in
 //! the last quarter of their life are served and flagged for a background refresh, so
 //! hot paths do not stall on expiry. Negative entries ("not found") expire the same way.
-//! A lookup also says when its entry expires, so an answer passed on to another cache (the
-//! kernel's, through FUSE) is kept there only as long as it is valid here.
+//! A lookup also says how long a copy of the answer may be kept by another cache (the
+//! kernel's, through FUSE): while fresh, until its refresh window starts, so that the
+//! next use comes back here and starts the background refresh; while stale, until it
+//! expires. An answer is then never kept anywhere longer than it is valid here.
 
 use std::collections::HashMap;
 use std::hash::Hash;
@@ -13,10 +15,10 @@ use std::time::{Duration, Instant};
 /// What a lookup found.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Lookup<V> {
-    /// Fresh value, and when it expires.
+    /// Fresh value, and until when a copy of it may be kept (its refresh window's start).
     Fresh(V, Instant),
-    /// Value still valid (until the instant given) but should be refreshed in the
-    /// background.
+    /// Value still valid but should be refreshed in the background, and until when a
+    /// copy may be kept (its expiry).
     Stale(V, Instant),
     /// Nothing valid cached.
     Missing,
@@ -58,15 +60,20 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
             return Lookup::Missing;
         };
         let age = at.elapsed();
-        let expires = *at + ttl;
+        let refresh = ttl.mul_f64(0.75);
         if age >= ttl {
             map.remove(key);
             Lookup::Missing
-        } else if age >= ttl.mul_f64(0.75) {
-            Lookup::Stale(v.clone(), expires)
+        } else if age >= refresh {
+            Lookup::Stale(v.clone(), later(*at, ttl))
         } else {
-            Lookup::Fresh(v.clone(), expires)
+            Lookup::Fresh(v.clone(), later(*at, refresh))
         }
+    }
+
+    /// Until when a copy of a value inserted now may be kept (see [`Lookup::Fresh`]).
+    pub fn keep_new_until(&self) -> Instant {
+        later(Instant::now(), self.ttl().mul_f64(0.75))
     }
 
     /// Inserts or replaces a value, timestamped now.
@@ -107,6 +114,13 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
     }
 }
 
+/// `at + d`, or a century later where that does not fit in an `Instant`.
+fn later(at: Instant, d: Duration) -> Instant {
+    at.checked_add(d)
+        .or_else(|| at.checked_add(Duration::from_secs(100 * 365 * 86400)))
+        .unwrap_or(at)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -117,15 +131,23 @@ mod tests {
         let before = Instant::now();
         c.insert("a", 1);
         let after = Instant::now();
-        let Lookup::Fresh(1, expires) = c.get(&"a") else {
+        let Lookup::Fresh(1, keep) = c.get(&"a") else {
             panic!("not fresh")
         };
         assert!(
-            expires >= before + Duration::from_millis(200)
-                && expires <= after + Duration::from_millis(200)
+            keep >= before + Duration::from_millis(150)
+                && keep <= after + Duration::from_millis(150),
+            "a copy of a fresh value is kept until its refresh window"
         );
         std::thread::sleep(Duration::from_millis(160));
-        assert_eq!(c.get(&"a"), Lookup::Stale(1, expires));
+        let Lookup::Stale(1, expires) = c.get(&"a") else {
+            panic!("not stale")
+        };
+        let window = expires - keep;
+        assert!(
+            window > Duration::from_millis(45) && window < Duration::from_millis(55),
+            "a copy of a stale value is kept until it expires: {window:?}"
+        );
         std::thread::sleep(Duration::from_millis(60));
         assert_eq!(c.get(&"a"), Lookup::Missing);
     }

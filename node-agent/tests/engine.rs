@@ -1477,3 +1477,104 @@ async fn space_taken_ahead_for_blocks_that_never_came_is_freed_on_restart() {
         &data[..]
     );
 }
+
+/// A dataset whose configuration changes keeps serving the newest version it has seen.
+/// The replacing view used to take every version on disk as known for one TTL, as a
+/// restarted agent does, and so went back to an older cached version of a file changed
+/// upstream since.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configuration_change_does_not_bring_back_an_older_cached_version() {
+    let src = tempdir();
+    write_tree(src.path(), &[("f.txt".into(), b"version one".to_vec())]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let mut cfg = dataset(
+        "reconfigured",
+        vec![local_source("l", src.path(), "/")],
+        CacheSettings {
+            metadata_ttl: Duration::from_secs(600),
+            ..Default::default()
+        },
+    );
+    let view = agent.add_dataset(cfg.clone()).await.unwrap();
+    assert_eq!(
+        &view.read(&p("/f.txt"), 0, u64::MAX).await.unwrap()[..],
+        b"version one"
+    );
+    std::fs::write(src.path().join("f.txt"), b"version two, longer").unwrap();
+    view.invalidate(&p("/f.txt"));
+    assert_eq!(view.stat(&p("/f.txt")).await.unwrap().size, 19);
+    // Any change, here the quota: the cache is kept, the view is replaced.
+    cfg.cache.quota = Some(1 << 29);
+    let view = agent.add_dataset(cfg).await.unwrap();
+    assert_eq!(
+        view.stat(&p("/f.txt")).await.unwrap().size,
+        19,
+        "the older cached version came back"
+    );
+    assert_eq!(
+        &view.read(&p("/f.txt"), 0, u64::MAX).await.unwrap()[..],
+        b"version two, longer"
+    );
+}
+
+/// A dataset re-created with another block size while the memory tier holds its blocks
+/// reads the right bytes: memory blocks of the old size used to be found under the same
+/// index.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_new_block_size_does_not_reuse_memory_blocks_of_the_old_one() {
+    let src = tempdir();
+    let data = content(21, 5 * MIB);
+    write_tree(src.path(), &[("f.bin".into(), data.clone())]);
+    let cache_dir = tempdir();
+    // No disk tier: every block read stays in memory.
+    let agent = agent(cache_dir.path(), 256 << 20, 0).await;
+    let mut cfg = dataset(
+        "resized",
+        vec![local_source("l", src.path(), "/")],
+        one_mib_blocks(),
+    );
+    let view = agent.add_dataset(cfg.clone()).await.unwrap();
+    assert!(view.read(&p("/f.bin"), 0, u64::MAX).await.unwrap()[..] == data[..]);
+    cfg.cache.block_size = 2 * MIB as u64;
+    let view = agent.add_dataset(cfg).await.unwrap();
+    for (offset, len) in [(0, 5 * MIB), (2 * MIB + 7, MIB), (4 * MIB, MIB)] {
+        let got = view
+            .read(&p("/f.bin"), offset as u64, len as u64)
+            .await
+            .unwrap();
+        assert!(
+            got[..] == data[offset..offset + len],
+            "wrong bytes at {offset}"
+        );
+    }
+}
+
+/// A stat answered from a listing due for refresh refreshes that listing in the
+/// background, so hot paths keep being answered without waiting for the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_stat_answered_from_a_listing_due_for_refresh_refreshes_it() {
+    let src = tempdir();
+    write_tree(src.path(), &[("d/a".into(), b"a".to_vec())]);
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let view = agent
+        .add_dataset(dataset(
+            "relist",
+            vec![local_source("l", src.path(), "/")],
+            CacheSettings {
+                metadata_ttl: Duration::from_secs(2),
+                ..Default::default()
+            },
+        ))
+        .await
+        .unwrap();
+    view.list(&p("/d")).await.unwrap();
+    let lists = view.request_counts().lists;
+    tokio::time::sleep(Duration::from_millis(1600)).await;
+    view.stat(&p("/d/a")).await.unwrap();
+    wait_for(Duration::from_secs(5), || {
+        view.request_counts().lists > lists
+    })
+    .await;
+}
