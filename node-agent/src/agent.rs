@@ -166,12 +166,16 @@ impl Agent {
             self.readahead.clone(),
             self.metrics.clone(),
         )?;
-        match &existing {
-            None => view.seed_metadata_from_cache(),
+        view.seed_metadata_from_cache();
+        if let Some(old) = &existing {
+            if old.config().sources == view.config().sources {
+                view.adopt_metadata(old);
+            }
             // A new cache (the block size changed): the old view's work would only fill
             // the old one, which no longer counts.
-            Some(old) if !Arc::ptr_eq(old.cache(), &cache) => old.close(),
-            Some(_) => {}
+            if !Arc::ptr_eq(old.cache(), &cache) {
+                old.close();
+            }
         }
         self.datasets
             .lock()

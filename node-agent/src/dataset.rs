@@ -307,9 +307,9 @@ impl DatasetView {
 
     /// Takes the metadata of what the disk tier holds as known, without asking the
     /// sources: a restarted agent serves its cached files (and their parent
-    /// directories) for one metadata TTL, also while a source is unreachable. Only for
-    /// the first view of a dataset in a process: a view replacing another would take
-    /// back the versions on disk where the old view had already seen newer ones.
+    /// directories) for one metadata TTL, also while a source is unreachable. A view
+    /// replacing another then takes what the old one had seen ([`Self::adopt_metadata`]),
+    /// or it would go back to an older cached version of a file changed upstream.
     pub fn seed_metadata_from_cache(&self) {
         for (path, version, mtime) in self.cache.cached_versions() {
             if !self.sources.iter().any(|s| s.name() == version.source) {
@@ -335,6 +335,13 @@ impl DatasetView {
                 }),
             );
         }
+    }
+
+    /// Takes over the stat and list answers `old` (the view this one replaces, over the
+    /// same sources) still holds, with the times they were fetched.
+    pub fn adopt_metadata(&self, old: &DatasetView) {
+        self.stats.adopt(&old.stats);
+        self.listings.adopt(&old.listings);
     }
 
     /// Marks the dataset removed from the agent: preloads under way stop with

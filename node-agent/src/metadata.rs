@@ -93,6 +93,26 @@ impl<K: Eq + Hash + Clone, V: Clone> TtlCache<K, V> {
         map.insert(key, (value, Instant::now()));
     }
 
+    /// Takes every entry of `other` still valid, with the time it was fetched, over any
+    /// entry of the same key here.
+    pub fn adopt(&self, other: &TtlCache<K, V>) {
+        let ttl = other.ttl();
+        let entries: Vec<(K, (V, Instant))> = other
+            .map
+            .lock()
+            .expect("ttl cache")
+            .iter()
+            .filter(|(_, (_, at))| at.elapsed() < ttl)
+            .map(|(k, e)| (k.clone(), e.clone()))
+            .collect();
+        let mut map = self.map.lock().expect("ttl cache");
+        for (k, e) in entries {
+            if map.len() < self.max_entries || map.contains_key(&k) {
+                map.insert(k, e);
+            }
+        }
+    }
+
     /// Removes one key.
     pub fn remove(&self, key: &K) {
         self.map.lock().expect("ttl cache").remove(key);

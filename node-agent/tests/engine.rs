@@ -1578,3 +1578,28 @@ async fn a_stat_answered_from_a_listing_due_for_refresh_refreshes_it() {
     })
     .await;
 }
+
+/// A configuration change (here the quota) while a source is down: the replacing view
+/// serves the cached files as the old one did, without asking the source.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_configuration_change_serves_cached_files_while_the_source_is_down() {
+    let s3 = S3Server::start();
+    s3.create_bucket("data");
+    let files: Vec<(String, Vec<u8>)> = vec![("d/a.bin".into(), content(31, 2 * MIB + 3))];
+    s3.upload("data", &files).await;
+    let cache_dir = tempdir();
+    let agent = agent(cache_dir.path(), 0, 1 << 30).await;
+    let mut cfg = dataset(
+        "down",
+        vec![s3.source("s3", "s3://data/", "/")],
+        one_mib_blocks(),
+    );
+    let view = agent.add_dataset(cfg.clone()).await.unwrap();
+    assert!(view.read(&p("/d/a.bin"), 0, u64::MAX).await.unwrap()[..] == files[0].1[..]);
+    drop(s3);
+    cfg.cache.quota = Some(1 << 29);
+    let view = agent.add_dataset(cfg).await.unwrap();
+    let got = view.read(&p("/d/a.bin"), 0, u64::MAX).await.unwrap();
+    assert!(got[..] == files[0].1[..]);
+    assert_eq!(view.request_counts().total(), 0);
+}

@@ -87,6 +87,9 @@ impl Default for AgentCacheSettings {
     }
 }
 
+/// Longest metadata TTL a node agent accepts, in seconds (365 days).
+const MAX_METADATA_TTL_SECS: u64 = 365 * 86400;
+
 impl AgentCacheSettings {
     /// Settings from a (validated) policy. A field that does not parse keeps
     /// its default; the policy controller reports the invalid field.
@@ -94,9 +97,11 @@ impl AgentCacheSettings {
         let defaults = Self::default();
         AgentCacheSettings {
             block_size: policy.block_size_bytes().unwrap_or(defaults.block_size),
+            // The agent refuses more than 365 days (its MAX_METADATA_TTL): a longer TTL
+            // means "never changes", which 365 days serves as well.
             metadata_ttl: policy
                 .metadata_ttl()
-                .map(|d| d.as_secs())
+                .map(|d| d.as_secs().min(MAX_METADATA_TTL_SECS))
                 .unwrap_or(defaults.metadata_ttl),
             quota: policy.quota_bytes().ok(),
             eviction: match policy.eviction {
@@ -225,5 +230,15 @@ mod tests {
         assert_eq!(settings.data_ttl, Some(30 * 86400));
         assert_eq!(settings.eviction, "LRU");
         assert_eq!(settings.pins, vec!["/train/2026-11-*/**".to_string()]);
+    }
+
+    #[test]
+    fn a_metadata_ttl_past_what_agents_accept_is_capped() {
+        let policy: CachePolicySpec = serde_json::from_value(serde_json::json!({
+            "quota": "1Gi", "metadata": {"ttl": "9999d"}
+        }))
+        .unwrap();
+        let settings = AgentCacheSettings::from_policy(&policy);
+        assert_eq!(settings.metadata_ttl, 365 * 86400);
     }
 }
