@@ -12,7 +12,8 @@ use crate::validation::{
     DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_OPTIONS,
     MAX_SOURCES, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH,
     MSG_DUPLICATE_SOURCE_NAME, MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH,
-    MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION, MSG_REGION_SCHEME,
+    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, NO_CONTROL_RULE, has_control_character,
+    MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION, MSG_REGION_SCHEME,
     MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, cel_matches,
     is_dns1123_label, is_dns1123_subdomain, is_http_url, is_mount_path, is_option_key, is_region,
     mount_path_contains,
@@ -141,6 +142,7 @@ pub struct Source {
     /// `<volume mount>/<mountPath>`.
     #[schemars(length(max = 256))]
     #[x_kube(validation = Rule::new("self == '/' || (self.matches('^(/[^/]+)+$') && !self.matches('/\\\\.\\\\.?(/|$)'))").message(MSG_MOUNT_PATH))]
+    #[x_kube(validation = Rule::new(NO_CONTROL_RULE).message(MSG_MOUNT_PATH_CONTROL))]
     pub mount_path: String,
 
     /// Endpoint URL of an S3-compatible store (MinIO, Ceph RGW, ...) or a
@@ -477,6 +479,13 @@ impl Source {
                 format!("{at}.mountPath"),
                 FieldErrorKind::Invalid,
                 MSG_MOUNT_PATH,
+            );
+        }
+        if has_control_character(&self.mount_path) {
+            errors.push(
+                format!("{at}.mountPath"),
+                FieldErrorKind::Invalid,
+                MSG_MOUNT_PATH_CONTROL,
             );
         }
         if let Some(endpoint) = &self.endpoint {

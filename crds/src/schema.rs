@@ -40,6 +40,9 @@ pub(crate) fn path_globs(_: &mut SchemaGenerator) -> Schema {
             "x-kubernetes-validations": [{
                 "rule": "self.startsWith('/') && !self.matches('(^|/)\\\\.\\\\.(/|$)')",
                 "message": crate::validation::MSG_GLOB,
+            }, {
+                "rule": crate::validation::NO_CONTROL_RULE,
+                "message": crate::validation::MSG_GLOB_CONTROL,
             }],
         },
     })

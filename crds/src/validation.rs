@@ -41,6 +41,10 @@ pub(crate) const MSG_DUPLICATE_SOURCE_NAME: &str =
 pub(crate) const MSG_DUPLICATE_MOUNT_PATH: &str =
     "mountPath must be unique: two sources cannot mount at the same path";
 pub(crate) const MSG_NESTED_MOUNT_PATH: &str = "mountPaths must not be nested: a source cannot mount inside another source's mountPath (e.g. / and /train, or /a and /a/b); use sibling paths";
+pub(crate) const MSG_MOUNT_PATH_CONTROL: &str = "mountPath must not contain control characters (NUL, tab, newline, DEL, ...): use printable characters only";
+pub(crate) const MSG_GLOB_CONTROL: &str = "paths must not contain control characters (NUL, tab, newline, DEL, ...): use printable characters only";
+/// CEL twin of [`has_control_character`] (RE2's `[[:cntrl:]]` is ASCII 0-31 and 127).
+pub(crate) const NO_CONTROL_RULE: &str = "!self.matches('[[:cntrl:]]')";
 pub(crate) const MSG_GLOB: &str = "paths must be globs starting with '/' (relative to the dataset root, e.g. /train/**) with no '..' segments, so they cannot escape the dataset";
 pub(crate) const MSG_QUOTA: &str =
     "quota must be a positive whole number of bytes, such as 200Gi or 500G";
@@ -110,6 +114,11 @@ pub(crate) fn is_mount_path(s: &str) -> bool {
         && s[1..]
             .split('/')
             .all(|seg| !seg.is_empty() && seg != "." && seg != "..")
+}
+
+/// Whether `s` holds an ASCII control character (0-31 or 127), as `[[:cntrl:]]` in CEL.
+pub(crate) fn has_control_character(s: &str) -> bool {
+    s.bytes().any(|b| b.is_ascii_control())
 }
 
 /// Whether `inner` lies strictly inside `outer` (both valid mount paths).
@@ -225,6 +234,13 @@ pub(crate) fn check_globs(errors: &mut FieldErrors, field: &str, paths: &[String
         );
     }
     for (i, path) in paths.iter().enumerate() {
+        if has_control_character(path) {
+            errors.push(
+                format!("{field}[{i}]"),
+                FieldErrorKind::Invalid,
+                MSG_GLOB_CONTROL,
+            );
+        }
         if let Err(e) = validate_dataset_path_glob(path) {
             errors.push(
                 format!("{field}[{i}]"),

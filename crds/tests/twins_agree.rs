@@ -158,6 +158,13 @@ fn mount_paths() {
             (json!("/a/./b"), NO),
             (json!("/a/../b"), NO),
             (json!("/a/.."), NO),
+            // Control characters: the API server itself refuses them (NUL, tab, newline, DEL).
+            (json!("/a\u{0}b"), NO),
+            (json!("/train\u{0}"), NO),
+            (json!("/a\tb"), NO),
+            (json!("/a\nb"), NO),
+            (json!("/a\u{7f}"), NO),
+            (json!("/é"), OK),
         ],
     );
 }
@@ -398,6 +405,9 @@ fn globs() {
             (json!("/.."), NO),
             (json!("/a/../../b"), NO),
             (json!("/a/.."), NO),
+            (json!("/a\u{0}/**"), NO),
+            (json!("/a\n/**"), NO),
+            (json!("/a/\u{1b}[31m"), NO),
             // Malformed globs: the API server checks only where a glob may point.
             (json!("/a/[b"), RUST_ONLY),
             (json!("/a/{b"), RUST_ONLY),

@@ -144,6 +144,69 @@ impl Cluster {
         let token = self
             .kubectl(&["create", "token", name, "-n", namespace, &duration])
             .await?;
+        self.write_token_kubeconfig(namespace, name, token.trim(), path)
+    }
+
+    /// Writes a kubeconfig for ServiceAccount `namespace/name` as a pod of that account on
+    /// node `node` holds it: a Node object (created if missing, as a kubelet would register
+    /// it), a Pod bound to it that tolerates its not-ready taints (nothing runs it), and a
+    /// one-hour token bound to that Pod, which carries the node's name (the claim the agent's
+    /// ValidatingAdmissionPolicy checks). Remove the node with [`Cluster::delete_node`].
+    pub async fn write_node_bound_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        node: &str,
+        path: &Path,
+    ) -> Result<()> {
+        let pod = format!("{name}-on-{node}");
+        let pod = &pod[..pod.len().min(63)].trim_end_matches(['-', '.']);
+        let manifest = serde_json::json!({
+            "apiVersion": "v1",
+            "kind": "List",
+            "items": [
+                {"apiVersion": "v1", "kind": "Node", "metadata": {
+                    "name": node, "labels": {"strata.dev/e2e-node": "true"}}},
+                {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": pod, "namespace": namespace},
+                 "spec": {
+                    "nodeName": node,
+                    "serviceAccountName": name,
+                    "automountServiceAccountToken": false,
+                    "tolerations": [{"operator": "Exists"}],
+                    "containers": [{"name": "stand-in", "image": "strata:e2e-stand-in"}]}}
+            ]
+        });
+        self.apply(&manifest.to_string()).await?;
+        let token = self
+            .kubectl(&[
+                "create",
+                "token",
+                name,
+                "-n",
+                namespace,
+                "--duration=1h",
+                "--bound-object-kind=Pod",
+                &format!("--bound-object-name={pod}"),
+            ])
+            .await?;
+        self.write_token_kubeconfig(namespace, name, token.trim(), path)
+    }
+
+    /// Deletes Node `name` (one [`Cluster::write_node_bound_kubeconfig`] made); no error when
+    /// it is already gone.
+    pub async fn delete_node(&self, name: &str) -> Result<()> {
+        self.kubectl(&["delete", "node", name, "--ignore-not-found", "--wait=false"])
+            .await
+            .map(|_| ())
+    }
+
+    fn write_token_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        token: &str,
+        path: &Path,
+    ) -> Result<()> {
         let ca = self.state_dir.join("pki/ca.crt");
         let user = format!("{namespace}/{name}");
         // JSON is valid YAML, and serde_json quotes every value correctly.
@@ -154,7 +217,7 @@ impl Cluster {
                 "server": self.api_server,
                 "certificate-authority": ca,
             }}],
-            "users": [{ "name": user, "user": { "token": token.trim() } }],
+            "users": [{ "name": user, "user": { "token": token } }],
             "contexts": [{ "name": "strata-local", "context": {
                 "cluster": "strata-local",
                 "user": user,

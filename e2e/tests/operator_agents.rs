@@ -19,7 +19,10 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use operator_common::*;
 use strata_agent::agent::{Agent, AgentConfig};
+use strata_agent::api::auth::TcpAuth;
+use strata_agent::api::client::AgentClient;
 use strata_agent::api::jobs::{JobArgs, PreloadJobArgs};
+use strata_agent::api::token_review::KubeTokenReviewer;
 use strata_agent::api::server::{Access, ApiState, api_routes};
 use strata_agent::config::DatasetConfig;
 use strata_agent::fs::MountOptions;
@@ -30,6 +33,8 @@ use strata_crds::{Dataset, DatasetPhase, JobPhase, StrataNode};
 use strata_e2e::{Cluster, TestNamespace};
 
 const WAIT: Duration = Duration::from_secs(60);
+/// The audience job tokens carry (the operator's default --job-token-audience).
+const AUDIENCE: &str = "strata.dev/agent";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn agent_loads_the_operators_config_and_its_report_makes_the_dataset_ready() -> Result<()> {
@@ -44,7 +49,9 @@ async fn agent_loads_the_operators_config_and_its_report_makes_the_dataset_ready
     std::fs::write(data.path().join("train/shard-1.bin"), vec![2u8; 700_000])?;
     let cache = tempfile::tempdir()?;
 
-    let operator = RunningOperator::start(cluster, &namespace, "op-agents", &[]).await?;
+    // Only the test's data directory may be served as a local source.
+    let allowed = format!("--allowed-local-paths={}", data.path().display());
+    let operator = RunningOperator::start(cluster, &namespace, "op-agents", &[&allowed]).await?;
     let manifest = format!(
         r#"
 apiVersion: strata.dev/v1alpha1
@@ -78,6 +85,8 @@ spec:
     ensure!(config.namespace == namespace && config.name == "local");
     ensure!(config.cache.block_size == 1 << 20 && config.cache.quota == Some(64 << 20));
     ensure!(config.cache.pins == ["/train/**"]);
+    // The live policy is named, so the namespace's job credentials are honoured.
+    ensure!(config.policy.as_deref() == Some("small-blocks"), "{text}");
 
     let agent = Agent::new(AgentConfig::new(cache.path(), 16 << 20, 256 << 20)).await?;
     let view = agent.add_dataset(config).await?;
@@ -95,13 +104,52 @@ spec:
     let activity = state.activity.clone();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let api_url = format!("http://{}", listener.local_addr()?);
+    // Job credentials are ServiceAccount tokens for the Strata audience, checked with a
+    // TokenReview against the real API server.
+    let reviewer = Arc::new(KubeTokenReviewer::new(client.clone(), AUDIENCE));
+    let auth = TcpAuth::new(None, Some(reviewer))?;
     tokio::spawn(
-        warp::serve(api_routes(state.clone(), Access::token("e2e-token")))
+        warp::serve(api_routes(state.clone(), Access::Tcp(Arc::new(auth))))
             .incoming(listener)
             .run(),
     );
+    cluster
+        .kubectl(&["-n", &namespace, "create", "serviceaccount", "jobs"])
+        .await?;
+    let job_token = |ns: String, audience: &'static str| async move {
+        cluster
+            .kubectl(&["-n", &ns, "create", "token", "jobs", "--audience", audience])
+            .await
+    };
     let token_file = cache.path().join("token");
-    std::fs::write(&token_file, "e2e-token\n")?;
+    std::fs::write(&token_file, job_token(namespace.clone(), AUDIENCE).await?)?;
+    // Refused: a token for another audience (it could be replayed at the API server), and a
+    // token of another namespace.
+    let other = TestNamespace::create(cluster, "op-agents-other").await?;
+    cluster
+        .kubectl(&["-n", other.name(), "create", "serviceaccount", "jobs"])
+        .await?;
+    for (what, token) in [
+        (
+            "another audience",
+            job_token(namespace.clone(), "https://kubernetes.default.svc.cluster.local").await?,
+        ),
+        (
+            "another namespace",
+            job_token(other.name().to_string(), AUDIENCE).await?,
+        ),
+    ] {
+        let client = AgentClient::from_url(&api_url, Some(token.trim().to_string()))?;
+        let err = client
+            .usage(&namespace, "local")
+            .await
+            .expect_err(what);
+        ensure!(
+            err.status().map(|s| s.as_u16()) == Some(403),
+            "{what}: {err}"
+        );
+    }
+    other.cleanup().await?;
     let node = NodeIdentity {
         node_name: format!("{namespace}-agent"),
         endpoint: Some("http://127.0.0.1:7070".into()),

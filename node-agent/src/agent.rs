@@ -36,6 +36,62 @@ pub struct AgentConfig {
     pub directory_prefetch_files: u32,
     /// Most bytes one directory prefetch fetches (default 1 GiB).
     pub directory_prefetch_bytes: u64,
+    /// Which host directories `file://` sources may name.
+    pub local_paths: LocalPaths,
+}
+
+/// Which host directories `file://` sources may name.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum LocalPaths {
+    /// Any directory the agent can read (standalone `strata-agent mount`).
+    #[default]
+    Any,
+    /// Only these directories and what is under them (a cluster: the admin's allow list,
+    /// which the operator also mounts read-only into the agent's pod). Empty: none.
+    Under(Vec<PathBuf>),
+}
+
+impl LocalPaths {
+    /// Refuses a dataset with a `file://` source outside the allowed directories. Paths
+    /// are compared after resolving symlinks and `..`, component by component.
+    pub fn check(&self, config: &DatasetConfig) -> Result<()> {
+        let LocalPaths::Under(allowed) = self else {
+            return Ok(());
+        };
+        for (i, source) in config.sources.iter().enumerate() {
+            let Some(dir) = crate::source::local_dir(&source.uri) else {
+                continue;
+            };
+            let resolved = std::fs::canonicalize(dir).unwrap_or_else(|_| PathBuf::from(dir));
+            let inside = allowed.iter().any(|root| {
+                let root = std::fs::canonicalize(root).unwrap_or_else(|_| root.clone());
+                resolved.starts_with(&root) && !resolved.components().any(|c| c.as_os_str() == "..")
+            });
+            if !inside {
+                let list = if allowed.is_empty() {
+                    "none are allowed".to_string()
+                } else {
+                    format!(
+                        "allowed: {}",
+                        allowed
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+                return Err(Error::config(
+                    format!("sources[{i}].uri"),
+                    format!(
+                        "local path {dir:?} is not under a host path this node serves ({list}); \
+                         the cluster admin sets them with the chart value \
+                         node.localSources.allowedHostPaths (agent flag --allow-local-path)"
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 impl AgentConfig {
@@ -49,6 +105,7 @@ impl AgentConfig {
             readahead_total_bytes: 256 << 20,
             directory_prefetch_files: 4,
             directory_prefetch_bytes: 1 << 30,
+            local_paths: LocalPaths::Any,
         }
     }
 }
@@ -131,6 +188,7 @@ impl Agent {
     /// Returns the view to serve it through.
     pub async fn add_dataset(&self, config: DatasetConfig) -> Result<Arc<DatasetView>> {
         config.validate()?;
+        self.config.local_paths.check(&config)?;
         let key = (config.namespace.clone(), config.name.clone());
         let id = format!("{}/{}", config.namespace, config.name);
         let settings = DatasetCacheSettings {

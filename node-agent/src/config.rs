@@ -31,6 +31,10 @@ pub struct DatasetConfig {
     /// the same name.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// The CachePolicy that applies to the dataset (set by the operator). A preload/pin
+    /// Job's credential is honoured only for datasets under a live policy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     /// The sources, each visible under its `mountPath`.
     pub sources: Vec<SourceConfig>,
     /// Cache settings for this dataset.

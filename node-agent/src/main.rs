@@ -229,6 +229,7 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         namespace,
         name,
         uid: None,
+        policy: None,
         sources,
         cache: cache_settings(&args.cache),
     };

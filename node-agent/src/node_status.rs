@@ -372,9 +372,9 @@ mod tests {
             MountRegistry::new(&cache.path().join("mnt"), MountOptions::default()).unwrap(),
         );
         let state = ApiState::new(agent.clone(), mounts);
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let routes = api_routes(state.clone(), Access::token("t0ken"));
+        let socket = cache.path().join("agent.sock");
+        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+        let routes = api_routes(state.clone(), Access::Local);
         tokio::spawn(warp::serve(routes).incoming(listener).run());
 
         // Watch the report while the preload runs.
@@ -392,9 +392,7 @@ mod tests {
                 }
             })
         };
-        let client = AgentClient::from_url(&format!("http://{addr}"), Some("t0ken".into()))
-            .unwrap()
-            .with_job(Some("preload-local-0a1b2c3d".into()));
+        let client = AgentClient::unix(&socket).with_job(Some("preload-local-0a1b2c3d".into()));
         let last = client
             .preload("ml", "local", &["/**".to_string()], |_| {})
             .await

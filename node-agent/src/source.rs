@@ -769,7 +769,7 @@ fn split_uri(uri: &str) -> Option<(&str, &str, &str)> {
 }
 
 /// The directory of a local source URI (`/data` or `file:///data`), `None` otherwise.
-fn local_dir(uri: &str) -> Option<&str> {
+pub fn local_dir(uri: &str) -> Option<&str> {
     let uri = uri.trim();
     (uri.starts_with('/') || uri.starts_with("file://"))
         .then(|| uri.strip_prefix("file://").unwrap_or(uri))

@@ -54,6 +54,24 @@ async fn tcp_api_requires_the_bearer_token() {
     assert_eq!(summary["name"], "imagenet");
     assert_eq!(summary["namespace"], "ml");
 
+    // The peer token cannot register datasets over TCP: only the operator's Secret channel
+    // and the local socket can, and the answer says so.
+    let err = agent
+        .tcp(Some(TOKEN))
+        .put_dataset("other", "steal", &serde_json::json!({"sources": [{"name": "etc", "uri": "file:///etc/"}]}))
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(403), "{err}");
+    assert!(err.to_string().contains("strata-datasets"), "{err}");
+    assert!(agent.local().dataset("other", "steal").await.is_err());
+    // Nor take volumes, which are the CSI plugin's, over the local socket only.
+    let err = agent
+        .tcp(Some(TOKEN))
+        .acquire_volume("ml", "imagenet", "v1", None)
+        .await
+        .unwrap_err();
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(403), "{err}");
+
     // Unauthenticated TCP callers cannot mount or preload either.
     let err = agent
         .tcp(None)

@@ -221,13 +221,14 @@ async fn preload_pin_and_usage() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn job_commands_over_tcp_print_progress() {
+async fn job_commands_print_progress() {
+    // Over the local socket: a job credential over TCP needs a TokenReview, which the
+    // end-to-end test runs against the real API server (e2e/tests/end_to_end.rs).
     let agent = TestAgent::start().await;
     agent.add_dataset("ml", "imagenet").await;
-    let token_file = agent.dir.path().join("token");
     let job = JobArgs {
-        agent: vec![format!("http://{}", agent.listen)],
-        token_file: Some(token_file.clone()),
+        agent: vec![format!("unix://{}", agent.socket.display())],
+        token_file: None,
         dataset: "ml/imagenet".into(),
         paths: vec!["/labels/**".into()],
         job_name: None,
@@ -246,7 +247,7 @@ async fn job_commands_over_tcp_print_progress() {
     let text = String::from_utf8(out).unwrap();
     let last = text.lines().last().unwrap();
     assert!(
-        last.starts_with("preload ml/imagenet on http://127.0.0.1:"),
+        last.starts_with("preload ml/imagenet on unix://"),
         "{text}"
     );
     assert!(
@@ -266,14 +267,15 @@ async fn job_commands_over_tcp_print_progress() {
     };
     strata_agent::api::jobs::pin(&pin, &mut out).await.unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("pinned ml/imagenet on http://"), "{text}");
+    assert!(text.contains("pinned ml/imagenet on unix://"), "{text}");
     assert!(
         text.contains("files 1/1, bytes 1234/1234, 100.0%, done"),
         "{text}"
     );
 
-    // Without the token the job fails with the agent's 401.
+    // Over TCP without a credential the job fails, naming the flag.
     let no_token = JobArgs {
+        agent: vec![format!("http://{}", agent.listen)],
         token_file: None,
         ..job.clone()
     };

@@ -5,7 +5,7 @@
 use std::collections::BTreeMap;
 
 use serde::Serialize;
-use strata_crds::{CachePolicySpec, Dataset, Eviction};
+use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction};
 
 use crate::credentials::AgentCredentials;
 use crate::{Error, Result};
@@ -30,6 +30,10 @@ pub struct AgentDatasetConfig {
     /// report about a deleted dataset of the same name is not counted.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub uid: Option<String>,
+    /// The live CachePolicy that applies; the agents honour a preload/pin Job's
+    /// credential only for datasets that have one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub policy: Option<String>,
     pub sources: Vec<AgentSource>,
     pub cache: AgentCacheSettings,
 }
@@ -123,13 +127,16 @@ impl AgentCacheSettings {
 /// credentials read from their Secrets.
 pub fn build(
     dataset: &Dataset,
-    policy: Option<&CachePolicySpec>,
+    policy: Option<&CachePolicy>,
     credentials: &BTreeMap<String, AgentCredentials>,
 ) -> AgentDatasetConfig {
+    // A policy being deleted is no longer live: its jobs' credentials stop working now.
+    let live = policy.filter(|p| p.metadata.deletion_timestamp.is_none());
     AgentDatasetConfig {
         namespace: dataset.metadata.namespace.clone().unwrap_or_default(),
         name: dataset.metadata.name.clone().unwrap_or_default(),
         uid: dataset.metadata.uid.clone(),
+        policy: live.and_then(|p| p.metadata.name.clone()),
         sources: dataset
             .spec
             .sources
@@ -146,7 +153,7 @@ pub fn build(
             })
             .collect(),
         cache: policy
-            .map(AgentCacheSettings::from_policy)
+            .map(|p| AgentCacheSettings::from_policy(&p.spec))
             .unwrap_or_default(),
     }
 }
@@ -230,6 +237,23 @@ mod tests {
         assert_eq!(settings.data_ttl, Some(30 * 86400));
         assert_eq!(settings.eviction, "LRU");
         assert_eq!(settings.pins, vec!["/train/2026-11-*/**".to_string()]);
+    }
+
+    #[test]
+    fn only_a_live_policy_is_named_for_the_agents() {
+        let spec: CachePolicySpec =
+            serde_json::from_value(serde_json::json!({"quota": "1Gi"})).unwrap();
+        let mut policy = CachePolicy::new("hot", spec);
+        let creds = BTreeMap::new();
+        assert_eq!(build(&dataset(), None, &creds).policy, None);
+        assert_eq!(
+            build(&dataset(), Some(&policy), &creds).policy.as_deref(),
+            Some("hot")
+        );
+        policy.metadata.deletion_timestamp = Some(
+            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
+        );
+        assert_eq!(build(&dataset(), Some(&policy), &creds).policy, None);
     }
 
     #[test]

@@ -17,6 +17,8 @@ pub mod reason {
     pub const SECRET_KEY_MISSING: &str = "SecretKeyMissing";
     /// A source could not be reached (connect or listing failed or timed out).
     pub const SOURCE_UNREACHABLE: &str = "SourceUnreachable";
+    /// A `file://` source names a host path the cluster admin does not allow.
+    pub const LOCAL_PATH_NOT_ALLOWED: &str = "LocalPathNotAllowed";
     /// The store refused the credentials.
     pub const ACCESS_DENIED: &str = "AccessDenied";
     /// Every source answered.

@@ -142,6 +142,21 @@ pub struct OperatorConfig {
     /// The kubelet's root directory on the nodes.
     #[arg(long, env = "STRATA_KUBELET_DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: String,
+
+    /// Audience of the ServiceAccount tokens preload/pin Job pods present to the agents
+    /// (projected into the pods; the agents check them with a TokenReview).
+    #[arg(
+        long,
+        env = "STRATA_JOB_TOKEN_AUDIENCE",
+        default_value = "strata.dev/agent"
+    )]
+    pub job_token_audience: String,
+
+    /// Host directories `file://` sources may name, comma-separated absolute paths. The
+    /// node DaemonSet mounts each read-only into the agent at the same path; a Dataset
+    /// naming any other local path is refused. Empty: no `file://` sources.
+    #[arg(long, env = "STRATA_ALLOWED_LOCAL_PATHS", default_value = "")]
+    pub allowed_local_paths: String,
 }
 
 fn default_identity() -> String {
@@ -191,6 +206,30 @@ impl OperatorConfig {
             map.insert(k.trim().to_string(), v.trim().to_string());
         }
         Ok(map)
+    }
+
+    /// --allowed-local-paths parsed: absolute, normalized (no `.`/`..`, no trailing `/`).
+    pub fn allowed_local_path_list(&self) -> Result<Vec<String>> {
+        let mut paths = Vec::new();
+        for raw in self.allowed_local_paths.split(',').map(str::trim) {
+            if raw.is_empty() {
+                continue;
+            }
+            let bad = !raw.starts_with('/')
+                || raw.chars().any(char::is_control)
+                || raw.split('/').any(|c| c == "." || c == "..");
+            if bad {
+                return Err(Error::Config {
+                    flag: "allowed-local-paths",
+                    message: format!(
+                        "{raw:?} is not an absolute host path without . or ..; write e.g. /mnt/datasets"
+                    ),
+                });
+            }
+            let path = raw.trim_end_matches('/');
+            paths.push(if path.is_empty() { "/".to_string() } else { path.to_string() });
+        }
+        Ok(paths)
     }
 
     /// --tolerations parsed.

@@ -85,7 +85,10 @@ impl Context {
             agent_port: config.agent_port,
             tolerations: config.toleration_list()?,
             node_selector: config.node_selector_map()?,
+            token_audience: config.job_token_audience.clone(),
         };
+        // Refuse a bad --allowed-local-paths at start, not at the first local source.
+        config.allowed_local_path_list()?;
         Ok(Arc::new(Context {
             client,
             config,

@@ -195,6 +195,12 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
         }
     }
 
+    // A file:// source only under the host paths the admin allows (the agents refuse
+    // any other too); like missing credentials, this keeps the dataset off the agents.
+    if credential_problem.is_none() {
+        credential_problem = local_path_problem(ds, &ctx.config.allowed_local_path_list()?);
+    }
+
     // 3. The policy.
     let policies: Vec<CachePolicy> = ctx
         .policies
@@ -375,7 +381,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     // 5. Hand the dataset to the agents. With unusable credentials the last
     // good config stays in place, so running pods keep working.
     if credential_problem.is_none() {
-        let config = agent_config::build(ds, resolution.policy().map(|p| &p.spec), &creds);
+        let config = agent_config::build(ds, resolution.policy(), &creds);
         write_agent_config(ctx, &namespace, &name, &config.to_yaml()?).await?;
     }
 
@@ -495,6 +501,33 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
             Action::requeue(ctx.config.resync_interval)
         },
     )
+}
+
+/// The first `file://` source outside the allowed host paths, as a problem that names the
+/// chart value to change.
+fn local_path_problem(ds: &Dataset, allowed: &[String]) -> Option<Problem> {
+    let under = |path: &str, root: &str| {
+        let path = path.trim_end_matches('/');
+        root == "/" || path == root || path.starts_with(&format!("{root}/"))
+    };
+    ds.spec.sources.iter().find_map(|source| {
+        let uri = source.parsed_uri().ok()?;
+        if uri.scheme != strata_crds::Scheme::File || allowed.iter().any(|r| under(&uri.path, r)) {
+            return None;
+        }
+        let now = if allowed.is_empty() {
+            "none are allowed now".to_string()
+        } else {
+            format!("allowed now: {}", allowed.join(", "))
+        };
+        Some(Problem {
+            reason: reason::LOCAL_PATH_NOT_ALLOWED,
+            message: format!(
+                "source {} reads the host path {}, which is not under a host path the cluster admin allows ({now}); the admin adds it to the chart value node.localSources.allowedHostPaths (operator flag --allowed-local-paths), or use a remote source.",
+                source.name, uri.path
+            ),
+        })
+    })
 }
 
 /// Emits events for changed conditions and writes the status when it changed
@@ -986,6 +1019,35 @@ mod tests {
         let newest = cron_progress("nightly", &reports).unwrap();
         assert_eq!(newest.bytes_done, 400);
         assert!(cron_progress("weekly", &reports).is_none());
+    }
+
+    #[test]
+    fn local_sources_must_be_under_an_allowed_host_path() {
+        let ds = |uri: &str| {
+            Dataset::new(
+                "d",
+                serde_json::from_value(serde_json::json!({"sources": [
+                    {"name": "s3", "uri": "s3://b/p", "mountPath": "/remote"},
+                    {"name": "lake", "uri": uri, "mountPath": "/lake"}
+                ]}))
+                .unwrap(),
+            )
+        };
+        let allowed = vec!["/mnt/data".to_string()];
+        assert!(local_path_problem(&ds("file:///mnt/data/x/"), &allowed).is_none());
+        assert!(local_path_problem(&ds("file:///mnt/data"), &allowed).is_none());
+        for outside in ["file:///mnt/database/", "file:///etc/", "file:///"] {
+            let problem = local_path_problem(&ds(outside), &allowed).unwrap();
+            assert_eq!(problem.reason, reason::LOCAL_PATH_NOT_ALLOWED);
+            assert!(
+                problem.message.contains("node.localSources.allowedHostPaths")
+                    && problem.message.contains("source lake"),
+                "{}",
+                problem.message
+            );
+        }
+        assert!(local_path_problem(&ds("file:///mnt/data/"), &[]).is_some());
+        assert!(local_path_problem(&ds("file:///anything/"), &["/".into()]).is_none());
     }
 
     #[test]

@@ -6,8 +6,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::batch::v1::{CronJob, CronJobSpec, Job, JobSpec, JobTemplateSpec};
 use k8s_openapi::api::core::v1::{
     Affinity, Container, EnvVar, EnvVarSource, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec, SecretVolumeSource,
-    Toleration, Volume, VolumeMount,
+    NodeSelectorTerm, ObjectFieldSelector, PodSpec, PodTemplateSpec, ProjectedVolumeSource,
+    ServiceAccountTokenProjection, Toleration, Volume, VolumeMount, VolumeProjection,
 };
 use kube::api::ObjectMeta;
 use kube::{Resource, ResourceExt};
@@ -24,8 +24,11 @@ pub const LABEL_KIND: &str = "strata.dev/job-kind";
 pub const LABEL_RULE: &str = "strata.dev/rule";
 /// Annotation naming the node a per-node pin job runs on.
 pub const ANNOTATION_NODE: &str = "strata.dev/node";
-/// Where the agent token is mounted in job pods.
+/// Where the job's credential (its projected ServiceAccount token) is mounted.
 pub const TOKEN_DIR: &str = "/var/run/strata";
+/// Lifetime the job pod asks for its token (the shortest the API server grants); kubelet
+/// renews it at 80%, so a long preload always holds a valid one.
+pub const TOKEN_EXPIRATION_SECONDS: i64 = 600;
 
 /// Everything a job manifest depends on besides the rule.
 #[derive(Clone, Debug)]
@@ -40,6 +43,8 @@ pub struct JobSettings {
     pub tolerations: Vec<Toleration>,
     /// Node selector (the DaemonSet's).
     pub node_selector: BTreeMap<String, String>,
+    /// Audience of the job pods' projected ServiceAccount token (the agents check it).
+    pub token_audience: String,
 }
 
 /// A desired Job or CronJob.
@@ -59,12 +64,6 @@ impl DesiredJob {
             DesiredJob::Scheduled(c) => c.name_any(),
         }
     }
-}
-
-/// The per-policy Secret holding a copy of the agent token in the policy's
-/// namespace (a pod can only mount Secrets of its own namespace).
-pub fn token_secret_name(policy: &str) -> String {
-    format!("strata-token-{policy}")
 }
 
 fn kind_str(kind: JobKind) -> &'static str {
@@ -142,6 +141,7 @@ fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec
         }),
         spec: Some(PodSpec {
             restart_policy: Some("Never".into()),
+            // No token for the Kubernetes API: only the one for the agents, below.
             automount_service_account_token: Some(false),
             affinity,
             tolerations: (!settings.tolerations.is_empty()).then(|| settings.tolerations.clone()),
@@ -160,18 +160,29 @@ fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec
                     field_env("STRATA_JOB_NAME", JOB_NAME_FIELD),
                 ]),
                 volume_mounts: Some(vec![VolumeMount {
-                    name: "agent-token".into(),
+                    name: "strata-credential".into(),
                     mount_path: TOKEN_DIR.into(),
                     read_only: Some(true),
                     ..VolumeMount::default()
                 }]),
                 ..Container::default()
             }],
+            // The pod's own ServiceAccount token for the Strata audience: the agents accept
+            // it for this namespace's datasets only, it is useless against the API server,
+            // and kubelet rotates it; nothing is stored in the tenant's namespace.
             volumes: Some(vec![Volume {
-                name: "agent-token".into(),
-                secret: Some(SecretVolumeSource {
-                    secret_name: Some(token_secret_name(&req.policy.name_any())),
-                    ..SecretVolumeSource::default()
+                name: "strata-credential".into(),
+                projected: Some(ProjectedVolumeSource {
+                    sources: Some(vec![VolumeProjection {
+                        service_account_token: Some(ServiceAccountTokenProjection {
+                            audience: Some(settings.token_audience.clone()),
+                            expiration_seconds: Some(TOKEN_EXPIRATION_SECONDS),
+                            path: "token".into(),
+                            user: None,
+                        }),
+                        ..VolumeProjection::default()
+                    }]),
+                    ..ProjectedVolumeSource::default()
                 }),
                 ..Volume::default()
             }]),
@@ -400,6 +411,7 @@ mod tests {
             agent_port: 7070,
             tolerations: vec![],
             node_selector: BTreeMap::new(),
+            token_audience: "strata.dev/agent".into(),
         }
     }
 
@@ -497,6 +509,16 @@ mod tests {
             job.metadata.owner_references.as_ref().unwrap()[0].uid,
             "p-uid"
         );
+        // The credential is the pod's own token for the agents' audience, not a Secret.
+        let volume = &pod.volumes.as_ref().unwrap()[0];
+        assert!(volume.secret.is_none());
+        let projection = volume.projected.as_ref().unwrap().sources.as_ref().unwrap()[0]
+            .service_account_token
+            .clone()
+            .unwrap();
+        assert_eq!(projection.audience.as_deref(), Some("strata.dev/agent"));
+        assert_eq!(projection.path, "token");
+        assert_eq!(pod.automount_service_account_token, Some(false));
         let run = job_run(&job).unwrap();
         assert_eq!(
             (run.kind, run.rule, run.phase),

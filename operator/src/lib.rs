@@ -4,7 +4,6 @@
 //! each Dataset's status. Leader-elected through a Lease.
 
 pub mod agent_config;
-pub mod agent_token;
 pub mod conditions;
 pub mod config;
 pub mod context;
@@ -16,6 +15,7 @@ pub mod leader;
 pub mod metrics;
 pub mod node_reports;
 pub mod node_set;
+pub mod peer_token;
 mod operator;
 pub mod policy_controller;
 pub mod policy_resolution;

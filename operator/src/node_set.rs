@@ -1,6 +1,6 @@
 //! What runs on every node, owned by the operator and shaped by its flags:
 //! the `strata-node` DaemonSet (agent, CSI plugin, node-driver-registrar), the
-//! CSIDriver object, the agent token and the (initially empty) datasets Secret.
+//! CSIDriver object, the peer token and the (initially empty) datasets Secret.
 
 use std::collections::BTreeMap;
 
@@ -17,7 +17,7 @@ use kube::{Api, Resource, ResourceExt};
 use strata_crds::Dataset;
 
 use crate::agent_config::DATASETS_SECRET;
-use crate::agent_token::{self, TOKEN_SECRET};
+use crate::peer_token::{self, TOKEN_SECRET};
 use crate::config::OperatorConfig;
 use crate::context::{Context, MANAGER};
 use crate::volume::{
@@ -29,8 +29,8 @@ use crate::{Error, Result};
 pub const DAEMONSET: &str = "strata-node";
 /// Where the agent reads dataset configs (the datasets Secret).
 pub const DATASETS_DIR: &str = "/etc/strata/datasets";
-/// Where the agent token is mounted.
-pub const TOKEN_DIR: &str = "/var/run/strata";
+/// Where the peer token (the agents' shared node secret) is mounted.
+pub const PEER_TOKEN_DIR: &str = "/var/run/strata/peer";
 /// Host directory shared by agent and CSI plugin: the agent's unix socket.
 pub const RUN_DIR: &str = "/run/strata";
 /// Host directory under which the agent keeps its FUSE mounts.
@@ -92,42 +92,56 @@ fn privileged() -> Option<SecurityContext> {
 pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Result<DaemonSet> {
     let kubelet = config.kubelet_dir.trim_end_matches('/');
     let plugin_dir = format!("{kubelet}/plugins/{CSI_DRIVER}");
+    // The host paths file:// sources may name: mounted read-only at the same path, and
+    // the only local paths the agent serves.
+    let local_paths = config.allowed_local_path_list()?;
+    let mut agent_args: Vec<String> = vec![
+        "serve".into(),
+        "--datasets-dir".into(),
+        DATASETS_DIR.into(),
+        "--node-name".into(),
+        "$(NODE_NAME)".into(),
+        "--listen".into(),
+        format!("0.0.0.0:{}", config.agent_port),
+        "--socket".into(),
+        format!("{RUN_DIR}/agent.sock"),
+        "--peer-token-file".into(),
+        format!("{PEER_TOKEN_DIR}/token"),
+        "--job-token-audience".into(),
+        config.job_token_audience.clone(),
+        "--mount-root".into(),
+        MOUNTS_DIR.into(),
+        "--cache-dir".into(),
+        "/var/cache/strata".into(),
+        "--memory".into(),
+        config.memory_tier_size.clone(),
+        "--disk".into(),
+        config.disk_tier_size.clone(),
+    ];
+    let mut agent_mounts = vec![
+        mount("datasets", DATASETS_DIR, true, false),
+        mount("peer-token", PEER_TOKEN_DIR, true, false),
+        mount("run", RUN_DIR, false, false),
+        mount("cache", "/var/cache/strata", false, false),
+        mount("mounts", MOUNTS_DIR, false, true),
+        mount("fuse", "/dev/fuse", false, false),
+    ];
+    let mut local_volumes = Vec::new();
+    for (i, path) in local_paths.iter().enumerate() {
+        let name = format!("local-source-{i}");
+        agent_args.push(format!("--allow-local-path={path}"));
+        agent_mounts.push(mount(&name, path, true, false));
+        local_volumes.push(host_path(&name, path, "Directory"));
+    }
     let agent = Container {
         name: "agent".into(),
         image: Some(config.agent_image.clone()),
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(vec!["strata-agent".into()]),
-        args: Some(vec![
-            "serve".into(),
-            "--datasets-dir".into(),
-            DATASETS_DIR.into(),
-            "--node-name".into(),
-            "$(NODE_NAME)".into(),
-            "--listen".into(),
-            format!("0.0.0.0:{}", config.agent_port),
-            "--socket".into(),
-            format!("{RUN_DIR}/agent.sock"),
-            "--token-file".into(),
-            format!("{TOKEN_DIR}/token"),
-            "--mount-root".into(),
-            MOUNTS_DIR.into(),
-            "--cache-dir".into(),
-            "/var/cache/strata".into(),
-            "--memory".into(),
-            config.memory_tier_size.clone(),
-            "--disk".into(),
-            config.disk_tier_size.clone(),
-        ]),
+        args: Some(agent_args),
         env: Some(vec![env_node_name()]),
         security_context: privileged(),
-        volume_mounts: Some(vec![
-            mount("datasets", DATASETS_DIR, true, false),
-            mount("agent-token", TOKEN_DIR, true, false),
-            mount("run", RUN_DIR, false, false),
-            mount("cache", "/var/cache/strata", false, false),
-            mount("mounts", MOUNTS_DIR, false, true),
-            mount("fuse", "/dev/fuse", false, false),
-        ]),
+        volume_mounts: Some(agent_mounts),
         ..Container::default()
     };
     let csi = Container {
@@ -169,7 +183,7 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
     };
     let node_selector = config.node_selector_map()?;
     let tolerations = config.toleration_list()?;
-    let volumes = vec![
+    let mut volumes = vec![
         Volume {
             name: "datasets".into(),
             secret: Some(SecretVolumeSource {
@@ -179,7 +193,7 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
             ..Volume::default()
         },
         Volume {
-            name: "agent-token".into(),
+            name: "peer-token".into(),
             secret: Some(SecretVolumeSource {
                 secret_name: Some(TOKEN_SECRET.into()),
                 ..SecretVolumeSource::default()
@@ -198,6 +212,7 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
             "Directory",
         ),
     ];
+    volumes.extend(local_volumes);
     Ok(DaemonSet {
         metadata: ObjectMeta {
             name: Some(DAEMONSET.into()),
@@ -288,7 +303,7 @@ pub async fn reconcile(ctx: &Context) -> Result<()> {
 
 async fn apply(ctx: &Context) -> Result<()> {
     let owner = owner(ctx).await?;
-    agent_token::ensure(ctx, owner.clone()).await?;
+    peer_token::ensure(ctx, owner.clone()).await?;
     let params = PatchParams::apply(MANAGER).force();
     let namespace = &ctx.config.namespace;
     // Only metadata: the per-dataset keys are written by merge patches under
@@ -400,6 +415,8 @@ mod tests {
             "2Gi",
             "--disk-tier-path",
             "/mnt/nvme/strata",
+            "--allowed-local-paths",
+            "/mnt/datasets/, /srv/lake",
         ]);
         let ds = daemon_set(&cli.config, None).unwrap();
         let pod = ds.spec.template.spec.unwrap();
@@ -422,6 +439,27 @@ mod tests {
             .find(|v| v.name == "cache")
             .unwrap();
         assert_eq!(cache.host_path.unwrap().path, "/mnt/nvme/strata");
+        // Each allowed local path: a read-only hostPath at the same path, and an agent flag.
+        for path in ["/mnt/datasets", "/srv/lake"] {
+            assert!(args.contains(&format!("--allow-local-path={path}")), "{args:?}");
+            let mount = pod.containers[0]
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|m| m.mount_path == path)
+                .unwrap();
+            assert_eq!(mount.read_only, Some(true));
+        }
+        assert!(
+            !pod.containers[1]
+                .volume_mounts
+                .as_ref()
+                .unwrap()
+                .iter()
+                .any(|m| m.name == "peer-token"),
+            "the CSI plugin needs no peer token"
+        );
         let bidirectional = pod.containers[1]
             .volume_mounts
             .as_ref()

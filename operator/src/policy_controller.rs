@@ -8,15 +8,13 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
-use k8s_openapi::api::core::v1::Secret;
-use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
+use kube::api::{DeleteParams, ListParams, Patch, PatchParams};
 use kube::runtime::controller::Action;
 use kube::{Api, Resource, ResourceExt};
 use serde_json::json;
 use strata_crds::{CachePolicy, CachePolicyStatus, Dataset, JobKind, Replicas, condition};
 use tracing::{instrument, warn};
 
-use crate::agent_token::{TOKEN_KEY, TOKEN_SECRET};
 use crate::conditions::{self, reason};
 use crate::context::{Context, MANAGER};
 use crate::jobs::{self, DesiredJob, JobRequest, LABEL_POLICY};
@@ -170,9 +168,6 @@ async fn apply(policy: &CachePolicy, ctx: &Context) -> Result<Action> {
         }
     }
 
-    if !desired.is_empty() {
-        copy_token(policy, ctx).await?;
-    }
     let params = PatchParams::apply(MANAGER).force();
     let job_api: Api<Job> = Api::namespaced(ctx.client.clone(), &namespace);
     let cron_api: Api<CronJob> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -326,51 +321,6 @@ where
             e,
         )),
     }
-}
-
-/// Copies the agent token into the policy's namespace (job pods mount it).
-async fn copy_token(policy: &CachePolicy, ctx: &Context) -> Result<()> {
-    let strata: Api<Secret> = Api::namespaced(ctx.client.clone(), &ctx.config.namespace);
-    let Some(token) = strata
-        .get_opt(TOKEN_SECRET)
-        .await
-        .map_err(|e| {
-            Error::kube(
-                format!("reading Secret {}/{TOKEN_SECRET}", ctx.config.namespace),
-                e,
-            )
-        })?
-        .and_then(|s| s.data)
-        .and_then(|d| d.get(TOKEN_KEY).cloned())
-    else {
-        // The token is minted at start; until then jobs wait in ContainerCreating.
-        return Ok(());
-    };
-    let namespace = policy.namespace().unwrap_or_default();
-    let name = jobs::token_secret_name(&policy.name_any());
-    let secret = Secret {
-        metadata: ObjectMeta {
-            name: Some(name.clone()),
-            namespace: Some(namespace.clone()),
-            owner_references: policy.controller_owner_ref(&()).map(|r| vec![r]),
-            labels: Some(BTreeMap::from([(
-                crate::volume::LABEL_MANAGED_BY.to_string(),
-                crate::volume::MANAGED_BY.to_string(),
-            )])),
-            ..ObjectMeta::default()
-        },
-        data: Some(BTreeMap::from([(TOKEN_KEY.to_string(), token)])),
-        ..Secret::default()
-    };
-    Api::<Secret>::namespaced(ctx.client.clone(), &namespace)
-        .patch(
-            &name,
-            &PatchParams::apply(MANAGER).force(),
-            &Patch::Apply(&secret),
-        )
-        .await
-        .map_err(|e| Error::kube(format!("applying Secret {namespace}/{name}"), e))?;
-    Ok(())
 }
 
 async fn write_status(

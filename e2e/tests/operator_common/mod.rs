@@ -97,6 +97,11 @@ impl RunningOperator {
             "--agent-image",
             "strata:e2e",
         ];
+        // These suites use file:// sources under many paths; the allow list itself is
+        // tested where a test passes its own.
+        if !extra.iter().any(|a| a.starts_with("--allowed-local-paths")) {
+            args.extend_from_slice(&["--allowed-local-paths", "/"]);
+        }
         args.extend_from_slice(extra);
         let config = OperatorConfig::try_parse_from(args)?;
         let operator = Operator::new(cluster.client().await?, config)?;

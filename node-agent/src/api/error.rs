@@ -24,11 +24,12 @@ pub enum ApiError {
     #[error("{0}")]
     RangeNotSatisfiable(String),
     #[error(
-        "missing bearer token: send `Authorization: Bearer <token>` (the token in the agent's --token-file)"
+        "missing bearer token: send `Authorization: Bearer <token>` (a job's ServiceAccount token, or the peer token of --peer-token-file)"
     )]
     Unauthorized,
-    #[error("the bearer token was refused")]
-    Forbidden,
+    /// The caller is known (or its token is not) and may not do this; the message says why.
+    #[error("{0}")]
+    Forbidden(String),
     #[error("{0}")]
     Unavailable(String),
     #[error(transparent)]
@@ -75,7 +76,7 @@ impl ApiError {
             ApiError::Conflict { .. } => StatusCode::CONFLICT,
             ApiError::RangeNotSatisfiable(_) => StatusCode::RANGE_NOT_SATISFIABLE,
             ApiError::Unauthorized => StatusCode::UNAUTHORIZED,
-            ApiError::Forbidden => StatusCode::FORBIDDEN,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
             ApiError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Client(e) => e.status().unwrap_or(StatusCode::BAD_GATEWAY),
             ApiError::Io { .. } => StatusCode::INTERNAL_SERVER_ERROR,
@@ -88,7 +89,7 @@ impl ApiError {
             ApiError::BadRequest { field, .. } => Some(field.clone()),
             ApiError::NotFound { field, .. } => field.clone(),
             ApiError::RangeNotSatisfiable(_) => Some("range".into()),
-            ApiError::Unauthorized | ApiError::Forbidden => Some("authorization".into()),
+            ApiError::Unauthorized | ApiError::Forbidden(_) => Some("authorization".into()),
             ApiError::Engine(e) => match e {
                 crate::Error::InvalidPath { .. }
                 | crate::Error::NotFound { .. }
@@ -152,6 +153,6 @@ mod tests {
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         assert!(e.body().error.contains("ml/x"));
         assert_eq!(ApiError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(ApiError::Forbidden.status(), StatusCode::FORBIDDEN);
+        assert_eq!(ApiError::Forbidden("x".into()).status(), StatusCode::FORBIDDEN);
     }
 }

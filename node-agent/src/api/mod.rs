@@ -1,17 +1,21 @@
 //! The agent's HTTP API (`strata-agent serve`), its client, and the job commands.
 //!
 //! - A unix socket for the local CSI plugin (trusted by file permissions).
-//! - A TCP listener for jobs and peers that requires `Authorization: Bearer <token>`.
+//! - A TCP listener for jobs and peers that requires `Authorization: Bearer <token>`;
+//!   what each caller may do is in [`auth`].
 //! - An open port with `/healthz`, `/readyz` and `/metrics`.
 //!
 //! Routes are listed in docs/csi.md ("Agent API").
 
+pub mod auth;
 pub mod client;
 pub mod datasets_dir;
 pub mod error;
 pub mod jobs;
 pub mod serve;
 pub mod server;
+#[cfg(feature = "node-status")]
+pub mod token_review;
 pub mod types;
 
 pub use error::{ApiError, Result};

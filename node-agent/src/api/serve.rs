@@ -2,8 +2,9 @@
 
 use super::datasets_dir::{self, DatasetsDir};
 use super::error::{ApiError, Result};
+use super::auth::{TcpAuth, TokenReviewer};
 use super::server::{Access, ApiState, api_routes, metrics_routes};
-use crate::agent::{Agent, AgentConfig};
+use crate::agent::{Agent, AgentConfig, LocalPaths};
 use crate::fs::MountOptions;
 use crate::mounts::MountRegistry;
 use std::future::Future;
@@ -31,12 +32,27 @@ pub struct ServeArgs {
         default_value = "/run/strata/agent.sock"
     )]
     pub socket: PathBuf,
-    /// TCP address of the API for jobs and peers; requires --token-file.
+    /// TCP address of the API for jobs and peers; requires --peer-token-file or
+    /// --job-token-audience. Datasets and volumes are never served there.
     #[arg(long, env = "STRATA_AGENT_LISTEN")]
     pub listen: Option<SocketAddr>,
-    /// File holding the bearer token that TCP callers must send.
-    #[arg(long, env = "STRATA_AGENT_TOKEN_FILE")]
-    pub token_file: Option<PathBuf>,
+    /// File holding the node secret other agents send over TCP (read again every 5 s, so a
+    /// rotated Secret takes effect without a restart). It allows reads of any dataset.
+    #[arg(long, env = "STRATA_PEER_TOKEN_FILE")]
+    pub peer_token_file: Option<PathBuf>,
+    /// Accept preload/pin Job credentials over TCP: ServiceAccount tokens with this
+    /// audience, checked with a TokenReview (needs the Kubernetes API). They allow preload,
+    /// pin, unpin and usage of their own namespace's datasets under a live CachePolicy.
+    #[arg(long, env = "STRATA_JOB_TOKEN_AUDIENCE")]
+    pub job_token_audience: Option<String>,
+    /// A host directory under which `file://` sources may be served (repeat the flag, or
+    /// comma-separate in the variable). Without it and without --allow-any-local-path,
+    /// `file://` sources are refused.
+    #[arg(long = "allow-local-path", env = "STRATA_ALLOW_LOCAL_PATHS", value_delimiter = ',')]
+    pub allow_local_paths: Vec<PathBuf>,
+    /// Serve `file://` sources from any local path (standalone use; never in a cluster).
+    #[arg(long, env = "STRATA_ALLOW_ANY_LOCAL_PATH")]
+    pub allow_any_local_path: bool,
     /// Open port for /healthz, /readyz and /metrics.
     #[arg(long, env = "STRATA_METRICS_LISTEN")]
     pub metrics_listen: Option<SocketAddr>,
@@ -143,21 +159,33 @@ pub async fn run(
     shutdown: impl Future<Output = ()>,
     on_bound: impl FnOnce(Bound),
 ) -> Result<()> {
-    let access = match (&args.listen, &args.token_file) {
-        (Some(_), Some(file)) => Some(Access::token(
-            &super::client::read_token_file(file)
-                .map_err(|e| ApiError::io(format!("reading --token-file {}", file.display()), e))?,
-        )),
-        (Some(_), None) => {
+    let access = match &args.listen {
+        Some(_) if args.peer_token_file.is_none() && args.job_token_audience.is_none() => {
             return Err(ApiError::bad_request(
-                "token-file",
-                "--listen serves the API over TCP and needs --token-file with the bearer token",
+                "peer-token-file",
+                "--listen serves the API over TCP and needs --peer-token-file (the node secret \
+                 agents share) or --job-token-audience (job credentials), or both",
             ));
         }
-        (None, _) => None,
+        Some(_) => {
+            let reviewer = match &args.job_token_audience {
+                Some(audience) => Some(token_reviewer(audience).await?),
+                None => None,
+            };
+            Some(Access::Tcp(Arc::new(TcpAuth::new(
+                args.peer_token_file.clone(),
+                reviewer,
+            )?)))
+        }
+        None => None,
     };
 
     let mut config = AgentConfig::new(&args.cache_dir, args.memory_size, args.disk_size);
+    config.local_paths = if args.allow_any_local_path {
+        LocalPaths::Any
+    } else {
+        LocalPaths::Under(args.allow_local_paths.clone())
+    };
     config.readahead_per_file_bytes = args.readahead;
     config.readahead_total_bytes = args.readahead_total;
     config.directory_prefetch_files = args.prefetch_directory_files;
@@ -253,6 +281,27 @@ pub async fn run(
     mounts.unmount_all().await;
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+/// The TokenReview client for job credentials (the agent's ServiceAccount).
+#[cfg(feature = "node-status")]
+async fn token_reviewer(audience: &str) -> Result<Arc<dyn TokenReviewer>> {
+    let client = kube::Client::try_default().await.map_err(|e| {
+        ApiError::Unavailable(format!(
+            "--job-token-audience checks job tokens with the Kubernetes API, which is not reachable: {e}"
+        ))
+    })?;
+    Ok(Arc::new(super::token_review::KubeTokenReviewer::new(
+        client, audience,
+    )))
+}
+
+#[cfg(not(feature = "node-status"))]
+async fn token_reviewer(_audience: &str) -> Result<Arc<dyn TokenReviewer>> {
+    Err(ApiError::bad_request(
+        "job-token-audience",
+        "this agent was built without Kubernetes support (the node-status feature)",
+    ))
 }
 
 /// Starts the StrataNode reporter when `--node-name` is set. Outside a cluster (no

@@ -11,6 +11,7 @@ use strata_agent::api::client::AgentClient;
 use strata_agent::api::serve::{Bound, ServeArgs, run};
 use tempfile::TempDir;
 
+/// The peer token (`--peer-token-file`): reads any dataset over TCP, nothing else.
 pub const TOKEN: &str = "test-token-0123456789";
 
 pub struct TestAgent {
@@ -91,7 +92,10 @@ impl TestAgent {
         let args = ServeArgs {
             socket: dir.path().join("run/agent.sock"),
             listen: Some("127.0.0.1:0".parse().unwrap()),
-            token_file: Some(token_file),
+            peer_token_file: Some(token_file),
+            job_token_audience: None,
+            allow_local_paths: vec![],
+            allow_any_local_path: true,
             metrics_listen: Some("127.0.0.1:0".parse().unwrap()),
             mount_root: dir.path().join("mounts"),
             datasets_dir: Some(datasets_dir.clone()),

@@ -160,6 +160,7 @@ pub fn dataset(name: &str, sources: Vec<SourceConfig>, cache: CacheSettings) -> 
         namespace: "test".into(),
         name: name.into(),
         uid: None,
+        policy: None,
         sources,
         cache,
     }

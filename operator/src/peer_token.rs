@@ -1,5 +1,7 @@
-//! The agent API token: minted once by the operator, mounted into the agents
-//! and job pods. The agents accept API calls only with it.
+//! The peer token: the node secret agents present to each other (block reads). Minted by
+//! the operator in its own namespace and mounted into the agent pods only; no tenant ever
+//! holds it. Delete the Secret to rotate it: the operator mints a new one, kubelet updates
+//! the mounted file and the agents read it again (docs/security.md).
 
 use std::collections::BTreeMap;
 
@@ -13,8 +15,8 @@ use crate::context::Context;
 use crate::volume::{LABEL_MANAGED_BY, MANAGED_BY};
 use crate::{Error, Result};
 
-/// Name of the token Secret in the Strata namespace.
-pub const TOKEN_SECRET: &str = "strata-agent-token";
+/// Name of the peer token Secret in the Strata namespace.
+pub const TOKEN_SECRET: &str = "strata-peer-token";
 /// Key of the token in that Secret.
 pub const TOKEN_KEY: &str = "token";
 
@@ -26,7 +28,7 @@ pub fn new_token() -> String {
 }
 
 /// Creates the token Secret if it does not exist; an existing token is never
-/// replaced (agents and jobs already hold it).
+/// replaced (the agents hold it).
 pub async fn ensure(
     ctx: &Context,
     owner: Option<k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference>,
