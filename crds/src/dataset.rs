@@ -12,10 +12,10 @@ use crate::validation::{
     DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_OPTIONS,
     MAX_SOURCES, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH,
     MSG_DUPLICATE_SOURCE_NAME, MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH,
-    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, NO_CONTROL_RULE, has_control_character,
-    MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION, MSG_REGION_SCHEME,
-    MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, cel_matches,
-    is_dns1123_label, is_dns1123_subdomain, is_http_url, is_mount_path, is_option_key, is_region,
+    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION,
+    MSG_REGION_SCHEME, MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE,
+    MSG_URI_USERINFO, NO_CONTROL_RULE, cel_matches, has_control_character, is_dns1123_label,
+    is_dns1123_subdomain, is_http_url, is_mount_path, is_option_key, is_region,
     mount_path_contains,
 };
 use crate::{FieldErrorKind, Result};

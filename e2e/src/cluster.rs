@@ -150,17 +150,21 @@ impl Cluster {
     /// Writes a kubeconfig for ServiceAccount `namespace/name` as a pod of that account on
     /// node `node` holds it: a Node object (created if missing, as a kubelet would register
     /// it), a Pod bound to it that tolerates its not-ready taints (nothing runs it), and a
-    /// one-hour token bound to that Pod, which carries the node's name (the claim the agent's
-    /// ValidatingAdmissionPolicy checks). Remove the node with [`Cluster::delete_node`].
+    /// token bound to that Pod, valid for `duration` (`1h`, `24h`), which carries the node's
+    /// name (the claim the agent's ValidatingAdmissionPolicy checks). Remove the node with
+    /// [`Cluster::delete_node`].
     pub async fn write_node_bound_kubeconfig(
         &self,
         namespace: &str,
         name: &str,
         node: &str,
         path: &Path,
+        duration: &str,
     ) -> Result<()> {
         let pod = format!("{name}-on-{node}");
-        let pod = &pod[..pod.len().min(63)].trim_end_matches(['-', '.']);
+        let pod = pod[..pod.len().min(63)]
+            .trim_end_matches(['-', '.'])
+            .to_string();
         let manifest = serde_json::json!({
             "apiVersion": "v1",
             "kind": "List",
@@ -184,7 +188,7 @@ impl Cluster {
                 name,
                 "-n",
                 namespace,
-                "--duration=1h",
+                &format!("--duration={duration}"),
                 "--bound-object-kind=Pod",
                 &format!("--bound-object-name={pod}"),
             ])

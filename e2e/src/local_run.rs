@@ -91,7 +91,7 @@ impl LocalNode {
         let agent_port = self.agent_port;
         let pod_paths = [
             ("/etc/strata/datasets", self.path("datasets")),
-            ("/var/run/strata/token", self.path("token/token")),
+            ("/var/run/strata/peer", self.path("peer")),
             ("/run/strata/agent.sock", self.path("agent.sock")),
             ("/var/lib/strata/mounts", self.path("mounts")),
             ("/var/cache/strata", self.path("cache")),
@@ -135,7 +135,7 @@ impl LocalNode {
 }
 
 /// The Job's one container's args, with the Job's pod environment applied: the node's IP and
-/// the token mounted from `strata-token-<policy>` (at `token_file` here).
+/// the pod's projected ServiceAccount token (at `token_file` here).
 pub fn job_args(job: &Job, node_ip: &str, token_file: &Path) -> Result<Vec<String>> {
     let owner = format!("Job {}", job.metadata.name.clone().unwrap_or_default());
     let spec = job
@@ -158,6 +158,64 @@ pub fn job_args(job: &Job, node_ip: &str, token_file: &Path) -> Result<Vec<Strin
                 .replace("/var/run/strata/token", &token)
         })
         .collect())
+}
+
+/// The credential a pod of `job` would find at its token path: a token of the pod's
+/// ServiceAccount (`default` unless the Job names one) for the audience of the Job's projected
+/// ServiceAccount token volume, from the TokenRequest API, as kubelet gets it.
+pub async fn job_token(cluster: &Cluster, job: &Job) -> Result<String> {
+    let owner = format!("Job {}", job.metadata.name.clone().unwrap_or_default());
+    let spec = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .ok_or_else(|| Error::NoPodSpec {
+            what: owner.clone(),
+        })?;
+    let audience = spec
+        .volumes
+        .iter()
+        .flatten()
+        .filter_map(|v| v.projected.as_ref())
+        .flat_map(|p| p.sources.iter().flatten())
+        .find_map(|s| s.service_account_token.as_ref()?.audience.clone())
+        .ok_or_else(|| Error::NoContainer {
+            owner: owner.clone(),
+            container: "projected ServiceAccount token volume".into(),
+        })?;
+    let account = spec
+        .service_account_name
+        .clone()
+        .unwrap_or_else(|| "default".into());
+    let namespace = job.metadata.namespace.clone().unwrap_or_default();
+    // The controller-manager creates a namespace's `default` account shortly after it.
+    wait_until(
+        "the Job's ServiceAccount",
+        Duration::from_secs(60),
+        || async {
+            Ok::<_, Error>(
+                cluster
+                    .kubectl(&["-n", &namespace, "get", "serviceaccount", &account])
+                    .await
+                    .ok()
+                    .map(|_| ()),
+            )
+        },
+    )
+    .await?;
+    let token = cluster
+        .kubectl(&[
+            "-n",
+            &namespace,
+            "create",
+            "token",
+            &account,
+            "--audience",
+            &audience,
+            "--duration=1h",
+        ])
+        .await?;
+    Ok(token.trim().to_string())
 }
 
 fn first_container<'a>(owner: &str, spec: &'a PodSpec) -> Result<&'a Container> {

@@ -9,6 +9,7 @@ use std::process::Stdio;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Service, ServiceAccount};
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, Role, RoleBinding};
@@ -311,18 +312,29 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
         agent_cases.push((vec![verb, "secrets", "-n", here], false));
         agent_cases.push((vec![verb, "secrets", "-n", there], false));
         agent_cases.push((vec![verb, "secrets/strata-datasets", "-n", here], false));
-        agent_cases.push((vec![verb, "secrets/strata-agent-token", "-n", here], false));
+        agent_cases.push((vec![verb, "secrets/strata-peer-token", "-n", here], false));
     }
     agent_cases.extend([
+        // Server-side apply of its StrataNode and its status; which one, the admission
+        // policy decides (checked below with node-bound tokens).
         (vec!["create", "stratanodes.strata.dev"], true),
         (vec!["patch", "stratanodes.strata.dev"], true),
-        (vec!["update", "stratanodes.strata.dev"], true),
         (
             vec!["patch", "stratanodes.strata.dev", "--subresource=status"],
             true,
         ),
-        (vec!["list", "stratanodes.strata.dev"], true),
+        (vec!["update", "stratanodes.strata.dev"], false),
+        (vec!["get", "stratanodes.strata.dev"], false),
+        (vec!["list", "stratanodes.strata.dev"], false),
+        (vec!["watch", "stratanodes.strata.dev"], false),
         (vec!["delete", "stratanodes.strata.dev"], false),
+        // Job credentials are checked with TokenReviews.
+        (vec!["create", "tokenreviews.authentication.k8s.io"], true),
+        (
+            vec!["create", "subjectaccessreviews.authorization.k8s.io"],
+            false,
+        ),
+        (vec!["create", "serviceaccounts/token", "-n", there], false),
         (
             vec!["get", "datasets.strata.dev", "--all-namespaces"],
             false,
@@ -332,6 +344,77 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
         (vec!["create", "pods", "-n", here], false),
     ]);
     expect_permissions(cluster, &agent_user, &agent_cases).await?;
+
+    // A tenant's job pods run as the namespace's own ServiceAccount: the chart and the
+    // operator give it nothing (its token is only worth something to the agents).
+    let job_user = format!("system:serviceaccount:{there}:default");
+    expect_permissions(
+        cluster,
+        &job_user,
+        &[
+            (vec!["get", "secrets", "-n", there], false),
+            (vec!["create", "tokenreviews.authentication.k8s.io"], false),
+            (vec!["patch", "stratanodes.strata.dev"], false),
+            (vec!["get", "datasets.strata.dev", "-n", there], false),
+        ],
+    )
+    .await?;
+
+    // Each agent writes only its own node's StrataNode: the admission policy compares the
+    // node-name claim of a token bound to a pod on that node with the object's name.
+    let suffix = &here[here.len() - 6..];
+    let (mine, theirs) = (format!("chart-a-{suffix}"), format!("chart-b-{suffix}"));
+    let run = tempfile::tempdir()?;
+    let bound = run.path().join("agent.kubeconfig");
+    cluster
+        .write_node_bound_kubeconfig(here, &agent, &mine, &bound, "1h")
+        .await?;
+    let unbound = run.path().join("unbound.kubeconfig");
+    cluster
+        .write_service_account_kubeconfig(here, &agent, &unbound)
+        .await?;
+    let apply_node = |kubeconfig: PathBuf, name: String| async move {
+        let manifest = format!(
+            "apiVersion: strata.dev/v1alpha1\nkind: StrataNode\nmetadata: {{name: {name}}}\nspec: {{nodeName: {name}}}\n"
+        );
+        let kubeconfig = kubeconfig.to_string_lossy().into_owned();
+        cluster
+            .run(
+                "kubectl",
+                &[
+                    "--kubeconfig",
+                    &kubeconfig,
+                    "apply",
+                    "--server-side",
+                    "--field-manager=strata-agent",
+                    "-f",
+                    "-",
+                ],
+                Some(manifest.as_bytes()),
+            )
+            .await
+    };
+    apply_node(bound.clone(), mine.clone())
+        .await
+        .context("the agent writing its own node's StrataNode")?;
+    for (what, kubeconfig, name) in [
+        ("another node's StrataNode", bound.clone(), theirs.clone()),
+        ("a token bound to no node", unbound.clone(), mine.clone()),
+    ] {
+        let err = apply_node(kubeconfig, name)
+            .await
+            .err()
+            .with_context(|| format!("the agent wrote {what}"))?;
+        ensure!(
+            err.to_string()
+                .contains("may write only the StrataNode of its own node"),
+            "{what}: {err}"
+        );
+    }
+    cluster
+        .kubectl(&["delete", "stratanode", &mine, "--ignore-not-found"])
+        .await?;
+    cluster.delete_node(&mine).await?;
 
     // The operator: what each controller needs, scoped as tightly as the design allows.
     let operator_user = format!("system:serviceaccount:{}:{operator}", ns.name());
@@ -378,10 +461,11 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
         (vec!["create", "jobs.batch", "-n", there], true),
         (vec!["create", "cronjobs.batch", "-n", there], true),
         (vec!["create", "pods", "-n", there], false),
-        // Tenant Secrets: read the named credentials Secret, write the token copy; never
-        // enumerate or delete them.
+        // Tenant Secrets: read the named credentials Secret; never write, enumerate or
+        // delete them.
         (vec!["get", "secrets", "-n", there], true),
-        (vec!["create", "secrets", "-n", there], true),
+        (vec!["create", "secrets", "-n", there], false),
+        (vec!["patch", "secrets", "-n", there], false),
         (vec!["list", "secrets", "-n", there], false),
         (vec!["watch", "secrets", "-n", there], false),
         (vec!["list", "secrets", "--all-namespaces"], false),
@@ -421,6 +505,10 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
     ];
     expect_permissions(cluster, &operator_user, &operator_cases).await?;
 
+    let policies: Api<ValidatingAdmissionPolicy> = Api::all(client.clone());
+    let own_node_policy = format!("{release}-agent-own-node");
+    policies.get(&own_node_policy).await?;
+
     // Uninstall removes every object the chart made; the CRDs stay (Helm never deletes them).
     cluster
         .helm(&["uninstall", &release, "-n", ns.name(), "--wait"])
@@ -438,6 +526,7 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
             cluster_roles.get_opt(&agent).await?.is_some(),
             cluster_bindings.get_opt(&operator).await?.is_some(),
             cluster_bindings.get_opt(&agent).await?.is_some(),
+            policies.get_opt(&own_node_policy).await?.is_some(),
         ];
         Ok::<_, kube::Error>(left.iter().all(|l| !l).then_some(()))
     })

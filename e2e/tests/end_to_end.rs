@@ -6,16 +6,24 @@
 //! 2. a real S3 server (moto) on loopback with generated data;
 //! 3. two simulated nodes, each a `strata-agent serve` and a `strata-csi` process with its own
 //!    node name, cache dir, sockets and loopback address, standing in for the DaemonSet's pods;
-//!    the Secrets the DaemonSet mounts (`strata-datasets`, `strata-agent-token`) are synced into
-//!    each node's directories, as kubelet would;
+//!    the Secrets the DaemonSet mounts (`strata-datasets`, `strata-peer-token`) are synced into
+//!    each node's directories, as kubelet would; each agent's Kubernetes credential is a token
+//!    bound to a Pod on a Node object of its name, so the chart's RBAC and admission policy
+//!    (its own StrataNode only) apply as on a real node;
 //! 4. a Secret, Dataset and CachePolicy applied with kubectl; the Dataset becomes Ready;
-//! 5. the preload Job's command, run as its pod would, takes `kubectl get datasets` from 0% to
-//!    100% (before the reads, which would otherwise cache everything themselves);
+//! 5. the preload Job's command, run as its pod would (with its ServiceAccount token for the
+//!    agents' audience), takes `kubectl get datasets` from 0% to 100% (before the reads, which
+//!    would otherwise cache everything themselves);
+//! 5b. a second tenant with its own Dataset and CachePolicy: with the first tenant's job
+//!    credential every route that touches the second's data, registration, volumes and the
+//!    dataset list is refused with 403 and the second's cache and pins stay as they were;
+//!    a policy's deletion revokes its namespace's job credential;
 //! 6. NodePublishVolume through each node's CSI socket with the PV's volume handle and as an
 //!    inline volume; every file read through the target path has the source's checksum (warm on
 //!    the preloaded node, cold on the other);
 //! 7. with the quota lowered below the data and every file read again, the pinned paths are
 //!    still served with the S3 server stopped;
+//!    the peer token is rotated: the old one is refused, the new one works, no restart;
 //! 8. deleting the Dataset drops the caches and mounts and removes the PV and PVC.
 //!
 //! Finally every process log and every API object (Secrets aside) is searched for the test
@@ -45,9 +53,9 @@ use strata_crds::Dataset;
 use strata_csi::proto::NodeUnpublishVolumeRequest;
 use strata_csi::proto::node_client::NodeClient;
 use strata_e2e::{
-    Cluster, LocalNode, TestNamespace, csi_connect, dataset_status, job_args, jobs_of_kind,
-    operator_args, pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv,
-    wait_until, workspace_binaries,
+    Cluster, LocalNode, TestNamespace, csi_connect, dataset_status, job_args, job_token,
+    jobs_of_kind, operator_args, pod_volume_context, publish_request, sync_secret_to_dir,
+    wait_for_dataset_pv, wait_until, workspace_binaries,
 };
 use tonic::transport::Channel;
 
@@ -314,7 +322,7 @@ impl Node {
     }
 }
 
-/// Keeps every node's `datasets/` and `token/` equal to the two Secrets, every 300 ms, until
+/// Keeps every node's `datasets/` and `peer/` equal to the two Secrets, every 300 ms, until
 /// the returned handle is aborted.
 fn spawn_secret_sync(
     client: kube::Client,
@@ -326,7 +334,7 @@ fn spawn_secret_sync(
         loop {
             for (secret, sub) in [
                 ("strata-datasets", "datasets"),
-                ("strata-agent-token", "token"),
+                ("strata-peer-token", "peer"),
             ] {
                 if let Ok(Some(s)) = secrets.get_opt(secret).await {
                     for dir in &node_dirs {
@@ -456,6 +464,7 @@ async fn strata_end_to_end() -> Result<()> {
     .await??;
     let system = TestNamespace::create(cluster, "e2e-system").await?;
     let tenant = TestNamespace::create(cluster, "e2e-tenant").await?;
+    let other = TestNamespace::create(cluster, "e2e-other").await?;
     let client = cluster.client().await?;
     // Kept when the test fails (logs, node directories); removed at the end of a passing run.
     let run = tempfile::Builder::new()
@@ -478,10 +487,7 @@ async fn strata_end_to_end() -> Result<()> {
             "-n",
             system.name(),
             "--set",
-            &format!(
-                "operator.watchNamespace={},node.agentPort={agent_port},logLevel=debug",
-                tenant.name()
-            ),
+            &format!("node.agentPort={agent_port},logLevel=debug"),
             "--set",
             "node.cache.memory.size=64Mi,node.cache.disk.size=256Mi",
             "--set",
@@ -504,16 +510,19 @@ async fn strata_end_to_end() -> Result<()> {
         &logs,
     )?;
     wait_for_port(([127, 0, 0, 1], operator_port).into(), &mut operator).await?;
+    let suffix = &system.name()[system.name().len() - 6..];
+    let node_names: Vec<String> = (0..2).map(|i| format!("e2e-node-{i}-{suffix}")).collect();
     let _teardown = Teardown {
         cluster,
         run: run.clone(),
-        tenant: tenant.name().to_string(),
+        tenants: vec![tenant.name().to_string(), other.name().to_string()],
         system: system.name().to_string(),
         release: release.clone(),
+        nodes: node_names.clone(),
     };
     let secrets = system.api::<Secret>();
-    wait_until("the operator to mint the agent token", WAIT, || async {
-        secrets.get_opt("strata-agent-token").await
+    wait_until("the operator to mint the peer token", WAIT, || async {
+        secrets.get_opt("strata-peer-token").await
     })
     .await?;
     let daemon_set = wait_until("the node DaemonSet", WAIT, || async {
@@ -541,31 +550,33 @@ async fn strata_end_to_end() -> Result<()> {
     );
 
     // 3. Two nodes.
-    let agent_kubeconfig = run.join("agent.kubeconfig");
-    cluster
-        .write_service_account_kubeconfig(
-            system.name(),
-            &format!("{release}-agent"),
-            &agent_kubeconfig,
-        )
-        .await?;
-    let suffix = &system.name()[system.name().len() - 6..];
     let node_dirs: Vec<PathBuf> = (0..2).map(|i| run.join(format!("node-{i}"))).collect();
     for dir in &node_dirs {
-        for sub in ["datasets", "token", "cache", "mounts", "kubelet"] {
+        for sub in ["datasets", "peer", "cache", "mounts", "kubelet"] {
             std::fs::create_dir_all(dir.join(sub))?;
         }
     }
     let sync = spawn_secret_sync(client.clone(), system.name().to_string(), node_dirs.clone());
     let mut nodes = Vec::new();
     for (i, dir) in node_dirs.iter().enumerate() {
-        let name = format!("e2e-node-{i}-{suffix}");
+        let name = node_names[i].clone();
         let ip = NODE_IPS[i];
-        let token = dir.join("token/token");
-        wait_until("the agent token file", WAIT, || async {
+        let token = dir.join("peer/token");
+        wait_until("the peer token file", WAIT, || async {
             Ok::<_, std::io::Error>(token.exists().then_some(()))
         })
         .await?;
+        // As the agent container of the DaemonSet's pod on this node holds it.
+        let agent_kubeconfig = dir.join("agent.kubeconfig");
+        cluster
+            .write_node_bound_kubeconfig(
+                system.name(),
+                &format!("{release}-agent"),
+                &name,
+                &agent_kubeconfig,
+                "1h",
+            )
+            .await?;
         let local = LocalNode {
             name: name.clone(),
             ip: ip.to_string(),
@@ -679,20 +690,20 @@ async fn strata_end_to_end() -> Result<()> {
         Ok::<_, anyhow::Error>(jobs_of_kind(&jobs, "preload").await?.into_iter().next())
     })
     .await?;
-    let job_token = wait_until("the agent token copied for the jobs", WAIT, || async {
+    // The pod's projected ServiceAccount token for the agents' audience, as kubelet mints it;
+    // nothing was copied into the tenant's namespace.
+    ensure!(
         tenant
             .api::<Secret>()
-            .get_opt(&format!("strata-token-{POLICY}"))
-            .await
-    })
-    .await?;
-    let job_dir = run.join("job");
-    sync_secret_to_dir(
-        &job_token,
-        &job_dir.join("token"),
-        &job_dir.join(".staging"),
-    )?;
-    let job_token_file = job_dir.join("token/token");
+            .list(&Default::default())
+            .await?
+            .items
+            .iter()
+            .all(|s| s.metadata.name.as_deref() == Some("s3-creds")),
+        "the operator stored a Secret in the tenant's namespace"
+    );
+    let job_token_file = run.join("job-token");
+    std::fs::write(&job_token_file, job_token(cluster, &preload).await?)?;
     let args = job_args(&preload, nodes[0].ip, &job_token_file)?;
     let preload_log = logs.join("preload-job.log");
     let status = Command::new(bins.join("strata-agent"))
@@ -719,6 +730,161 @@ async fn strata_end_to_end() -> Result<()> {
     step(
         5,
         "preload job ran; kubectl get datasets went from 0% to 100%",
+    );
+
+    // 5b. A second tenant on the same nodes, with the same dataset and policy names: the first
+    // tenant's job credential reaches none of it, and changes nothing of it.
+    cluster
+        .apply(&manifests(
+            other.name(),
+            &s3.endpoint(),
+            &key_id,
+            &secret_key,
+        ))
+        .await?;
+    let other_key = format!("{}.{DATASET}.yaml", other.name());
+    let other_file = nodes[0].datasets_dir().join(&other_key);
+    wait_until("the other tenant's config on node 0", WAIT, || async {
+        Ok::<_, std::io::Error>(other_file.exists().then_some(()))
+    })
+    .await?;
+    let node0 = format!("{}:{agent_port}", nodes[0].ip);
+    let local0 = AgentClient::unix(nodes[0].dir.join("agent.sock"));
+    wait_until(
+        "node 0 to serve the other tenant's dataset",
+        WAIT,
+        || async { Ok::<_, anyhow::Error>(local0.dataset(other.name(), DATASET).await.ok()) },
+    )
+    .await?;
+    // The other tenant fills its cache with its own job credential.
+    let other_jobs = other.api::<Job>();
+    let other_preload = wait_until("the other tenant's preload Job", WAIT, || async {
+        Ok::<_, anyhow::Error>(
+            jobs_of_kind(&other_jobs, "preload")
+                .await?
+                .into_iter()
+                .next(),
+        )
+    })
+    .await?;
+    let other_token = job_token(cluster, &other_preload).await?;
+    let other_token_file = run.join("other-job-token");
+    std::fs::write(&other_token_file, &other_token)?;
+    let out = Command::new(bins.join("strata-agent"))
+        .args(job_args(&other_preload, nodes[0].ip, &other_token_file)?)
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "the other tenant's preload failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let before = local0.dataset(other.name(), DATASET).await?;
+    ensure!(
+        before["usage"]["cachedBytes"].as_u64().unwrap_or(0) > 0
+            && before["pins"] == serde_json::json!(["/pinned/**"]),
+        "the other tenant's dataset is not cached and pinned: {before}"
+    );
+    let mine = std::fs::read_to_string(&job_token_file)?;
+    let (a, b) = (tenant.name(), other.name());
+    let some_file = files.keys().next().context("no file")?.clone();
+    let register = r#"{"sources":[{"name":"etc","uri":"file:///etc/"}]}"#;
+    let globs = r#"{"paths":["/**"]}"#;
+    let refused: Vec<(&str, String, &str)> = vec![
+        ("GET", "/v1/datasets".into(), ""),
+        ("GET", format!("/v1/datasets/{b}/{DATASET}"), ""),
+        ("GET", format!("/v1/datasets/{b}/{DATASET}/stat?path=/"), ""),
+        ("GET", format!("/v1/datasets/{b}/{DATASET}/list?path=/"), ""),
+        (
+            "GET",
+            format!("/v1/datasets/{b}/{DATASET}/read?path={some_file}"),
+            "",
+        ),
+        ("POST", format!("/v1/datasets/{b}/{DATASET}/preload"), globs),
+        ("POST", format!("/v1/datasets/{b}/{DATASET}/pin"), globs),
+        (
+            "POST",
+            format!("/v1/datasets/{b}/{DATASET}/unpin"),
+            r#"{"paths":["/pinned/**"]}"#,
+        ),
+        ("GET", format!("/v1/datasets/{b}/{DATASET}/usage"), ""),
+        ("PUT", format!("/v1/datasets/{b}/{DATASET}"), register),
+        ("DELETE", format!("/v1/datasets/{b}/{DATASET}"), ""),
+        ("PUT", format!("/v1/datasets/{a}/steal"), register),
+        (
+            "PUT",
+            format!("/v1/datasets/{b}/{DATASET}/volumes/vol-steal"),
+            "",
+        ),
+        (
+            "DELETE",
+            format!("/v1/datasets/{b}/{DATASET}/volumes/vol-steal"),
+            "",
+        ),
+        ("DELETE", "/v1/volumes/vol-steal".into(), ""),
+        ("GET", "/v1/volumes".into(), ""),
+        // Its own dataset: a job preloads and pins, it does not read.
+        (
+            "GET",
+            format!("/v1/datasets/{a}/{DATASET}/read?path={some_file}"),
+            "",
+        ),
+    ];
+    for (method, target, body) in &refused {
+        let (status, answer) = raw_call(&node0, method, target, &mine, body)?;
+        ensure!(
+            status == 403,
+            "{method} {target} with the other namespace's job credential: {status} {answer}"
+        );
+    }
+    let (status, answer) = raw_call(
+        &node0,
+        "GET",
+        &format!("/v1/datasets/{a}/{DATASET}/usage"),
+        &mine,
+        "",
+    )?;
+    ensure!(status == 200, "its own usage: {status} {answer}");
+    let after = local0.dataset(other.name(), DATASET).await?;
+    ensure!(
+        after["usage"]["cachedBytes"] == before["usage"]["cachedBytes"]
+            && after["usage"]["hits"] == before["usage"]["hits"]
+            && after["usage"]["misses"] == before["usage"]["misses"]
+            && after["pins"] == before["pins"]
+            && after["volumes"] == serde_json::json!([]),
+        "refused calls changed the other tenant's dataset: {before} -> {after}"
+    );
+    ensure!(
+        local0.dataset(a, "steal").await.is_err(),
+        "a job registered a dataset"
+    );
+    // Deleting a policy revokes its namespace's job credential, without restarting anything.
+    let other_usage = format!("/v1/datasets/{b}/{DATASET}/usage");
+    let (status, answer) = raw_call(&node0, "GET", &other_usage, &other_token, "")?;
+    ensure!(
+        status == 200,
+        "the other tenant's own usage: {status} {answer}"
+    );
+    cluster
+        .kubectl(&["-n", b, "delete", "cachepolicy", POLICY])
+        .await?;
+    let revoked = Instant::now();
+    wait_until(
+        "the deleted policy's job credential to be refused",
+        WAIT,
+        || async {
+            let (status, _) = raw_call(&node0, "GET", &other_usage, &other_token, "")?;
+            Ok::<_, anyhow::Error>((status == 403).then_some(()))
+        },
+    )
+    .await?;
+    eprintln!(
+        "a deleted CachePolicy's job credential was refused {:.1}s after the delete",
+        revoked.elapsed().as_secs_f64()
+    );
+    step(
+        5,
+        "second tenant: 17 calls with the first tenant's job credential refused, nothing changed; \
+         a deleted policy's credential refused",
     );
 
     // 6. Publish through each node's CSI socket, persistent and inline; read everything (warm
@@ -866,7 +1032,9 @@ async fn strata_end_to_end() -> Result<()> {
     }
     // Read through each agent's token-guarded API, as a peer would: unlike re-reading the
     // mount, this cannot be answered from the kernel's page cache.
-    let token = std::fs::read_to_string(&job_token_file)?.trim().to_string();
+    let token = std::fs::read_to_string(nodes[0].dir.join("peer/token"))?
+        .trim()
+        .to_string();
     let agents: Vec<AgentClient> = nodes
         .iter()
         .map(|n| {
@@ -921,6 +1089,38 @@ async fn strata_end_to_end() -> Result<()> {
         );
     }
     step(7, "past the quota, pinned paths still read with S3 stopped");
+
+    // 7b. The peer token is rotated by writing the Secret: kubelet (here the sync loop) updates
+    // the mounted file and the agents read it again; no restart.
+    let rotated = hex_string(&Sha256::digest(format!("rotated-{suffix}").as_bytes()));
+    secrets
+        .patch(
+            "strata-peer-token",
+            &PatchParams::default(),
+            &Patch::Merge(serde_json::json!({"data": {"token": base64(rotated.as_bytes())}})),
+        )
+        .await?;
+    let rotated_at = Instant::now();
+    let usage_target = format!("/v1/datasets/{}/{DATASET}/usage", tenant.name());
+    for node in &nodes {
+        let addr = format!("{}:{agent_port}", node.ip);
+        wait_until("the old peer token to be refused", WAIT, || async {
+            let (status, _) = raw_call(&addr, "GET", &usage_target, &token, "")?;
+            Ok::<_, anyhow::Error>((status == 403).then_some(()))
+        })
+        .await?;
+        let (status, answer) = raw_call(&addr, "GET", &usage_target, &rotated, "")?;
+        ensure!(
+            status == 200,
+            "{}: the rotated peer token: {status} {answer}",
+            node.name
+        );
+    }
+    eprintln!(
+        "peer token rotated: the old one refused on every node {:.1}s after the Secret changed",
+        rotated_at.elapsed().as_secs_f64()
+    );
+    step(7, "peer token rotated without a restart");
 
     // 8. Pods go (kubelet unpublishes), the Dataset is deleted: caches, mounts, PV, PVC gone.
     for (i, id, target) in &published {
@@ -995,7 +1195,11 @@ async fn strata_end_to_end() -> Result<()> {
         everything.push_str(&std::fs::read_to_string(entry?.path()).unwrap_or_default());
     }
     // The chart's RBAC was enough: the API server refused the operator and the agents nothing.
-    if let Some(at) = everything.find("is forbidden: User") {
+    // Nor the admission policy that keeps each agent to its own StrataNode.
+    if let Some(at) = everything
+        .find("is forbidden: User")
+        .or_else(|| everything.find("ValidatingAdmissionPolicy"))
+    {
         bail!(
             "a component was refused by RBAC:\n{}",
             &everything[at.saturating_sub(300)..(at + 300).min(everything.len())]
@@ -1030,6 +1234,10 @@ async fn strata_end_to_end() -> Result<()> {
     ensure!(failures.is_empty(), "{}", failures.join("\n"));
     // The tenant goes while the operator still runs (it finalizes what is left), then the rest.
     tenant.cleanup().await?;
+    other.cleanup().await?;
+    for node in &node_names {
+        cluster.delete_node(node).await?;
+    }
     sync.abort();
     drop(nodes);
     operator.terminate();
@@ -1050,9 +1258,11 @@ async fn strata_end_to_end() -> Result<()> {
 struct Teardown {
     cluster: &'static Cluster,
     run: PathBuf,
-    tenant: String,
+    tenants: Vec<String>,
     system: String,
     release: String,
+    /// Node objects made for the agents' bound tokens.
+    nodes: Vec<String>,
 }
 
 impl Drop for Teardown {
@@ -1073,26 +1283,32 @@ impl Drop for Teardown {
                 .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
                 .unwrap_or_default()
         };
-        let tenant = self.tenant.as_str();
-        kubectl(&[
-            "-n",
-            tenant,
-            "delete",
-            "datasets,cachepolicies",
-            "--all",
-            "--timeout=20s",
-        ]);
-        for name in kubectl(&["-n", tenant, "get", "datasets,cachepolicies", "-o", "name"]).lines()
-        {
+        for tenant in &self.tenants {
+            let tenant = tenant.as_str();
             kubectl(&[
                 "-n",
                 tenant,
-                "patch",
-                name,
-                "--type=merge",
-                "-p",
-                r#"{"metadata":{"finalizers":null}}"#,
+                "delete",
+                "datasets,cachepolicies",
+                "--all",
+                "--timeout=20s",
             ]);
+            for name in
+                kubectl(&["-n", tenant, "get", "datasets,cachepolicies", "-o", "name"]).lines()
+            {
+                kubectl(&[
+                    "-n",
+                    tenant,
+                    "patch",
+                    name,
+                    "--type=merge",
+                    "-p",
+                    r#"{"metadata":{"finalizers":null}}"#,
+                ]);
+            }
+        }
+        for node in &self.nodes {
+            kubectl(&["delete", "node", node, "--ignore-not-found", "--wait=false"]);
         }
         let _ = Command::new(self.cluster.bin("helm"))
             .args([
@@ -1126,6 +1342,34 @@ fn cached_objects(dir: &Path) -> Result<u64> {
         }
     }
     Ok(total)
+}
+
+/// One HTTP/1.1 request to an agent's TCP API with a bearer token: status and body.
+fn raw_call(
+    addr: &str,
+    method: &str,
+    target: &str,
+    token: &str,
+    body: &str,
+) -> Result<(u16, String)> {
+    let mut stream = TcpStream::connect(addr)?;
+    stream.set_read_timeout(Some(Duration::from_secs(30)))?;
+    write!(
+        stream,
+        "{method} {target} HTTP/1.1\r\nHost: agent\r\nAuthorization: Bearer {}\r\n\
+         Content-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    )?;
+    let mut out = Vec::new();
+    stream.read_to_end(&mut out)?;
+    let text = String::from_utf8_lossy(&out).into_owned();
+    let status = text
+        .split(' ')
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .with_context(|| format!("{method} {target}: no HTTP status in {text:?}"))?;
+    Ok((status, text))
 }
 
 fn base64(bytes: &[u8]) -> String {

@@ -22,8 +22,8 @@ use strata_agent::agent::{Agent, AgentConfig};
 use strata_agent::api::auth::TcpAuth;
 use strata_agent::api::client::AgentClient;
 use strata_agent::api::jobs::{JobArgs, PreloadJobArgs};
-use strata_agent::api::token_review::KubeTokenReviewer;
 use strata_agent::api::server::{Access, ApiState, api_routes};
+use strata_agent::api::token_review::KubeTokenReviewer;
 use strata_agent::config::DatasetConfig;
 use strata_agent::fs::MountOptions;
 use strata_agent::mounts::MountRegistry;
@@ -132,7 +132,11 @@ spec:
     for (what, token) in [
         (
             "another audience",
-            job_token(namespace.clone(), "https://kubernetes.default.svc.cluster.local").await?,
+            job_token(
+                namespace.clone(),
+                "https://kubernetes.default.svc.cluster.local",
+            )
+            .await?,
         ),
         (
             "another namespace",
@@ -140,10 +144,7 @@ spec:
         ),
     ] {
         let client = AgentClient::from_url(&api_url, Some(token.trim().to_string()))?;
-        let err = client
-            .usage(&namespace, "local")
-            .await
-            .expect_err(what);
+        let err = client.usage(&namespace, "local").await.expect_err(what);
         ensure!(
             err.status().map(|s| s.as_u16()) == Some(403),
             "{what}: {err}"

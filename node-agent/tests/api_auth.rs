@@ -58,7 +58,11 @@ async fn tcp_api_requires_the_bearer_token() {
     // and the local socket can, and the answer says so.
     let err = agent
         .tcp(Some(TOKEN))
-        .put_dataset("other", "steal", &serde_json::json!({"sources": [{"name": "etc", "uri": "file:///etc/"}]}))
+        .put_dataset(
+            "other",
+            "steal",
+            &serde_json::json!({"sources": [{"name": "etc", "uri": "file:///etc/"}]}),
+        )
         .await
         .unwrap_err();
     assert_eq!(err.status().map(|s| s.as_u16()), Some(403), "{err}");

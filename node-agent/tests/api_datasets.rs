@@ -246,10 +246,7 @@ async fn job_commands_print_progress() {
     assert_eq!(results[0].files_done, 2);
     let text = String::from_utf8(out).unwrap();
     let last = text.lines().last().unwrap();
-    assert!(
-        last.starts_with("preload ml/imagenet on unix://"),
-        "{text}"
-    );
+    assert!(last.starts_with("preload ml/imagenet on unix://"), "{text}");
     assert!(
         last.ends_with("files 2/2, bytes 4099/4099, 100.0%, done"),
         "{text}"

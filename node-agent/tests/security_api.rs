@@ -98,13 +98,17 @@ async fn every_endpoint_refuses_missing_and_wrong_tokens() {
     // The peer token (the node secret agents share) reads: list, get, stat, list a
     // directory, read, usage. Everything else is 403 and does nothing: registering or
     // removing datasets, volumes, preload, pin, unpin.
-    let peer_may = |method: &str, target: &str| method == "GET" && !target.starts_with("/v1/volumes");
+    let peer_may =
+        |method: &str, target: &str| method == "GET" && !target.starts_with("/v1/volumes");
     for (method, target, _) in every_endpoint() {
         let (status, body) = call(agent.listen, method, target, Some(&bearer)).await;
         if target == "/v1/no-such-route" {
             assert_eq!(status, 404, "{body}");
         } else if peer_may(method, target) {
-            assert!(status < 300, "{method} {target} with the peer token: {status} {body}");
+            assert!(
+                status < 300,
+                "{method} {target} with the peer token: {status} {body}"
+            );
         } else {
             assert_eq!(status, 403, "{method} {target} with the peer token: {body}");
         }

@@ -227,7 +227,10 @@ async fn credentials_appear_in_no_log_line_answer_or_metric() {
         .arg("serve")
         .args(["--socket", dir.path().join("agent.sock").to_str().unwrap()])
         .args(["--listen", &format!("127.0.0.1:{listen}")])
-        .args(["--peer-token-file", dir.path().join("token").to_str().unwrap()])
+        .args([
+            "--peer-token-file",
+            dir.path().join("token").to_str().unwrap(),
+        ])
         .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .args(["--mount-root", dir.path().join("mounts").to_str().unwrap()])
         .args(["--datasets-dir", datasets.to_str().unwrap()])

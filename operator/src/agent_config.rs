@@ -250,9 +250,10 @@ mod tests {
             build(&dataset(), Some(&policy), &creds).policy.as_deref(),
             Some("hot")
         );
-        policy.metadata.deletion_timestamp = Some(
-            k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(k8s_openapi::jiff::Timestamp::now()),
-        );
+        policy.metadata.deletion_timestamp =
+            Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                k8s_openapi::jiff::Timestamp::now(),
+            ));
         assert_eq!(build(&dataset(), Some(&policy), &creds).policy, None);
     }
 

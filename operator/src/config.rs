@@ -227,7 +227,11 @@ impl OperatorConfig {
                 });
             }
             let path = raw.trim_end_matches('/');
-            paths.push(if path.is_empty() { "/".to_string() } else { path.to_string() });
+            paths.push(if path.is_empty() {
+                "/".to_string()
+            } else {
+                path.to_string()
+            });
         }
         Ok(paths)
     }

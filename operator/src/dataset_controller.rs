@@ -1040,7 +1040,9 @@ mod tests {
             let problem = local_path_problem(&ds(outside), &allowed).unwrap();
             assert_eq!(problem.reason, reason::LOCAL_PATH_NOT_ALLOWED);
             assert!(
-                problem.message.contains("node.localSources.allowedHostPaths")
+                problem
+                    .message
+                    .contains("node.localSources.allowedHostPaths")
                     && problem.message.contains("source lake"),
                 "{}",
                 problem.message

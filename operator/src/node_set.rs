@@ -17,9 +17,9 @@ use kube::{Api, Resource, ResourceExt};
 use strata_crds::Dataset;
 
 use crate::agent_config::DATASETS_SECRET;
-use crate::peer_token::{self, TOKEN_SECRET};
 use crate::config::OperatorConfig;
 use crate::context::{Context, MANAGER};
+use crate::peer_token::{self, TOKEN_SECRET};
 use crate::volume::{
     CSI_DRIVER, LABEL_DATASET, LABEL_DATASET_NAMESPACE, LABEL_MANAGED_BY, MANAGED_BY,
 };
@@ -441,7 +441,10 @@ mod tests {
         assert_eq!(cache.host_path.unwrap().path, "/mnt/nvme/strata");
         // Each allowed local path: a read-only hostPath at the same path, and an agent flag.
         for path in ["/mnt/datasets", "/srv/lake"] {
-            assert!(args.contains(&format!("--allow-local-path={path}")), "{args:?}");
+            assert!(
+                args.contains(&format!("--allow-local-path={path}")),
+                "{args:?}"
+            );
             let mount = pod.containers[0]
                 .volume_mounts
                 .as_ref()

@@ -24,8 +24,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use strata_csi::proto::NodeUnpublishVolumeRequest;
 use strata_e2e::{
-    Cluster, LocalNode, csi_connect, dataset_status, job_args, jobs_of_kind, operator_args,
-    pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv, wait_until,
+    Cluster, LocalNode, csi_connect, dataset_status, job_args, job_token, jobs_of_kind,
+    operator_args, pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv,
+    wait_until,
 };
 
 const SYSTEM_NS: &str = "strata-system";
@@ -72,7 +73,7 @@ enum Action {
     },
     /// Unpublish the volume and stop the processes `up` started.
     Down,
-    /// Keep the node's datasets/ and token/ equal to the Secrets the DaemonSet mounts.
+    /// Keep the node's datasets/ and peer/ equal to the Secrets the DaemonSet mounts.
     SyncSecrets,
 }
 
@@ -207,7 +208,7 @@ impl Demo {
             "run",
             "logs",
             "node/datasets",
-            "node/token",
+            "node/peer",
             "node/cache",
             "node/mounts",
         ] {
@@ -274,8 +275,8 @@ impl Demo {
         })
         .await
         .with_context(|| format!("operator log:\n{}", self.tail("operator")))?;
-        wait_until("the agent token Secret", WAIT, || async {
-            secrets.get_opt("strata-agent-token").await
+        wait_until("the peer token Secret", WAIT, || async {
+            secrets.get_opt("strata-peer-token").await
         })
         .await?;
 
@@ -291,8 +292,8 @@ impl Demo {
             ],
             &[("KUBECONFIG", &cluster.kubeconfig().to_string_lossy())],
         )?;
-        let token = self.node("token/token");
-        self.wait_ready("sync-secrets", "agent token file", || token.exists())
+        let token = self.node("peer/token");
+        self.wait_ready("sync-secrets", "peer token file", || token.exists())
             .await?;
         let node = LocalNode {
             name: NODE_NAME.into(),
@@ -301,11 +302,14 @@ impl Demo {
             agent_port,
         };
         let agent_args = node.agent_args(&daemon_set)?;
+        // A token bound to a Pod on this node (a Node object stands in for the kubelet's
+        // registration): the admission policy lets an agent write its own StrataNode only.
         let agent_kubeconfig = self.state.join("agent.kubeconfig");
         cluster
-            .write_service_account_kubeconfig_valid_for(
+            .write_node_bound_kubeconfig(
                 SYSTEM_NS,
                 &format!("{RELEASE}-agent"),
+                NODE_NAME,
                 &agent_kubeconfig,
                 "24h",
             )
@@ -382,7 +386,7 @@ impl Demo {
         let (_, _, warm) = read_all(&target)?;
 
         // 6. The preload Job's command, as its pod would run it, then the cached percent.
-        let preload = self.run_preload_job(&client).await?;
+        let preload = self.run_preload_job(cluster, &client).await?;
         let table = wait_until("kubectl get datasets to show 100%", WAIT, || async {
             let status = dataset_status(cluster, TENANT_NS, DATASET).await?;
             let table = cluster
@@ -421,26 +425,16 @@ impl Demo {
         Ok(())
     }
 
-    /// Runs the preload Job's container command against this node's agent, with the token the
-    /// Job's pod mounts; returns how it went.
-    async fn run_preload_job(&self, client: &kube::Client) -> Result<String> {
+    /// Runs the preload Job's container command against this node's agent, with the
+    /// ServiceAccount token the Job's pod would have projected; returns how it went.
+    async fn run_preload_job(&self, cluster: &Cluster, client: &kube::Client) -> Result<String> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
         let job = wait_until("the preload Job", WAIT, || async {
             Ok::<_, strata_e2e::Error>(jobs_of_kind(&jobs, "preload").await?.into_iter().next())
         })
         .await?;
-        let token_secret = wait_until("the agent token copied for the Jobs", WAIT, || async {
-            Api::<Secret>::namespaced(client.clone(), TENANT_NS)
-                .get_opt(&format!("strata-token-{POLICY}"))
-                .await
-        })
-        .await?;
-        let token = token_secret
-            .data
-            .and_then(|d| d.get("token").cloned())
-            .context("Secret strata-token-<policy> has no key `token`")?;
         let token_file = self.state.join("job-token");
-        std::fs::write(&token_file, token.0)?;
+        std::fs::write(&token_file, job_token(cluster, &job).await?)?;
         let args = job_args(&job, NODE_IP, &token_file)?;
         let log = self.logs().join("preload-job.log");
         let out = std::fs::File::create(&log)?;
@@ -511,7 +505,7 @@ impl Demo {
         loop {
             for (secret, sub) in [
                 ("strata-datasets", "datasets"),
-                ("strata-agent-token", "token"),
+                ("strata-peer-token", "peer"),
             ] {
                 match secrets.get_opt(secret).await {
                     Ok(Some(s)) => {

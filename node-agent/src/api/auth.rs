@@ -88,10 +88,7 @@ impl Caller {
                 "volumes are acquired by the CSI plugin over the agent's local unix socket only"
                     .into(),
             ),
-            (
-                Caller::Peer,
-                Action::ListDatasets | Action::Read | Action::Usage,
-            ) => Ok(()),
+            (Caller::Peer, Action::ListDatasets | Action::Read | Action::Usage) => Ok(()),
             (Caller::Peer, _) => refused(format!(
                 "the peer credential does not allow {}",
                 action.describe()
@@ -169,7 +166,10 @@ fn digest(token: &str) -> [u8; 32] {
 }
 
 fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+    a.iter()
+        .zip(b.iter())
+        .fold(0u8, |acc, (x, y)| acc | (x ^ y))
+        == 0
 }
 
 /// Authenticates TCP callers: the peer token, then (when configured) a TokenReview.
@@ -197,7 +197,10 @@ impl TcpAuth {
     /// token that is neither the peer token nor a valid job token.
     pub async fn authenticate(&self, header: Option<&str>) -> Result<Caller> {
         let presented = header
-            .and_then(|h| h.strip_prefix("Bearer ").or_else(|| h.strip_prefix("bearer ")))
+            .and_then(|h| {
+                h.strip_prefix("Bearer ")
+                    .or_else(|| h.strip_prefix("bearer "))
+            })
             .map(str::trim)
             .filter(|t| !t.is_empty())
             .ok_or(ApiError::Unauthorized)?;
@@ -257,7 +260,9 @@ mod tests {
     #[async_trait::async_trait]
     impl TokenReviewer for Fixed {
         async fn review(&self, token: &str) -> std::result::Result<Option<String>, String> {
-            Ok((token == "job-jwt").then(|| self.0.map(str::to_string)).flatten())
+            Ok((token == "job-jwt")
+                .then(|| self.0.map(str::to_string))
+                .flatten())
         }
     }
 
@@ -360,9 +365,8 @@ mod tests {
         let auth = auth(&dir, None);
         std::fs::write(dir.path().join("peer"), "rotated\n").unwrap();
         // Force the reload instead of waiting PEER_TOKEN_RELOAD.
-        auth.peer.as_ref().unwrap().state.lock().unwrap().loaded_at = Instant::now()
-            .checked_sub(PEER_TOKEN_RELOAD)
-            .unwrap();
+        auth.peer.as_ref().unwrap().state.lock().unwrap().loaded_at =
+            Instant::now().checked_sub(PEER_TOKEN_RELOAD).unwrap();
         assert!(auth.authenticate(Some("Bearer peer-secret")).await.is_err());
         assert_eq!(
             auth.authenticate(Some("Bearer rotated")).await.unwrap(),

@@ -153,6 +153,9 @@ mod tests {
         assert_eq!(e.status(), StatusCode::NOT_FOUND);
         assert!(e.body().error.contains("ml/x"));
         assert_eq!(ApiError::Unauthorized.status(), StatusCode::UNAUTHORIZED);
-        assert_eq!(ApiError::Forbidden("x".into()).status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            ApiError::Forbidden("x".into()).status(),
+            StatusCode::FORBIDDEN
+        );
     }
 }

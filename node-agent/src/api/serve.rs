@@ -1,8 +1,8 @@
 //! `strata-agent serve`: the agent as a node daemon, with its HTTP API.
 
+use super::auth::{TcpAuth, TokenReviewer};
 use super::datasets_dir::{self, DatasetsDir};
 use super::error::{ApiError, Result};
-use super::auth::{TcpAuth, TokenReviewer};
 use super::server::{Access, ApiState, api_routes, metrics_routes};
 use crate::agent::{Agent, AgentConfig, LocalPaths};
 use crate::fs::MountOptions;
@@ -48,7 +48,11 @@ pub struct ServeArgs {
     /// A host directory under which `file://` sources may be served (repeat the flag, or
     /// comma-separate in the variable). Without it and without --allow-any-local-path,
     /// `file://` sources are refused.
-    #[arg(long = "allow-local-path", env = "STRATA_ALLOW_LOCAL_PATHS", value_delimiter = ',')]
+    #[arg(
+        long = "allow-local-path",
+        env = "STRATA_ALLOW_LOCAL_PATHS",
+        value_delimiter = ','
+    )]
     pub allow_local_paths: Vec<PathBuf>,
     /// Serve `file://` sources from any local path (standalone use; never in a cluster).
     #[arg(long, env = "STRATA_ALLOW_ANY_LOCAL_PATH")]

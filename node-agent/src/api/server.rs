@@ -665,12 +665,7 @@ async fn unpin(
     ))
 }
 
-async fn usage(
-    caller: Caller,
-    ns: String,
-    name: String,
-    state: Arc<ApiState>,
-) -> Result<Response> {
+async fn usage(caller: Caller, ns: String, name: String, state: Arc<ApiState>) -> Result<Response> {
     let view = state.view_for(&caller, Action::Usage, &ns, &name)?;
     Ok(json(StatusCode::OK, &view.usage()))
 }
@@ -903,9 +898,7 @@ fn v1_routes(state: Arc<ApiState>, access: Access) -> BoxedFilter<(Response,)> {
         .and(warp::get())
         .and(who())
         .and(st())
-        .then(|c: Caller, s: Arc<ApiState>| async move {
-            respond(list_volumes(c, s).await)
-        })
+        .then(|c: Caller, s: Arc<ApiState>| async move { respond(list_volumes(c, s).await) })
         .boxed();
     // Anything else under /v1 is authenticated too (401/403 before 404), so that the
     // answer to a caller without a credential says nothing about which routes exist.
