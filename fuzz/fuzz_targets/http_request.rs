@@ -1,8 +1,12 @@
-//! The agent's HTTP routing and request parsing (the same warp filter `serve` runs on TCP),
-//! driven with arbitrary methods, URL segments, query strings, headers and bodies. Invariants:
-//! without the exact bearer token nothing but /healthz and /readyz succeeds, no request
-//! makes the server fail (5xx), and no answer contains the bytes of a file outside the
-//! dataset's source directory.
+//! The agent's HTTP routing, authentication and request parsing (the same warp filter `serve`
+//! runs on TCP), driven with arbitrary methods, URL segments, query strings, bodies and
+//! `Authorization` headers (none, made up, the peer token, a job credential of the dataset's
+//! namespace or of another). Invariants: each caller succeeds only where its role allows (no
+//! credential: /healthz and /readyz; a job of namespace `ml`: preload, pin, unpin and usage of
+//! `ml/data`; another namespace's job: nothing; the peer token: reads, never a change), nothing
+//! registers or removes a dataset or takes a volume over TCP, no request makes the server fail
+//! (5xx), and no answer contains the bytes of a file outside the dataset's source directory or
+//! a token.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -10,6 +14,7 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use strata_agent::agent::{Agent, AgentConfig};
+use strata_agent::api::auth::{TcpAuth, TokenReviewer};
 use strata_agent::api::server::{Access, ApiState, api_routes};
 use strata_agent::config::{CacheSettings, DatasetConfig, SourceConfig};
 use strata_agent::fs::MountOptions;
@@ -17,8 +22,26 @@ use strata_agent::mounts::MountRegistry;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
 
+/// The peer token.
 const TOKEN: &str = "fuzz-token-8d1e";
+/// Job credentials the in-process reviewer knows: namespace `ml` (the dataset's) and `other`.
+const JOB_ML: &str = "job-credential-of-ml-51c0";
+const JOB_OTHER: &str = "job-credential-of-other-93aa";
 const CANARY: &str = "CANARY-outside-the-dataset";
+
+/// Stands in for the API server's TokenReview (tested for real in e2e/tests).
+struct Reviewer;
+
+#[async_trait::async_trait]
+impl TokenReviewer for Reviewer {
+    async fn review(&self, token: &str) -> Result<Option<String>, String> {
+        Ok(match token {
+            JOB_ML => Some("ml".into()),
+            JOB_OTHER => Some("other".into()),
+            _ => None,
+        })
+    }
+}
 
 struct Fixture {
     runtime: tokio::runtime::Runtime,
@@ -54,6 +77,7 @@ fn fixture() -> &'static Fixture {
                     namespace: "ml".into(),
                     name: "data".into(),
                     uid: None,
+                    policy: Some("warm".into()),
                     sources: vec![SourceConfig {
                         name: "local".into(),
                         uri: format!("file://{}", source.display()),
@@ -72,8 +96,11 @@ fn fixture() -> &'static Fixture {
             );
             let state = ApiState::new(agent, mounts);
             state.set_ready();
-            let routes = api_routes(state, Access::token(TOKEN));
-            // The fixture itself is sound: the token reads inside files, the symlink to
+            let peer_file = dir.path().join("peer-token");
+            std::fs::write(&peer_file, TOKEN).unwrap();
+            let auth = TcpAuth::new(Some(peer_file), Some(Arc::new(Reviewer))).unwrap();
+            let routes = api_routes(state, Access::Tcp(Arc::new(auth)));
+            // The fixture itself is sound: the peer token reads inside files, the symlink to
             // the canary is absent, no token is refused.
             let get = |target: &str, token: bool| {
                 let mut r = warp::test::request().path(target);
@@ -110,7 +137,7 @@ struct Input {
     tail: String,
     query: String,
     auth: u8,
-    wrong_token: String,
+    made_up_token: String,
     range: Option<String>,
     body: Vec<u8>,
 }
@@ -157,30 +184,35 @@ fuzz_target!(|input: Input| {
     if target.parse::<warp::http::Uri>().is_err() {
         return;
     }
-    let authorized = input.auth % 3 == 2;
-    // Trusted callers may change the agent (add datasets over any directory, mount FUSE,
-    // remove datasets): the fuzzer may only do that without the token.
-    let mutating = matches!(method, "PUT" | "DELETE");
-    if authorized && mutating {
-        return;
-    }
     let mut request = warp::test::request()
         .method(method)
         .path(&target)
         .body(&input.body);
-    match input.auth % 3 {
-        0 => {}
+    let caller = match input.auth % 5 {
+        0 => Caller::Nobody,
         1 => {
-            let value = format!("Bearer {}", input.wrong_token);
-            if input.wrong_token.trim() == TOKEN
+            let value = format!("Bearer {}", input.made_up_token);
+            if [TOKEN, JOB_ML, JOB_OTHER].contains(&input.made_up_token.trim())
                 || warp::http::HeaderValue::from_str(&value).is_err()
             {
                 return;
             }
             request = request.header("authorization", value);
+            Caller::Nobody
         }
-        _ => request = request.header("authorization", format!("Bearer {TOKEN}")),
-    }
+        2 => {
+            request = request.header("authorization", format!("Bearer {TOKEN}"));
+            Caller::Peer
+        }
+        3 => {
+            request = request.header("authorization", format!("Bearer {JOB_ML}"));
+            Caller::JobOfMl
+        }
+        _ => {
+            request = request.header("authorization", format!("Bearer {JOB_OTHER}"));
+            Caller::Nobody
+        }
+    };
     if let Some(range) = &input.range {
         if warp::http::HeaderValue::from_str(range).is_err() {
             return;
@@ -198,12 +230,37 @@ fuzz_target!(|input: Input| {
         !body.contains(CANARY),
         "{method} {target} read outside: {body}"
     );
-    assert!(!body.contains(TOKEN), "{method} {target} echoed the token");
-    if !authorized && status.is_success() {
+    for token in [TOKEN, JOB_ML, JOB_OTHER] {
+        assert!(!body.contains(token), "{method} {target} echoed a token");
+    }
+    if status.is_success() {
         let open = matches!(path.as_str(), "/healthz" | "/readyz");
+        let allowed = open
+            || match caller {
+                Caller::Nobody => false,
+                // Reads only; and no route that names a volume.
+                Caller::Peer => method == "GET" && !path.contains("/volumes"),
+                // Its own namespace's dataset, and only what a job does.
+                Caller::JobOfMl => {
+                    let route = path.strip_prefix("/v1/datasets/ml/data/").unwrap_or("");
+                    (method == "POST" && ["preload", "pin", "unpin"].contains(&route))
+                        || (method == "GET" && route == "usage")
+                }
+            };
         assert!(
-            open,
-            "{method} {target} succeeded without the token: {status} {body}"
+            allowed,
+            "{method} {target} as {caller:?} succeeded: {status} {body}"
         );
     }
 });
+
+/// Who the request claims to be, as far as the invariants care.
+#[derive(Debug, Clone, Copy)]
+enum Caller {
+    /// No credential, a made-up one, or a job of a namespace with no dataset here.
+    Nobody,
+    /// The peer token.
+    Peer,
+    /// A job credential of the dataset's namespace.
+    JobOfMl,
+}
