@@ -42,7 +42,7 @@ YAML
 
 "$bin/strata-agent" serve --socket "$work/agent.sock" --mount-root "$work/mounts" \
   --cache-dir "$work/cache" --memory 64Mi --disk 256Mi \
-  --datasets-dir "$work/datasets" >"$work/agent.log" 2>&1 &
+  --datasets-dir "$work/datasets" --allow-local-path "$work/source" >"$work/agent.log" 2>&1 &
 pids+=($!)
 "$bin/strata-csi" --endpoint "unix://$work/csi.sock" --node-id sanity-node \
   --agent-socket "$work/agent.sock" >"$work/csi.log" 2>&1 &

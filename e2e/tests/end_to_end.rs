@@ -13,11 +13,11 @@
 //! 4. a Secret, Dataset and CachePolicy applied with kubectl; the Dataset becomes Ready;
 //! 5. the preload Job's command, run as its pod would (with its ServiceAccount token for the
 //!    agents' audience), takes `kubectl get datasets` from 0% to 100% (before the reads, which
-//!    would otherwise cache everything themselves);
-//! 5b. a second tenant with its own Dataset and CachePolicy: with the first tenant's job
-//!    credential every route that touches the second's data, registration, volumes and the
-//!    dataset list is refused with 403 and the second's cache and pins stay as they were;
-//!    a policy's deletion revokes its namespace's job credential;
+//!    would otherwise cache everything themselves); then a second tenant with its own Dataset
+//!    and CachePolicy: with the first tenant's job credential every route that touches the
+//!    second's data, registration, volumes and the dataset list is refused with 403 and the
+//!    second's cache and pins stay as they were; a policy's deletion revokes its namespace's
+//!    job credential;
 //! 6. NodePublishVolume through each node's CSI socket with the PV's volume handle and as an
 //!    inline volume; every file read through the target path has the source's checksum (warm on
 //!    the preloaded node, cold on the other);

@@ -30,6 +30,8 @@ fn spawn_agent(work: &Path) -> Child {
         .arg(work.join("cache"))
         .args(["--memory", "16Mi", "--disk", "64Mi", "--datasets-dir"])
         .arg(work.join("datasets"))
+        .arg("--allow-local-path")
+        .arg(work)
         .env("STRATA_LOG", "warn")
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())

@@ -176,8 +176,11 @@ fn same(a: &[u8; 32], b: &[u8; 32]) -> bool {
 pub struct TcpAuth {
     peer: Option<PeerToken>,
     jobs: Option<Arc<dyn TokenReviewer>>,
-    reviewed: Mutex<HashMap<[u8; 32], (Instant, Option<String>)>>,
+    reviewed: Mutex<HashMap<[u8; 32], Reviewed>>,
 }
+
+/// A TokenReview answer (the job's namespace, or refused) and when it was given.
+type Reviewed = (Instant, Option<String>);
 
 impl TcpAuth {
     /// `peer_token_file`: the node secret; `jobs`: how job tokens are checked (none: job

@@ -43,7 +43,7 @@ impl TokenReviewer for KubeTokenReviewer {
         let for_us = status
             .audiences
             .as_ref()
-            .is_some_and(|a| a.iter().any(|a| *a == self.audience));
+            .is_some_and(|a| a.contains(&self.audience));
         if status.authenticated != Some(true) || !for_us {
             return Ok(None);
         }
