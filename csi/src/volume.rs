@@ -251,7 +251,17 @@ mod tests {
 
     #[test]
     fn sub_path_may_not_escape() {
-        for bad in ["../other", "/train/../../x", "a/%2e%2e/b", "a\\b"] {
+        // Control characters too (NUL, newline, escape, DEL): refused, naming the attribute.
+        for bad in [
+            "../other",
+            "/train/../../x",
+            "a/%2e%2e/b",
+            "a\\b",
+            "/train\0",
+            "/a\nb",
+            "/a\u{1b}[31m",
+            "/a\u{7f}",
+        ] {
             let err = resolve("ml/imagenet", &ctx(&[(CTX_SUB_PATH, bad)])).unwrap_err();
             assert_eq!(err.code(), Code::InvalidArgument, "{bad}");
             assert!(

@@ -137,8 +137,8 @@ async fn node_daemonset_and_csidriver_follow_the_flags() -> Result<()> {
     );
 
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    let token = eventually("agent token", WAIT, || async {
-        Ok(secrets.get_opt("strata-agent-token").await?)
+    let token = eventually("peer token", WAIT, || async {
+        Ok(secrets.get_opt("strata-peer-token").await?)
     })
     .await?;
     let value = token

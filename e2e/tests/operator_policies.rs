@@ -105,15 +105,42 @@ async fn policy_changes_replace_jobs_without_duplicates() -> Result<()> {
         job.owner_references()[0].kind == "CachePolicy" && job.owner_references()[0].name == "warm"
     );
     ensure!(job.labels().get("strata.dev/dataset").map(String::as_str) == Some("shards"));
-    // Job pods mount the agent token: its copy lives in the policy's namespace.
+    // Job pods present their own ServiceAccount token for the agents' audience: nothing is
+    // copied into the policy's namespace.
+    let pod = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.clone())
+        .unwrap_or_default();
+    let projection = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|v| v.projected)
+        .and_then(|p| p.sources)
+        .unwrap_or_default()
+        .into_iter()
+        .find_map(|s| s.service_account_token);
+    ensure!(
+        projection.is_some_and(|t| t.audience.as_deref() == Some("strata.dev/agent")),
+        "the job pod has no projected token for the agents"
+    );
+    ensure!(pod.automount_service_account_token == Some(false));
     let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
-    eventually("token copy", WAIT, || async {
-        secrets
-            .get_opt("strata-token-warm")
-            .await
-            .map_err(Into::into)
-    })
-    .await?;
+    // (Here the policy's namespace is also the operator's, which holds its own two.)
+    let names: Vec<String> = secrets
+        .list(&Default::default())
+        .await?
+        .items
+        .into_iter()
+        .filter_map(|s| s.metadata.name)
+        .collect();
+    ensure!(
+        names
+            .iter()
+            .all(|n| n == "strata-datasets" || n == "strata-peer-token"),
+        "the operator stored a Secret for the jobs: {names:?}"
+    );
 
     let policies: Api<CachePolicy> = Api::namespaced(client.clone(), &namespace);
     let status = eventually("policy status", WAIT, || async {
