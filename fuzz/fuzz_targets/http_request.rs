@@ -230,8 +230,14 @@ fuzz_target!(|input: Input| {
         !body.contains(CANARY),
         "{method} {target} read outside: {body}"
     );
+    // A token the request carried only in its Authorization header is never echoed (one the
+    // fuzzer also wrote into the URL or body may come back in an error naming that input).
+    let sent = format!("{target} {}", String::from_utf8_lossy(&input.body));
     for token in [TOKEN, JOB_ML, JOB_OTHER] {
-        assert!(!body.contains(token), "{method} {target} echoed a token");
+        assert!(
+            sent.contains(token) || !body.contains(token),
+            "{method} {target} echoed a token"
+        );
     }
     if status.is_success() {
         let open = matches!(path.as_str(), "/healthz" | "/readyz");
