@@ -19,7 +19,7 @@ use crate::proto::{
     ValidateVolumeCapabilitiesResponse, controller_service_capability,
 };
 use crate::volume;
-use strata_agent::api::client::AgentClient;
+use strata_wire::api::client::AgentClient;
 use tonic::{Request, Response, Status};
 
 pub struct ControllerService {

@@ -1,6 +1,6 @@
 //! The plugin's one error type, translated to CSI gRPC status codes at the edge.
 
-use strata_agent::api::client::ClientError;
+use strata_wire::api::client::ClientError;
 use tonic::{Code, Status};
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,7 @@ mod tests {
         assert_eq!(CsiError::agent("x", unreachable).code(), Code::Unavailable);
     }
 
-    fn http_status(code: u16) -> strata_agent::api::client::StatusCode {
-        strata_agent::api::client::StatusCode::from_u16(code).unwrap()
+    fn http_status(code: u16) -> strata_wire::api::client::StatusCode {
+        strata_wire::api::client::StatusCode::from_u16(code).unwrap()
     }
 }

@@ -7,7 +7,7 @@ use crate::proto::{
     GetPluginCapabilitiesRequest, GetPluginCapabilitiesResponse, GetPluginInfoRequest,
     GetPluginInfoResponse, PluginCapability, ProbeRequest, ProbeResponse, plugin_capability,
 };
-use strata_agent::api::client::AgentClient;
+use strata_wire::api::client::AgentClient;
 use tonic::{Request, Response, Status};
 
 pub struct IdentityService {

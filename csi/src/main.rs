@@ -3,8 +3,8 @@
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
-use strata_agent::api::client::AgentClient;
 use strata_csi::server;
+use strata_wire::api::client::AgentClient;
 
 #[derive(Parser, Debug)]
 #[command(

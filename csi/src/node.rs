@@ -15,7 +15,7 @@ use crate::volume::{self, VolumeSpec};
 use crate::{TOPOLOGY_NODE_KEY, bind, mount_table};
 use nix::errno::Errno;
 use std::path::{Component, Path, PathBuf};
-use strata_agent::api::client::AgentClient;
+use strata_wire::api::client::AgentClient;
 use tonic::{Request, Response, Status};
 
 pub struct NodeService {

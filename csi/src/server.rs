@@ -10,7 +10,7 @@ use crate::proto::node_server::NodeServer;
 use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
-use strata_agent::api::client::AgentClient;
+use strata_wire::api::client::AgentClient;
 use tokio::net::UnixListener;
 
 /// Turns `unix:///csi/csi.sock` (or a bare absolute path) into the socket path.

@@ -4,7 +4,7 @@
 use crate::error::{CsiError, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
-use strata_agent::path::DatasetPath;
+use strata_wire::path::DatasetPath;
 
 /// volumeAttributes key naming the dataset of an inline volume.
 pub const CTX_DATASET: &str = "dataset";

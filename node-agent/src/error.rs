@@ -116,3 +116,19 @@ impl Error {
         }
     }
 }
+
+/// A refused path is an invalid-path error naming the part at fault.
+impl From<crate::path::PathError> for Error {
+    fn from(e: crate::path::PathError) -> Self {
+        let path = match &e {
+            crate::path::PathError::DotDot(p)
+            | crate::path::PathError::EncodedSeparator(p)
+            | crate::path::PathError::Backslash(p) => p.clone(),
+            _ => String::new(),
+        };
+        Error::InvalidPath {
+            path,
+            reason: e.to_string(),
+        }
+    }
+}

@@ -28,9 +28,10 @@ pub mod metrics;
 pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;
-pub mod path;
 pub mod sidecar;
 pub mod singleflight;
 pub mod source;
 
 pub use error::{Error, Result};
+/// Every user-supplied path goes through [`path::DatasetPath::parse`] (in `strata-wire`).
+pub use strata_wire::path;

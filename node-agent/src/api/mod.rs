@@ -8,7 +8,6 @@
 //! Routes are listed in docs/csi.md ("Agent API").
 
 pub mod auth;
-pub mod client;
 pub mod datasets_dir;
 pub mod error;
 pub mod jobs;
@@ -16,6 +15,8 @@ pub mod serve;
 pub mod server;
 #[cfg(feature = "node-status")]
 pub mod token_review;
-pub mod types;
 
 pub use error::{ApiError, Result};
+/// The client and the JSON bodies live in `strata-wire`, so that callers (the CSI plugin,
+/// jobs) need not link the engine.
+pub use strata_wire::api::{client, types};

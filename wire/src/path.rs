@@ -30,21 +30,6 @@ pub enum PathError {
     ComponentTooLong,
 }
 
-impl From<PathError> for crate::Error {
-    fn from(e: PathError) -> Self {
-        let path = match &e {
-            PathError::DotDot(p) | PathError::EncodedSeparator(p) | PathError::Backslash(p) => {
-                p.clone()
-            }
-            _ => String::new(),
-        };
-        crate::Error::InvalidPath {
-            path,
-            reason: e.to_string(),
-        }
-    }
-}
-
 /// A normalized absolute path inside a dataset. Root is "/".
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct DatasetPath(String);

@@ -1,0 +1,11 @@
+//! strata-wire: the types that cross Strata's process boundaries, shared by the agent, the
+//! CSI plugin and the job commands without pulling in the cache engine or Kubernetes.
+//!
+//! - [`path`]: [`path::DatasetPath`], the one parser of every path a user gives (FUSE, HTTP,
+//!   subPath, globs);
+//! - [`api`]: the JSON bodies of the agent's HTTP API and [`api::client::AgentClient`].
+
+#![forbid(unsafe_code)]
+
+pub mod api;
+pub mod path;
