@@ -16,6 +16,20 @@ fi
 
 cargo fmt --all --check
 cargo clippy --workspace --all-targets -- -D warnings
+
+# The house (docs/architecture.md): only the allowed arrows between crates.
+house_check() {
+  local crate=$1 forbidden=$2 why=$3 found
+  found=$(cargo tree -q -e normal -p "$crate" --prefix none | awk '{print $1}' | grep -xE "$forbidden" | sort -u || true)
+  if [ -n "$found" ]; then
+    echo "make test: $crate depends on $(echo "$found" | tr '\n' ' ')- $why" >&2
+    exit 1
+  fi
+}
+house_check strata-engine 'kube|k8s-openapi|strata-crds|fuser|warp' "the engine runs without Kubernetes, FUSE or the HTTP server"
+house_check strata-wire 'kube|k8s-openapi|strata-engine|strata-agent|object_store|fuser|warp' "the wire types link nothing heavy"
+house_check strata-csi 'strata-agent|strata-engine|fuser|object_store|warp' "the CSI plugin talks to the agent through strata-wire only"
+house_check strata-operator 'strata-agent|strata-engine|fuser' "the operator does not link the engine"
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}"
 
 # The CSI conformance suite (csi-sanity, built with the control plane) against the

@@ -239,7 +239,7 @@ impl Metrics {
             .get_or_create(&vec![("dataset".into(), dataset.into())])
             .inc_by(files);
     }
-    pub(crate) fn passthrough_open(&self, result: &str) {
+    pub fn passthrough_open(&self, result: &str) {
         self.passthrough
             .get_or_create(&vec![("result".into(), result.into())])
             .inc();

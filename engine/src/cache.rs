@@ -713,7 +713,7 @@ impl DatasetCache {
         self.node.disk_capacity
     }
 
-    pub(crate) fn metrics(&self) -> &Arc<Metrics> {
+    pub fn metrics(&self) -> &Arc<Metrics> {
         &self.node.metrics
     }
 

@@ -1363,7 +1363,7 @@ impl DatasetView {
         }
     }
 
-    pub(crate) fn cache_metrics_passthrough(&self, result: &str) {
+    pub fn cache_metrics_passthrough(&self, result: &str) {
         self.cache.metrics().passthrough_open(result);
     }
 
