@@ -642,99 +642,8 @@ fn normalize_prefix(p: &str) -> String {
     }
 }
 
-/// Removes anything credential-like from error text: URL query strings (pre-signed
-/// signatures), `X-Amz-*` values, `Signature=`, `Credential=`, `sig=`, `token=`,
-/// `Authorization` headers, and any of the source's configured secrets.
-pub fn scrub(text: &str, secrets: &[String]) -> String {
-    let mut out = text.to_string();
-    for s in secrets {
-        if !s.is_empty() {
-            out = out.replace(s.as_str(), "<redacted>");
-        }
-    }
-    // URL query strings.
-    let mut result = String::with_capacity(out.len());
-    let mut rest = out.as_str();
-    while let Some(pos) = rest.find("://") {
-        let (before, after) = rest.split_at(pos + 3);
-        result.push_str(before);
-        let end = after
-            .find(|c: char| c.is_whitespace() || matches!(c, '"' | '\'' | ')' | '>' | ','))
-            .unwrap_or(after.len());
-        let url = &after[..end];
-        // user:password@ in the authority.
-        let url = match (url.find('@'), url.find('/')) {
-            (Some(at), slash) if slash.is_none_or(|s| at < s) => {
-                format!("<redacted>@{}", &url[at + 1..])
-            }
-            _ => url.to_string(),
-        };
-        match url.find('?') {
-            Some(q) => {
-                result.push_str(&url[..q]);
-                result.push_str("?<redacted>");
-            }
-            None => result.push_str(&url),
-        }
-        rest = &after[end..];
-    }
-    result.push_str(rest);
-    // key=value pairs and headers anywhere else.
-    let markers = [
-        "x-amz-",
-        "signature=",
-        "credential=",
-        "sig=",
-        "token=",
-        "authorization:",
-        "authorization=",
-        "awsaccesskeyid=",
-        "secret",
-        "password",
-    ];
-    let lower = result.to_ascii_lowercase();
-    let mut redact: Vec<(usize, usize)> = Vec::new();
-    for m in markers {
-        let mut from = 0;
-        while let Some(i) = lower[from..].find(m) {
-            let start = from + i + m.len();
-            // Skip to the value after '=' or ':' (for "x-amz-..." and "secret...").
-            let value_start = lower[start..]
-                .find(['=', ':'])
-                .filter(|&d| d < 40)
-                .map(|d| start + d + 1)
-                .unwrap_or(start);
-            let value_start = value_start
-                + lower[value_start..]
-                    .bytes()
-                    .take_while(|b| *b == b' ' || *b == b'"')
-                    .count();
-            let end = lower[value_start..]
-                .find(|c: char| {
-                    c.is_whitespace() || matches!(c, '&' | '"' | '\'' | ',' | ')' | '<')
-                })
-                .map(|e| value_start + e)
-                .unwrap_or(lower.len());
-            if end > value_start {
-                redact.push((value_start, end));
-            }
-            from = end.max(start);
-        }
-    }
-    redact.sort();
-    let mut scrubbed = String::with_capacity(result.len());
-    let mut pos = 0;
-    for (s, e) in redact {
-        if s < pos {
-            continue;
-        }
-        scrubbed.push_str(&result[pos..s]);
-        scrubbed.push_str("<redacted>");
-        pos = e;
-    }
-    scrubbed.push_str(&result[pos..]);
-    scrubbed
-}
+/// One scrubber for the engine and the operator (`strata-wire`).
+pub use strata_wire::scrub::scrub;
 
 fn retry_config(cfg: &SourceConfig) -> RetryConfig {
     RetryConfig {
@@ -939,26 +848,6 @@ mod tests {
             SourceErrorKind::Unavailable
         );
         assert_eq!(classify_text("port 14040 said no"), SourceErrorKind::Other);
-    }
-
-    #[test]
-    fn scrubs_signatures_and_secrets() {
-        let text = "Error performing GET http://127.0.0.1:9000/bucket/key?X-Amz-Algorithm=AWS4&X-Amz-Credential=AKIA%2F2026&X-Amz-Signature=abcdef in 1s, \
-                    header x-amz-security-token: FQoGZXIvYXdz, Authorization: AWS4-HMAC-SHA256 Credential=AKIAXYZ/2026, Signature=deadbeef, secret hunter2";
-        let s = scrub(text, &["hunter2".to_string()]);
-        for leaked in [
-            "abcdef",
-            "AKIA%2F2026",
-            "FQoGZXIvYXdz",
-            "deadbeef",
-            "hunter2",
-            "AKIAXYZ",
-        ] {
-            assert!(!s.contains(leaked), "{leaked} leaked in {s}");
-        }
-        assert!(s.contains("http://127.0.0.1:9000/bucket/key"), "{s}");
-        let s = scrub("https://user:pw@host/x", &[]);
-        assert!(!s.contains("pw"), "{s}");
     }
 
     #[test]

@@ -402,18 +402,11 @@ fn classify(e: &object_store::Error) -> &'static str {
     }
 }
 
-/// Removes what must never reach a status or log: credential values, and the
-/// query string of any URL (signed URLs carry signatures and tokens there).
+/// Removes what must never reach a status or log: credential values, signed URLs'
+/// query strings, `user:password@`, signature and token parameters (the scrubber the
+/// engine uses, `strata_wire::scrub`), and bounds the message for a status field.
 pub fn scrub(message: &str, creds: &AgentCredentials) -> String {
-    let mut out: String = message
-        .split(' ')
-        .map(|word| match (word.contains("://"), word.find('?')) {
-            (true, Some(q)) => format!("{}?<redacted>", &word[..q]),
-            _ => word.to_string(),
-        })
-        .collect::<Vec<_>>()
-        .join(" ");
-    for value in [
+    let secrets: Vec<String> = [
         &creds.access_key_id,
         &creds.secret_access_key,
         &creds.session_token,
@@ -423,11 +416,9 @@ pub fn scrub(message: &str, creds: &AgentCredentials) -> String {
     ]
     .into_iter()
     .flatten()
-    {
-        if value.len() >= 4 {
-            out = out.replace(value.as_str(), "<redacted>");
-        }
-    }
+    .cloned()
+    .collect();
+    let mut out = strata_wire::scrub::scrub(message, &secrets);
     const MAX: usize = 600;
     if out.len() > MAX {
         let mut cut = MAX;
@@ -475,6 +466,15 @@ mod tests {
             &creds,
         );
         assert_eq!(out, "GET http://h/b/k?<redacted> failed; key <redacted>");
+        // What the operator's own copy used to miss: passwords in URLs, signature and token
+        // parameters outside a URL, authorization headers.
+        let out = scrub(
+            "listing https://user:pw-77@host/x failed: Signature=deadbeef, token=tok-55, Authorization: Bearer abc-99",
+            &creds,
+        );
+        for leaked in ["pw-77", "deadbeef", "tok-55", "abc-99"] {
+            assert!(!out.contains(leaked), "{leaked} leaked in {out}");
+        }
     }
 
     #[test]

@@ -3,9 +3,11 @@
 //!
 //! - [`path`]: [`path::DatasetPath`], the one parser of every path a user gives (FUSE, HTTP,
 //!   subPath, globs);
-//! - [`api`]: the JSON bodies of the agent's HTTP API and [`api::client::AgentClient`].
+//! - [`api`]: the JSON bodies of the agent's HTTP API and [`api::client::AgentClient`];
+//! - [`scrub`]: credentials out of any text that leaves a process.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
 pub mod path;
+pub mod scrub;
