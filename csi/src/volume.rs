@@ -134,19 +134,7 @@ pub fn resolve(volume_id: &str, context: &HashMap<String, String>) -> Result<Vol
 
 /// Kubernetes object names: lower-case alphanumerics, '-' and '.', starting and ending alphanumeric.
 fn check_name(field: &'static str, value: &str, max: usize) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= max
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && value
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && value
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok = strata_wire::names::is_kubernetes_name(value, max);
     if ok {
         Ok(())
     } else {

@@ -4,10 +4,12 @@
 //! - [`path`]: [`path::DatasetPath`], the one parser of every path a user gives (FUSE, HTTP,
 //!   subPath, globs);
 //! - [`api`]: the JSON bodies of the agent's HTTP API and [`api::client::AgentClient`];
+//! - [`names`]: the Kubernetes name check of namespaces and dataset names;
 //! - [`scrub`]: credentials out of any text that leaves a process.
 
 #![forbid(unsafe_code)]
 
 pub mod api;
+pub mod names;
 pub mod path;
 pub mod scrub;

@@ -89,19 +89,7 @@ fn respond(result: Result<Response>) -> Response {
 
 /// Kubernetes names: what namespaces and Dataset names can be.
 fn check_name(field: &str, value: &str) -> Result<()> {
-    let ok = !value.is_empty()
-        && value.len() <= 253
-        && value
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'.')
-        && value
-            .bytes()
-            .next()
-            .is_some_and(|b| b.is_ascii_alphanumeric())
-        && value
-            .bytes()
-            .last()
-            .is_some_and(|b| b.is_ascii_alphanumeric());
+    let ok = strata_wire::names::is_kubernetes_name(value, strata_wire::names::MAX_NAME_LEN);
     if ok {
         Ok(())
     } else {
