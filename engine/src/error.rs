@@ -132,3 +132,15 @@ impl From<crate::path::PathError> for Error {
         }
     }
 }
+
+/// Refused paths and configuration values keep their text and their variant.
+impl From<strata_wire::WireError> for Error {
+    fn from(e: strata_wire::WireError) -> Self {
+        match e {
+            strata_wire::WireError::InvalidPath { path, reason } => {
+                Error::InvalidPath { path, reason }
+            }
+            strata_wire::WireError::Config { field, message } => Error::Config { field, message },
+        }
+    }
+}

@@ -15,11 +15,9 @@
 pub mod agent;
 pub mod block_writer;
 pub mod cache;
-pub mod config;
 pub mod dataset;
 pub mod error;
 pub mod eviction;
-pub mod glob;
 pub mod metadata;
 pub mod metrics;
 pub mod sidecar;
@@ -27,4 +25,4 @@ pub mod singleflight;
 pub mod source;
 
 pub use error::{Error, Result};
-pub use strata_wire::path;
+pub use strata_wire::{config, glob, path};

@@ -44,6 +44,13 @@ pub enum ApiError {
 
 pub type Result<T, E = ApiError> = std::result::Result<T, E>;
 
+/// A refused path or configuration value answers like the engine's (400, naming the field).
+impl From<strata_wire::WireError> for ApiError {
+    fn from(e: strata_wire::WireError) -> Self {
+        ApiError::Engine(e.into())
+    }
+}
+
 impl ApiError {
     pub fn bad_request(field: impl Into<String>, message: impl Into<String>) -> Self {
         ApiError::BadRequest {

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::{Error, Result};
+use crate::error::{Result, WireError as Error};
 
 /// Default block size: 4 MiB.
 pub const DEFAULT_BLOCK_SIZE: u64 = 4 * 1024 * 1024;

@@ -3,8 +3,8 @@
 
 use globset::{GlobBuilder, GlobSet, GlobSetBuilder};
 
+use crate::error::{Result, WireError as Error};
 use crate::path::DatasetPath;
-use crate::{Error, Result};
 
 /// A compiled set of globs; empty matches nothing.
 #[derive(Debug, Clone)]
