@@ -1,11 +1,13 @@
 //! What the node agents are told about a dataset: one YAML document per
 //! dataset in the `strata-datasets` Secret, in the agent's `DatasetConfig`
-//! format (`strata_agent::config::DatasetConfig`, camelCase).
+//! format (`strata_wire::config::DatasetConfig`, camelCase), built as that very type.
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
 use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction};
+use strata_wire::config::{
+    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, SourceConfig,
+};
 
 use crate::credentials::AgentCredentials;
 use crate::{Error, Result};
@@ -20,106 +22,34 @@ pub fn secret_key(namespace: &str, name: &str) -> String {
     format!("{namespace}.{name}.yaml")
 }
 
-/// One dataset, as the agent reads it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentDatasetConfig {
-    pub namespace: String,
-    pub name: String,
-    /// The Dataset's UID; the agent echoes it in its StrataNode report so a
-    /// report about a deleted dataset of the same name is not counted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub uid: Option<String>,
-    /// The live CachePolicy that applies; the agents honour a preload/pin Job's
-    /// credential only for datasets that have one.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub policy: Option<String>,
-    pub sources: Vec<AgentSource>,
-    pub cache: AgentCacheSettings,
-}
+/// One dataset, as the agent reads it: the agent's own type (`strata-wire`), so the
+/// operator cannot write a field the agent does not read, or in another grammar.
+pub type AgentDatasetConfig = DatasetConfig;
 
-/// One source, as the agent reads it.
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentSource {
-    pub name: String,
-    pub uri: String,
-    pub mount_path: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub endpoint: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub region: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub credentials: Option<AgentCredentials>,
-    /// Always true: the agent serves sources read-only in this version.
-    pub read_only: bool,
-    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
-    pub options: BTreeMap<String, String>,
-}
-
-/// Cache settings, from the dataset's CachePolicy (or the defaults).
-#[derive(Clone, Debug, PartialEq, Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentCacheSettings {
-    /// Bytes.
-    pub block_size: u64,
-    /// Seconds.
-    pub metadata_ttl: u64,
-    /// Bytes per node; absent = only the node's capacity limits it.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub quota: Option<u64>,
-    /// `LRU` or `S3FIFO`.
-    pub eviction: &'static str,
-    /// Globs never evicted (every pin rule's paths).
-    #[serde(skip_serializing_if = "Vec::is_empty")]
-    pub pins: Vec<String>,
-    /// Seconds; absent = keep until evicted.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub data_ttl: Option<u64>,
-}
-
-impl Default for AgentCacheSettings {
-    fn default() -> Self {
-        AgentCacheSettings {
-            block_size: strata_crds::parse_quantity_bytes("4Mi").unwrap_or(4 << 20),
-            metadata_ttl: 60,
-            quota: None,
-            eviction: "S3FIFO",
-            pins: Vec::new(),
-            data_ttl: None,
-        }
-    }
-}
-
-/// Longest metadata TTL a node agent accepts, in seconds (365 days).
-const MAX_METADATA_TTL_SECS: u64 = 365 * 86400;
-
-impl AgentCacheSettings {
-    /// Settings from a (validated) policy. A field that does not parse keeps
-    /// its default; the policy controller reports the invalid field.
-    pub fn from_policy(policy: &CachePolicySpec) -> Self {
-        let defaults = Self::default();
-        AgentCacheSettings {
-            block_size: policy.block_size_bytes().unwrap_or(defaults.block_size),
-            // The agent refuses more than 365 days (its MAX_METADATA_TTL): a longer TTL
-            // means "never changes", which 365 days serves as well.
-            metadata_ttl: policy
-                .metadata_ttl()
-                .map(|d| d.as_secs().min(MAX_METADATA_TTL_SECS))
-                .unwrap_or(defaults.metadata_ttl),
-            quota: policy.quota_bytes().ok(),
-            eviction: match policy.eviction {
-                Eviction::Lru => "LRU",
-                Eviction::S3Fifo => "S3FIFO",
-                Eviction::Arc => "ARC",
-            },
-            pins: policy
-                .pin
-                .iter()
-                .flat_map(|rule| rule.paths.iter().cloned())
-                .collect(),
-            data_ttl: policy.data_ttl().ok().flatten().map(|d| d.as_secs()),
-        }
+/// Cache settings from a (validated) policy. A field that does not parse keeps its default;
+/// the policy controller reports the invalid field.
+pub fn cache_settings(policy: &CachePolicySpec) -> CacheSettings {
+    let defaults = CacheSettings::default();
+    CacheSettings {
+        block_size: policy.block_size_bytes().unwrap_or(defaults.block_size),
+        // The agent refuses more than 365 days: a longer TTL means "never changes", which
+        // 365 days serves as well.
+        metadata_ttl: policy
+            .metadata_ttl()
+            .map(|d| d.min(MAX_METADATA_TTL))
+            .unwrap_or(defaults.metadata_ttl),
+        quota: policy.quota_bytes().ok(),
+        eviction: match policy.eviction {
+            Eviction::Lru => EvictionKind::Lru,
+            Eviction::S3Fifo => EvictionKind::S3Fifo,
+            Eviction::Arc => EvictionKind::Arc,
+        },
+        pins: policy
+            .pin
+            .iter()
+            .flat_map(|rule| rule.paths.iter().cloned())
+            .collect(),
+        data_ttl: policy.data_ttl().ok().flatten(),
     }
 }
 
@@ -132,7 +62,7 @@ pub fn build(
 ) -> AgentDatasetConfig {
     // A policy being deleted is no longer live: its jobs' credentials stop working now.
     let live = policy.filter(|p| p.metadata.deletion_timestamp.is_none());
-    AgentDatasetConfig {
+    DatasetConfig {
         namespace: dataset.metadata.namespace.clone().unwrap_or_default(),
         name: dataset.metadata.name.clone().unwrap_or_default(),
         uid: dataset.metadata.uid.clone(),
@@ -141,36 +71,38 @@ pub fn build(
             .spec
             .sources
             .iter()
-            .map(|s| AgentSource {
+            .map(|s| SourceConfig {
                 name: s.name.clone(),
                 uri: s.uri.clone(),
                 mount_path: s.mount_path.clone(),
                 endpoint: s.endpoint.clone(),
                 region: s.region.clone(),
                 credentials: credentials.get(&s.name).cloned(),
+                // The agent serves every source read-only in this version.
                 read_only: true,
                 options: s.options.clone(),
+                ..SourceConfig::default()
             })
             .collect(),
-        cache: policy
-            .map(|p| AgentCacheSettings::from_policy(&p.spec))
-            .unwrap_or_default(),
+        cache: policy.map(|p| cache_settings(&p.spec)).unwrap_or_default(),
     }
 }
 
-impl AgentDatasetConfig {
-    /// The YAML document stored in the datasets Secret.
-    pub fn to_yaml(&self) -> Result<String> {
-        serde_yaml::to_string(self).map_err(|e| Error::Render {
-            what: format!("agent config of dataset {}/{}", self.namespace, self.name),
-            message: e.to_string(),
-        })
-    }
+/// The YAML document stored in the datasets Secret.
+pub fn to_yaml(config: &AgentDatasetConfig) -> Result<String> {
+    serde_yaml::to_string(config).map_err(|e| Error::Render {
+        what: format!(
+            "agent config of dataset {}/{}",
+            config.namespace, config.name
+        ),
+        message: e.to_string(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use strata_crds::{DatasetSpec, Source};
 
     fn dataset() -> Dataset {
@@ -206,7 +138,7 @@ mod tests {
             },
         )]);
         let config = build(&dataset(), None, &creds);
-        let yaml = config.to_yaml().unwrap();
+        let yaml = to_yaml(&config).unwrap();
         let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
         assert_eq!(value["namespace"], "ml");
         assert_eq!(value["uid"], "0b6c9a4e-uid");
@@ -230,12 +162,12 @@ mod tests {
             "pin": [{"paths": ["/train/2026-11-*/**"], "replicas": "All"}]
         }))
         .unwrap();
-        let settings = AgentCacheSettings::from_policy(&policy);
+        let settings = cache_settings(&policy);
         assert_eq!(settings.quota, Some(200 << 30));
         assert_eq!(settings.block_size, 8 << 20);
-        assert_eq!(settings.metadata_ttl, 300);
-        assert_eq!(settings.data_ttl, Some(30 * 86400));
-        assert_eq!(settings.eviction, "LRU");
+        assert_eq!(settings.metadata_ttl, Duration::from_secs(300));
+        assert_eq!(settings.data_ttl, Some(Duration::from_secs(30 * 86400)));
+        assert_eq!(settings.eviction, EvictionKind::Lru);
         assert_eq!(settings.pins, vec!["/train/2026-11-*/**".to_string()]);
     }
 
@@ -263,7 +195,7 @@ mod tests {
             "quota": "1Gi", "metadata": {"ttl": "9999d"}
         }))
         .unwrap();
-        let settings = AgentCacheSettings::from_policy(&policy);
-        assert_eq!(settings.metadata_ttl, 365 * 86400);
+        let settings = cache_settings(&policy);
+        assert_eq!(settings.metadata_ttl, Duration::from_secs(365 * 86400));
     }
 }

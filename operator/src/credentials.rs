@@ -22,32 +22,9 @@ pub const AZURE_STORAGE_ACCOUNT_KEY: &str = "AZURE_STORAGE_ACCOUNT_KEY";
 /// Azure SAS token (instead of the account key).
 pub const AZURE_STORAGE_SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
 
-/// Credentials in the agent's configuration format (field names match
-/// `strata_agent::config::Credentials`). `Debug` never shows a secret.
-#[derive(Clone, Default, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct AgentCredentials {
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub access_key_id: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub secret_access_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub session_token: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub service_account_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account_name: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub account_key: Option<String>,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub token: Option<String>,
-}
-
-impl std::fmt::Debug for AgentCredentials {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("AgentCredentials(<redacted>)")
-    }
-}
+/// Credentials in the agent's configuration format: the agent's own type (`strata-wire`),
+/// so the two cannot drift. `Debug` never shows a secret.
+pub type AgentCredentials = strata_wire::config::Credentials;
 
 /// Why a Secret cannot serve a source.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -382,7 +382,7 @@ async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     // good config stays in place, so running pods keep working.
     if credential_problem.is_none() {
         let config = agent_config::build(ds, resolution.policy(), &creds);
-        write_agent_config(ctx, &namespace, &name, &config.to_yaml()?).await?;
+        write_agent_config(ctx, &namespace, &name, &agent_config::to_yaml(&config)?).await?;
     }
 
     // 6. The PV and PVC.
