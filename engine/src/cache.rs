@@ -19,7 +19,7 @@ use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, RwLock, Weak};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
@@ -36,7 +36,7 @@ use crate::sidecar::{self, JournalState, SidecarHeader};
 use crate::{Error, Result};
 
 /// One version of one object of a source.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone)]
 pub struct ObjectVersion {
     /// Source name.
     pub source: String,
@@ -46,20 +46,58 @@ pub struct ObjectVersion {
     pub etag: String,
     /// Size in bytes.
     pub size: u64,
+    /// [`ObjectVersion::id`], hashed once: every memory-tier lookup needs it.
+    pub(crate) id: OnceLock<Arc<str>>,
+}
+
+impl PartialEq for ObjectVersion {
+    fn eq(&self, other: &Self) -> bool {
+        (&self.source, &self.key, &self.etag, self.size)
+            == (&other.source, &other.key, &other.etag, other.size)
+    }
+}
+
+impl Eq for ObjectVersion {}
+
+impl std::hash::Hash for ObjectVersion {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        (&self.source, &self.key, &self.etag, self.size).hash(state);
+    }
 }
 
 impl ObjectVersion {
-    /// Stable file-name-safe identity of this version.
-    pub fn id(&self) -> String {
-        let mut h = Sha256::new();
-        h.update(self.source.as_bytes());
-        h.update([0]);
-        h.update(self.key.as_bytes());
-        h.update([0]);
-        h.update(self.etag.as_bytes());
-        h.update([0]);
-        h.update(self.size.to_le_bytes());
-        hex::encode(&h.finalize()[..16])
+    /// The version of `key` in `source` with this ETag and size.
+    pub fn new(
+        source: impl Into<String>,
+        key: impl Into<String>,
+        etag: impl Into<String>,
+        size: u64,
+    ) -> Self {
+        ObjectVersion {
+            source: source.into(),
+            key: key.into(),
+            etag: etag.into(),
+            size,
+            id: OnceLock::new(),
+        }
+    }
+
+    /// Stable file-name-safe identity of this version (computed on first use; the fields
+    /// are not changed after a version is made).
+    pub fn id(&self) -> Arc<str> {
+        self.id
+            .get_or_init(|| {
+                let mut h = Sha256::new();
+                h.update(self.source.as_bytes());
+                h.update([0]);
+                h.update(self.key.as_bytes());
+                h.update([0]);
+                h.update(self.etag.as_bytes());
+                h.update([0]);
+                h.update(self.size.to_le_bytes());
+                Arc::from(hex::encode(&h.finalize()[..16]))
+            })
+            .clone()
     }
 
     /// Number of blocks of `block_size`.
@@ -630,13 +668,13 @@ impl DatasetCache {
             return Err(std::io::Error::other("block size or length changed"));
         }
         let path = DatasetPath::parse(&header.path).map_err(std::io::Error::other)?;
-        let version = ObjectVersion {
-            source: header.source.clone(),
-            key: header.key.clone(),
-            etag: header.etag.clone(),
-            size: header.size,
-        };
-        let id: Arc<str> = Arc::from(version.id());
+        let version = ObjectVersion::new(
+            header.source.clone(),
+            header.key.clone(),
+            header.etag.clone(),
+            header.size,
+        );
+        let id: Arc<str> = version.id();
         let last_access = fs::metadata(meta_path)?
             .modified()
             .ok()
@@ -730,7 +768,7 @@ impl DatasetCache {
     /// from a blocking context when the disk may be touched. Meant to follow
     /// [`Self::get_memory_only`]: a memory miss here is not counted again.
     pub fn get(&self, version: &ObjectVersion, index: u64) -> Option<Bytes> {
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         if let Some(b) = self.get_memory(&id, index, false) {
             return Some(b);
         }
@@ -756,7 +794,7 @@ impl DatasetCache {
     /// Whether a block is held in either tier, without reading it or counting a hit or a
     /// miss (for prefetchers deciding what to fetch).
     pub fn has_block(&self, version: &ObjectVersion, index: u64) -> bool {
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         let on_disk = self
             .objects
             .read()
@@ -781,7 +819,7 @@ impl DatasetCache {
 
     /// Memory tier only (never blocks on I/O).
     pub fn get_memory_only(&self, version: &ObjectVersion, index: u64) -> Option<Bytes> {
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         self.get_memory(&id, index, true)
     }
 
@@ -900,7 +938,7 @@ impl DatasetCache {
             // Removed or replaced: nothing is served from this instance's tiers any more.
             return;
         }
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         if self.disk_enabled && self.put_disk(&id, version, path, mtime, index, &data) {
             return;
         }
@@ -1083,7 +1121,7 @@ impl DatasetCache {
         {
             return;
         }
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         let obj = self.object_for(&id, version, path, mtime);
         if blocks.clone().all(|i| {
             obj.state
@@ -1121,7 +1159,7 @@ impl DatasetCache {
         if !self.disk_enabled || !self.is_counted() {
             return;
         }
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         let Some(obj) = self.objects.read().expect("objects").get(&id).cloned() else {
             return;
         };
@@ -1301,7 +1339,7 @@ impl DatasetCache {
         if version.size == 0 || !self.disk_enabled {
             return None;
         }
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         let obj = self.objects.read().expect("objects").get(&id).cloned()?;
         let weak = self
             .node
@@ -1352,7 +1390,7 @@ impl DatasetCache {
 
     /// True if every block of this version is on disk (no verification).
     pub fn is_complete(&self, version: &ObjectVersion) -> bool {
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         self.objects
             .read()
             .expect("objects")
@@ -1365,7 +1403,7 @@ impl DatasetCache {
 
     /// Number of blocks of this version on disk.
     pub fn blocks_on_disk(&self, version: &ObjectVersion) -> u64 {
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         self.objects
             .read()
             .expect("objects")
@@ -1376,7 +1414,7 @@ impl DatasetCache {
 
     /// The data file of a cached version, if any (for tests and diagnostics).
     pub fn data_file(&self, version: &ObjectVersion) -> Option<PathBuf> {
-        let id: Arc<str> = Arc::from(version.id());
+        let id: Arc<str> = version.id();
         self.objects
             .read()
             .expect("objects")

@@ -230,7 +230,7 @@ pub struct DatasetView {
     listings: TtlCache<DatasetPath, Arc<DirListing>>,
     meta_flights: SingleFlight<DatasetPath, Result<Option<FileStat>>>,
     list_flights: SingleFlight<DatasetPath, Result<Arc<DirListing>>>,
-    block_flights: SingleFlight<(String, u64), BlockResult>,
+    block_flights: SingleFlight<(Arc<str>, u64), BlockResult>,
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
     refreshing_listings: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
@@ -543,12 +543,12 @@ impl DatasetView {
                             size: info.size,
                             mtime: info.mtime,
                             etag: Some(info.etag.clone()),
-                            version: Some(ObjectVersion {
-                                source: source.name().to_string(),
-                                key: info.key,
-                                etag: info.etag,
-                                size: info.size,
-                            }),
+                            version: Some(ObjectVersion::new(
+                                source.name(),
+                                info.key,
+                                info.etag,
+                                info.size,
+                            )),
                         }),
                         None => {
                             let listing = view.noted(source.list_dir(&rel).await)?;
@@ -671,12 +671,12 @@ impl DatasetView {
                                     size: f.size,
                                     mtime: f.mtime,
                                     etag: Some(f.etag.clone()),
-                                    version: Some(ObjectVersion {
-                                        source: source.name().to_string(),
-                                        key: f.key,
-                                        etag: f.etag,
-                                        size: f.size,
-                                    }),
+                                    version: Some(ObjectVersion::new(
+                                        source.name(),
+                                        f.key,
+                                        f.etag,
+                                        f.size,
+                                    )),
                                 },
                             },
                         );
