@@ -137,14 +137,7 @@ impl LocalNode {
 /// The Job's one container's args, with the Job's pod environment applied: the node's IP and
 /// the pod's projected ServiceAccount token (at `token_file` here).
 pub fn job_args(job: &Job, node_ip: &str, token_file: &Path) -> Result<Vec<String>> {
-    let owner = format!("Job {}", job.metadata.name.clone().unwrap_or_default());
-    let spec = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .ok_or_else(|| Error::NoPodSpec {
-            what: owner.clone(),
-        })?;
+    let (owner, spec) = job_pod_spec(job)?;
     let container = first_container(&owner, spec)?;
     check_command("Job", container, "strata-agent")?;
     let token = token_file.to_string_lossy();
@@ -164,14 +157,7 @@ pub fn job_args(job: &Job, node_ip: &str, token_file: &Path) -> Result<Vec<Strin
 /// ServiceAccount (`default` unless the Job names one) for the audience of the Job's projected
 /// ServiceAccount token volume, from the TokenRequest API, as kubelet gets it.
 pub async fn job_token(cluster: &Cluster, job: &Job) -> Result<String> {
-    let owner = format!("Job {}", job.metadata.name.clone().unwrap_or_default());
-    let spec = job
-        .spec
-        .as_ref()
-        .and_then(|s| s.template.spec.as_ref())
-        .ok_or_else(|| Error::NoPodSpec {
-            what: owner.clone(),
-        })?;
+    let (owner, spec) = job_pod_spec(job)?;
     let audience = spec
         .volumes
         .iter()
@@ -216,6 +202,19 @@ pub async fn job_token(cluster: &Cluster, job: &Job) -> Result<String> {
         ])
         .await?;
     Ok(token.trim().to_string())
+}
+
+/// A Job's name (for errors) and its pod template's spec.
+fn job_pod_spec(job: &Job) -> Result<(String, &PodSpec)> {
+    let owner = format!("Job {}", job.metadata.name.clone().unwrap_or_default());
+    let spec = job
+        .spec
+        .as_ref()
+        .and_then(|s| s.template.spec.as_ref())
+        .ok_or_else(|| Error::NoPodSpec {
+            what: owner.clone(),
+        })?;
+    Ok((owner, spec))
 }
 
 fn first_container<'a>(owner: &str, spec: &'a PodSpec) -> Result<&'a Container> {
