@@ -5,8 +5,8 @@ use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
-use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use kube::api::{DeleteParams, ObjectMeta, PostParams};
+use k8s_openapi::api::core::v1::{Namespace, Pod, ServiceAccount};
+use kube::api::{DeleteParams, ListParams, ObjectMeta, PostParams};
 use kube::{Api, Client};
 
 use crate::{Cluster, Result, wait_until};
@@ -90,12 +90,31 @@ impl TestNamespace {
 
     /// Deletes the namespace and waits until the namespace controller has removed it and its
     /// contents.
+    ///
+    /// Pods still in it are deleted at once: a DaemonSet's Pods bound to the tests' stand-in
+    /// Nodes have no kubelet to confirm a graceful deletion, and would hold the namespace until
+    /// the pod garbage collector removes them (40 s after their Node goes, on its own period).
     pub async fn cleanup(mut self) -> Result<()> {
         self.deleted = true;
         let namespaces: Api<Namespace> = Api::all(self.client.clone());
         namespaces
             .delete(&self.name, &DeleteParams::background())
             .await?;
+        // A terminating namespace admits no new Pod, so this pass sees the last of them.
+        let pods: Api<Pod> = Api::namespaced(self.client.clone(), &self.name);
+        let now = DeleteParams {
+            grace_period_seconds: Some(0),
+            ..DeleteParams::background()
+        };
+        for pod in pods.list(&ListParams::default()).await? {
+            if let Some(name) = pod.metadata.name {
+                match pods.delete(&name, &now).await {
+                    Ok(_) => {}
+                    Err(kube::Error::Api(s)) if s.code == 404 => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+        }
         wait_until(
             &format!("namespace {} to be deleted", self.name),
             DELETE_TIMEOUT,
