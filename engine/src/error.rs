@@ -3,22 +3,9 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-/// What went wrong when talking to a source, so callers (FUSE, HTTP) can map it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SourceErrorKind {
-    /// The object or bucket does not exist.
-    NotFound,
-    /// Credentials were refused or missing.
-    PermissionDenied,
-    /// The endpoint could not be reached or answered with a server error.
-    Unavailable,
-    /// The object changed while it was being read (ETag precondition failed).
-    Changed,
-    /// The source URI or its settings are invalid.
-    InvalidConfig,
-    /// Anything else.
-    Other,
-}
+/// What went wrong when talking to a source, so callers (FUSE, HTTP) can map it: the
+/// classification of `strata-store`, which the operator's check shares.
+pub use strata_store::FailureKind as SourceErrorKind;
 
 /// Errors of the cache engine. Every variant names the path, source or field at fault;
 /// no variant ever carries a credential (source error text is scrubbed first).

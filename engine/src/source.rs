@@ -6,22 +6,17 @@ use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Instant, SystemTime};
 
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
-use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
-use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
-use object_store::http::HttpBuilder;
-use object_store::local::LocalFileSystem;
 use object_store::path::Path as StorePath;
-use object_store::{
-    BackoffConfig, ClientConfigKey, ClientOptions, GetOptions, GetRange, GetResult, ObjectStore,
-    ObjectStoreExt, RetryConfig,
-};
+use object_store::{GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use strata_store::{BuiltStore, Tuning};
+use strata_wire::scrub::credential_values;
 
 use crate::config::SourceConfig;
 use crate::error::SourceErrorKind;
@@ -32,7 +27,7 @@ use crate::{Error, Result};
 /// Default most requests in flight per source.
 pub const DEFAULT_MAX_CONCURRENCY: usize = 64;
 /// Default retries per request.
-pub const DEFAULT_MAX_RETRIES: usize = 3;
+pub use strata_store::DEFAULT_MAX_RETRIES;
 
 /// Metadata of one object as the engine uses it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,7 +136,9 @@ impl Source {
         let mount_path = DatasetPath::parse(&cfg.mount_path).map_err(|e| {
             Error::config(format!("source {:?} mountPath", cfg.name), e.to_string())
         })?;
-        let (store, prefix) = build_store(cfg)?;
+        let tuning = Tuning::reads(cfg.max_retries.unwrap_or(DEFAULT_MAX_RETRIES));
+        let BuiltStore { store, prefix } =
+            strata_store::build(cfg, &tuning).map_err(|e| Error::config(e.field, e.message))?;
         let local_root = local_dir(&cfg.uri)
             .map(|dir| {
                 std::fs::canonicalize(dir).map_err(|e| {
@@ -152,24 +149,11 @@ impl Source {
                 })
             })
             .transpose()?;
-        let mut secrets = Vec::new();
-        if let Some(c) = &cfg.credentials {
-            for s in [
-                &c.secret_access_key,
-                &c.session_token,
-                &c.service_account_key,
-                &c.account_key,
-                &c.token,
-                &c.access_key_id,
-            ]
-            .into_iter()
-            .flatten()
-            {
-                if s.len() >= 4 {
-                    secrets.push(s.clone());
-                }
-            }
-        }
+        let secrets = cfg
+            .credentials
+            .as_ref()
+            .map(credential_values)
+            .unwrap_or_default();
         Ok(Source {
             name: cfg.name.clone(),
             uri: scrub(&cfg.uri, &secrets),
@@ -202,7 +186,7 @@ impl Source {
             uri: format!("{store}"),
             mount_path,
             store,
-            prefix: normalize_prefix(prefix),
+            prefix: strata_store::normalize_prefix(prefix),
             permits: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENCY)),
             counters: Counters::default(),
             secrets: Vec::new(),
@@ -538,14 +522,7 @@ impl Source {
 
     /// Turns an object_store error into one naming this source, scrubbed of credentials.
     fn error(&self, e: object_store::Error) -> Error {
-        let kind = match &e {
-            object_store::Error::NotFound { .. } => SourceErrorKind::NotFound,
-            object_store::Error::PermissionDenied { .. }
-            | object_store::Error::Unauthenticated { .. } => SourceErrorKind::PermissionDenied,
-            object_store::Error::Precondition { .. } => SourceErrorKind::Changed,
-            object_store::Error::UnknownConfigurationKey { .. } => SourceErrorKind::InvalidConfig,
-            _ => classify_text(&format!("{e:?}")),
-        };
+        let kind = strata_store::classify(&e);
         let raw = match &e {
             object_store::Error::Generic { source, .. } => {
                 // The Display of nested errors is terse; include the chain for diagnosis.
@@ -577,49 +554,6 @@ impl Source {
     }
 }
 
-fn classify_text(text: &str) -> SourceErrorKind {
-    let t = text.to_ascii_lowercase();
-    // "Not a directory": a local path that goes through a regular file ("a.bin/x").
-    if t.contains("nosuchbucket")
-        || has_status(&t, "404")
-        || t.contains("not found")
-        || t.contains("not a directory")
-    {
-        SourceErrorKind::NotFound
-    } else if has_status(&t, "403")
-        || has_status(&t, "401")
-        || t.contains("accessdenied")
-        || t.contains("invalidaccesskeyid")
-        || t.contains("signaturedoesnotmatch")
-        || t.contains("forbidden")
-    {
-        SourceErrorKind::PermissionDenied
-    } else if t.contains("connect")
-        || t.contains("timed out")
-        || t.contains("timeout")
-        || t.contains("dns")
-        || t.contains("refused")
-        || has_status(&t, "500")
-        || has_status(&t, "503")
-    {
-        SourceErrorKind::Unavailable
-    } else {
-        SourceErrorKind::Other
-    }
-}
-
-/// Whether `code` occurs as a number of its own: not inside a port (`127.0.0.1:40345`), an
-/// address or a duration (`403.2ms`), which the error texts also contain.
-fn has_status(text: &str, code: &str) -> bool {
-    let bytes = text.as_bytes();
-    let part_of_number = |c: u8| c.is_ascii_digit() || c == b'.' || c == b':';
-    text.match_indices(code).any(|(i, _)| {
-        let before = i.checked_sub(1).map(|j| bytes[j]);
-        let after = bytes.get(i + code.len()).copied();
-        !before.is_some_and(part_of_number) && !after.is_some_and(part_of_number)
-    })
-}
-
 fn is_directory_error(e: &object_store::Error) -> bool {
     let t = format!("{e:?}").to_ascii_lowercase();
     t.contains("is a directory") || t.contains("isadirectory")
@@ -633,222 +567,14 @@ fn is_synthetic_etag(etag: &str) -> bool {
         && !etag.starts_with('"')
 }
 
-fn normalize_prefix(p: &str) -> String {
-    let t = p.trim_matches('/');
-    if t.is_empty() {
-        String::new()
-    } else {
-        format!("{t}/")
-    }
-}
-
+/// The directory of a local source (`strata-store`, shared with the operator).
+pub use strata_store::local_dir;
 /// One scrubber for the engine and the operator (`strata-wire`).
 pub use strata_wire::scrub::scrub;
-
-fn retry_config(cfg: &SourceConfig) -> RetryConfig {
-    RetryConfig {
-        backoff: BackoffConfig {
-            init_backoff: Duration::from_millis(100),
-            max_backoff: Duration::from_secs(5),
-            base: 2.0,
-        },
-        max_retries: cfg.max_retries.unwrap_or(DEFAULT_MAX_RETRIES),
-        retry_timeout: Duration::from_secs(60),
-    }
-}
-
-fn client_options(cfg: &SourceConfig, http: bool) -> Result<ClientOptions> {
-    let mut opts = ClientOptions::new()
-        .with_connect_timeout(Duration::from_secs(5))
-        .with_timeout(Duration::from_secs(120))
-        .with_allow_http(http);
-    for (k, v) in &cfg.options {
-        if let Ok(key) = k.parse::<ClientConfigKey>() {
-            opts = opts.with_config(key, v.clone());
-        }
-    }
-    Ok(opts)
-}
-
-/// Splits "scheme://bucket/prefix" into (scheme, bucket, prefix).
-fn split_uri(uri: &str) -> Option<(&str, &str, &str)> {
-    let (scheme, rest) = uri.split_once("://")?;
-    let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
-    Some((scheme, bucket, prefix))
-}
-
-/// The directory of a local source URI (`/data` or `file:///data`), `None` otherwise.
-pub fn local_dir(uri: &str) -> Option<&str> {
-    let uri = uri.trim();
-    (uri.starts_with('/') || uri.starts_with("file://"))
-        .then(|| uri.strip_prefix("file://").unwrap_or(uri))
-}
-
-fn build_store(cfg: &SourceConfig) -> Result<(Arc<dyn ObjectStore>, String)> {
-    let field = |f: &str| format!("source {:?} {f}", cfg.name);
-    let uri = cfg.uri.trim();
-    let bad_key = |k: &str| {
-        Error::config(
-            field("options"),
-            format!("unknown option {k:?} for this kind of source"),
-        )
-    };
-    let wrap = |e: object_store::Error| Error::config(field("uri"), scrub(&e.to_string(), &[]));
-    if uri.starts_with('/') || uri.starts_with("file://") {
-        let dir = uri.strip_prefix("file://").unwrap_or(uri);
-        let meta = std::fs::metadata(dir)
-            .map_err(|e| Error::config(field("uri"), format!("local directory {dir:?}: {e}")))?;
-        if !meta.is_dir() {
-            return Err(Error::config(
-                field("uri"),
-                format!("{dir:?} is not a directory"),
-            ));
-        }
-        let store = LocalFileSystem::new_with_prefix(dir).map_err(wrap)?;
-        return Ok((Arc::new(store), String::new()));
-    }
-    let Some((scheme, bucket, prefix)) = split_uri(uri) else {
-        return Err(Error::config(
-            field("uri"),
-            format!(
-                "{:?} has no scheme; use s3://, gs://, az://, http(s):// or file://",
-                scrub(uri, &[])
-            ),
-        ));
-    };
-    let prefix = normalize_prefix(prefix);
-    let retry = retry_config(cfg);
-    let creds = cfg.credentials.clone().unwrap_or_default();
-    match scheme {
-        "s3" | "s3a" => {
-            if bucket.is_empty() {
-                return Err(Error::config(field("uri"), "s3:// URI needs a bucket name"));
-            }
-            let endpoint_http = cfg
-                .endpoint
-                .as_deref()
-                .is_some_and(|e| e.starts_with("http://"));
-            let mut b = AmazonS3Builder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry)
-                .with_client_options(client_options(cfg, endpoint_http)?);
-            if let Some(region) = &cfg.region {
-                b = b.with_region(region);
-            }
-            if let Some(ep) = &cfg.endpoint {
-                // Custom endpoints (MinIO, SeaweedFS, Ceph) mostly want path-style
-                // addressing; set option virtual_hosted_style_request=true otherwise.
-                b = b
-                    .with_endpoint(ep)
-                    .with_allow_http(endpoint_http)
-                    .with_virtual_hosted_style_request(false);
-            }
-            if let Some(k) = &creds.access_key_id {
-                b = b.with_access_key_id(k);
-            }
-            if let Some(s) = &creds.secret_access_key {
-                b = b.with_secret_access_key(s);
-            }
-            if let Some(t) = &creds.session_token {
-                b = b.with_token(t);
-            }
-            for (k, v) in &cfg.options {
-                if k.parse::<ClientConfigKey>().is_ok() {
-                    continue;
-                }
-                let key: AmazonS3ConfigKey = k.parse().map_err(|_| bad_key(k))?;
-                b = b.with_config(key, v.clone());
-            }
-            Ok((Arc::new(b.build().map_err(wrap)?), prefix))
-        }
-        "gs" | "gcs" => {
-            let mut b = GoogleCloudStorageBuilder::from_env()
-                .with_bucket_name(bucket)
-                .with_retry(retry)
-                .with_client_options(client_options(cfg, false)?);
-            if let Some(k) = &creds.service_account_key {
-                b = b.with_service_account_key(k);
-            }
-            if let Some(t) = &creds.token {
-                b = b.with_bearer_token(t);
-            }
-            for (k, v) in &cfg.options {
-                if k.parse::<ClientConfigKey>().is_ok() {
-                    continue;
-                }
-                let key: GoogleConfigKey = k.parse().map_err(|_| bad_key(k))?;
-                b = b.with_config(key, v.clone());
-            }
-            Ok((Arc::new(b.build().map_err(wrap)?), prefix))
-        }
-        "az" | "azure" | "abfs" | "abfss" => {
-            let mut b = MicrosoftAzureBuilder::from_env()
-                .with_container_name(bucket)
-                .with_retry(retry)
-                .with_client_options(client_options(cfg, false)?);
-            if let Some(a) = &creds.account_name {
-                b = b.with_account(a);
-            }
-            if let Some(k) = &creds.account_key {
-                b = b.with_access_key(k);
-            }
-            if let Some(t) = &creds.token {
-                b = b.with_bearer_token_authorization(t);
-            }
-            if let Some(ep) = &cfg.endpoint {
-                b = b.with_endpoint(ep.clone());
-            }
-            for (k, v) in &cfg.options {
-                if k.parse::<ClientConfigKey>().is_ok() {
-                    continue;
-                }
-                let key: AzureConfigKey = k.parse().map_err(|_| bad_key(k))?;
-                b = b.with_config(key, v.clone());
-            }
-            Ok((Arc::new(b.build().map_err(wrap)?), prefix))
-        }
-        "http" | "https" => {
-            // The whole URI is the base; keys are relative to it.
-            let b = HttpBuilder::new()
-                .with_url(uri.trim_end_matches('/'))
-                .with_retry(retry)
-                .with_client_options(client_options(cfg, scheme == "http")?);
-            Ok((Arc::new(b.build().map_err(wrap)?), String::new()))
-        }
-        other => Err(Error::config(
-            field("uri"),
-            format!(
-                "unknown scheme {other:?}; use s3://, gs://, az://, http(s)://, file:// or an absolute path"
-            ),
-        )),
-    }
-}
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    /// Status codes are recognised as numbers of their own, not inside a port or a
-    /// duration (a refused connection to port 40345 was once taken for a 403).
-    #[test]
-    fn error_texts_classify_by_status_not_by_port() {
-        let refused = "Error performing GET http://127.0.0.1:40345/b?<redacted> in 401.3ms - \
-                       client error (Connect): tcp connect error: Connection refused";
-        assert_eq!(classify_text(refused), SourceErrorKind::Unavailable);
-        assert_eq!(
-            classify_text("Client error with status 403 Forbidden: <Error>"),
-            SourceErrorKind::PermissionDenied
-        );
-        assert_eq!(
-            classify_text("status: 404, body: NoSuchKey"),
-            SourceErrorKind::NotFound
-        );
-        assert_eq!(
-            classify_text("Server error with status 503 Service Unavailable"),
-            SourceErrorKind::Unavailable
-        );
-        assert_eq!(classify_text("port 14040 said no"), SourceErrorKind::Other);
-    }
 
     #[test]
     fn refuses_unknown_schemes_naming_the_source() {

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction};
+use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source};
 use strata_wire::config::{
     CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, SourceConfig,
 };
@@ -71,20 +71,26 @@ pub fn build(
             .spec
             .sources
             .iter()
-            .map(|s| SourceConfig {
-                name: s.name.clone(),
-                uri: s.uri.clone(),
-                mount_path: s.mount_path.clone(),
-                endpoint: s.endpoint.clone(),
-                region: s.region.clone(),
-                credentials: credentials.get(&s.name).cloned(),
-                // The agent serves every source read-only in this version.
-                read_only: true,
-                options: s.options.clone(),
-                ..SourceConfig::default()
-            })
+            .map(|s| source_config(s, credentials.get(&s.name)))
             .collect(),
         cache: policy.map(|p| cache_settings(&p.spec)).unwrap_or_default(),
+    }
+}
+
+/// One source as the agents read it, and as the operator's reachability check builds its
+/// store from (the same `strata-store` builder, so both read the fields alike).
+pub fn source_config(source: &Source, credentials: Option<&AgentCredentials>) -> SourceConfig {
+    SourceConfig {
+        name: source.name.clone(),
+        uri: source.uri.clone(),
+        mount_path: source.mount_path.clone(),
+        endpoint: source.endpoint.clone(),
+        region: source.region.clone(),
+        credentials: credentials.cloned(),
+        // The agent serves every source read-only in this version.
+        read_only: true,
+        options: source.options.clone(),
+        ..SourceConfig::default()
     }
 }
 

@@ -10,11 +10,13 @@ use std::time::{Duration, Instant};
 use futures::StreamExt;
 use k8s_openapi::jiff::Timestamp;
 use object_store::path::Path as StorePath;
-use object_store::{ClientOptions, ObjectStore, RetryConfig};
 use strata_crds::{Scheme, Source, SourceUri};
+use strata_store::{FailureKind, Tuning};
+use strata_wire::scrub::credential_values;
 use tokio::net::TcpStream;
 use tokio::time::timeout;
 
+use crate::agent_config;
 use crate::conditions::reason;
 use crate::credentials::AgentCredentials;
 
@@ -143,7 +145,7 @@ async fn check_uncached(
         return SourceCheck::NodeLocal;
     }
     match (uri.scheme.is_object_store(), creds) {
-        (true, Some(creds)) => list(source, &uri, creds, limits).await,
+        (true, Some(creds)) => list(source, creds, limits).await,
         _ => {
             let (host, port) = connect_target(source, &uri);
             match timeout(
@@ -213,113 +215,20 @@ fn connect_target(source: &Source, uri: &SourceUri) -> (String, u16) {
     }
 }
 
-fn build_store(
-    source: &Source,
-    uri: &SourceUri,
-    creds: &AgentCredentials,
-    limits: CheckLimits,
-) -> Result<Arc<dyn ObjectStore>, String> {
-    let client = ClientOptions::new()
-        .with_timeout(limits.check_timeout)
-        .with_connect_timeout(limits.check_timeout)
-        .with_allow_http(true);
-    let retry = RetryConfig {
-        max_retries: 1,
-        retry_timeout: limits.check_timeout,
-        ..RetryConfig::default()
-    };
-    let store: Arc<dyn ObjectStore> = match uri.scheme {
-        Scheme::S3 => {
-            let mut b = object_store::aws::AmazonS3Builder::new()
-                .with_bucket_name(&uri.authority)
-                .with_region(source.region.as_deref().unwrap_or("us-east-1"))
-                .with_client_options(client)
-                .with_retry(retry);
-            if let Some(endpoint) = &source.endpoint {
-                b = b.with_endpoint(endpoint).with_allow_http(true);
-            }
-            if let Some(v) = &creds.access_key_id {
-                b = b.with_access_key_id(v);
-            }
-            if let Some(v) = &creds.secret_access_key {
-                b = b.with_secret_access_key(v);
-            }
-            if let Some(v) = &creds.session_token {
-                b = b.with_token(v);
-            }
-            for (k, v) in &source.options {
-                if let Ok(key) = k.parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-        Scheme::Gcs => {
-            let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
-                .with_bucket_name(&uri.authority)
-                .with_client_options(client)
-                .with_retry(retry);
-            if let Some(v) = &creds.service_account_key {
-                b = b.with_service_account_key(v);
-            }
-            for (k, v) in &source.options {
-                if let Ok(key) = k.parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-        _ => {
-            let mut b = object_store::azure::MicrosoftAzureBuilder::new()
-                .with_container_name(&uri.authority)
-                .with_client_options(client)
-                .with_retry(retry);
-            if let Some(v) = &creds.account_name {
-                b = b.with_account(v);
-            }
-            if let Some(v) = &creds.account_key {
-                b = b.with_access_key(v);
-            }
-            if let Some(v) = &creds.token {
-                let pairs: Vec<(String, String)> = v
-                    .trim_start_matches('?')
-                    .split('&')
-                    .filter_map(|p| p.split_once('='))
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                b = b.with_sas_authorization(pairs);
-            }
-            if let Some(endpoint) = &source.endpoint {
-                b = b.with_endpoint(endpoint.clone()).with_allow_http(true);
-            }
-            for (k, v) in &source.options {
-                if let Ok(key) = k.parse() {
-                    b = b.with_config(key, v);
-                }
-            }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
-        }
-    };
-    Ok(store)
-}
-
-async fn list(
-    source: &Source,
-    uri: &SourceUri,
-    creds: &AgentCredentials,
-    limits: CheckLimits,
-) -> SourceCheck {
+async fn list(source: &Source, creds: &AgentCredentials, limits: CheckLimits) -> SourceCheck {
     let scrub = |message: String| scrub(&message, creds);
-    let store = match build_store(source, uri, creds, limits) {
-        Ok(store) => store,
+    let config = agent_config::source_config(source, Some(creds));
+    let built = match strata_store::build(&config, &Tuning::check(limits.check_timeout)) {
+        Ok(built) => built,
         Err(e) => {
             return SourceCheck::Failed {
                 reason: reason::SOURCE_UNREACHABLE,
-                message: scrub(format!("source {}: {e}", source.name)),
+                message: scrub(e.to_string()),
             };
         }
     };
-    let prefix = uri.path.trim_matches('/');
+    let store = built.store;
+    let prefix = built.prefix.trim_matches('/');
     let prefix = (!prefix.is_empty()).then(|| StorePath::from(prefix));
     let mut stream = store.list(prefix.as_ref());
     let started = Instant::now();
@@ -377,28 +286,12 @@ async fn list(
     }
 }
 
-/// Whether the store refused the credentials (as opposed to not answering).
+/// Whether the store refused the credentials (as opposed to not answering), by the
+/// classification the agents use (`strata_store::classify`).
 fn classify(e: &object_store::Error) -> &'static str {
-    let text = e.to_string();
-    // Whole phrases only: a bare "403" would also match a port such as 40313.
-    let denied = matches!(
-        e,
-        object_store::Error::PermissionDenied { .. } | object_store::Error::Unauthenticated { .. }
-    ) || [
-        "403 Forbidden",
-        "401 Unauthorized",
-        "AccessDenied",
-        "InvalidAccessKeyId",
-        "SignatureDoesNotMatch",
-        "AuthenticationFailed",
-        "AuthorizationFailure",
-    ]
-    .iter()
-    .any(|needle| text.contains(needle));
-    if denied {
-        reason::ACCESS_DENIED
-    } else {
-        reason::SOURCE_UNREACHABLE
+    match strata_store::classify(e) {
+        FailureKind::PermissionDenied => reason::ACCESS_DENIED,
+        _ => reason::SOURCE_UNREACHABLE,
     }
 }
 
@@ -406,19 +299,7 @@ fn classify(e: &object_store::Error) -> &'static str {
 /// query strings, `user:password@`, signature and token parameters (the scrubber the
 /// engine uses, `strata_wire::scrub`), and bounds the message for a status field.
 pub fn scrub(message: &str, creds: &AgentCredentials) -> String {
-    let secrets: Vec<String> = [
-        &creds.access_key_id,
-        &creds.secret_access_key,
-        &creds.session_token,
-        &creds.service_account_key,
-        &creds.account_key,
-        &creds.token,
-    ]
-    .into_iter()
-    .flatten()
-    .cloned()
-    .collect();
-    let mut out = strata_wire::scrub::scrub(message, &secrets);
+    let mut out = strata_wire::scrub::scrub(message, &credential_values(creds));
     const MAX: usize = 600;
     if out.len() > MAX {
         let mut cut = MAX;

@@ -2,6 +2,27 @@
 //! condition or an event. One function for every process: the engine scrubs source errors
 //! with it, the operator its reachability messages.
 
+use crate::config::Credentials;
+
+/// The values of a source's credentials that [`scrub`] must remove from any text: every
+/// secret, and the access key id (it names an account). Values under four characters are left
+/// out: replacing every "a" in a message would hide the message, not a secret.
+pub fn credential_values(credentials: &Credentials) -> Vec<String> {
+    [
+        &credentials.secret_access_key,
+        &credentials.session_token,
+        &credentials.service_account_key,
+        &credentials.account_key,
+        &credentials.token,
+        &credentials.access_key_id,
+    ]
+    .into_iter()
+    .flatten()
+    .filter(|value| value.len() >= 4)
+    .cloned()
+    .collect()
+}
+
 /// Removes anything credential-like from error text: URL query strings (pre-signed
 /// signatures), `X-Amz-*` values, `Signature=`, `Credential=`, `sig=`, `token=`,
 /// `Authorization` headers, and any of the source's configured secrets.
