@@ -7,20 +7,8 @@ use std::collections::BTreeMap;
 use k8s_openapi::ByteString;
 use strata_crds::Scheme;
 
-/// S3 access key id.
-pub const AWS_ACCESS_KEY_ID: &str = "AWS_ACCESS_KEY_ID";
-/// S3 secret access key.
-pub const AWS_SECRET_ACCESS_KEY: &str = "AWS_SECRET_ACCESS_KEY";
-/// S3 session token (optional).
-pub const AWS_SESSION_TOKEN: &str = "AWS_SESSION_TOKEN";
-/// GCS service account key (the JSON key file's content).
-pub const GOOGLE_SERVICE_ACCOUNT_KEY: &str = "GOOGLE_SERVICE_ACCOUNT_KEY";
-/// Azure storage account name.
-pub const AZURE_STORAGE_ACCOUNT_NAME: &str = "AZURE_STORAGE_ACCOUNT_NAME";
-/// Azure storage account key (or the SAS token below).
-pub const AZURE_STORAGE_ACCOUNT_KEY: &str = "AZURE_STORAGE_ACCOUNT_KEY";
-/// Azure SAS token (instead of the account key).
-pub const AZURE_STORAGE_SAS_TOKEN: &str = "AZURE_STORAGE_SAS_TOKEN";
+/// The Secret's key names, defined once with the Dataset API (`strata_crds::secret_keys`).
+pub use strata_crds::secret_keys::*;
 
 /// Credentials in the agent's configuration format: the agent's own type (`strata-wire`),
 /// so the two cannot drift. `Debug` never shows a secret.
