@@ -11,7 +11,9 @@ use bytes::Bytes;
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::fetch::{SharedBlock, slice_blocks};
-use super::readahead::{READAHEAD_BLOCKS, READAHEAD_UNIT, split_spans};
+use super::readahead::{
+    READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadPlanner, ReadaheadState, split_spans,
+};
 use super::{DatasetView, FileStat};
 use crate::path::DatasetPath;
 use crate::{Error, Result};
@@ -34,7 +36,7 @@ type Prefetch = (SharedBlock, OwnedSemaphorePermit);
 impl Drop for FileReader {
     fn drop(&mut self) {
         let st = self.state.get_mut().unwrap_or_else(|e| e.into_inner());
-        if st.counted {
+        if st.readahead.counted {
             self.view
                 .readahead
                 .sequential_readers
@@ -59,8 +61,7 @@ pub struct FileReader {
 }
 
 struct ReaderState {
-    next_offset: u64,
-    window: u64,
+    readahead: ReadaheadState,
     prefetched: HashMap<u64, Prefetch>,
     // Blocks in the readahead window that a tier already held when the window reached
     // them: loaded `HELD_AHEAD_BLOCKS` ahead of the reader, not with the window.
@@ -73,8 +74,6 @@ struct ReaderState {
     // readahead budget when it has room; kept even when it has none, or every kernel
     // request would read the whole block again.
     recent: VecDeque<(u64, Bytes, Option<OwnedSemaphorePermit>)>,
-    // Whether this reader counts in `ReadaheadLimits::sequential_readers`.
-    counted: bool,
     // Bytes served so far if the first read started at offset 0, for directory prefetch
     // (None once the file was read whole, or when the reader started elsewhere).
     served_from_start: Option<u64>,
@@ -97,28 +96,16 @@ impl ReaderState {
 /// Blocks a reader keeps after reading them (see `ReaderState::recent`).
 const RECENT_BLOCKS: usize = 2;
 
-/// Blocks a tier holds are loaded this many blocks ahead of the reader (not a whole
-/// window ahead; see `ReaderState::held_ahead`): enough to keep a reader of cached blocks
-/// served by the agent at disk speed (one block ahead read ~10% slower on the test machine).
-const HELD_AHEAD_BLOCKS: u64 = 4;
-
-/// How far from the end of the furthest read so far a read may start and still count as in
-/// order: the kernel's readahead for a FUSE file can be several MiB of requests at once
-/// (`read_ahead_kb` of the mount's bdi), served by the agent's threads in any order.
-const REORDER_BYTES: u64 = 16 << 20;
-
 impl FileReader {
     fn new(view: Arc<DatasetView>, stat: FileStat) -> Self {
         FileReader {
             view,
             stat,
             state: Mutex::new(ReaderState {
-                next_offset: 0,
-                window: 0,
+                readahead: ReadaheadState::default(),
                 prefetched: HashMap::new(),
                 held_ahead: BTreeSet::new(),
                 recent: VecDeque::new(),
-                counted: false,
                 served_from_start: None,
             }),
         }
@@ -134,13 +121,27 @@ impl FileReader {
         &self.view
     }
 
+    /// The readahead planner of this file, with the agent's limits.
+    fn planner(&self, file_size: u64) -> ReadaheadPlanner {
+        let limits = &self.view.readahead;
+        ReadaheadPlanner {
+            file_size,
+            block_size: self.view.block_size(),
+            per_file_bytes: limits.per_file_bytes,
+            total_bytes: limits.total_bytes,
+            max_span_blocks: self.view.max_span_blocks(),
+        }
+    }
+
     /// Most blocks this reader may read ahead now: `--readahead`, or an equal share of the
     /// total budget among the files being read in order.
-    fn window_cap(&self) -> u64 {
-        let limits = &self.view.readahead;
-        let readers = limits.sequential_readers.load(Ordering::Relaxed).max(1) as u64;
-        let share = limits.per_file_bytes.min(limits.total_bytes / readers);
-        (share / self.view.block_size()).max(1)
+    fn window_cap(&self, file_size: u64) -> u64 {
+        let readers = self
+            .view
+            .readahead
+            .sequential_readers
+            .load(Ordering::Relaxed);
+        self.planner(file_size).window_cap(readers)
     }
 
     /// [`Self::read`] when it can be answered at once from the block this reader just
@@ -160,15 +161,15 @@ impl FileReader {
             let mut st = self.state.lock().expect("reader");
             let newest = st.recent.back().map(|(i, _, _)| *i);
             if newest != Some(block)
-                || st.window < self.window_cap()
-                || offset.abs_diff(st.next_offset) > bs
+                || st.readahead.window < self.window_cap(size)
+                || offset.abs_diff(st.readahead.next_offset) > bs
             {
                 return None;
             }
             let (_, data, _) = st.recent.back()?;
             let skip = (offset - block * bs) as usize;
             let out = data.slice(skip..skip + (end - offset) as usize);
-            st.next_offset = st.next_offset.max(end);
+            st.readahead.next_offset = st.readahead.next_offset.max(end);
             (out, st.note_served(offset, end - offset, size))
         };
         self.view.metrics.observe_read(started.elapsed());
@@ -227,47 +228,39 @@ impl FileReader {
             });
         };
         let started = Instant::now();
-        let end = offset.saturating_add(len).min(version.size);
-        if offset >= end {
-            return Ok(Bytes::new());
-        }
         let bs = self.view.block_size();
-        let first = offset / bs;
-        let last = (end - 1) / bs;
         let units = bs.div_ceil(READAHEAD_UNIT) as u32;
-        let (wanted, preallocate) = {
+        let planner = self.planner(version.size);
+        let (plan, wanted, preallocate) = {
             let mut st = self.state.lock().expect("reader");
-            // The kernel issues several reads at once and the FUSE threads take them in
-            // any order, so "sequential" allows reordering: anything within what the
-            // kernel may have in flight of where the furthest read so far ended.
-            let reorder = bs.max(REORDER_BYTES);
-            let sequential = offset.abs_diff(st.next_offset) <= reorder;
             let limits = &self.view.readahead;
-            if sequential {
-                st.next_offset = st.next_offset.max(end);
-                if !st.counted {
-                    st.counted = true;
+            let readers = limits.sequential_readers.load(Ordering::Relaxed);
+            let plan = planner.plan(st.readahead, offset, len, readers);
+            if plan.read.is_empty() {
+                return Ok(Bytes::new());
+            }
+            match (st.readahead.counted, plan.state.counted) {
+                (false, true) => {
                     limits.sequential_readers.fetch_add(1, Ordering::Relaxed);
                 }
-                st.window = (st.window * 2).clamp(1, self.window_cap());
-            } else {
-                if std::mem::take(&mut st.counted) {
+                (true, false) => {
                     limits.sequential_readers.fetch_sub(1, Ordering::Relaxed);
                 }
-                st.next_offset = end;
-                st.window = 0;
+                _ => {}
+            }
+            st.readahead = plan.state;
+            if plan.restart {
                 st.prefetched.clear();
                 st.held_ahead.clear();
             }
-            // Blocks further behind the reader than a reordered read could be are not
-            // needed any more.
-            let behind = st.next_offset.saturating_sub(reorder) / bs;
-            st.prefetched.retain(|i, _| *i >= behind);
-            st.held_ahead.retain(|i| *i >= behind);
+            st.prefetched.retain(|i, _| *i >= plan.keep_from);
+            st.held_ahead.retain(|i| *i >= plan.keep_from);
             // A prefetched block stays listed until a read of it completes (it then moves
             // to `recent`): the other kernel reads of the same block that arrive while it
             // is on its way wait for the same fetch instead of reading it from the cache.
-            let wanted: Vec<(u64, Wanted)> = (first..=last)
+            let wanted: Vec<(u64, Wanted)> = plan
+                .read
+                .clone()
                 .map(|i| {
                     // Read now: not to be loaded ahead again (a reordered read can reach
                     // a held block before the reader nears it).
@@ -286,72 +279,54 @@ impl FileReader {
                 .iter()
                 .find(|(_, w)| matches!(w, Wanted::Fetch))
                 .map(|(i, _)| *i);
-            let count = version.block_count(bs);
-            let ahead_end = if st.window > 0 {
-                (last + 1 + st.window).min(count)
-            } else {
-                last + 1
-            };
-            let mut issued_end = last + 1;
-            if st.window > 0 {
-                let span = (st.window / 4).clamp(1, self.view.max_span_blocks());
-                // Not below the furthest read so far: a reordered read behind it must not
-                // fetch again what the reader already had.
-                let ahead_from = (last + 1).max(st.next_offset.div_ceil(bs));
-                let missing: Vec<u64> = (ahead_from..ahead_end)
-                    .filter(|i| !st.prefetched.contains_key(i) && !st.held_ahead.contains(i))
-                    .collect();
-                let mut spans = split_spans(&missing, span);
-                // Steady reading frees one block at a time: wait until a whole request's
-                // worth is missing, so requests stay large (not at the end of the file).
-                if spans
-                    .last()
-                    .is_some_and(|s| s.end - s.start < span && s.end < count)
-                {
-                    spans.pop();
-                }
-                'spans: for span in spans {
-                    // Blocks a tier already holds are not loaded ahead: a reader that stops
-                    // before them (as the reader of one range of a file split between
-                    // readers does) would have read them from disk for nothing. They are
-                    // loaded a few blocks ahead of the reader instead (below).
-                    let (held, to_fetch): (Vec<u64>, Vec<u64>) =
-                        span.partition(|i| self.view.cache.has_block(&version, *i));
-                    st.held_ahead.extend(held);
-                    for run in split_spans(&to_fetch, u64::MAX) {
-                        let fetched = self.fetch_ahead(&mut st, run.clone(), units);
-                        if fetched.is_empty() {
-                            break 'spans; // total budget exhausted: read on demand
-                        }
-                        fetch_from.get_or_insert(run.start);
-                        issued_end = issued_end.max(fetched.end);
-                        if fetched.end < run.end {
-                            break 'spans;
-                        }
+            let mut issued_end = plan.read.end;
+            let missing: Vec<u64> = plan
+                .ahead
+                .clone()
+                .filter(|i| !st.prefetched.contains_key(i) && !st.held_ahead.contains(i))
+                .collect();
+            'spans: for span in planner.requests(&plan, &missing) {
+                // Blocks a tier already holds are not loaded ahead: a reader that stops
+                // before them (as the reader of one range of a file split between
+                // readers does) would have read them from disk for nothing. They are
+                // loaded a few blocks ahead of the reader instead (below).
+                let (held, to_fetch): (Vec<u64>, Vec<u64>) =
+                    span.partition(|i| self.view.cache.has_block(&version, *i));
+                st.held_ahead.extend(held);
+                for run in split_spans(&to_fetch, u64::MAX) {
+                    let fetched = self.fetch_ahead(&mut st, run.clone(), units);
+                    if fetched.is_empty() {
+                        break 'spans; // total budget exhausted: read on demand
                     }
-                }
-                let near: Vec<u64> = st
-                    .held_ahead
-                    .range(last + 1..last + 1 + HELD_AHEAD_BLOCKS)
-                    .copied()
-                    .collect();
-                for i in near {
-                    if !self.view.cache.has_block(&version, i) {
-                        // Evicted since the window reached it, and likely the blocks after
-                        // it too: the window fetches them again (each checked anew) in
-                        // large requests, not the reader a block at a time from here.
-                        st.held_ahead.clear();
-                        break;
-                    }
-                    st.held_ahead.remove(&i);
-                    if self.fetch_ahead(&mut st, i..i + 1, units).is_empty() {
-                        break;
+                    fetch_from.get_or_insert(run.start);
+                    issued_end = issued_end.max(fetched.end);
+                    if fetched.end < run.end {
+                        break 'spans;
                     }
                 }
             }
+            let near: Vec<u64> = st
+                .held_ahead
+                .range(plan.held_near.clone())
+                .copied()
+                .collect();
+            for i in near {
+                if !self.view.cache.has_block(&version, i) {
+                    // Evicted since the window reached it, and likely the blocks after
+                    // it too: the window fetches them again (each checked anew) in
+                    // large requests, not the reader a block at a time from here.
+                    st.held_ahead.clear();
+                    break;
+                }
+                st.held_ahead.remove(&i);
+                if self.fetch_ahead(&mut st, i..i + 1, units).is_empty() {
+                    break;
+                }
+            }
             let preallocate = fetch_from.map(|from| from..issued_end);
-            (wanted, preallocate)
+            (plan, wanted, preallocate)
         };
+        let (first, last, end) = (plan.read.start, plan.read.end - 1, plan.end);
         if let Some(blocks) = preallocate {
             // Before any of these fetches lands (a round trip away): their disk space in
             // file order, so the cached file is contiguous for later reads. Outside the
