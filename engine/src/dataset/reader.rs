@@ -3,7 +3,7 @@
 
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::ops::Range;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -12,9 +12,10 @@ use tokio::sync::OwnedSemaphorePermit;
 
 use super::fetch::{SharedBlock, slice_blocks};
 use super::readahead::{
-    READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadPlanner, ReadaheadState, split_spans,
+    READAHEAD_BLOCKS, READAHEAD_UNIT, ReadPlan, ReadaheadPlanner, ReadaheadState, split_spans,
 };
 use super::{DatasetView, FileStat};
+use crate::cache::ObjectVersion;
 use crate::path::DatasetPath;
 use crate::{Error, Result};
 
@@ -80,6 +81,49 @@ struct ReaderState {
 }
 
 impl ReaderState {
+    /// Takes the planner's new state for a read, counting the reader in or out of
+    /// `sequential_readers` and forgetting what was fetched or noted ahead that no longer
+    /// applies.
+    fn advance(&mut self, plan: &ReadPlan, sequential_readers: &AtomicUsize) {
+        match (self.readahead.counted, plan.state.counted) {
+            (false, true) => {
+                sequential_readers.fetch_add(1, Ordering::Relaxed);
+            }
+            (true, false) => {
+                sequential_readers.fetch_sub(1, Ordering::Relaxed);
+            }
+            _ => {}
+        }
+        self.readahead = plan.state;
+        if plan.restart {
+            self.prefetched.clear();
+            self.held_ahead.clear();
+        }
+        self.prefetched.retain(|i, _| *i >= plan.keep_from);
+        self.held_ahead.retain(|i| *i >= plan.keep_from);
+    }
+
+    /// Where each block of a read comes from. A prefetched block stays listed until a read
+    /// of it completes (it then moves to `recent`): the other kernel reads of the same
+    /// block that arrive while it is on its way wait for the same fetch instead of reading
+    /// it from the cache.
+    fn wanted(&mut self, blocks: Range<u64>) -> Vec<(u64, Wanted)> {
+        blocks
+            .map(|i| {
+                // Read now: not to be loaded ahead again (a reordered read can reach a held
+                // block before the reader nears it).
+                self.held_ahead.remove(&i);
+                if let Some((_, b, _)) = self.recent.iter().find(|(ri, _, _)| *ri == i) {
+                    return (i, Wanted::Ready(b.clone()));
+                }
+                match self.prefetched.get(&i) {
+                    Some((f, _)) => (i, Wanted::Prefetched(f.clone())),
+                    None => (i, Wanted::Fetch),
+                }
+            })
+            .collect()
+    }
+
     /// Counts bytes served; true once, when the file has been read whole from its start.
     fn note_served(&mut self, offset: u64, len: u64, size: u64) -> bool {
         let served = match self.served_from_start {
@@ -220,6 +264,92 @@ impl FileReader {
         }
     }
 
+    /// Starts the fetches `plan` asks for ahead of the reader: the blocks of its window not
+    /// fetched yet, in whole requests, as far as the budget allows, and the blocks a tier
+    /// holds once the reader nears them. Returns the blocks the window's requests cover
+    /// (from the first block requested to the end of the last), if any.
+    fn fetch_window(
+        &self,
+        st: &mut ReaderState,
+        planner: &ReadaheadPlanner,
+        plan: &ReadPlan,
+        version: &ObjectVersion,
+        units: u32,
+    ) -> Option<Range<u64>> {
+        let mut issued: Option<Range<u64>> = None;
+        let missing: Vec<u64> = plan
+            .ahead
+            .clone()
+            .filter(|i| !st.prefetched.contains_key(i) && !st.held_ahead.contains(i))
+            .collect();
+        'spans: for span in planner.requests(plan, &missing) {
+            // Blocks a tier already holds are not loaded ahead: a reader that stops
+            // before them (as the reader of one range of a file split between
+            // readers does) would have read them from disk for nothing. They are
+            // loaded a few blocks ahead of the reader instead (below).
+            let (held, to_fetch): (Vec<u64>, Vec<u64>) =
+                span.partition(|i| self.view.cache.has_block(version, *i));
+            st.held_ahead.extend(held);
+            for run in split_spans(&to_fetch, u64::MAX) {
+                let fetched = self.fetch_ahead(st, run.clone(), units);
+                if fetched.is_empty() {
+                    break 'spans; // total budget exhausted: read on demand
+                }
+                let from = issued.as_ref().map_or(run.start, |r| r.start);
+                let to = issued
+                    .as_ref()
+                    .map_or(fetched.end, |r| r.end.max(fetched.end));
+                issued = Some(from..to);
+                if fetched.end < run.end {
+                    break 'spans;
+                }
+            }
+        }
+        let near: Vec<u64> = st
+            .held_ahead
+            .range(plan.held_near.clone())
+            .copied()
+            .collect();
+        for i in near {
+            if !self.view.cache.has_block(version, i) {
+                // Evicted since the window reached it, and likely the blocks after
+                // it too: the window fetches them again (each checked anew) in
+                // large requests, not the reader a block at a time from here.
+                st.held_ahead.clear();
+                break;
+            }
+            st.held_ahead.remove(&i);
+            if self.fetch_ahead(st, i..i + 1, units).is_empty() {
+                break;
+            }
+        }
+        issued
+    }
+
+    /// Keeps block `index`, just read, in `recent` (see `ReaderState::recent`) unless it is
+    /// there already.
+    fn keep_recent(&self, st: &mut ReaderState, index: u64, block: &Bytes, units: u32) {
+        if st.recent.iter().any(|(ri, _, _)| *ri == index) {
+            return;
+        }
+        // The block's own readahead permit, or the one of the block it replaces, else one
+        // if the budget has room.
+        let own = st.prefetched.remove(&index).map(|(_, p)| p);
+        let replaced = match st.recent.len() {
+            RECENT_BLOCKS.. => st.recent.pop_front().and_then(|(_, _, p)| p),
+            _ => None,
+        };
+        let permit = own.or(replaced).or_else(|| {
+            self.view
+                .readahead
+                .total
+                .clone()
+                .try_acquire_many_owned(units)
+                .ok()
+        });
+        st.recent.push_back((index, block.clone(), permit));
+    }
+
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
         let Some(version) = self.stat.version.clone() else {
@@ -239,91 +369,20 @@ impl FileReader {
             if plan.read.is_empty() {
                 return Ok(Bytes::new());
             }
-            match (st.readahead.counted, plan.state.counted) {
-                (false, true) => {
-                    limits.sequential_readers.fetch_add(1, Ordering::Relaxed);
-                }
-                (true, false) => {
-                    limits.sequential_readers.fetch_sub(1, Ordering::Relaxed);
-                }
-                _ => {}
-            }
-            st.readahead = plan.state;
-            if plan.restart {
-                st.prefetched.clear();
-                st.held_ahead.clear();
-            }
-            st.prefetched.retain(|i, _| *i >= plan.keep_from);
-            st.held_ahead.retain(|i| *i >= plan.keep_from);
-            // A prefetched block stays listed until a read of it completes (it then moves
-            // to `recent`): the other kernel reads of the same block that arrive while it
-            // is on its way wait for the same fetch instead of reading it from the cache.
-            let wanted: Vec<(u64, Wanted)> = plan
-                .read
-                .clone()
-                .map(|i| {
-                    // Read now: not to be loaded ahead again (a reordered read can reach
-                    // a held block before the reader nears it).
-                    st.held_ahead.remove(&i);
-                    if let Some((_, b, _)) = st.recent.iter().find(|(ri, _, _)| *ri == i) {
-                        return (i, Wanted::Ready(b.clone()));
-                    }
-                    match st.prefetched.get(&i) {
-                        Some((f, _)) => (i, Wanted::Prefetched(f.clone())),
-                        None => (i, Wanted::Fetch),
-                    }
-                })
-                .collect();
-            // The first block this read starts fetching (on demand or ahead), if any.
-            let mut fetch_from = wanted
+            st.advance(&plan, &limits.sequential_readers);
+            let wanted = st.wanted(plan.read.clone());
+            let ahead = self.fetch_window(&mut st, &planner, &plan, &version, units);
+            // What this read starts fetching, on demand or ahead, if anything.
+            let on_demand = wanted
                 .iter()
                 .find(|(_, w)| matches!(w, Wanted::Fetch))
                 .map(|(i, _)| *i);
-            let mut issued_end = plan.read.end;
-            let missing: Vec<u64> = plan
-                .ahead
-                .clone()
-                .filter(|i| !st.prefetched.contains_key(i) && !st.held_ahead.contains(i))
-                .collect();
-            'spans: for span in planner.requests(&plan, &missing) {
-                // Blocks a tier already holds are not loaded ahead: a reader that stops
-                // before them (as the reader of one range of a file split between
-                // readers does) would have read them from disk for nothing. They are
-                // loaded a few blocks ahead of the reader instead (below).
-                let (held, to_fetch): (Vec<u64>, Vec<u64>) =
-                    span.partition(|i| self.view.cache.has_block(&version, *i));
-                st.held_ahead.extend(held);
-                for run in split_spans(&to_fetch, u64::MAX) {
-                    let fetched = self.fetch_ahead(&mut st, run.clone(), units);
-                    if fetched.is_empty() {
-                        break 'spans; // total budget exhausted: read on demand
-                    }
-                    fetch_from.get_or_insert(run.start);
-                    issued_end = issued_end.max(fetched.end);
-                    if fetched.end < run.end {
-                        break 'spans;
-                    }
-                }
-            }
-            let near: Vec<u64> = st
-                .held_ahead
-                .range(plan.held_near.clone())
-                .copied()
-                .collect();
-            for i in near {
-                if !self.view.cache.has_block(&version, i) {
-                    // Evicted since the window reached it, and likely the blocks after
-                    // it too: the window fetches them again (each checked anew) in
-                    // large requests, not the reader a block at a time from here.
-                    st.held_ahead.clear();
-                    break;
-                }
-                st.held_ahead.remove(&i);
-                if self.fetch_ahead(&mut st, i..i + 1, units).is_empty() {
-                    break;
-                }
-            }
-            let preallocate = fetch_from.map(|from| from..issued_end);
+            let issued_end = ahead
+                .as_ref()
+                .map_or(plan.read.end, |a| a.end.max(plan.read.end));
+            let preallocate = on_demand
+                .or(ahead.map(|a| a.start))
+                .map(|from| from..issued_end);
             (plan, wanted, preallocate)
         };
         let (first, last, end) = (plan.read.start, plan.read.end - 1, plan.end);
@@ -358,25 +417,8 @@ impl FileReader {
         .await?;
         let read_whole = {
             let mut st = self.state.lock().expect("reader");
-            if let Some(b) = blocks.last()
-                && st.recent.iter().all(|(ri, _, _)| *ri != last)
-            {
-                // The block's own readahead permit, or the one of the block it replaces,
-                // else one if the budget has room.
-                let own = st.prefetched.remove(&last).map(|(_, p)| p);
-                let replaced = match st.recent.len() {
-                    RECENT_BLOCKS.. => st.recent.pop_front().and_then(|(_, _, p)| p),
-                    _ => None,
-                };
-                let permit = own.or(replaced).or_else(|| {
-                    self.view
-                        .readahead
-                        .total
-                        .clone()
-                        .try_acquire_many_owned(units)
-                        .ok()
-                });
-                st.recent.push_back((last, b.clone(), permit));
+            if let Some(b) = blocks.last() {
+                self.keep_recent(&mut st, last, b, units);
             }
             st.note_served(offset, end - offset, version.size)
         };
