@@ -1,0 +1,373 @@
+//! Metadata of a dataset: stat and list through the metadata cache (answers kept one
+//! TTL, refreshed in the background once stale, one request per path however many ask),
+//! the synthetic directories above source mount paths, and glob expansion.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::{DatasetView, DirEntry, DirListing, EntryKind, FileStat};
+use crate::cache::ObjectVersion;
+use crate::glob::PathGlobs;
+use crate::metadata::Lookup;
+use crate::path::DatasetPath;
+use crate::source::Source;
+use crate::{Error, Result};
+
+impl DatasetView {
+    /// Takes the metadata of what the disk tier holds as known, without asking the
+    /// sources: a restarted agent serves its cached files (and their parent
+    /// directories) for one metadata TTL, also while a source is unreachable. A view
+    /// replacing another then takes what the old one had seen ([`Self::adopt_metadata`]),
+    /// or it would go back to an older cached version of a file changed upstream.
+    pub fn seed_metadata_from_cache(&self) {
+        for (path, version, mtime) in self.cache.cached_versions() {
+            if !self.sources.iter().any(|s| s.name() == version.source) {
+                continue;
+            }
+            let mut dir = path.parent();
+            while let Some(d) = dir {
+                if d.is_root() {
+                    break;
+                }
+                dir = d.parent();
+                self.stats.insert(d.clone(), Some(FileStat::dir(d)));
+            }
+            self.stats.insert(
+                path.clone(),
+                Some(FileStat {
+                    path,
+                    kind: EntryKind::File,
+                    size: version.size,
+                    mtime,
+                    etag: Some(version.etag.clone()),
+                    version: Some(version),
+                }),
+            );
+        }
+    }
+
+    /// Takes over the stat and list answers `old` (the view this one replaces, over the
+    /// same sources) still holds, with the times they were fetched.
+    pub fn adopt_metadata(&self, old: &DatasetView) {
+        self.stats.adopt(&old.stats);
+        self.listings.adopt(&old.listings);
+    }
+
+    /// The metadata TTL.
+    pub fn metadata_ttl(&self) -> Duration {
+        self.stats.ttl()
+    }
+
+    /// The source a path falls in and the key relative to it.
+    fn resolve(&self, path: &DatasetPath) -> Option<(&Arc<Source>, String)> {
+        self.sources
+            .iter()
+            .filter_map(|s| {
+                path.strip_prefix(s.mount_path())
+                    .map(|rel| (s, rel.to_string()))
+            })
+            .max_by_key(|(s, _)| s.mount_path().as_str().len())
+    }
+
+    /// Children of a path above (or between) source mount paths, if it is one.
+    fn virtual_children(&self, path: &DatasetPath) -> Option<Vec<String>> {
+        let mut names: Vec<String> = self
+            .sources
+            .iter()
+            .filter(|s| s.mount_path() != path)
+            .filter_map(|s| {
+                let rest = s.mount_path().strip_prefix(path)?;
+                rest.split('/').next().map(str::to_string)
+            })
+            .filter(|n| !n.is_empty())
+            .collect();
+        if names.is_empty() {
+            return None;
+        }
+        names.sort();
+        names.dedup();
+        Some(names)
+    }
+
+    /// Stat of a file or directory.
+    pub async fn stat(self: &Arc<Self>, path: &DatasetPath) -> Result<FileStat> {
+        Ok(self.stat_until(path).await?.0)
+    }
+
+    /// Stat of a file or directory, and until when a cache that keeps the answer (the
+    /// kernel's, through FUSE) may keep it: until its background refresh is due here, or
+    /// its expiry once that is due (see [`crate::metadata::Lookup`]). Given a whole TTL,
+    /// an answer that had aged here would show a change upstream up to twice the TTL late.
+    pub async fn stat_until(self: &Arc<Self>, path: &DatasetPath) -> Result<(FileStat, Instant)> {
+        match self.stat_opt(path).await? {
+            Some(s) => Ok(s),
+            None => Err(Error::NotFound {
+                path: path.to_string(),
+            }),
+        }
+    }
+
+    async fn stat_opt(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<(FileStat, Instant)>> {
+        let valid_until = || self.stats.keep_new_until();
+        // Mount paths never nest (validated), so a path with sources below it is not
+        // inside any source: a synthetic directory.
+        if self.virtual_children(path).is_some() {
+            return Ok(Some((FileStat::dir(path.clone()), valid_until())));
+        }
+        let Some((_, rel)) = self.resolve(path) else {
+            return Ok(None);
+        };
+        if rel.is_empty() {
+            return Ok(Some((FileStat::dir(path.clone()), valid_until())));
+        }
+        match self.stats.get(path) {
+            Lookup::Fresh(v, keep) => return Ok(v.map(|s| (s, keep))),
+            Lookup::Stale(v, keep) => {
+                self.refresh_in_background(path.clone());
+                return Ok(v.map(|s| (s, keep)));
+            }
+            Lookup::Missing => {}
+        }
+        // A fresh listing of the parent answers without a request.
+        if let Some(parent) = path.parent() {
+            let found = match self.listings.get(&parent) {
+                Lookup::Fresh(listing, keep) => Some((listing, keep)),
+                Lookup::Stale(listing, keep) => {
+                    self.refresh_listing_in_background(parent);
+                    Some((listing, keep))
+                }
+                Lookup::Missing => None,
+            };
+            if let Some((listing, keep)) = found {
+                let name = path.file_name().unwrap_or_default();
+                return Ok(listing.find(name).map(|e| (e.stat.clone(), keep)));
+            }
+        }
+        let stat = self.fetch_stat(path.clone()).await?;
+        Ok(stat.map(|s| (s, valid_until())))
+    }
+
+    fn refresh_in_background(self: &Arc<Self>, path: DatasetPath) {
+        if !self
+            .refreshing
+            .lock()
+            .expect("refreshing")
+            .insert(path.clone())
+        {
+            return;
+        }
+        let view = self.clone();
+        self.handle.spawn(async move {
+            let _ = view.fetch_stat(path.clone()).await;
+            view.refreshing.lock().expect("refreshing").remove(&path);
+        });
+    }
+
+    async fn fetch_stat(self: &Arc<Self>, path: DatasetPath) -> Result<Option<FileStat>> {
+        let view = self.clone();
+        let p = path.clone();
+        self.meta_flights
+            .run(
+                path,
+                move || async move {
+                    let (source, rel) = view.resolve(&p).expect("resolved before");
+                    let source = source.clone();
+                    let stat = match view.noted(source.head(&rel).await)? {
+                        Some(info) => Some(FileStat {
+                            path: p.clone(),
+                            kind: EntryKind::File,
+                            size: info.size,
+                            mtime: info.mtime,
+                            etag: Some(info.etag.clone()),
+                            version: Some(ObjectVersion::new(
+                                source.name(),
+                                info.key,
+                                info.etag,
+                                info.size,
+                            )),
+                        }),
+                        None => {
+                            let listing = view.noted(source.list_dir(&rel).await)?;
+                            if listing.dirs.is_empty() && listing.files.is_empty() {
+                                None
+                            } else {
+                                Some(FileStat::dir(p.clone()))
+                            }
+                        }
+                    };
+                    view.stats.insert(p, stat.clone());
+                    Ok(stat)
+                },
+                |e| Err(Error::Task(e)),
+            )
+            .await
+    }
+
+    /// Lists a directory. The listing is fetched once per metadata TTL and shared.
+    pub async fn list(self: &Arc<Self>, path: &DatasetPath) -> Result<Arc<DirListing>> {
+        Ok(self.list_until(path).await?.0)
+    }
+
+    /// Lists a directory, and says until when the listing is valid (see
+    /// [`Self::stat_until`]).
+    pub async fn list_until(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+    ) -> Result<(Arc<DirListing>, Instant)> {
+        let valid_until = || self.listings.keep_new_until();
+        if let Some(names) = self.virtual_children(path) {
+            let entries = names
+                .into_iter()
+                .filter_map(|n| {
+                    let p = path.join(&n).ok()?;
+                    Some(DirEntry {
+                        name: n,
+                        stat: FileStat::dir(p),
+                    })
+                })
+                .collect();
+            return Ok((Arc::new(DirListing { entries }), valid_until()));
+        }
+        match self.listings.get(path) {
+            Lookup::Fresh(l, keep) => return Ok((l, keep)),
+            Lookup::Stale(l, keep) => {
+                self.refresh_listing_in_background(path.clone());
+                return Ok((l, keep));
+            }
+            Lookup::Missing => {}
+        }
+        let stat = self.stat(path).await?;
+        if !stat.is_dir() {
+            return Err(Error::NotDirectory {
+                path: path.to_string(),
+            });
+        }
+        let listing = self.fetch_listing(path.clone()).await?;
+        Ok((listing, valid_until()))
+    }
+
+    fn refresh_listing_in_background(self: &Arc<Self>, path: DatasetPath) {
+        // Keyed apart from a stat refresh of the same path.
+        let key = path.clone();
+        if !self
+            .refreshing_listings
+            .lock()
+            .expect("refreshing")
+            .insert(key)
+        {
+            return;
+        }
+        let view = self.clone();
+        self.handle.spawn(async move {
+            let _ = view.fetch_listing(path.clone()).await;
+            view.refreshing_listings
+                .lock()
+                .expect("refreshing")
+                .remove(&path);
+        });
+    }
+
+    async fn fetch_listing(self: &Arc<Self>, path: DatasetPath) -> Result<Arc<DirListing>> {
+        let view = self.clone();
+        let p = path.clone();
+        self.list_flights
+            .run(
+                path,
+                move || async move {
+                    let Some((source, rel)) = view.resolve(&p) else {
+                        return Err(Error::NotFound {
+                            path: p.to_string(),
+                        });
+                    };
+                    let source = source.clone();
+                    let listing = view.noted(source.list_dir(&rel).await)?;
+                    let mut by_name: BTreeMap<String, DirEntry> = BTreeMap::new();
+                    for d in listing.dirs {
+                        let Ok(child) = p.join(&d) else { continue };
+                        by_name.insert(
+                            d.clone(),
+                            DirEntry {
+                                name: d,
+                                stat: FileStat::dir(child),
+                            },
+                        );
+                    }
+                    for f in listing.files {
+                        let name = f.key.rsplit('/').next().unwrap_or(&f.key).to_string();
+                        // Keys that are not valid dataset paths (e.g. "a/../b") are hidden.
+                        let Ok(child) = p.join(&name) else { continue };
+                        // A file wins over a prefix of the same name.
+                        by_name.insert(
+                            name.clone(),
+                            DirEntry {
+                                name,
+                                stat: FileStat {
+                                    path: child,
+                                    kind: EntryKind::File,
+                                    size: f.size,
+                                    mtime: f.mtime,
+                                    etag: Some(f.etag.clone()),
+                                    version: Some(ObjectVersion::new(
+                                        source.name(),
+                                        f.key,
+                                        f.etag,
+                                        f.size,
+                                    )),
+                                },
+                            },
+                        );
+                    }
+                    let listing = Arc::new(DirListing {
+                        entries: by_name.into_values().collect(),
+                    });
+                    // Fresher than any stat cached for the children.
+                    for e in &listing.entries {
+                        view.stats.remove(&e.stat.path);
+                    }
+                    view.listings.insert(p, listing.clone());
+                    Ok(listing)
+                },
+                |e| Err(Error::Task(e)),
+            )
+            .await
+    }
+
+    /// Forgets cached metadata of a path (and its parent's listing).
+    pub fn invalidate(&self, path: &DatasetPath) {
+        self.stats.remove(path);
+        self.listings.remove(path);
+        if let Some(parent) = path.parent() {
+            self.listings.remove(&parent);
+        }
+    }
+
+    /// Every file under the globs' common directory that matches them.
+    pub async fn expand_globs(self: &Arc<Self>, globs: &PathGlobs) -> Result<Vec<FileStat>> {
+        let mut out = Vec::new();
+        let start = globs.literal_prefix();
+        let mut queue = VecDeque::from([start]);
+        while let Some(dir) = queue.pop_front() {
+            let stat = match self.stat(&dir).await {
+                Ok(s) => s,
+                Err(e) if e.is_not_found() => continue,
+                Err(e) => return Err(e),
+            };
+            if !stat.is_dir() {
+                if globs.matches(&stat.path) {
+                    out.push(stat);
+                }
+                continue;
+            }
+            let listing = self.list(&dir).await?;
+            for e in &listing.entries {
+                if e.stat.is_dir() {
+                    queue.push_back(e.stat.path.clone());
+                } else if globs.matches(&e.stat.path) {
+                    out.push(e.stat.clone());
+                }
+            }
+        }
+        Ok(out)
+    }
+}

@@ -1,0 +1,180 @@
+//! A dataset as the engine serves it: several sources under one namespace, a metadata
+//! cache and a share of the block cache. Every entry point (FUSE, HTTP, preload jobs)
+//! goes through [`DatasetView`].
+//!
+//! The view is split by role: `entry` (stats and listings as returned), `metadata`
+//! (stat, list, the metadata cache), `fetch` (blocks from a tier or a source, single
+//! flight), `reader` ([`FileReader`]), `readahead` (the readahead planner and limits),
+//! `preload`, `prefetch` (directory prefetch) and `usage` (usage, pins, source errors).
+
+mod entry;
+mod fetch;
+mod metadata;
+mod prefetch;
+mod preload;
+mod readahead;
+mod reader;
+mod usage;
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::SystemTime;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::cache::DatasetCache;
+use crate::config::DatasetConfig;
+use crate::metadata::TtlCache;
+use crate::metrics::Metrics;
+use crate::path::DatasetPath;
+use crate::singleflight::SingleFlight;
+use crate::source::Source;
+use crate::{Error, Result};
+
+pub use entry::{DirEntry, DirListing, EntryKind, FileStat};
+pub use fetch::MAX_SPAN_BYTES;
+pub use preload::{PRELOAD_MAX_FETCHES, PreloadProgress, PreloadReport};
+pub use readahead::{READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadLimits};
+pub use reader::FileReader;
+pub use usage::DatasetUsage;
+
+use fetch::BlockResult;
+use prefetch::DirectoryScan;
+
+/// Most metadata entries kept per dataset (stat and listings each).
+const MAX_METADATA_ENTRIES: usize = 200_000;
+
+/// A dataset as served by this node.
+pub struct DatasetView {
+    config: DatasetConfig,
+    id: String,
+    sources: Vec<Arc<Source>>,
+    cache: Arc<DatasetCache>,
+    stats: TtlCache<DatasetPath, Option<FileStat>>,
+    listings: TtlCache<DatasetPath, Arc<DirListing>>,
+    meta_flights: SingleFlight<DatasetPath, Result<Option<FileStat>>>,
+    list_flights: SingleFlight<DatasetPath, Result<Arc<DirListing>>>,
+    block_flights: SingleFlight<(Arc<str>, u64), BlockResult>,
+    refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
+    refreshing_listings: Mutex<std::collections::HashSet<DatasetPath>>,
+    readahead: ReadaheadLimits,
+    directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
+    // The last failed request to a source (not a "not found") since the reporter took it.
+    last_source_error: Mutex<Option<(String, SystemTime)>>,
+    metrics: Arc<Metrics>,
+    totals: Mutex<Option<(u64, u64)>>,
+    // Cancelled when the dataset is removed from the agent: preloads stop.
+    removed: CancellationToken,
+    handle: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for DatasetView {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetView").field("id", &self.id).finish()
+    }
+}
+
+impl DatasetView {
+    /// Builds a view. Used by [`crate::agent::Agent::add_dataset`]; sources are built but
+    /// not contacted.
+    pub fn new(
+        config: DatasetConfig,
+        cache: Arc<DatasetCache>,
+        readahead: ReadaheadLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        config.validate()?;
+        let id = format!("{}/{}", config.namespace, config.name);
+        let sources = config
+            .sources
+            .iter()
+            .map(|s| Source::new(s, &id, metrics.clone()).map(Arc::new))
+            .collect::<Result<Vec<_>>>()?;
+        Self::with_sources(config, sources, cache, readahead, metrics)
+    }
+
+    /// Builds a view over already built sources (tests use this to wrap stores).
+    pub fn with_sources(
+        config: DatasetConfig,
+        sources: Vec<Arc<Source>>,
+        cache: Arc<DatasetCache>,
+        readahead: ReadaheadLimits,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        let id = format!("{}/{}", config.namespace, config.name);
+        let ttl = config.cache.metadata_ttl;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::Task("DatasetView must be created inside a tokio runtime".into())
+        })?;
+        let stats = TtlCache::new(ttl, MAX_METADATA_ENTRIES);
+        Ok(Arc::new(DatasetView {
+            config,
+            id,
+            sources,
+            cache,
+            stats,
+            listings: TtlCache::new(ttl, MAX_METADATA_ENTRIES / 10),
+            meta_flights: SingleFlight::default(),
+            list_flights: SingleFlight::default(),
+            block_flights: SingleFlight::default(),
+            refreshing: Mutex::new(Default::default()),
+            refreshing_listings: Mutex::new(Default::default()),
+            readahead,
+            directory_scans: Mutex::new(HashMap::new()),
+            last_source_error: Mutex::new(None),
+            metrics,
+            totals: Mutex::new(None),
+            removed: CancellationToken::new(),
+            handle,
+        }))
+    }
+
+    /// Marks the dataset removed from the agent: preloads under way stop with
+    /// [`Error::DatasetRemoved`] (their fetches would fill a cache nobody serves from).
+    pub fn close(&self) {
+        self.removed.cancel();
+    }
+
+    /// "namespace/name".
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// Namespace.
+    pub fn namespace(&self) -> &str {
+        &self.config.namespace
+    }
+
+    /// Name.
+    pub fn name(&self) -> &str {
+        &self.config.name
+    }
+
+    /// The configuration this view was built from.
+    pub fn config(&self) -> &DatasetConfig {
+        &self.config
+    }
+
+    /// The sources.
+    pub fn sources(&self) -> &[Arc<Source>] {
+        &self.sources
+    }
+
+    /// The block cache share of this dataset.
+    pub fn cache(&self) -> &Arc<DatasetCache> {
+        &self.cache
+    }
+
+    /// Block size.
+    pub fn block_size(&self) -> u64 {
+        self.cache.block_size()
+    }
+
+    /// Contacts every source once; errors name the source.
+    pub async fn check_sources(&self) -> Result<()> {
+        for s in &self.sources {
+            s.check().await?;
+        }
+        Ok(())
+    }
+}
