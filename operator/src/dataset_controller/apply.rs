@@ -2,7 +2,6 @@
 //! writes its part of the status being built and returns the problem it found;
 //! the problems together pick the phase, Ready and when to look again.
 
-use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use kube::runtime::controller::Action;
 use strata_crds::{Dataset, DatasetPhase, DatasetStatus, condition};
@@ -16,9 +15,7 @@ use crate::Result;
 use crate::agent_config;
 use crate::conditions::reason;
 use crate::context::Context;
-use crate::node_reports::{
-    self, DatasetUsage, NodeReportedError, cached_percent, non_negative, to_api,
-};
+use crate::node_reports::NodeReportedError;
 use crate::policy_resolution::{Resolution, resolve};
 
 /// Runs the steps of a live Dataset in order and writes the status they build.
@@ -40,7 +37,8 @@ pub(super) async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     let source_problem = sources::check_sources(ds, ctx, &access, &old, &mut status).await;
     hand_to_agents(ds, ctx, &access, &resolution).await?;
     volumes::apply_volumes(ds, ctx).await?;
-    let usage = record_usage(&mut status, ds, ctx);
+    let usage = ctx.dataset_usage(ds);
+    usage.write_into(&mut status);
     let node_problem = record_node_health(&mut status, &usage.errors);
     job_runs::record_job_runs(&mut status, ctx, ds, &usage.jobs);
     let problems = Problems {
@@ -128,35 +126,6 @@ async fn hand_to_agents(
         &agent_config::to_yaml(&config)?,
     )
     .await
-}
-
-/// What the nodes hold: cachedBytes, hits, misses, nodes and cachedPercent.
-fn record_usage(status: &mut DatasetStatus, ds: &Dataset, ctx: &Context) -> DatasetUsage {
-    let live = ctx.live_nodes();
-    let usage = node_reports::usage_of(
-        live.iter().map(|n| n.as_ref()),
-        &ds.namespace().unwrap_or_default(),
-        &ds.name_any(),
-        ds.uid().as_deref(),
-        ctx.config.node_stale_after,
-        Timestamp::now(),
-    );
-    if !usage.nodes.is_empty() {
-        status.cached_bytes = Some(to_api(usage.cached_bytes));
-        status.hits = Some(to_api(usage.hits));
-        status.misses = Some(to_api(usage.misses));
-        status.nodes = Some(i32::try_from(usage.nodes.len()).unwrap_or(i32::MAX));
-        if let Some(total) = status.total_bytes {
-            status.cached_percent = Some(cached_percent(usage.cached_bytes, non_negative(total)));
-        }
-    } else {
-        status.nodes = Some(0);
-        status.cached_bytes = Some(0);
-        status.cached_percent = status
-            .total_bytes
-            .map(|t| cached_percent(0, non_negative(t)));
-    }
-    usage
 }
 
 /// NodesHealthy from the source errors live nodes report; returns the problem.

@@ -8,7 +8,6 @@ use tracing::info;
 
 use super::{agent_secret, volumes};
 use crate::context::Context;
-use crate::node_reports;
 use crate::{Error, Result};
 
 /// Deletion: stop serving, wait (bounded) for the agents to drop the dataset,
@@ -18,15 +17,7 @@ pub(super) async fn cleanup(ds: &Dataset, ctx: &Context) -> Result<Action> {
     let name = ds.name_any();
     agent_secret::remove_agent_config(ctx, &namespace, &name).await?;
 
-    let live = ctx.live_nodes();
-    let usage = node_reports::usage_of(
-        live.iter().map(|n| n.as_ref()),
-        &namespace,
-        &name,
-        ds.uid().as_deref(),
-        ctx.config.node_stale_after,
-        Timestamp::now(),
-    );
+    let usage = ctx.dataset_usage(ds);
     if !usage.nodes.is_empty() {
         let deleted_at = ds
             .metadata
