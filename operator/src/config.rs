@@ -119,7 +119,7 @@ pub struct OperatorConfig {
     #[arg(long, env = "STRATA_TOLERATIONS", default_value = "[]")]
     pub tolerations: String,
 
-    /// Memory tier size per node (a quantity such as `4Gi`).
+    /// Memory tier size per node (a size such as `4Gi`, as the agents' --memory reads it).
     #[arg(long, env = "STRATA_MEMORY_TIER_SIZE", default_value = "1Gi")]
     pub memory_tier_size: String,
 
@@ -131,7 +131,7 @@ pub struct OperatorConfig {
     )]
     pub disk_tier_path: String,
 
-    /// Disk tier size per node (a quantity such as `100Gi`).
+    /// Disk tier size per node (a size such as `100Gi`, as the agents' --disk reads it).
     #[arg(long, env = "STRATA_DISK_TIER_SIZE", default_value = "10Gi")]
     pub disk_tier_size: String,
 
@@ -255,7 +255,8 @@ impl OperatorConfig {
             ("memory-tier-size", &self.memory_tier_size),
             ("disk-tier-size", &self.disk_tier_size),
         ] {
-            strata_crds::parse_quantity_bytes(value).map_err(|e| Error::Config {
+            // Handed to the agents as --memory/--disk: checked with the parser they use.
+            strata_wire::config::parse_size(value).map_err(|e| Error::Config {
                 flag,
                 message: e.to_string(),
             })?;
