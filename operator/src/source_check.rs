@@ -218,7 +218,7 @@ fn build_store(
     uri: &SourceUri,
     creds: &AgentCredentials,
     limits: CheckLimits,
-) -> Result<Arc<dyn ObjectStore>, String> {
+) -> Result<Arc<dyn ObjectStore>, object_store::Error> {
     let client = ClientOptions::new()
         .with_timeout(limits.check_timeout)
         .with_connect_timeout(limits.check_timeout)
@@ -252,7 +252,7 @@ fn build_store(
                     b = b.with_config(key, v);
                 }
             }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
+            Arc::new(b.build()?)
         }
         Scheme::Gcs => {
             let mut b = object_store::gcp::GoogleCloudStorageBuilder::new()
@@ -267,7 +267,7 @@ fn build_store(
                     b = b.with_config(key, v);
                 }
             }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
+            Arc::new(b.build()?)
         }
         _ => {
             let mut b = object_store::azure::MicrosoftAzureBuilder::new()
@@ -297,7 +297,7 @@ fn build_store(
                     b = b.with_config(key, v);
                 }
             }
-            Arc::new(b.build().map_err(|e| e.to_string())?)
+            Arc::new(b.build()?)
         }
     };
     Ok(store)
