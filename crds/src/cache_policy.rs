@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::dataset::{JobRun, object_name};
 use crate::duration::DURATION_PATTERN;
-use crate::quantity::{deserialize_int_or_string, quantity_bytes};
+use crate::quantity::{byte_count_rule, deserialize_int_or_string, quantity_bytes};
 use crate::schedule::SCHEDULE_PATTERN;
 use crate::validation::{
     FieldErrors, MAX_RULES, MSG_BLOCK_SIZE, MSG_DURATION, MSG_POSITIVE_DURATION, MSG_QUOTA,
@@ -28,8 +28,14 @@ fn positive_duration_rule() -> String {
     )
 }
 
-const QUOTA_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).isGreaterThan(quantity('0'))";
-const BLOCK_SIZE_RULE: &str = "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() in [1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864]";
+const QUOTA_RULE: &str = concat!(
+    byte_count_rule!(),
+    " && quantity(string(self)).isGreaterThan(quantity('0'))"
+);
+const BLOCK_SIZE_RULE: &str = concat!(
+    byte_count_rule!(),
+    " && quantity(string(self)).asInteger() in [1048576, 2097152, 4194304, 8388608, 16777216, 33554432, 67108864]"
+);
 const REPLICAS_RULE: &str = "type(self) == int ? self >= 1 : self == 'All'";
 
 /// Smallest and largest block size, and the default.

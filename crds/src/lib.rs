@@ -31,7 +31,7 @@ pub use dataset::{
 };
 pub use duration::parse_duration;
 pub use error::{Error, FieldError, FieldErrorKind, Result};
-pub use quantity::{format_bytes, parse_quantity_bytes};
+pub use quantity::{BYTE_COUNT_RULE, format_bytes, parse_quantity_bytes};
 pub use schedule::Schedule;
 pub use source_uri::{Scheme, SourceUri};
 pub use strata_node::{

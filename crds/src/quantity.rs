@@ -1,13 +1,30 @@
 //! Kubernetes quantities (`4Mi`, `200Gi`, `1500M`, `1e9`) as byte counts.
 //!
 //! The grammar is apimachinery's `resource.Quantity`; a byte count must come
-//! out as a whole, non-negative number that fits in `u64`. The arithmetic is
-//! exact (integers only), so `1.5Gi` is 1610612736 and `0.5` is refused.
+//! out as a whole, non-negative number that fits in `i64`. The parser is the
+//! agents' own (`strata_wire::config::parse_quantity`, exact: `1.5Gi` is
+//! 1610612736 and `0.5` is refused), so a size the CRDs accept is read the same
+//! by every agent.
 
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use serde::Deserialize as _;
+use strata_wire::WireError;
 
 use crate::{Error, Result};
+
+/// The CEL rule text of a byte count, for `concat!` into the rules of size fields.
+/// `asInteger()` fails past 2^63-1 wherever CEL runs (the API server's `isInteger()`
+/// already stops there; kube-cel's, in the tests, does not).
+macro_rules! byte_count_rule {
+    () => {
+        "isQuantity(string(self)) && quantity(string(self)).isInteger() && quantity(string(self)).asInteger() >= 0"
+    };
+}
+pub(crate) use byte_count_rule;
+
+/// The CEL twin of [`parse_quantity_bytes`]: a Kubernetes quantity that is a whole
+/// number of bytes from 0 to 2^63-1. Size fields add their own bounds to it.
+pub const BYTE_COUNT_RULE: &str = byte_count_rule!();
 
 /// Parses a Kubernetes quantity into a whole number of bytes.
 ///
@@ -18,104 +35,13 @@ use crate::{Error, Result};
 /// assert!(strata_crds::parse_quantity_bytes("0.5").is_err());
 /// ```
 pub fn parse_quantity_bytes(value: &str) -> Result<u64> {
-    let err = |reason: &str| Error::Quantity {
+    strata_wire::config::parse_quantity(value).map_err(|e| Error::Quantity {
         value: value.to_string(),
-        reason: reason.to_string(),
-    };
-    let s = value.trim();
-    if s.is_empty() {
-        return Err(err("it is empty"));
-    }
-    let (negative, s) = match s.as_bytes()[0] {
-        b'-' => (true, &s[1..]),
-        b'+' => (false, &s[1..]),
-        _ => (false, s),
-    };
-    // Split the number (digits with at most one '.') from the suffix.
-    let number_len = s
-        .bytes()
-        .position(|b| !(b.is_ascii_digit() || b == b'.'))
-        .unwrap_or(s.len());
-    let (number, suffix) = s.split_at(number_len);
-    let (int_part, frac_part) = match number.split_once('.') {
-        Some((i, f)) => (i, f),
-        None => (number, ""),
-    };
-    if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
-        return Err(err("it must start with a number"));
-    }
-    // Value = digits * 10^(exp10) * 2^(exp2).
-    let digits = format!("{int_part}{frac_part}");
-    let digits = digits.trim_start_matches('0');
-    if digits.len() > 38 {
-        return Err(err("the number has too many digits"));
-    }
-    let mantissa: u128 = if digits.is_empty() {
-        0
-    } else {
-        digits
-            .parse()
-            .map_err(|_| err("the number does not parse"))?
-    };
-    let mut exp10: i64 = -(frac_part.len() as i64);
-    let mut exp2: u32 = 0;
-    match suffix {
-        "" => {}
-        "Ki" => exp2 = 10,
-        "Mi" => exp2 = 20,
-        "Gi" => exp2 = 30,
-        "Ti" => exp2 = 40,
-        "Pi" => exp2 = 50,
-        "Ei" => exp2 = 60,
-        "m" => exp10 -= 3,
-        "k" => exp10 += 3,
-        "M" => exp10 += 6,
-        "G" => exp10 += 9,
-        "T" => exp10 += 12,
-        "P" => exp10 += 15,
-        "E" => exp10 += 18,
-        _ if suffix.starts_with(['e', 'E']) => {
-            let exp: i64 = suffix[1..]
-                .parse()
-                .map_err(|_| err("the exponent after 'e' must be a whole number"))?;
-            if exp.abs() > 40 {
-                return Err(err("the exponent is out of range"));
-            }
-            exp10 += exp;
-        }
-        _ => {
-            return Err(err(
-                "unknown suffix; use Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E or none",
-            ));
-        }
-    }
-    if mantissa == 0 {
-        return Ok(0);
-    }
-    if negative {
-        return Err(err("a byte count cannot be negative"));
-    }
-    let too_big = || err("it is larger than 2^63-1 bytes");
-    let mut bytes = mantissa;
-    if exp10 >= 0 {
-        let scale = 10u128.checked_pow(exp10 as u32).ok_or_else(too_big)?;
-        bytes = bytes.checked_mul(scale).ok_or_else(too_big)?;
-    }
-    bytes = bytes.checked_mul(1u128 << exp2).ok_or_else(too_big)?;
-    if exp10 < 0 {
-        let scale = 10u128
-            .checked_pow((-exp10) as u32)
-            .ok_or_else(|| err("it is not a whole number of bytes"))?;
-        if !bytes.is_multiple_of(scale) {
-            return Err(err("it is not a whole number of bytes"));
-        }
-        bytes /= scale;
-    }
-    // Kubernetes quantities stop at 2^63-1; so does the API server's CEL `isInteger()`.
-    if bytes > i64::MAX as u128 {
-        return Err(too_big());
-    }
-    Ok(bytes as u64)
+        reason: match e {
+            WireError::Config { message, .. } => message,
+            other => other.to_string(),
+        },
+    })
 }
 
 /// [`parse_quantity_bytes`] on a [`Quantity`].

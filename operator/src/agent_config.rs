@@ -96,12 +96,12 @@ pub fn source_config(source: &Source, credentials: Option<&AgentCredentials>) ->
 
 /// The YAML document stored in the datasets Secret.
 pub fn to_yaml(config: &AgentDatasetConfig) -> Result<String> {
-    serde_yaml::to_string(config).map_err(|e| Error::Render {
+    serde_yaml::to_string(config).map_err(|source| Error::Render {
         what: format!(
             "agent config of dataset {}/{}",
             config.namespace, config.name
         ),
-        message: e.to_string(),
+        source,
     })
 }
 

@@ -9,11 +9,6 @@ use k8s_openapi::api::core::v1::Toleration;
 
 use crate::{Error, Result};
 
-/// Parses `30s`, `5m`, `1h` with the same grammar as the CRDs' durations.
-fn duration(text: &str) -> std::result::Result<Duration, String> {
-    strata_crds::parse_duration(text).map_err(|e| e.to_string())
-}
-
 /// All operator settings.
 #[derive(clap::Args, Clone, Debug)]
 pub struct OperatorConfig {
@@ -41,7 +36,7 @@ pub struct OperatorConfig {
 
     /// How long a leader's Lease is valid without renewal; a standby takes
     /// over at most this long after the leader dies.
-    #[arg(long, env = "STRATA_LEASE_DURATION", default_value = "15s", value_parser = duration)]
+    #[arg(long, env = "STRATA_LEASE_DURATION", default_value = "15s", value_parser = strata_crds::parse_duration)]
     pub lease_duration: Duration,
 
     /// Where /metrics and /healthz listen.
@@ -50,26 +45,26 @@ pub struct OperatorConfig {
 
     /// How often every Dataset is reconciled even without changes (re-lists
     /// sources, refreshes lastSyncTime).
-    #[arg(long, env = "STRATA_RESYNC_INTERVAL", default_value = "5m", value_parser = duration)]
+    #[arg(long, env = "STRATA_RESYNC_INTERVAL", default_value = "5m", value_parser = strata_crds::parse_duration)]
     pub resync_interval: Duration,
 
     /// How long one source check (connect and first listing page) may take
     /// before the source counts as unreachable.
-    #[arg(long, env = "STRATA_SOURCE_CHECK_TIMEOUT", default_value = "10s", value_parser = duration)]
+    #[arg(long, env = "STRATA_SOURCE_CHECK_TIMEOUT", default_value = "10s", value_parser = strata_crds::parse_duration)]
     pub source_check_timeout: Duration,
 
     /// How long a full listing (for totalBytes and files) may take; a source
     /// larger than this can list stays reachable but without a size.
-    #[arg(long, env = "STRATA_LISTING_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "STRATA_LISTING_TIMEOUT", default_value = "60s", value_parser = strata_crds::parse_duration)]
     pub listing_timeout: Duration,
 
     /// A StrataNode whose heartbeat is older than this is ignored in sums.
-    #[arg(long, env = "STRATA_NODE_STALE_AFTER", default_value = "3m", value_parser = duration)]
+    #[arg(long, env = "STRATA_NODE_STALE_AFTER", default_value = "3m", value_parser = strata_crds::parse_duration)]
     pub node_stale_after: Duration,
 
     /// How long a deleted Dataset's finalizer waits for the agents to stop
     /// reporting it before removing the volumes anyway.
-    #[arg(long, env = "STRATA_RELEASE_TIMEOUT", default_value = "60s", value_parser = duration)]
+    #[arg(long, env = "STRATA_RELEASE_TIMEOUT", default_value = "60s", value_parser = strata_crds::parse_duration)]
     pub release_timeout: Duration,
 
     /// Whether this operator creates the node DaemonSet and the CSIDriver
@@ -119,7 +114,7 @@ pub struct OperatorConfig {
     #[arg(long, env = "STRATA_TOLERATIONS", default_value = "[]")]
     pub tolerations: String,
 
-    /// Memory tier size per node (a quantity such as `4Gi`).
+    /// Memory tier size per node (a size such as `4Gi`, as the agents' --memory reads it).
     #[arg(long, env = "STRATA_MEMORY_TIER_SIZE", default_value = "1Gi")]
     pub memory_tier_size: String,
 
@@ -131,7 +126,7 @@ pub struct OperatorConfig {
     )]
     pub disk_tier_path: String,
 
-    /// Disk tier size per node (a quantity such as `100Gi`).
+    /// Disk tier size per node (a size such as `100Gi`, as the agents' --disk reads it).
     #[arg(long, env = "STRATA_DISK_TIER_SIZE", default_value = "10Gi")]
     pub disk_tier_size: String,
 
@@ -255,7 +250,8 @@ impl OperatorConfig {
             ("memory-tier-size", &self.memory_tier_size),
             ("disk-tier-size", &self.disk_tier_size),
         ] {
-            strata_crds::parse_quantity_bytes(value).map_err(|e| Error::Config {
+            // Handed to the agents as --memory/--disk: checked with the parser they use.
+            strata_wire::config::parse_size(value).map_err(|e| Error::Config {
                 flag,
                 message: e.to_string(),
             })?;
@@ -315,5 +311,20 @@ mod tests {
                 .to_string()
                 .contains("--tolerations")
         );
+    }
+
+    #[test]
+    fn tier_sizes_and_durations_use_the_grammar_of_their_readers() {
+        // The agents read the tier sizes (--memory, --disk); the CRDs' grammar the durations.
+        let cli = Cli::parse_from(["strata-operator", "--memory-tier-size", "512MiB"]);
+        cli.config.validate().unwrap();
+        let cli = Cli::parse_from(["strata-operator", "--disk-tier-size", "0.5"]);
+        let e = cli.config.validate().unwrap_err().to_string();
+        assert!(e.contains("--disk-tier-size"), "{e}");
+        let e = Cli::try_parse_from(["strata-operator", "--resync-interval", "1h30m"])
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(e.contains("invalid duration"), "{e}");
     }
 }

@@ -7,11 +7,11 @@ use std::time::{Duration, Instant};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
-use kube::Resource;
 use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
-use strata_crds::{CachePolicy, StrataNode};
+use kube::{Resource, ResourceExt};
+use strata_crds::{CachePolicy, Dataset, StrataNode};
 
 use crate::Result;
 use crate::config::OperatorConfig;
@@ -112,6 +112,18 @@ impl Context {
             listing_timeout: self.config.listing_timeout,
             success_ttl: self.config.resync_interval,
         }
+    }
+
+    /// What the live nodes report about `ds`, summed (see [`node_reports::usage_of`]).
+    pub fn dataset_usage(&self, ds: &Dataset) -> node_reports::DatasetUsage {
+        node_reports::usage_of(
+            self.nodes.state().iter().map(|n| n.as_ref()),
+            &ds.namespace().unwrap_or_default(),
+            &ds.name_any(),
+            ds.uid().as_deref(),
+            self.config.node_stale_after,
+            Timestamp::now(),
+        )
     }
 
     /// StrataNodes whose heartbeat is recent.

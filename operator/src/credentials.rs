@@ -14,7 +14,8 @@ pub use strata_crds::secret_keys::*;
 /// so the two cannot drift. `Debug` never shows a secret.
 pub type AgentCredentials = strata_wire::config::Credentials;
 
-/// Why a Secret cannot serve a source.
+/// Why a Secret cannot serve a source: a verdict on the user's Secret, reported as the
+/// `SecretKeyMissing` condition, not an operator error.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum CredentialsProblem {
     /// The Secret lacks (or has empty) `key`.

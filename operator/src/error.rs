@@ -1,4 +1,7 @@
-//! The operator's one error type.
+//! The operator's one error type: what stops a reconcile (an API call, a bad flag,
+//! a render). What a user can fix in their objects (a missing Secret key, an unknown
+//! policy, an unreachable source) is not an error: it becomes a condition and an event
+//! (`CredentialsProblem`, `SourceCheck::Failed`, `Resolution`), and the reconcile goes on.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -15,12 +18,13 @@ pub enum Error {
         source: kube::Error,
     },
     /// An object could not be rendered (a bug, or a value that cannot be serialized).
-    #[error("rendering {what}: {message}")]
+    #[error("rendering {what}: {source}")]
     Render {
         /// What was being rendered, e.g. `agent config for ml/imagenet`.
         what: String,
-        /// The serializer's message.
-        message: String,
+        /// What the serializer refused.
+        #[source]
+        source: serde_yaml::Error,
     },
     /// A flag or environment variable holds a bad value.
     #[error("invalid setting --{flag}: {message}")]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use strata_crds::{JobPhase, StrataNode};
+use strata_crds::{DatasetStatus, JobPhase, StrataNode};
 
 /// What the live nodes report about one dataset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,6 +23,30 @@ pub struct DatasetUsage {
     pub errors: Vec<NodeReportedError>,
     /// Progress of Job runs, by Job name, summed over the nodes.
     pub jobs: BTreeMap<String, JobProgress>,
+}
+
+impl DatasetUsage {
+    /// Writes the summed figures into a Dataset's status: cachedBytes, nodes
+    /// and, once a node reports the dataset, hits and misses. cachedPercent is
+    /// against `status.totalBytes`, so this runs after the sources were listed.
+    pub fn write_into(&self, status: &mut DatasetStatus) {
+        if !self.nodes.is_empty() {
+            status.cached_bytes = Some(to_api(self.cached_bytes));
+            status.hits = Some(to_api(self.hits));
+            status.misses = Some(to_api(self.misses));
+            status.nodes = Some(i32::try_from(self.nodes.len()).unwrap_or(i32::MAX));
+            if let Some(total) = status.total_bytes {
+                status.cached_percent =
+                    Some(cached_percent(self.cached_bytes, non_negative(total)));
+            }
+        } else {
+            status.nodes = Some(0);
+            status.cached_bytes = Some(0);
+            status.cached_percent = status
+                .total_bytes
+                .map(|t| cached_percent(0, non_negative(t)));
+        }
+    }
 }
 
 /// One node's last error reading the dataset's sources.
@@ -104,8 +128,10 @@ pub fn is_live(node: &StrataNode, stale_after: Duration, now: Timestamp) -> bool
     age <= i64::try_from(stale_after.as_secs()).unwrap_or(i64::MAX)
 }
 
-/// Sums what live nodes report for `namespace/name`. A report carrying a
-/// different uid is about an earlier dataset of the same name and is skipped.
+/// Sums what live nodes report for `namespace/name`: the one place per-node
+/// reports become a Dataset's figures (reconcile and cleanup both come here,
+/// through `Context::dataset_usage`). A report carrying a different uid is
+/// about an earlier dataset of the same name and is skipped.
 pub fn usage_of<'a>(
     nodes: impl IntoIterator<Item = &'a StrataNode>,
     namespace: &str,
@@ -300,6 +326,59 @@ mod tests {
                 node: "b".into(),
                 message: "source a: connection refused".into()
             }]
+        );
+    }
+
+    #[test]
+    fn status_gets_the_sums_once_a_node_reports() {
+        let usage = DatasetUsage {
+            cached_bytes: 250,
+            hits: 7,
+            misses: 3,
+            nodes: vec!["a".into(), "b".into()],
+            ..DatasetUsage::default()
+        };
+        let mut status = DatasetStatus {
+            total_bytes: Some(1_000),
+            ..DatasetStatus::default()
+        };
+        usage.write_into(&mut status);
+        assert_eq!(
+            (
+                status.cached_bytes,
+                status.hits,
+                status.misses,
+                status.nodes
+            ),
+            (Some(250), Some(7), Some(3), Some(2))
+        );
+        assert_eq!(status.cached_percent, Some(25));
+
+        let mut unlisted = DatasetStatus::default();
+        usage.write_into(&mut unlisted);
+        assert_eq!(unlisted.cached_percent, None, "no size, no percent");
+    }
+
+    #[test]
+    fn status_without_node_reports_says_nothing_is_cached() {
+        let mut status = DatasetStatus {
+            total_bytes: Some(1_000),
+            ..DatasetStatus::default()
+        };
+        DatasetUsage::default().write_into(&mut status);
+        assert_eq!((status.cached_bytes, status.nodes), (Some(0), Some(0)));
+        assert_eq!((status.hits, status.misses), (None, None));
+        assert_eq!(status.cached_percent, Some(0));
+
+        let mut empty = DatasetStatus {
+            total_bytes: Some(0),
+            ..DatasetStatus::default()
+        };
+        DatasetUsage::default().write_into(&mut empty);
+        assert_eq!(
+            empty.cached_percent,
+            Some(100),
+            "an empty dataset is complete"
         );
     }
 

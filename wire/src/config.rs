@@ -328,37 +328,148 @@ impl DatasetConfig {
     }
 }
 
-/// Parses a byte size: `1048576`, `512Ki`, `4Mi`, `1Gi`, `2Ti`, `10K`, `10M`, `10G`, `1T`.
+/// Parses a byte size, exactly (integers only, no float): the one size grammar of Strata.
+/// It is the Kubernetes quantity (`4Mi`, `200Gi`, `1500M`, `1e9`, `+7`; `1.5Gi` is
+/// 1610612736, `0.5` is refused) as a whole number of bytes up to 2^63-1, which is all
+/// the CRDs accept ([`parse_quantity`]), plus the spellings agents have always read in
+/// their config and flags: a `B` after the unit or alone (`512MiB`, `100MB`, `10B`),
+/// `K` for `k`, and a blank before the unit (`1 Gi`).
 pub fn parse_size(s: &str) -> Result<u64> {
-    let t = s.trim();
-    let split = t
-        .find(|c: char| !c.is_ascii_digit() && c != '.')
-        .unwrap_or(t.len());
-    let (num, unit) = t.split_at(split);
-    let mult: u64 = match unit.trim() {
-        "" | "B" => 1,
-        "K" | "k" | "KB" => 1000,
-        "M" | "MB" => 1000_u64.pow(2),
-        "G" | "GB" => 1000_u64.pow(3),
-        "T" | "TB" => 1000_u64.pow(4),
-        "Ki" | "KiB" => 1 << 10,
-        "Mi" | "MiB" => 1 << 20,
-        "Gi" | "GiB" => 1 << 30,
-        "Ti" | "TiB" => 1 << 40,
-        other => {
-            return Err(Error::config(
-                "size",
-                format!("{s:?}: unknown unit {other:?} (use e.g. 512Mi, 4Gi, 100M)"),
-            ));
-        }
-    };
-    let n: f64 = num
-        .parse()
-        .map_err(|_| Error::config("size", format!("{s:?} is not a size (use e.g. 512Mi, 4Gi)")))?;
-    if !n.is_finite() || n < 0.0 {
-        return Err(Error::config("size", format!("{s:?} must be non-negative")));
+    size_bytes(s, Spelling::Agent).map_err(|reason| {
+        Error::config(
+            "size",
+            format!("{s:?}: {reason} (use e.g. 512Mi, 4Gi, 100M)"),
+        )
+    })
+}
+
+/// A byte size in the Kubernetes quantity spelling alone: [`parse_size`] without the
+/// agents' extra spellings, as the CRDs' CEL rule (`isQuantity(...)` and
+/// `quantity(...).isInteger()`) accepts it. The error's message is the reason alone:
+/// the caller names the field and the value.
+pub fn parse_quantity(s: &str) -> Result<u64> {
+    size_bytes(s, Spelling::Kubernetes).map_err(|reason| Error::config("size", reason))
+}
+
+/// Which spellings of a size are read besides the Kubernetes quantity.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Spelling {
+    /// `resource.Quantity`: SI and binary suffixes, exponents, no blank inside.
+    Kubernetes,
+    /// Also the agents' old spellings: a blank before the unit, `K`, a trailing `B`.
+    Agent,
+}
+
+/// The value of `value` in bytes, or why it is not a byte count.
+fn size_bytes(value: &str, spelling: Spelling) -> std::result::Result<u64, &'static str> {
+    // Blanks around the value are dropped in both spellings (the CRDs' Rust twin always
+    // did; the API server refuses them before any twin sees the value).
+    let s = value.trim();
+    if s.is_empty() {
+        return Err("it is empty");
     }
-    Ok((n * mult as f64) as u64)
+    let (negative, s) = match s.as_bytes()[0] {
+        b'-' => (true, &s[1..]),
+        b'+' => (false, &s[1..]),
+        _ => (false, s),
+    };
+    // Split the number (digits with at most one '.') from the suffix.
+    let number_len = s
+        .bytes()
+        .position(|b| !(b.is_ascii_digit() || b == b'.'))
+        .unwrap_or(s.len());
+    let (number, suffix) = s.split_at(number_len);
+    let suffix = match spelling {
+        Spelling::Kubernetes => suffix,
+        Spelling::Agent => agent_suffix(suffix.trim_start()),
+    };
+    let (int_part, frac_part) = match number.split_once('.') {
+        Some((i, f)) => (i, f),
+        None => (number, ""),
+    };
+    if (int_part.is_empty() && frac_part.is_empty()) || frac_part.contains('.') {
+        return Err("it must start with a number");
+    }
+    // Value = digits * 10^(exp10) * 2^(exp2).
+    let digits = format!("{int_part}{frac_part}");
+    let digits = digits.trim_start_matches('0');
+    if digits.len() > 38 {
+        return Err("the number has too many digits");
+    }
+    let mantissa: u128 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse().map_err(|_| "the number does not parse")?
+    };
+    let mut exp10: i64 = -(frac_part.len() as i64);
+    let mut exp2: u32 = 0;
+    match suffix {
+        "" => {}
+        "Ki" => exp2 = 10,
+        "Mi" => exp2 = 20,
+        "Gi" => exp2 = 30,
+        "Ti" => exp2 = 40,
+        "Pi" => exp2 = 50,
+        "Ei" => exp2 = 60,
+        "m" => exp10 -= 3,
+        "k" => exp10 += 3,
+        "M" => exp10 += 6,
+        "G" => exp10 += 9,
+        "T" => exp10 += 12,
+        "P" => exp10 += 15,
+        "E" => exp10 += 18,
+        _ if suffix.starts_with(['e', 'E']) => {
+            let exp: i64 = suffix[1..]
+                .parse()
+                .map_err(|_| "the exponent after 'e' must be a whole number")?;
+            if exp.abs() > 40 {
+                return Err("the exponent is out of range");
+            }
+            exp10 += exp;
+        }
+        _ => {
+            return Err("unknown suffix; use Ki, Mi, Gi, Ti, Pi, Ei, k, M, G, T, P, E or none");
+        }
+    }
+    if mantissa == 0 {
+        return Ok(0);
+    }
+    if negative {
+        return Err("a byte count cannot be negative");
+    }
+    let too_big = "it is larger than 2^63-1 bytes";
+    let mut bytes = mantissa;
+    if exp10 >= 0 {
+        let scale = 10u128.checked_pow(exp10 as u32).ok_or(too_big)?;
+        bytes = bytes.checked_mul(scale).ok_or(too_big)?;
+    }
+    bytes = bytes.checked_mul(1u128 << exp2).ok_or(too_big)?;
+    if exp10 < 0 {
+        let scale = 10u128
+            .checked_pow((-exp10) as u32)
+            .ok_or("it is not a whole number of bytes")?;
+        if !bytes.is_multiple_of(scale) {
+            return Err("it is not a whole number of bytes");
+        }
+        bytes /= scale;
+    }
+    // Kubernetes quantities stop at 2^63-1; so does the API server's CEL `isInteger()`.
+    if bytes > i64::MAX as u128 {
+        return Err(too_big);
+    }
+    Ok(bytes as u64)
+}
+
+/// An agent's unit spelled as the Kubernetes suffix it means: `MiB` is `Mi`, `MB` is
+/// `M`, `B` is none, `K` and `KB` are `k`. Anything else is left for the quantity
+/// grammar to read or refuse.
+fn agent_suffix(unit: &str) -> &str {
+    let unit = match unit.strip_suffix('B') {
+        Some(prefix @ ("" | "K" | "k" | "M" | "G" | "T" | "P" | "E")) => prefix,
+        Some(prefix @ ("Ki" | "Mi" | "Gi" | "Ti" | "Pi" | "Ei")) => prefix,
+        _ => unit,
+    };
+    if unit == "K" { "k" } else { unit }
 }
 
 /// Parses a duration: seconds (`30`) or humantime (`30s`, `5m`, `1h30m`, `30d`).
@@ -548,5 +659,51 @@ cache:
         assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
         assert_eq!(parse_duration("45").unwrap(), Duration::from_secs(45));
         assert!(parse_duration("soon").is_err());
+    }
+
+    #[test]
+    fn sizes_are_exact_and_read_the_agents_old_spellings() {
+        // The agents' spellings, kept: a B unit, K, blanks before the unit.
+        for (text, want) in [
+            ("512MiB", 512 << 20),
+            ("100MB", 100_000_000),
+            ("10B", 10),
+            ("10K", 10_000),
+            ("10KB", 10_000),
+            ("1 Gi", 1 << 30),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), want, "{text}");
+            assert!(
+                parse_quantity(text).is_err(),
+                "{text} is no Kubernetes quantity"
+            );
+        }
+        // Every Kubernetes quantity reads the same in both.
+        for (text, want) in [
+            ("1e3", 1_000),
+            ("1000m", 1),
+            ("+7", 7),
+            ("-0", 0),
+            (".5Ki", 512),
+            ("7Ei", 7 << 60),
+            ("4.35M", 4_350_000),
+            (" 4Mi ", 4 << 20),
+        ] {
+            assert_eq!(parse_size(text).unwrap(), want, "{text}");
+            assert_eq!(parse_quantity(text).unwrap(), want, "{text}");
+        }
+        // Exact: no fraction of a byte, nothing past 2^63-1, no negative size.
+        for bad in [
+            "0.5",
+            "0.1Gi",
+            "512m",
+            "8Ei",
+            "99999999999999999999",
+            "-1Gi",
+            "",
+            "1e400",
+        ] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
     }
 }
