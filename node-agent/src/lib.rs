@@ -1,6 +1,6 @@
 //! strata-agent: the node agent over the cache engine (`strata-engine`).
 //!
-//! - [`fs`]: the read-only FUSE file system (passthrough for fully cached files);
+//! - [`fuse`]: the read-only FUSE file system (passthrough for fully cached files);
 //! - [`mounts`]: the dataset mounts the CSI plugin's volumes share;
 //! - [`api`]: the HTTP API (server, callers by role, job commands);
 //! - [`node_status`]: the StrataNode reporter (the only Kubernetes client here).
@@ -11,7 +11,9 @@
 #![forbid(unsafe_code)]
 
 pub mod api;
-pub mod fs;
+pub mod fuse;
+/// The FUSE module's path before it became a folder (`strata_agent::fs::mount`, ...).
+pub use fuse as fs;
 pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;

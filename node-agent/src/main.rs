@@ -10,7 +10,7 @@ use strata_agent::agent::{Agent, AgentConfig};
 use strata_agent::config::{
     CacheSettings, DatasetConfig, EvictionKind, SourceConfig, parse_duration, parse_size,
 };
-use strata_agent::fs::{MountOptions, mount};
+use strata_agent::fuse::{MountOptions, mount};
 
 #[derive(Parser, Debug)]
 #[command(name = "strata-agent", version, about = "Strata node cache agent")]
@@ -234,7 +234,7 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         cache: cache_settings(&args.cache),
     };
     // Refuse a bad mount point before touching any source.
-    strata_agent::fs::check_mountpoint(std::path::Path::new(&mountpoint))?;
+    strata_agent::fuse::check_mountpoint(std::path::Path::new(&mountpoint))?;
     let agent = Agent::new(agent_config(&args.cache)).await?;
     let view = agent.add_dataset(dataset).await?;
     view.check_sources().await?;

@@ -7,7 +7,7 @@
 use crate::api::error::{ApiError, Result};
 use crate::api::types::VolumeInfo;
 use crate::dataset::DatasetView;
-use crate::fs::{MountHandle, MountOptions};
+use crate::fuse::{MountHandle, MountOptions};
 use crate::metrics::Metrics;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{BTreeMap, BTreeSet};
@@ -193,7 +193,7 @@ impl MountRegistry {
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _guard = handle.enter();
-            crate::fs::mount(view, &path, options)
+            crate::fuse::mount(view, &path, options)
         })
         .await
         .map_err(|e| ApiError::Engine(crate::Error::Task(e.to_string())))?

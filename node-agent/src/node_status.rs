@@ -349,7 +349,7 @@ mod tests {
     async fn a_jobs_preload_shows_up_in_the_report() {
         use crate::api::client::AgentClient;
         use crate::api::server::{Access, ApiState, api_routes};
-        use crate::fs::MountOptions;
+        use crate::fuse::MountOptions;
         use crate::mounts::MountRegistry;
 
         let data = tempfile::tempdir().unwrap();

@@ -5,7 +5,7 @@ use super::datasets_dir::{self, DatasetsDir};
 use super::error::{ApiError, Result};
 use super::server::{Access, ApiState, api_routes, metrics_routes};
 use crate::agent::{Agent, AgentConfig, LocalPaths};
-use crate::fs::MountOptions;
+use crate::fuse::MountOptions;
 use crate::mounts::MountRegistry;
 use std::future::Future;
 use std::net::SocketAddr;
