@@ -33,11 +33,11 @@ enum Command {
     /// running agents to preload instead (see `strata-agent preload --agent URL --help`).
     Preload(PreloadArgs),
     /// Run as the node daemon: HTTP API, CSI volume mounts, --datasets-dir.
-    Serve(strata_agent::api::serve::ServeArgs),
+    Serve(strata_agent::serve::ServeArgs),
     /// Pin paths on running agents (and fetch them), as the operator's pin Jobs do.
-    Pin(strata_agent::api::jobs::PinJobArgs),
+    Pin(strata_agent::job_commands::PinJobArgs),
     /// Remove pins from running agents.
-    Unpin(strata_agent::api::jobs::JobArgs),
+    Unpin(strata_agent::job_commands::JobArgs),
 }
 
 #[derive(Args, Debug, Clone)]
@@ -344,11 +344,11 @@ fn tune_allocator() {
 
 async fn run() -> anyhow::Result<()> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if strata_agent::api::jobs::is_agent_preload(&argv) {
+    if strata_agent::job_commands::is_agent_preload(&argv) {
         // `preload --agent URL ...` (the operator's Jobs) talks to running agents.
-        let cli = <strata_agent::api::jobs::AgentPreloadCli as Parser>::parse_from(&argv[1..]);
+        let cli = <strata_agent::job_commands::AgentPreloadCli as Parser>::parse_from(&argv[1..]);
         init_tracing("warn", false);
-        strata_agent::api::jobs::preload(&cli.args, &mut std::io::stdout()).await?;
+        strata_agent::job_commands::preload(&cli.args, &mut std::io::stdout()).await?;
         return Ok(());
     }
     let cli = Cli::parse();
@@ -357,7 +357,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Mount(args) => run_mount(args).await,
         Command::Preload(args) => run_preload(args).await,
         Command::Serve(args) => {
-            strata_agent::api::serve::run(
+            strata_agent::serve::run(
                 args,
                 async {
                     if let Err(e) = wait_for_signal().await {
@@ -370,10 +370,10 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pin(args) => {
-            Ok(strata_agent::api::jobs::pin(&args, &mut std::io::stdout()).await?)
+            Ok(strata_agent::job_commands::pin(&args, &mut std::io::stdout()).await?)
         }
         Command::Unpin(args) => {
-            Ok(strata_agent::api::jobs::unpin(&args, &mut std::io::stdout()).await?)
+            Ok(strata_agent::job_commands::unpin(&args, &mut std::io::stdout()).await?)
         }
     }
 }

@@ -4,10 +4,10 @@
 //! under `<mount-root>/<namespace>/<name>` when its first volume arrives and
 //! unmounted when its last volume is released.
 
-use crate::api::error::{ApiError, Result};
-use crate::api::types::VolumeInfo;
 use crate::dataset::DatasetView;
 use crate::fuse::{MountHandle, MountOptions};
+use crate::http::error::{ApiError, Result};
+use crate::http::types::VolumeInfo;
 use crate::metrics::Metrics;
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{BTreeMap, BTreeSet};

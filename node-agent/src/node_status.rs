@@ -16,8 +16,8 @@ use strata_crds::{
     StrataNodeStatus, Tier, TierUsage, format_bytes,
 };
 
+use crate::activity::{ActivityBoard, DatasetActivity, RunPhase};
 use crate::agent::Agent;
-use crate::api::jobs::{ActivityBoard, DatasetActivity, RunPhase};
 
 /// How often the sources of the datasets this node uses are listed once, to find
 /// (and clear) errors that no preload has met, e.g. a node without a route to the
@@ -347,9 +347,9 @@ mod tests {
     /// the report shows it Running, afterwards Succeeded with every byte counted.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_jobs_preload_shows_up_in_the_report() {
-        use crate::api::client::AgentClient;
-        use crate::api::server::{Access, ApiState, api_routes};
         use crate::fuse::MountOptions;
+        use crate::http::client::AgentClient;
+        use crate::http::{Access, ApiState, api_routes};
         use crate::mounts::MountRegistry;
 
         let data = tempfile::tempdir().unwrap();

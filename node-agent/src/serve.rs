@@ -1,11 +1,11 @@
 //! `strata-agent serve`: the agent as a node daemon, with its HTTP API.
 
-use super::auth::{TcpAuth, TokenReviewer};
-use super::datasets_dir::{self, DatasetsDir};
-use super::error::{ApiError, Result};
-use super::server::{Access, ApiState, api_routes, metrics_routes};
 use crate::agent::{Agent, AgentConfig, LocalPaths};
+use crate::datasets_dir::{self, DatasetsDir};
 use crate::fuse::MountOptions;
+use crate::http::auth::{TcpAuth, TokenReviewer};
+use crate::http::error::{ApiError, Result};
+use crate::http::{Access, ApiState, api_routes, metrics_routes};
 use crate::mounts::MountRegistry;
 use std::future::Future;
 use std::net::SocketAddr;
@@ -295,7 +295,7 @@ async fn token_reviewer(audience: &str) -> Result<Arc<dyn TokenReviewer>> {
             "--job-token-audience checks job tokens with the Kubernetes API, which is not reachable: {e}"
         ))
     })?;
-    Ok(Arc::new(super::token_review::KubeTokenReviewer::new(
+    Ok(Arc::new(crate::http::token_review::KubeTokenReviewer::new(
         client, audience,
     )))
 }

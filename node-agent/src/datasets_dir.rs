@@ -2,8 +2,8 @@
 //! periodically so that a mounted Secret or ConfigMap can add, change and
 //! remove datasets without restarting the agent.
 
-use super::server::ApiState;
 use crate::config::DatasetConfig;
+use crate::http::ApiState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
