@@ -2,10 +2,10 @@
 //! source reads, per dataset: the HTTP API writes it, the StrataNode report carries it to
 //! the operator.
 
-use crate::http::types::PreloadProgress;
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::SystemTime;
+use strata_wire::api::types::PreloadProgress;
 
 /// Runs kept per dataset (the newest; one per Job name).
 pub const MAX_RUNS_PER_DATASET: usize = 8;
