@@ -109,7 +109,7 @@ impl DatasetsDir {
                 continue;
             }
             match state.agent.remove_dataset(&ns, &name, true).await {
-                Ok(()) | Err(crate::Error::DatasetNotFound { .. }) => {
+                Ok(()) | Err(strata_engine::Error::DatasetNotFound { .. }) => {
                     report.removed += 1;
                     self.loaded.remove(&(ns, name));
                 }

@@ -2,8 +2,8 @@
 //! preload and pin Jobs run against a node's agent (clients of its HTTP API).
 
 use crate::http::client::{AgentClient, read_token_file};
-use crate::http::error::{ApiError, Result};
 use crate::http::types::PreloadProgress;
+use crate::{Error, Result};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
@@ -92,7 +92,7 @@ impl JobArgs {
             .split_once('/')
             .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
             .ok_or_else(|| {
-                ApiError::bad_request(
+                Error::invalid(
                     "dataset",
                     format!("{:?} is not NAMESPACE/NAME", self.dataset),
                 )
@@ -100,17 +100,18 @@ impl JobArgs {
     }
 
     fn clients(&self) -> Result<Vec<AgentClient>> {
-        let token = match &self.token_file {
-            Some(file) => Some(read_token_file(file).map_err(|e| {
-                ApiError::io(format!("reading --token-file {}", file.display()), e)
-            })?),
-            None => None,
-        };
+        let token =
+            match &self.token_file {
+                Some(file) => Some(read_token_file(file).map_err(|e| {
+                    Error::io(format!("reading --token-file {}", file.display()), e)
+                })?),
+                None => None,
+            };
         self.agent
             .iter()
             .map(|url| {
                 if url.starts_with("http://") && token.is_none() {
-                    return Err(ApiError::bad_request(
+                    return Err(Error::invalid(
                         "token-file",
                         format!("{url} needs --token-file with the agent's bearer token"),
                     ));

@@ -36,7 +36,10 @@ pub mod api {
     pub use crate::{job_commands as jobs, serve};
 }
 
+pub mod error;
+pub use error::{Error, Result};
+
 pub use strata_engine::{
-    Error, Result, agent, block_writer, cache, config, dataset, error, eviction, glob, metadata,
-    metrics, path, sidecar, singleflight, source,
+    agent, block_writer, cache, config, dataset, eviction, glob, metadata, metrics, path, sidecar,
+    singleflight, source,
 };

@@ -17,8 +17,8 @@ use super::MAX_REQUEST_BYTES;
 use super::inodes::path_ino;
 use super::passthrough::OpenFile;
 use super::state::FsState;
-use crate::Error;
 use crate::dataset::FileStat;
+use strata_engine::Error;
 
 fn errno(e: &Error) -> Errno {
     Errno::from_i32(e.errno())

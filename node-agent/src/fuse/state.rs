@@ -11,7 +11,6 @@ use fuser::{FileAttr, FileType, INodeNo};
 use super::MAX_REQUEST_BYTES;
 use super::inodes::InodeTable;
 use super::passthrough::{InodeIo, OpenFile};
-use crate::Result;
 use crate::dataset::{DatasetView, DirListing, FileStat};
 use crate::path::DatasetPath;
 
@@ -80,7 +79,7 @@ impl FsState {
         fh: u64,
         path: &DatasetPath,
         offset: u64,
-    ) -> Result<TimedListing> {
+    ) -> strata_engine::Result<TimedListing> {
         if offset > 0
             && let Some(Some(listing)) = self.dirs.lock().expect("dirs").get(&fh)
         {

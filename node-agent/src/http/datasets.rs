@@ -1,10 +1,10 @@
 //! Dataset routes: list, get, register (`PUT`) and remove (`DELETE`) datasets.
 
 use super::auth::{Action, Caller};
-use super::error::{ApiError, Result};
 use super::server::{ApiState, V1, body, check_name, json, query, respond};
 use crate::config::DatasetConfig;
 use crate::dataset::DatasetView;
+use crate::{Error, Result};
 use bytes::Bytes;
 use http::StatusCode;
 use std::collections::HashMap;
@@ -64,9 +64,9 @@ async fn get_dataset(
 /// leaves them out, and must agree with it otherwise.
 pub fn parse_dataset_body(ns: &str, name: &str, body: &[u8]) -> Result<DatasetConfig> {
     let mut value: serde_json::Value = serde_json::from_slice(body)
-        .map_err(|e| ApiError::bad_request("body", format!("not a JSON DatasetConfig: {e}")))?;
+        .map_err(|e| Error::invalid("body", format!("not a JSON DatasetConfig: {e}")))?;
     let Some(object) = value.as_object_mut() else {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "body",
             "expected a JSON object (a DatasetConfig)",
         ));
@@ -81,7 +81,7 @@ pub fn parse_dataset_body(ns: &str, name: &str, body: &[u8]) -> Result<DatasetCo
             }
             Some(serde_json::Value::String(given)) if given == expected => {}
             Some(given) => {
-                return Err(ApiError::bad_request(
+                return Err(Error::invalid(
                     field,
                     format!("body says {given}, the URL says {expected:?}"),
                 ));
@@ -89,7 +89,7 @@ pub fn parse_dataset_body(ns: &str, name: &str, body: &[u8]) -> Result<DatasetCo
         }
     }
     let config: DatasetConfig = serde_json::from_value(value)
-        .map_err(|e| ApiError::bad_request("body", format!("invalid DatasetConfig: {e}")))?;
+        .map_err(|e| Error::invalid("body", format!("invalid DatasetConfig: {e}")))?;
     config.validate()?;
     Ok(config)
 }
@@ -125,7 +125,7 @@ async fn delete_dataset(
     state.view_for(&caller, Action::Register, &ns, &name)?;
     let volumes = state.mounts.dataset_volumes(&ns, &name).await;
     if !volumes.is_empty() {
-        return Err(ApiError::Conflict {
+        return Err(Error::Conflict {
             message: format!(
                 "dataset {ns}/{name} is mounted for {} volume(s) ({}); unpublish them (delete the pods) first",
                 volumes.len(),

@@ -2,10 +2,10 @@
 //! and usage of a dataset.
 
 use super::auth::{Action, Caller};
-use super::error::{ApiError, Result};
 use super::server::{ApiState, V1, body, json, respond};
 use super::types::{PathsRequest, PinAnswer, PreloadProgress};
 use crate::glob::PathGlobs;
+use crate::{Error, Result};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use std::convert::Infallible;
@@ -20,18 +20,18 @@ const PRELOAD_REPORT_EVERY: Duration = Duration::from_millis(500);
 
 fn paths_body(body: &Bytes) -> Result<PathsRequest> {
     let request: PathsRequest = serde_json::from_slice(body).map_err(|e| {
-        ApiError::bad_request(
+        Error::invalid(
             "body",
             format!("expected {{\"paths\": [\"/glob/**\"]}}: {e}"),
         )
     })?;
     if request.paths.is_empty() {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "paths",
             "give at least one path glob, e.g. \"/train/**\"",
         ));
     }
-    PathGlobs::new(&request.paths).map_err(|e| ApiError::bad_request("paths", e.to_string()))?;
+    PathGlobs::new(&request.paths).map_err(|e| Error::invalid("paths", e.to_string()))?;
     Ok(request)
 }
 
@@ -68,7 +68,7 @@ async fn preload(
                 .bytes()
                 .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'))
     {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "job",
             "must be a Kubernetes Job name (lowercase letters, digits, '-' and '.', at most 253)",
         ));
@@ -77,7 +77,7 @@ async fn preload(
         None => crate::dataset::PRELOAD_MAX_FETCHES,
         Some(n @ 1..=64) => n as usize,
         Some(n) => {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "concurrency",
                 format!("{n} is out of range: give 1 to 64 requests in flight"),
             ));
@@ -139,7 +139,7 @@ async fn preload(
         // a clean run shows the sources answer again.
         let source_failed = match &outcome {
             Ok(Ok(report)) => !report.failed.is_empty(),
-            Ok(Err(e)) => matches!(e, crate::Error::Source { .. }),
+            Ok(Err(e)) => matches!(e, strata_engine::Error::Source { .. }),
             Err(_) => false,
         };
         let last = match outcome {
@@ -202,7 +202,7 @@ async fn pin(
         None => request.paths,
         Some(within) => {
             let within = crate::config::parse_duration(within)
-                .map_err(|e| ApiError::bad_request("modifiedWithin", e.to_string()))?;
+                .map_err(|e| Error::invalid("modifiedWithin", e.to_string()))?;
             let since = std::time::SystemTime::now()
                 .checked_sub(within)
                 .unwrap_or(std::time::SystemTime::UNIX_EPOCH);

@@ -19,7 +19,7 @@ pub mod server;
 pub mod token_review;
 mod volumes;
 
-pub use error::{ApiError, Result};
+pub use error::HttpError;
 pub use reads::parse_range;
 pub use server::{Access, ApiState, api_routes, metrics_routes};
 /// The client and the JSON bodies live in `strata-wire`, so that callers (the CSI plugin,

@@ -1,9 +1,9 @@
 //! Read routes: stat, directory listing and (ranged, streamed) reads of a dataset's files.
 
 use super::auth::{Action, Caller};
-use super::error::{ApiError, Result};
 use super::server::{ApiState, V1, json, query, respond};
 use crate::path::DatasetPath;
+use crate::{Error, Result};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use std::collections::HashMap;
@@ -17,7 +17,7 @@ const READ_CHUNK_BYTES: u64 = 4 << 20;
 
 fn dataset_path(query: &HashMap<String, String>) -> Result<DatasetPath> {
     let raw = query.get("path").map(String::as_str).unwrap_or("/");
-    DatasetPath::parse(raw).map_err(|e| ApiError::bad_request("path", e.to_string()))
+    DatasetPath::parse(raw).map_err(|e| Error::invalid("path", e.to_string()))
 }
 
 async fn stat(
@@ -51,29 +51,26 @@ async fn list(
 /// A single `bytes=` range, resolved against the file size to `[start, end)`.
 pub fn parse_range(header: &str, size: u64) -> Result<(u64, u64)> {
     let unsatisfiable = || {
-        ApiError::RangeNotSatisfiable(format!(
+        Error::RangeNotSatisfiable(format!(
             "range {header:?} does not fit a file of {size} bytes"
         ))
     };
     let spec = header.trim().strip_prefix("bytes=").ok_or_else(|| {
-        ApiError::bad_request(
+        Error::invalid(
             "range",
             format!("{header:?}: only `bytes=` ranges are supported"),
         )
     })?;
     if spec.contains(',') {
-        return Err(ApiError::bad_request(
-            "range",
-            "only a single range is supported",
-        ));
+        return Err(Error::invalid("range", "only a single range is supported"));
     }
-    let (first, last) = spec.split_once('-').ok_or_else(|| {
-        ApiError::bad_request("range", format!("{header:?} is not bytes=START-END"))
-    })?;
+    let (first, last) = spec
+        .split_once('-')
+        .ok_or_else(|| Error::invalid("range", format!("{header:?} is not bytes=START-END")))?;
     let number = |s: &str| {
-        s.trim().parse::<u64>().map_err(|_| {
-            ApiError::bad_request("range", format!("{header:?} is not bytes=START-END"))
-        })
+        s.trim()
+            .parse::<u64>()
+            .map_err(|_| Error::invalid("range", format!("{header:?} is not bytes=START-END")))
     };
     let (start, end) = match (first.trim().is_empty(), last.trim().is_empty()) {
         // bytes=-N: the last N bytes.
@@ -87,7 +84,7 @@ pub fn parse_range(header: &str, size: u64) -> Result<(u64, u64)> {
         (false, true) => (number(first)?, size),
         (false, false) => (number(first)?, number(last)?.saturating_add(1).min(size)),
         (true, true) => {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "range",
                 format!("{header:?} is not bytes=START-END"),
             ));
@@ -131,7 +128,7 @@ async fn read(
                 Ok(bytes) if bytes.is_empty() => None,
                 Ok(bytes) => {
                     let next = offset + bytes.len() as u64;
-                    Some((Ok::<Bytes, crate::Error>(bytes), next))
+                    Some((Ok::<Bytes, strata_engine::Error>(bytes), next))
                 }
                 Err(e) => {
                     tracing::warn!(error = %e, "read failed mid-stream");
@@ -199,6 +196,7 @@ pub(super) fn routes(v1: &V1) -> BoxedFilter<(Response,)> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::http::HttpError;
 
     #[test]
     fn ranges_resolve_against_the_size() {

@@ -3,14 +3,15 @@
 //! errors. The handlers live by area: [`super::datasets`], [`super::reads`],
 //! [`super::jobs`] (what preload and pin Jobs call) and [`super::volumes`].
 
+use super::HttpError;
 use super::auth::{Action, Caller, TcpAuth};
-use super::error::{ApiError, Result};
 use super::types::{ErrorBody, HealthStatus};
 use super::{datasets, jobs, reads, volumes};
 use crate::activity::ActivityBoard;
 use crate::agent::Agent;
 use crate::dataset::DatasetView;
 use crate::mounts::MountRegistry;
+use crate::{Error, Result};
 use bytes::Bytes;
 use http::{HeaderValue, StatusCode, header};
 use serde::Serialize;
@@ -67,7 +68,7 @@ pub(super) fn json<T: Serialize>(status: StatusCode, value: &T) -> Response {
     warp::reply::with_status(warp::reply::json(value), status).into_response()
 }
 
-fn error_response(error: ApiError) -> Response {
+fn error_response(error: Error) -> Response {
     let status = error.status();
     if status.is_server_error() {
         tracing::warn!(error = %error, "request failed");
@@ -87,7 +88,7 @@ pub(super) fn check_name(field: &str, value: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(Error::invalid(
             field,
             format!("{value:?} is not a Kubernetes name (lower-case letters, digits, '-' and '.')"),
         ))
@@ -111,7 +112,7 @@ impl ApiState {
         if let Caller::Job { namespace: own } = caller
             && view.config().policy.is_none()
         {
-            return Err(ApiError::Forbidden(format!(
+            return Err(Error::Forbidden(format!(
                 "dataset {namespace}/{name} is under no CachePolicy now, so no job credential of \
                  namespace {own} acts on it"
             )));
@@ -124,7 +125,10 @@ impl ApiState {
         check_name("name", name)?;
         self.agent
             .dataset(namespace, name)
-            .ok_or_else(|| ApiError::dataset_not_found(namespace, name))
+            .ok_or_else(|| Error::DatasetNotConfigured {
+                namespace: namespace.to_string(),
+                name: name.to_string(),
+            })
     }
 }
 

@@ -2,9 +2,9 @@
 //! share (over the unix socket only).
 
 use super::auth::{Action, Caller};
-use super::error::{ApiError, Result};
 use super::server::{ApiState, V1, check_name, json, query, respond};
 use super::types::{VolumeMount, VolumeRelease};
+use crate::{Error, Result};
 use http::StatusCode;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -21,7 +21,7 @@ pub(super) fn check_volume_id(value: &str) -> Result<()> {
     if ok {
         Ok(())
     } else {
-        Err(ApiError::bad_request(
+        Err(Error::invalid(
             "volumeId",
             format!("{value:?} is not a volume id (1-128 of A-Z a-z 0-9 . _ -)"),
         ))
@@ -42,7 +42,7 @@ async fn acquire_volume(
     if let Some(owner) = owner
         && (owner.is_empty() || owner.len() > 1024 || owner.chars().any(char::is_control))
     {
-        return Err(ApiError::bad_request(
+        return Err(Error::invalid(
             "owner",
             "must be 1-1024 printable characters",
         ));
