@@ -34,7 +34,7 @@ struct Reviewer;
 
 #[async_trait::async_trait]
 impl TokenReviewer for Reviewer {
-    async fn review(&self, token: &str) -> Result<Option<String>, String> {
+    async fn review(&self, token: &str) -> strata_agent::Result<Option<String>> {
         Ok(match token {
             JOB_ML => Some("ml".into()),
             JOB_OTHER => Some("other".into()),

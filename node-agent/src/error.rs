@@ -52,6 +52,23 @@ pub enum Error {
     /// Another agent's API answered with an error or could not be reached.
     #[error(transparent)]
     Client(#[from] ClientError),
+    /// The Kubernetes API did not answer a TokenReview of a job credential.
+    #[cfg(feature = "node-status")]
+    #[error("TokenReview failed: {0}")]
+    TokenReview(#[source] kube::Error),
+    /// The StrataNode report could not be written.
+    #[cfg(feature = "node-status")]
+    #[error(
+        "StrataNode {node}: {action}: {source} (the agent's ServiceAccount needs create/patch on stratanodes and stratanodes/status)"
+    )]
+    NodeReport {
+        /// The node (= StrataNode) name.
+        node: String,
+        /// What was being written.
+        action: &'static str,
+        #[source]
+        source: kube::Error,
+    },
     #[error("{context}: {source}")]
     Io {
         context: String,

@@ -18,6 +18,7 @@ use strata_crds::{
 
 use crate::activity::{ActivityBoard, DatasetActivity, RunPhase};
 use crate::agent::Agent;
+use crate::{Error, Result};
 
 /// How often the sources of the datasets this node uses are listed once, to find
 /// (and clear) errors that no preload has met, e.g. a node without a route to the
@@ -29,21 +30,6 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(300);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Datasets probed at once.
 const PROBE_PARALLEL: usize = 8;
-
-/// Why a report could not be written. Kept here rather than in the engine's
-/// error type: only this feature talks to the API server.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "StrataNode {node}: {action}: {source} (the agent's ServiceAccount needs create/patch on stratanodes and stratanodes/status)"
-)]
-pub struct ReportError {
-    /// The node (= StrataNode) name.
-    pub node: String,
-    /// What was being written.
-    pub action: &'static str,
-    #[source]
-    pub source: kube::Error,
-}
 
 /// Field manager of the agent's writes.
 pub const MANAGER: &str = "strata-agent";
@@ -168,8 +154,8 @@ pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
     }
 }
 
-fn kube_error(action: &'static str, node: &str, source: kube::Error) -> ReportError {
-    ReportError {
+fn kube_error(action: &'static str, node: &str, source: kube::Error) -> Error {
+    Error::NodeReport {
         node: node.to_string(),
         action,
         source,
@@ -183,7 +169,7 @@ pub async fn write_once(
     agent: &Agent,
     activity: &ActivityBoard,
     node: &NodeIdentity,
-) -> Result<(), ReportError> {
+) -> Result<()> {
     let api: Api<StrataNode> = Api::all(client.clone());
     let params = PatchParams::apply(MANAGER).force();
     let object = StrataNode::new(

@@ -115,7 +115,7 @@ impl Caller {
 pub trait TokenReviewer: Send + Sync {
     /// The namespace of the ServiceAccount that holds `token` when the token is valid for
     /// the Strata audience; `Ok(None)` when it is not. `Err` when it could not be checked.
-    async fn review(&self, token: &str) -> std::result::Result<Option<String>, String>;
+    async fn review(&self, token: &str) -> Result<Option<String>>;
 }
 
 /// The node secret that agents present to each other, read again from its file every
@@ -261,7 +261,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl TokenReviewer for Fixed {
-        async fn review(&self, token: &str) -> std::result::Result<Option<String>, String> {
+        async fn review(&self, token: &str) -> Result<Option<String>> {
             Ok((token == "job-jwt")
                 .then(|| self.0.map(str::to_string))
                 .flatten())

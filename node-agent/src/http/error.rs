@@ -23,9 +23,14 @@ impl HttpError for Error {
             Error::Forbidden(_) => StatusCode::FORBIDDEN,
             Error::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Client(e) => e.status().unwrap_or(StatusCode::BAD_GATEWAY),
+            // A job credential that cannot be checked now: retry later.
+            #[cfg(feature = "node-status")]
+            Error::TokenReview(_) => StatusCode::SERVICE_UNAVAILABLE,
             Error::Io { .. } | Error::Mount { .. } | Error::Task(_) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            #[cfg(feature = "node-status")]
+            Error::NodeReport { .. } => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
