@@ -7,6 +7,8 @@
 //!   [`datasets_dir`] (dataset configs from a directory);
 //! - [`activity`]: the record of Job runs and source errors the API writes and the
 //!   StrataNode report reads;
+//! - [`standalone`]: `strata-agent mount` and the local `preload`, one dataset without the
+//!   daemon;
 //! - [`job_commands`]: `strata-agent preload|pin|unpin --agent`, run by the operator's Jobs;
 //! - [`node_status`]: the StrataNode reporter (the only Kubernetes client here).
 //!
@@ -16,6 +18,7 @@
 #![forbid(unsafe_code)]
 
 pub mod activity;
+pub mod cli_values;
 pub mod datasets_dir;
 pub mod fuse;
 /// The FUSE module's path before it became a folder (`strata_agent::fs::mount`, ...).
@@ -26,6 +29,7 @@ pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;
 pub mod serve;
+pub mod standalone;
 
 /// The paths from before the HTTP API, the daemon and the job commands were split by role
 /// (`strata_agent::api::...`), used by the CSI and e2e tests and the fuzz targets.

@@ -1,6 +1,7 @@
 //! `strata-agent serve`: the agent as a node daemon, with its HTTP API.
 
 use crate::agent::{Agent, AgentConfig, LocalPaths};
+use crate::cli_values::{parse_duration, parse_size};
 use crate::datasets_dir::{self, DatasetsDir};
 use crate::fuse::MountOptions;
 use crate::http::auth::{TcpAuth, TokenReviewer};
@@ -13,14 +14,6 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    crate::config::parse_size(s).map_err(|e| e.to_string())
-}
-
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    crate::config::parse_duration(s).map_err(|e| e.to_string())
-}
 
 /// Flags of `strata-agent serve`.
 #[derive(clap::Args, Debug, Clone)]
