@@ -18,6 +18,18 @@ pub(super) struct InodeTable {
 }
 
 impl InodeTable {
+    /// A table that knows the root (inode 1, always looked up).
+    pub(super) fn with_root() -> Self {
+        let mut table = InodeTable {
+            by_ino: HashMap::new(),
+            by_path: HashMap::new(),
+            next: 2,
+        };
+        table.by_ino.insert(1, (DatasetPath::root(), 1));
+        table.by_path.insert(DatasetPath::root(), 1);
+        table
+    }
+
     pub(super) fn ino_for(&mut self, path: &DatasetPath) -> u64 {
         if let Some(i) = self.by_path.get(path) {
             return *i;

@@ -5,7 +5,7 @@
 //! mode (the kernel reads the cache file directly); other files are served by the engine
 //! with `FOPEN_KEEP_CACHE` when the object did not change since the last open.
 //!
-//! - [`mount`](mod@mount): options, the mount handle and unmounting, mount point checks;
+//! - `mount`: options, the mount handle and unmounting, mount point checks;
 //! - `filesystem`: the FUSE operations (`impl Filesystem`), errors as errnos;
 //! - `state`: what is kept between requests (handles, open directories, attributes);
 //! - `inodes`: inode numbers and the kernel's lookup counts;

@@ -46,18 +46,11 @@ impl FsState {
         rt: tokio::runtime::Handle,
         passthrough: bool,
     ) -> Self {
-        let mut table = InodeTable {
-            by_ino: HashMap::new(),
-            by_path: HashMap::new(),
-            next: 2,
-        };
-        table.by_ino.insert(1, (DatasetPath::root(), 1));
-        table.by_path.insert(DatasetPath::root(), 1);
         FsState {
             view,
             rt,
             passthrough: AtomicBool::new(passthrough),
-            inodes: RwLock::new(table),
+            inodes: RwLock::new(InodeTable::with_root()),
             handles: Mutex::new(HashMap::new()),
             io: Mutex::new(HashMap::new()),
             last_etag: Mutex::new(HashMap::new()),

@@ -1,7 +1,7 @@
 //! The server side of the agent's HTTP API (warp): the state handlers share, who may
 //! call (per listener), the routing table of every area, and the JSON answers and
-//! errors. The handlers live by area: [`super::datasets`], [`super::reads`],
-//! [`super::jobs`] (what preload and pin Jobs call) and [`super::volumes`].
+//! errors. The handlers live by area: `datasets`, `reads`,
+//! `jobs` (what preload and pin Jobs call) and `volumes`.
 
 use super::HttpError;
 use super::auth::{Action, Caller, TcpAuth};
