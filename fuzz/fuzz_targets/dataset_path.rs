@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use strata_agent::api::server::parse_range;
+use strata_agent::http::parse_range;
 use strata_agent::glob::PathGlobs;
 use strata_agent::path::{DatasetPath, MAX_COMPONENT_BYTES, MAX_PATH_BYTES};
 

@@ -14,10 +14,10 @@ use std::sync::{Arc, OnceLock};
 use libfuzzer_sys::arbitrary::{self, Arbitrary};
 use libfuzzer_sys::fuzz_target;
 use strata_agent::agent::{Agent, AgentConfig};
-use strata_agent::api::auth::{TcpAuth, TokenReviewer};
-use strata_agent::api::server::{Access, ApiState, api_routes};
+use strata_agent::http::auth::{TcpAuth, TokenReviewer};
+use strata_agent::http::{Access, ApiState, api_routes};
 use strata_agent::config::{CacheSettings, DatasetConfig, SourceConfig};
-use strata_agent::fs::MountOptions;
+use strata_agent::fuse::MountOptions;
 use strata_agent::mounts::MountRegistry;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
@@ -34,7 +34,7 @@ struct Reviewer;
 
 #[async_trait::async_trait]
 impl TokenReviewer for Reviewer {
-    async fn review(&self, token: &str) -> Result<Option<String>, String> {
+    async fn review(&self, token: &str) -> strata_agent::Result<Option<String>> {
         Ok(match token {
             JOB_ML => Some("ml".into()),
             JOB_OTHER => Some("other".into()),

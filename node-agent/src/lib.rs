@@ -1,8 +1,15 @@
 //! strata-agent: the node agent over the cache engine (`strata-engine`).
 //!
-//! - [`fs`]: the read-only FUSE file system (passthrough for fully cached files);
+//! - [`fuse`]: the read-only FUSE file system (passthrough for fully cached files);
 //! - [`mounts`]: the dataset mounts the CSI plugin's volumes share;
-//! - [`api`]: the HTTP API (server, callers by role, job commands);
+//! - [`http`]: the HTTP API (routes and handlers by area, callers by role, TokenReview);
+//! - [`serve`]: `strata-agent serve`, the node daemon that wires them together, with
+//!   [`datasets_dir`] (dataset configs from a directory);
+//! - [`activity`]: the record of Job runs and source errors the API writes and the
+//!   StrataNode report reads;
+//! - [`standalone`]: `strata-agent mount` and the local `preload`, one dataset without the
+//!   daemon;
+//! - [`job_commands`]: `strata-agent preload|pin|unpin --agent`, run by the operator's Jobs;
 //! - [`node_status`]: the StrataNode reporter (the only Kubernetes client here).
 //!
 //! The engine's modules are re-exported under their old paths (`strata_agent::cache`, ...),
@@ -10,13 +17,33 @@
 
 #![forbid(unsafe_code)]
 
-pub mod api;
-pub mod fs;
+pub mod activity;
+pub mod cli_values;
+pub mod datasets_dir;
+pub mod fuse;
+/// The FUSE module's path before it became a folder (`strata_agent::fs::mount`, ...).
+pub use fuse as fs;
+pub mod http;
+pub mod job_commands;
 pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;
+pub mod serve;
+pub mod standalone;
+
+/// The paths from before the HTTP API, the daemon and the job commands were split by role
+/// (`strata_agent::api::...`), used by the CSI and e2e tests and the fuzz targets.
+pub mod api {
+    #[cfg(feature = "node-status")]
+    pub use crate::http::token_review;
+    pub use crate::http::{auth, client, server, types};
+    pub use crate::{job_commands as jobs, serve};
+}
+
+pub mod error;
+pub use error::{Error, Result};
 
 pub use strata_engine::{
-    Error, Result, agent, block_writer, cache, config, dataset, error, eviction, glob, metadata,
-    metrics, path, sidecar, singleflight, source,
+    agent, block_writer, cache, config, dataset, eviction, glob, metadata, metrics, path, sidecar,
+    singleflight, source,
 };

@@ -1,16 +1,16 @@
-//! `strata-agent`: the node cache agent. `mount` runs one dataset standalone in the
-//! foreground; `preload` fills a cache directory ahead of time.
+//! `strata-agent`: the node cache agent. This file parses the command line and wires the
+//! library's commands to it: `mount` and `preload` ([`strata_agent::standalone`]), `serve`
+//! ([`strata_agent::serve`]), `preload --agent`, `pin` and `unpin`
+//! ([`strata_agent::job_commands`]).
 
 use std::path::PathBuf;
-use std::time::Duration;
 
 use anyhow::{Context, bail};
-use clap::{Args, Parser, Subcommand};
-use strata_agent::agent::{Agent, AgentConfig};
-use strata_agent::config::{
-    CacheSettings, DatasetConfig, EvictionKind, SourceConfig, parse_duration, parse_size,
-};
-use strata_agent::fs::{MountOptions, mount};
+use clap::{Parser, Subcommand};
+use strata_agent::Error;
+use strata_agent::config::{DatasetConfig, SourceConfig};
+use strata_agent::fuse::MountOptions;
+use strata_agent::standalone::{self, MountArgs, PreloadArgs};
 
 #[derive(Parser, Debug)]
 #[command(name = "strata-agent", version, about = "Strata node cache agent")]
@@ -33,113 +33,13 @@ enum Command {
     /// running agents to preload instead (see `strata-agent preload --agent URL --help`).
     Preload(PreloadArgs),
     /// Run as the node daemon: HTTP API, CSI volume mounts, --datasets-dir.
-    Serve(strata_agent::api::serve::ServeArgs),
+    Serve(strata_agent::serve::ServeArgs),
     /// Pin paths on running agents (and fetch them), as the operator's pin Jobs do.
-    Pin(strata_agent::api::jobs::PinJobArgs),
+    Pin(strata_agent::job_commands::PinJobArgs),
     /// Remove pins from running agents.
-    Unpin(strata_agent::api::jobs::JobArgs),
+    Unpin(strata_agent::job_commands::JobArgs),
 }
 
-#[derive(Args, Debug, Clone)]
-struct CacheArgs {
-    /// Directory of the disk tier.
-    #[arg(long, env = "STRATA_CACHE_DIR")]
-    cache_dir: PathBuf,
-    /// Memory tier size, e.g. 512Mi.
-    #[arg(long, env = "STRATA_MEMORY", default_value = "256Mi", value_parser = size)]
-    memory: u64,
-    /// Disk tier size, e.g. 4Gi (0 disables the disk tier).
-    #[arg(long, env = "STRATA_DISK", default_value = "1Gi", value_parser = size)]
-    disk: u64,
-    /// Block size, e.g. 4Mi.
-    #[arg(long, env = "STRATA_BLOCK_SIZE", value_parser = size)]
-    block_size: Option<u64>,
-    /// How long stat/list results are trusted, e.g. 30s or 5m.
-    #[arg(long, env = "STRATA_METADATA_TTL", value_parser = duration)]
-    metadata_ttl: Option<Duration>,
-    /// Eviction policy: LRU, S3FIFO or ARC.
-    #[arg(long, env = "STRATA_EVICTION", default_value = "S3FIFO", value_parser = eviction)]
-    eviction: EvictionKind,
-    /// Readahead per open file, e.g. 128Mi.
-    #[arg(long, env = "STRATA_READAHEAD", default_value = "128Mi", value_parser = size)]
-    readahead: u64,
-    /// Readahead over all open files (bytes held by prefetched blocks), e.g. 256Mi.
-    #[arg(long, env = "STRATA_READAHEAD_TOTAL", default_value = "256Mi", value_parser = size)]
-    readahead_total: u64,
-    /// Directory prefetch: after this many small files (at most one block) of a directory
-    /// were read whole, fetch the directory's other small files in the background. 0 = off.
-    #[arg(long, env = "STRATA_PREFETCH_DIRECTORY_FILES", default_value_t = 4)]
-    prefetch_directory_files: u32,
-    /// Most bytes one directory prefetch fetches (and at most a quarter of the disk tier).
-    #[arg(long, env = "STRATA_PREFETCH_DIRECTORY_BYTES", default_value = "1Gi", value_parser = size)]
-    prefetch_directory_bytes: u64,
-}
-
-#[derive(Args, Debug)]
-struct MountArgs {
-    /// A source as NAME=URI[:MOUNTPATH] (repeatable), e.g. train=s3://bucket/train/:/train.
-    #[arg(long = "source", env = "STRATA_SOURCES", value_delimiter = ',')]
-    sources: Vec<String>,
-    /// S3-compatible endpoint for s3:// sources, e.g. http://127.0.0.1:9000.
-    #[arg(long, env = "STRATA_S3_ENDPOINT")]
-    endpoint: Option<String>,
-    /// Region for s3:// sources.
-    #[arg(long, env = "STRATA_S3_REGION")]
-    region: Option<String>,
-    /// Dataset name (labels metrics and the cache directory).
-    #[arg(long, env = "STRATA_DATASET", default_value = "default/standalone")]
-    dataset: String,
-    /// Serve fully cached files through the agent even if the kernel offers passthrough.
-    #[arg(long, env = "STRATA_NO_PASSTHROUGH")]
-    no_passthrough: bool,
-    /// Only the mounting user may read the mount (no allow_other).
-    #[arg(long, env = "STRATA_PRIVATE")]
-    private: bool,
-    #[command(flatten)]
-    cache: CacheArgs,
-    /// `[URI] MOUNTPOINT`: one source URI (mounted at /) and the mount point.
-    #[arg(required = true, num_args = 1..=2, value_names = ["URI", "MOUNTPOINT"])]
-    positional: Vec<String>,
-}
-
-#[derive(Args, Debug)]
-struct PreloadArgs {
-    /// Dataset configuration file (YAML or JSON).
-    #[arg(long, env = "STRATA_DATASET_CONFIG")]
-    dataset_config: PathBuf,
-    #[command(flatten)]
-    cache: CacheArgs,
-    /// Globs of paths to fetch, e.g. "/train/**".
-    #[arg(required = true)]
-    paths: Vec<String>,
-    /// Also pin what was fetched.
-    #[arg(long, env = "STRATA_PIN")]
-    pin: bool,
-    /// Requests (each up to 16 MiB of adjacent blocks) kept in flight over all files, 1 to 64. Over a high-latency link a
-    /// preload needs dozens in flight to fill it; lower it to spare the source.
-    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 64,
-          value_parser = clap::value_parser!(u32).range(1..=64))]
-    concurrency: u32,
-}
-
-fn size(s: &str) -> Result<u64, String> {
-    parse_size(s).map_err(|e| e.to_string())
-}
-fn duration(s: &str) -> Result<Duration, String> {
-    parse_duration(s).map_err(|e| e.to_string())
-}
-fn eviction(s: &str) -> Result<EvictionKind, String> {
-    match s.to_ascii_uppercase().replace('-', "").as_str() {
-        "LRU" => Ok(EvictionKind::Lru),
-        "S3FIFO" => Ok(EvictionKind::S3Fifo),
-        "ARC" => Ok(EvictionKind::Arc),
-        other => Err(format!(
-            "unknown eviction policy {other:?}; use LRU, S3FIFO or ARC"
-        )),
-    }
-}
-
-/// Parses NAME=URI[:MOUNTPATH]. The mount path is the part after the last ':' when it
 /// starts with '/', so URIs with ports or schemes keep their colons.
 fn parse_source(spec: &str) -> anyhow::Result<SourceConfig> {
     let (name, rest) = spec
@@ -167,30 +67,8 @@ fn absolute_uri(uri: &str) -> anyhow::Result<String> {
     Ok(p.to_string_lossy().into_owned())
 }
 
-fn agent_config(c: &CacheArgs) -> AgentConfig {
-    let mut cfg = AgentConfig::new(&c.cache_dir, c.memory, c.disk);
-    cfg.readahead_per_file_bytes = c.readahead;
-    cfg.readahead_total_bytes = c.readahead_total;
-    cfg.directory_prefetch_files = c.prefetch_directory_files;
-    cfg.directory_prefetch_bytes = c.prefetch_directory_bytes;
-    cfg
-}
-
-fn cache_settings(c: &CacheArgs) -> CacheSettings {
-    let mut s = CacheSettings {
-        eviction: c.eviction,
-        ..Default::default()
-    };
-    if let Some(b) = c.block_size {
-        s.block_size = b;
-    }
-    if let Some(t) = c.metadata_ttl {
-        s.metadata_ttl = t;
-    }
-    s
-}
-
-async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
+/// The dataset and mount point `strata-agent mount` names.
+fn mount_dataset(args: &MountArgs) -> anyhow::Result<(DatasetConfig, PathBuf)> {
     let (uri, mountpoint) = match args.positional.as_slice() {
         [mp] => (None, mp.clone()),
         [uri, mp] => (Some(uri.clone()), mp.clone()),
@@ -231,35 +109,44 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         uid: None,
         policy: None,
         sources,
-        cache: cache_settings(&args.cache),
+        cache: args.cache.cache_settings(),
     };
-    // Refuse a bad mount point before touching any source.
-    strata_agent::fs::check_mountpoint(std::path::Path::new(&mountpoint))?;
-    let agent = Agent::new(agent_config(&args.cache)).await?;
-    let view = agent.add_dataset(dataset).await?;
-    view.check_sources().await?;
-    let handle = mount(
-        view.clone(),
-        std::path::Path::new(&mountpoint),
-        MountOptions {
-            allow_other: !args.private,
-            passthrough: !args.no_passthrough,
-            ..Default::default()
+    Ok((dataset, PathBuf::from(mountpoint)))
+}
+
+async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
+    let (dataset, mountpoint) = mount_dataset(&args)?;
+    let options = MountOptions {
+        allow_other: !args.private,
+        passthrough: !args.no_passthrough,
+        ..Default::default()
+    };
+    let shutdown = async {
+        wait_for_signal()
+            .await
+            .map_err(|e| Error::io("waiting for signals", e))?;
+        tracing::info!("signal received, unmounting");
+        Ok(())
+    };
+    let usage = standalone::mount_until(
+        args.cache.agent_config(),
+        dataset,
+        &mountpoint,
+        options,
+        shutdown,
+        |view, handle| {
+            eprintln!(
+                "strata-agent: {} mounted at {}; Ctrl-C to unmount",
+                view.sources()
+                    .iter()
+                    .map(|s| format!("{} ({})", s.uri(), s.mount_path()))
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                handle.mountpoint().display()
+            );
         },
-    )?;
-    eprintln!(
-        "strata-agent: {} mounted at {}; Ctrl-C to unmount",
-        view.sources()
-            .iter()
-            .map(|s| format!("{} ({})", s.uri(), s.mount_path()))
-            .collect::<Vec<_>>()
-            .join(", "),
-        handle.mountpoint().display()
-    );
-    wait_for_signal().await?;
-    tracing::info!("signal received, unmounting");
-    let usage = view.usage();
-    handle.unmount()?;
+    )
+    .await?;
     eprintln!(
         "strata-agent: unmounted; cache holds {} bytes in {} files ({} hits, {} misses)",
         usage.cached_bytes, usage.cached_files, usage.hits, usage.misses
@@ -267,7 +154,7 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> anyhow::Result<()> {
+async fn wait_for_signal() -> std::io::Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
@@ -283,22 +170,14 @@ async fn run_preload(args: PreloadArgs) -> anyhow::Result<()> {
     if let Some(b) = args.cache.block_size {
         dataset.cache.block_size = b;
     }
-    let agent = Agent::new(agent_config(&args.cache)).await?;
-    let view = agent.add_dataset(dataset).await?;
-    let report = view
-        .preload_with(&args.paths, args.concurrency as usize, |p| {
-            tracing::info!(
-                files = p.files_done,
-                files_total = p.files_total,
-                bytes = p.bytes_done,
-                bytes_total = p.bytes_total,
-                "preload progress"
-            );
-        })
-        .await?;
-    if args.pin {
-        view.pin(&args.paths)?;
-    }
+    let report = standalone::preload(
+        args.cache.agent_config(),
+        dataset,
+        &args.paths,
+        args.concurrency as usize,
+        args.pin,
+    )
+    .await?;
     println!("{}", serde_json::to_string(&report)?);
     if !report.failed.is_empty() {
         bail!("{} file(s) could not be preloaded", report.failed.len());
@@ -344,11 +223,11 @@ fn tune_allocator() {
 
 async fn run() -> anyhow::Result<()> {
     let argv: Vec<std::ffi::OsString> = std::env::args_os().collect();
-    if strata_agent::api::jobs::is_agent_preload(&argv) {
+    if strata_agent::job_commands::is_agent_preload(&argv) {
         // `preload --agent URL ...` (the operator's Jobs) talks to running agents.
-        let cli = <strata_agent::api::jobs::AgentPreloadCli as Parser>::parse_from(&argv[1..]);
+        let cli = <strata_agent::job_commands::AgentPreloadCli as Parser>::parse_from(&argv[1..]);
         init_tracing("warn", false);
-        strata_agent::api::jobs::preload(&cli.args, &mut std::io::stdout()).await?;
+        strata_agent::job_commands::preload(&cli.args, &mut std::io::stdout()).await?;
         return Ok(());
     }
     let cli = Cli::parse();
@@ -357,7 +236,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Mount(args) => run_mount(args).await,
         Command::Preload(args) => run_preload(args).await,
         Command::Serve(args) => {
-            strata_agent::api::serve::run(
+            strata_agent::serve::run(
                 args,
                 async {
                     if let Err(e) = wait_for_signal().await {
@@ -370,10 +249,10 @@ async fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Pin(args) => {
-            Ok(strata_agent::api::jobs::pin(&args, &mut std::io::stdout()).await?)
+            Ok(strata_agent::job_commands::pin(&args, &mut std::io::stdout()).await?)
         }
         Command::Unpin(args) => {
-            Ok(strata_agent::api::jobs::unpin(&args, &mut std::io::stdout()).await?)
+            Ok(strata_agent::job_commands::unpin(&args, &mut std::io::stdout()).await?)
         }
     }
 }

@@ -4,16 +4,16 @@
 //! under `<mount-root>/<namespace>/<name>` when its first volume arrives and
 //! unmounted when its last volume is released.
 
-use crate::api::error::{ApiError, Result};
-use crate::api::types::VolumeInfo;
 use crate::dataset::DatasetView;
-use crate::fs::{MountHandle, MountOptions};
+use crate::fuse::{MountHandle, MountOptions};
 use crate::metrics::Metrics;
+use crate::{Error, Result};
 use prometheus_client::metrics::gauge::Gauge;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
+use strata_wire::api::types::VolumeInfo;
 
 type DatasetKey = (String, String);
 
@@ -77,10 +77,10 @@ impl MountRegistry {
     /// kernel's mount table shows them.
     pub fn new(root: &Path, options: MountOptions) -> Result<Self> {
         std::fs::create_dir_all(root)
-            .map_err(|e| ApiError::io(format!("creating mount root {}", root.display()), e))?;
+            .map_err(|e| Error::io(format!("creating mount root {}", root.display()), e))?;
         let root = root
             .canonicalize()
-            .map_err(|e| ApiError::io(format!("resolving mount root {}", root.display()), e))?;
+            .map_err(|e| Error::io(format!("resolving mount root {}", root.display()), e))?;
         Ok(MountRegistry {
             root,
             options,
@@ -134,7 +134,7 @@ impl MountRegistry {
         if let Some(other) = state.volumes.get(volume_id).map(|r| &r.dataset)
             && other != &key
         {
-            return Err(ApiError::Conflict {
+            return Err(Error::Conflict {
                 message: format!(
                     "volume {volume_id} is already recorded for dataset {}/{}, not {}/{}",
                     other.0, other.1, key.0, key.1
@@ -187,17 +187,16 @@ impl MountRegistry {
             }
         }
         std::fs::create_dir_all(path)
-            .map_err(|e| ApiError::io(format!("creating mount point {}", path.display()), e))?;
+            .map_err(|e| Error::io(format!("creating mount point {}", path.display()), e))?;
         let options = self.options.clone();
         let path = path.to_path_buf();
         let handle = tokio::runtime::Handle::current();
         tokio::task::spawn_blocking(move || {
             let _guard = handle.enter();
-            crate::fs::mount(view, &path, options)
+            crate::fuse::mount(view, &path, options)
         })
         .await
-        .map_err(|e| ApiError::Engine(crate::Error::Task(e.to_string())))?
-        .map_err(ApiError::from)
+        .map_err(|e| Error::Task(e.to_string()))?
     }
 
     /// Forgets `volume_id`; unmounts its dataset when no volume uses it any more. Idempotent.
@@ -217,7 +216,7 @@ impl MountRegistry {
         if let Some((ns, name)) = dataset
             && (key.0 != ns || key.1 != name)
         {
-            return Err(ApiError::Conflict {
+            return Err(Error::Conflict {
                 message: format!(
                     "volume {volume_id} belongs to dataset {}/{}, not {ns}/{name}",
                     key.0, key.1
@@ -328,13 +327,11 @@ async fn unmount(handle: MountHandle) -> Result<()> {
         .spawn(move || {
             let _ = tx.send(handle.unmount());
         })
-        .map_err(|e| ApiError::io("starting the unmount thread", e))?;
+        .map_err(|e| Error::io("starting the unmount thread", e))?;
     match tokio::time::timeout(UNMOUNT_WAIT, rx).await {
         Ok(Ok(result)) => result?,
         Ok(Err(_)) => {
-            return Err(ApiError::Engine(crate::Error::Task(
-                "unmount thread died".into(),
-            )));
+            return Err(Error::Task("unmount thread died".into()));
         }
         Err(_) => tracing::warn!(
             mountpoint = %path.display(),

@@ -16,8 +16,9 @@ use strata_crds::{
     StrataNodeStatus, Tier, TierUsage, format_bytes,
 };
 
+use crate::activity::{ActivityBoard, DatasetActivity, RunPhase};
 use crate::agent::Agent;
-use crate::api::jobs::{ActivityBoard, DatasetActivity, RunPhase};
+use crate::{Error, Result};
 
 /// How often the sources of the datasets this node uses are listed once, to find
 /// (and clear) errors that no preload has met, e.g. a node without a route to the
@@ -29,21 +30,6 @@ pub const PROBE_EVERY: Duration = Duration::from_secs(300);
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Datasets probed at once.
 const PROBE_PARALLEL: usize = 8;
-
-/// Why a report could not be written. Kept here rather than in the engine's
-/// error type: only this feature talks to the API server.
-#[derive(Debug, thiserror::Error)]
-#[error(
-    "StrataNode {node}: {action}: {source} (the agent's ServiceAccount needs create/patch on stratanodes and stratanodes/status)"
-)]
-pub struct ReportError {
-    /// The node (= StrataNode) name.
-    pub node: String,
-    /// What was being written.
-    pub action: &'static str,
-    #[source]
-    pub source: kube::Error,
-}
 
 /// Field manager of the agent's writes.
 pub const MANAGER: &str = "strata-agent";
@@ -168,8 +154,8 @@ pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
     }
 }
 
-fn kube_error(action: &'static str, node: &str, source: kube::Error) -> ReportError {
-    ReportError {
+fn kube_error(action: &'static str, node: &str, source: kube::Error) -> Error {
+    Error::NodeReport {
         node: node.to_string(),
         action,
         source,
@@ -183,7 +169,7 @@ pub async fn write_once(
     agent: &Agent,
     activity: &ActivityBoard,
     node: &NodeIdentity,
-) -> Result<(), ReportError> {
+) -> Result<()> {
     let api: Api<StrataNode> = Api::all(client.clone());
     let params = PatchParams::apply(MANAGER).force();
     let object = StrataNode::new(
@@ -341,79 +327,6 @@ mod tests {
         assert_eq!(status.tiers.len(), 2);
         assert_eq!(status.tiers[0].capacity_bytes, 8 << 20);
         assert!(status.last_heartbeat.is_some());
-    }
-
-    /// A real preload over the agent's HTTP API, asked for by a Job: while it runs
-    /// the report shows it Running, afterwards Succeeded with every byte counted.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_jobs_preload_shows_up_in_the_report() {
-        use crate::api::client::AgentClient;
-        use crate::api::server::{Access, ApiState, api_routes};
-        use crate::fs::MountOptions;
-        use crate::mounts::MountRegistry;
-
-        let data = tempfile::tempdir().unwrap();
-        for i in 0..48 {
-            std::fs::write(
-                data.path().join(format!("f{i}.bin")),
-                vec![i as u8; 1 << 20],
-            )
-            .unwrap();
-        }
-        let cache = tempfile::tempdir().unwrap();
-        let agent = Agent::new(AgentConfig::new(cache.path(), 8 << 20, 256 << 20))
-            .await
-            .unwrap();
-        agent
-            .add_dataset(local_dataset("local", Some("u-1"), data.path()))
-            .await
-            .unwrap();
-        let mounts = Arc::new(
-            MountRegistry::new(&cache.path().join("mnt"), MountOptions::default()).unwrap(),
-        );
-        let state = ApiState::new(agent.clone(), mounts);
-        let socket = cache.path().join("agent.sock");
-        let listener = tokio::net::UnixListener::bind(&socket).unwrap();
-        let routes = api_routes(state.clone(), Access::Local);
-        tokio::spawn(warp::serve(routes).incoming(listener).run());
-
-        // Watch the report while the preload runs.
-        let watcher = {
-            let (agent, activity) = (agent.clone(), state.activity.clone());
-            tokio::spawn(async move {
-                loop {
-                    let status = status_of(&agent, &activity);
-                    if let Some(run) = status.datasets[0].jobs.first()
-                        && run.phase == JobPhase::Running
-                    {
-                        return run.clone();
-                    }
-                    tokio::time::sleep(Duration::from_millis(2)).await;
-                }
-            })
-        };
-        let client = AgentClient::unix(&socket).with_job(Some("preload-local-0a1b2c3d".into()));
-        let last = client
-            .preload("ml", "local", &["/**".to_string()], |_| {})
-            .await
-            .unwrap();
-        assert_eq!(last.bytes_done, 48 << 20);
-        let running = tokio::time::timeout(Duration::from_secs(5), watcher)
-            .await
-            .expect("the report never showed the run as Running")
-            .unwrap();
-        assert_eq!(running.job, "preload-local-0a1b2c3d");
-        assert!(running.completion_time.is_none() && running.start_time.is_some());
-
-        let report = status_of(&agent, &state.activity).datasets.remove(0);
-        assert_eq!(report.uid.as_deref(), Some("u-1"));
-        assert_eq!(report.jobs.len(), 1);
-        let done = &report.jobs[0];
-        assert_eq!(done.phase, JobPhase::Succeeded);
-        assert_eq!((done.files_done, done.files_total), (48, 48));
-        assert_eq!((done.bytes_done, done.bytes_total), (48 << 20, 48 << 20));
-        assert!(done.completion_time.is_some() && done.message.is_none());
-        assert!(report.last_error.is_none());
     }
 
     /// A source this node cannot reach becomes the dataset's lastError, without

@@ -6,10 +6,10 @@ mod support;
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;
-use strata_agent::api::jobs::{JobArgs, PinJobArgs, PreloadJobArgs};
+use strata_agent::job_commands::{JobArgs, PinJobArgs, PreloadJobArgs};
 use support::{TOKEN, TestAgent, dataset_json, is_mounted, raw_http, sha256_file};
 
-fn status(err: &strata_agent::api::client::ClientError) -> u16 {
+fn status(err: &strata_agent::http::client::ClientError) -> u16 {
     err.status().map(|s| s.as_u16()).unwrap_or(0)
 }
 
@@ -57,7 +57,7 @@ async fn datasets_stat_list_read_and_errors() {
         .unwrap_err();
     assert_eq!(status(&err), 400);
     assert!(
-        matches!(&err, strata_agent::api::client::ClientError::Status { field: Some(f), .. } if f == "sources"),
+        matches!(&err, strata_agent::http::client::ClientError::Status { field: Some(f), .. } if f == "sources"),
         "{err:?}"
     );
 
@@ -88,7 +88,7 @@ async fn datasets_stat_list_read_and_errors() {
         let err = api.read("ml", "imagenet", bad).await.unwrap_err();
         assert_eq!(status(&err), 400, "{bad}: {err}");
         assert!(
-            matches!(&err, strata_agent::api::client::ClientError::Status { field: Some(f), .. } if f == "path"),
+            matches!(&err, strata_agent::http::client::ClientError::Status { field: Some(f), .. } if f == "path"),
             "{err:?}"
         );
     }
@@ -234,7 +234,7 @@ async fn job_commands_print_progress() {
         job_name: None,
     };
     let mut out = Vec::new();
-    let results = strata_agent::api::jobs::preload(
+    let results = strata_agent::job_commands::preload(
         &PreloadJobArgs {
             job: job.clone(),
             concurrency: 4,
@@ -262,7 +262,9 @@ async fn job_commands_print_progress() {
         modified_within: None,
         no_preload: false,
     };
-    strata_agent::api::jobs::pin(&pin, &mut out).await.unwrap();
+    strata_agent::job_commands::pin(&pin, &mut out)
+        .await
+        .unwrap();
     let text = String::from_utf8(out).unwrap();
     assert!(text.contains("pinned ml/imagenet on unix://"), "{text}");
     assert!(
@@ -276,7 +278,7 @@ async fn job_commands_print_progress() {
         token_file: None,
         ..job.clone()
     };
-    let err = strata_agent::api::jobs::preload(
+    let err = strata_agent::job_commands::preload(
         &PreloadJobArgs {
             job: no_token,
             concurrency: 1,
@@ -290,7 +292,7 @@ async fn job_commands_print_progress() {
         dataset: "ml/missing".into(),
         ..job
     };
-    let err = strata_agent::api::jobs::preload(
+    let err = strata_agent::job_commands::preload(
         &PreloadJobArgs {
             job: bad,
             concurrency: 1,

@@ -8,7 +8,7 @@ mod support;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
-use strata_agent::api::client::AgentClient;
+use strata_agent::http::client::AgentClient;
 use support::{is_mounted, sha256_file, write_tree};
 
 /// Detaches whatever a failed run left mounted at the dataset's mount point.

@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use strata_agent::config::CacheSettings;
-use strata_agent::fs::{MountOptions, mount};
+use strata_agent::fuse::{MountOptions, mount};
 
 const BLOCK: usize = 4 * MIB;
 
@@ -484,7 +484,7 @@ async fn passthrough_serves_cached_files_at_local_speed() {
 
 /// A mounted local directory holding `f.bin`, to be changed upstream by a test.
 struct ChangingFile {
-    handle: strata_agent::fs::MountHandle,
+    handle: strata_agent::fuse::MountHandle,
     /// `f.bin` in the mount.
     file: PathBuf,
     /// `f.bin` in the source directory.

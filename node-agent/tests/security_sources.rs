@@ -8,7 +8,7 @@ use std::path::Path;
 
 use common::*;
 use strata_agent::config::CacheSettings;
-use strata_agent::fs::{MountOptions, mount};
+use strata_agent::fuse::{MountOptions, mount};
 
 const SECRET: &[u8] = b"node secret: outside the dataset";
 

@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
-use strata_agent::api::client::AgentClient;
-use strata_agent::api::serve::{Bound, ServeArgs, run};
+use strata_agent::http::client::AgentClient;
+use strata_agent::serve::{Bound, ServeArgs, run};
 use tempfile::TempDir;
 
 /// The peer token (`--peer-token-file`): reads any dataset over TCP, nothing else.

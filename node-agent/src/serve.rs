@@ -1,26 +1,19 @@
 //! `strata-agent serve`: the agent as a node daemon, with its HTTP API.
 
-use super::auth::{TcpAuth, TokenReviewer};
-use super::datasets_dir::{self, DatasetsDir};
-use super::error::{ApiError, Result};
-use super::server::{Access, ApiState, api_routes, metrics_routes};
 use crate::agent::{Agent, AgentConfig, LocalPaths};
-use crate::fs::MountOptions;
+use crate::cli_values::{parse_duration, parse_size};
+use crate::datasets_dir::{self, DatasetsDir};
+use crate::fuse::MountOptions;
+use crate::http::auth::{TcpAuth, TokenReviewer};
+use crate::http::{Access, ApiState, api_routes, metrics_routes};
 use crate::mounts::MountRegistry;
+use crate::{Error, Result};
 use std::future::Future;
 use std::net::SocketAddr;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
-
-fn parse_size(s: &str) -> std::result::Result<u64, String> {
-    crate::config::parse_size(s).map_err(|e| e.to_string())
-}
-
-fn parse_duration(s: &str) -> std::result::Result<Duration, String> {
-    crate::config::parse_duration(s).map_err(|e| e.to_string())
-}
 
 /// Flags of `strata-agent serve`.
 #[derive(clap::Args, Debug, Clone)]
@@ -120,11 +113,11 @@ pub struct ServeArgs {
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)
-            .map_err(|e| ApiError::io(format!("creating {}", parent.display()), e))?;
+            .map_err(|e| Error::io(format!("creating {}", parent.display()), e))?;
     }
     if let Ok(meta) = std::fs::symlink_metadata(path) {
         if !meta.file_type().is_socket() {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "socket",
                 format!(
                     "{} exists and is not a socket; refusing to replace it",
@@ -133,19 +126,19 @@ fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
             ));
         }
         std::fs::remove_file(path)
-            .map_err(|e| ApiError::io(format!("removing stale socket {}", path.display()), e))?;
+            .map_err(|e| Error::io(format!("removing stale socket {}", path.display()), e))?;
     }
     let listener = tokio::net::UnixListener::bind(path)
-        .map_err(|e| ApiError::io(format!("listening on {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("listening on {}", path.display()), e))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o660))
-        .map_err(|e| ApiError::io(format!("setting the mode of {}", path.display()), e))?;
+        .map_err(|e| Error::io(format!("setting the mode of {}", path.display()), e))?;
     Ok(listener)
 }
 
 async fn bind_tcp(addr: SocketAddr, what: &str) -> Result<tokio::net::TcpListener> {
     tokio::net::TcpListener::bind(addr)
         .await
-        .map_err(|e| ApiError::io(format!("listening on {addr} ({what})"), e))
+        .map_err(|e| Error::io(format!("listening on {addr} ({what})"), e))
 }
 
 /// Addresses actually bound (a port 0 in the flags becomes the real port).
@@ -165,7 +158,7 @@ pub async fn run(
 ) -> Result<()> {
     let access = match &args.listen {
         Some(_) if args.peer_token_file.is_none() && args.job_token_audience.is_none() => {
-            return Err(ApiError::bad_request(
+            return Err(Error::invalid(
                 "peer-token-file",
                 "--listen serves the API over TCP and needs --peer-token-file (the node secret \
                  agents share) or --job-token-audience (job credentials), or both",
@@ -291,18 +284,18 @@ pub async fn run(
 #[cfg(feature = "node-status")]
 async fn token_reviewer(audience: &str) -> Result<Arc<dyn TokenReviewer>> {
     let client = kube::Client::try_default().await.map_err(|e| {
-        ApiError::Unavailable(format!(
+        Error::Unavailable(format!(
             "--job-token-audience checks job tokens with the Kubernetes API, which is not reachable: {e}"
         ))
     })?;
-    Ok(Arc::new(super::token_review::KubeTokenReviewer::new(
+    Ok(Arc::new(crate::http::token_review::KubeTokenReviewer::new(
         client, audience,
     )))
 }
 
 #[cfg(not(feature = "node-status"))]
 async fn token_reviewer(_audience: &str) -> Result<Arc<dyn TokenReviewer>> {
-    Err(ApiError::bad_request(
+    Err(Error::invalid(
         "job-token-audience",
         "this agent was built without Kubernetes support (the node-status feature)",
     ))

@@ -8,7 +8,7 @@
 //!
 //! Registration (PUT/DELETE of datasets) and volumes are never served over TCP.
 
-use super::error::{ApiError, Result};
+use crate::{Error, Result};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -76,7 +76,7 @@ impl Caller {
     /// that name no dataset). A job's further condition (a live policy) is checked by the
     /// caller of this function, which has the dataset at hand.
     pub fn may(&self, action: Action, namespace: Option<&str>) -> Result<()> {
-        let refused = |message: String| Err(ApiError::Forbidden(message));
+        let refused = |message: String| Err(Error::Forbidden(message));
         match (self, action) {
             (Caller::Local, _) => Ok(()),
             (_, Action::Register) => refused(
@@ -115,7 +115,7 @@ impl Caller {
 pub trait TokenReviewer: Send + Sync {
     /// The namespace of the ServiceAccount that holds `token` when the token is valid for
     /// the Strata audience; `Ok(None)` when it is not. `Err` when it could not be checked.
-    async fn review(&self, token: &str) -> std::result::Result<Option<String>, String>;
+    async fn review(&self, token: &str) -> Result<Option<String>>;
 }
 
 /// The node secret that agents present to each other, read again from its file every
@@ -133,9 +133,8 @@ struct PeerTokenState {
 
 impl PeerToken {
     fn load(file: PathBuf) -> Result<Self> {
-        let token = super::client::read_token_file(&file).map_err(|e| {
-            ApiError::io(format!("reading --peer-token-file {}", file.display()), e)
-        })?;
+        let token = super::client::read_token_file(&file)
+            .map_err(|e| Error::io(format!("reading --peer-token-file {}", file.display()), e))?;
         Ok(PeerToken {
             file,
             state: Mutex::new(PeerTokenState {
@@ -206,7 +205,7 @@ impl TcpAuth {
             })
             .map(str::trim)
             .filter(|t| !t.is_empty())
-            .ok_or(ApiError::Unauthorized)?;
+            .ok_or(Error::Unauthorized)?;
         let presented_digest = digest(presented);
         if let Some(expected) = self.peer.as_ref().and_then(PeerToken::current)
             && same(&presented_digest, &expected)
@@ -214,13 +213,13 @@ impl TcpAuth {
             return Ok(Caller::Peer);
         }
         let Some(reviewer) = &self.jobs else {
-            return Err(ApiError::Forbidden("the bearer token was refused".into()));
+            return Err(Error::Forbidden("the bearer token was refused".into()));
         };
         if let Some(known) = self.cached(&presented_digest) {
             return known;
         }
         let answer = reviewer.review(presented).await.map_err(|e| {
-            ApiError::Unavailable(format!(
+            Error::Unavailable(format!(
                 "cannot check the job credential now ({e}); retry shortly"
             ))
         })?;
@@ -242,7 +241,7 @@ impl TcpAuth {
     fn caller_of(answer: Option<String>) -> Result<Caller> {
         match answer {
             Some(namespace) => Ok(Caller::Job { namespace }),
-            None => Err(ApiError::Forbidden("the bearer token was refused".into())),
+            None => Err(Error::Forbidden("the bearer token was refused".into())),
         }
     }
 }
@@ -262,7 +261,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl TokenReviewer for Fixed {
-        async fn review(&self, token: &str) -> std::result::Result<Option<String>, String> {
+        async fn review(&self, token: &str) -> Result<Option<String>> {
             Ok((token == "job-jwt")
                 .then(|| self.0.map(str::to_string))
                 .flatten())
@@ -282,11 +281,11 @@ mod tests {
         let auth = auth(&dir, Some("team-a"));
         assert!(matches!(
             auth.authenticate(None).await,
-            Err(ApiError::Unauthorized)
+            Err(Error::Unauthorized)
         ));
         assert!(matches!(
             auth.authenticate(Some("Basic abc")).await,
-            Err(ApiError::Unauthorized)
+            Err(Error::Unauthorized)
         ));
         assert_eq!(
             auth.authenticate(Some("Bearer peer-secret")).await.unwrap(),
@@ -300,12 +299,12 @@ mod tests {
         );
         assert!(matches!(
             auth.authenticate(Some("Bearer peer-secre")).await,
-            Err(ApiError::Forbidden(_))
+            Err(Error::Forbidden(_))
         ));
         let no_jobs = self::auth(&dir, None);
         assert!(matches!(
             no_jobs.authenticate(Some("Bearer job-jwt")).await,
-            Err(ApiError::Forbidden(_))
+            Err(Error::Forbidden(_))
         ));
     }
 

@@ -3,6 +3,7 @@
 //! agent asks a TokenReview whether it is valid for that audience and whose it is.
 
 use super::auth::{TokenReviewer, service_account_namespace};
+use crate::{Error, Result};
 use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
 use kube::Api;
 use kube::api::PostParams;
@@ -24,7 +25,7 @@ impl KubeTokenReviewer {
 
 #[async_trait::async_trait]
 impl TokenReviewer for KubeTokenReviewer {
-    async fn review(&self, token: &str) -> Result<Option<String>, String> {
+    async fn review(&self, token: &str) -> Result<Option<String>> {
         let review = TokenReview {
             spec: TokenReviewSpec {
                 token: token.to_string(),
@@ -36,7 +37,7 @@ impl TokenReviewer for KubeTokenReviewer {
             .create(&PostParams::default(), &review)
             .await
             // The error names the request, never the token (it is in the body only).
-            .map_err(|e| format!("TokenReview failed: {e}"))?;
+            .map_err(Error::TokenReview)?;
         let Some(status) = answer.status else {
             return Ok(None);
         };

@@ -2,8 +2,8 @@
 //! periodically so that a mounted Secret or ConfigMap can add, change and
 //! remove datasets without restarting the agent.
 
-use super::server::ApiState;
 use crate::config::DatasetConfig;
+use crate::http::ApiState;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -109,7 +109,7 @@ impl DatasetsDir {
                 continue;
             }
             match state.agent.remove_dataset(&ns, &name, true).await {
-                Ok(()) | Err(crate::Error::DatasetNotFound { .. }) => {
+                Ok(()) | Err(strata_engine::Error::DatasetNotFound { .. }) => {
                     report.removed += 1;
                     self.loaded.remove(&(ns, name));
                 }

@@ -1,0 +1,463 @@
+//! The FUSE operations (`impl Filesystem`): each request is answered on the tokio
+//! runtime, errors as the engine's errno.
+
+use std::ffi::OsStr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::SystemTime;
+
+use fuser::{
+    Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
+    KernelConfig, LockOwner, OpenFlags, ReplyAttr, ReplyData, ReplyDirectory, ReplyDirectoryPlus,
+    ReplyEmpty, ReplyEntry, ReplyOpen, ReplyStatfs, Request,
+};
+use tracing::Instrument;
+
+use super::MAX_REQUEST_BYTES;
+use super::inodes::path_ino;
+use super::passthrough::OpenFile;
+use super::state::FsState;
+use crate::dataset::FileStat;
+use strata_engine::Error;
+
+fn errno(e: &Error) -> Errno {
+    Errno::from_i32(e.errno())
+}
+
+pub(super) struct StrataFs {
+    pub(super) state: Arc<FsState>,
+}
+
+impl Filesystem for StrataFs {
+    fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
+        let _ = config.set_max_write(MAX_REQUEST_BYTES);
+        let _ = config.set_max_readahead(MAX_REQUEST_BYTES);
+        for flag in [
+            InitFlags::FUSE_DO_READDIRPLUS,
+            InitFlags::FUSE_READDIRPLUS_AUTO,
+            InitFlags::FUSE_PARALLEL_DIROPS,
+            InitFlags::FUSE_AUTO_INVAL_DATA,
+        ] {
+            let _ = config.add_capabilities(flag);
+        }
+        if self.state.passthrough.load(Ordering::Relaxed) {
+            let ok = config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+                && config.set_max_stack_depth(1).is_ok();
+            if !ok {
+                tracing::warn!(
+                    "the kernel does not offer FUSE passthrough; cached files are served through the agent"
+                );
+                self.state.passthrough.store(false, Ordering::Relaxed);
+            }
+        }
+        Ok(())
+    }
+
+    fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
+        let st = self.state.clone();
+        let Some(parent_path) = st.path_of(parent) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let Some(path) = name.to_str().and_then(|n| parent_path.join(n).ok()) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let span = tracing::debug_span!("lookup", path = %path);
+        self.state.rt.spawn(
+            async move {
+                match st.view.stat_until(&path).await {
+                    Ok((stat, valid_until)) => {
+                        let ino = st.looked_up(&path, stat.etag.as_deref());
+                        let ttl = FsState::ttl_until(valid_until);
+                        reply.entry(&ttl, &st.attr(ino, &stat), Generation(0));
+                    }
+                    Err(e) => {
+                        if !e.is_not_found() {
+                            tracing::warn!(path = %path, error = %e, "lookup failed");
+                        }
+                        reply.error(errno(&e));
+                    }
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn getattr(&self, _req: &Request, ino: INodeNo, fh: Option<FileHandle>, reply: ReplyAttr) {
+        let st = self.state.clone();
+        if let Some(fh) = fh {
+            let open = st.handles.lock().expect("handles").get(&fh.0).cloned();
+            if let Some(open) = open {
+                reply.attr(&st.ttl(), &st.attr(ino.0, open.reader.stat()));
+                return;
+            }
+        }
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            match st.view.stat_until(&path).await {
+                Ok((stat, valid_until)) => {
+                    reply.attr(&FsState::ttl_until(valid_until), &st.attr(ino.0, &stat))
+                }
+                Err(e) => reply.error(errno(&e)),
+            }
+        });
+    }
+
+    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let st = self.state.clone();
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let span = tracing::debug_span!("open", path = %path, ino = ino.0);
+        self.state.rt.spawn(
+            async move {
+                let reader = match st.view.open(&path).await {
+                    Ok(r) => Arc::new(r),
+                    Err(e) => {
+                        reply.error(errno(&e));
+                        return;
+                    }
+                };
+                let etag = reader.stat().etag.clone().unwrap_or_default();
+                if st.open_with_other_version(ino.0, &etag) {
+                    // The object changed while this inode is open on its old version. The
+                    // kernel would refuse this open (one backing file per inode) or mix the
+                    // two in one page cache; ESTALE makes it look the name up again, and
+                    // `lookup` gives the new version an inode of its own.
+                    reply.error(Errno::ESTALE);
+                    return;
+                }
+                let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
+                // Twice at most: see "its download completed" below.
+                let mut tried_passthrough = 0;
+                let mut reply = reply;
+                loop {
+                    tried_passthrough += 1;
+                    if st.passthrough.load(Ordering::Relaxed) {
+                        match st
+                            .open_passthrough(ino.0, &reader, &etag, fh, &path, reply)
+                            .await
+                        {
+                            None => return,
+                            Some(not_opened) => reply = not_opened,
+                        }
+                    }
+                    // Served by the agent.
+                    let mut io = st.io.lock().expect("io");
+                    let entry = io.entry(ino.0).or_default();
+                    let passthrough_open = entry
+                        .backing
+                        .as_ref()
+                        .is_some_and(|(_, w)| w.strong_count() > 0);
+                    if passthrough_open && tried_passthrough < 2 {
+                        // Open in passthrough mode on this version (another was ruled out
+                        // above): its download completed for another opener since this one
+                        // looked. The kernel refuses any other kind of open of this inode now,
+                        // so look again: the file is complete.
+                        drop(io);
+                        continue;
+                    }
+                    if passthrough_open {
+                        // Still not (passthrough refused meanwhile): direct I/O, the last resort.
+                        drop(io);
+                        let open = Arc::new(OpenFile {
+                            reader,
+                            ino: ino.0,
+                            passthrough: None,
+                            direct: true,
+                        });
+                        st.handles.lock().expect("handles").insert(fh, open);
+                        reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
+                        return;
+                    }
+                    entry.cached_opens += 1;
+                    drop(io);
+                    let keep = {
+                        let mut last = st.last_etag.lock().expect("etags");
+                        let same = last.get(&ino.0).is_some_and(|t| *t == etag);
+                        last.insert(ino.0, etag);
+                        same
+                    };
+                    let open = Arc::new(OpenFile {
+                        reader,
+                        ino: ino.0,
+                        passthrough: None,
+                        direct: false,
+                    });
+                    st.handles.lock().expect("handles").insert(fh, open);
+                    let flags = if keep {
+                        FopenFlags::FOPEN_KEEP_CACHE
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags);
+                    return;
+                }
+            }
+            .instrument(span),
+        );
+    }
+
+    fn read(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        size: u32,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: ReplyData,
+    ) {
+        let open = self
+            .state
+            .handles
+            .lock()
+            .expect("handles")
+            .get(&fh.0)
+            .cloned();
+        let Some(open) = open else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        // Most reads fall in the block the reader just served: answered here, without a
+        // hand-over to the runtime (a wake-up that waits for a core while the 2 cores of a
+        // busy node are taken).
+        if let Some(data) = open.reader.read_held(offset, size as u64) {
+            reply.data(&data);
+            return;
+        }
+        self.state.rt.spawn(async move {
+            match open.reader.read(offset, size as u64).await {
+                Ok(data) => reply.data(&data),
+                Err(e) => {
+                    tracing::warn!(path = %open.reader.stat().path, offset, error = %e, "read failed");
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn release(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        _flush: bool,
+        reply: ReplyEmpty,
+    ) {
+        let open = self.state.handles.lock().expect("handles").remove(&fh.0);
+        if let Some(open) = open {
+            let mut io = self.state.io.lock().expect("io");
+            if let Some(e) = io.get_mut(&open.ino)
+                && open.passthrough.is_none()
+                && !open.direct
+            {
+                e.cached_opens = e.cached_opens.saturating_sub(1);
+            }
+            drop(io);
+            // Dropping the last Arc<BackingId> closes the backing file in the kernel.
+            drop(open);
+            let mut io = self.state.io.lock().expect("io");
+            if let Some(e) = io.get_mut(&_ino.0) {
+                if e.backing
+                    .as_ref()
+                    .is_some_and(|(_, w)| w.strong_count() == 0)
+                {
+                    e.backing = None;
+                }
+                if e.backing.is_none() && e.cached_opens == 0 {
+                    io.remove(&_ino.0);
+                }
+            }
+        }
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        reply.ok();
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
+        self.state.forget(ino.0, nlookup);
+    }
+
+    fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
+        let fh = self.state.next_fh.fetch_add(1, Ordering::Relaxed);
+        self.state.dirs.lock().expect("dirs").insert(fh, None);
+        reply.opened(FileHandle(fh), FopenFlags::empty());
+    }
+
+    fn readdir(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectory,
+    ) {
+        let st = self.state.clone();
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            let (listing, _) = match st.dir_listing(fh.0, &path, offset).await {
+                Ok(l) => l,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
+            let total = listing.entries.len() as u64 + 2;
+            for i in offset..total {
+                let full = match i {
+                    0 => reply.add(ino, 1, FileType::Directory, "."),
+                    1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
+                    _ => {
+                        let e = &listing.entries[(i - 2) as usize];
+                        let kind = if e.stat.is_dir() {
+                            FileType::Directory
+                        } else {
+                            FileType::RegularFile
+                        };
+                        let child = st
+                            .known_ino(&e.stat.path)
+                            .unwrap_or_else(|| path_ino(&e.stat.path));
+                        reply.add(INodeNo(child), i + 1, kind, &e.name)
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn readdirplus(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        mut reply: ReplyDirectoryPlus,
+    ) {
+        let st = self.state.clone();
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        self.state.rt.spawn(async move {
+            let (listing, valid_until) = match st.dir_listing(fh.0, &path, offset).await {
+                Ok(l) => l,
+                Err(e) => {
+                    reply.error(errno(&e));
+                    return;
+                }
+            };
+            // An open directory can be read long after its listing was taken: the kernel
+            // keeps these entries only while the listing is valid.
+            let ttl = FsState::ttl_until(valid_until);
+            let dir_stat = FileStat {
+                path: path.clone(),
+                kind: crate::dataset::EntryKind::Directory,
+                size: 0,
+                mtime: SystemTime::UNIX_EPOCH,
+                version: None,
+                etag: None,
+            };
+            let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
+            let total = listing.entries.len() as u64 + 2;
+            for i in offset..total {
+                let full = match i {
+                    0 => reply.add(ino, 1, ".", &ttl, &st.attr(ino.0, &dir_stat), Generation(0)),
+                    1 => reply.add(
+                        INodeNo(parent_ino),
+                        2,
+                        "..",
+                        &ttl,
+                        &st.attr(parent_ino, &dir_stat),
+                        Generation(0),
+                    ),
+                    _ => {
+                        let e = &listing.entries[(i - 2) as usize];
+                        // Counted before the reply can reach the kernel; taken back if
+                        // the buffer was full and the entry not sent.
+                        let child = st.looked_up(&e.stat.path, e.stat.etag.as_deref());
+                        let full = reply.add(
+                            INodeNo(child),
+                            i + 1,
+                            &e.name,
+                            &ttl,
+                            &st.attr(child, &e.stat),
+                            Generation(0),
+                        );
+                        if full {
+                            st.forget(child, 1);
+                        }
+                        full
+                    }
+                };
+                if full {
+                    break;
+                }
+            }
+            reply.ok();
+        });
+    }
+
+    fn releasedir(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _flags: OpenFlags,
+        reply: ReplyEmpty,
+    ) {
+        self.state.dirs.lock().expect("dirs").remove(&fh.0);
+        reply.ok();
+    }
+
+    fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
+        // Called by every `df`: the running total, not a walk over every cached object.
+        let used = self.state.view.cache().disk_bytes();
+        let bsize = 4096u64;
+        let quota = self.state.view.config().cache.quota;
+        let capacity = quota
+            .unwrap_or(u64::MAX)
+            .min(self.state.view_node_capacity());
+        let blocks = capacity / bsize;
+        let free = capacity.saturating_sub(used) / bsize;
+        let files = self.state.inodes.read().expect("inodes").by_ino.len() as u64;
+        reply.statfs(
+            blocks,
+            free,
+            free,
+            files,
+            u64::from(u32::MAX),
+            bsize as u32,
+            255,
+            bsize as u32,
+        );
+    }
+}

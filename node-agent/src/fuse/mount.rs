@@ -1,0 +1,267 @@
+//! Mounting and unmounting: the mount options, the handle that unmounts (detaching a busy
+//! mount point), and the checks a mount point must pass first.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use fuser::{Config, MountOption, SessionACL};
+
+use super::filesystem::StrataFs;
+use super::state::FsState;
+use crate::dataset::DatasetView;
+use crate::{Error, Result};
+
+/// How to mount.
+#[derive(Debug, Clone)]
+pub struct MountOptions {
+    /// Let every user read the mount (`allow_other`); needed when pods run as non-root.
+    pub allow_other: bool,
+    /// Open fully cached files in passthrough mode when the kernel allows it.
+    pub passthrough: bool,
+    /// fuser worker threads reading requests from /dev/fuse.
+    pub threads: usize,
+    /// Shown as the file system source in /proc/mounts (default "strata:<ns>/<name>").
+    pub fsname: Option<String>,
+}
+
+impl Default for MountOptions {
+    fn default() -> Self {
+        MountOptions {
+            allow_other: true,
+            passthrough: true,
+            threads: 4,
+            fsname: None,
+        }
+    }
+}
+
+/// A mounted file system. Unmounts on [`MountHandle::unmount`] or when dropped.
+pub struct MountHandle {
+    mountpoint: PathBuf,
+    session: Option<fuser::BackgroundSession>,
+    fs: Arc<FsState>,
+}
+
+impl std::fmt::Debug for MountHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MountHandle")
+            .field("mountpoint", &self.mountpoint)
+            .finish()
+    }
+}
+
+impl MountHandle {
+    /// Where it is mounted.
+    pub fn mountpoint(&self) -> &Path {
+        &self.mountpoint
+    }
+
+    /// Opens served in passthrough mode so far, and opens where passthrough was refused.
+    pub fn passthrough_counts(&self) -> (u64, u64) {
+        (
+            self.fs.passthrough_ok.load(Ordering::Relaxed),
+            self.fs.passthrough_refused.load(Ordering::Relaxed),
+        )
+    }
+
+    /// Unmounts and waits for the session thread to end.
+    pub fn unmount(mut self) -> Result<()> {
+        self.do_unmount()
+    }
+
+    fn do_unmount(&mut self) -> Result<()> {
+        let Some(session) = self.session.take() else {
+            return Ok(());
+        };
+        let failed = |e: std::io::Error| Error::Mount {
+            mountpoint: self.mountpoint.clone(),
+            message: format!("unmount failed: {e}"),
+        };
+        // fuser unmounts with a plain umount(2), which fails while a process has a file
+        // open or its working directory under the mount point; the agent would then exit
+        // and leave a dead mount behind ("Transport endpoint is not connected") that also
+        // blocks the next mount there. Detached instead, the mount point is free at once
+        // and the open files are served until their users let go (or the wait ends).
+        // MNT_EXPIRE unmounts nothing on a first call: it fails with EBUSY if the mount
+        // is in use (EAGAIN if not), which is what tells the two cases apart.
+        match nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_EXPIRE) {
+            Err(nix::errno::Errno::EBUSY) => {
+                nix::mount::umount2(&self.mountpoint, nix::mount::MntFlags::MNT_DETACH)
+                    .map_err(|e| failed(e.into()))?;
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "mount point busy (a file open or a working directory under it): detached; \
+                     its open files are served for up to {BUSY_UNMOUNT_WAIT:?} more");
+                let (tx, rx) = std::sync::mpsc::channel();
+                std::thread::spawn(move || {
+                    let _ = tx.send(session.join());
+                });
+                match rx.recv_timeout(BUSY_UNMOUNT_WAIT) {
+                    Ok(joined) => joined.map_err(failed)?,
+                    Err(_) => tracing::warn!(mountpoint = %self.mountpoint.display(),
+                        "files under the detached mount point are still open; \
+                         reads of them fail once the agent exits"),
+                }
+            }
+            // Not in use, or not root (fuser then goes through fusermount3, which detaches
+            // a busy mount itself).
+            _ => session.umount_and_join().map_err(failed)?,
+        }
+        tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+        Ok(())
+    }
+}
+
+/// How long an unmount of a busy mount point keeps serving its open files after
+/// detaching it.
+const BUSY_UNMOUNT_WAIT: Duration = Duration::from_secs(5);
+
+impl Drop for MountHandle {
+    fn drop(&mut self) {
+        if let Err(e) = self.do_unmount() {
+            tracing::warn!(error = %e, "unmount on drop failed");
+        }
+    }
+}
+
+/// Checks that a mount point exists, is a directory and is not already a mount point.
+pub fn check_mountpoint(mountpoint: &Path) -> Result<PathBuf> {
+    let err = |message: String| Error::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => {
+            err("does not exist; create it first (mkdir -p)".into())
+        }
+        std::io::ErrorKind::NotConnected => err(
+            "is a dead FUSE mount (its agent exited); clean it up with `fusermount3 -u` or `umount -l`"
+                .into(),
+        ),
+        _ => err(format!("cannot be accessed: {e}")),
+    })?;
+    if !meta.is_dir() {
+        return Err(err("is not a directory".into()));
+    }
+    let canonical = std::fs::canonicalize(mountpoint).map_err(|e| err(e.to_string()))?;
+    if let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") {
+        let wanted = canonical.to_string_lossy();
+        let busy = info.lines().any(|l| {
+            l.split(' ')
+                .nth(4)
+                .map(unescape_mountinfo)
+                .is_some_and(|p| p == wanted)
+        });
+        if busy {
+            return Err(err(
+                "is busy: something is already mounted there; unmount it first (umount or fusermount3 -u)".into(),
+            ));
+        }
+    }
+    Ok(canonical)
+}
+
+fn unescape_mountinfo(s: &str) -> String {
+    // mountinfo escapes space, tab, newline and backslash as \ooo (octal).
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len()
+            && let Ok(v) = u8::from_str_radix(&s[i + 1..i + 4], 8)
+        {
+            out.push(v);
+            i += 4;
+            continue;
+        }
+        out.push(b[i]);
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Mounts a dataset read-only at `mountpoint` and serves it in the background. Must be
+/// called inside a tokio runtime (requests are served on it).
+pub fn mount(
+    view: Arc<DatasetView>,
+    mountpoint: &Path,
+    options: MountOptions,
+) -> Result<MountHandle> {
+    let canonical = check_mountpoint(mountpoint)?;
+    let handle = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::Task("mount must be called inside a tokio runtime".into()))?;
+    let state = Arc::new(FsState::new(view.clone(), handle, options.passthrough));
+    let fs = StrataFs {
+        state: state.clone(),
+    };
+    let mut cfg = Config::default();
+    cfg.mount_options = vec![
+        MountOption::RO,
+        MountOption::NoDev,
+        MountOption::NoSuid,
+        MountOption::DefaultPermissions,
+        MountOption::FSName(
+            options
+                .fsname
+                .clone()
+                .unwrap_or_else(|| format!("strata:{}", view.id())),
+        ),
+        MountOption::Subtype("strata".into()),
+    ];
+    if options.allow_other {
+        cfg.acl = SessionACL::All;
+    }
+    cfg.n_threads = Some(options.threads.max(1));
+    cfg.clone_fd = options.threads > 1;
+    let session = fuser::spawn_mount(fs, &canonical, &cfg).map_err(|e| Error::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        message: match e.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => {
+                format!("{e}: mounting FUSE needs root (or CAP_SYS_ADMIN) and /dev/fuse")
+            }
+            Some(libc::ENOENT) | Some(libc::ENODEV) => {
+                format!(
+                    "{e}: /dev/fuse is missing (modprobe fuse; in a container, pass the device)"
+                )
+            }
+            _ => e.to_string(),
+        },
+    })?;
+    tracing::info!(dataset = %view.id(), mountpoint = %canonical.display(), "mounted");
+    Ok(MountHandle {
+        mountpoint: canonical,
+        session: Some(session),
+        fs: state,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn mountinfo_unescaping() {
+        assert_eq!(unescape_mountinfo("/mnt/with\\040space"), "/mnt/with space");
+        assert_eq!(unescape_mountinfo("/mnt/ünï"), "/mnt/ünï");
+        assert_eq!(unescape_mountinfo("/a\\134b"), "/a\\b");
+    }
+
+    #[test]
+    fn mount_point_checks_name_the_problem() {
+        let err = check_mountpoint(Path::new("/definitely/missing"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("/definitely/missing") && err.contains("does not exist"),
+            "{err}"
+        );
+        let f = tempfile::NamedTempFile::new().unwrap();
+        let err = check_mountpoint(f.path()).unwrap_err().to_string();
+        assert!(err.contains("not a directory"), "{err}");
+        // "/" is always a mount point.
+        let err = check_mountpoint(Path::new("/")).unwrap_err().to_string();
+        assert!(err.contains("busy"), "{err}");
+    }
+}

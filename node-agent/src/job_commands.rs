@@ -1,0 +1,282 @@
+//! `strata-agent preload|pin|unpin --agent URL ...`: the commands that the operator's
+//! preload and pin Jobs run against a node's agent (clients of its HTTP API).
+
+use crate::http::client::{AgentClient, read_token_file};
+use crate::http::types::PreloadProgress;
+use crate::{Error, Result};
+use std::ffi::OsString;
+use std::io::Write;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// Flags shared by the job commands.
+#[derive(clap::Args, Debug, Clone)]
+pub struct JobArgs {
+    /// Agent(s) to ask: unix:///run/strata/agent.sock or http://HOST:7070 (comma separated for several nodes).
+    #[arg(
+        long,
+        env = "STRATA_AGENT_URL",
+        value_delimiter = ',',
+        default_value = "unix:///run/strata/agent.sock"
+    )]
+    pub agent: Vec<String>,
+    /// Bearer token file for http:// agents.
+    #[arg(long, env = "STRATA_AGENT_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+    /// The dataset, as NAMESPACE/NAME.
+    #[arg(long, env = "STRATA_DATASET")]
+    pub dataset: String,
+    /// Path globs inside the dataset, e.g. /train/** (comma separated or repeated).
+    #[arg(long, env = "STRATA_PATHS", value_delimiter = ',', num_args = 1.., required = true)]
+    pub paths: Vec<String>,
+    /// Name of the Kubernetes Job running this command (the operator's Jobs set it from
+    /// the pod's job-name label); the agent reports the run's progress under it.
+    #[arg(long = "job", env = "STRATA_JOB_NAME")]
+    pub job_name: Option<String>,
+}
+
+/// `strata-agent preload --agent ...`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PreloadJobArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Block fetches the agent keeps in flight for this preload, over all its files, 1 to
+    /// 64 (the CachePolicy rule's `concurrency`). Over a high-latency link a preload needs
+    /// dozens in flight to fill it; lower it to spare the source.
+    #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 64,
+          value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub concurrency: u32,
+}
+
+/// `strata-agent pin|unpin --agent ...`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct PinJobArgs {
+    #[command(flatten)]
+    pub job: JobArgs,
+    /// Copies across nodes (a number or All). The operator runs one Job per node for
+    /// All; each Job pins on the agent it is given.
+    #[arg(long, env = "STRATA_REPLICAS", default_value = "1")]
+    pub replicas: String,
+    /// Pin only files modified within this long (e.g. 14d), each by its exact path.
+    #[arg(long, env = "STRATA_MODIFIED_WITHIN")]
+    pub modified_within: Option<String>,
+    /// Only pin, do not fetch the pinned files.
+    #[arg(long, env = "STRATA_NO_PRELOAD")]
+    pub no_preload: bool,
+}
+
+/// The command line of `strata-agent preload --agent ...`, parsed on its own: the
+/// agent's `preload` subcommand without `--agent` fills a local cache directory.
+#[derive(clap::Parser, Debug)]
+#[command(
+    name = "strata-agent preload",
+    about = "Preload dataset paths on running agents"
+)]
+pub struct AgentPreloadCli {
+    #[command(flatten)]
+    pub args: PreloadJobArgs,
+}
+
+/// True when `strata-agent <argv>` is `preload` aimed at a running agent (`--agent` given).
+pub fn is_agent_preload(argv: &[OsString]) -> bool {
+    argv.get(1).is_some_and(|a| a == "preload")
+        && (argv.iter().any(|a| {
+            a.to_str()
+                .is_some_and(|s| s == "--agent" || s.starts_with("--agent="))
+        }) || std::env::var_os("STRATA_AGENT_URL").is_some())
+}
+
+impl JobArgs {
+    fn dataset(&self) -> Result<(&str, &str)> {
+        self.dataset
+            .split_once('/')
+            .filter(|(ns, name)| !ns.is_empty() && !name.is_empty() && !name.contains('/'))
+            .ok_or_else(|| {
+                Error::invalid(
+                    "dataset",
+                    format!("{:?} is not NAMESPACE/NAME", self.dataset),
+                )
+            })
+    }
+
+    fn clients(&self) -> Result<Vec<AgentClient>> {
+        let token =
+            match &self.token_file {
+                Some(file) => Some(read_token_file(file).map_err(|e| {
+                    Error::io(format!("reading --token-file {}", file.display()), e)
+                })?),
+                None => None,
+            };
+        self.agent
+            .iter()
+            .map(|url| {
+                if url.starts_with("http://") && token.is_none() {
+                    return Err(Error::invalid(
+                        "token-file",
+                        format!("{url} needs --token-file with the agent's bearer token"),
+                    ));
+                }
+                Ok(AgentClient::from_url(url, token.clone())?
+                    .with_timeout(Duration::from_secs(60))
+                    .with_job(self.job_name.clone()))
+            })
+            .collect()
+    }
+}
+
+/// One progress line: what a user watching the Job's log wants to see.
+pub fn progress_line(agent: &str, dataset: &str, p: &PreloadProgress) -> String {
+    format!(
+        "preload {dataset} on {agent}: files {}/{}, bytes {}/{}, {:.1}%{}",
+        p.files_done,
+        p.files_total,
+        p.bytes_done,
+        p.bytes_total,
+        p.percent(),
+        if p.done { ", done" } else { "" }
+    )
+}
+
+async fn preload_on(
+    client: &AgentClient,
+    dataset: &str,
+    paths: &[String],
+    out: &mut (dyn Write + Send),
+) -> Result<PreloadProgress> {
+    let (ns, name) = dataset.split_once('/').unwrap_or(("", dataset));
+    let endpoint = client.endpoint();
+    let mut print = |p: &PreloadProgress| {
+        let _ = writeln!(out, "{}", progress_line(&endpoint, dataset, p));
+        let _ = out.flush();
+    };
+    Ok(client.preload(ns, name, paths, &mut print).await?)
+}
+
+/// Preloads the paths on every agent, printing progress lines to `out`. Fails if any agent failed.
+pub async fn preload(
+    args: &PreloadJobArgs,
+    out: &mut (dyn Write + Send),
+) -> Result<Vec<PreloadProgress>> {
+    args.job.dataset()?;
+    let mut results = Vec::new();
+    for client in args.job.clients()? {
+        let client = client.with_concurrency(Some(args.concurrency));
+        results.push(preload_on(&client, &args.job.dataset, &args.job.paths, out).await?);
+    }
+    Ok(results)
+}
+
+/// Pins the paths on every agent and (unless `no_preload`) fetches what was pinned,
+/// printing the pins and progress lines.
+pub async fn pin(args: &PinJobArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let (ns, name) = args.job.dataset()?;
+    for client in args.job.clients()? {
+        let answer = client
+            .pin(ns, name, &args.job.paths, args.modified_within.as_deref())
+            .await?;
+        let _ = writeln!(
+            out,
+            "pinned {} on {}: {} pattern(s) added, {} pin(s) in force",
+            args.job.dataset,
+            client.endpoint(),
+            answer.changed.len(),
+            answer.pins.len()
+        );
+        if !args.no_preload && !answer.changed.is_empty() {
+            preload_on(&client, &args.job.dataset, &answer.changed, out).await?;
+        }
+    }
+    Ok(())
+}
+
+/// Removes the pins on every agent.
+pub async fn unpin(args: &JobArgs, out: &mut (dyn Write + Send)) -> Result<()> {
+    let (ns, name) = args.dataset()?;
+    for client in args.clients()? {
+        let answer = client.unpin(ns, name, &args.paths).await?;
+        let _ = writeln!(
+            out,
+            "unpinned {} on {}: {} pin(s) left",
+            args.dataset,
+            client.endpoint(),
+            answer.pins.len()
+        );
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[test]
+    fn progress_lines_show_files_bytes_and_percent() {
+        let p = PreloadProgress {
+            files_done: 1,
+            files_total: 4,
+            bytes_done: 512,
+            bytes_total: 2048,
+            done: false,
+            error: None,
+        };
+        assert_eq!(
+            progress_line("unix:///a.sock", "ml/x", &p),
+            "preload ml/x on unix:///a.sock: files 1/4, bytes 512/2048, 25.0%"
+        );
+    }
+
+    #[test]
+    fn parses_the_operators_preload_job_arguments() {
+        let argv: Vec<OsString> = [
+            "strata-agent",
+            "preload",
+            "--agent",
+            "http://10.0.0.5:7070",
+            "--token-file",
+            "/var/run/strata/token",
+            "--dataset",
+            "ml/imagenet",
+            "--paths",
+            "/labels/**",
+            "--concurrency",
+            "8",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        assert!(is_agent_preload(&argv));
+        let cli = AgentPreloadCli::try_parse_from(&argv[1..]).unwrap();
+        assert_eq!(cli.args.job.agent, ["http://10.0.0.5:7070"]);
+        assert_eq!(cli.args.job.paths, ["/labels/**"]);
+        assert_eq!(cli.args.concurrency, 8);
+        let local: Vec<OsString> = [
+            "strata-agent",
+            "preload",
+            "--dataset-config",
+            "d.yaml",
+            "/x",
+        ]
+        .iter()
+        .map(OsString::from)
+        .collect();
+        if std::env::var_os("STRATA_AGENT_URL").is_none() {
+            assert!(!is_agent_preload(&local));
+        }
+    }
+
+    #[test]
+    fn dataset_must_be_namespace_slash_name() {
+        let args = JobArgs {
+            agent: vec![],
+            token_file: None,
+            dataset: "imagenet".into(),
+            paths: vec!["/**".into()],
+            job_name: None,
+        };
+        assert_eq!(
+            args.dataset().unwrap_err().field().as_deref(),
+            Some("dataset")
+        );
+    }
+}
