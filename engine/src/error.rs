@@ -41,12 +41,6 @@ pub enum Error {
         #[source]
         source: Arc<std::io::Error>,
     },
-    /// Mounting or unmounting the FUSE file system failed.
-    #[error("mount point {mountpoint}: {message}")]
-    Mount {
-        mountpoint: PathBuf,
-        message: String,
-    },
     /// No dataset with this namespace/name is configured on this agent.
     #[error("dataset {namespace}/{name} is not configured on this agent")]
     DatasetNotFound { namespace: String, name: String },
@@ -80,7 +74,7 @@ impl Error {
                 SourceErrorKind::Other => libc::EIO,
             },
             Error::Config { .. } => libc::EINVAL,
-            Error::CacheIo { .. } | Error::Mount { .. } | Error::Task(_) => libc::EIO,
+            Error::CacheIo { .. } | Error::Task(_) => libc::EIO,
         }
     }
 

@@ -61,7 +61,7 @@ fn engine_status(error: &strata_engine::Error) -> StatusCode {
             | SourceErrorKind::Unavailable
             | SourceErrorKind::Other => StatusCode::BAD_GATEWAY,
         },
-        E::CacheIo { .. } | E::Mount { .. } | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::CacheIo { .. } | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
     }
 }
 
