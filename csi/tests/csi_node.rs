@@ -1,8 +1,7 @@
 //! strata-csi against a real `strata-agent serve` (in-process, real FUSE mounts)
 //! through a tonic client on the plugin's real unix socket. Needs root.
 
-#[path = "../../node-agent/tests/api_support/mod.rs"]
-mod support;
+use strata_testkit::agent as support;
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};

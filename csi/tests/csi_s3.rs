@@ -2,10 +2,8 @@
 //! `pip install 'moto[server]'`) and a local directory, through the real agent
 //! and plugin. Needs root.
 
-#[path = "../../node-agent/tests/common/mod.rs"]
-mod common;
-#[path = "../../node-agent/tests/api_support/mod.rs"]
-mod support;
+use strata_testkit::{data::content, fuse::require_fuse, s3::S3Server};
+use strata_testkit::agent as support;
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -21,19 +19,19 @@ use tonic::transport::{Endpoint, Uri};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_and_local_sources_in_one_pod_volume() {
-    common::require_fuse();
-    let s3 = common::S3Server::start();
+    require_fuse();
+    let s3 = S3Server::start();
     s3.create_bucket("datasets");
     let objects: Vec<(String, Vec<u8>)> = vec![
         (
             "imagenet/train/0001.jpg".into(),
-            common::content(1, 200 * 1024 + 5),
+            content(1, 200 * 1024 + 5),
         ),
         (
             "imagenet/train/0002.jpg".into(),
-            common::content(2, 64 * 1024),
+            content(2, 64 * 1024),
         ),
-        ("imagenet/val/0003.jpg".into(), common::content(3, 999)),
+        ("imagenet/val/0003.jpg".into(), content(3, 999)),
     ];
     s3.upload("datasets", &objects).await;
 

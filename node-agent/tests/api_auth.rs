@@ -1,7 +1,6 @@
 //! The TCP API needs the bearer token; the unix socket and the health port do not.
 
-#[path = "api_support/mod.rs"]
-mod support;
+use strata_testkit::agent as support;
 
 use support::{TOKEN, TestAgent, raw_http};
 

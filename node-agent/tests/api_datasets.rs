@@ -1,8 +1,7 @@
 //! The dataset, volume and job routes of `strata-agent serve`, against a real
 //! agent over a local-directory source.
 
-#[path = "api_support/mod.rs"]
-mod support;
+use strata_testkit::agent as support;
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;

@@ -2,8 +2,7 @@
 //! again: the new agent detaches the dead FUSE mount and serves the dataset.
 //! Needs root.
 
-#[path = "api_support/mod.rs"]
-mod support;
+use strata_testkit::agent as support;
 
 use std::path::Path;
 use std::process::{Child, Command, Stdio};

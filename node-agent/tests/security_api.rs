@@ -3,8 +3,7 @@
 //! wrong one (403) without acting, the peer token reads and does nothing else, and no request path, query
 //! `path=`, URL segment or glob reads a file outside the dataset's source.
 
-#[path = "api_support/mod.rs"]
-mod support;
+use strata_testkit::agent as support;
 
 use std::net::SocketAddr;
 

@@ -2,13 +2,20 @@
 //! A dev-dependency only; panics are its error handling (a test that cannot start its server
 //! should fail saying why).
 //!
+//! - [`s3`]: a real S3 server (moto) on loopback, with uploads and source configs;
 //! - [`azurite`]: the Azure Storage emulator on loopback, with account-SAS tokens signed by
 //!   its well-known key;
+//! - `agent` (feature `agent`): a real `strata-agent serve` in-process over a local tree;
 //! - [`net`]: free loopback ports and waiting for a server to listen;
+//! - [`fuse`]: the FUSE tests' preconditions;
 //! - [`data`]: deterministic test contents.
 
 #![forbid(unsafe_code)]
 
+#[cfg(feature = "agent")]
+pub mod agent;
 pub mod azurite;
 pub mod data;
+pub mod fuse;
 pub mod net;
+pub mod s3;

@@ -1,6 +1,5 @@
-//! A real `strata-agent serve` (in-process, real sockets, real FUSE) over a
-//! local-directory source, for the API and CSI tests.
-#![allow(dead_code)]
+//! A real `strata-agent serve` (in-process, real sockets, real FUSE) over a local-directory
+//! source, for the agent's API tests and the CSI plugin's tests (feature `agent`).
 
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
