@@ -7,9 +7,11 @@ use std::time::Duration;
 use crate::{Error, Result};
 
 /// The CEL/OpenAPI form of the grammar; [`parse_duration`] accepts exactly this.
-pub(crate) const DURATION_PATTERN: &str = "^[0-9]{1,9}(s|m|h|d)$";
+pub(crate) const DURATION_PATTERN: &str = strata_wire::config::API_DURATION_PATTERN;
 
-/// Parses `30s`, `5m`, `12h` or `30d` (at most 9 digits) into a [`Duration`].
+/// Parses `30s`, `5m`, `12h` or `30d` (at most 9 digits) into a [`Duration`]: the API's
+/// grammar, defined once in `strata_wire::config::parse_api_duration`, which the agents'
+/// `parse_duration` also reads first.
 ///
 /// ```
 /// # use std::time::Duration;
@@ -17,31 +19,10 @@ pub(crate) const DURATION_PATTERN: &str = "^[0-9]{1,9}(s|m|h|d)$";
 /// assert!(strata_crds::parse_duration("1h30m").is_err());
 /// ```
 pub fn parse_duration(value: &str) -> Result<Duration> {
-    let err = |reason: &str| Error::Duration {
+    strata_wire::config::parse_api_duration(value).map_err(|reason| Error::Duration {
         value: value.to_string(),
         reason: reason.to_string(),
-    };
-    let Some(unit) = value.chars().last() else {
-        return Err(err("it is empty"));
-    };
-    let digits = &value[..value.len() - unit.len_utf8()];
-    let seconds_per_unit: u64 = match unit {
-        's' => 1,
-        'm' => 60,
-        'h' => 3600,
-        'd' => 86_400,
-        _ => return Err(err("the unit must be one of s, m, h, d")),
-    };
-    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
-        return Err(err("it must start with a whole number"));
-    }
-    if digits.len() > 9 {
-        return Err(err("the number has more than 9 digits"));
-    }
-    let count: u64 = digits
-        .parse()
-        .map_err(|_| err("the number does not parse"))?;
-    Ok(Duration::from_secs(count * seconds_per_unit))
+    })
 }
 
 #[cfg(test)]
@@ -62,6 +43,18 @@ mod tests {
             parse_duration("999999999d").unwrap(),
             Duration::from_secs(999_999_999 * 86_400)
         );
+    }
+
+    /// Every duration the API accepts reads as the same length on the agents.
+    #[test]
+    fn the_agents_read_api_durations_alike() {
+        for ok in ["0s", "45s", "5m", "12h", "30d", "999999999d", "999999999s"] {
+            assert_eq!(
+                strata_wire::config::parse_duration(ok).unwrap(),
+                parse_duration(ok).unwrap(),
+                "{ok}"
+            );
+        }
     }
 
     #[test]

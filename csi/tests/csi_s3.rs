@@ -2,8 +2,8 @@
 //! `pip install 'moto[server]'`) and a local directory, through the real agent
 //! and plugin. Needs root.
 
-use strata_testkit::{data::content, fuse::require_fuse, s3::S3Server};
 use strata_testkit::agent as support;
+use strata_testkit::{data::content, fuse::require_fuse, s3::S3Server};
 
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
@@ -23,14 +23,8 @@ async fn s3_and_local_sources_in_one_pod_volume() {
     let s3 = S3Server::start();
     s3.create_bucket("datasets");
     let objects: Vec<(String, Vec<u8>)> = vec![
-        (
-            "imagenet/train/0001.jpg".into(),
-            content(1, 200 * 1024 + 5),
-        ),
-        (
-            "imagenet/train/0002.jpg".into(),
-            content(2, 64 * 1024),
-        ),
+        ("imagenet/train/0001.jpg".into(), content(1, 200 * 1024 + 5)),
+        ("imagenet/train/0002.jpg".into(), content(2, 64 * 1024)),
         ("imagenet/val/0003.jpg".into(), content(3, 999)),
     ];
     s3.upload("datasets", &objects).await;

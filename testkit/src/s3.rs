@@ -107,4 +107,3 @@ impl Drop for S3Server {
         let _ = self.child.wait();
     }
 }
-

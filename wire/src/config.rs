@@ -472,15 +472,49 @@ fn agent_suffix(unit: &str) -> &str {
     if unit == "K" { "k" } else { unit }
 }
 
-/// Parses a duration: seconds (`30`) or humantime (`30s`, `5m`, `1h30m`, `30d`).
+/// Parses a duration as the agents read it: the API's spelling ([`parse_api_duration`]:
+/// `30s`, `5m`, `12h`, `30d`), plain seconds (`30`), or humantime (`1h30m`, `2days`). Every
+/// duration a CRD accepts reads here as the same length.
 pub fn parse_duration(s: &str) -> Result<Duration> {
     let t = s.trim();
+    if let Ok(exact) = parse_api_duration(t) {
+        return Ok(exact);
+    }
     if let Ok(secs) = t.parse::<u64>() {
         return Ok(Duration::from_secs(secs));
     }
     humantime::parse_duration(t)
         .map_err(|e| Error::config("duration", format!("{s:?}: {e} (use e.g. 30s, 5m, 1h)")))
 }
+
+/// The API's duration grammar, which the CRDs' CEL rule (`API_DURATION_PATTERN`) and their
+/// Rust twin accept exactly: a whole number of at most 9 digits and one unit, `30s`, `5m`,
+/// `12h` or `30d`. One unit keeps the CEL rule a single regular expression and the meaning
+/// obvious in a manifest.
+pub fn parse_api_duration(value: &str) -> std::result::Result<Duration, &'static str> {
+    let Some(unit) = value.chars().last() else {
+        return Err("it is empty");
+    };
+    let digits = &value[..value.len() - unit.len_utf8()];
+    let seconds_per_unit: u64 = match unit {
+        's' => 1,
+        'm' => 60,
+        'h' => 3600,
+        'd' => 86_400,
+        _ => return Err("the unit must be one of s, m, h, d"),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err("it must start with a whole number");
+    }
+    if digits.len() > 9 {
+        return Err("the number has more than 9 digits");
+    }
+    let count: u64 = digits.parse().map_err(|_| "the number does not parse")?;
+    Ok(Duration::from_secs(count * seconds_per_unit))
+}
+
+/// The CEL/OpenAPI form of [`parse_api_duration`].
+pub const API_DURATION_PATTERN: &str = "^[0-9]{1,9}(s|m|h|d)$";
 
 #[derive(Deserialize)]
 #[serde(untagged)]

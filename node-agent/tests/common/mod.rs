@@ -6,12 +6,12 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use strata_agent::agent::{Agent, AgentConfig};
+use strata_agent::config::{CacheSettings, DatasetConfig, SourceConfig};
 pub use strata_testkit::data::content;
 pub use strata_testkit::fuse::require_fuse;
 pub use strata_testkit::net::free_port;
 pub use strata_testkit::s3::S3Server;
-use strata_agent::agent::{Agent, AgentConfig};
-use strata_agent::config::{CacheSettings, DatasetConfig, SourceConfig};
 
 /// Writes files under a local directory.
 pub fn write_tree(root: &Path, files: &[(String, Vec<u8>)]) {
