@@ -133,9 +133,11 @@ pub struct CachePolicySpec {
     #[x_kube(validation = Rule::new(BLOCK_SIZE_RULE).message(MSG_BLOCK_SIZE))]
     pub block_size: Quantity,
 
-    /// Copies of each block across nodes: a whole number >= 1, or "All" for a
-    /// copy on every node. Default 1 (each block is fetched from the source
-    /// once per cluster and read by other nodes from its owner).
+    /// Copies of pinned blocks across nodes: a whole number >= 1, or "All" for
+    /// a copy on every node; pin rules without their own `replicas` use this.
+    /// Today "All" pins on every node and a number pins on the one node the pin
+    /// Job runs on; other reads are cached by the node that reads them (nodes
+    /// do not read each other's caches yet). Default 1.
     #[serde(default = "default_replicas")]
     #[schemars(schema_with = "crate::schema::replicas")]
     #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]

@@ -12,8 +12,8 @@ use crate::validation::{
     DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_OPTIONS,
     MAX_SOURCES, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH,
     MSG_DUPLICATE_SOURCE_NAME, MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH,
-    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION,
-    MSG_REGION_SCHEME, MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE,
+    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_READ_ONLY,
+    MSG_REGION, MSG_REGION_SCHEME, MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE,
     MSG_URI_USERINFO, NO_CONTROL_RULE, cel_matches, has_control_character, is_dns1123_label,
     is_dns1123_subdomain, is_http_url, is_mount_path, is_option_key, is_region,
     mount_path_contains,
@@ -169,9 +169,10 @@ pub struct Source {
     pub credentials_secret_ref: Option<SecretReference>,
 
     /// Mount the source read-only. Writes are not supported yet (write-back is
-    /// on the roadmap), so the agent serves every source read-only whatever
-    /// this says. Default true.
+    /// on the roadmap), so only `true` (the default) is accepted: a dataset's
+    /// volumes are ReadOnlyMany.
     #[serde(default = "default_true")]
+    #[x_kube(validation = Rule::new("self == true").message(MSG_READ_ONLY))]
     pub read_only: bool,
 
     /// Extra store settings passed to the object store client, keyed by its
@@ -503,6 +504,13 @@ impl Source {
                     MSG_ENDPOINT_SCHEME,
                 );
             }
+        }
+        if !self.read_only {
+            errors.push(
+                format!("{at}.readOnly"),
+                FieldErrorKind::NotSupported,
+                MSG_READ_ONLY,
+            );
         }
         if let Some(region) = &self.region {
             if !is_region(region) {

@@ -35,6 +35,7 @@ pub(crate) const MSG_CREDENTIALS_SCHEME: &str = "credentialsSecretRef applies on
 pub(crate) const MSG_ENDPOINT_SCHEME: &str = "endpoint applies only to s3://, gs:// and az:// sources (S3-compatible stores, emulators); remove it or change the uri";
 pub(crate) const MSG_REGION_SCHEME: &str =
     "region applies only to s3:// sources; remove it or change the uri";
+pub(crate) const MSG_READ_ONLY: &str = "readOnly: false is not supported yet: Strata serves every source read-only until write-back lands; remove readOnly or set it to true";
 pub(crate) const MSG_OPTION_KEY: &str = "options keys must be 1-128 characters of letters, digits, '_', '-' and '.', and must not name a credential (secret, token, password, key): put credentials in the Secret named by credentialsSecretRef";
 pub(crate) const MSG_DUPLICATE_SOURCE_NAME: &str =
     "source names must be unique: rename one of the sources that share a name";

@@ -44,17 +44,10 @@ fn labels(namespace: &str, name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// ReadOnlyMany, or ReadWriteMany when a source asks to be writable.
-fn access_modes(dataset: &Dataset) -> Vec<String> {
-    let writable = dataset.spec.sources.iter().any(|s| !s.read_only);
-    vec![
-        if writable {
-            "ReadWriteMany"
-        } else {
-            "ReadOnlyMany"
-        }
-        .to_string(),
-    ]
+/// What the dataset's volumes can do: read, from any number of nodes. The agent serves every
+/// source read-only until write-back lands (the CRD refuses `readOnly: false`).
+fn access_modes() -> Vec<String> {
+    vec!["ReadOnlyMany".to_string()]
 }
 
 /// The PV, pre-bound to the claim (claimRef) so no other claim can take it.
@@ -68,7 +61,7 @@ pub fn persistent_volume(dataset: &Dataset) -> PersistentVolume {
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeSpec {
-            access_modes: Some(access_modes(dataset)),
+            access_modes: Some(access_modes()),
             capacity: Some(BTreeMap::from([(
                 "storage".to_string(),
                 Quantity(NOMINAL_CAPACITY.into()),
@@ -113,7 +106,7 @@ pub fn persistent_volume_claim(dataset: &Dataset) -> PersistentVolumeClaim {
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(access_modes(dataset)),
+            access_modes: Some(access_modes()),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
@@ -174,12 +167,16 @@ mod tests {
         assert_eq!(pvc.metadata.owner_references.unwrap()[0].uid, "uid-1");
     }
 
+    /// A spec stored before the CRD refused `readOnly: false` still gets a read-only volume:
+    /// the PV says what the agents do.
     #[test]
-    fn writable_sources_get_read_write_many() {
+    fn volumes_are_read_only_whatever_a_source_says() {
         let pv = persistent_volume(&dataset(false));
+        assert_eq!(pv.spec.unwrap().access_modes.unwrap(), vec!["ReadOnlyMany"]);
+        let pvc = persistent_volume_claim(&dataset(false));
         assert_eq!(
-            pv.spec.unwrap().access_modes.unwrap(),
-            vec!["ReadWriteMany"]
+            pvc.spec.unwrap().access_modes.unwrap(),
+            vec!["ReadOnlyMany"]
         );
     }
 }
