@@ -30,6 +30,12 @@ if ! python3 -c 'import moto.server, flask' 2>/dev/null; then
   python3 -m pip install -q 'moto[server]==5.2.5'
 fi
 
+# A WebDAV server for the http(s):// source tests (GET with ranges, HEAD, PROPFIND listings).
+if ! command -v wsgidav >/dev/null || ! python3 -c 'import cheroot' 2>/dev/null; then
+  echo "setup: pip install wsgidav cheroot"
+  python3 -m pip install -q 'wsgidav==4.4.0' 'cheroot==11.1.2'
+fi
+
 # Azurite, the Azure Storage emulator (npm), for the az:// tests: kept outside the clone so
 # a machine installs it once.
 AZURITE_DIR="$HOME/.cache/strata/azurite"

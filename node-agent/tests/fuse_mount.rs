@@ -59,29 +59,6 @@ fn generated_files() -> Vec<(String, Vec<u8>)> {
     files
 }
 
-fn walk(root: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut out = BTreeMap::new();
-    let mut stack = vec![root.to_path_buf()];
-    while let Some(dir) = stack.pop() {
-        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
-            let e = e.unwrap();
-            let ft = e.file_type().unwrap();
-            if ft.is_dir() {
-                stack.push(e.path());
-            } else {
-                let rel = e
-                    .path()
-                    .strip_prefix(root)
-                    .unwrap()
-                    .to_string_lossy()
-                    .into_owned();
-                out.insert(rel, std::fs::read(e.path()).unwrap());
-            }
-        }
-    }
-    out
-}
-
 fn read_all_by_path(root: &Path, files: &[(String, Vec<u8>)]) {
     for (k, v) in files {
         let got = std::fs::read(root.join(k)).unwrap_or_else(|e| panic!("{k}: {e}"));

@@ -9,6 +9,7 @@ use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
+use percent_encoding::percent_decode_str;
 use strata_wire::config::SourceConfig;
 use strata_wire::scrub::{credential_values, scrub};
 
@@ -247,14 +248,19 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
             if let Some((key, _)) = store_options.first() {
                 return Err(unknown(key));
             }
-            // The whole URI is the base; keys are relative to it.
+            // The store sits at the server's root and the URI's path is the key prefix:
+            // object_store's HTTP store names listed objects by their path from the root,
+            // so a base URL with a path would list `ds/a` and then fetch `/ds/ds/a`.
             let b = HttpBuilder::new()
-                .with_url(uri.trim_end_matches('/'))
+                .with_url(format!("{scheme}://{bucket}"))
                 .with_retry(tuning.retry.clone())
                 .with_client_options(client);
+            let path = percent_decode_str(prefix)
+                .decode_utf8()
+                .map_err(|_| fail("uri", "the path is not UTF-8 once percent-decoded".into()))?;
             return Ok(BuiltStore {
                 store: Arc::new(b.build().map_err(wrap)?),
-                prefix: String::new(),
+                prefix: normalize_prefix(&path),
             });
         }
         other => {
@@ -356,6 +362,19 @@ mod tests {
         cfg.region = Some("eu-west-1".into());
         let built = build(&cfg, &Tuning::check(Duration::from_secs(1))).unwrap();
         assert_eq!(built.prefix, "x/");
+    }
+
+    #[test]
+    fn http_sources_are_stores_at_the_root_with_the_path_as_prefix() {
+        let built = build(
+            &source("http://127.0.0.1:8080/data%20sets/v1/"),
+            &Tuning::reads(3),
+        )
+        .unwrap();
+        assert_eq!(built.prefix, "data sets/v1/");
+        assert_eq!(built.store.to_string(), "HttpStore");
+        let built = build(&source("https://example.com"), &Tuning::reads(3)).unwrap();
+        assert_eq!(built.prefix, "");
     }
 
     #[test]

@@ -9,7 +9,11 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
+use object_store::azure::MicrosoftAzureBuilder;
+use object_store::path::Path as StorePath;
+use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
+use strata_wire::config::{Credentials, SourceConfig};
 
 use crate::net::{free_port, wait_for_port};
 
@@ -89,6 +93,56 @@ impl Azurite {
             "sv={SAS_VERSION}&ss=b&srt=sco&sp={permissions}&se={expiry}&sig={}",
             percent_encode(&signature)
         )
+    }
+
+    /// Credentials of the emulator's account with its key.
+    pub fn key_credentials(&self) -> Credentials {
+        Credentials {
+            account_name: Some(ACCOUNT.into()),
+            account_key: Some(ACCOUNT_KEY.into()),
+            ..Credentials::default()
+        }
+    }
+
+    /// Credentials of the emulator's account with a read-and-list SAS token.
+    pub fn sas_credentials(&self) -> Credentials {
+        Credentials {
+            account_name: Some(ACCOUNT.into()),
+            token: Some(self.account_sas("rl")),
+            ..Credentials::default()
+        }
+    }
+
+    /// An `az://` source over this emulator.
+    pub fn source(&self, name: &str, uri: &str, credentials: Credentials) -> SourceConfig {
+        SourceConfig {
+            name: name.into(),
+            uri: uri.into(),
+            endpoint: Some(self.endpoint()),
+            credentials: Some(credentials),
+            ..SourceConfig::default()
+        }
+    }
+
+    /// Uploads files (key, content) into `container` with the account key.
+    pub async fn upload(&self, container: &str, files: &[(String, Vec<u8>)]) {
+        let store = MicrosoftAzureBuilder::new()
+            .with_account(ACCOUNT)
+            .with_access_key(ACCOUNT_KEY)
+            .with_container_name(container)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .build()
+            .expect("an Azurite client");
+        for (key, data) in files {
+            store
+                .put(
+                    &StorePath::from(key.as_str()),
+                    PutPayload::from(data.clone()),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("upload {key}: {e}"));
+        }
     }
 
     /// Creates a container (with a full-permission SAS; object stores cannot create one).

@@ -5,6 +5,7 @@
 //! - [`s3`]: a real S3 server (moto) on loopback, with uploads and source configs;
 //! - [`azurite`]: the Azure Storage emulator on loopback, with account-SAS tokens signed by
 //!   its well-known key;
+//! - [`webdav`]: a WebDAV server (wsgidav) on loopback, what `http(s)://` sources read;
 //! - `agent` (feature `agent`): a real `strata-agent serve` in-process over a local tree;
 //! - [`net`]: free loopback ports and waiting for a server to listen;
 //! - [`fuse`]: the FUSE tests' preconditions;
@@ -19,3 +20,4 @@ pub mod data;
 pub mod fuse;
 pub mod net;
 pub mod s3;
+pub mod webdav;

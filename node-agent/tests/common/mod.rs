@@ -3,6 +3,7 @@
 // Each test binary includes this module and uses a part of it.
 #![allow(dead_code, unused_imports)]
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -68,4 +69,28 @@ pub fn p(s: &str) -> strata_agent::path::DatasetPath {
 
 pub fn path_buf(s: &str) -> PathBuf {
     PathBuf::from(s)
+}
+
+/// Every file under `root` (a mount), by path relative to it, with its content.
+pub fn walk(root: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for e in std::fs::read_dir(&dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
+            let e = e.unwrap();
+            let ft = e.file_type().unwrap();
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else {
+                let rel = e
+                    .path()
+                    .strip_prefix(root)
+                    .unwrap()
+                    .to_string_lossy()
+                    .into_owned();
+                out.insert(rel, std::fs::read(e.path()).unwrap());
+            }
+        }
+    }
+    out
 }
