@@ -7,6 +7,7 @@
 //!   its well-known key;
 //! - [`webdav`]: a WebDAV server (wsgidav) on loopback, what `http(s)://` sources read;
 //! - `agent` (feature `agent`): a real `strata-agent serve` in-process over a local tree;
+//! - [`proxy`]: a TCP proxy that counts the HTTP requests a server saw;
 //! - [`net`]: free loopback ports and waiting for a server to listen;
 //! - [`fuse`]: the FUSE tests' preconditions;
 //! - [`data`]: deterministic test contents.
@@ -19,5 +20,6 @@ pub mod azurite;
 pub mod data;
 pub mod fuse;
 pub mod net;
+pub mod proxy;
 pub mod s3;
 pub mod webdav;
