@@ -218,6 +218,7 @@ impl Filesystem for StrataFs {
         _lock_owner: Option<LockOwner>,
         reply: ReplyData,
     ) {
+        self.state.reads.fetch_add(1, Ordering::Relaxed);
         let open = self
             .state
             .handles

@@ -66,6 +66,12 @@ impl MountHandle {
         )
     }
 
+    /// FUSE_READ requests the agent has answered so far: reads of a file opened in
+    /// passthrough mode go to the backing file in the kernel and never count.
+    pub fn reads_served(&self) -> u64 {
+        self.fs.reads.load(Ordering::Relaxed)
+    }
+
     /// Unmounts and waits for the session thread to end.
     pub fn unmount(mut self) -> Result<()> {
         self.do_unmount()

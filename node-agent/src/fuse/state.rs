@@ -33,6 +33,8 @@ pub(super) struct FsState {
     pub(super) next_fh: AtomicU64,
     pub(super) passthrough_ok: AtomicU64,
     pub(super) passthrough_refused: AtomicU64,
+    /// FUSE_READ requests the agent answered (a passthrough file's reads never count).
+    pub(super) reads: AtomicU64,
     pub(super) uid: u32,
     pub(super) gid: u32,
     /// Object stores keep no directory times; directories show the mount time
@@ -58,6 +60,7 @@ impl FsState {
             next_fh: AtomicU64::new(1),
             passthrough_ok: AtomicU64::new(0),
             passthrough_refused: AtomicU64::new(0),
+            reads: AtomicU64::new(0),
             uid: nix::unistd::geteuid().as_raw(),
             gid: nix::unistd::getegid().as_raw(),
             mounted_at: SystemTime::now(),
