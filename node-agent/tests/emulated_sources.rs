@@ -1,6 +1,6 @@
 //! Sources other than S3, read from real servers through a real FUSE mount (run as root):
-//! `az://` from Azurite with an account key and with a SAS token, `http://` from a WebDAV
-//! server (wsgidav). Every byte read through the mount equals the source.
+//! `gs://` from fake-gcs-server, `az://` from Azurite with an account key and with a SAS
+//! token, `http://` from a WebDAV server (wsgidav). Every byte read through the mount equals the source.
 
 mod common;
 
@@ -11,6 +11,7 @@ use common::*;
 use strata_agent::config::{CacheSettings, DatasetConfig};
 use strata_agent::fuse::{MountOptions, mount};
 use strata_testkit::azurite::Azurite;
+use strata_testkit::gcs::FakeGcs;
 use strata_testkit::webdav::WebDav;
 
 /// Sizes around the 1 MiB block, several blocks, an empty file, nested directories.
@@ -90,6 +91,29 @@ async fn http_sources_read_through_the_mount() {
     let server = WebDav::start(served.path());
     let source = server.source("web", "ds/");
     let got = read_through_mount(dataset("web", vec![source], settings())).await;
+    let expected: BTreeMap<String, Vec<u8>> = files.into_iter().collect();
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "the listing"
+    );
+    for (path, bytes) in &expected {
+        assert!(got[path] == *bytes, "{path} differs");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gs_sources_read_through_the_mount() {
+    let gcs = FakeGcs::start();
+    gcs.create_bucket("corpus");
+    let files = files();
+    let uploads: Vec<_> = files
+        .iter()
+        .map(|(k, v)| (format!("ds/{k}"), v.clone()))
+        .collect();
+    gcs.upload("corpus", &uploads);
+    let source = gcs.source("lake", "gs://corpus/ds/");
+    let got = read_through_mount(dataset("gs", vec![source], settings())).await;
     let expected: BTreeMap<String, Vec<u8>> = files.into_iter().collect();
     assert_eq!(
         got.keys().collect::<Vec<_>>(),

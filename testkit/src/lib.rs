@@ -5,6 +5,7 @@
 //! - [`s3`]: a real S3 server (moto) on loopback, with uploads and source configs;
 //! - [`azurite`]: the Azure Storage emulator on loopback, with account-SAS tokens signed by
 //!   its well-known key;
+//! - [`gcs`]: fake-gcs-server, the GCS API emulator, on loopback;
 //! - [`webdav`]: a WebDAV server (wsgidav) on loopback, what `http(s)://` sources read;
 //! - `agent` (feature `agent`): a real `strata-agent serve` in-process over a local tree;
 //! - [`proxy`]: a TCP proxy that counts the HTTP requests a server saw;
@@ -19,6 +20,7 @@ pub mod agent;
 pub mod azurite;
 pub mod data;
 pub mod fuse;
+pub mod gcs;
 pub mod net;
 pub mod proxy;
 pub mod s3;

@@ -23,13 +23,13 @@ use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
 use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
-use strata_wire::api::client::AgentClient;
 use strata_csi::proto::NodeUnpublishVolumeRequest;
 use strata_e2e::{
     Cluster, LocalNode, csi_connect, dataset_status, job_args, job_token, jobs_of_kind,
     operator_args, pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv,
     wait_until,
 };
+use strata_wire::api::client::AgentClient;
 
 const SYSTEM_NS: &str = "strata-system";
 const RELEASE: &str = "strata";
