@@ -109,9 +109,13 @@ pub struct CachePolicySpec {
     #[x_kube(validation = Rule::new(QUOTA_RULE).message(MSG_QUOTA))]
     pub quota: Quantity,
 
-    /// Cache tiers to use, in order of preference: blocks land in the first
-    /// tier with room and are demoted to the next one. Memory and/or SSD; node
-    /// capacity of each tier is set at install time. Default [Memory, SSD].
+    /// The node tiers the datasets' blocks may live in: Memory, SSD or both
+    /// (default). With both, fetched blocks are written to the node's disk
+    /// and blocks read twice from it are kept in memory too (as are blocks
+    /// the disk has no room for). [Memory] alone writes nothing of the
+    /// dataset to disk (and so serves no file in FUSE passthrough); [SSD]
+    /// alone never holds its blocks in memory. Node capacity of each tier is
+    /// set at install time.
     #[serde(default = "default_tiers")]
     #[schemars(length(min = 1, max = 2))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]

@@ -197,6 +197,8 @@ impl Agent {
             eviction: config.cache.eviction,
             pins: config.cache.pins.clone(),
             data_ttl: config.cache.data_ttl,
+            memory: config.cache.uses_memory(),
+            disk: config.cache.uses_disk(),
         };
         let _reconfiguring = self.reconfiguring.lock().await;
         let existing = self.datasets.lock().expect("datasets").get(&key).cloned();
@@ -206,7 +208,11 @@ impl Agent {
             return Ok(old.clone());
         }
         let cache = match &existing {
-            Some(old) if old.block_size() == config.cache.block_size => {
+            // Settings apply in place, except a new block size or new tiers: a new cache.
+            Some(old)
+                if old.block_size() == config.cache.block_size
+                    && old.config().cache.tiers == config.cache.tiers =>
+            {
                 old.cache().update(&settings)?;
                 old.cache().clone()
             }

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source};
+use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source, Tier};
 use strata_wire::config::{
-    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, SourceConfig,
+    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, SourceConfig, TierKind,
 };
 
 use crate::credentials::AgentCredentials;
@@ -50,6 +50,14 @@ pub fn cache_settings(policy: &CachePolicySpec) -> CacheSettings {
             .flat_map(|rule| rule.paths.iter().cloned())
             .collect(),
         data_ttl: policy.data_ttl().ok().flatten(),
+        tiers: policy
+            .tiers
+            .iter()
+            .map(|tier| match tier {
+                Tier::Memory => TierKind::Memory,
+                Tier::Ssd => TierKind::Ssd,
+            })
+            .collect(),
     }
 }
 
@@ -164,11 +172,13 @@ mod tests {
     fn policy_settings_reach_the_cache_section() {
         let policy: CachePolicySpec = serde_json::from_value(serde_json::json!({
             "quota": "200Gi", "eviction": "LRU", "blockSize": "8Mi",
-            "metadata": {"ttl": "5m"}, "ttl": "30d",
+            "metadata": {"ttl": "5m"}, "ttl": "30d", "tiers": ["Memory"],
             "pin": [{"paths": ["/train/2026-11-*/**"], "replicas": "All"}]
         }))
         .unwrap();
         let settings = cache_settings(&policy);
+        assert_eq!(settings.tiers, vec![TierKind::Memory]);
+        assert!(!settings.uses_disk());
         assert_eq!(settings.quota, Some(200 << 30));
         assert_eq!(settings.block_size, 8 << 20);
         assert_eq!(settings.metadata_ttl, Duration::from_secs(300));

@@ -207,6 +207,41 @@ pub struct CacheSettings {
         skip_serializing_if = "Option::is_none"
     )]
     pub data_ttl: Option<Duration>,
+    /// The tiers this dataset's blocks may live in (default both). Without `SSD` nothing
+    /// of the dataset is written to the node's disk; without `Memory` its blocks are never
+    /// held in the memory tier.
+    #[serde(default = "default_tiers", skip_serializing_if = "is_default_tiers")]
+    pub tiers: Vec<TierKind>,
+}
+
+/// A node-local cache tier.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TierKind {
+    /// RAM on the node.
+    Memory,
+    /// The node's cache disk.
+    #[serde(rename = "SSD", alias = "Ssd", alias = "ssd")]
+    Ssd,
+}
+
+fn default_tiers() -> Vec<TierKind> {
+    vec![TierKind::Memory, TierKind::Ssd]
+}
+
+fn is_default_tiers(tiers: &[TierKind]) -> bool {
+    tiers == default_tiers().as_slice()
+}
+
+impl CacheSettings {
+    /// Whether the dataset's blocks may be held in the memory tier.
+    pub fn uses_memory(&self) -> bool {
+        self.tiers.contains(&TierKind::Memory)
+    }
+
+    /// Whether the dataset's blocks may be written to the node's disk.
+    pub fn uses_disk(&self) -> bool {
+        self.tiers.contains(&TierKind::Ssd)
+    }
 }
 
 fn default_block_size() -> u64 {
@@ -228,6 +263,7 @@ impl Default for CacheSettings {
             eviction: EvictionKind::default(),
             pins: Vec::new(),
             data_ttl: None,
+            tiers: default_tiers(),
         }
     }
 }
@@ -324,6 +360,13 @@ impl DatasetConfig {
             ));
         }
         crate::glob::PathGlobs::new(&self.cache.pins)?;
+        let tiers = &self.cache.tiers;
+        if tiers.is_empty() || (tiers.len() == 2 && tiers[0] == tiers[1]) || tiers.len() > 2 {
+            return Err(Error::config(
+                "cache.tiers",
+                "list Memory, SSD or both, each at most once",
+            ));
+        }
         Ok(())
     }
 }
@@ -594,6 +637,26 @@ mod opt_duration_serde {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn tiers_read_from_the_config_and_are_checked() {
+        let yaml = "name: d\nsources: [{name: s, uri: /data}]\ncache: {tiers: [Memory]}\n";
+        let config: DatasetConfig = serde_yaml::from_str(yaml).unwrap();
+        assert_eq!(config.cache.tiers, vec![TierKind::Memory]);
+        assert!(config.cache.uses_memory() && !config.cache.uses_disk());
+        config.validate().unwrap();
+        let both: DatasetConfig =
+            serde_yaml::from_str("name: d\nsources: [{name: s, uri: /data}]\n").unwrap();
+        assert!(both.cache.uses_memory() && both.cache.uses_disk());
+        for bad in ["[SSD, SSD]", "[]"] {
+            let yaml =
+                format!("name: d\nsources: [{{name: s, uri: /data}}]\ncache: {{tiers: {bad}}}\n");
+            let config: DatasetConfig = serde_yaml::from_str(&yaml).unwrap();
+            let e = config.validate().unwrap_err().to_string();
+            assert!(e.contains("cache.tiers"), "{bad}: {e}");
+        }
+    }
+
     use super::*;
 
     #[test]

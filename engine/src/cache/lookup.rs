@@ -149,7 +149,7 @@ impl DatasetCache {
             .expect("policy")
             .access(&(id.clone(), index));
         let bytes = Bytes::from(buf);
-        if promote {
+        if promote && self.memory_enabled {
             // Read twice from disk: worth a memory slot.
             self.node
                 .memory_put(self.memory_key(id, index), bytes.clone());

@@ -132,6 +132,11 @@ pub struct DatasetCacheSettings {
     pub pins: Vec<String>,
     /// Drop blocks not read for this long.
     pub data_ttl: Option<Duration>,
+    /// Whether blocks may be held in the node's memory tier.
+    pub memory: bool,
+    /// Whether blocks may be written to the node's disk tier (without it nothing of the
+    /// dataset is written under the cache directory).
+    pub disk: bool,
 }
 
 /// One dataset's share of the block cache.
@@ -140,6 +145,7 @@ pub struct DatasetCache {
     node: Arc<BlockCache>,
     dir: PathBuf,
     disk_enabled: bool,
+    memory_enabled: bool,
     block_size: u64,
     quota: AtomicU64,
     data_ttl: Mutex<Option<Duration>>,
@@ -186,19 +192,23 @@ impl DatasetCache {
     ) -> Result<Arc<Self>> {
         let dir = node.dataset_dir(id);
         let pins = PathGlobs::new(&settings.pins)?;
-        let disk_enabled = match fs::create_dir_all(&dir) {
-            Ok(()) => node.disk_capacity > 0,
-            Err(e) => {
-                tracing::warn!(dataset = id, dir = %dir.display(), error = %e,
-                    "cannot create the dataset's cache directory; serving read-through");
-                false
-            }
-        };
+        // A dataset kept out of the disk tier gets no directory either: nothing of it is
+        // written under the cache directory.
+        let disk_enabled = settings.disk
+            && match fs::create_dir_all(&dir) {
+                Ok(()) => node.disk_capacity > 0,
+                Err(e) => {
+                    tracing::warn!(dataset = id, dir = %dir.display(), error = %e,
+                        "cannot create the dataset's cache directory; serving read-through");
+                    false
+                }
+            };
         let ds = Arc::new(DatasetCache {
             id: Arc::from(id),
             node: node.clone(),
             dir,
             disk_enabled,
+            memory_enabled: settings.memory,
             block_size: settings.block_size,
             quota: AtomicU64::new(settings.quota.unwrap_or(u64::MAX)),
             data_ttl: Mutex::new(settings.data_ttl),

@@ -18,7 +18,8 @@ impl DatasetCache {
         self.node.writer.buffers().take(len)
     }
 
-    /// Stores a block fetched from the source: on disk when there is room, else in memory.
+    /// Stores a block fetched from the source: on disk when there is room, else in memory
+    /// (each only when the dataset's tiers include it).
     /// Never fails; problems are logged and counted. Blocking.
     /// `mtime` is the object's last-modified time, kept so a restarted agent can answer
     /// `stat` for cached files without asking the source.
@@ -38,7 +39,11 @@ impl DatasetCache {
         if self.disk_enabled && self.put_disk(&id, version, path, mtime, index, &data) {
             return;
         }
-        self.node.memory_put(self.memory_key(&id, index), data);
+        // No room on disk, or no disk tier for this dataset: memory, if the dataset may use
+        // it; else the block was served read-through and is not kept.
+        if self.memory_enabled {
+            self.node.memory_put(self.memory_key(&id, index), data);
+        }
     }
 
     fn object_for(
