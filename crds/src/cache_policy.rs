@@ -101,9 +101,11 @@ pub struct CachePolicySpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dataset_selector: Option<LabelSelector>,
 
-    /// Each dataset's share of each node's cache, summed over tiers, such as
-    /// `200Gi`. A positive whole number of bytes. When a dataset reaches its
-    /// quota on a node, that node evicts the dataset's own blocks.
+    /// Each dataset's share of each tier of each node's cache, such as `200Gi`:
+    /// at most this much of the dataset on the node's disk and at most this
+    /// much in its memory. A positive whole number of bytes. When a dataset
+    /// reaches its quota in a tier, that tier evicts the dataset's own blocks
+    /// (by the policy's eviction), never another dataset's.
     #[serde(deserialize_with = "deserialize_int_or_string")]
     #[schemars(schema_with = "crate::schema::quantity")]
     #[x_kube(validation = Rule::new(QUOTA_RULE).message(MSG_QUOTA))]

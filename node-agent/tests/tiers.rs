@@ -142,3 +142,69 @@ async fn both_tiers_by_default_promote_twice_read_blocks() {
     }
     assert!(view.cache().usage().memory_bytes > 0);
 }
+
+/// Two datasets with memory shares (their quotas) on one node: one streaming through far
+/// more than its share evicts its own blocks, and the other's hot set stays in memory.
+#[tokio::test]
+async fn datasets_with_memory_shares_cannot_push_each_other_out() {
+    let (hot_src, stream_src) = (tempdir(), tempdir());
+    let hot_files = source_tree(hot_src.path());
+    let stream_files: Vec<(String, Vec<u8>)> = (0..10u64)
+        .map(|i| (format!("s{i}.bin"), content(100 + i, 2 * MIB)))
+        .collect();
+    write_tree(stream_src.path(), &stream_files);
+    let cache_dir = tempdir();
+    // 16 MiB of memory on the node; each dataset may hold 8 MiB of it.
+    let agent = agent(cache_dir.path(), 16 * MIB as u64, 1 << 30).await;
+    let share = |name: &str, dir: &Path| {
+        dataset(
+            name,
+            vec![local_source("l", dir, "/")],
+            CacheSettings {
+                quota: Some(8 * MIB as u64),
+                eviction: strata_agent::config::EvictionKind::Lru,
+                ..tiers(vec![TierKind::Memory])
+            },
+        )
+    };
+    let hot = agent
+        .add_dataset(share("hot", hot_src.path()))
+        .await
+        .unwrap();
+    let stream = agent
+        .add_dataset(share("stream", stream_src.path()))
+        .await
+        .unwrap();
+    for (name, bytes) in &hot_files {
+        let got = hot
+            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
+            .await;
+        assert!(got.unwrap() == *bytes, "{name}");
+    }
+    let hot_bytes = hot.cache().usage().memory_bytes;
+    assert_eq!(hot_bytes, 3 * (2 * MIB as u64 + 1000));
+    for (name, bytes) in &stream_files {
+        let got = stream
+            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
+            .await;
+        assert!(got.unwrap() == *bytes, "{name}");
+    }
+    assert!(stream.cache().usage().memory_bytes <= 8 * MIB as u64);
+    assert_eq!(
+        hot.cache().usage().memory_bytes,
+        hot_bytes,
+        "the streaming dataset pushed the other's blocks out of memory"
+    );
+    let requests = hot.request_counts().gets;
+    for (name, bytes) in &hot_files {
+        let got = hot
+            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
+            .await;
+        assert!(got.unwrap() == *bytes, "{name}");
+    }
+    assert_eq!(
+        hot.request_counts().gets,
+        requests,
+        "the hot set was refetched"
+    );
+}

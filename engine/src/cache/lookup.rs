@@ -8,6 +8,7 @@ use std::sync::atomic::Ordering;
 
 use bytes::Bytes;
 
+use super::memory::MemoryShare;
 use super::{BlockKey, DatasetCache, ObjectVersion, now_secs};
 
 impl DatasetCache {
@@ -17,6 +18,15 @@ impl DatasetCache {
             object: object.clone(),
             index,
             block_size: self.block_size,
+        }
+    }
+
+    /// What this dataset may hold in the memory tier: its quota (a share of each tier),
+    /// under its own eviction policy.
+    pub(super) fn memory_share(&self) -> MemoryShare {
+        MemoryShare {
+            limit: self.quota.load(Ordering::Relaxed),
+            eviction: *self.eviction.lock().expect("eviction"),
         }
     }
 
@@ -47,14 +57,7 @@ impl DatasetCache {
                     .blocks
                     .contains_key(&index)
             });
-        on_disk
-            || self
-                .node
-                .memory
-                .lock()
-                .expect("memory tier")
-                .map
-                .contains_key(&self.memory_key(&id, index))
+        on_disk || self.node.memory_holds(&self.memory_key(&id, index))
     }
 
     /// Memory tier only (never blocks on I/O).
@@ -151,8 +154,11 @@ impl DatasetCache {
         let bytes = Bytes::from(buf);
         if promote && self.memory_enabled {
             // Read twice from disk: worth a memory slot.
-            self.node
-                .memory_put(self.memory_key(id, index), bytes.clone());
+            self.node.memory_put(
+                self.memory_key(id, index),
+                bytes.clone(),
+                self.memory_share(),
+            );
         }
         Some(bytes)
     }

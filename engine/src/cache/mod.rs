@@ -40,7 +40,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::block_writer::BlockWriter;
 use crate::config::EvictionKind;
-use crate::eviction::{EvictionPolicy, S3Fifo, new_policy};
+use crate::eviction::{EvictionPolicy, new_policy};
 use crate::glob::PathGlobs;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
@@ -84,12 +84,7 @@ impl BlockCache {
         fs::create_dir_all(root).map_err(|e| Error::cache_io(root, e))?;
         Ok(Arc::new(BlockCache {
             root: root.to_path_buf(),
-            memory: Mutex::new(MemoryTier {
-                map: HashMap::new(),
-                policy: Box::new(S3Fifo::new()),
-                capacity: memory_bytes,
-                per_dataset: HashMap::new(),
-            }),
+            memory: Mutex::new(MemoryTier::new(memory_bytes)),
             disk_capacity: disk_bytes,
             disk_used: AtomicU64::new(0),
             reserve_lock: Mutex::new(()),

@@ -42,7 +42,8 @@ impl DatasetCache {
         // No room on disk, or no disk tier for this dataset: memory, if the dataset may use
         // it; else the block was served read-through and is not kept.
         if self.memory_enabled {
-            self.node.memory_put(self.memory_key(&id, index), data);
+            self.node
+                .memory_put(self.memory_key(&id, index), data, self.memory_share());
         }
     }
 
