@@ -42,6 +42,18 @@ async fn read_through_mount(dataset: DatasetConfig) -> BTreeMap<String, Vec<u8>>
     got
 }
 
+/// The mount showed exactly `expected`, byte for byte.
+fn assert_same(got: &BTreeMap<String, Vec<u8>>, expected: &BTreeMap<String, Vec<u8>>, how: &str) {
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        expected.keys().collect::<Vec<_>>(),
+        "{how}: the listing"
+    );
+    for (path, bytes) in expected {
+        assert!(got[path] == *bytes, "{how}: {path} differs");
+    }
+}
+
 fn settings() -> CacheSettings {
     CacheSettings {
         metadata_ttl: Duration::from_secs(300),
@@ -66,14 +78,7 @@ async fn az_sources_read_through_the_mount_with_a_key_and_with_a_sas_token() {
     ] {
         let source = azurite.source("lake", "az://corpus/ds/", credentials);
         let got = read_through_mount(dataset("az", vec![source], settings())).await;
-        assert_eq!(
-            got.keys().collect::<Vec<_>>(),
-            expected.keys().collect::<Vec<_>>(),
-            "{how}: the listing"
-        );
-        for (path, bytes) in &expected {
-            assert!(got[path] == *bytes, "{how}: {path} differs");
-        }
+        assert_same(&got, &expected, how);
     }
 }
 
@@ -91,15 +96,7 @@ async fn http_sources_read_through_the_mount() {
     let server = WebDav::start(served.path());
     let source = server.source("web", "ds/");
     let got = read_through_mount(dataset("web", vec![source], settings())).await;
-    let expected: BTreeMap<String, Vec<u8>> = files.into_iter().collect();
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the listing"
-    );
-    for (path, bytes) in &expected {
-        assert!(got[path] == *bytes, "{path} differs");
-    }
+    assert_same(&got, &files.into_iter().collect(), "http");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -114,13 +111,5 @@ async fn gs_sources_read_through_the_mount() {
     gcs.upload("corpus", &uploads);
     let source = gcs.source("lake", "gs://corpus/ds/");
     let got = read_through_mount(dataset("gs", vec![source], settings())).await;
-    let expected: BTreeMap<String, Vec<u8>> = files.into_iter().collect();
-    assert_eq!(
-        got.keys().collect::<Vec<_>>(),
-        expected.keys().collect::<Vec<_>>(),
-        "the listing"
-    );
-    for (path, bytes) in &expected {
-        assert!(got[path] == *bytes, "{path} differs");
-    }
+    assert_same(&got, &files.into_iter().collect(), "gs");
 }

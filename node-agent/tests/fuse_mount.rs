@@ -731,9 +731,3 @@ fn cli_unmounts_a_busy_mount_point_on_sigint() {
 
 #[allow(dead_code)]
 fn unused(_: PathBuf) {}
-
-/// Drops clean pages of every file (root only), so the next read comes from storage.
-fn drop_page_cache() {
-    nix::unistd::sync();
-    std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop the page cache (root)");
-}

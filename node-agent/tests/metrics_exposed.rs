@@ -36,11 +36,6 @@ fn sum(exposition: &str, name: &str, with: &str) -> Option<f64> {
     found
 }
 
-fn drop_page_cache() {
-    nix::unistd::sync();
-    std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop the page cache (root)");
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
     require_fuse();

@@ -5,9 +5,12 @@
 mod common;
 
 use std::path::Path;
+use std::sync::Arc;
 
 use common::*;
+use strata_agent::agent::Agent;
 use strata_agent::config::{CacheSettings, TierKind};
+use strata_agent::dataset::DatasetView;
 
 /// Regular files under `dir`, recursively.
 fn files_under(dir: &Path) -> Vec<String> {
@@ -38,6 +41,29 @@ fn tiers(tiers: Vec<TierKind>) -> CacheSettings {
 
 const FILES: [&str; 3] = ["/a.bin", "/b.bin", "/c.bin"];
 
+/// A dataset over the local directory `dir`.
+async fn local_dataset(
+    agent: &Agent,
+    name: &str,
+    dir: &Path,
+    settings: CacheSettings,
+) -> Arc<DatasetView> {
+    agent
+        .add_dataset(dataset(name, vec![local_source("l", dir, "/")], settings))
+        .await
+        .unwrap()
+}
+
+/// Reads every file whole through the view and checks its bytes.
+async fn read_all(view: &Arc<DatasetView>, files: &[(String, Vec<u8>)]) {
+    for (name, bytes) in files {
+        let got = view
+            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
+            .await;
+        assert!(got.unwrap() == *bytes, "{name}");
+    }
+}
+
 fn source_tree(dir: &Path) -> Vec<(String, Vec<u8>)> {
     let files: Vec<(String, Vec<u8>)> = FILES
         .iter()
@@ -55,20 +81,8 @@ async fn a_memory_only_dataset_writes_nothing_to_disk() {
     let cache_dir = tempdir();
     let agent = agent(cache_dir.path(), 64 << 20, 1 << 30).await;
     let before = files_under(cache_dir.path());
-    let view = agent
-        .add_dataset(dataset(
-            "mem",
-            vec![local_source("l", src.path(), "/")],
-            tiers(vec![TierKind::Memory]),
-        ))
-        .await
-        .unwrap();
-    for (name, bytes) in &files {
-        let got = view
-            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-            .await;
-        assert!(got.unwrap() == *bytes, "{name}");
-    }
+    let view = local_dataset(&agent, "mem", src.path(), tiers(vec![TierKind::Memory])).await;
+    read_all(&view, &files).await;
     assert_eq!(
         files_under(cache_dir.path()),
         before,
@@ -78,12 +92,7 @@ async fn a_memory_only_dataset_writes_nothing_to_disk() {
     assert_eq!(usage.memory_bytes, 3 * (2 * MIB as u64 + 1000));
     // Served again from memory: no request reaches the source.
     let requests = view.request_counts().gets;
-    for (name, bytes) in &files {
-        let got = view
-            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-            .await;
-        assert!(got.unwrap() == *bytes, "{name}");
-    }
+    read_all(&view, &files).await;
     assert_eq!(view.request_counts().gets, requests);
 }
 
@@ -93,22 +102,10 @@ async fn a_disk_only_dataset_never_holds_a_block_in_memory() {
     let files = source_tree(src.path());
     let cache_dir = tempdir();
     let agent = agent(cache_dir.path(), 64 << 20, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "ssd",
-            vec![local_source("l", src.path(), "/")],
-            tiers(vec![TierKind::Ssd]),
-        ))
-        .await
-        .unwrap();
+    let view = local_dataset(&agent, "ssd", src.path(), tiers(vec![TierKind::Ssd])).await;
     // Three reads: a block read twice from disk is normally promoted to memory.
     for _ in 0..3 {
-        for (name, bytes) in &files {
-            let got = view
-                .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-                .await;
-            assert!(got.unwrap() == *bytes, "{name}");
-        }
+        read_all(&view, &files).await;
     }
     let usage = view.cache().usage();
     assert_eq!(
@@ -124,21 +121,9 @@ async fn both_tiers_by_default_promote_twice_read_blocks() {
     let files = source_tree(src.path());
     let cache_dir = tempdir();
     let agent = agent(cache_dir.path(), 64 << 20, 1 << 30).await;
-    let view = agent
-        .add_dataset(dataset(
-            "both",
-            vec![local_source("l", src.path(), "/")],
-            one_mib_blocks(),
-        ))
-        .await
-        .unwrap();
+    let view = local_dataset(&agent, "both", src.path(), one_mib_blocks()).await;
     for _ in 0..3 {
-        for (name, bytes) in &files {
-            let got = view
-                .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-                .await;
-            assert!(got.unwrap() == *bytes, "{name}");
-        }
+        read_all(&view, &files).await;
     }
     assert!(view.cache().usage().memory_bytes > 0);
 }
@@ -175,20 +160,10 @@ async fn datasets_with_memory_shares_cannot_push_each_other_out() {
         .add_dataset(share("stream", stream_src.path()))
         .await
         .unwrap();
-    for (name, bytes) in &hot_files {
-        let got = hot
-            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-            .await;
-        assert!(got.unwrap() == *bytes, "{name}");
-    }
+    read_all(&hot, &hot_files).await;
     let hot_bytes = hot.cache().usage().memory_bytes;
     assert_eq!(hot_bytes, 3 * (2 * MIB as u64 + 1000));
-    for (name, bytes) in &stream_files {
-        let got = stream
-            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-            .await;
-        assert!(got.unwrap() == *bytes, "{name}");
-    }
+    read_all(&stream, &stream_files).await;
     assert!(stream.cache().usage().memory_bytes <= 8 * MIB as u64);
     assert_eq!(
         hot.cache().usage().memory_bytes,
@@ -196,12 +171,7 @@ async fn datasets_with_memory_shares_cannot_push_each_other_out() {
         "the streaming dataset pushed the other's blocks out of memory"
     );
     let requests = hot.request_counts().gets;
-    for (name, bytes) in &hot_files {
-        let got = hot
-            .read(&p(&format!("/{name}")), 0, bytes.len() as u64)
-            .await;
-        assert!(got.unwrap() == *bytes, "{name}");
-    }
+    read_all(&hot, &hot_files).await;
     assert_eq!(
         hot.request_counts().gets,
         requests,

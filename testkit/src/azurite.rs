@@ -4,8 +4,7 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
@@ -15,7 +14,7 @@ use object_store::{ObjectStoreExt, PutPayload};
 use sha2::{Digest, Sha256};
 use strata_wire::config::{Credentials, SourceConfig};
 
-use crate::net::{free_port, wait_for_port};
+use crate::net::{free_port, start_server};
 
 /// The emulator's account.
 pub const ACCOUNT: &str = "devstoreaccount1";
@@ -27,11 +26,10 @@ const SAS_VERSION: &str = "2021-08-06";
 
 /// Where the blob service's launcher is: `STRATA_AZURITE_BLOB`, or the setup script's place.
 fn launcher() -> PathBuf {
-    if let Some(path) = std::env::var_os("STRATA_AZURITE_BLOB") {
-        return path.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/strata/azurite/node_modules/.bin/azurite-blob")
+    crate::cached_tool(
+        "STRATA_AZURITE_BLOB",
+        "azurite/node_modules/.bin/azurite-blob",
+    )
 }
 
 /// A running blob service, killed when dropped.
@@ -43,32 +41,17 @@ pub struct Azurite {
 impl Azurite {
     /// Starts the blob service on a free loopback port and waits until it listens.
     pub fn start() -> Azurite {
-        let launcher = launcher();
         let port = free_port();
-        let child = Command::new(&launcher)
-            .args([
-                "--blobHost",
-                "127.0.0.1",
-                "--blobPort",
-                &port.to_string(),
-                "--inMemoryPersistence",
-                "--skipApiVersionCheck",
-                "--silent",
-            ])
-            .current_dir(std::env::temp_dir())
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start Azurite ({}): {e}; run scripts/setup.sh or set STRATA_AZURITE_BLOB",
-                    launcher.display()
-                )
-            });
-        let azurite = Azurite { child, port };
-        wait_for_port("Azurite", port, Duration::from_secs(60));
-        azurite
+        let child = start_server(
+            Command::new(launcher())
+                .args(["--blobHost", "127.0.0.1", "--blobPort", &port.to_string()])
+                .args(["--inMemoryPersistence", "--skipApiVersionCheck", "--silent"])
+                .current_dir(std::env::temp_dir()),
+            "Azurite",
+            "run scripts/setup.sh or set STRATA_AZURITE_BLOB",
+            port,
+        );
+        Azurite { child, port }
     }
 
     /// The blob endpoint with the account in the path, as a source's `endpoint` takes it.

@@ -4,23 +4,18 @@
 use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use strata_wire::config::{Credentials, SourceConfig};
 
-use crate::net::{free_port, wait_for_port};
+use crate::net::{free_port, start_server};
 
 /// The emulator does not check tokens; any bearer token is accepted.
 const TOKEN: &str = "fake-gcs-token";
 
 /// Where the program is: `STRATA_FAKE_GCS_SERVER`, or the setup script's place.
 fn program() -> PathBuf {
-    if let Some(path) = std::env::var_os("STRATA_FAKE_GCS_SERVER") {
-        return path.into();
-    }
-    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
-    PathBuf::from(home).join(".cache/strata/bin/fake-gcs-server")
+    crate::cached_tool("STRATA_FAKE_GCS_SERVER", "bin/fake-gcs-server")
 }
 
 /// A running emulator, killed when dropped.
@@ -32,39 +27,30 @@ pub struct FakeGcs {
 impl FakeGcs {
     /// Starts the emulator on a free loopback port and waits until it listens.
     pub fn start() -> FakeGcs {
-        let program = program();
         let port = free_port();
         let address = format!("127.0.0.1:{port}");
-        let child = Command::new(&program)
-            .args([
-                "-scheme",
-                "http",
-                "-host",
-                "127.0.0.1",
-                "-port",
-                &port.to_string(),
-            ])
-            .args(["-backend", "memory", "-public-host", &address])
-            .args([
-                "-external-url",
-                &format!("http://{address}"),
-                "-log-level",
-                "error",
-            ])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!(
-                    "cannot start fake-gcs-server ({}): {e}; run scripts/setup.sh or set \
-                     STRATA_FAKE_GCS_SERVER",
-                    program.display()
-                )
-            });
-        let server = FakeGcs { child, port };
-        wait_for_port("fake-gcs-server", port, Duration::from_secs(30));
-        server
+        let child = start_server(
+            Command::new(program())
+                .args([
+                    "-scheme",
+                    "http",
+                    "-host",
+                    "127.0.0.1",
+                    "-port",
+                    &port.to_string(),
+                ])
+                .args(["-backend", "memory", "-public-host", &address])
+                .args([
+                    "-external-url",
+                    &format!("http://{address}"),
+                    "-log-level",
+                    "error",
+                ]),
+            "fake-gcs-server",
+            "run scripts/setup.sh or set STRATA_FAKE_GCS_SERVER",
+            port,
+        );
+        FakeGcs { child, port }
     }
 
     /// The base URL a source's `endpoint` takes.

@@ -25,3 +25,15 @@ pub mod net;
 pub mod proxy;
 pub mod s3;
 pub mod webdav;
+
+/// A program `scripts/setup.sh` installs under `~/.cache/strata`: the path in `env` if set,
+/// else `~/.cache/strata/<under_cache>`.
+pub(crate) fn cached_tool(env: &str, under_cache: &str) -> std::path::PathBuf {
+    if let Some(path) = std::env::var_os(env) {
+        return path.into();
+    }
+    let home = std::env::var_os("HOME").unwrap_or_else(|| "/root".into());
+    std::path::PathBuf::from(home)
+        .join(".cache/strata")
+        .join(under_cache)
+}

@@ -1,6 +1,7 @@
 //! Loopback ports.
 
 use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// A port nothing listens on right now (the OS picks it; a race with another process taking
@@ -23,4 +24,17 @@ pub fn wait_for_port(what: &str, port: u16, limit: Duration) {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// Starts a server quietly (no stdin, output discarded) and waits until it listens on
+/// `127.0.0.1:port`; panics naming `what` and how to install it when it cannot start.
+pub fn start_server(command: &mut Command, what: &str, install: &str, port: u16) -> Child {
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap_or_else(|e| panic!("cannot start {what}: {e}; {install}"));
+    wait_for_port(what, port, Duration::from_secs(60));
+    child
 }

@@ -3,9 +3,8 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Child, Command, Stdio};
+use std::process::{Child, Command};
 use std::sync::Arc;
-use std::time::Duration;
 
 use futures::StreamExt;
 use object_store::ObjectStoreExt;
@@ -13,7 +12,7 @@ use object_store::aws::{AmazonS3, AmazonS3Builder};
 use object_store::path::Path as StorePath;
 use strata_wire::config::{Credentials, SourceConfig};
 
-use crate::net::{free_port, wait_for_port};
+use crate::net::{free_port, start_server};
 
 /// A moto S3 server on 127.0.0.1, killed when dropped.
 pub struct S3Server {
@@ -25,15 +24,13 @@ impl S3Server {
     /// Starts `moto_server` (install: `pip install 'moto[server]'`).
     pub fn start() -> S3Server {
         let port = free_port();
-        let child = Command::new("moto_server")
-            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("moto_server not found: install it with `pip install 'moto[server]'`");
-        let server = S3Server { child, port };
-        wait_for_port("moto_server", port, Duration::from_secs(30));
-        server
+        let child = start_server(
+            Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]),
+            "moto_server",
+            "install it with `pip install 'moto[server]'` (scripts/setup.sh)",
+            port,
+        );
+        S3Server { child, port }
     }
 
     pub fn endpoint(&self) -> String {

@@ -3,12 +3,11 @@
 //! (GET with ranges, HEAD, and PROPFIND listings).
 
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command};
 
 use strata_wire::config::SourceConfig;
 
-use crate::net::{free_port, wait_for_port};
+use crate::net::{free_port, start_server};
 
 /// A running server, killed when dropped.
 pub struct WebDav {
@@ -20,20 +19,16 @@ impl WebDav {
     /// Serves `root` read-only and anonymously.
     pub fn start(root: &Path) -> WebDav {
         let port = free_port();
-        let child = Command::new("wsgidav")
-            .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--root"])
-            .arg(root)
-            .args(["--auth", "anonymous", "--no-config", "-q"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| {
-                panic!("cannot start wsgidav: {e}; run scripts/setup.sh (pip install wsgidav)")
-            });
-        let server = WebDav { child, port };
-        wait_for_port("wsgidav", port, Duration::from_secs(30));
-        server
+        let child = start_server(
+            Command::new("wsgidav")
+                .args(["--host", "127.0.0.1", "--port", &port.to_string(), "--root"])
+                .arg(root)
+                .args(["--auth", "anonymous", "--no-config", "-q"]),
+            "wsgidav",
+            "run scripts/setup.sh (pip install wsgidav cheroot)",
+            port,
+        );
+        WebDav { child, port }
     }
 
     /// `http://127.0.0.1:PORT/`.

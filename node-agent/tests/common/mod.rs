@@ -94,3 +94,9 @@ pub fn walk(root: &Path) -> BTreeMap<String, Vec<u8>> {
     }
     out
 }
+
+/// Drops clean pages of every file (root only), so the next read comes from storage.
+pub fn drop_page_cache() {
+    nix::unistd::sync();
+    std::fs::write("/proc/sys/vm/drop_caches", "1").expect("drop the page cache (root)");
+}
