@@ -50,6 +50,11 @@ pub const DEFAULT_METADATA_TTL: &str = "1m";
 /// trip a preload needs dozens in flight to fill the link.
 pub const DEFAULT_PRELOAD_CONCURRENCY: i32 = 64;
 
+/// Pins keep blocks on the node's disk: a policy with pins must use the SSD tier.
+const PIN_NEEDS_SSD_RULE: &str =
+    "!has(self.pin) || size(self.pin) == 0 || !has(self.tiers) || 'SSD' in self.tiers";
+const MSG_PIN_NEEDS_SSD: &str = "pins keep blocks on the node's disk, and tiers leaves out SSD: add SSD to spec.tiers or remove spec.pin";
+
 /// A CachePolicy says how the datasets it applies to are cached: their share
 /// of each node's cache, the tiers and eviction policy, block size, replicas
 /// across nodes, TTLs, what is pinned and what is preloaded when.
@@ -93,6 +98,7 @@ pub const DEFAULT_PRELOAD_CONCURRENCY: i32 = 64;
     )
 )]
 #[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new(PIN_NEEDS_SSD_RULE).message(MSG_PIN_NEEDS_SSD).field_path(".pin"))]
 pub struct CachePolicySpec {
     /// Datasets in this namespace whose labels match get this policy (a
     /// Dataset's own policyRef wins over any selector). `{}` matches every
@@ -161,7 +167,13 @@ pub struct CachePolicySpec {
     #[x_kube(validation = Rule::new(positive_duration_rule()).message(MSG_POSITIVE_DURATION))]
     pub ttl: Option<String>,
 
-    /// Paths to keep cached (never evicted while the rule matches). At most 16 rules.
+    /// Paths to keep cached on every node: the blocks of files a rule matches
+    /// are never evicted, and each node fetches them as they appear. Every
+    /// node re-evaluates the rules once per `metadata.ttl` (a new file cannot
+    /// be seen sooner): files aged out of a `modifiedWithin` window become
+    /// evictable, new matching files are fetched. A rule's Job fetches at
+    /// once, with progress. Pins keep blocks on the disk tier, so `tiers` must
+    /// include SSD. At most 16 rules.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 16))]
     pub pin: Vec<PinRule>,
@@ -245,15 +257,19 @@ pub struct PinRule {
     #[schemars(schema_with = "crate::schema::path_globs")]
     pub paths: Vec<String>,
 
-    /// Only pin files modified within this long, such as `14d` ("keep the
-    /// last 14 days"). Unset pins every matching file.
+    /// Only pin files modified within this long before now, such as `14d`
+    /// ("keep the last 14 days"): a window that rolls with the clock, so a file
+    /// is unpinned once it is older and new files are pinned as they appear.
+    /// Unset pins every matching file.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new(positive_duration_rule()).message(MSG_POSITIVE_DURATION))]
     pub modified_within: Option<String>,
 
     /// Copies of pinned blocks across nodes: a whole number >= 1 or "All".
-    /// Unset uses the policy's replicas.
+    /// Unset uses the policy's replicas. Today every node keeps what the rule
+    /// pins whatever this says (nodes do not read each other's caches yet);
+    /// the number decides how many nodes the rule's Job fetches on at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::replicas")]
     #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]
@@ -434,6 +450,9 @@ impl CachePolicySpec {
                     format!("at most {MAX_RULES} rules are allowed"),
                 );
             }
+        }
+        if !self.pin.is_empty() && !self.tiers.contains(&Tier::Ssd) {
+            errors.push("spec.pin", FieldErrorKind::Invalid, MSG_PIN_NEEDS_SSD);
         }
         for (i, rule) in self.pin.iter().enumerate() {
             let at = format!("spec.pin[{i}]");

@@ -277,6 +277,29 @@ pub struct DatasetStatus {
     /// Preload and pin jobs for this dataset, newest first (the operator keeps a few).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub jobs: Vec<JobRun>,
+
+    /// What each pin rule of the CachePolicy holds, from the nodes' reports. A
+    /// rule with `modifiedWithin` counts the files inside its window now.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<PinStatus>,
+}
+
+/// One pin rule's files and bytes, over the nodes.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct PinStatus {
+    /// The rule's globs, as in the CachePolicy's `spec.pin[].paths`.
+    pub paths: Vec<String>,
+    /// The rule's `modifiedWithin`, as the agents read it (e.g. `14days`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_within: Option<String>,
+    /// Nodes holding at least one file of the rule.
+    pub nodes: i32,
+    /// Cached files the rule pins, summed over the nodes (a file pinned on 3
+    /// nodes counts 3 times).
+    pub files: i64,
+    /// Cached bytes of those files, summed over the nodes.
+    pub bytes: i64,
 }
 
 /// The lifecycle phase of a Dataset.

@@ -26,8 +26,8 @@ pub use cache_policy::{
     PinRule, PreloadRule, Replicas, Tier,
 };
 pub use dataset::{
-    Dataset, DatasetPhase, DatasetSpec, DatasetStatus, JobKind, JobPhase, JobRun, PolicyReference,
-    SecretReference, Source, SourceStatus,
+    Dataset, DatasetPhase, DatasetSpec, DatasetStatus, JobKind, JobPhase, JobRun, PinStatus,
+    PolicyReference, SecretReference, Source, SourceStatus,
 };
 pub use duration::parse_duration;
 pub use error::{Error, FieldError, FieldErrorKind, Result};
@@ -35,8 +35,8 @@ pub use quantity::{BYTE_COUNT_RULE, format_bytes, parse_quantity_bytes};
 pub use schedule::Schedule;
 pub use source_uri::{Scheme, SourceUri};
 pub use strata_node::{
-    NodeDatasetUsage, NodeError, NodeJobProgress, StrataNode, StrataNodeSpec, StrataNodeStatus,
-    TierUsage,
+    NodeDatasetUsage, NodeError, NodeJobProgress, NodePinUsage, StrataNode, StrataNodeSpec,
+    StrataNodeStatus, TierUsage,
 };
 pub use validation::validate_dataset_path_glob;
 

@@ -159,6 +159,29 @@ pub struct NodeDatasetUsage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 8))]
     pub jobs: Vec<NodeJobProgress>,
+    /// Each pin rule in force on this node and what it holds here: the
+    /// CachePolicy's rules, then any added through the agent API (at most 32).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32))]
+    pub pins: Vec<NodePinUsage>,
+}
+
+/// One pin rule on one node and the cached files it keeps there.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodePinUsage {
+    /// The rule's globs.
+    #[schemars(length(max = 32))]
+    pub paths: Vec<String>,
+    /// The rule's window, e.g. `336h0m0s`; unset pins every matching file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub modified_within: Option<String>,
+    /// True for a CachePolicy rule, false for one added through the agent API.
+    pub from_policy: bool,
+    /// Cached files the rule pins on this node now.
+    pub files: i64,
+    /// Cached bytes of those files.
+    pub bytes: i64,
 }
 
 /// An error a node's agent met.

@@ -104,6 +104,7 @@ fn policy() -> Value {
         "apiVersion": "strata.dev/v1alpha1", "kind": "CachePolicy",
         "metadata": {"name": "p", "namespace": "ns"},
         "spec": {"quota": "1Gi", "blockSize": "4Mi", "ttl": "30d", "metadata": {"ttl": "1m"},
+                 "tiers": ["Memory", "SSD"],
                  "pin": [{"paths": ["/a/**"], "modifiedWithin": "14d"}],
                  "preload": [{"paths": ["/b/**"], "schedule": "0 2 * * *"}]},
     })
@@ -445,6 +446,20 @@ fn schedules() {
             (json!("0 0 L * *"), RUST_ONLY),
             (json!("0 0 15W * *"), RUST_ONLY),
             (json!("0 2 * FOO *"), RUST_ONLY),
+        ],
+    );
+}
+
+#[test]
+fn pins_need_the_ssd_tier() {
+    check(
+        &policy(),
+        "/spec/tiers",
+        "spec.pin",
+        &[
+            (json!(["Memory", "SSD"]), OK),
+            (json!(["SSD"]), OK),
+            (json!(["Memory"]), NO),
         ],
     );
 }

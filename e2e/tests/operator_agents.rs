@@ -84,7 +84,7 @@ spec:
     let config = DatasetConfig::from_yaml(&text)?;
     ensure!(config.namespace == namespace && config.name == "local");
     ensure!(config.cache.block_size == 1 << 20 && config.cache.quota == Some(64 << 20));
-    ensure!(config.cache.pins == ["/train/**"]);
+    ensure!(config.cache.pins == [strata_agent::config::PinRule::paths(["/train/**"])]);
     // The live policy is named, so the namespace's job credentials are honoured.
     ensure!(config.policy.as_deref() == Some("small-blocks"), "{text}");
 

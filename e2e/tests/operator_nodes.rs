@@ -329,6 +329,7 @@ fn usage(
             time: Time(Timestamp::now()),
         }),
         jobs,
+        pins: vec![],
     }
 }
 

@@ -7,10 +7,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::sync::Semaphore;
+use tokio::task::JoinHandle;
 
 use crate::cache::{BlockCache, DatasetCache, DatasetCacheSettings};
 use crate::config::DatasetConfig;
-use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits};
+use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits, pin_refresh_period};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
@@ -110,6 +111,9 @@ impl AgentConfig {
     }
 }
 
+/// A dataset's (namespace, name).
+type DatasetKey = (String, String);
+
 /// The agent: datasets by (namespace, name) over one node cache.
 pub struct Agent {
     config: AgentConfig,
@@ -117,7 +121,8 @@ pub struct Agent {
     metrics: Arc<Metrics>,
     readahead: ReadaheadLimits,
     datasets: Mutex<BTreeMap<(String, String), Arc<DatasetView>>>,
-    expiry: Mutex<BTreeMap<(String, String), tokio::task::JoinHandle<()>>>,
+    // Each dataset's background upkeep: data TTL expiry and pin re-evaluation.
+    upkeep: Mutex<BTreeMap<DatasetKey, Vec<JoinHandle<()>>>>,
     // Held while a dataset is added, replaced or removed: a removal between reading the
     // current view and installing its replacement would leave a view over a detached
     // cache.
@@ -163,7 +168,7 @@ impl Agent {
             cache,
             metrics,
             datasets: Mutex::new(BTreeMap::new()),
-            expiry: Mutex::new(BTreeMap::new()),
+            upkeep: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
         }))
     }
@@ -245,32 +250,64 @@ impl Agent {
             .lock()
             .expect("datasets")
             .insert(key.clone(), view.clone());
-        self.start_expiry(key, cache);
+        self.start_upkeep(key, &view);
         tracing::info!(dataset = %id, "dataset configured");
         Ok(view)
     }
 
-    fn start_expiry(&self, key: (String, String), cache: Arc<DatasetCache>) {
-        let mut expiry = self.expiry.lock().expect("expiry");
-        if let Some(old) = expiry.remove(&key) {
+    /// Starts a dataset's background upkeep (stopping that of the view it replaces): the
+    /// data TTL's expiry, and the pin rules' re-evaluation once at once and then every
+    /// [`pin_refresh_period`].
+    fn start_upkeep(&self, key: (String, String), view: &Arc<DatasetView>) {
+        let mut upkeep = self.upkeep.lock().expect("upkeep");
+        for old in upkeep.remove(&key).into_iter().flatten() {
             old.abort();
         }
-        if cache.data_ttl().is_none() {
-            return;
+        let mut tasks: Vec<JoinHandle<()>> = Vec::new();
+        if view.cache().data_ttl().is_some() {
+            let weak = Arc::downgrade(view.cache());
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(cache) = weak.upgrade() else { return };
+                    let Some(ttl) = cache.data_ttl() else { return };
+                    let tick = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
+                    let c = cache.clone();
+                    let _ = tokio::task::spawn_blocking(move || c.expire()).await;
+                    drop(cache);
+                    tokio::time::sleep(tick).await;
+                }
+            }));
         }
-        let weak = Arc::downgrade(&cache);
-        let handle = tokio::spawn(async move {
-            loop {
-                let Some(cache) = weak.upgrade() else { return };
-                let Some(ttl) = cache.data_ttl() else { return };
-                let tick = (ttl / 4).clamp(Duration::from_millis(100), Duration::from_secs(60));
-                let c = cache.clone();
-                let _ = tokio::task::spawn_blocking(move || c.expire()).await;
-                drop(cache);
-                tokio::time::sleep(tick).await;
-            }
-        });
-        expiry.insert(key, handle);
+        {
+            let weak = Arc::downgrade(view);
+            let period = pin_refresh_period(view.config().cache.metadata_ttl);
+            tasks.push(tokio::spawn(async move {
+                loop {
+                    let Some(view) = weak.upgrade() else { return };
+                    // Rules may be added at run time, so the task runs with none too.
+                    let refreshed = if view.pins().is_empty() {
+                        Ok(Default::default())
+                    } else {
+                        view.refresh_pins().await
+                    };
+                    match refreshed {
+                        Ok(r) if r.fetched_files > 0 || !r.failed.is_empty() => {
+                            tracing::info!(dataset = %view.id(), pinned_files = r.files,
+                                fetched_files = r.fetched_files, fetched_bytes = r.fetched_bytes,
+                                failed = r.failed.len(), "pin rules re-evaluated");
+                        }
+                        Ok(_) => {}
+                        Err(e) => {
+                            tracing::warn!(dataset = %view.id(), error = %e,
+                                "pin rules not re-evaluated; trying again next period");
+                        }
+                    }
+                    drop(view);
+                    tokio::time::sleep(period).await;
+                }
+            }));
+        }
+        upkeep.insert(key, tasks);
     }
 
     /// The dataset with this namespace and name.
@@ -303,7 +340,14 @@ impl Agent {
         let _reconfiguring = self.reconfiguring.lock().await;
         let key = (namespace.to_string(), name.to_string());
         let view = self.datasets.lock().expect("datasets").remove(&key);
-        if let Some(h) = self.expiry.lock().expect("expiry").remove(&key) {
+        for h in self
+            .upkeep
+            .lock()
+            .expect("upkeep")
+            .remove(&key)
+            .into_iter()
+            .flatten()
+        {
             h.abort();
         }
         let Some(view) = view else {
@@ -320,6 +364,7 @@ impl Agent {
             cache.detach();
             if drop_cache {
                 cache.drop_all();
+                cache.forget_run_time_pins();
             }
         })
         .await

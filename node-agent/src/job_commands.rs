@@ -1,6 +1,7 @@
 //! `strata-agent preload|pin|unpin --agent URL ...`: the commands that the operator's
 //! preload and pin Jobs run against a node's agent (clients of its HTTP API).
 
+use crate::config::PinRule;
 use crate::http::client::{AgentClient, read_token_file};
 use crate::http::types::PreloadProgress;
 use crate::{Error, Result};
@@ -57,7 +58,8 @@ pub struct PinJobArgs {
     /// All; each Job pins on the agent it is given.
     #[arg(long, env = "STRATA_REPLICAS", default_value = "1")]
     pub replicas: String,
-    /// Pin only files modified within this long (e.g. 14d), each by its exact path.
+    /// Pin only files modified within this long (e.g. 14d): a window that rolls with the
+    /// clock, so files that age out are unpinned and new ones pinned.
     #[arg(long, env = "STRATA_MODIFIED_WITHIN")]
     pub modified_within: Option<String>,
     /// Only pin, do not fetch the pinned files.
@@ -141,6 +143,7 @@ async fn preload_on(
     client: &AgentClient,
     dataset: &str,
     paths: &[String],
+    modified_within: Option<&str>,
     out: &mut (dyn Write + Send),
 ) -> Result<PreloadProgress> {
     let (ns, name) = dataset.split_once('/').unwrap_or(("", dataset));
@@ -149,7 +152,9 @@ async fn preload_on(
         let _ = writeln!(out, "{}", progress_line(&endpoint, dataset, p));
         let _ = out.flush();
     };
-    Ok(client.preload(ns, name, paths, &mut print).await?)
+    Ok(client
+        .preload_selected(ns, name, paths, modified_within, &mut print)
+        .await?)
 }
 
 /// Preloads the paths on every agent, printing progress lines to `out`. Fails if any agent failed.
@@ -161,7 +166,7 @@ pub async fn preload(
     let mut results = Vec::new();
     for client in args.job.clients()? {
         let client = client.with_concurrency(Some(args.concurrency));
-        results.push(preload_on(&client, &args.job.dataset, &args.job.paths, out).await?);
+        results.push(preload_on(&client, &args.job.dataset, &args.job.paths, None, out).await?);
     }
     Ok(results)
 }
@@ -174,16 +179,37 @@ pub async fn pin(args: &PinJobArgs, out: &mut (dyn Write + Send)) -> Result<()> 
         let answer = client
             .pin(ns, name, &args.job.paths, args.modified_within.as_deref())
             .await?;
+        let rule = PinRule {
+            paths: args.job.paths.clone(),
+            modified_within: None,
+        };
+        let rule = match &args.modified_within {
+            None => rule.describe(),
+            Some(w) => format!("{} modified within {w}", rule.describe()),
+        };
         let _ = writeln!(
             out,
-            "pinned {} on {}: {} pattern(s) added, {} pin(s) in force",
+            "pinned {rule} in {} on {}: {}, {} rule(s) in force",
             args.job.dataset,
             client.endpoint(),
-            answer.changed.len(),
+            if answer.changed.is_empty() {
+                "already in force"
+            } else {
+                "rule added"
+            },
             answer.pins.len()
         );
-        if !args.no_preload && !answer.changed.is_empty() {
-            preload_on(&client, &args.job.dataset, &answer.changed, out).await?;
+        // Fetched even when the rule was in force: the Job is how a pin takes effect now,
+        // rather than at the agent's next re-evaluation.
+        if !args.no_preload {
+            preload_on(
+                &client,
+                &args.job.dataset,
+                &args.job.paths,
+                args.modified_within.as_deref(),
+                out,
+            )
+            .await?;
         }
     }
     Ok(())

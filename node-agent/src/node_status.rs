@@ -12,8 +12,8 @@ use k8s_openapi::jiff::Timestamp;
 use kube::Api;
 use kube::api::{Patch, PatchParams};
 use strata_crds::{
-    JobPhase, NodeDatasetUsage, NodeError, NodeJobProgress, StrataNode, StrataNodeSpec,
-    StrataNodeStatus, Tier, TierUsage, format_bytes,
+    JobPhase, NodeDatasetUsage, NodeError, NodeJobProgress, NodePinUsage, StrataNode,
+    StrataNodeSpec, StrataNodeStatus, Tier, TierUsage, format_bytes,
 };
 
 use crate::activity::{ActivityBoard, DatasetActivity, RunPhase};
@@ -115,6 +115,18 @@ pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
                 last_update: Some(now.clone()),
                 last_error,
                 jobs,
+                pins: usage
+                    .pins
+                    .iter()
+                    .take(32)
+                    .map(|p| NodePinUsage {
+                        paths: p.rule.paths.clone(),
+                        modified_within: p.rule.modified_within.map(crate::config::format_duration),
+                        from_policy: p.from_policy,
+                        files: api_int(p.files),
+                        bytes: api_int(p.bytes),
+                    })
+                    .collect(),
             }
         })
         .collect();

@@ -11,7 +11,7 @@ use clap::Args;
 use crate::Result;
 use crate::agent::{Agent, AgentConfig};
 use crate::cli_values::{parse_duration, parse_eviction, parse_size};
-use crate::config::{CacheSettings, DatasetConfig, EvictionKind};
+use crate::config::{CacheSettings, DatasetConfig, EvictionKind, PinRule};
 use crate::dataset::{DatasetUsage, DatasetView, PreloadReport};
 use crate::fuse::{MountHandle, MountOptions, check_mountpoint, mount};
 
@@ -171,7 +171,7 @@ pub async fn preload(
         })
         .await?;
     if pin {
-        view.pin(paths)?;
+        view.pin(PinRule::paths(paths))?;
     }
     Ok(report)
 }

@@ -5,6 +5,7 @@ use strata_testkit::agent as support;
 
 use sha2::{Digest, Sha256};
 use std::time::Duration;
+use strata_agent::config::PinRule;
 use strata_agent::job_commands::{JobArgs, PinJobArgs, PreloadJobArgs};
 use support::{TOKEN, TestAgent, dataset_json, is_mounted, raw_http, sha256_file};
 
@@ -182,12 +183,13 @@ async fn preload_pin_and_usage() {
     assert_eq!(status(&err), 400);
     assert!(err.to_string().contains("concurrency"), "{err}");
 
-    // Pin by glob, then only recent files by exact path.
+    // Pin by glob, then only recent files: a rule with a window, which a preload with the
+    // same window fetches.
     let pinned = api
         .pin("ml", "imagenet", &["/labels/**".to_string()], None)
         .await
         .unwrap();
-    assert_eq!(pinned.pins, ["/labels/**"]);
+    assert_eq!(pinned.pins, [PinRule::paths(["/labels/**"])]);
     let old = std::time::SystemTime::now() - Duration::from_secs(30 * 86400);
     std::fs::File::options()
         .write(true)
@@ -200,7 +202,34 @@ async fn preload_pin_and_usage() {
         .pin("ml", "imagenet", &["/train/**".to_string()], Some("14d"))
         .await
         .unwrap();
-    assert_eq!(recent.changed, ["/train/a.bin", "/train/nested/c.txt"]);
+    let fortnight = PinRule {
+        paths: vec!["/train/**".to_string()],
+        modified_within: Some(Duration::from_secs(14 * 86400)),
+    };
+    assert_eq!(recent.changed, [fortnight.clone()]);
+    let again = api
+        .pin("ml", "imagenet", &["/train/**".to_string()], Some("2w"))
+        .await
+        .unwrap();
+    assert!(
+        again.changed.is_empty(),
+        "the same rule added twice: {again:?}"
+    );
+    let fetched = api
+        .preload_selected(
+            "ml",
+            "imagenet",
+            &["/train/**".to_string()],
+            Some("14d"),
+            |_| {},
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (fetched.files_total, fetched.files_done),
+        (2, 2),
+        "only a.bin and nested/c.txt are within the window: {fetched:?}"
+    );
     let err = api
         .pin(
             "ml",
@@ -215,7 +244,7 @@ async fn preload_pin_and_usage() {
         .unpin("ml", "imagenet", &["/labels/**".to_string()])
         .await
         .unwrap();
-    assert!(!left.pins.contains(&"/labels/**".to_string()), "{left:?}");
+    assert_eq!(left.pins, [fortnight], "{left:?}");
     agent.stop().await;
 }
 

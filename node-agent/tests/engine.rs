@@ -303,7 +303,7 @@ async fn one_dataset_cannot_evict_anothers_pinned_data() {
     let agent = agent(cache_dir.path(), 0, 4 * MIB as u64).await;
     let settings = |pins: Vec<String>| CacheSettings {
         block_size: MIB as u64,
-        pins,
+        pins: pins.iter().map(|p| p.as_str().into()).collect(),
         ..Default::default()
     };
     let a = agent
@@ -1086,7 +1086,7 @@ async fn preload_pin_and_usage() {
         gets,
         "preloaded files were fetched again"
     );
-    view.pin(&["/d1/**".to_string()]).unwrap();
+    view.pin("/d1/**".into()).unwrap();
     assert_eq!(view.usage().pinned_bytes, report.bytes);
     view.unpin(&["/d1/**".to_string()]).unwrap();
     assert_eq!(view.usage().pinned_bytes, 0);

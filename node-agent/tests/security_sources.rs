@@ -178,7 +178,7 @@ async fn a_tenant_with_a_quota_cannot_evict_anothers_pinned_blocks() {
             vec![local_source("l", src.path(), "/")],
             CacheSettings {
                 block_size: MIB as u64,
-                pins: vec!["/f0[0-2]".into()],
+                pins: vec![strata_agent::config::PinRule::paths(["/f0[0-2]"])],
                 ..Default::default()
             },
         ))

@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source, Tier};
+use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source, Tier, parse_duration};
 use strata_wire::config::{
-    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, SourceConfig, TierKind,
+    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, PinRule, SourceConfig, TierKind,
 };
 
 use crate::credentials::AgentCredentials;
@@ -47,7 +47,15 @@ pub fn cache_settings(policy: &CachePolicySpec) -> CacheSettings {
         pins: policy
             .pin
             .iter()
-            .flat_map(|rule| rule.paths.iter().cloned())
+            .map(|rule| PinRule {
+                paths: rule.paths.clone(),
+                // An invalid window is reported by the policy controller; the rule
+                // then pins nothing rather than everything.
+                modified_within: rule
+                    .modified_within
+                    .as_deref()
+                    .map(|w| parse_duration(w).unwrap_or_default()),
+            })
             .collect(),
         data_ttl: policy.data_ttl().ok().flatten(),
         tiers: policy
@@ -184,7 +192,7 @@ mod tests {
         assert_eq!(settings.metadata_ttl, Duration::from_secs(300));
         assert_eq!(settings.data_ttl, Some(Duration::from_secs(30 * 86400)));
         assert_eq!(settings.eviction, EvictionKind::Lru);
-        assert_eq!(settings.pins, vec!["/train/2026-11-*/**".to_string()]);
+        assert_eq!(settings.pins, vec![PinRule::paths(["/train/2026-11-*/**"])]);
     }
 
     #[test]

@@ -6,7 +6,7 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use strata_crds::{DatasetStatus, JobPhase, StrataNode};
+use strata_crds::{DatasetStatus, JobPhase, NodePinUsage, PinStatus, StrataNode};
 
 /// What the live nodes report about one dataset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -23,6 +23,8 @@ pub struct DatasetUsage {
     pub errors: Vec<NodeReportedError>,
     /// Progress of Job runs, by Job name, summed over the nodes.
     pub jobs: BTreeMap<String, JobProgress>,
+    /// The CachePolicy's pin rules as the nodes report them, in the policy's order.
+    pub pins: Vec<PinStatus>,
 }
 
 impl DatasetUsage {
@@ -35,11 +37,13 @@ impl DatasetUsage {
             status.hits = Some(to_api(self.hits));
             status.misses = Some(to_api(self.misses));
             status.nodes = Some(i32::try_from(self.nodes.len()).unwrap_or(i32::MAX));
+            status.pins = self.pins.clone();
             if let Some(total) = status.total_bytes {
                 status.cached_percent =
                     Some(cached_percent(self.cached_bytes, non_negative(total)));
             }
         } else {
+            status.pins = Vec::new();
             status.nodes = Some(0);
             status.cached_bytes = Some(0);
             status.cached_percent = status
@@ -167,12 +171,40 @@ pub fn usage_of<'a>(
                 for run in &report.jobs {
                     usage.jobs.entry(run.job.clone()).or_default().add(run);
                 }
+                for pin in report.pins.iter().filter(|p| p.from_policy) {
+                    add_pin(&mut usage.pins, pin);
+                }
             }
         }
     }
     usage.nodes.sort();
     usage.errors.sort_by(|a, b| a.node.cmp(&b.node));
     usage
+}
+
+/// Adds one node's figures of a pin rule to the rule's tally (a new entry the first time
+/// the rule is seen, so the policy's order is kept).
+fn add_pin(pins: &mut Vec<PinStatus>, pin: &NodePinUsage) {
+    let at = match pins
+        .iter()
+        .position(|p| p.paths == pin.paths && p.modified_within == pin.modified_within)
+    {
+        Some(at) => at,
+        None => {
+            pins.push(PinStatus {
+                paths: pin.paths.clone(),
+                modified_within: pin.modified_within.clone(),
+                ..PinStatus::default()
+            });
+            pins.len() - 1
+        }
+    };
+    let tally = &mut pins[at];
+    if pin.files > 0 {
+        tally.nodes = tally.nodes.saturating_add(1);
+    }
+    tally.files = tally.files.saturating_add(pin.files.max(0));
+    tally.bytes = tally.bytes.saturating_add(pin.bytes.max(0));
 }
 
 /// An API counter (int64) as u64; a negative report counts as zero.
@@ -227,6 +259,7 @@ mod tests {
                     last_update: None,
                     last_error: None,
                     jobs: vec![],
+                    pins: vec![],
                 })
                 .collect(),
             ..Default::default()

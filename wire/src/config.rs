@@ -197,9 +197,11 @@ pub struct CacheSettings {
     /// Eviction policy.
     #[serde(default)]
     pub eviction: EvictionKind,
-    /// Globs (e.g. `/train/2026-11-*/**`) whose cached blocks are never evicted.
+    /// Pin rules: the cached blocks of files they match are never evicted, and the agent
+    /// fetches matching files as they appear (see [`PinRule`]). A plain glob string is a
+    /// rule without a time window.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
-    pub pins: Vec<String>,
+    pub pins: Vec<PinRule>,
     /// Drop cached blocks nobody read for this long; `None` = keep until evicted.
     #[serde(
         default,
@@ -212,6 +214,85 @@ pub struct CacheSettings {
     /// held in the memory tier.
     #[serde(default = "default_tiers", skip_serializing_if = "is_default_tiers")]
     pub tiers: Vec<TierKind>,
+}
+
+/// One pin rule: the files matching `paths` (and, with `modified_within`, modified that
+/// recently: a window that rolls with the clock) are kept on the node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinRule {
+    /// Globs over dataset paths (e.g. `/train/2026-11-*/**`).
+    pub paths: Vec<String>,
+    /// Only files modified within this long before now (e.g. 14 days); `None` pins every
+    /// matching file. A file that ages out of the window is unpinned at the next
+    /// re-evaluation.
+    #[serde(
+        default,
+        with = "opt_duration_serde",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub modified_within: Option<Duration>,
+}
+
+impl PinRule {
+    /// A rule pinning every file that matches `paths`.
+    pub fn paths(paths: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        PinRule {
+            paths: paths.into_iter().map(Into::into).collect(),
+            modified_within: None,
+        }
+    }
+
+    /// "/a/** /b/*" or "/a/** modified within 14d", for messages and logs.
+    pub fn describe(&self) -> String {
+        let paths = self.paths.join(" ");
+        match self.modified_within {
+            None => paths,
+            Some(w) => format!("{paths} modified within {}", humantime::format_duration(w)),
+        }
+    }
+}
+
+/// A glob alone is a rule without a window.
+impl From<&str> for PinRule {
+    fn from(glob: &str) -> Self {
+        PinRule::paths([glob])
+    }
+}
+
+impl<'de> Deserialize<'de> for PinRule {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "camelCase", deny_unknown_fields)]
+        struct Rule {
+            paths: Vec<String>,
+            #[serde(default, with = "opt_duration_serde")]
+            modified_within: Option<Duration>,
+        }
+        // A visitor rather than an untagged enum, so a bad rule gets the field's own error
+        // instead of "did not match any variant".
+        struct RuleVisitor;
+        impl<'de> serde::de::Visitor<'de> for RuleVisitor {
+            type Value = PinRule;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a glob, or {paths: [globs], modifiedWithin: duration}")
+            }
+            fn visit_str<E: serde::de::Error>(self, glob: &str) -> std::result::Result<PinRule, E> {
+                Ok(PinRule::paths([glob]))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> std::result::Result<PinRule, A::Error> {
+                let r = Rule::deserialize(serde::de::value::MapAccessDeserializer::new(map))?;
+                Ok(PinRule {
+                    paths: r.paths,
+                    modified_within: r.modified_within,
+                })
+            }
+        }
+        d.deserialize_any(RuleVisitor)
+    }
 }
 
 /// A node-local cache tier.
@@ -359,7 +440,20 @@ impl DatasetConfig {
                 format!("{bs} must be a multiple of 4096 between 64Ki and 256Mi"),
             ));
         }
-        crate::glob::PathGlobs::new(&self.cache.pins)?;
+        for (i, rule) in self.cache.pins.iter().enumerate() {
+            if rule.paths.is_empty() {
+                return Err(Error::config(
+                    format!("cache.pins[{i}].paths"),
+                    "list at least one glob, such as /train/**",
+                ));
+            }
+            crate::glob::PathGlobs::new(&rule.paths).map_err(|e| match e {
+                Error::Config { field, message } => {
+                    Error::config(format!("cache.pins[{i}].{field}"), message)
+                }
+                other => other,
+            })?;
+        }
         let tiers = &self.cache.tiers;
         if tiers.is_empty() || (tiers.len() == 2 && tiers[0] == tiers[1]) || tiers.len() > 2 {
             return Err(Error::config(
@@ -367,8 +461,20 @@ impl DatasetConfig {
                 "list Memory, SSD or both, each at most once",
             ));
         }
+        if !self.cache.pins.is_empty() && !self.cache.uses_disk() {
+            return Err(Error::config(
+                "cache.pins",
+                "pins keep blocks on the node's disk, and cache.tiers leaves out SSD: add SSD or remove the pins",
+            ));
+        }
         Ok(())
     }
+}
+
+/// A duration as agents write it in configs and reports (e.g. `14days`, `1h 30m`): what
+/// [`parse_duration`] reads back.
+pub fn format_duration(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
 }
 
 /// Parses a byte size, exactly (integers only, no float): the one size grammar of Strata.

@@ -274,6 +274,7 @@ pub async fn report_node(client: &kube::Client, node: &str, reports: &[Report<'_
             last_update: Some(Time(Timestamp::now())),
             last_error: None,
             jobs: vec![],
+            pins: vec![],
         })
         .collect();
     report_node_usage(client, node, datasets).await

@@ -89,7 +89,11 @@ impl DatasetCache {
             state: Mutex::new(ObjectState::default()),
             version,
         });
-        let pinned = self.pins.read().expect("pins").matches(&obj.path);
+        let pinned =
+            self.pins
+                .read()
+                .expect("pins")
+                .pins(&obj.path, obj.mtime_ms, super::pins::now_ms());
         obj.pinned.store(pinned, Ordering::Relaxed);
         let mut bytes = 0;
         {

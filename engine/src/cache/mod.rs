@@ -39,9 +39,8 @@ use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use crate::block_writer::BlockWriter;
-use crate::config::EvictionKind;
+use crate::config::{EvictionKind, PinRule};
 use crate::eviction::{EvictionPolicy, new_policy};
-use crate::glob::PathGlobs;
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 
@@ -49,6 +48,7 @@ use memory::MemoryTier;
 use object::DiskKey;
 pub use object::{BlockKey, CachedObject, ObjectVersion};
 pub use passthrough::PassthroughLease;
+pub use pins::PinRuleUsage;
 pub use usage::CacheUsage;
 
 /// Node-wide cache: memory tier and the disk tier's total capacity.
@@ -123,8 +123,8 @@ pub struct DatasetCacheSettings {
     pub quota: Option<u64>,
     /// Eviction policy.
     pub eviction: EvictionKind,
-    /// Pinned globs from the configuration.
-    pub pins: Vec<String>,
+    /// Pin rules from the configuration.
+    pub pins: Vec<PinRule>,
     /// Drop blocks not read for this long.
     pub data_ttl: Option<Duration>,
     /// Whether blocks may be held in the node's memory tier.
@@ -147,9 +147,9 @@ pub struct DatasetCache {
     eviction: Mutex<EvictionKind>,
     policy: Mutex<Box<dyn EvictionPolicy<DiskKey>>>,
     objects: RwLock<HashMap<Arc<str>, Arc<CachedObject>>>,
-    config_pins: Mutex<Vec<String>>,
-    extra_pins: Mutex<Vec<String>>,
-    pins: RwLock<PathGlobs>,
+    config_pins: Mutex<Vec<PinRule>>,
+    extra_pins: Mutex<Vec<PinRule>>,
+    pins: RwLock<pins::PinSet>,
     used: AtomicU64,
     // Whether `used` counts in the node's total: false once the dataset was removed or
     // replaced, after which no space is reserved for it. Changes of `used` and of the
@@ -186,7 +186,7 @@ impl DatasetCache {
         settings: DatasetCacheSettings,
     ) -> Result<Arc<Self>> {
         let dir = node.dataset_dir(id);
-        let pins = PathGlobs::new(&settings.pins)?;
+        let pins = pins::PinSet::new(&settings.pins, &[])?;
         // A dataset kept out of the disk tier gets no directory either: nothing of it is
         // written under the cache directory.
         let disk_enabled = settings.disk
@@ -234,6 +234,11 @@ impl DatasetCache {
             *prev.policy.lock().expect("policy") = new_policy(EvictionKind::Lru);
             prev.objects.write().expect("objects").clear();
         }
+        let run_time = ds.load_run_time_pins();
+        if !run_time.is_empty() {
+            *ds.pins.write().expect("pins") = pins::PinSet::new(&settings.pins, &run_time)?;
+            *ds.extra_pins.lock().expect("pins") = run_time;
+        }
         if ds.disk_enabled {
             ds.load_index();
         }
@@ -268,7 +273,7 @@ impl DatasetCache {
     /// Applies changed settings in place (quota, eviction policy, pins, data TTL). The
     /// block size cannot change in place: open a new cache for that.
     pub fn update(&self, settings: &DatasetCacheSettings) -> Result<()> {
-        PathGlobs::new(&settings.pins)?;
+        pins::PinSet::new(&settings.pins, &[])?;
         self.quota
             .store(settings.quota.unwrap_or(u64::MAX), Ordering::Relaxed);
         *self.data_ttl.lock().expect("ttl") = settings.data_ttl;

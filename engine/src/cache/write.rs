@@ -80,7 +80,7 @@ impl DatasetCache {
                     data_path: sub.join(format!("{id}.data")),
                     meta_path: sub.join(format!("{id}.meta")),
                     block_size: self.block_size,
-                    pinned: AtomicBool::new(self.pins.read().expect("pins").matches(path)),
+                    pinned: AtomicBool::new(self.is_pinned(path, mtime)),
                     leases: AtomicUsize::new(0),
                     state: Mutex::new(ObjectState::default()),
                 };

@@ -342,12 +342,22 @@ impl DatasetView {
         }
     }
 
-    /// Every file under the globs' common directory that matches them.
-    pub async fn expand_globs(self: &Arc<Self>, globs: &PathGlobs) -> Result<Vec<FileStat>> {
+    /// Every file under the globs' common directory that matches them. With `fresh`, each
+    /// directory walked is listed again rather than taken from the metadata cache (which
+    /// the new listings then refresh).
+    pub async fn expand_globs(
+        self: &Arc<Self>,
+        globs: &PathGlobs,
+        fresh: bool,
+    ) -> Result<Vec<FileStat>> {
         let mut out = Vec::new();
         let start = globs.literal_prefix();
         let mut queue = VecDeque::from([start]);
         while let Some(dir) = queue.pop_front() {
+            if fresh {
+                self.stats.remove(&dir);
+                self.listings.remove(&dir);
+            }
             let stat = match self.stat(&dir).await {
                 Ok(s) => s,
                 Err(e) if e.is_not_found() => continue,

@@ -5,11 +5,13 @@
 //! The view is split by role: `entry` (stats and listings as returned), `metadata`
 //! (stat, list, the metadata cache), `fetch` (blocks from a tier or a source, single
 //! flight), `reader` ([`FileReader`]), `readahead` (the readahead planner and limits),
-//! `preload`, `prefetch` (directory prefetch) and `usage` (usage, pins, source errors).
+//! `preload`, `prefetch` (directory prefetch), `pins` (pin rules and their re-evaluation)
+//! and `usage` (usage, source errors).
 
 mod entry;
 mod fetch;
 mod metadata;
+mod pins;
 mod prefetch;
 mod preload;
 mod readahead;
@@ -33,6 +35,7 @@ use crate::{Error, Result};
 
 pub use entry::{DirEntry, DirListing, EntryKind, FileStat};
 pub use fetch::MAX_SPAN_BYTES;
+pub use pins::{PinRefresh, pin_refresh_period};
 pub use preload::{PRELOAD_MAX_FETCHES, PreloadProgress, PreloadReport};
 pub use readahead::{READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadLimits};
 pub use reader::FileReader;

@@ -3,13 +3,15 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 
-use super::DatasetView;
 use super::readahead::{READAHEAD_UNIT, split_spans};
+use super::{DatasetView, FileStat};
+use crate::config::PinRule;
 use crate::glob::PathGlobs;
 use crate::path::DatasetPath;
 use crate::{Error, Result};
@@ -65,14 +67,61 @@ impl DatasetView {
         fetches: usize,
         progress: impl Fn(PreloadProgress) + Send + Sync,
     ) -> Result<PreloadReport> {
-        let globs = PathGlobs::new(globs)?;
-        let files = Arc::new(self.expand_globs(&globs).await?);
+        self.preload_selected(&PinRule::paths(globs), fetches, progress)
+            .await
+    }
+
+    /// Preloads the files `selection` names now: those matching its globs and, with a
+    /// window, modified within it. The sources are listed afresh, not from the metadata
+    /// cache: a preload is asked to fetch what is there now, such as today's new files.
+    pub async fn preload_selected(
+        self: &Arc<Self>,
+        selection: &PinRule,
+        fetches: usize,
+        progress: impl Fn(PreloadProgress) + Send + Sync,
+    ) -> Result<PreloadReport> {
+        let globs = PathGlobs::new(&selection.paths)?;
+        let files = self.files_selected(selection, true).await?;
+        let everything = selection.modified_within.is_none()
+            && (globs.matches(&DatasetPath::root()) || globs.patterns().iter().any(|g| g == "/**"));
+        self.preload_files(files, everything, fetches, progress)
+            .await
+    }
+
+    /// The files matching `selection` now (see [`Self::preload_selected`]); `fresh` lists
+    /// the sources again instead of trusting cached listings.
+    pub async fn files_selected(
+        self: &Arc<Self>,
+        selection: &PinRule,
+        fresh: bool,
+    ) -> Result<Vec<FileStat>> {
+        let globs = PathGlobs::new(&selection.paths)?;
+        let mut files = self.expand_globs(&globs, fresh).await?;
+        if let Some(within) = selection.modified_within {
+            let since = SystemTime::now()
+                .checked_sub(within)
+                .unwrap_or(SystemTime::UNIX_EPOCH);
+            files.retain(|f| f.mtime >= since);
+        }
+        Ok(files)
+    }
+
+    /// Fetches every block of `files`; `everything` says they are the whole dataset, so
+    /// their totals are the dataset's.
+    pub(super) async fn preload_files(
+        self: &Arc<Self>,
+        files: Vec<FileStat>,
+        everything: bool,
+        fetches: usize,
+        progress: impl Fn(PreloadProgress) + Send + Sync,
+    ) -> Result<PreloadReport> {
+        let files = Arc::new(files);
         let mut p = PreloadProgress {
             files_total: files.len() as u64,
             bytes_total: files.iter().map(|f| f.size).sum(),
             ..Default::default()
         };
-        if globs.matches(&DatasetPath::root()) || globs.patterns().iter().any(|g| g == "/**") {
+        if everything {
             *self.totals.lock().expect("totals") = Some((p.bytes_total, p.files_total));
         }
         progress(p);

@@ -7,11 +7,11 @@ use serde::{Deserialize, Serialize};
 
 use super::DatasetView;
 use crate::Result;
-use crate::cache::CacheUsage;
+use crate::cache::{CacheUsage, PinRuleUsage};
 use crate::source::RequestCounts;
 
 /// Cache usage of a dataset, as reported to the operator.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct DatasetUsage {
     /// Bytes cached on this node's disk tier.
@@ -33,6 +33,9 @@ pub struct DatasetUsage {
     /// Number of files in the dataset, once known.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub files: Option<u64>,
+    /// Each pin rule in force and what it holds on this node.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub pins: Vec<PinRuleUsage>,
 }
 
 impl DatasetView {
@@ -67,22 +70,6 @@ impl DatasetView {
     /// with its time. Messages are already scrubbed of credentials.
     pub fn take_source_error(&self) -> Option<(String, SystemTime)> {
         self.last_source_error.lock().expect("source error").take()
-    }
-
-    /// Pins globs: matching cached blocks (now and later) are never evicted. Pinning does
-    /// not fetch anything; run [`Self::preload`] for that.
-    pub fn pin(&self, globs: &[String]) -> Result<()> {
-        self.cache.pin(globs)
-    }
-
-    /// Removes pins added with [`Self::pin`].
-    pub fn unpin(&self, globs: &[String]) -> Result<()> {
-        self.cache.unpin(globs)
-    }
-
-    /// Pins in force (configured and added).
-    pub fn pins(&self) -> Vec<String> {
-        self.cache.pins()
     }
 
     /// Walks every source (streamed listings, nothing kept) to learn the dataset's total
@@ -121,6 +108,7 @@ impl DatasetView {
             misses,
             total_bytes: totals.map(|t| t.0),
             files: totals.map(|t| t.1),
+            pins: self.cache.pin_usage(),
         }
     }
 

@@ -4,6 +4,7 @@
 use super::auth::{Action, Caller};
 use super::server::{ApiState, V1, body, json, respond};
 use super::types::{PathsRequest, PinAnswer, PreloadProgress};
+use crate::config::PinRule;
 use crate::glob::PathGlobs;
 use crate::{Error, Result};
 use bytes::Bytes;
@@ -35,20 +36,19 @@ fn paths_body(body: &Bytes) -> Result<PathsRequest> {
     Ok(request)
 }
 
-/// A glob matching exactly `path`: glob metacharacters become one-character classes.
-fn literal_glob(path: &str) -> String {
-    let mut out = String::with_capacity(path.len());
-    for c in path.chars() {
-        match c {
-            '*' | '?' | '[' | ']' | '{' | '}' => {
-                out.push('[');
-                out.push(c);
-                out.push(']');
-            }
-            c => out.push(c),
-        }
-    }
-    out
+/// The request's files: its globs and, if given, its `modifiedWithin` window.
+fn selection(request: &PathsRequest) -> Result<PinRule> {
+    let modified_within = match &request.modified_within {
+        None => None,
+        Some(within) => Some(
+            crate::config::parse_duration(within)
+                .map_err(|e| Error::invalid("modifiedWithin", e.to_string()))?,
+        ),
+    };
+    Ok(PinRule {
+        paths: request.paths.clone(),
+        modified_within,
+    })
 }
 
 async fn preload(
@@ -60,7 +60,7 @@ async fn preload(
 ) -> Result<Response> {
     let view = state.view_for(&caller, Action::Preload, &ns, &name)?;
     let request = paths_body(&body)?;
-    let paths = request.paths;
+    let selection = selection(&request)?;
     if let Some(job) = &request.job
         && (job.is_empty()
             || job.len() > 253
@@ -93,9 +93,9 @@ async fn preload(
     let (progress_tx, mut progress_rx) =
         tokio::sync::watch::channel(None::<crate::dataset::PreloadProgress>);
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
-    tracing::info!(dataset = %format!("{ns}/{name}"), ?paths, "preload started");
+    tracing::info!(dataset = %format!("{ns}/{name}"), files = %selection.describe(), "preload started");
     let mut task = tokio::spawn(async move {
-        view.preload_with(&paths, fetches, move |p| {
+        view.preload_selected(&selection, fetches, move |p| {
             let _ = progress_tx.send(Some(p));
         })
         .await
@@ -197,32 +197,13 @@ async fn pin(
     state: Arc<ApiState>,
 ) -> Result<Response> {
     let view = state.view_for(&caller, Action::Pin, &ns, &name)?;
-    let request = paths_body(&body)?;
-    let changed = match &request.modified_within {
-        None => request.paths,
-        Some(within) => {
-            let within = crate::config::parse_duration(within)
-                .map_err(|e| Error::invalid("modifiedWithin", e.to_string()))?;
-            let since = std::time::SystemTime::now()
-                .checked_sub(within)
-                .unwrap_or(std::time::SystemTime::UNIX_EPOCH);
-            let globs = PathGlobs::new(&request.paths)?;
-            view.expand_globs(&globs)
-                .await?
-                .into_iter()
-                .filter(|f| f.mtime >= since)
-                .map(|f| literal_glob(f.path.as_str()))
-                .collect()
-        }
-    };
-    if !changed.is_empty() {
-        view.pin(&changed)?;
-    }
+    let rule = selection(&paths_body(&body)?)?;
+    let added = view.pin(rule.clone())?;
     Ok(json(
         StatusCode::OK,
         &PinAnswer {
             pins: view.pins(),
-            changed,
+            changed: if added { vec![rule] } else { Vec::new() },
         },
     ))
 }
@@ -235,13 +216,12 @@ async fn unpin(
     state: Arc<ApiState>,
 ) -> Result<Response> {
     let view = state.view_for(&caller, Action::Pin, &ns, &name)?;
-    let paths = paths_body(&body)?.paths;
-    view.unpin(&paths)?;
+    let removed = view.unpin(&paths_body(&body)?.paths)?;
     Ok(json(
         StatusCode::OK,
         &PinAnswer {
             pins: view.pins(),
-            changed: paths,
+            changed: removed,
         },
     ))
 }
@@ -288,18 +268,4 @@ pub(super) fn routes(v1: &V1) -> BoxedFilter<(Response,)> {
         .or(usage_route)
         .unify()
         .boxed()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::path::DatasetPath;
-
-    #[test]
-    fn literal_globs_match_only_their_path() {
-        let glob = literal_glob("/a/b*[1]{x}?.txt");
-        let globs = PathGlobs::new(&[glob]).unwrap();
-        assert!(globs.matches(&DatasetPath::parse("/a/b*[1]{x}?.txt").unwrap()));
-        assert!(!globs.matches(&DatasetPath::parse("/a/bzz[1]{x}?.txt").unwrap()));
-    }
 }

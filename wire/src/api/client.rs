@@ -461,11 +461,24 @@ impl AgentClient {
         namespace: &str,
         name: &str,
         paths: &[String],
+        on_progress: impl FnMut(&PreloadProgress),
+    ) -> Result<PreloadProgress> {
+        self.preload_selected(namespace, name, paths, None, on_progress)
+            .await
+    }
+
+    /// [`Self::preload`] of only the files modified within `modified_within` (e.g. `14d`).
+    pub async fn preload_selected(
+        &self,
+        namespace: &str,
+        name: &str,
+        paths: &[String],
+        modified_within: Option<&str>,
         mut on_progress: impl FnMut(&PreloadProgress),
     ) -> Result<PreloadProgress> {
         let body = Self::encode(&PathsRequest {
             paths: paths.to_vec(),
-            modified_within: None,
+            modified_within: modified_within.map(str::to_string),
             job: self.job.clone(),
             concurrency: self.concurrency,
         });

@@ -1,5 +1,6 @@
 //! JSON bodies of the agent's HTTP API, shared by the server and [`super::client::AgentClient`].
 
+use crate::config::PinRule;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
@@ -56,8 +57,9 @@ pub struct VolumeInfo {
 #[serde(rename_all = "camelCase")]
 pub struct PathsRequest {
     pub paths: Vec<String>,
-    /// Pin only: pin just the files (matching `paths`) modified within this long
-    /// (e.g. `14d`), each by its exact path.
+    /// Pin and preload: only the files (matching `paths`) modified within this long
+    /// before now (e.g. `14d`). A pin keeps the window rolling: files that age out of it
+    /// are unpinned, new ones pinned.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub modified_within: Option<String>,
     /// Preload only: the Kubernetes Job asking, so the agent reports the run's progress
@@ -73,10 +75,12 @@ pub struct PathsRequest {
 /// Answer to `POST .../pin` and `.../unpin`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct PinAnswer {
-    /// Every pin in force on the dataset now.
-    pub pins: Vec<String>,
-    /// The patterns this call added or removed.
-    pub changed: Vec<String>,
+    /// Every pin rule in force on the dataset now: the configuration's, then those added
+    /// through the API.
+    pub pins: Vec<PinRule>,
+    /// The rules this call added or removed; none when the rule was already in force
+    /// (for instance, it is the CachePolicy's own).
+    pub changed: Vec<PinRule>,
 }
 
 /// One line of the NDJSON stream that `POST .../preload` answers with; the

@@ -1,0 +1,90 @@
+//! Pin rules on a dataset: adding and removing them, what they hold, and their periodic
+//! re-evaluation, which unpins files that aged out of a rule's window and fetches the
+//! files a rule pins that are not cached yet (new ones as they appear).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::{DatasetView, PRELOAD_MAX_FETCHES};
+use crate::Result;
+use crate::cache::PinRuleUsage;
+use crate::config::PinRule;
+
+/// What one re-evaluation of the pin rules did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PinRefresh {
+    /// Files the rules pin now (cached or not).
+    pub files: u64,
+    /// Files fetched because a rule pins them and they were not fully cached.
+    pub fetched_files: u64,
+    /// Bytes of those files.
+    pub fetched_bytes: u64,
+    /// Files that could not be fetched, with the reason.
+    pub failed: Vec<(String, String)>,
+}
+
+/// How often a dataset's pin rules are re-evaluated: its metadata TTL (the agent cannot see
+/// a new file sooner than its listings expire), at least a second.
+pub fn pin_refresh_period(metadata_ttl: Duration) -> Duration {
+    metadata_ttl.max(Duration::from_secs(1))
+}
+
+impl DatasetView {
+    /// Adds a pin rule at run time (kept across agent restarts): matching cached blocks,
+    /// now and later, are not evicted. Pinning fetches nothing by itself; the periodic
+    /// re-evaluation does, or [`Self::preload_selected`] at once. Returns false when the
+    /// same rule was already in force.
+    pub fn pin(&self, rule: PinRule) -> Result<bool> {
+        self.cache.pin(rule)
+    }
+
+    /// Removes run-time rules whose globs are all among `globs`; returns them.
+    pub fn unpin(&self, globs: &[String]) -> Result<Vec<PinRule>> {
+        self.cache.unpin(globs)
+    }
+
+    /// Pin rules in force (configured, then run-time).
+    pub fn pins(&self) -> Vec<PinRule> {
+        self.cache.pins()
+    }
+
+    /// Each rule in force with the files and bytes it holds on this node.
+    pub fn pin_usage(&self) -> Vec<PinRuleUsage> {
+        self.cache.pin_usage()
+    }
+
+    /// Re-evaluates the pin rules now: files that aged out of a window become evictable,
+    /// and every file a rule pins that is not fully cached is fetched.
+    pub async fn refresh_pins(self: &Arc<Self>) -> Result<PinRefresh> {
+        let cache = self.cache.clone();
+        tokio::task::spawn_blocking(move || cache.apply_pins())
+            .await
+            .map_err(|e| crate::Error::Task(e.to_string()))??;
+        let mut refresh = PinRefresh::default();
+        for rule in self.pins() {
+            let files = self.files_selected(&rule, false).await?;
+            refresh.files += files.len() as u64;
+            let missing: Vec<_> = files
+                .into_iter()
+                .filter(|f| {
+                    f.version
+                        .as_ref()
+                        .is_some_and(|v| !self.cache.is_complete(v))
+                })
+                .collect();
+            if missing.is_empty() {
+                continue;
+            }
+            let report = self
+                .preload_files(missing, false, PRELOAD_MAX_FETCHES, |_| {})
+                .await?;
+            refresh.fetched_files += report.files;
+            refresh.fetched_bytes += report.bytes;
+            refresh.failed.extend(report.failed);
+        }
+        Ok(refresh)
+    }
+}
