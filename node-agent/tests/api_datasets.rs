@@ -206,7 +206,7 @@ async fn preload_pin_and_usage() {
         paths: vec!["/train/**".to_string()],
         modified_within: Some(Duration::from_secs(14 * 86400)),
     };
-    assert_eq!(recent.changed, [fortnight.clone()]);
+    assert_eq!(recent.changed, std::slice::from_ref(&fortnight));
     let again = api
         .pin("ml", "imagenet", &["/train/**".to_string()], Some("2w"))
         .await
