@@ -12,7 +12,7 @@
 //!    (its own StrataNode only) apply as on a real node;
 //! 4. a Secret, Dataset and CachePolicy applied with kubectl; the Dataset becomes Ready;
 //! 5. the preload Job's command, run as its pod would (with its ServiceAccount token for the
-//!    agents' audience), takes `kubectl get datasets` from 0% to 100% (before the reads, which
+//!    agents' audience), takes `kubectl get datasets` to 100% (before the reads, which
 //!    would otherwise cache everything themselves); then a second tenant with its own Dataset
 //!    and CachePolicy: with the first tenant's job credential every route that touches the
 //!    second's data, registration, volumes and the dataset list is refused with 403 and the
@@ -21,8 +21,10 @@
 //! 6. NodePublishVolume through each node's CSI socket with the PV's volume handle and as an
 //!    inline volume; every file read through the target path has the source's checksum (warm on
 //!    the preloaded node, cold on the other);
-//! 7. with the quota lowered below the data and every file read again, the pinned paths are
-//!    still served with the S3 server stopped;
+//! 7. a file added under the pinned path after the reads is fetched by the pin Job (run on
+//!    each node as its pod would); with the quota lowered below the data and every other file
+//!    read again, the pinned paths, the new file among them, are still served with the S3
+//!    server stopped;
 //!    the peer token is rotated: the old one is refused, the new one works, no restart;
 //! 8. deleting the Dataset drops the caches and mounts and removes the PV and PVC.
 //!
@@ -679,7 +681,8 @@ async fn strata_end_to_end() -> Result<()> {
     step(4, "Dataset Ready, PV and PVC bound, config on every node");
 
     // 5. The preload Job's command, as its pod runs it (on node 0), takes the Dataset from
-    // nothing cached to `kubectl get datasets` showing 100%.
+    // partly cached (the agents fetch what the policy pins as soon as they are configured) to
+    // `kubectl get datasets` showing 100%.
     let before = dataset_status(cluster, tenant.name(), DATASET).await?;
     ensure!(
         before["cachedPercent"].as_i64().unwrap_or(0) < 100,
@@ -727,10 +730,7 @@ async fn strata_end_to_end() -> Result<()> {
     })
     .await
     .map(|table| eprintln!("{table}"))?;
-    step(
-        5,
-        "preload job ran; kubectl get datasets went from 0% to 100%",
-    );
+    step(5, "preload job ran; kubectl get datasets went to 100%");
 
     // 5b. A second tenant on the same nodes, with the same dataset and policy names: the first
     // tenant's job credential reaches none of it, and changes nothing of it.
@@ -990,7 +990,11 @@ async fn strata_end_to_end() -> Result<()> {
         "PV and inline volumes published on both nodes, every checksum equal",
     );
 
-    // 7. Pinned paths stay when the cache overflows its quota.
+    // 7. Pinned paths stay when the cache overflows its quota. A file that appears under the
+    // pinned path after every read is fetched by the pin Job alone: nothing reads it before
+    // S3 stops, and the agents' own re-evaluation waits a metadata TTL (1h here).
+    let late = generated(99, (2 << 20) + 3);
+    s3.put(&format!("/{BUCKET}/data/pinned/late.bin"), &late)?;
     let pins = wait_until("the pin Job", WAIT, || async {
         Ok::<_, anyhow::Error>(jobs_of_kind(&jobs, "pin").await?.into_iter().next())
     })
@@ -1011,6 +1015,23 @@ async fn strata_end_to_end() -> Result<()> {
             node.name
         );
     }
+    // The Dataset's status shows what the pin rule holds: its 3 files on both nodes.
+    let pin_status = wait_until(
+        "the pin rule's files in the Dataset status",
+        WAIT,
+        || async {
+            let status = dataset_status(cluster, tenant.name(), DATASET).await?;
+            let pins = status["pins"].clone();
+            Ok::<_, anyhow::Error>(
+                (pins[0]["paths"] == serde_json::json!(["/pinned/**"])
+                    && pins[0]["nodes"] == 2
+                    && pins[0]["files"] == 6)
+                    .then_some(pins),
+            )
+        },
+    )
+    .await?;
+    eprintln!("status.pins: {pin_status}");
     // Quota below the data: reading everything again must evict, and only unpinned blocks.
     Api::<strata_crds::CachePolicy>::namespaced(client.clone(), tenant.name())
         .patch(
@@ -1064,6 +1085,11 @@ async fn strata_end_to_end() -> Result<()> {
     }
     s3.stop();
     for (i, agent) in agents.iter().enumerate() {
+        let bytes = agent
+            .read(tenant.name(), DATASET, "/pinned/late.bin")
+            .await
+            .with_context(|| format!("node {i}: the pin Job did not fetch /pinned/late.bin"))?;
+        ensure!(bytes == late, "node {i}: /pinned/late.bin");
         let mut unpinned_still_cached = 0u64;
         let mut unpinned_evicted = 0;
         for (path, (sum, size)) in &files {

@@ -100,9 +100,11 @@ async fn a_rolling_window_pins_new_files_and_lets_old_ones_go() {
     let view = agent.add_dataset(config(src.path())).await.unwrap();
 
     // Nothing was read: the agent fetched the two files inside the window by itself.
-    wait_for("the files inside the window", Duration::from_secs(20), || {
-        pinned_files(&view) == 2
-    })
+    wait_for(
+        "the files inside the window",
+        Duration::from_secs(20),
+        || pinned_files(&view) == 2,
+    )
     .await;
     assert_eq!(gets_to_read(&view, "/logs/recent.bin", &recent).await, 0);
     assert_eq!(gets_to_read(&view, "/logs/edge.bin", &edge).await, 0);
