@@ -291,6 +291,12 @@ impl Agent {
                         view.refresh_pins().await
                     };
                     match refreshed {
+                        Ok(r) if r.over_quota_files > 0 => {
+                            tracing::warn!(dataset = %view.id(), pinned_files = r.files,
+                                fetched_files = r.fetched_files, over_quota_files = r.over_quota_files,
+                                "the pin rules match more than the dataset's quota holds; \
+                                 raise the CachePolicy's quota or narrow its pin rules");
+                        }
                         Ok(r) if r.fetched_files > 0 || !r.failed.is_empty() => {
                             tracing::info!(dataset = %view.id(), pinned_files = r.files,
                                 fetched_files = r.fetched_files, fetched_bytes = r.fetched_bytes,

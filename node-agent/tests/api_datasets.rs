@@ -294,7 +294,11 @@ async fn job_commands_print_progress() {
         .await
         .unwrap();
     let text = String::from_utf8(out).unwrap();
-    assert!(text.contains("pinned ml/imagenet on unix://"), "{text}");
+    assert!(
+        text.contains("pinned /train/nested/** in ml/imagenet on unix://")
+            && text.contains(": rule added, 1 rule(s) in force"),
+        "{text}"
+    );
     assert!(
         text.contains("files 1/1, bytes 1234/1234, 100.0%, done"),
         "{text}"

@@ -310,7 +310,7 @@ async fn one_dataset_cannot_evict_anothers_pinned_data() {
         .add_dataset(dataset(
             "a",
             vec![local_source("l", src.path(), "/")],
-            settings(vec!["/**".into()]),
+            settings(vec!["/f[01]".into()]),
         ))
         .await
         .unwrap();

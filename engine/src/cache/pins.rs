@@ -190,6 +190,31 @@ impl DatasetCache {
         usage
     }
 
+    /// Bytes more that pinned files may take: the dataset's quota (or the node's disk, if
+    /// smaller) less what is pinned already. Pinned blocks are never evicted, so fetching
+    /// past this would only be read through and fetched again at every re-evaluation.
+    pub fn room_for_pins(&self) -> u64 {
+        let capacity = self
+            .quota
+            .load(Ordering::Relaxed)
+            .min(self.node.disk_capacity);
+        let pinned: u64 = self.pin_usage_bytes();
+        capacity.saturating_sub(pinned)
+    }
+
+    fn pin_usage_bytes(&self) -> u64 {
+        self.objects
+            .read()
+            .expect("objects")
+            .values()
+            .filter(|o| o.pinned.load(Ordering::Relaxed))
+            .map(|o| {
+                let st = o.state.lock().expect("object state");
+                st.blocks.keys().map(|i| o.block_len(*i)).sum::<u64>()
+            })
+            .sum()
+    }
+
     /// Evaluates every cached object against the rules as of now: objects newly matched
     /// leave the eviction policy, objects no longer matched (a rule removed, or a file aged
     /// out of its window) become evictable again.

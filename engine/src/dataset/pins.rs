@@ -24,6 +24,9 @@ pub struct PinRefresh {
     pub fetched_bytes: u64,
     /// Files that could not be fetched, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Files not fetched because what the rules pin does not fit the dataset's quota (or
+    /// the node's disk); reads still serve them, through from the source.
+    pub over_quota_files: u64,
 }
 
 /// How often a dataset's pin rules are re-evaluated: its metadata TTL (the agent cannot see
@@ -64,17 +67,23 @@ impl DatasetView {
             .await
             .map_err(|e| crate::Error::Task(e.to_string()))??;
         let mut refresh = PinRefresh::default();
+        let mut room = self.cache.room_for_pins();
         for rule in self.pins() {
             let files = self.files_selected(&rule, false).await?;
             refresh.files += files.len() as u64;
-            let missing: Vec<_> = files
-                .into_iter()
-                .filter(|f| {
-                    f.version
-                        .as_ref()
-                        .is_some_and(|v| !self.cache.is_complete(v))
-                })
-                .collect();
+            let mut missing = Vec::new();
+            for f in files {
+                let Some(version) = &f.version else { continue };
+                if self.cache.is_complete(version) {
+                    continue;
+                }
+                if f.size > room {
+                    refresh.over_quota_files += 1;
+                    continue;
+                }
+                room -= f.size;
+                missing.push(f);
+            }
             if missing.is_empty() {
                 continue;
             }
