@@ -282,6 +282,9 @@ async fn eviction_under_a_small_quota_keeps_pinned_data() {
             before,
             "{eviction:?}: pinned data was evicted"
         );
+        // A pin Job adds at run time the glob its policy configures: one pin in force.
+        view.pin(&["/pinned/**".into()]).unwrap();
+        assert_eq!(view.pins(), ["/pinned/**"], "{eviction:?}");
         // Unpinned, it competes like everything else.
         view.unpin(&[]).unwrap();
         let metrics = agent.metrics().encode();

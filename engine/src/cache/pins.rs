@@ -33,10 +33,15 @@ impl DatasetCache {
         self.apply_pins()
     }
 
-    /// All pin globs in force.
+    /// All pin globs in force, each once (a pin Job adds at run time the globs its policy
+    /// also configures).
     pub fn pins(&self) -> Vec<String> {
         let mut all = self.config_pins.lock().expect("pins").clone();
-        all.extend(self.extra_pins.lock().expect("pins").iter().cloned());
+        for g in self.extra_pins.lock().expect("pins").iter() {
+            if !all.contains(g) {
+                all.push(g.clone());
+            }
+        }
         all
     }
 
