@@ -6,7 +6,10 @@
 #   3. moto S3 on loopback with examples/data plus a generated 128 MiB file;
 #   4. strata-demo up: helm install of charts/strata, the operator, node agent and CSI plugin as
 #      background processes, a Dataset + CachePolicy, NodePublishVolume through the CSI socket,
-#      a cold and a warm read, the preload Job's command and `kubectl get datasets`.
+#      the preload Job's command and its progress, `kubectl get datasets` at 100%, the first read
+#      (warm: 0 blocks from S3); then a pinned path surviving a cache fill: a second Dataset under
+#      a CachePolicy with a 32 MiB quota pinning /train/2026-11-21/**, its pin Job, a 128 MiB read,
+#      and the pinned files still cached (0 blocks fetched) while /train/2026-11-20 was evicted.
 # Everything runs on after it returns; `make demo-down` (scripts/demo.sh down) stops it all.
 # `scripts/demo.sh standalone` / `standalone-down`: just the agent's FUSE mount of examples/data.
 set -Eeuo pipefail

@@ -38,6 +38,8 @@ pub const CHECKSUM_FAILURES: &str = "strata_checksum_failures";
 pub const PASSTHROUGH_OPENS: &str = "strata_passthrough_opens";
 /// Labels: `dataset`. Small files fetched ahead of the reader by directory prefetch.
 pub const DIRECTORY_PREFETCH_FILES: &str = "strata_directory_prefetch_files";
+/// Bytes of blocks held on the readahead budget right now (at most `--readahead-total`).
+pub const READAHEAD_BYTES: &str = "strata_readahead_bytes";
 
 type Labels = Vec<(String, String)>;
 
@@ -57,6 +59,7 @@ pub struct Metrics {
     checksum_failures: Counter,
     passthrough: Family<Labels, Counter>,
     directory_prefetch_files: Family<Labels, Counter>,
+    readahead_bytes: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -77,6 +80,18 @@ pub struct InFlight(Gauge);
 impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.dec();
+    }
+}
+
+/// Bytes counted in the readahead gauge until dropped.
+pub(crate) struct ReadaheadHeld {
+    gauge: Gauge,
+    bytes: i64,
+}
+
+impl Drop for ReadaheadHeld {
+    fn drop(&mut self) {
+        self.gauge.dec_by(self.bytes);
     }
 }
 
@@ -101,6 +116,7 @@ impl Metrics {
             checksum_failures: Counter::default(),
             passthrough: Family::default(),
             directory_prefetch_files: Family::default(),
+            readahead_bytes: Gauge::default(),
         };
         registry.register(CACHE_HITS, "Block cache hits per tier", m.hits.clone());
         registry.register(
@@ -162,6 +178,11 @@ impl Metrics {
             DIRECTORY_PREFETCH_FILES,
             "Small files fetched ahead of the reader by directory prefetch",
             m.directory_prefetch_files.clone(),
+        );
+        registry.register(
+            READAHEAD_BYTES,
+            "Bytes of blocks held on the readahead budget",
+            m.readahead_bytes.clone(),
         );
         *m.registry.lock().expect("metrics registry") = registry;
         m
@@ -239,6 +260,19 @@ impl Metrics {
             .get_or_create(&vec![("dataset".into(), dataset.into())])
             .inc_by(files);
     }
+    /// Counts `bytes` in the readahead gauge while the answer lives.
+    pub(crate) fn readahead_held(&self, bytes: u64) -> ReadaheadHeld {
+        let bytes = bytes as i64;
+        self.readahead_bytes.inc_by(bytes);
+        ReadaheadHeld {
+            gauge: self.readahead_bytes.clone(),
+            bytes,
+        }
+    }
+    /// Bytes held on the readahead budget now (the `strata_readahead_bytes` gauge).
+    pub fn readahead_bytes(&self) -> u64 {
+        self.readahead_bytes.get().max(0) as u64
+    }
     pub fn passthrough_open(&self, result: &str) {
         self.passthrough
             .get_or_create(&vec![("result".into(), result.into())])
@@ -265,6 +299,7 @@ mod tests {
             "strata_cached_bytes{dataset=\"ns/d\",tier=\"disk\"} 5",
             "strata_fetch_duration_seconds_bucket",
             "strata_fetches_in_flight 0",
+            "strata_readahead_bytes 0",
         ] {
             assert!(text.contains(name), "{name} missing in\n{text}");
         }

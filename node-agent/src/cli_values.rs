@@ -1,9 +1,9 @@
 //! Parsers of flag values the commands share (clap `value_parser`s): sizes and durations in
-//! the one grammar of `strata_wire::config`, and eviction policies.
+//! the one grammar of `strata_wire::config`, eviction policies and cache tiers.
 
 use std::time::Duration;
 
-use crate::config::EvictionKind;
+use crate::config::{EvictionKind, TierKind};
 
 /// A size such as `512Mi`, `4Gi` or `1000`.
 pub fn parse_size(s: &str) -> Result<u64, String> {
@@ -24,5 +24,52 @@ pub fn parse_eviction(s: &str) -> Result<EvictionKind, String> {
         other => Err(format!(
             "unknown eviction policy {other:?}; use LRU, S3FIFO or ARC"
         )),
+    }
+}
+
+/// The tiers a dataset's blocks may live in: `Memory`, `SSD` or both, comma-separated (any
+/// case, each at most once), as a CachePolicy's `tiers`. clap names the flag in the error.
+pub fn parse_tiers(s: &str) -> Result<Vec<TierKind>, String> {
+    let mut tiers = Vec::new();
+    for word in s.split(',').map(str::trim) {
+        let tier = match word.to_ascii_lowercase().as_str() {
+            "memory" => TierKind::Memory,
+            "ssd" => TierKind::Ssd,
+            _ => {
+                return Err(format!(
+                    "unknown tier {word:?}; use Memory, SSD or Memory,SSD"
+                ));
+            }
+        };
+        if tiers.contains(&tier) {
+            return Err(format!(
+                "{word:?} is listed twice; use Memory, SSD or Memory,SSD"
+            ));
+        }
+        tiers.push(tier);
+    }
+    Ok(tiers)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tiers_are_memory_ssd_or_both_each_once() {
+        use TierKind::{Memory, Ssd};
+        for (input, want) in [
+            ("Memory", vec![Memory]),
+            ("SSD", vec![Ssd]),
+            ("ssd", vec![Ssd]),
+            ("Memory,SSD", vec![Memory, Ssd]),
+            ("SSD, memory", vec![Ssd, Memory]),
+        ] {
+            assert_eq!(parse_tiers(input).unwrap(), want, "{input}");
+        }
+        for bad in ["", "Disk", "Memory,", "SSD,SSD", "memory,Memory"] {
+            let e = parse_tiers(bad).unwrap_err();
+            assert!(e.contains("use Memory, SSD"), "{bad}: {e}");
+        }
     }
 }

@@ -109,7 +109,7 @@ fn mount_dataset(args: &MountArgs) -> anyhow::Result<(DatasetConfig, PathBuf)> {
         uid: None,
         policy: None,
         sources,
-        cache: args.cache.cache_settings(),
+        cache: args.cache_settings()?,
     };
     Ok((dataset, PathBuf::from(mountpoint)))
 }
@@ -148,8 +148,9 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     )
     .await?;
     eprintln!(
-        "strata-agent: unmounted; cache holds {} bytes in {} files ({} hits, {} misses)",
-        usage.cached_bytes, usage.cached_files, usage.hits, usage.misses
+        "strata-agent: unmounted; cache holds {} bytes on disk in {} files and {} bytes in memory \
+         ({} hits, {} misses)",
+        usage.cached_bytes, usage.cached_files, usage.memory_bytes, usage.hits, usage.misses
     );
     Ok(())
 }

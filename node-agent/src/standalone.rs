@@ -8,12 +8,12 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::Result;
 use crate::agent::{Agent, AgentConfig};
-use crate::cli_values::{parse_duration, parse_eviction, parse_size};
-use crate::config::{CacheSettings, DatasetConfig, EvictionKind, PinRule};
+use crate::cli_values::{parse_duration, parse_eviction, parse_size, parse_tiers};
+use crate::config::{CacheSettings, DatasetConfig, EvictionKind, PinRule, TierKind};
 use crate::dataset::{DatasetUsage, DatasetView, PreloadReport};
 use crate::fuse::{MountHandle, MountOptions, check_mountpoint, mount};
+use crate::{Error, Result};
 
 #[derive(Args, Debug, Clone)]
 pub struct CacheArgs {
@@ -70,6 +70,11 @@ pub struct MountArgs {
     /// Only the mounting user may read the mount (no allow_other).
     #[arg(long, env = "STRATA_PRIVATE")]
     pub private: bool,
+    /// Tiers the blocks may live in: Memory (nothing written to the cache dir), SSD (never
+    /// held in memory) or Memory,SSD.
+    // The full path keeps clap from taking the list as a repeated flag: one value, one list.
+    #[arg(long, env = "STRATA_TIERS", default_value = "Memory,SSD", value_parser = parse_tiers)]
+    pub tiers: ::std::vec::Vec<TierKind>,
     #[command(flatten)]
     pub cache: CacheArgs,
     /// `[URI] MOUNTPOINT`: one source URI (mounted at /) and the mount point.
@@ -95,6 +100,29 @@ pub struct PreloadArgs {
     #[arg(long, env = "STRATA_CONCURRENCY", default_value_t = 64,
           value_parser = clap::value_parser!(u32).range(1..=64))]
     pub concurrency: u32,
+}
+
+impl MountArgs {
+    /// The dataset's cache settings these flags give; refuses a tier whose flag turned it
+    /// off (`--tiers SSD` with `--disk 0`, `--tiers Memory` with `--memory 0`).
+    pub fn cache_settings(&self) -> Result<CacheSettings> {
+        if self.tiers == [TierKind::Ssd] && self.cache.disk == 0 {
+            return Err(Error::invalid(
+                "--tiers",
+                "SSD keeps blocks only on disk, which --disk 0 turns off",
+            ));
+        }
+        if self.tiers == [TierKind::Memory] && self.cache.memory == 0 {
+            return Err(Error::invalid(
+                "--tiers",
+                "Memory keeps blocks only in memory, which --memory 0 turns off",
+            ));
+        }
+        Ok(CacheSettings {
+            tiers: self.tiers.clone(),
+            ..self.cache.cache_settings()
+        })
+    }
 }
 
 impl CacheArgs {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use common::*;
-use strata_agent::config::CacheSettings;
+use strata_agent::config::{CacheSettings, PinRule};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn s3_read_through_then_cached_then_restart_without_source() {
@@ -282,6 +282,9 @@ async fn eviction_under_a_small_quota_keeps_pinned_data() {
             before,
             "{eviction:?}: pinned data was evicted"
         );
+        // A pin Job adds at run time the glob its policy configures: one pin in force.
+        assert!(!view.pin("/pinned/**".into()).unwrap(), "{eviction:?}");
+        assert_eq!(view.pins(), [PinRule::from("/pinned/**")], "{eviction:?}");
         // Unpinned, it competes like everything else.
         view.unpin(&[]).unwrap();
         let metrics = agent.metrics().encode();

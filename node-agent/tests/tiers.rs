@@ -1,6 +1,7 @@
 //! A policy's `tiers` reach the cache: a dataset limited to [Memory] writes nothing under the
 //! cache directory and still serves its second read from memory; one limited to [SSD] never
-//! holds a block in memory, however often a block is read.
+//! holds a block in memory, however often a block is read; `strata-agent mount --tiers` sets
+//! the same choice for a standalone mount.
 
 mod common;
 
@@ -176,5 +177,77 @@ async fn datasets_with_memory_shares_cannot_push_each_other_out() {
         hot.request_counts().gets,
         requests,
         "the hot set was refetched"
+    );
+}
+
+/// `strata-agent mount --tiers Memory`: the flag reaches the dataset; reads through the mount
+/// are served and nothing is written under the cache directory, and the agent says at exit
+/// that it held the data in memory. A bad value is refused naming the flag.
+#[test]
+fn the_mount_flag_tiers_memory_writes_nothing_under_the_cache_dir() {
+    require_fuse();
+    let bin = env!("CARGO_BIN_EXE_strata-agent");
+    let src = tempdir();
+    let files = source_tree(src.path());
+    let (cache_dir, mnt) = (tempdir(), tempdir());
+    let mount = |tiers: &str| {
+        let mut cmd = std::process::Command::new(bin);
+        cmd.args(["mount", src.path().to_str().unwrap()])
+            .arg(mnt.path())
+            .arg("--cache-dir")
+            .arg(cache_dir.path())
+            .args(["--block-size", "1Mi", "--tiers", tiers])
+            .env("STRATA_LOG", "warn")
+            .stderr(std::process::Stdio::piped());
+        cmd
+    };
+    let out = mount("Memory,Tape").output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(
+        stderr.contains("--tiers") && stderr.contains("\"Tape\""),
+        "{stderr}"
+    );
+
+    let mut child = mount("Memory").spawn().unwrap();
+    let mounted = || {
+        let point = mnt.path().canonicalize().unwrap();
+        std::fs::read_to_string("/proc/self/mounts")
+            .unwrap()
+            .lines()
+            .any(|l| l.split(' ').nth(1) == point.to_str())
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while !mounted() {
+        assert!(std::time::Instant::now() < deadline, "not mounted in time");
+        assert!(child.try_wait().unwrap().is_none(), "agent exited early");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    for (name, bytes) in &files {
+        assert!(
+            std::fs::read(mnt.path().join(name)).unwrap() == *bytes,
+            "{name}"
+        );
+    }
+    let written = files_under(cache_dir.path());
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(
+        written,
+        Vec::<String>::new(),
+        "--tiers Memory wrote to disk"
+    );
+    let held = 3 * (2 * MIB + 1000);
+    assert!(
+        stderr.contains(&format!(
+            "0 bytes on disk in 0 files and {held} bytes in memory"
+        )),
+        "{stderr}"
     );
 }

@@ -6,8 +6,11 @@
 //! processes with the flags of the chart's Deployment and of the operator's DaemonSet (there is
 //! no kubelet), keeps the two Secrets the DaemonSet mounts synced into the node's directories
 //! (`sync-secrets`, also in the background), applies a Dataset and CachePolicy, publishes the
-//! Dataset's PersistentVolume through the CSI socket as kubelet would, times a cold and a warm
-//! read, runs the preload Job's command and prints `kubectl get datasets`.
+//! Dataset's PersistentVolume through the CSI socket as kubelet would, runs the preload Job's
+//! command, prints `kubectl get datasets` and times the first read (warm: nothing fetched).
+//! Then a pinned path survives a cache fill: a second Dataset of the same data under a
+//! CachePolicy with a 32 MiB quota and a pin; its pin Job runs, a 128 MiB file is read
+//! through it, and the pinned files are still cached while files read after them are not.
 //! `down` unpublishes the volume and stops, by pid, what `up` started.
 
 use std::io::{BufRead, BufReader, Write};
@@ -36,6 +39,19 @@ const RELEASE: &str = "strata";
 const TENANT_NS: &str = "demo";
 const DATASET: &str = "sample";
 const POLICY: &str = "sample-cache";
+/// The pin step's Dataset (the same data) and its CachePolicy: a quota far below the data,
+/// and a pin.
+const PINNED_DATASET: &str = "sample-pinned";
+/// The pods whose volumes the demo publishes: one reads the dataset, one trains on the pinned one.
+const READER_POD: &str = "reader";
+const TRAINER_POD: &str = "trainer";
+const PINNED_POLICY: &str = "pinned-cache";
+const PINNED_QUOTA_MIB: u64 = 32;
+/// What the pin step's policy pins, and a directory of files just like them it does not.
+const PINNED_DIR: &str = "train/2026-11-21";
+const UNPINNED_DIR: &str = "train/2026-11-20";
+/// The file read to fill the pin step's cache (4 times its quota).
+const FILL_FILE: &str = "generated/random-128MiB.bin";
 const NODE_NAME: &str = "demo-node";
 const NODE_IP: &str = "127.0.0.1";
 const WAIT: Duration = Duration::from_secs(120);
@@ -111,9 +127,12 @@ impl Demo {
     fn pid_file(&self, name: &str) -> PathBuf {
         self.state.join("run").join(format!("{name}.pid"))
     }
-    /// Where kubelet would ask for the pod's volume: the parent exists, the target does not.
-    fn target(&self) -> PathBuf {
-        self.node("kubelet/pods/reader/volumes/kubernetes.io~csi/sample/mount")
+    /// Where kubelet would ask for pod `pod`'s volume of `dataset`: the parent exists, the
+    /// target does not.
+    fn target_of(&self, pod: &str, dataset: &str) -> PathBuf {
+        self.node(&format!(
+            "kubelet/pods/{pod}/volumes/kubernetes.io~csi/{dataset}/mount"
+        ))
     }
     fn summary_file(&self) -> PathBuf {
         self.state.join("summary.txt")
@@ -194,7 +213,7 @@ impl Demo {
     async fn up(&self, bins: &Path, chart: &Path, endpoint: &str, s3_uri: &str) -> Result<()> {
         if let Ok(summary) = std::fs::read_to_string(self.summary_file())
             && PROCESSES.iter().all(|p| self.running(p).is_some())
-            && is_mount_point(&self.target())
+            && is_mount_point(&self.target_of(READER_POD, DATASET))
         {
             println!("demo: already up; 'make demo-down' stops it. From the first run:\n");
             print!("{summary}");
@@ -343,49 +362,14 @@ impl Demo {
             self.node("csi.sock").display()
         );
 
-        // 3. The Dataset, its CachePolicy and credentials Secret.
+        // 3. The Dataset, its CachePolicy and credentials Secret; 4. its volume published.
         cluster.apply(&manifests(endpoint, s3_uri)).await?;
-        wait_until("Dataset Ready", WAIT, || async {
-            let status = dataset_status(cluster, TENANT_NS, DATASET).await?;
-            Ok::<_, anyhow::Error>((status["phase"] == "Ready").then_some(()))
-        })
-        .await
-        .with_context(|| format!("operator log:\n{}", self.tail("operator")))?;
-        let pv = wait_for_dataset_pv(&client, TENANT_NS, DATASET, WAIT).await?;
-        let csi_source = pv
-            .spec
-            .and_then(|s| s.csi)
-            .context("the Dataset's PV has no CSI source")?;
-        println!(
-            "demo: Dataset {TENANT_NS}/{DATASET} Ready, PV volume handle {}",
-            csi_source.volume_handle
-        );
-
-        // 4. NodePublishVolume as kubelet would for a pod using the Dataset's PVC.
-        let target = self.target();
-        std::fs::create_dir_all(target.parent().context("target without parent")?)?;
-        let context = pod_volume_context(&csi_source, TENANT_NS, "reader");
-        let csi = csi_connect(self.node("csi.sock")).await?;
-        let handle = csi_source.volume_handle.clone();
-        wait_until("NodePublishVolume of the PV", WAIT, || {
-            let mut csi = csi.clone();
-            let request = publish_request(&handle, &target, context.clone());
-            async move { csi.node_publish_volume(request).await.map(Some) }
-        })
-        .await
-        .with_context(|| {
-            format!(
-                "CSI log:\n{}\nagent log:\n{}",
-                self.tail("csi"),
-                self.tail("agent")
-            )
-        })?;
-        std::fs::write(self.state.join("published-volume"), &handle)?;
+        let target = self.publish(cluster, &client, DATASET, READER_POD).await?;
 
         // 5. The policy's preload Job first, as its pod would run it, with its progress lines;
         //    then kubectl get datasets shows the dataset fully cached.
         println!("demo: preloading {TENANT_NS}/{DATASET} (the CachePolicy's preload Job):");
-        let preload = self.run_preload_job(cluster, &client).await?;
+        let preload = self.run_job(cluster, &client, "preload", DATASET).await?;
         let table = wait_until("kubectl get datasets to show 100%", WAIT, || async {
             let status = dataset_status(cluster, TENANT_NS, DATASET).await?;
             let table = cluster
@@ -413,7 +397,10 @@ impl Demo {
             self.tail("agent")
         );
 
-        let mib = bytes as f64 / f64::from(1 << 20);
+        // 7. A pinned path survives a cache fill.
+        let pins = self.pin_step(cluster, &client, endpoint, s3_uri).await?;
+
+        let mib = mib(bytes);
         let summary = format!(
             "The dataset {TENANT_NS}/{DATASET} ({s3_uri} on {endpoint}) is mounted, as kubelet would \
              give it to a pod, at:\n  {target}\n\
@@ -422,6 +409,7 @@ impl Demo {
              $ kubectl get datasets -n {TENANT_NS}\n{table}\n\
              the first read through the mount, after the preload, of all {files} files \
              ({mib:.1} MiB): {first:.3}s ({first_rate:.0} MiB/s), 0 blocks fetched from S3\n\n\
+             {pins}\n\
              Explore the cluster:\n  export KUBECONFIG={kubeconfig} PATH={bin}:$PATH\n  \
              kubectl get datasets,cachepolicies,pv,pvc -A\n\
              Logs: {logs}\nStop it all: make demo-down\n",
@@ -438,18 +426,182 @@ impl Demo {
         Ok(())
     }
 
-    /// Runs the preload Job's container command against this node's agent, with the
-    /// ServiceAccount token the Job's pod would have projected; returns how it went.
-    async fn run_preload_job(&self, cluster: &Cluster, client: &kube::Client) -> Result<String> {
+    /// Waits for `dataset` to be Ready with its PV, then publishes the PV through the CSI
+    /// socket as kubelet would for pod `pod` using the Dataset's PVC; returns where it is
+    /// mounted (`down` finds it in `published-volumes`).
+    async fn publish(
+        &self,
+        cluster: &Cluster,
+        client: &kube::Client,
+        dataset: &str,
+        pod: &str,
+    ) -> Result<PathBuf> {
+        wait_until(&format!("Dataset {dataset} Ready"), WAIT, || async {
+            let status = dataset_status(cluster, TENANT_NS, dataset).await?;
+            Ok::<_, anyhow::Error>((status["phase"] == "Ready").then_some(()))
+        })
+        .await
+        .with_context(|| format!("operator log:\n{}", self.tail("operator")))?;
+        let pv = wait_for_dataset_pv(client, TENANT_NS, dataset, WAIT).await?;
+        let csi_source = pv
+            .spec
+            .and_then(|s| s.csi)
+            .context("the Dataset's PV has no CSI source")?;
+        println!(
+            "demo: Dataset {TENANT_NS}/{dataset} Ready, PV volume handle {}",
+            csi_source.volume_handle
+        );
+        let target = self.target_of(pod, dataset);
+        std::fs::create_dir_all(target.parent().context("target without parent")?)?;
+        let context = pod_volume_context(&csi_source, TENANT_NS, pod);
+        let csi = csi_connect(self.node("csi.sock")).await?;
+        let handle = csi_source.volume_handle.clone();
+        wait_until(
+            &format!("NodePublishVolume of {dataset}'s PV"),
+            WAIT,
+            || {
+                let mut csi = csi.clone();
+                let request = publish_request(&handle, &target, context.clone());
+                async move { csi.node_publish_volume(request).await.map(Some) }
+            },
+        )
+        .await
+        .with_context(|| {
+            format!(
+                "CSI log:\n{}\nagent log:\n{}",
+                self.tail("csi"),
+                self.tail("agent")
+            )
+        })?;
+        let list = self.state.join("published-volumes");
+        let line = format!("{handle}\t{}", target.display());
+        if !std::fs::read_to_string(&list)
+            .unwrap_or_default()
+            .lines()
+            .any(|l| l == line)
+        {
+            let mut published = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&list)?;
+            writeln!(published, "{line}")?;
+        }
+        Ok(target)
+    }
+
+    /// Step 7: a second Dataset of the same data under a CachePolicy whose quota is a
+    /// quarter of the file read through it, pinning one day of shards (`PINNED_DIR`). Its pin
+    /// Job pins and fetches them; the other day's shards are read too, as often and as
+    /// recently; then a file of four times the quota is read through the mount. Reading both
+    /// days again, the pinned one is still cached (0 blocks fetched from S3) and the other
+    /// was evicted (fetched again); fails otherwise. Returns the summary's lines.
+    async fn pin_step(
+        &self,
+        cluster: &Cluster,
+        client: &kube::Client,
+        endpoint: &str,
+        s3_uri: &str,
+    ) -> Result<String> {
+        println!(
+            "demo: pinning: Dataset {TENANT_NS}/{PINNED_DATASET} (the same data) under CachePolicy \
+             {PINNED_POLICY}: quota {PINNED_QUOTA_MIB}Mi, pin /{PINNED_DIR}/**"
+        );
+        cluster.apply(&pinned_manifests(endpoint, s3_uri)).await?;
+        let target = self
+            .publish(cluster, client, PINNED_DATASET, TRAINER_POD)
+            .await?;
+        println!("demo: the CachePolicy's pin Job:");
+        let pin_job = self.run_job(cluster, client, "pin", PINNED_DATASET).await?;
+        let agent_api = AgentClient::unix(self.node("agent.sock"));
+        let usage = || async {
+            let u = agent_api.usage(TENANT_NS, PINNED_DATASET).await?;
+            let field = |name: &str| u[name].as_u64().unwrap_or_default();
+            Ok::<_, anyhow::Error>(Usage {
+                cached: field("cachedBytes"),
+                pinned: field("pinnedBytes"),
+                misses: field("misses"),
+            })
+        };
+        let (unpinned_files, _, _) = read_all(&target.join(UNPINNED_DIR))?;
+        let before = usage().await?;
+        let (_, fill_bytes, fill_time) = read_all(&target.join(FILL_FILE))?;
+        let filled = usage().await?;
+        println!(
+            "demo: read /{FILL_FILE} ({:.0} MiB, {:.0}x the quota) in {:.1}s: the dataset \
+             holds {} on disk ({} pinned; before: {}, {} pinned)",
+            mib(fill_bytes),
+            mib(fill_bytes) / PINNED_QUOTA_MIB as f64,
+            fill_time.as_secs_f64(),
+            size(filled.cached),
+            size(filled.pinned),
+            size(before.cached),
+            size(before.pinned),
+        );
+        drop_page_cache();
+        let (pinned_files, _, _) = read_all(&target.join(PINNED_DIR))?;
+        let pinned_again = usage().await?;
+        read_all(&target.join(UNPINNED_DIR))?;
+        let unpinned_again = usage().await?;
+        let pinned_fetched = pinned_again.misses - filled.misses;
+        let unpinned_fetched = unpinned_again.misses - pinned_again.misses;
+        println!(
+            "demo: read again, page cache dropped: /{PINNED_DIR} (pinned) {pinned_fetched} blocks \
+             fetched from S3, /{UNPINNED_DIR} (not pinned) {unpinned_fetched}"
+        );
+        ensure!(
+            filled.pinned > 0 && pinned_fetched == 0,
+            "pinned /{PINNED_DIR} after the fill: {} pinned, {pinned_fetched} blocks fetched \
+             again from S3; agent log:\n{}",
+            size(filled.pinned),
+            self.tail("agent")
+        );
+        ensure!(
+            unpinned_fetched > 0,
+            "unpinned /{UNPINNED_DIR} was still cached after the fill (quota not reached?)"
+        );
+        let lines = format!(
+            "pinned path surviving a cache fill (Dataset {TENANT_NS}/{PINNED_DATASET}, \
+             CachePolicy {PINNED_POLICY}: quota {PINNED_QUOTA_MIB}Mi, pin /{PINNED_DIR}/**):\n  \
+             pin Job command: {pin_job}\n  \
+             read /{UNPINNED_DIR} ({unpinned_files} files, not pinned), then /{FILL_FILE} \
+             ({:.0} MiB) through {}\n  \
+             the dataset's cache after the fill: {} on disk, {} of it pinned\n  \
+             read again: /{PINNED_DIR} ({pinned_files} files, pinned) 0 blocks fetched from S3; \
+             /{UNPINNED_DIR} ({unpinned_files} files) {unpinned_fetched} blocks fetched again \
+             (evicted by the fill)\n",
+            mib(fill_bytes),
+            target.display(),
+            size(filled.cached),
+            size(filled.pinned),
+        );
+        Ok(lines)
+    }
+
+    /// Runs the container command of `dataset`'s Job of `kind` (`preload`, `pin`) against
+    /// this node's agent, with the ServiceAccount token the Job's pod would have projected,
+    /// printing its log; returns how it went.
+    async fn run_job(
+        &self,
+        cluster: &Cluster,
+        client: &kube::Client,
+        kind: &str,
+        dataset: &str,
+    ) -> Result<String> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
-        let job = wait_until("the preload Job", WAIT, || async {
-            Ok::<_, strata_e2e::Error>(jobs_of_kind(&jobs, "preload").await?.into_iter().next())
+        let job = wait_until(&format!("the {kind} Job of {dataset}"), WAIT, || async {
+            Ok::<_, strata_e2e::Error>(jobs_of_kind(&jobs, kind).await?.into_iter().find(|j| {
+                j.metadata
+                    .labels
+                    .as_ref()
+                    .and_then(|l| l.get("strata.dev/dataset"))
+                    .is_some_and(|d| d == dataset)
+            }))
         })
         .await?;
         let token_file = self.state.join("job-token");
         std::fs::write(&token_file, job_token(cluster, &job).await?)?;
         let args = job_args(&job, NODE_IP, &token_file)?;
-        let log = self.logs().join("preload-job.log");
+        let log = self.logs().join(format!("{kind}-job.log"));
         let mut out = std::fs::File::create(&log)?;
         let started = Instant::now();
         let mut child = Command::new(self.bin_of_agent()?)
@@ -467,9 +619,9 @@ impl Demo {
         let status = child.wait()?;
         ensure!(
             status.success(),
-            "preload Job command strata-agent {} failed ({status}):\n{}",
+            "{kind} Job command strata-agent {} failed ({status}):\n{}",
             args.join(" "),
-            self.tail("preload-job")
+            self.tail(&format!("{kind}-job"))
         );
         Ok(format!(
             "strata-agent {} ({:.1}s)",
@@ -498,19 +650,21 @@ impl Demo {
     }
 
     async fn down(&self) -> Result<()> {
-        let target = self.target();
-        if let Ok(handle) = std::fs::read_to_string(self.state.join("published-volume"))
-            && self.running("csi").is_some()
-        {
-            let mut csi = csi_connect(self.node("csi.sock")).await?;
-            csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
-                volume_id: handle.clone(),
-                target_path: target.to_string_lossy().into(),
-            })
-            .await
-            .with_context(|| format!("NodeUnpublishVolume {handle} at {}", target.display()))?;
-            println!("demo: unpublished {handle} from {}", target.display());
+        let published =
+            std::fs::read_to_string(self.state.join("published-volumes")).unwrap_or_default();
+        if self.running("csi").is_some() {
+            for (handle, target) in published.lines().filter_map(|l| l.split_once('\t')) {
+                let mut csi = csi_connect(self.node("csi.sock")).await?;
+                csi.node_unpublish_volume(NodeUnpublishVolumeRequest {
+                    volume_id: handle.into(),
+                    target_path: target.into(),
+                })
+                .await
+                .with_context(|| format!("NodeUnpublishVolume {handle} at {target}"))?;
+                println!("demo: unpublished {handle} from {target}");
+            }
         }
+        let _ = std::fs::remove_file(self.state.join("published-volumes"));
         for name in PROCESSES {
             if let Some(pid) = self.running(name) {
                 stop(name, pid).await;
@@ -574,10 +728,39 @@ fn is_mount_point(path: &Path) -> bool {
         .any(|l| l.split(' ').nth(4) == Some(wanted.as_str()))
 }
 
-/// Reads every regular file under `root`: (files, bytes, time taken).
+/// What the pin step watches of a dataset's usage on the node.
+struct Usage {
+    /// Bytes on the disk tier.
+    cached: u64,
+    /// Of them, pinned.
+    pinned: u64,
+    /// Blocks fetched from the source so far.
+    misses: u64,
+}
+
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / f64::from(1 << 20)
+}
+
+/// Bytes for people: KiB below a MiB, MiB above.
+fn size(bytes: u64) -> String {
+    if bytes < 1 << 20 {
+        format!("{:.1} KiB", bytes as f64 / 1024.0)
+    } else {
+        format!("{:.1} MiB", mib(bytes))
+    }
+}
+
+/// Reads every regular file under `root` (or `root` itself): (files, bytes, time taken).
 fn read_all(root: &Path) -> Result<(usize, u64, Duration)> {
     let started = Instant::now();
     let (mut files, mut bytes) = (0, 0);
+    if root.is_file() {
+        let mut f = std::fs::File::open(root)?;
+        let bytes = std::io::copy(&mut f, &mut std::io::sink())
+            .with_context(|| format!("reading {}", root.display()))?;
+        return Ok((1, bytes, started.elapsed()));
+    }
     let mut stack = vec![root.to_path_buf()];
     while let Some(dir) = stack.pop() {
         for entry in
@@ -655,6 +838,51 @@ spec:
     ttl: 1h
   preload:
     - paths: ["/**"]
+"#
+    )
+}
+
+/// The pin step's Dataset (the same source as the first) and its CachePolicy.
+fn pinned_manifests(endpoint: &str, uri: &str) -> String {
+    format!(
+        r#"apiVersion: strata.dev/v1alpha1
+kind: Dataset
+metadata:
+  name: {PINNED_DATASET}
+  namespace: {TENANT_NS}
+  labels:
+    app: strata-demo-pinned
+spec:
+  sources:
+    - name: sample
+      uri: {uri}
+      mountPath: /
+      endpoint: {endpoint}
+      region: us-east-1
+      credentialsSecretRef:
+        name: s3-creds
+      options:
+        allow_http: "true"
+  policyRef:
+    name: {PINNED_POLICY}
+---
+apiVersion: strata.dev/v1alpha1
+kind: CachePolicy
+metadata:
+  name: {PINNED_POLICY}
+  namespace: {TENANT_NS}
+spec:
+  datasetSelector:
+    matchLabels:
+      app: strata-demo-pinned
+  quota: {PINNED_QUOTA_MIB}Mi
+  eviction: LRU
+  blockSize: 1Mi
+  replicas: 1
+  metadata:
+    ttl: 1h
+  pin:
+    - paths: ["/{PINNED_DIR}/**"]
 "#
     )
 }

@@ -5,9 +5,10 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use super::DatasetView;
+use crate::metrics::{Metrics, ReadaheadHeld};
 
 /// Readahead limits shared by every dataset of an agent.
 #[derive(Debug, Clone)]
@@ -38,6 +39,33 @@ pub const READAHEAD_UNIT: u64 = 64 * 1024;
 
 /// Bytes read through readahead over all readers (for tests and stats).
 pub static READAHEAD_BLOCKS: AtomicU64 = AtomicU64::new(0);
+
+/// One block's share of the readahead budget: its permits, and its bytes in the
+/// `strata_readahead_bytes` gauge, both given back when the last holder lets go. A block
+/// fetched ahead is held by its reader until read (then as one of the reader's recent
+/// blocks, while the budget has room) and, while it is on its way, by a task waiting for
+/// its fetch: a fetch the reader gave up (a seek, a close) keeps its buffer until the bytes
+/// land, so it keeps its share until then too.
+pub(super) struct BudgetShare {
+    _permit: OwnedSemaphorePermit,
+    _held: ReadaheadHeld,
+}
+
+impl BudgetShare {
+    /// Takes `units` of the budget (a block's worth, [`READAHEAD_UNIT`] bytes each), if the
+    /// budget has them.
+    pub(super) fn try_take(
+        limits: &ReadaheadLimits,
+        metrics: &Metrics,
+        units: u32,
+    ) -> Option<Arc<BudgetShare>> {
+        let permit = limits.total.clone().try_acquire_many_owned(units).ok()?;
+        Some(Arc::new(BudgetShare {
+            _permit: permit,
+            _held: metrics.readahead_held(u64::from(units) * READAHEAD_UNIT),
+        }))
+    }
+}
 
 impl DatasetView {
     /// Files being read in order right now, over the agent (each gets an equal share of

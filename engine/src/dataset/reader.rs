@@ -8,11 +8,11 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use bytes::Bytes;
-use tokio::sync::OwnedSemaphorePermit;
 
 use super::fetch::{SharedBlock, slice_blocks};
 use super::readahead::{
-    READAHEAD_BLOCKS, READAHEAD_UNIT, ReadPlan, ReadaheadPlanner, ReadaheadState, split_spans,
+    BudgetShare, READAHEAD_BLOCKS, READAHEAD_UNIT, ReadPlan, ReadaheadPlanner, ReadaheadState,
+    split_spans,
 };
 use super::{DatasetView, FileStat};
 use crate::cache::ObjectVersion;
@@ -32,7 +32,7 @@ impl DatasetView {
     }
 }
 
-type Prefetch = (SharedBlock, OwnedSemaphorePermit);
+type Prefetch = (SharedBlock, Arc<BudgetShare>);
 
 impl Drop for FileReader {
     fn drop(&mut self) {
@@ -74,7 +74,7 @@ struct ReaderState {
     // whole block (5-40 ms, ~40 times per GiB, on the benchmark rig). Counted in the
     // readahead budget when it has room; kept even when it has none, or every kernel
     // request would read the whole block again.
-    recent: VecDeque<(u64, Bytes, Option<OwnedSemaphorePermit>)>,
+    recent: VecDeque<(u64, Bytes, Option<Arc<BudgetShare>>)>,
     // Bytes served so far if the first read started at offset 0, for directory prefetch
     // (None once the file was read whole, or when the reader started elsewhere).
     served_from_start: Option<u64>,
@@ -224,29 +224,31 @@ impl FileReader {
     }
 
     /// Starts fetching `blocks` ahead of the reader, as far as the readahead budget
-    /// allows (`units` permits per block); returns the blocks started.
+    /// allows (`units` of it per block); returns the blocks started.
     fn fetch_ahead(&self, st: &mut ReaderState, blocks: Range<u64>, units: u32) -> Range<u64> {
-        let mut permits = Vec::new();
+        let mut shares = Vec::new();
         for _ in blocks.clone() {
-            match self
-                .view
-                .readahead
-                .total
-                .clone()
-                .try_acquire_many_owned(units)
-            {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+            match BudgetShare::try_take(&self.view.readahead, &self.view.metrics, units) {
+                Some(share) => shares.push(share),
+                None => break,
             }
         }
-        let started = blocks.start..blocks.start + permits.len() as u64;
+        let started = blocks.start..blocks.start + shares.len() as u64;
         if started.is_empty() {
             return started;
         }
         let futures = self.view.fetch_blocks(&self.stat, started.clone());
-        for ((i, fut), permit) in started.clone().zip(futures).zip(permits) {
+        for ((i, fut), share) in started.clone().zip(futures).zip(shares) {
             READAHEAD_BLOCKS.fetch_add(1, Ordering::Relaxed);
-            st.prefetched.insert(i, (fut, permit));
+            // The fetch runs on whether or not the reader still wants it: its share of the
+            // budget is held until it lands.
+            let landing = (fut.clone(), share.clone());
+            tokio::spawn(async move {
+                let (fut, share) = landing;
+                let _ = fut.await;
+                drop(share);
+            });
+            st.prefetched.insert(i, (fut, share));
         }
         started
     }
@@ -332,22 +334,17 @@ impl FileReader {
         if st.recent.iter().any(|(ri, _, _)| *ri == index) {
             return;
         }
-        // The block's own readahead permit, or the one of the block it replaces, else one
-        // if the budget has room.
-        let own = st.prefetched.remove(&index).map(|(_, p)| p);
+        // The block's own share of the readahead budget, or the one of the block it
+        // replaces, else one if the budget has room.
+        let own = st.prefetched.remove(&index).map(|(_, share)| share);
         let replaced = match st.recent.len() {
-            RECENT_BLOCKS.. => st.recent.pop_front().and_then(|(_, _, p)| p),
+            RECENT_BLOCKS.. => st.recent.pop_front().and_then(|(_, _, share)| share),
             _ => None,
         };
-        let permit = own.or(replaced).or_else(|| {
-            self.view
-                .readahead
-                .total
-                .clone()
-                .try_acquire_many_owned(units)
-                .ok()
-        });
-        st.recent.push_back((index, block.clone(), permit));
+        let share = own
+            .or(replaced)
+            .or_else(|| BudgetShare::try_take(&self.view.readahead, &self.view.metrics, units));
+        st.recent.push_back((index, block.clone(), share));
     }
 
     /// Reads `len` bytes at `offset`.
