@@ -753,7 +753,17 @@ async fn strata_end_to_end() -> Result<()> {
     wait_until(
         "node 0 to serve the other tenant's dataset",
         WAIT,
-        || async { Ok::<_, anyhow::Error>(local0.dataset(other.name(), DATASET).await.ok()) },
+        // Under its policy: a config written before the policy resolved names none, and no
+        // job credential acts on a dataset without one.
+        || async {
+            Ok::<_, anyhow::Error>(
+                local0
+                    .dataset(other.name(), DATASET)
+                    .await
+                    .ok()
+                    .filter(|summary| summary["policy"] == POLICY),
+            )
+        },
     )
     .await?;
     // The other tenant fills its cache with its own job credential.
@@ -781,7 +791,7 @@ async fn strata_end_to_end() -> Result<()> {
     let before = local0.dataset(other.name(), DATASET).await?;
     ensure!(
         before["usage"]["cachedBytes"].as_u64().unwrap_or(0) > 0
-            && before["pins"] == serde_json::json!(["/pinned/**"]),
+            && before["pins"] == serde_json::json!([{"paths": ["/pinned/**"]}]),
         "the other tenant's dataset is not cached and pinned: {before}"
     );
     let mine = std::fs::read_to_string(&job_token_file)?;

@@ -33,6 +33,7 @@ impl ApiState {
             "name": name,
             "sources": sources,
             "blockSize": view.block_size(),
+            "policy": view.config().policy,
             "pins": view.pins(),
             "mountPath": self.mounts.mounted_at(ns, name).await,
             "volumes": self.mounts.dataset_volumes(ns, name).await,
