@@ -15,6 +15,8 @@ K8S_VERSION="${STRATA_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${STRATA_ETCD_VERSION:-v3.7.3}"
 HELM_VERSION="${STRATA_HELM_VERSION:-v3.22.0}"
 CSI_TEST_VERSION="${STRATA_CSI_TEST_VERSION:-v5.6.0}"
+# Kubernetes 1.36+ needs containerd 2.x; Debian 12 ships 1.6, so it is built from its Go module.
+CONTAINERD_VERSION="${STRATA_CONTAINERD_VERSION:-v2.4.2}"
 
 CACHE_ROOT="${STRATA_CACHE:-$HOME/.cache/strata}"
 K8S_DIR="$CACHE_ROOT/k8s/$K8S_VERSION"
@@ -31,6 +33,8 @@ KCM_PORT="${STRATA_KCM_PORT:-10257}"
 SCHED_PORT="${STRATA_SCHEDULER_PORT:-10259}"
 SERVICE_CIDR="${STRATA_SERVICE_CIDR:-10.96.0.0/16}"
 READY_TIMEOUT="${STRATA_READY_TIMEOUT:-120}"
+# STRATA_NODE=0: control plane only (no kubelet, no containerd), as before the real node existed.
+WITH_NODE="${STRATA_NODE:-1}"
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
 
@@ -52,7 +56,11 @@ need() {
 
 # A binary counts as built when it exists and its stamp records the pinned version it came from.
 built() { [[ -x "$BIN_DIR/$1" && "$(cat "$BIN_DIR/.$1.version" 2>/dev/null)" == "$2" ]]; }
-stamp() { echo "$2" >"$BIN_DIR/.$1.version"; }
+BUILT_ANY=0
+stamp() {
+	echo "$2" >"$BIN_DIR/.$1.version"
+	BUILT_ANY=1
+}
 
 go_env() {
 	export GOFLAGS="${GOFLAGS:-} -mod=mod -buildvcs=false"
@@ -92,12 +100,17 @@ GOSRC
 	stamp etcd "$ETCD_VERSION"
 }
 
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+
 build_kubernetes() {
-	local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) b missing=0
-	for b in "${want[@]}"; do built "$b" "$K8S_VERSION" || missing=1; done
-	((missing)) || return 0
+	local want=("${K8S_COMMANDS[@]}") missing=() b
+	for b in "${want[@]}"; do
+		[[ "$b" == kubelet ]] && ((!WITH_NODE)) && continue
+		built "$b" "$K8S_VERSION" || missing+=("$b")
+	done
+	((${#missing[@]})) || return 0
 	local dir="$SRC_DIR/kubernetes"
-	log "building kubernetes $K8S_VERSION (${want[*]})"
+	log "building kubernetes $K8S_VERSION (${missing[*]})"
 	rm -rf "$dir" && mkdir -p "$dir"
 	local modfile
 	modfile="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
@@ -122,9 +135,10 @@ build_kubernetes() {
 	(
 		cd "$dir"
 		go mod tidy
-		go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/" "${want[@]/#/k8s.io/kubernetes/cmd/}"
+		# Only what is missing: adding the kubelet to a cache that has the rest costs one link.
+		go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/" "${missing[@]/#/k8s.io/kubernetes/cmd/}"
 	)
-	for b in "${want[@]}"; do stamp "$b" "$K8S_VERSION"; done
+	for b in "${missing[@]}"; do stamp "$b" "$K8S_VERSION"; done
 }
 
 build_tool_module() { # name version module-path package-path ldflags
@@ -139,23 +153,40 @@ build_tool_module() { # name version module-path package-path ldflags
 	stamp "$name" "$version"
 }
 
+# containerd, its runc shim and ctr come from one module without replace directives, so
+# `go install pkg@version` resolves exactly containerd's own go.mod. CGO_ENABLED=0 as upstream
+# builds the shim; the daemon loses only the btrfs snapshotter (overlayfs is what we use).
+CONTAINERD_COMMANDS=(containerd containerd-shim-runc-v2 ctr)
+
+build_containerd() {
+	local b missing=0
+	for b in "${CONTAINERD_COMMANDS[@]}"; do built "$b" "$CONTAINERD_VERSION" || missing=1; done
+	((missing)) || return 0
+	log "building containerd $CONTAINERD_VERSION (${CONTAINERD_COMMANDS[*]})"
+	local mod=github.com/containerd/containerd/v2
+	local ldflags="-s -w -X $mod/version.Version=${CONTAINERD_VERSION#v} -X $mod/version.Package=$mod"
+	local pkgs=("${CONTAINERD_COMMANDS[@]/#/$mod/cmd/}")
+	GOBIN="$BIN_DIR" GOFLAGS=-buildvcs=false go install -trimpath -ldflags="$ldflags" \
+		"${pkgs[@]/%/@$CONTAINERD_VERSION}" ||
+		die "building containerd $CONTAINERD_VERSION failed (the Go module proxy must serve $mod)"
+	for b in "${CONTAINERD_COMMANDS[@]}"; do stamp "$b" "$CONTAINERD_VERSION"; done
+}
+
 cmd_build() {
 	go_env
 	mkdir -p "$BIN_DIR" "$SRC_DIR"
 	# Concurrent builds (CI plus a test that found binaries missing) would clobber each other.
 	exec 8>"$K8S_DIR/.build.lock"
 	flock 8
-	local start=$SECONDS first=0 b
-	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm csi-sanity; do
-		[[ -x "$BIN_DIR/$b" ]] || first=1
-	done
+	local start=$SECONDS
 	build_etcd
 	build_kubernetes
 	build_tool_module helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \
 		"-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 	build_tool_module csi-sanity "$CSI_TEST_VERSION" github.com/kubernetes-csi/csi-test/v5 \
 		github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "-s -w"
-	if ((first)); then
+	((WITH_NODE)) && build_containerd
+	if ((BUILT_ANY)); then
 		log "build finished in $((SECONDS - start))s (wall) -> $BIN_DIR"
 	else
 		log "binaries up to date in $BIN_DIR"
