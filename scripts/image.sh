@@ -113,8 +113,9 @@ stage_busybox() {
 	local root="$1" busybox a
 	need file
 	busybox="$(command -v busybox || true)"
-	[[ -n "$busybox" ]] && file -L "$busybox" | grep -q 'statically linked' ||
+	if [[ -z "$busybox" ]] || ! file -L "$busybox" | grep -q 'statically linked'; then
 		die "no static busybox on PATH: apt-get install busybox-static"
+	fi
 	copy_file "$busybox" "$root" /bin/busybox
 	for a in "${BUSYBOX_APPLETS[@]}"; do ln -s busybox "$root/bin/$a"; done
 }
@@ -223,7 +224,11 @@ cmd_import() { # TAR [ADDRESS]
 	local tar="$1" address="${2:-/run/containerd/containerd.sock}" ctr="${CTR:-}"
 	[[ -f "$tar" ]] || die "$tar does not exist (build it with scripts/image.sh strata|pause|busybox)"
 	if [[ -z "$ctr" ]]; then
-		ctr="$(command -v ctr || ls "${STRATA_CACHE:-$HOME/.cache/strata}"/k8s/*/bin/ctr 2>/dev/null | head -1 || true)"
+		ctr="$(command -v ctr || true)"
+		local built
+		for built in "${STRATA_CACHE:-$HOME/.cache/strata}"/k8s/*/bin/ctr; do
+			[[ -z "$ctr" && -x "$built" ]] && ctr="$built"
+		done
 	fi
 	[[ -x "$ctr" ]] || die "ctr not found: build it with e2e/cluster/cluster.sh build or set CTR"
 	# k8s.io is the namespace the kubelet's CRI calls look in.
