@@ -90,7 +90,8 @@ up() {
   say "building strata-operator, strata-agent, strata-csi, strata-demo (cargo, debug profile, into $target_dir)"
   cargo build -q --bins -p strata-operator -p strata-agent -p strata-csi -p strata-e2e
   say "local control plane (state $STRATA_STATE, kube-apiserver https://127.0.0.1:$STRATA_APISERVER_PORT)"
-  e2e/cluster/cluster.sh up >"$logs/cluster-up.log" 2>&1 || { cat "$logs/cluster-up.log" >&2; false; }
+  # No kubelet yet: the demo runs the components as local processes (issue 21 moves it to the node).
+  STRATA_NODE=0 e2e/cluster/cluster.sh up >"$logs/cluster-up.log" 2>&1 || { cat "$logs/cluster-up.log" >&2; false; }
   start_s3
   "$bins/strata-demo" up --bins "$bins" --chart "$repo/charts/strata" \
     --s3-endpoint "http://127.0.0.1:$s3_port" --s3-uri "s3://$bucket/data/"

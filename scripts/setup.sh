@@ -12,6 +12,21 @@ command -v ss >/dev/null || need_apt+=(iproute2)
 command -v flock >/dev/null || need_apt+=(util-linux)
 # libfaketime: the leader-election test runs a standby whose clock is ahead or behind.
 command -v faketime >/dev/null || need_apt+=(faketime)
+# The local cluster's real node: containerd (built by cluster.sh) runs containers with
+# Debian's runc (1.1.5; a runc built from its Go module lacks seccomp) and wires pods
+# with Debian's CNI plugins, which live in /usr/lib/cni. gcc and the static libc build
+# the pause image (scripts/image.sh).
+if [ "${STRATA_SETUP_CLUSTER:-1}" = 1 ]; then
+  command -v runc >/dev/null || need_apt+=(runc)
+  [ -x /usr/lib/cni/bridge ] || need_apt+=(containernetworking-plugins)
+  [ -n "$(find /usr/lib -name libc.a -print -quit 2>/dev/null)" ] ||
+    need_apt+=(libc6-dev)
+  command -v gcc >/dev/null || need_apt+=(gcc)
+  # The test pods' shell and tools (scripts/image.sh busybox), and the images' JSON.
+  [ -x /bin/busybox ] && file -L /bin/busybox | grep -q 'statically linked' || need_apt+=(busybox-static)
+  command -v jq >/dev/null || need_apt+=(jq)
+  command -v file >/dev/null || need_apt+=(file)
+fi
 if [ "${STRATA_SETUP_BENCH:-0}" = 1 ]; then
   command -v fio >/dev/null || need_apt+=(fio)
   command -v rclone >/dev/null || need_apt+=(rclone)

@@ -38,6 +38,9 @@ cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-
 cargo build -q -p strata-agent -p strata-csi
 STRATA_BIN_DIR="${CARGO_TARGET_DIR:-target}/debug" csi/sanity/run.sh
 
+# The Containerfile and scripts/image.sh put the same files in the Strata image.
+scripts/image/files_agree.sh
+
 # A short fuzz run over path normalization and the agent's HTTP request handling
 # (longer by hand: scripts/fuzz.sh 3600). Its build is kept outside the clone so a
 # machine builds it once.

@@ -2,7 +2,8 @@
 //!
 //! NodePublishVolume asks the node's agent (over its unix socket) for the
 //! dataset's FUSE mount, one per dataset per node, and bind-mounts it, or a
-//! sub directory of it, at the pod's target path. See docs/csi.md.
+//! sub directory of it, at the pod's target path. The plugin registers itself with
+//! the kubelet (no node-driver-registrar sidecar). See docs/csi.md.
 
 pub mod bind;
 pub mod controller;
@@ -10,6 +11,7 @@ pub mod error;
 pub mod identity;
 pub mod mount_table;
 pub mod node;
+pub mod registration;
 pub mod server;
 pub mod volume;
 
@@ -17,6 +19,12 @@ pub mod volume;
 #[allow(clippy::all, clippy::pedantic, missing_docs)]
 pub mod proto {
     tonic::include_proto!("csi.v1");
+}
+
+/// The kubelet's plugin registration API (proto/pluginregistration.proto, from k8s.io/kubelet).
+#[allow(clippy::all, clippy::pedantic, missing_docs)]
+pub mod pluginregistration {
+    tonic::include_proto!("pluginregistration");
 }
 
 pub use error::{CsiError, Result};

@@ -3,7 +3,7 @@
 use anyhow::Context;
 use clap::Parser;
 use std::path::PathBuf;
-use strata_csi::server;
+use strata_csi::{registration, server};
 use strata_wire::api::client::AgentClient;
 
 #[derive(Parser, Debug)]
@@ -13,7 +13,7 @@ use strata_wire::api::client::AgentClient;
     about = "CSI node plugin csi.strata.dev: mounts cached datasets into pods"
 )]
 struct Args {
-    /// Where kubelet (through node-driver-registrar) reaches the plugin.
+    /// Where the plugin serves CSI (the kubelet reaches it at --kubelet-registration-path).
     #[arg(
         long,
         env = "STRATA_CSI_ENDPOINT",
@@ -30,6 +30,19 @@ struct Args {
         default_value = "/run/strata/agent.sock"
     )]
     agent_socket: PathBuf,
+    /// The kubelet's plugin registration directory (`<kubelet dir>/plugins_registry`) as
+    /// mounted here. When set, the plugin registers itself with the kubelet through a socket
+    /// there (no node-driver-registrar sidecar); unset, it only serves CSI.
+    #[arg(
+        long,
+        env = "STRATA_CSI_REGISTRATION_DIR",
+        requires = "kubelet_registration_path"
+    )]
+    registration_dir: Option<PathBuf>,
+    /// The CSI socket's path on the host, where the kubelet dials it, e.g.
+    /// /var/lib/kubelet/plugins/csi.strata.dev/csi.sock.
+    #[arg(long, env = "STRATA_CSI_KUBELET_REGISTRATION_PATH")]
+    kubelet_registration_path: Option<String>,
     /// Log format.
     #[arg(long, env = "STRATA_LOG_FORMAT", default_value = "text", value_parser = ["text", "json"])]
     log_format: String,
@@ -57,16 +70,46 @@ async fn main() -> anyhow::Result<()> {
 
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .context("installing the SIGTERM handler")?;
-    let shutdown = async move {
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
         tokio::select! {
             _ = tokio::signal::ctrl_c() => {}
             _ = term.recv() => {}
         }
         tracing::info!("shutting down");
+        let _ = stop.send(true);
+    });
+    let until_stopped = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
     };
-    server::serve(listener, args.node_id, agent, shutdown)
+
+    // Registration is served once the CSI socket listens: the kubelet calls NodeGetInfo on it
+    // as soon as GetInfo has told it where it is.
+    let registration = match (&args.registration_dir, args.kubelet_registration_path) {
+        (Some(dir), Some(kubelet_endpoint)) => {
+            let path = registration::socket_path(dir);
+            let listener = server::bind(&path)?;
+            tracing::info!(socket = %path.display(), %kubelet_endpoint, "serving kubelet plugin registration");
+            let serving = server::serve_registration(
+                listener,
+                kubelet_endpoint,
+                until_stopped(stopped.clone()),
+            );
+            Some((path, tokio::spawn(serving)))
+        }
+        _ => None,
+    };
+    server::serve(listener, args.node_id, agent, until_stopped(stopped))
         .await
         .context("serving CSI")?;
+    // Removing the registration socket is how the kubelet learns the plugin is gone.
+    if let Some((path, serving)) = registration {
+        serving
+            .await
+            .context("kubelet registration task")?
+            .context("serving kubelet registration")?;
+        let _ = std::fs::remove_file(&path);
+    }
     let _ = std::fs::remove_file(&socket);
     Ok(())
 }

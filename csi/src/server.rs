@@ -1,12 +1,14 @@
-//! Serves the CSI services on a unix socket.
+//! Serves the CSI services on a unix socket, and the kubelet's plugin registration on another.
 
 use crate::controller::ControllerService;
 use crate::error::{CsiError, Result};
 use crate::identity::IdentityService;
 use crate::node::NodeService;
+use crate::pluginregistration::registration_server::RegistrationServer;
 use crate::proto::controller_server::ControllerServer;
 use crate::proto::identity_server::IdentityServer;
 use crate::proto::node_server::NodeServer;
+use crate::registration::RegistrationService;
 use std::future::Future;
 use std::os::unix::fs::FileTypeExt;
 use std::path::{Path, PathBuf};
@@ -51,6 +53,15 @@ pub fn bind(path: &Path) -> Result<UnixListener> {
         .map_err(|e| CsiError::io(format!("listening on {}", path.display()), e))
 }
 
+fn incoming(
+    listener: UnixListener,
+) -> impl futures::Stream<Item = std::io::Result<tokio::net::UnixStream>> {
+    futures::stream::unfold(listener, |listener| async move {
+        let next = listener.accept().await.map(|(stream, _)| stream);
+        Some((next, listener))
+    })
+}
+
 /// Runs Identity, Node and Controller on `listener` until `shutdown` resolves.
 pub async fn serve(
     listener: UnixListener,
@@ -58,16 +69,30 @@ pub async fn serve(
     agent: AgentClient,
     shutdown: impl Future<Output = ()> + Send,
 ) -> std::result::Result<(), tonic::transport::Error> {
-    let incoming = futures::stream::unfold(listener, |listener| async move {
-        let next = listener.accept().await.map(|(stream, _)| stream);
-        Some((next, listener))
-    });
+    let incoming = incoming(listener);
     tonic::transport::Server::builder()
         .trace_fn(|request| tracing::info_span!("csi", method = %request.uri().path()))
         .add_service(IdentityServer::new(IdentityService::new(agent.clone())))
         .add_service(NodeServer::new(NodeService::new(node_id, agent.clone())))
         .add_service(ControllerServer::new(ControllerService::new(agent)))
         .serve_with_incoming_shutdown(incoming, shutdown)
+        .await
+}
+
+/// Runs the kubelet's `Registration` service on `listener` (a socket in the kubelet's
+/// plugins_registry directory) until `shutdown` resolves, telling the kubelet that the CSI
+/// socket is at `kubelet_endpoint` (its path on the host).
+pub async fn serve_registration(
+    listener: UnixListener,
+    kubelet_endpoint: String,
+    shutdown: impl Future<Output = ()> + Send,
+) -> std::result::Result<(), tonic::transport::Error> {
+    tonic::transport::Server::builder()
+        .trace_fn(|request| tracing::info_span!("registration", method = %request.uri().path()))
+        .add_service(RegistrationServer::new(RegistrationService::new(
+            kubelet_endpoint,
+        )))
+        .serve_with_incoming_shutdown(incoming(listener), shutdown)
         .await
 }
 

@@ -1,12 +1,16 @@
 #!/usr/bin/env bash
-# Local Kubernetes control plane (etcd + kube-apiserver + kube-controller-manager + kube-scheduler)
-# built from upstream Go modules and run on 127.0.0.1. No kubelet: pods stay Pending by design.
+# Local Kubernetes cluster built from upstream Go modules: a control plane (etcd, kube-apiserver,
+# kube-controller-manager, kube-scheduler) on 127.0.0.1 and one real node (containerd + kubelet)
+# on this machine. See README.md next to this file for what differs from a production node.
 #
 #   cluster.sh build   compile pinned binaries into $STRATA_CACHE/k8s/<version>/bin (reused when present)
-#   cluster.sh up      generate PKI + kubeconfig, start the control plane, wait for /readyz
-#   cluster.sh down    stop exactly the processes `up` started (pid files) and remove their state
+#   cluster.sh up      generate PKI + kubeconfig, start the control plane, wait for /readyz, then
+#                      start the node and wait for it to be Ready (--no-node or STRATA_NODE=0: skip)
+#   cluster.sh down    stop exactly the processes `up` started (pid files), the node's containers
+#                      and mounts, and remove their state
+#   cluster.sh import TAR...  load image tars (scripts/image.sh) into the node's containerd
 #   cluster.sh env     print export lines (KUBECONFIG, PATH)
-#   cluster.sh status  show which components run and whether /readyz is ok
+#   cluster.sh status  show which components run, whether /readyz is ok and the node is Ready
 #   cluster.sh paths   print KEY=value lines (unquoted) for programs: KUBECONFIG, BIN_DIR, versions
 set -euo pipefail
 
@@ -15,6 +19,8 @@ K8S_VERSION="${STRATA_K8S_VERSION:-v1.37.2}"
 ETCD_VERSION="${STRATA_ETCD_VERSION:-v3.7.3}"
 HELM_VERSION="${STRATA_HELM_VERSION:-v3.22.0}"
 CSI_TEST_VERSION="${STRATA_CSI_TEST_VERSION:-v5.6.0}"
+# Kubernetes 1.36+ needs containerd 2.x; Debian 12 ships 1.6, so it is built from its Go module.
+CONTAINERD_VERSION="${STRATA_CONTAINERD_VERSION:-v2.4.2}"
 
 CACHE_ROOT="${STRATA_CACHE:-$HOME/.cache/strata}"
 K8S_DIR="$CACHE_ROOT/k8s/$K8S_VERSION"
@@ -31,8 +37,42 @@ KCM_PORT="${STRATA_KCM_PORT:-10257}"
 SCHED_PORT="${STRATA_SCHEDULER_PORT:-10259}"
 SERVICE_CIDR="${STRATA_SERVICE_CIDR:-10.96.0.0/16}"
 READY_TIMEOUT="${STRATA_READY_TIMEOUT:-120}"
+# STRATA_NODE=0: control plane only (no kubelet, no containerd), as before the real node existed.
+WITH_NODE="${STRATA_NODE:-1}"
 
 COMPONENTS=(etcd kube-apiserver kube-controller-manager kube-scheduler)
+
+# ---- the node (containerd + kubelet) -----------------------------------------------------------
+NODE_NAME="${STRATA_NODE_NAME:-strata-node}"
+NODE_DIR="$STATE_DIR/node"
+# The kubelet refuses a loopback node IP, and the apiserver reaches the kubelet (logs, exec) at
+# this address: the machine's own, the source address of its default route (else its first
+# global one, not a CNI bridge).
+node_ip() {
+	ip -4 route get 1.1.1.1 2>/dev/null | sed -n 's/.* src \([0-9.]*\).*/\1/p' | head -1 | grep . ||
+		ip -4 -o addr show scope global | awk '$2 !~ /^(strata-|cni)/ { sub(/\/.*/, "", $4); print $4; exit }'
+}
+NODE_IP="${STRATA_NODE_IP:-$(node_ip || true)}"
+# The chart's node.kubeletDir must be this path for the CSI plugin's sockets and mounts to meet
+# the kubelet's (`cluster.sh paths` prints it as KUBELET_DIR).
+KUBELET_DIR="$NODE_DIR/kubelet"
+CONTAINERD_DIR="$NODE_DIR/containerd"
+CONTAINERD_SOCK="$CONTAINERD_DIR/containerd.sock"
+KUBELET_PORT="${STRATA_KUBELET_PORT:-10250}"
+KUBELET_HEALTHZ_PORT="${STRATA_KUBELET_HEALTHZ_PORT:-10248}"
+# Pods without hostNetwork get an address on this node-local bridge (no masquerade, no
+# kube-proxy): enough for the runtime to report its network ready.
+POD_CIDR="${STRATA_POD_CIDR:-10.244.0.0/24}"
+CNI_BIN_DIR="${STRATA_CNI_BIN_DIR:-/usr/lib/cni}"
+# Host-wide names that must differ between two clusters on one machine: the kubelet's cgroup
+# root (a kubelet removes pod cgroups it does not know under its root) and the CNI bridge.
+NODE_INSTANCE="strata-$API_PORT"
+PAUSE_IMAGE="${STRATA_PAUSE_NAME:-strata.local/pause:3.10}"
+NODE_COMPONENTS=(containerd kubelet)
+# Host directories pods propagate mounts from (Bidirectional): the agent's FUSE mount dir.
+NODE_SHARED_DIRS="${STRATA_NODE_SHARED_DIRS:-/var/lib/strata/mounts}"
+REPO_ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
+IMAGE_DIR="$CACHE_ROOT/images"
 
 log() { printf '[cluster] %s\n' "$*" >&2; }
 die() {
@@ -52,7 +92,11 @@ need() {
 
 # A binary counts as built when it exists and its stamp records the pinned version it came from.
 built() { [[ -x "$BIN_DIR/$1" && "$(cat "$BIN_DIR/.$1.version" 2>/dev/null)" == "$2" ]]; }
-stamp() { echo "$2" >"$BIN_DIR/.$1.version"; }
+BUILT_ANY=0
+stamp() {
+	echo "$2" >"$BIN_DIR/.$1.version"
+	BUILT_ANY=1
+}
 
 go_env() {
 	export GOFLAGS="${GOFLAGS:-} -mod=mod -buildvcs=false"
@@ -92,12 +136,17 @@ GOSRC
 	stamp etcd "$ETCD_VERSION"
 }
 
+K8S_COMMANDS=(kube-apiserver kube-controller-manager kube-scheduler kubectl kubelet)
+
 build_kubernetes() {
-	local want=(kube-apiserver kube-controller-manager kube-scheduler kubectl) b missing=0
-	for b in "${want[@]}"; do built "$b" "$K8S_VERSION" || missing=1; done
-	((missing)) || return 0
+	local want=("${K8S_COMMANDS[@]}") missing=() b
+	for b in "${want[@]}"; do
+		[[ "$b" == kubelet ]] && ((!WITH_NODE)) && continue
+		built "$b" "$K8S_VERSION" || missing+=("$b")
+	done
+	((${#missing[@]})) || return 0
 	local dir="$SRC_DIR/kubernetes"
-	log "building kubernetes $K8S_VERSION (${want[*]})"
+	log "building kubernetes $K8S_VERSION (${missing[*]})"
 	rm -rf "$dir" && mkdir -p "$dir"
 	local modfile
 	modfile="$(go mod download -json "k8s.io/kubernetes@$K8S_VERSION" | sed -n 's/.*"GoMod": "\(.*\)",/\1/p')"
@@ -122,9 +171,10 @@ build_kubernetes() {
 	(
 		cd "$dir"
 		go mod tidy
-		go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/" "${want[@]/#/k8s.io/kubernetes/cmd/}"
+		# Only what is missing: adding the kubelet to a cache that has the rest costs one link.
+		go build -trimpath -ldflags="$ldflags" -o "$BIN_DIR/" "${missing[@]/#/k8s.io/kubernetes/cmd/}"
 	)
-	for b in "${want[@]}"; do stamp "$b" "$K8S_VERSION"; done
+	for b in "${missing[@]}"; do stamp "$b" "$K8S_VERSION"; done
 }
 
 build_tool_module() { # name version module-path package-path ldflags
@@ -139,23 +189,40 @@ build_tool_module() { # name version module-path package-path ldflags
 	stamp "$name" "$version"
 }
 
+# containerd, its runc shim and ctr come from one module without replace directives, so
+# `go install pkg@version` resolves exactly containerd's own go.mod. CGO_ENABLED=0 as upstream
+# builds the shim; the daemon loses only the btrfs snapshotter (overlayfs is what we use).
+CONTAINERD_COMMANDS=(containerd containerd-shim-runc-v2 ctr)
+
+build_containerd() {
+	local b stale=0
+	for b in "${CONTAINERD_COMMANDS[@]}"; do built "$b" "$CONTAINERD_VERSION" || stale=1; done
+	((stale)) || return 0
+	log "building containerd $CONTAINERD_VERSION (${CONTAINERD_COMMANDS[*]})"
+	local mod=github.com/containerd/containerd/v2
+	local ldflags="-s -w -X $mod/version.Version=${CONTAINERD_VERSION#v} -X $mod/version.Package=$mod"
+	local pkgs=("${CONTAINERD_COMMANDS[@]/#/$mod/cmd/}")
+	GOBIN="$BIN_DIR" GOFLAGS=-buildvcs=false go install -trimpath -ldflags="$ldflags" \
+		"${pkgs[@]/%/@$CONTAINERD_VERSION}" ||
+		die "building containerd $CONTAINERD_VERSION failed (the Go module proxy must serve $mod)"
+	for b in "${CONTAINERD_COMMANDS[@]}"; do stamp "$b" "$CONTAINERD_VERSION"; done
+}
+
 cmd_build() {
 	go_env
 	mkdir -p "$BIN_DIR" "$SRC_DIR"
 	# Concurrent builds (CI plus a test that found binaries missing) would clobber each other.
 	exec 8>"$K8S_DIR/.build.lock"
 	flock 8
-	local start=$SECONDS first=0 b
-	for b in etcd kube-apiserver kube-controller-manager kube-scheduler kubectl helm csi-sanity; do
-		[[ -x "$BIN_DIR/$b" ]] || first=1
-	done
+	local start=$SECONDS
 	build_etcd
 	build_kubernetes
 	build_tool_module helm "$HELM_VERSION" helm.sh/helm/v3 helm.sh/helm/v3/cmd/helm \
 		"-s -w -X helm.sh/helm/v3/internal/version.version=$HELM_VERSION"
 	build_tool_module csi-sanity "$CSI_TEST_VERSION" github.com/kubernetes-csi/csi-test/v5 \
 		github.com/kubernetes-csi/csi-test/v5/cmd/csi-sanity "-s -w"
-	if ((first)); then
+	((WITH_NODE)) && build_containerd
+	if ((BUILT_ANY)); then
 		log "build finished in $((SECONDS - start))s (wall) -> $BIN_DIR"
 	else
 		log "binaries up to date in $BIN_DIR"
@@ -165,6 +232,12 @@ cmd_build() {
 # ---- PKI ---------------------------------------------------------------------------------------
 
 PKI_DIR="$STATE_DIR/pki"
+
+# The first IP of the service range is the in-cluster address of the `kubernetes` Service.
+service_ip() {
+	local net="${SERVICE_CIDR%/*}"
+	echo "${net%.*}.$((${net##*.} + 1))"
+}
 
 new_key() { openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$1" 2>/dev/null; }
 
@@ -186,18 +259,23 @@ gen_pki() {
 	openssl req -x509 -new -key "$PKI_DIR/ca.key" -subj "/CN=strata-local-ca" -days 365 -sha256 \
 		-addext "basicConstraints=critical,CA:TRUE" -addext "keyUsage=critical,keyCertSign,cRLSign,digitalSignature" \
 		-out "$PKI_DIR/ca.crt" 2>/dev/null
-	# The first IP of the service range is the in-cluster address of the `kubernetes` Service.
-	local net="${SERVICE_CIDR%/*}"
-	local first_ip="${net%.*}.$((${net##*.} + 1))"
 	sign_cert apiserver "/CN=kube-apiserver" \
 		"extendedKeyUsage=serverAuth
-subjectAltName=IP:127.0.0.1,IP:$first_ip,DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
+subjectAltName=IP:127.0.0.1,IP:$(service_ip),DNS:localhost,DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local"
 	sign_cert etcd-server "/CN=etcd" "extendedKeyUsage=serverAuth,clientAuth
 subjectAltName=IP:127.0.0.1,DNS:localhost"
 	sign_cert apiserver-etcd-client "/CN=kube-apiserver-etcd-client" "extendedKeyUsage=clientAuth"
 	sign_cert admin "/O=system:masters/CN=strata-admin" "extendedKeyUsage=clientAuth"
 	sign_cert controller-manager "/CN=system:kube-controller-manager" "extendedKeyUsage=clientAuth"
 	sign_cert scheduler "/CN=system:kube-scheduler" "extendedKeyUsage=clientAuth"
+	# The node: the kubelet's client identity (the Node authorizer and NodeRestriction admit
+	# system:node:<name> in system:nodes), its serving certificate, and the apiserver's client
+	# certificate for logs/exec (the kubelet authorises it by webhook; system:masters may do all).
+	sign_cert kubelet-client "/O=system:nodes/CN=system:node:$NODE_NAME" "extendedKeyUsage=clientAuth"
+	sign_cert kubelet-serving "/CN=$NODE_NAME" "extendedKeyUsage=serverAuth
+subjectAltName=IP:127.0.0.1,${NODE_IP:+IP:$NODE_IP,}DNS:localhost,DNS:$NODE_NAME"
+	sign_cert apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client" \
+		"extendedKeyUsage=clientAuth"
 	# Service-account token signing pair (private half for the apiserver and controller-manager).
 	new_key "$PKI_DIR/sa.key"
 	openssl pkey -in "$PKI_DIR/sa.key" -pubout -out "$PKI_DIR/sa.pub" 2>/dev/null
@@ -301,22 +379,326 @@ any_running() {
 	return 1
 }
 
+# stop_pid name pid: SIGTERM, up to 10 s, then SIGKILL.
+stop_pid() {
+	local c="$1" pid="$2"
+	kill -TERM "$pid" 2>/dev/null || true
+	for _ in $(seq 1 50); do
+		kill -0 "$pid" 2>/dev/null || break
+		sleep 0.2
+	done
+	if kill -0 "$pid" 2>/dev/null; then
+		log "$c (pid $pid) ignored SIGTERM; sending SIGKILL"
+		kill -KILL "$pid" 2>/dev/null || true
+	fi
+	log "stopped $c (pid $pid)"
+}
+
 stop_all() {
 	local c pid i
 	for ((i = ${#COMPONENTS[@]} - 1; i >= 0; i--)); do
 		c="${COMPONENTS[i]}"
 		pid="$(running_pid "$c")" || continue
-		kill -TERM "$pid" 2>/dev/null || true
-		for _ in $(seq 1 50); do
-			kill -0 "$pid" 2>/dev/null || break
-			sleep 0.2
-		done
-		if kill -0 "$pid" 2>/dev/null; then
-			log "$c (pid $pid) ignored SIGTERM; sending SIGKILL"
-			kill -KILL "$pid" 2>/dev/null || true
-		fi
-		log "stopped $c (pid $pid)"
+		stop_pid "$c" "$pid"
 	done
+}
+
+# ---- the node ----------------------------------------------------------------------------------
+
+node_running() {
+	local c
+	for c in "${NODE_COMPONENTS[@]}"; do running_pid "$c" >/dev/null || return 1; done
+}
+
+kubectl_admin() { "$BIN_DIR/kubectl" --kubeconfig "$KUBECONFIG_PATH" "$@"; }
+
+# The cgroup hierarchies the kubelet's cgroupfs driver writes to: every v1 hierarchy (this
+# machine has no v2; runc also writes to the hybrid `unified` one), or the single v2 one.
+cgroup_dirs() {
+	if [[ -f /sys/fs/cgroup/cgroup.controllers ]]; then
+		echo /sys/fs/cgroup
+	else
+		local d
+		for d in /sys/fs/cgroup/*/; do
+			d="${d%/}"
+			mountpoint -q "$d" && echo "$d"
+		done
+	fi
+}
+
+check_node_prerequisites() {
+	[[ -n "$NODE_IP" ]] || die "no IPv4 address for the node (the kubelet refuses loopback); set STRATA_NODE_IP"
+	command -v runc >/dev/null || die "runc is not installed (apt-get install runc, or run scripts/setup.sh)"
+	[[ -x "$CNI_BIN_DIR/bridge" && -x "$CNI_BIN_DIR/host-local" && -x "$CNI_BIN_DIR/loopback" ]] ||
+		die "CNI plugins missing in $CNI_BIN_DIR (apt-get install containernetworking-plugins, or set STRATA_CNI_BIN_DIR)"
+	grep -qw overlay /proc/filesystems || modprobe overlay 2>/dev/null ||
+		die "the kernel has no overlay file system (containerd's overlayfs snapshotter needs it)"
+	local p
+	for p in "$KUBELET_PORT" "$KUBELET_HEALTHZ_PORT"; do
+		port_free "$p" || die "127.0.0.1:$p is already in use (a kubelet of another cluster?); set STRATA_KUBELET_PORT / STRATA_KUBELET_HEALTHZ_PORT"
+	done
+	[[ ! -S "$CONTAINERD_SOCK" ]] || ! "$BIN_DIR/ctr" --address "$CONTAINERD_SOCK" version >/dev/null 2>&1 ||
+		die "a containerd not started by this script answers on $CONTAINERD_SOCK; stop it first"
+}
+
+write_containerd_config() {
+	# Version 4 is what containerd 2.4 writes with `containerd config default`. Everything
+	# host-wide moves under the state dir: root, state, sockets, netns mounts; NRI and the
+	# host's /etc/containerd/conf.d are off.
+	cat >"$CONTAINERD_DIR/config.toml" <<TOML
+version = 4
+root = '$CONTAINERD_DIR/root'
+state = '$CONTAINERD_DIR/state'
+imports = []
+
+[plugins.'io.containerd.server.v1.grpc']
+  address = '$CONTAINERD_SOCK'
+[plugins.'io.containerd.server.v1.ttrpc']
+  address = '$CONTAINERD_SOCK.ttrpc'
+[plugins.'io.containerd.nri.v1.nri']
+  disable = true
+
+[plugins.'io.containerd.cri.v1.images']
+  snapshotter = 'overlayfs'
+  # Images come from \`ctr images import\` (scripts/image.sh); nothing can be pulled here.
+  [plugins.'io.containerd.cri.v1.images'.pinned_images]
+    sandbox = '$PAUSE_IMAGE'
+
+[plugins.'io.containerd.cri.v1.runtime']
+  # The sandbox lacks CAP_SYS_RESOURCE, so no process may lower its oom_score_adj; without
+  # this runc fails with "failed to update /proc/self/oom_score_adj: Permission denied".
+  restrict_oom_score_adj = true
+  netns_mounts_under_state_dir = true
+  [plugins.'io.containerd.cri.v1.runtime'.containerd]
+    default_runtime_name = 'runc'
+    [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc]
+      runtime_type = 'io.containerd.runc.v2'
+      [plugins.'io.containerd.cri.v1.runtime'.containerd.runtimes.runc.options]
+        BinaryName = '$(command -v runc)'
+        SystemdCgroup = false
+  [plugins.'io.containerd.cri.v1.runtime'.cni]
+    bin_dirs = ['$CNI_BIN_DIR']
+    conf_dir = '$NODE_DIR/cni/net.d'
+TOML
+}
+
+write_cni_config() {
+	local net="${POD_CIDR%/*}"
+	mkdir -p "$NODE_DIR/cni/net.d" "$NODE_DIR/cni/ipam"
+	cat >"$NODE_DIR/cni/net.d/10-strata.conflist" <<JSON
+{
+  "cniVersion": "1.0.0",
+  "name": "$NODE_INSTANCE",
+  "plugins": [
+    {
+      "type": "bridge",
+      "bridge": "$NODE_INSTANCE",
+      "isGateway": true,
+      "ipMasq": false,
+      "ipam": {
+        "type": "host-local",
+        "dataDir": "$NODE_DIR/cni/ipam",
+        "ranges": [[{"subnet": "$POD_CIDR", "gateway": "${net%.*}.$((${net##*.} + 1))"}]],
+        "routes": [{"dst": "0.0.0.0/0"}]
+      }
+    }
+  ]
+}
+JSON
+}
+
+write_kubelet_config() {
+	local d
+	mkdir -p "$KUBELET_DIR" "$NODE_DIR/pod-logs"
+	write_kubeconfig "$NODE_DIR/kubelet.kubeconfig" kubelet-client
+	cat >"$NODE_DIR/kubelet.yaml" <<YAML
+apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+# A test bed, not advice: this machine has cgroup v1 only, which kubelets after 1.35 refuse
+# unless told otherwise, and swap may be on.
+failCgroupV1: false
+failSwapOn: false
+cgroupDriver: cgroupfs
+cgroupRoot: /$NODE_INSTANCE
+containerRuntimeEndpoint: unix://$CONTAINERD_SOCK
+address: $NODE_IP
+port: $KUBELET_PORT
+readOnlyPort: 0
+healthzBindAddress: 127.0.0.1
+healthzPort: $KUBELET_HEALTHZ_PORT
+tlsCertFile: $PKI_DIR/kubelet-serving.crt
+tlsPrivateKeyFile: $PKI_DIR/kubelet-serving.key
+authentication:
+  anonymous: {enabled: false}
+  webhook: {enabled: true}
+  x509: {clientCAFile: $PKI_DIR/ca.crt}
+authorization: {mode: Webhook}
+podLogsDir: $NODE_DIR/pod-logs
+clusterDomain: cluster.local
+# Images are imported, never pulled: garbage-collecting one would lose it. The disk is shared
+# with everything else on the machine, so only a nearly full one counts as pressure.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard:
+  memory.available: 100Mi
+  nodefs.available: 1%
+  imagefs.available: 1%
+  nodefs.inodesFree: 1%
+YAML
+	for d in $(cgroup_dirs); do mkdir -p "$d/$NODE_INSTANCE"; done
+}
+
+# Bidirectional mount propagation needs the host path on a shared mount. A systemd host's / is
+# shared; this sandbox's is private, so each of NODE_SHARED_DIRS becomes a shared bind mount of
+# itself (the kubelet does the same to its own dir). `down` leaves them: harmless, and another
+# cluster on the machine may use them.
+make_shared_dirs() {
+	local d
+	for d in $NODE_SHARED_DIRS; do
+		mkdir -p "$d"
+		[[ "$(findmnt -no PROPAGATION --target "$d")" == shared ]] && continue
+		mountpoint -q "$d" || mount --bind "$d" "$d"
+		mount --make-rshared "$d"
+		log "made $d a shared mount (for Bidirectional mount propagation)"
+	done
+}
+
+# No kube-proxy runs, so nothing routes Service IPs. Pods reach the API server through the
+# `kubernetes` Service (KUBERNETES_SERVICE_HOST/PORT in every container); for hostNetwork pods
+# one DNAT rule on locally generated packets stands in for kube-proxy: <service IP>:443 to the
+# apiserver on loopback. (Pods on the bridge network have no way to the API server.)
+service_rule() { # -A|-C|-D
+	iptables -w -t nat "$1" OUTPUT -d "$(service_ip)/32" -p tcp --dport 443 \
+		-m comment --comment "strata-local kubernetes Service ($NODE_INSTANCE)" \
+		-j DNAT --to-destination "127.0.0.1:$API_PORT"
+}
+
+# Images the node cannot pull: built once into the cache (pause, busybox) and imported. The
+# Strata image is imported when scripts/image.sh strata has made it; STRATA_NODE_IMAGES adds
+# more tars (space-separated).
+import_images() {
+	local image tar
+	mkdir -p "$IMAGE_DIR"
+	for image in pause busybox; do
+		tar="$IMAGE_DIR/$image.tar"
+		[[ -f "$tar" ]] || "$REPO_ROOT/scripts/image.sh" "$image" "$tar"
+	done
+	local tars=("$IMAGE_DIR/pause.tar" "$IMAGE_DIR/busybox.tar")
+	tar="${CARGO_TARGET_DIR:-$REPO_ROOT/target}/images/strata.tar"
+	if [[ -f "$tar" ]]; then
+		tars+=("$tar")
+	else
+		log "no Strata image at $tar (scripts/image.sh strata makes it; then cluster.sh import $tar)"
+	fi
+	# shellcheck disable=SC2206 # a space-separated list by design
+	tars+=(${STRATA_NODE_IMAGES:-})
+	for tar in "${tars[@]}"; do
+		CTR="$BIN_DIR/ctr" "$REPO_ROOT/scripts/image.sh" import "$tar" "$CONTAINERD_SOCK"
+	done
+}
+
+wait_node_ready() {
+	local deadline=$((SECONDS + READY_TIMEOUT)) ready=""
+	while ((SECONDS < deadline)); do
+		running_pid kubelet >/dev/null || die "the kubelet exited during start-up; last log lines:
+$(tail -n 20 "$STATE_DIR/logs/kubelet.log" 2>/dev/null)"
+		ready="$(kubectl_admin get node "$NODE_NAME" \
+			-o jsonpath='{.status.conditions[?(@.type=="Ready")].status} {.status.conditions[?(@.type=="Ready")].message}' 2>&1)" &&
+			[[ "$ready" == True* ]] && return 0
+		sleep 1
+	done
+	die "node $NODE_NAME not Ready after ${READY_TIMEOUT}s (last: ${ready:0:300}); see $STATE_DIR/logs/kubelet.log and containerd.log"
+}
+
+node_up() {
+	if node_running; then
+		log "node $NODE_NAME already running"
+		return 0
+	fi
+	local c
+	for c in "${NODE_COMPONENTS[@]}"; do
+		running_pid "$c" >/dev/null && {
+			log "node only partly running; restarting it"
+			node_down
+			break
+		}
+	done
+	check_node_prerequisites
+	local start=$SECONDS
+	trap 'log "node start failed; stopping it"; node_down' EXIT
+	cleanup_node_state
+	mkdir -p "$CONTAINERD_DIR"
+	write_containerd_config
+	write_cni_config
+	write_kubelet_config
+	make_shared_dirs
+	service_rule -C 2>/dev/null || service_rule -A || die "iptables could not add the kubernetes Service rule (need iptables and CAP_NET_ADMIN)"
+	# containerd finds containerd-shim-runc-v2 on its PATH.
+	PATH="$BIN_DIR:$PATH" start_component containerd --config "$CONTAINERD_DIR/config.toml"
+	local deadline=$((SECONDS + READY_TIMEOUT))
+	until "$BIN_DIR/ctr" --address "$CONTAINERD_SOCK" version >/dev/null 2>&1; do
+		running_pid containerd >/dev/null || die "containerd exited during start-up; last log lines:
+$(tail -n 20 "$STATE_DIR/logs/containerd.log" 2>/dev/null)"
+		((SECONDS < deadline)) || die "containerd did not answer on $CONTAINERD_SOCK within ${READY_TIMEOUT}s"
+		sleep 0.2
+	done
+	import_images
+	start_component kubelet --config "$NODE_DIR/kubelet.yaml" --kubeconfig "$NODE_DIR/kubelet.kubeconfig" \
+		--root-dir "$KUBELET_DIR" --hostname-override "$NODE_NAME" --node-ip "$NODE_IP"
+	wait_node_ready
+	trap - EXIT
+	log "node $NODE_NAME Ready in $((SECONDS - start))s (kubelet dir $KUBELET_DIR)"
+}
+
+# Mount points at or under a directory, deepest first.
+mounts_under() {
+	awk -v d="$1" '{ m = $5; gsub(/\\040/, " ", m); if (m == d || index(m, d "/") == 1) print m }' \
+		/proc/self/mountinfo | sort -r
+}
+
+# Stops containers, then containerd and the kubelet, unmounts what they left (volumes, rootfs,
+# netns, the kubelet's rshared bind of its own dir) and removes the node's host-wide names.
+node_down() {
+	local pid id m d
+	if pid="$(running_pid kubelet)"; then stop_pid kubelet "$pid"; fi
+	if running_pid containerd >/dev/null; then
+		# Without the kubelet nothing stops the pods: kill their tasks while containerd still
+		# runs, so no container outlives the node. (No CRI teardown: the bridge goes below.)
+		for id in $("$BIN_DIR/ctr" --address "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+			"$BIN_DIR/ctr" --address "$CONTAINERD_SOCK" -n k8s.io tasks kill -s SIGKILL "$id" >/dev/null 2>&1 || true
+		done
+		for id in $("$BIN_DIR/ctr" --address "$CONTAINERD_SOCK" -n k8s.io tasks ls -q 2>/dev/null); do
+			for _ in $(seq 1 25); do
+				"$BIN_DIR/ctr" --address "$CONTAINERD_SOCK" -n k8s.io tasks delete "$id" >/dev/null 2>&1 && break
+				sleep 0.2
+			done
+		done
+		stop_pid containerd "$(running_pid containerd)"
+	fi
+	cleanup_node_state
+}
+
+# What a node leaves on the host once its processes are gone.
+cleanup_node_state() {
+	local m d
+	if [[ -d "$NODE_DIR" ]]; then
+		while read -r m; do
+			[[ -n "$m" ]] && { umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; }
+		done < <(mounts_under "$NODE_DIR")
+		m="$(mounts_under "$NODE_DIR" | head -1)"
+		[[ -z "$m" ]] || die "$m is still mounted; unmount it by hand before removing $NODE_DIR"
+	fi
+	if ip link show "$NODE_INSTANCE" >/dev/null 2>&1; then ip link delete "$NODE_INSTANCE" || true; fi
+	if command -v iptables >/dev/null; then
+		while service_rule -C 2>/dev/null; do service_rule -D; done
+	fi
+	for d in $(cgroup_dirs); do
+		[[ -d "$d/$NODE_INSTANCE" ]] || continue
+		# Children first; a cgroup still holding a process stays (and is reported).
+		find "$d/$NODE_INSTANCE" -depth -type d -exec rmdir {} + 2>/dev/null ||
+			log "could not remove every cgroup under $d/$NODE_INSTANCE (a process left in one?)"
+	done
+	rm -rf "$NODE_DIR"
 }
 
 print_env() {
@@ -325,28 +707,43 @@ print_env() {
 	printf 'export PATH=%q:"$PATH"\n' "$BIN_DIR"
 }
 
+all_built() {
+	built etcd "$ETCD_VERSION" && built kube-apiserver "$K8S_VERSION" &&
+		built kube-controller-manager "$K8S_VERSION" && built kube-scheduler "$K8S_VERSION" &&
+		built kubectl "$K8S_VERSION" && built helm "$HELM_VERSION" &&
+		built csi-sanity "$CSI_TEST_VERSION" || return 1
+	((WITH_NODE)) || return 0
+	built kubelet "$K8S_VERSION" && built containerd "$CONTAINERD_VERSION" &&
+		built containerd-shim-runc-v2 "$CONTAINERD_VERSION" && built ctr "$CONTAINERD_VERSION"
+}
+
 cmd_up() {
 	need openssl curl ss setsid flock base64
+	((WITH_NODE)) && need ip iptables mountpoint findmnt jq gzip tar
 	mkdir -p "$STATE_DIR"
 	# One `up` at a time: tests in several processes may all try to start the shared cluster.
 	exec 9>"$STATE_DIR/.lock"
 	flock 9
+	if ! all_built; then
+		log "binaries missing or from other versions in $BIN_DIR; building first"
+		cmd_build
+	fi
+	control_plane_up
+	((WITH_NODE)) && node_up
+	print_env
+}
+
+control_plane_up() {
 	if all_running && apiserver_ready; then
 		log "control plane already running (state $STATE_DIR)"
-		print_env
 		return 0
 	fi
 	if any_running; then
 		log "control plane only partly running; restarting it"
 		stop_all
 	fi
-	if ! built etcd "$ETCD_VERSION" || ! built kube-apiserver "$K8S_VERSION" ||
-		! built kube-controller-manager "$K8S_VERSION" || ! built kube-scheduler "$K8S_VERSION" ||
-		! built kubectl "$K8S_VERSION" || ! built helm "$HELM_VERSION" ||
-		! built csi-sanity "$CSI_TEST_VERSION"; then
-		log "binaries missing or from other versions in $BIN_DIR; building first"
-		cmd_build
-	fi
+	# A new control plane has a new CA and an empty etcd: a node of the old one cannot stay.
+	node_down
 	local p
 	for p in "$API_PORT" "$ETCD_CLIENT_PORT" "$ETCD_PEER_PORT" "$KCM_PORT" "$SCHED_PORT"; do
 		port_free "$p" || die "127.0.0.1:$p is already in use by another process; free it or set STRATA_*_PORT"
@@ -386,6 +783,9 @@ cmd_up() {
 		--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 		--service-account-key-file="$PKI_DIR/sa.pub" --service-account-signing-key-file="$PKI_DIR/sa.key" \
 		--service-cluster-ip-range="$SERVICE_CIDR" --allow-privileged=true --profiling=false \
+		--kubelet-client-certificate="$PKI_DIR/apiserver-kubelet-client.crt" \
+		--kubelet-client-key="$PKI_DIR/apiserver-kubelet-client.key" \
+		--kubelet-certificate-authority="$PKI_DIR/ca.crt" --kubelet-preferred-address-types=InternalIP \
 		`# loopback cannot be a Service endpoint, so the kubernetes Service gets none` \
 		--endpoint-reconciler-type=none \
 		--cert-dir="$STATE_DIR/apiserver"
@@ -412,7 +812,6 @@ cmd_up() {
 	wait_https kube-scheduler "https://127.0.0.1:$SCHED_PORT/healthz" -k
 	trap - EXIT
 	log "control plane ready in $((SECONDS - start))s (kube-apiserver https://127.0.0.1:$API_PORT)"
-	print_env
 }
 
 cmd_down() {
@@ -422,6 +821,9 @@ cmd_down() {
 	}
 	exec 9>"$STATE_DIR/.lock"
 	flock 9
+	# The node first: it stops its pods and unmounts their volumes, and fails (keeping the
+	# state) if something under the kubelet dir cannot be unmounted.
+	node_down
 	stop_all
 	rm -rf "$STATE_DIR"
 	log "removed $STATE_DIR"
@@ -430,7 +832,9 @@ cmd_down() {
 cmd_paths() {
 	printf '%s\n' "KUBECONFIG=$KUBECONFIG_PATH" "BIN_DIR=$BIN_DIR" "STATE_DIR=$STATE_DIR" \
 		"K8S_VERSION=$K8S_VERSION" "ETCD_VERSION=$ETCD_VERSION" "HELM_VERSION=$HELM_VERSION" \
-		"CSI_TEST_VERSION=$CSI_TEST_VERSION" "API_SERVER=https://127.0.0.1:$API_PORT"
+		"CSI_TEST_VERSION=$CSI_TEST_VERSION" "API_SERVER=https://127.0.0.1:$API_PORT" \
+		"CONTAINERD_VERSION=$CONTAINERD_VERSION" "NODE_NAME=$NODE_NAME" "KUBELET_DIR=$KUBELET_DIR" \
+		"CONTAINERD_ADDRESS=$CONTAINERD_SOCK" "PAUSE_IMAGE=$PAUSE_IMAGE"
 }
 
 cmd_status() {
@@ -449,16 +853,42 @@ cmd_status() {
 		printf '%-24s not ready\n' readyz
 		rc=1
 	fi
+	if ((WITH_NODE)); then
+		for c in "${NODE_COMPONENTS[@]}"; do
+			if pid="$(running_pid "$c")"; then
+				printf '%-24s running (pid %s)\n' "$c" "$pid"
+			else
+				printf '%-24s stopped\n' "$c"
+				rc=1
+			fi
+		done
+		local ready
+		ready="$(kubectl_admin get node "$NODE_NAME" -o jsonpath='{.status.conditions[?(@.type=="Ready")].status}' 2>/dev/null || true)"
+		printf '%-24s %s\n' "node $NODE_NAME" "${ready:+Ready=}${ready:-not registered}"
+		[[ "$ready" == True ]] || rc=1
+	fi
 	printf '%-24s %s\n' kubeconfig "$KUBECONFIG_PATH" binaries "$BIN_DIR"
 	return $rc
 }
 
+# import TAR: load an image (scripts/image.sh output) into the node's containerd.
+cmd_import() {
+	[[ $# -ge 1 ]] || die "usage: $0 import TAR..."
+	running_pid containerd >/dev/null || die "the node's containerd is not running (cluster.sh up)"
+	local tar
+	for tar in "$@"; do CTR="$BIN_DIR/ctr" "$REPO_ROOT/scripts/image.sh" import "$tar" "$CONTAINERD_SOCK"; done
+}
+
 case "${1:-}" in
 build) cmd_build ;;
-up) cmd_up ;;
+up)
+	[[ "${2:-}" == --no-node ]] && WITH_NODE=0
+	cmd_up
+	;;
+import) cmd_import "${@:2}" ;;
 down) cmd_down ;;
 env) print_env ;;
 status) cmd_status ;;
 paths) cmd_paths ;;
-*) die "usage: $0 build|up|down|env|status|paths" ;;
+*) die "usage: $0 build|up [--no-node]|down|import TAR...|env|status|paths" ;;
 esac

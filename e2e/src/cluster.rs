@@ -304,6 +304,9 @@ async fn run_script(script: &Path, action: &str) -> Result<String> {
     let output = Command::new("bash")
         .arg(script)
         .arg(action)
+        // These suites run the operator, agent and CSI plugin as local processes and expect a
+        // cluster without nodes (pods stay Pending): the control plane only, no kubelet.
+        .env("STRATA_NODE", "0")
         .stdin(Stdio::null())
         .output()
         .await

@@ -1,5 +1,5 @@
 //! The operator creates, from its flags, the node DaemonSet (agent, CSI
-//! plugin, node-driver-registrar), the CSIDriver object, the agent token and
+//! plugin, which registers itself with the kubelet), the CSIDriver object, the agent token and
 //! the datasets Secret; namespaced ones are owned by the operator's
 //! Deployment. The metrics and health endpoint answers. Node reports are
 //! summed into a Dataset's status only when they carry its uid; the progress
@@ -86,10 +86,7 @@ async fn node_daemonset_and_csidriver_follow_the_flags() -> Result<()> {
     );
     let pod = ds.spec.template.spec.clone().unwrap();
     let names: Vec<&str> = pod.containers.iter().map(|c| c.name.as_str()).collect();
-    ensure!(
-        names == ["agent", "csi", "node-driver-registrar"],
-        "{names:?}"
-    );
+    ensure!(names == ["agent", "csi"], "{names:?}");
     ensure!(pod.containers[0].image.as_deref() == Some("strata:e2e"));
     ensure!(
         pod.node_selector

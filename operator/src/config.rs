@@ -89,14 +89,6 @@ pub struct OperatorConfig {
     #[arg(long, env = "STRATA_IMAGE_PULL_POLICY", default_value = "IfNotPresent")]
     pub image_pull_policy: String,
 
-    /// Image of the CSI node-driver-registrar sidecar.
-    #[arg(
-        long,
-        env = "STRATA_REGISTRAR_IMAGE",
-        default_value = "registry.k8s.io/sig-storage/csi-node-driver-registrar:v2.13.0"
-    )]
-    pub registrar_image: String,
-
     /// ServiceAccount of the node agents (needs write access to StrataNodes only).
     #[arg(
         long,

@@ -1,6 +1,6 @@
 //! What runs on every node, owned by the operator and shaped by its flags:
-//! the `strata-node` DaemonSet (agent, CSI plugin, node-driver-registrar), the
-//! CSIDriver object, the peer token and the (initially empty) datasets Secret.
+//! the `strata-node` DaemonSet (agent, and the CSI plugin, which registers itself with the
+//! kubelet), the CSIDriver object, the peer token and the (initially empty) datasets Secret.
 
 use std::collections::BTreeMap;
 
@@ -156,6 +156,13 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
             "$(NODE_NAME)".into(),
             "--agent-socket".into(),
             format!("{RUN_DIR}/agent.sock"),
+            // The plugin serves the kubelet's plugin registration itself (no
+            // node-driver-registrar): a socket in plugins_registry naming the CSI socket's
+            // path on the host.
+            "--registration-dir".into(),
+            "/registration".into(),
+            "--kubelet-registration-path".into(),
+            format!("{plugin_dir}/csi.sock"),
         ]),
         env: Some(vec![env_node_name()]),
         security_context: privileged(),
@@ -164,19 +171,6 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
             mount("run", RUN_DIR, false, false),
             mount("kubelet", kubelet, false, true),
             mount("mounts", MOUNTS_DIR, false, true),
-        ]),
-        ..Container::default()
-    };
-    let registrar = Container {
-        name: "node-driver-registrar".into(),
-        image: Some(config.registrar_image.clone()),
-        image_pull_policy: Some(config.image_pull_policy.clone()),
-        args: Some(vec![
-            "--csi-address=/csi/csi.sock".into(),
-            format!("--kubelet-registration-path={plugin_dir}/csi.sock"),
-        ]),
-        volume_mounts: Some(vec![
-            mount("plugin-dir", "/csi", false, false),
             mount("registration", "/registration", false, false),
         ]),
         ..Container::default()
@@ -239,7 +233,7 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
                     priority_class_name: Some("system-node-critical".into()),
                     node_selector: (!node_selector.is_empty()).then_some(node_selector),
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
-                    containers: vec![agent, csi, registrar],
+                    containers: vec![agent, csi],
                     volumes: Some(volumes),
                     ..PodSpec::default()
                 }),
@@ -420,7 +414,9 @@ mod tests {
         ]);
         let ds = daemon_set(&cli.config, None).unwrap();
         let pod = ds.spec.template.spec.unwrap();
-        assert_eq!(pod.containers.len(), 3);
+        // Agent and CSI plugin; the plugin registers with the kubelet itself, no sidecar.
+        let names: Vec<_> = pod.containers.iter().map(|c| c.name.as_str()).collect();
+        assert_eq!(names, ["agent", "csi"]);
         assert_eq!(pod.containers[0].image.as_deref(), Some("strata:9"));
         let args = pod.containers[0].args.clone().unwrap();
         assert!(
@@ -471,6 +467,31 @@ mod tests {
             .filter(|m| m.mount_propagation.as_deref() == Some("Bidirectional"))
             .count();
         assert_eq!(bidirectional, 2);
+        // Registration: the plugin's socket goes in the kubelet's plugins_registry and names
+        // the CSI socket at its host path.
+        let csi_args = pod.containers[1].args.clone().unwrap();
+        assert!(
+            csi_args.windows(2).any(|w| w
+                == [
+                    "--kubelet-registration-path",
+                    "/var/lib/kubelet/plugins/csi.strata.dev/csi.sock"
+                ]),
+            "{csi_args:?}"
+        );
+        assert!(
+            csi_args
+                .windows(2)
+                .any(|w| w == ["--registration-dir", "/registration"]),
+            "{csi_args:?}"
+        );
+        let registration = pod.containers[1]
+            .volume_mounts
+            .as_ref()
+            .unwrap()
+            .iter()
+            .find(|m| m.name == "registration")
+            .unwrap();
+        assert_eq!(registration.mount_path, "/registration");
     }
 
     #[test]
