@@ -9,6 +9,7 @@
 
 mod entry;
 mod fetch;
+mod listing;
 mod metadata;
 mod prefetch;
 mod preload;
@@ -31,7 +32,8 @@ use crate::singleflight::SingleFlight;
 use crate::source::Source;
 use crate::{Error, Result};
 
-pub use entry::{DirEntry, DirListing, EntryKind, FileStat};
+pub use entry::{DirEntry, EntryKind, FileStat};
+pub use listing::{DirListing, EntryRef};
 pub use fetch::MAX_SPAN_BYTES;
 pub use preload::{PRELOAD_MAX_FETCHES, PreloadProgress, PreloadReport};
 pub use readahead::{READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadLimits};
@@ -53,10 +55,11 @@ pub struct DatasetView {
     stats: TtlCache<DatasetPath, Option<FileStat>>,
     listings: TtlCache<DatasetPath, Arc<DirListing>>,
     meta_flights: SingleFlight<DatasetPath, Result<Option<FileStat>>>,
-    list_flights: SingleFlight<DatasetPath, Result<Arc<DirListing>>>,
+    // Listings on their way in (one per directory, however many read it), until complete
+    // and in `listings`.
+    growing: Mutex<HashMap<DatasetPath, Arc<DirListing>>>,
     block_flights: SingleFlight<(Arc<str>, u64), BlockResult>,
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
-    refreshing_listings: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
     directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
     // The last failed request to a source (not a "not found") since the reporter took it.
@@ -115,10 +118,9 @@ impl DatasetView {
             stats,
             listings: TtlCache::new(ttl, MAX_METADATA_ENTRIES / 10),
             meta_flights: SingleFlight::default(),
-            list_flights: SingleFlight::default(),
+            growing: Mutex::new(HashMap::new()),
             block_flights: SingleFlight::default(),
             refreshing: Mutex::new(Default::default()),
-            refreshing_listings: Mutex::new(Default::default()),
             readahead,
             directory_scans: Mutex::new(HashMap::new()),
             last_source_error: Mutex::new(None),
