@@ -580,3 +580,113 @@ impl Serialize for DirListing {
         seq.end()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::ObjectInfo;
+
+    const ETAG: &str = "\"9b2cf535f27731c974343645a3985328\"";
+
+    fn page(dirs: &[&str], files: &[&str]) -> SourceListing {
+        SourceListing {
+            dirs: dirs.iter().map(|d| d.to_string()).collect(),
+            files: files
+                .iter()
+                .map(|f| ObjectInfo {
+                    key: format!("sub/{f}"),
+                    size: f.len() as u64,
+                    mtime: SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123),
+                    etag: ETAG.to_string(),
+                })
+                .collect(),
+        }
+    }
+
+    fn names(l: &DirListing) -> Vec<String> {
+        l.entries().into_iter().map(|e| e.name).collect()
+    }
+
+    fn listing() -> Arc<DirListing> {
+        DirListing::growing(DatasetPath::parse("/d/sub").unwrap(), "s3", "sub")
+    }
+
+    #[test]
+    fn pages_keep_key_order_and_a_file_hides_a_directory_of_its_name() {
+        let l = listing();
+        // One page holds objects and prefixes apart; "a" the file and "a/" the prefix
+        // are on two pages, with "a-b" between them.
+        l.add_page(page(&[], &["a", "a-b"])).unwrap();
+        l.add_page(page(&["a", "b"], &["a0", "..", "c"])).unwrap();
+        l.finish();
+        assert_eq!(names(&l), ["a", "a-b", "a0", "b", "c"]);
+        let a = l.find("a").unwrap();
+        assert!(!a.stat.is_dir());
+        let v = a.stat.version.unwrap();
+        assert_eq!((v.source.as_str(), v.key.as_str(), v.etag.as_str()), ("s3", "sub/a", ETAG));
+        assert_eq!(a.stat.path.as_str(), "/d/sub/a");
+        assert_eq!(
+            a.stat.mtime,
+            SystemTime::UNIX_EPOCH + Duration::from_millis(1_700_000_000_123)
+        );
+        assert!(l.find("b").unwrap().stat.is_dir());
+        assert!(l.find("missing").is_none() && l.find("..").is_none());
+    }
+
+    #[test]
+    fn pages_out_of_key_order_are_indexed_when_complete() {
+        let l = listing();
+        l.add_page(page(&["m"], &["x", "y"])).unwrap();
+        l.add_page(page(&["m", "x"], &["b"])).unwrap();
+        l.finish();
+        // Arrival order for readdir; every name once.
+        assert_eq!(names(&l), ["m", "x", "y", "b"]);
+        assert!(!l.find("x").unwrap().stat.is_dir(), "the file wins");
+        assert!(l.find("m").unwrap().stat.is_dir());
+        assert_eq!(l.find("b").unwrap().stat.size, 1);
+        assert!(l.find("a").is_none());
+    }
+
+    #[tokio::test]
+    async fn readers_wait_for_the_pages_they_need() {
+        let l = listing();
+        l.add_page(page(&[], &["a"])).unwrap();
+        assert!(l.wait_for(0).await.unwrap());
+        let waiting = {
+            let l = l.clone();
+            tokio::spawn(async move { l.wait_for(1).await })
+        };
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert!(!waiting.is_finished(), "entry 1 is not in yet");
+        l.add_page(page(&[], &["b"])).unwrap();
+        assert!(waiting.await.unwrap().unwrap());
+        assert!(!l.is_complete());
+        l.fail(Error::Task("gone".into()));
+        assert!(l.wait_for(1).await.unwrap(), "what came in stays readable");
+        assert!(l.wait_for(2).await.is_err());
+        assert!(l.complete().await.is_err());
+    }
+
+    /// What the metadata cache holds per entry, without the allocator: 24 bytes, the
+    /// name and the ETag.
+    #[test]
+    fn an_entry_costs_its_name_its_etag_and_24_bytes() {
+        let l = listing();
+        let n = 10_000;
+        for p in 0..n / 1000 {
+            let files: Vec<String> = (p * 1000..(p + 1) * 1000)
+                .map(|i| format!("obj-{i:07}"))
+                .collect();
+            let refs: Vec<&str> = files.iter().map(String::as_str).collect();
+            l.add_page(page(&[], &refs)).unwrap();
+        }
+        l.finish();
+        assert_eq!(l.len(), n);
+        let per_entry = l.heap_bytes() as f64 / n as f64;
+        assert_eq!(std::mem::size_of::<Packed>(), 24);
+        assert!(
+            per_entry <= (24 + 11 + ETAG.len()) as f64 + 0.5,
+            "{per_entry} bytes per entry"
+        );
+    }
+}
