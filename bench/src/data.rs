@@ -73,6 +73,11 @@ impl DataSpec {
     }
 }
 
+/// The prefix of list-huge's data set of `objects` objects, all in it, none below.
+pub fn huge_prefix(objects: usize) -> String {
+    format!("huge-{objects}")
+}
+
 /// ~110 KiB on average: 100 KiB plus a spread of up to 20 KiB.
 pub fn epoch_file_size(index: usize) -> u64 {
     100 * 1024 + (index as u64 * 7919) % (20 * 1024)
@@ -116,6 +121,8 @@ struct UploadManifest {
 
 pub struct DataSets<'a> {
     pub spec: DataSpec,
+    /// Sizes of the list-huge data sets to have (empty: none).
+    pub list_huge: &'a [usize],
     pub store: Arc<AmazonS3>,
     /// Local reference copies (seq-large and epoch-small) live here.
     pub local_root: PathBuf,
@@ -160,6 +167,13 @@ impl DataSets<'_> {
         if !done.contains(&list) {
             self.upload_list().await?;
             self.mark_done(&list)?;
+        }
+        for &objects in self.list_huge {
+            let prefix = huge_prefix(objects);
+            if !done.contains(&prefix) {
+                self.upload_huge(objects).await?;
+                self.mark_done(&prefix)?;
+            }
         }
         Ok(start.elapsed().as_secs_f64())
     }
@@ -229,6 +243,23 @@ impl DataSets<'_> {
             .buffer_unordered(64)
             .try_collect::<()>()
             .await
+    }
+
+    /// `objects` empty objects in one prefix: what is measured is the listing, not bytes.
+    async fn upload_huge(&self, objects: usize) -> Result<()> {
+        let prefix = huge_prefix(objects);
+        tracing::info!(objects, %prefix, "uploading list-huge");
+        let start = Instant::now();
+        futures::stream::iter(0..objects)
+            .map(|i| {
+                let key = format!("{prefix}/obj-{i:07}");
+                async move { self.put(&key, Vec::new()).await }
+            })
+            .buffer_unordered(64)
+            .try_collect::<()>()
+            .await?;
+        tracing::info!(objects, secs = start.elapsed().as_secs_f64(), "uploaded list-huge");
+        Ok(())
     }
 
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {
