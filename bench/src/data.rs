@@ -113,6 +113,14 @@ pub fn s3_store(endpoint: &str, creds: &S3Credentials) -> Result<Arc<AmazonS3>> 
     Ok(Arc::new(store))
 }
 
+/// The data sets a run needs: a run of some workloads uploads only theirs.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub seq: bool,
+    pub epoch: bool,
+    pub list: bool,
+}
+
 /// What was uploaded already, so a second harness run on the same work dir skips it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct UploadManifest {
@@ -121,6 +129,8 @@ struct UploadManifest {
 
 pub struct DataSets<'a> {
     pub spec: DataSpec,
+    /// Which of seq-large (with random-4k), epoch-small (with preload) and list to have.
+    pub wanted: Wanted,
     /// Sizes of the list-huge data sets to have (empty: none).
     pub list_huge: &'a [usize],
     pub store: Arc<AmazonS3>,
@@ -154,17 +164,17 @@ impl DataSets<'_> {
         let start = Instant::now();
         let done = self.manifest().done;
         let seq = self.spec.seq_key();
-        if !done.contains(&seq) {
+        if self.wanted.seq && !done.contains(&seq) {
             self.upload_seq().await?;
             self.mark_done(&seq)?;
         }
         let epoch = self.spec.epoch_prefix();
-        if !done.contains(&epoch) {
+        if self.wanted.epoch && !done.contains(&epoch) {
             self.upload_epoch().await?;
             self.mark_done(&epoch)?;
         }
         let list = self.spec.list_prefix();
-        if !done.contains(&list) {
+        if self.wanted.list && !done.contains(&list) {
             self.upload_list().await?;
             self.mark_done(&list)?;
         }

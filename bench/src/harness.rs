@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
-use crate::data::{DataSets, DataSpec, epoch_file_size, huge_prefix, s3_store, wait_writable};
+use crate::data::{
+    DataSets, DataSpec, Wanted, epoch_file_size, huge_prefix, s3_store, wait_writable,
+};
 use crate::mounts::{CacheQuota, MountRequest, Mounted, Programs, System};
 use crate::netshape::ShapedLink;
 use crate::process::{drop_page_caches, rss_bytes};
@@ -763,6 +765,11 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
         // Uploads are remembered per server data dir.
         let data = DataSets {
             spec: cfg.spec,
+            wanted: Wanted {
+                seq: live.contains(&Workload::SeqLarge) || live.contains(&Workload::Random4k),
+                epoch: live.contains(&Workload::EpochSmall) || live.contains(&Workload::Preload),
+                list: live.contains(&Workload::List),
+            },
             list_huge: if live.contains(&Workload::ListHuge) {
                 &cfg.list_huge
             } else {
