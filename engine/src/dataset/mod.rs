@@ -2,8 +2,9 @@
 //! cache and a share of the block cache. Every entry point (FUSE, HTTP, preload jobs)
 //! goes through [`DatasetView`].
 //!
-//! The view is split by role: `entry` (stats and listings as returned), `metadata`
-//! (stat, list, the metadata cache), `fetch` (blocks from a tier or a source, single
+//! The view is split by role: `entry` (stats and entries as returned), `listing` (a
+//! directory's one compact copy, filled page by page), `metadata` (stat, list, the
+//! metadata cache), `fetch` (blocks from a tier or a source, single
 //! flight), `reader` ([`FileReader`]), `readahead` (the readahead planner and limits),
 //! `preload`, `prefetch` (directory prefetch) and `usage` (usage, pins, source errors).
 
