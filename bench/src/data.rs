@@ -73,6 +73,11 @@ impl DataSpec {
     }
 }
 
+/// The prefix of list-huge's data set of `objects` objects, all in it, none below.
+pub fn huge_prefix(objects: usize) -> String {
+    format!("huge-{objects}")
+}
+
 /// ~110 KiB on average: 100 KiB plus a spread of up to 20 KiB.
 pub fn epoch_file_size(index: usize) -> u64 {
     100 * 1024 + (index as u64 * 7919) % (20 * 1024)
@@ -108,6 +113,14 @@ pub fn s3_store(endpoint: &str, creds: &S3Credentials) -> Result<Arc<AmazonS3>> 
     Ok(Arc::new(store))
 }
 
+/// The data sets a run needs: a run of some workloads uploads only theirs.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted {
+    pub seq: bool,
+    pub epoch: bool,
+    pub list: bool,
+}
+
 /// What was uploaded already, so a second harness run on the same work dir skips it.
 #[derive(Debug, Default, Serialize, Deserialize)]
 struct UploadManifest {
@@ -116,6 +129,10 @@ struct UploadManifest {
 
 pub struct DataSets<'a> {
     pub spec: DataSpec,
+    /// Which of seq-large (with random-4k), epoch-small (with preload) and list to have.
+    pub wanted: Wanted,
+    /// Sizes of the list-huge data sets to have (empty: none).
+    pub list_huge: &'a [usize],
     pub store: Arc<AmazonS3>,
     /// Local reference copies (seq-large and epoch-small) live here.
     pub local_root: PathBuf,
@@ -147,19 +164,26 @@ impl DataSets<'_> {
         let start = Instant::now();
         let done = self.manifest().done;
         let seq = self.spec.seq_key();
-        if !done.contains(&seq) {
+        if self.wanted.seq && !done.contains(&seq) {
             self.upload_seq().await?;
             self.mark_done(&seq)?;
         }
         let epoch = self.spec.epoch_prefix();
-        if !done.contains(&epoch) {
+        if self.wanted.epoch && !done.contains(&epoch) {
             self.upload_epoch().await?;
             self.mark_done(&epoch)?;
         }
         let list = self.spec.list_prefix();
-        if !done.contains(&list) {
+        if self.wanted.list && !done.contains(&list) {
             self.upload_list().await?;
             self.mark_done(&list)?;
+        }
+        for &objects in self.list_huge {
+            let prefix = huge_prefix(objects);
+            if !done.contains(&prefix) {
+                self.upload_huge(objects).await?;
+                self.mark_done(&prefix)?;
+            }
         }
         Ok(start.elapsed().as_secs_f64())
     }
@@ -229,6 +253,23 @@ impl DataSets<'_> {
             .buffer_unordered(64)
             .try_collect::<()>()
             .await
+    }
+
+    /// `objects` empty objects in one prefix: what is measured is the listing, not bytes.
+    async fn upload_huge(&self, objects: usize) -> Result<()> {
+        let prefix = huge_prefix(objects);
+        tracing::info!(objects, %prefix, "uploading list-huge");
+        let start = Instant::now();
+        futures::stream::iter(0..objects)
+            .map(|i| {
+                let key = format!("{prefix}/obj-{i:07}");
+                async move { self.put(&key, Vec::new()).await }
+            })
+            .buffer_unordered(64)
+            .try_collect::<()>()
+            .await?;
+        tracing::info!(objects, secs = start.elapsed().as_secs_f64(), "uploaded list-huge");
+        Ok(())
     }
 
     async fn put(&self, key: &str, body: Vec<u8>) -> Result<()> {

@@ -6,10 +6,12 @@ use std::time::Duration;
 
 use tokio::runtime::Runtime;
 
-use crate::data::{DataSets, DataSpec, epoch_file_size, s3_store, wait_writable};
+use crate::data::{
+    DataSets, DataSpec, Wanted, epoch_file_size, huge_prefix, s3_store, wait_writable,
+};
 use crate::mounts::{CacheQuota, MountRequest, Mounted, Programs, System};
 use crate::netshape::ShapedLink;
-use crate::process::drop_page_caches;
+use crate::process::{drop_page_caches, rss_bytes};
 use crate::proxy::DelayProxyProcess;
 use crate::report::CEILING_CASES;
 use crate::results::{
@@ -25,6 +27,7 @@ pub enum Workload {
     Random4k,
     EpochSmall,
     List,
+    ListHuge,
     Preload,
     HitRatio,
 }
@@ -36,6 +39,7 @@ impl Workload {
             Workload::Random4k => "random-4k",
             Workload::EpochSmall => "epoch-small",
             Workload::List => "list",
+            Workload::ListHuge => "list-huge",
             Workload::Preload => "preload",
             Workload::HitRatio => "hit-ratio",
         }
@@ -50,13 +54,14 @@ impl std::str::FromStr for Workload {
             Workload::Random4k,
             Workload::EpochSmall,
             Workload::List,
+            Workload::ListHuge,
             Workload::Preload,
             Workload::HitRatio,
         ]
         .into_iter()
         .find(|w| w.name() == s)
         .ok_or_else(|| {
-            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, preload or hit-ratio")
+            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload or hit-ratio")
         })
     }
 }
@@ -81,6 +86,10 @@ pub struct RunConfig {
     pub seq_limit: Duration,
     pub epoch_limit: Duration,
     pub list_limit: Duration,
+    /// Objects in each list-huge data set (one prefix each).
+    pub list_huge: Vec<usize>,
+    /// Time limit of one list-huge `ls`.
+    pub list_huge_limit: Duration,
     pub rand_seconds: u32,
     /// Idle time after `sync` before each warm read (see `Ctx::settle`).
     pub settle: Duration,
@@ -403,6 +412,73 @@ impl Ctx<'_> {
         Ok(())
     }
 
+    /// `ls` of one prefix of `objects` objects on a fresh mount, cold and then warm (the
+    /// page cache and the kernel's dentries dropped before each), and what the mount
+    /// process's memory grew by per cached entry over the cold listing.
+    fn list_huge_session(&mut self, system: System, objects: usize, run: u32) -> Result<()> {
+        let cfg = self.cfg;
+        let m = self.mount(system, &format!("list-huge-{objects}"))?;
+        let dir = m.mountpoint.join(huge_prefix(objects));
+        let case = |state: &str| format!("{objects} objects, {state}");
+        drop_page_caches()?;
+        let before = rss_bytes(m.pid());
+        let cold = listing::ls_entries(&dir, objects, cfg.list_huge_limit)?;
+        let after = rss_bytes(m.pid());
+        self.record(
+            "list-huge",
+            &case("cold"),
+            system,
+            "seconds",
+            "s",
+            false,
+            run,
+            cold.seconds,
+            cold.complete,
+        );
+        if !cold.complete {
+            self.note(
+                "list-huge",
+                format!(
+                    "{} cold ls of {objects} objects listed {} in {:.0} s (limit {:?}); warm skipped",
+                    system.label(),
+                    cold.entries,
+                    cold.seconds,
+                    cfg.list_huge_limit
+                ),
+            );
+            self.record_rss(&m, "list-huge", run);
+            return Ok(());
+        }
+        if let (Some(before), Some(after)) = (before, after) {
+            self.record(
+                "list-huge",
+                &format!("{objects} objects"),
+                system,
+                "RSS per cached entry",
+                "bytes",
+                false,
+                run,
+                after.saturating_sub(before) as f64 / objects as f64,
+                true,
+            );
+        }
+        drop_page_caches()?;
+        let warm = listing::ls_entries(&dir, objects, cfg.list_huge_limit)?;
+        self.record(
+            "list-huge",
+            &case("warm"),
+            system,
+            "seconds",
+            "s",
+            false,
+            run,
+            warm.seconds,
+            warm.complete,
+        );
+        self.record_rss(&m, "list-huge", run);
+        Ok(())
+    }
+
     /// `strata-agent preload` of the epoch-small files into a fresh cache, against what the link
     /// carries for the same files with plenty of plain GETs in flight (and the tc cap, if set).
     fn preload_session(&mut self, run: u32) -> Result<()> {
@@ -544,6 +620,38 @@ impl Ctx<'_> {
                 true,
             );
         }
+        if ws.contains(&Workload::ListHuge) {
+            // The source's own paging floor: every page in turn through the same link.
+            let store = s3_store(&self.endpoint, &self.creds)?;
+            for &objects in &cfg.list_huge {
+                let prefix = format!("{}/", huge_prefix(objects));
+                let (entries, pages, secs) = self
+                    .rt
+                    .block_on(floor::paged_listing(store.as_ref(), &prefix))?;
+                self.record(
+                    "list-huge",
+                    &format!("{objects} objects, cold"),
+                    System::ObjectStore,
+                    "seconds",
+                    "s",
+                    false,
+                    run,
+                    secs,
+                    entries == objects,
+                );
+                self.record(
+                    "list-huge",
+                    &format!("{objects} objects"),
+                    System::ObjectStore,
+                    "pages",
+                    "pages",
+                    false,
+                    run,
+                    pages as f64,
+                    true,
+                );
+            }
+        }
         if ws.contains(&Workload::EpochSmall) {
             let files = cfg.spec.epoch_keys();
             let store = s3_store(&self.endpoint, &self.creds)?;
@@ -657,6 +765,16 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
         // Uploads are remembered per server data dir.
         let data = DataSets {
             spec: cfg.spec,
+            wanted: Wanted {
+                seq: live.contains(&Workload::SeqLarge) || live.contains(&Workload::Random4k),
+                epoch: live.contains(&Workload::EpochSmall) || live.contains(&Workload::Preload),
+                list: live.contains(&Workload::List),
+            },
+            list_huge: if live.contains(&Workload::ListHuge) {
+                &cfg.list_huge
+            } else {
+                &[]
+            },
             store: direct.clone(),
             local_root: cfg.work_dir.join("local"),
             work_dir: &weed_dir,
@@ -760,6 +878,16 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                             "list",
                             Box::new(move |c: &mut Ctx| c.list_session(system, run)),
                         ));
+                    }
+                    if live.contains(&Workload::ListHuge) {
+                        for &objects in &cfg.list_huge {
+                            sessions.push((
+                                "list-huge",
+                                Box::new(move |c: &mut Ctx| {
+                                    c.list_huge_session(system, objects, run)
+                                }),
+                            ));
+                        }
                     }
                     if live.contains(&Workload::Preload) && system == System::Strata {
                         sessions.push((

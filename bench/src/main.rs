@@ -80,12 +80,12 @@ struct RunArgs {
         default_value = "strata,rclone,s3fs"
     )]
     systems: Vec<System>,
-    /// Workloads: seq-large, random-4k, epoch-small, list, preload, hit-ratio.
+    /// Workloads: seq-large, random-4k, epoch-small, list, list-huge, preload, hit-ratio.
     #[arg(
         long,
         env = "STRATA_BENCH_WORKLOADS",
         value_delimiter = ',',
-        default_value = "seq-large,random-4k,epoch-small,list,preload,hit-ratio"
+        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,hit-ratio"
     )]
     workloads: Vec<Workload>,
     /// Size of the seq-large object (default 1GiB, 128MiB with --quick).
@@ -97,6 +97,13 @@ struct RunArgs {
     /// Objects in the list data set (default 100000, 5000 with --quick).
     #[arg(long, env = "STRATA_BENCH_LIST_OBJECTS")]
     list_objects: Option<usize>,
+    /// Objects in each list-huge data set, one prefix each (default 200000,1000000; 20000
+    /// with --quick).
+    #[arg(long, env = "STRATA_BENCH_LIST_HUGE_OBJECTS", value_delimiter = ',')]
+    list_huge_objects: Option<Vec<usize>>,
+    /// Time limit of one list-huge `ls` (default 600s, 60s with --quick).
+    #[arg(long, env = "STRATA_BENCH_LIST_HUGE_LIMIT", value_parser = humantime::parse_duration)]
+    list_huge_limit: Option<Duration>,
     /// Memory quota given to the caches.
     #[arg(long, env = "STRATA_BENCH_MEMORY", default_value = "512MiB", value_parser = parse_size)]
     memory: u64,
@@ -323,6 +330,18 @@ fn main() -> anyhow::Result<()> {
                     30
                 } else {
                     180
+                })),
+                list_huge: a.list_huge_objects.unwrap_or_else(|| {
+                    if quick {
+                        vec![20_000]
+                    } else {
+                        vec![200_000, 1_000_000]
+                    }
+                }),
+                list_huge_limit: a.list_huge_limit.unwrap_or(Duration::from_secs(if quick {
+                    60
+                } else {
+                    600
                 })),
                 rand_seconds: a.rand_seconds.unwrap_or(if quick { 3 } else { 10 }),
                 settle: a

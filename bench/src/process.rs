@@ -103,6 +103,16 @@ pub fn peak_rss_bytes(pid: u32) -> Option<u64> {
     })
 }
 
+/// Resident memory of a process now (VmRSS), if it is still there.
+pub fn rss_bytes(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status.lines().find_map(|line| {
+        let rest = line.strip_prefix("VmRSS:")?;
+        let kib: u64 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kib * 1024)
+    })
+}
+
 /// Runs a command to completion and returns its stdout; a non-zero exit is an error with stderr.
 pub fn run_checked(mut command: Command) -> Result<String> {
     let shown = format!("{command:?}");

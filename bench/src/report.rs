@@ -239,6 +239,7 @@ fn targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
                 .then_some(peak <= quota_mib + SMALL_CONSTANT_MIB),
         });
     }
+    out.extend(list_huge_targets(r, link));
     out.push(check(
         "list: warm ≥20x faster than cold",
         ratio(
@@ -372,6 +373,62 @@ fn workload_table(
     out.push('\n');
 }
 
+/// The list-huge data set sizes measured ("200000 objects, cold" -> 200000), ascending.
+fn huge_sizes(r: &BenchResults) -> Vec<usize> {
+    let mut sizes: Vec<usize> = r
+        .measurements
+        .iter()
+        .filter(|m| m.workload == "list-huge")
+        .filter_map(|m| m.case.split(' ').next()?.parse().ok())
+        .collect();
+    sizes.sort_unstable();
+    sizes.dedup();
+    sizes
+}
+
+/// The round trip of a link labelled "25 ms" or "25 ms, 200 Mbit/s": twice the one-way delay.
+fn round_trip_seconds(link: &str) -> Option<f64> {
+    let ms: f64 = link.split_whitespace().next()?.parse().ok()?;
+    Some(2.0 * ms / 1000.0)
+}
+
+/// list-huge's goals: cold within 1.2x of the source's paging floor, warm at least 50x
+/// faster than cold, at most 200 bytes of agent memory per cached entry.
+fn list_huge_targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
+    let mut out = Vec::new();
+    let m = |c: &str, metric: &str, s: System| r.median("list-huge", c, metric, s, link);
+    for n in huge_sizes(r) {
+        let cold = m(&format!("{n} objects, cold"), "seconds", System::Strata);
+        let floor = m(&format!("{n} objects, cold"), "seconds", System::ObjectStore);
+        let x = ratio(cold, floor);
+        out.push(Verdict {
+            target: format!("list-huge {n} objects: cold ≤1.2x the source's paging floor"),
+            measured: x
+                .map(|x| format!("{} (Strata cold s / paging floor s)", fmt_ratio(Some(x))))
+                .unwrap_or_else(|| "not measured".into()),
+            met: x.map(|x| x <= 1.2),
+        });
+        out.push(check(
+            &format!("list-huge {n} objects: warm ≥50x faster than cold"),
+            ratio(
+                cold,
+                m(&format!("{n} objects, warm"), "seconds", System::Strata),
+            ),
+            50.0,
+            "Strata cold s / warm s",
+        ));
+        let per_entry = m(&format!("{n} objects"), "RSS per cached entry", System::Strata);
+        out.push(Verdict {
+            target: format!("list-huge {n} objects: ≤200 bytes of agent memory per cached entry"),
+            measured: per_entry
+                .map(|b| format!("{} bytes (agent RSS growth over the cold ls / entries)", fmt_num(b)))
+                .unwrap_or_else(|| "not measured".into()),
+            met: per_entry.map(|b| b <= 200.0),
+        });
+    }
+    out
+}
+
 /// Writes the charts into `chart_dir` and returns the generated Markdown.
 pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<String> {
     std::fs::create_dir_all(chart_dir).map_err(|e| Error::io(chart_dir, e))?;
@@ -393,6 +450,10 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             "seq-large" | "random-4k" => format!("{} MiB object", s.spec.seq_large_bytes >> 20),
             "epoch-small" | "preload" => format!("{} files of ~110 KiB", s.spec.epoch_files),
             "list" => format!("{} objects", s.spec.list_objects),
+            "list-huge" => {
+                let sizes: Vec<String> = huge_sizes(r).iter().map(|n| n.to_string()).collect();
+                format!("{} objects in one prefix", sizes.join(" and "))
+            }
             _ => "synthetic traces".into(),
         };
         let _ = writeln!(
@@ -519,6 +580,50 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             &link,
             false,
         );
+        let sizes = huge_sizes(r);
+        if !systems_in(r, "list-huge", &link).is_empty() && !sizes.is_empty() {
+            let _ = writeln!(
+                out,
+                "### list-huge (`ls DIR | wc -l` of one prefix, seconds, lower is better), link: {link}\n"
+            );
+            out.push_str("cold = fresh mount, page cache and dentries dropped; warm = the same mount again with the page cache and dentries dropped, so the names come from the system's own metadata cache. object_store = the source's own paging floor: every page of 1,000 keys in turn through the same link (a page needs the previous page's continuation token), no FUSE, nothing kept.\n\n");
+            let cases: Vec<String> = sizes
+                .iter()
+                .flat_map(|n| [format!("{n} objects, cold"), format!("{n} objects, warm")])
+                .collect();
+            let cases: Vec<&str> = cases.iter().map(String::as_str).collect();
+            workload_table(&mut out, r, "list-huge", &cases, "seconds", &link, false);
+            for n in &sizes {
+                let pages = r.median(
+                    "list-huge",
+                    &format!("{n} objects"),
+                    "pages",
+                    System::ObjectStore,
+                    &link,
+                );
+                if let (Some(pages), Some(rtt)) = (pages, round_trip_seconds(&link)) {
+                    let _ = writeln!(
+                        out,
+                        "- {n} objects: {} pages; pages x round trip = {} s (the rest of the floor is the server's time per page)",
+                        fmt_num(pages),
+                        fmt_num(pages * rtt)
+                    );
+                }
+            }
+            out.push('\n');
+            out.push_str("Memory per cached entry: the mount process's RSS after the cold `ls` minus before it, over the number of entries (bytes, lower is better).\n\n");
+            let cases: Vec<String> = sizes.iter().map(|n| format!("{n} objects")).collect();
+            let cases: Vec<&str> = cases.iter().map(String::as_str).collect();
+            workload_table(
+                &mut out,
+                r,
+                "list-huge",
+                &cases,
+                "RSS per cached entry",
+                &link,
+                false,
+            );
+        }
         if !systems_in(r, "preload", &link).is_empty() {
             let _ = writeln!(out, "### preload (MiB/s), link: {link}\n");
             out.push_str("`strata-agent preload` of the epoch-small files into a fresh cache (wall time of the whole command), beside the link's practical capacity for the same files: object_store with 64 whole-object GETs in flight.\n\n");
@@ -822,6 +927,27 @@ mod tests {
             .find(|x| x.target.contains("1 job, cold: 2x the faster peer"))
             .unwrap();
         assert_eq!(none.met, None);
+    }
+
+    #[test]
+    fn list_huge_targets_use_the_paging_floor() {
+        let mut r = BenchResults::default();
+        for (case, metric, system, value) in [
+            ("200000 objects, cold", "seconds", System::Strata, 11.0),
+            ("200000 objects, cold", "seconds", System::ObjectStore, 10.0),
+            ("200000 objects, warm", "seconds", System::Strata, 0.5),
+            ("200000 objects", "RSS per cached entry", System::Strata, 90.0),
+            ("200000 objects", "pages", System::ObjectStore, 200.0),
+        ] {
+            r.measurements.push(m("list-huge", case, metric, system, value));
+        }
+        assert_eq!(huge_sizes(&r), [200_000]);
+        let v = targets(&r, "25 ms");
+        let find = |t: &str| v.iter().find(|x| x.target.contains(t)).unwrap();
+        assert_eq!(find("cold ≤1.2x").met, Some(true));
+        assert_eq!(find("≥50x faster").met, Some(false), "22x");
+        assert_eq!(find("≤200 bytes").met, Some(true));
+        assert_eq!(round_trip_seconds("25 ms, 200 Mbit/s"), Some(0.05));
     }
 
     #[test]

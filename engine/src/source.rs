@@ -2,6 +2,7 @@
 //! each with bounded concurrency, explicit retries, request counters and errors that name
 //! the source and never carry a credential.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
@@ -12,10 +13,11 @@ use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
 use object_store::path::Path as StorePath;
+use object_store::list::PaginatedListOptions;
 use object_store::{GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use strata_store::{BuiltStore, Tuning};
+use strata_store::{BuiltStore, ListPages, Tuning};
 use strata_wire::scrub::credential_values;
 
 use crate::config::SourceConfig;
@@ -99,6 +101,8 @@ pub struct Source {
     uri: String,
     mount_path: DatasetPath,
     store: Arc<dyn ObjectStore>,
+    /// The store as a paged lister of one directory level, where it has one.
+    pages: Option<ListPages>,
     prefix: String,
     permits: Arc<Semaphore>,
     counters: Counters,
@@ -120,7 +124,7 @@ impl fmt::Debug for Source {
     }
 }
 
-/// A listing of one directory level of a source.
+/// A listing of one directory level of a source, or one page of it.
 #[derive(Debug, Default, Clone)]
 pub struct SourceListing {
     /// Sub-directory names (common prefixes).
@@ -137,8 +141,11 @@ impl Source {
             Error::config(format!("source {:?} mountPath", cfg.name), e.to_string())
         })?;
         let tuning = Tuning::reads(cfg.max_retries.unwrap_or(DEFAULT_MAX_RETRIES));
-        let BuiltStore { store, prefix } =
-            strata_store::build(cfg, &tuning).map_err(|e| Error::config(e.field, e.message))?;
+        let BuiltStore {
+            store,
+            prefix,
+            pages,
+        } = strata_store::build(cfg, &tuning).map_err(|e| Error::config(e.field, e.message))?;
         let local_root = local_dir(&cfg.uri)
             .map(|dir| {
                 std::fs::canonicalize(dir).map_err(|e| {
@@ -159,6 +166,7 @@ impl Source {
             uri: scrub(&cfg.uri, &secrets),
             mount_path,
             store,
+            pages,
             prefix,
             permits: Arc::new(Semaphore::new(
                 cfg.max_concurrency
@@ -186,6 +194,7 @@ impl Source {
             uri: format!("{store}"),
             mount_path,
             store,
+            pages: None,
             prefix: strata_store::normalize_prefix(prefix),
             permits: Arc::new(Semaphore::new(DEFAULT_MAX_CONCURRENCY)),
             counters: Counters::default(),
@@ -226,10 +235,11 @@ impl Source {
         }
     }
 
-    /// Contacts the source once (a LIST of its prefix, one level) so that a wrong
-    /// endpoint, bucket or credential is reported at startup with the source's name.
+    /// Contacts the source once (a LIST of its prefix, one level, one key where the store
+    /// pages) so that a wrong endpoint, bucket or credential is reported at startup with the
+    /// source's name.
     pub async fn check(&self) -> Result<()> {
-        self.list_dir("").await.map(|_| ())
+        self.dir_exists("").await.map(|_| ())
     }
 
     /// True when `key` of a local source resolves (through symlinks) to something outside
@@ -315,15 +325,109 @@ impl Source {
         }
     }
 
-    /// Lists one directory level (`rel` "" is the source root). Pages are fetched by the
-    /// store and collected once; the caller keeps the only copy.
+    /// Lists one directory level (`rel` "" is the source root), collected whole: for the
+    /// source check and local walks. Directories the metadata cache keeps are listed with
+    /// [`Self::list_dir_pages`] instead.
     pub async fn list_dir(&self, rel: &str) -> Result<SourceListing> {
-        let prefix = if rel.is_empty() && self.prefix.is_empty() {
-            None
-        } else {
-            Some(self.location(rel)?)
+        let mut all = SourceListing::default();
+        self.list_dir_pages(rel, |page| {
+            all.dirs.extend(page.dirs);
+            all.files.extend(page.files);
+            Ok(())
+        })
+        .await?;
+        Ok(all)
+    }
+
+    /// Lists one directory level page by page, handing each page to `each` as it arrives
+    /// (one LIST request per page, counted as such); an error from `each` stops the
+    /// listing. Stores without paged listings (local directories, HTTP) answer in one
+    /// page. A page's entries are those of one response: sub-directory names and objects
+    /// directly in the directory, never a marker object named like the directory itself.
+    pub async fn list_dir_pages(
+        &self,
+        rel: &str,
+        mut each: impl FnMut(SourceListing) -> Result<()>,
+    ) -> Result<()> {
+        let prefix = self.dir_prefix(rel)?;
+        let base = rel.trim_matches('/');
+        let Some(pages) = &self.pages else {
+            let _permit = self.list_permit().await?;
+            let res = match self.store.list_with_delimiter(prefix.as_ref()).await {
+                Ok(r) => r,
+                // A local directory that does not exist lists as empty on some stores and
+                // as an error on others: treat "not found" as empty.
+                Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(self.error(e)),
+            };
+            return each(self.page(base, prefix.as_ref(), res));
         };
-        let _permit = self
+        // The paged API takes the prefix as the server does: with its trailing slash.
+        let dir = prefix;
+        let prefix = dir.as_ref().map(|p| format!("{p}/"));
+        let mut token = None;
+        loop {
+            let opts = PaginatedListOptions {
+                delimiter: Some(Cow::Borrowed("/")),
+                max_keys: pages.max_keys,
+                page_token: token.take(),
+                ..Default::default()
+            };
+            let page = {
+                let _permit = self.list_permit().await?;
+                pages.store.list_paginated(prefix.as_deref(), opts).await
+            };
+            let page = match page {
+                Ok(p) => p,
+                Err(object_store::Error::NotFound { .. }) => return Ok(()),
+                Err(e) => return Err(self.error(e)),
+            };
+            each(self.page(base, dir.as_ref(), page.result))?;
+            match page.page_token {
+                Some(t) if !t.is_empty() => token = Some(t),
+                _ => return Ok(()),
+            }
+        }
+    }
+
+    /// Whether anything is listed under directory `rel` (one request of one key where the
+    /// store pages): a stat of a directory never lists it whole.
+    pub async fn dir_exists(&self, rel: &str) -> Result<bool> {
+        let Some(pages) = &self.pages else {
+            let listing = self.list_dir(rel).await?;
+            return Ok(!listing.dirs.is_empty() || !listing.files.is_empty());
+        };
+        let prefix = self.dir_prefix(rel)?.map(|p| format!("{p}/"));
+        let opts = PaginatedListOptions {
+            delimiter: Some(Cow::Borrowed("/")),
+            max_keys: Some(1),
+            ..Default::default()
+        };
+        let page = {
+            let _permit = self.list_permit().await?;
+            pages.store.list_paginated(prefix.as_deref(), opts).await
+        };
+        match page {
+            // A marker object named like the directory counts: the directory was made.
+            Ok(p) => Ok(!p.result.common_prefixes.is_empty() || !p.result.objects.is_empty()),
+            Err(object_store::Error::NotFound { .. }) => Ok(false),
+            Err(e) => Err(self.error(e)),
+        }
+    }
+
+    /// The store prefix of directory `rel`, without a trailing slash (`None` for the root
+    /// of a source without a key prefix).
+    fn dir_prefix(&self, rel: &str) -> Result<Option<StorePath>> {
+        if rel.is_empty() && self.prefix.is_empty() {
+            Ok(None)
+        } else {
+            self.location(rel).map(Some)
+        }
+    }
+
+    /// Waits for a concurrency permit and counts one LIST request.
+    async fn list_permit(&self) -> Result<tokio::sync::SemaphorePermit<'_>> {
+        let permit = self
             .permits
             .acquire()
             .await
@@ -331,14 +435,17 @@ impl Source {
         self.counters.lists.fetch_add(1, Ordering::Relaxed);
         self.metrics
             .source_request(&self.dataset, &self.name, "list");
-        let res = match self.store.list_with_delimiter(prefix.as_ref()).await {
-            Ok(r) => r,
-            // A local directory that does not exist lists as empty on some stores and as
-            // an error on others: treat "not found" as empty.
-            Err(object_store::Error::NotFound { .. }) => return Ok(SourceListing::default()),
-            Err(e) => return Err(self.error(e)),
-        };
-        let base = rel.trim_matches('/');
+        Ok(permit)
+    }
+
+    /// One answer of a listing of directory `base` (relative, no slashes at the ends), at
+    /// `dir` in the store.
+    fn page(
+        &self,
+        base: &str,
+        dir: Option<&StorePath>,
+        res: object_store::ListResult,
+    ) -> SourceListing {
         let dirs = res
             .common_prefixes
             .iter()
@@ -348,10 +455,13 @@ impl Source {
         let files = res
             .objects
             .iter()
+            // A "directory marker" (the key of the directory itself, made by consoles'
+            // "create folder") is not an entry of the directory.
+            .filter(|m| Some(&m.location) != dir)
             .map(|m| self.to_info(m))
             .filter(|f| !self.escapes_local_root(&f.key))
             .collect();
-        Ok(SourceListing { dirs, files })
+        SourceListing { dirs, files }
     }
 
     /// Every object under a directory, recursively, streamed page by page to `each`.

@@ -54,7 +54,7 @@ async fn s3_read_through_then_cached_then_restart_without_source() {
         assert_eq!(usage.cached_files, 2);
         assert!(usage.hits >= 5, "{usage:?}");
         let listing = view.list(&p("/train")).await.unwrap();
-        let names: Vec<_> = listing.entries.iter().map(|e| e.name.as_str()).collect();
+        let names: Vec<_> = listing.entries().into_iter().map(|e| e.name).collect();
         assert_eq!(names, ["a.bin", "b.bin"]);
     }
     // A new agent on the same cache dir serves what was cached without any request.
@@ -529,18 +529,18 @@ async fn several_sources_form_one_namespace() {
         .list(&p("/"))
         .await
         .unwrap()
-        .entries
-        .iter()
-        .map(|e| e.name.clone())
+        .entries()
+        .into_iter()
+        .map(|e| e.name)
         .collect();
     assert_eq!(root, ["cloud", "onprem"]);
     let cloud: Vec<_> = view
         .list(&p("/cloud"))
         .await
         .unwrap()
-        .entries
-        .iter()
-        .map(|e| e.name.clone())
+        .entries()
+        .into_iter()
+        .map(|e| e.name)
         .collect();
     assert_eq!(cloud, ["s3"]);
     assert_eq!(

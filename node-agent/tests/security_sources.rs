@@ -72,7 +72,7 @@ async fn local_source_symlinks_do_not_leave_the_source() {
 
     // Listing shows the inside entries only.
     let names = |l: &strata_agent::dataset::DirListing| {
-        l.entries.iter().map(|e| e.name.clone()).collect::<Vec<_>>()
+        l.entries().into_iter().map(|e| e.name).collect::<Vec<_>>()
     };
     let top = names(&view.list(&p("/")).await.unwrap());
     assert!(top.contains(&"data".to_string()), "{top:?}");

@@ -7,6 +7,7 @@ use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
 use object_store::http::HttpBuilder;
+use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
 use percent_encoding::percent_decode_str;
@@ -86,7 +87,33 @@ pub struct BuiltStore {
     pub store: Arc<dyn ObjectStore>,
     /// The key prefix of the source ("" or "a/b/"); keys are relative to it.
     pub prefix: String,
+    /// The same client as a lister of one directory level page by page, where the store
+    /// has one (S3, GCS, Azure); `None` for local directories and HTTP (WebDAV), whose
+    /// stores answer a directory level in one piece.
+    pub pages: Option<ListPages>,
 }
+
+/// One directory level, page by page: `object_store`'s `list_with_delimiter` collects every
+/// page before it returns, so a directory of a million objects would be held whole.
+#[derive(Clone)]
+pub struct ListPages {
+    /// The client.
+    pub store: Arc<dyn PaginatedListStore>,
+    /// Keys asked for per page. S3 answers at most 1,000 and some S3 servers fewer unless
+    /// asked (moto: 100); GCS and Azure are left to their defaults (1,000 and 5,000).
+    pub max_keys: Option<usize>,
+}
+
+impl std::fmt::Debug for ListPages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ListPages")
+            .field("max_keys", &self.max_keys)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Keys per page asked of S3 servers: the most S3 itself answers.
+pub const S3_PAGE_KEYS: usize = 1000;
 
 /// The directory of a local source URI (`/data` or `file:///data`), `None` otherwise.
 pub fn local_dir(uri: &str) -> Option<&str> {
@@ -124,6 +151,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
         return Ok(BuiltStore {
             store: Arc::new(store),
             prefix: String::new(),
+            pages: None,
         });
     }
     let Some((scheme, bucket, prefix)) = split_uri(uri) else {
@@ -155,7 +183,19 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
         )
     };
     let env = tuning.ambient == Ambient::Environment;
-    let store: Arc<dyn ObjectStore> = match scheme {
+    // Each client as an object store and as a paged lister: one client, two views.
+    fn both<S: ObjectStore + PaginatedListStore>(
+        store: S,
+        max_keys: Option<usize>,
+    ) -> (Arc<dyn ObjectStore>, Option<ListPages>) {
+        let store = Arc::new(store);
+        let pages = ListPages {
+            store: store.clone(),
+            max_keys,
+        };
+        (store, Some(pages))
+    }
+    let (store, pages) = match scheme {
         "s3" | "s3a" => {
             if bucket.is_empty() {
                 return Err(fail("uri", "s3:// URI needs a bucket name".into()));
@@ -189,7 +229,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
                 let key: AmazonS3ConfigKey = k.parse().map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build().map_err(wrap)?)
+            both(b.build().map_err(wrap)?, Some(S3_PAGE_KEYS))
         }
         "gs" | "gcs" => {
             let mut b = if env {
@@ -213,7 +253,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
                 let key: GoogleConfigKey = k.parse().map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build().map_err(wrap)?)
+            both(b.build().map_err(wrap)?, None)
         }
         "az" | "azure" | "abfs" | "abfss" => {
             let mut b = if env {
@@ -242,7 +282,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
                 let key: AzureConfigKey = k.parse().map_err(|_| unknown(k))?;
                 b = b.with_config(key, v);
             }
-            Arc::new(b.build().map_err(wrap)?)
+            both(b.build().map_err(wrap)?, None)
         }
         "http" | "https" => {
             if let Some((key, _)) = store_options.first() {
@@ -261,6 +301,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
             return Ok(BuiltStore {
                 store: Arc::new(b.build().map_err(wrap)?),
                 prefix: normalize_prefix(&path),
+                pages: None,
             });
         }
         other => {
@@ -276,6 +317,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
     Ok(BuiltStore {
         store,
         prefix: normalize_prefix(prefix),
+        pages,
     })
 }
 

@@ -17,7 +17,8 @@ mod classify;
 mod error;
 
 pub use builder::{
-    Ambient, BuiltStore, DEFAULT_MAX_RETRIES, Tuning, build, local_dir, normalize_prefix,
+    Ambient, BuiltStore, DEFAULT_MAX_RETRIES, ListPages, S3_PAGE_KEYS, Tuning, build, local_dir,
+    normalize_prefix,
 };
 pub use classify::{FailureKind, classify, classify_text};
 pub use error::StoreError;

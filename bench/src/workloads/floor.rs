@@ -1,8 +1,11 @@
-//! The cold floor: the same reads as plain ranged GETs through object_store, no cache at all.
+//! The cold floor: the same reads as plain ranged GETs through object_store, no cache at all;
+//! for listings, the source's own paging.
 
+use std::borrow::Cow;
 use std::time::Instant;
 
 use futures::{StreamExt, TryStreamExt};
+use object_store::list::{PaginatedListOptions, PaginatedListStore};
 use object_store::path::Path as ObjectPath;
 use object_store::{ObjectStore, ObjectStoreExt};
 
@@ -64,4 +67,37 @@ pub async fn whole_gets(
         .try_fold(0usize, |acc, ()| async move { Ok(acc + 1) })
         .await?;
     Ok((files, start.elapsed().as_secs_f64()))
+}
+
+/// Pages through one directory level (`prefix`, with its trailing slash) the way a lister
+/// must: 1,000 keys per LIST, each request waiting for the previous one's continuation
+/// token. Returns (entries, pages, seconds): the floor of any cold listing of it.
+pub async fn paged_listing(
+    store: &dyn PaginatedListStore,
+    prefix: &str,
+) -> Result<(usize, usize, f64)> {
+    let start = Instant::now();
+    let (mut entries, mut pages) = (0usize, 0usize);
+    let mut token = None;
+    loop {
+        let page = store
+            .list_paginated(
+                Some(prefix),
+                PaginatedListOptions {
+                    delimiter: Some(Cow::Borrowed("/")),
+                    max_keys: Some(1000),
+                    page_token: token.take(),
+                    ..Default::default()
+                },
+            )
+            .await
+            .map_err(|e| Error::store("list", prefix, &e))?;
+        pages += 1;
+        entries += page.result.objects.len() + page.result.common_prefixes.len();
+        match page.page_token {
+            Some(t) if !t.is_empty() => token = Some(t),
+            _ => break,
+        }
+    }
+    Ok((entries, pages, start.elapsed().as_secs_f64()))
 }

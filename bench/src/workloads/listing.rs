@@ -1,4 +1,5 @@
-//! `find DIR -type f` over a mount, counted, with a time limit.
+//! Listings over a mount, counted, with a time limit: `find DIR -type f` (the list
+//! workload) and `ls DIR` (list-huge).
 
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -18,21 +19,40 @@ pub struct ListResult {
 }
 
 pub fn find_files(dir: &Path, expected: usize, limit: Duration) -> Result<ListResult> {
+    let mut find = Command::new("find");
+    find.arg(dir).args(["-type", "f"]);
+    count_lines(find, "find", expected, limit)
+}
+
+/// `ls DIR | wc -l`: the names of one directory, sorted by `ls` (one per line into a pipe:
+/// no colours, no stat of the entries).
+pub fn ls_entries(dir: &Path, expected: usize, limit: Duration) -> Result<ListResult> {
+    let mut ls = Command::new("ls");
+    ls.arg(dir);
+    count_lines(ls, "ls", expected, limit)
+}
+
+/// Runs `command` and counts the lines it prints, killed at `limit`.
+fn count_lines(
+    mut command: Command,
+    program: &str,
+    expected: usize,
+    limit: Duration,
+) -> Result<ListResult> {
     let start = Instant::now();
-    let mut child = Command::new("find")
-        .arg(dir)
-        .args(["-type", "f"])
+    let mut child = command
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
         .map_err(|source| Error::Spawn {
-            what: "find".into(),
-            program: "find".into(),
+            what: program.into(),
+            program: program.into(),
             source,
         })?;
     let pid = child.id();
     let stdout = child.stdout.take().expect("stdout is piped");
-    // A watchdog kills find at the limit; the count read so far is reported as incomplete.
+    // A watchdog kills the command at the limit; the count read so far is reported as
+    // incomplete.
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = {
         let done = done.clone();

@@ -1,4 +1,4 @@
-//! What stat and list return: [`FileStat`], [`DirEntry`], [`DirListing`].
+//! What stat and list return: [`FileStat`], [`DirEntry`] (a listing is in `listing`).
 
 use std::time::SystemTime;
 
@@ -74,21 +74,4 @@ pub struct DirEntry {
     pub name: String,
     /// Its stat.
     pub stat: FileStat,
-}
-
-/// A directory listing, sorted by name. Held once in the metadata cache and shared by
-/// `Arc`; callers page through `entries` (FUSE readdir uses the index as offset).
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-pub struct DirListing {
-    /// The entries.
-    pub entries: Vec<DirEntry>,
-}
-
-impl DirListing {
-    pub(super) fn find(&self, name: &str) -> Option<&DirEntry> {
-        self.entries
-            .binary_search_by(|e| e.name.as_str().cmp(name))
-            .ok()
-            .map(|i| &self.entries[i])
-    }
 }

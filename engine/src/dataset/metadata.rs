@@ -2,11 +2,11 @@
 //! TTL, refreshed in the background once stale, one request per path however many ask),
 //! the synthetic directories above source mount paths, and glob expansion.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{DatasetView, DirEntry, DirListing, EntryKind, FileStat};
+use super::{DatasetView, DirListing, EntryKind, FileStat};
 use crate::cache::ObjectVersion;
 use crate::glob::PathGlobs;
 use crate::metadata::Lookup;
@@ -141,7 +141,7 @@ impl DatasetView {
             };
             if let Some((listing, keep)) = found {
                 let name = path.file_name().unwrap_or_default();
-                return Ok(listing.find(name).map(|e| (e.stat.clone(), keep)));
+                return Ok(listing.find(name).map(|e| (e.stat, keep)));
             }
         }
         let stat = self.fetch_stat(path.clone()).await?;
@@ -187,14 +187,11 @@ impl DatasetView {
                                 info.size,
                             )),
                         }),
-                        None => {
-                            let listing = view.noted(source.list_dir(&rel).await)?;
-                            if listing.dirs.is_empty() && listing.files.is_empty() {
-                                None
-                            } else {
-                                Some(FileStat::dir(p.clone()))
-                            }
-                        }
+                        // Not an object: a directory if anything is under it (one key asked
+                        // for, not the whole directory).
+                        None => view
+                            .noted(source.dir_exists(&rel).await)?
+                            .then(|| FileStat::dir(p.clone())),
                     };
                     view.stats.insert(p, stat.clone());
                     Ok(stat)
@@ -204,30 +201,34 @@ impl DatasetView {
             .await
     }
 
-    /// Lists a directory. The listing is fetched once per metadata TTL and shared.
+    /// Lists a directory, complete. The listing is fetched once per metadata TTL and shared.
     pub async fn list(self: &Arc<Self>, path: &DatasetPath) -> Result<Arc<DirListing>> {
         Ok(self.list_until(path).await?.0)
     }
 
-    /// Lists a directory, and says until when the listing is valid (see
+    /// Lists a directory, complete, and says until when the listing is valid (see
     /// [`Self::stat_until`]).
     pub async fn list_until(
         self: &Arc<Self>,
         path: &DatasetPath,
     ) -> Result<(Arc<DirListing>, Instant)> {
+        let (listing, valid_until) = self.open_listing(path).await?;
+        listing.complete().await?;
+        Ok((listing, valid_until))
+    }
+
+    /// A directory's listing as it comes in, and until when it is valid: the complete one
+    /// the metadata cache holds, or else one filled page by page as the source answers,
+    /// shared by every reader until complete (then it goes into the cache). Readers page
+    /// through it by index ([`DirListing::visit`], [`DirListing::wait_for`]).
+    pub async fn open_listing(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+    ) -> Result<(Arc<DirListing>, Instant)> {
         let valid_until = || self.listings.keep_new_until();
         if let Some(names) = self.virtual_children(path) {
-            let entries = names
-                .into_iter()
-                .filter_map(|n| {
-                    let p = path.join(&n).ok()?;
-                    Some(DirEntry {
-                        name: n,
-                        stat: FileStat::dir(p),
-                    })
-                })
-                .collect();
-            return Ok((Arc::new(DirListing { entries }), valid_until()));
+            let listing = DirListing::of_directories(path.clone(), names);
+            return Ok((listing, valid_until()));
         }
         match self.listings.get(path) {
             Lookup::Fresh(l, keep) => return Ok((l, keep)),
@@ -243,102 +244,91 @@ impl DatasetView {
                 path: path.to_string(),
             });
         }
-        let listing = self.fetch_listing(path.clone()).await?;
+        let listing = self.start_listing(path.clone())?;
         Ok((listing, valid_until()))
     }
 
     fn refresh_listing_in_background(self: &Arc<Self>, path: DatasetPath) {
-        // Keyed apart from a stat refresh of the same path.
-        let key = path.clone();
-        if !self
-            .refreshing_listings
-            .lock()
-            .expect("refreshing")
-            .insert(key)
-        {
-            return;
+        // Started once however many ask: a listing on its way is joined.
+        let _ = self.start_listing(path);
+    }
+
+    /// The listing of `path` on its way in: the one already coming, or a new one.
+    fn start_listing(self: &Arc<Self>, path: DatasetPath) -> Result<Arc<DirListing>> {
+        let Some((source, rel)) = self.resolve(&path) else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
+        let source = source.clone();
+        let mut growing = self.growing.lock().expect("growing listings");
+        if let Some(listing) = growing.get(&path) {
+            return Ok(listing.clone());
         }
-        let view = self.clone();
+        let listing = DirListing::growing(path.clone(), source.name(), &rel);
+        growing.insert(path.clone(), listing.clone());
+        drop(growing);
+        let (view, filling) = (self.clone(), listing.clone());
+        let task = self
+            .handle
+            .spawn(async move { view.fill_listing(&source, &rel, &filling).await });
+        let (view, done) = (self.clone(), listing.clone());
+        // Apart from the filling task, so a panic there still ends the listing.
         self.handle.spawn(async move {
-            let _ = view.fetch_listing(path.clone()).await;
-            view.refreshing_listings
-                .lock()
-                .expect("refreshing")
-                .remove(&path);
+            let result = task
+                .await
+                .unwrap_or_else(|e| Err(Error::Task(e.to_string())));
+            view.listing_done(path, &done, result);
         });
+        Ok(listing)
     }
 
-    async fn fetch_listing(self: &Arc<Self>, path: DatasetPath) -> Result<Arc<DirListing>> {
-        let view = self.clone();
-        let p = path.clone();
-        self.list_flights
-            .run(
-                path,
-                move || async move {
-                    let Some((source, rel)) = view.resolve(&p) else {
-                        return Err(Error::NotFound {
-                            path: p.to_string(),
-                        });
-                    };
-                    let source = source.clone();
-                    let listing = view.noted(source.list_dir(&rel).await)?;
-                    let mut by_name: BTreeMap<String, DirEntry> = BTreeMap::new();
-                    for d in listing.dirs {
-                        let Ok(child) = p.join(&d) else { continue };
-                        by_name.insert(
-                            d.clone(),
-                            DirEntry {
-                                name: d,
-                                stat: FileStat::dir(child),
-                            },
-                        );
-                    }
-                    for f in listing.files {
-                        let name = f.key.rsplit('/').next().unwrap_or(&f.key).to_string();
-                        // Keys that are not valid dataset paths (e.g. "a/../b") are hidden.
-                        let Ok(child) = p.join(&name) else { continue };
-                        // A file wins over a prefix of the same name.
-                        by_name.insert(
-                            name.clone(),
-                            DirEntry {
-                                name,
-                                stat: FileStat {
-                                    path: child,
-                                    kind: EntryKind::File,
-                                    size: f.size,
-                                    mtime: f.mtime,
-                                    etag: Some(f.etag.clone()),
-                                    version: Some(ObjectVersion::new(
-                                        source.name(),
-                                        f.key,
-                                        f.etag,
-                                        f.size,
-                                    )),
-                                },
-                            },
-                        );
-                    }
-                    let listing = Arc::new(DirListing {
-                        entries: by_name.into_values().collect(),
-                    });
-                    // Fresher than any stat cached for the children.
-                    for e in &listing.entries {
-                        view.stats.remove(&e.stat.path);
-                    }
-                    view.listings.insert(p, listing.clone());
-                    Ok(listing)
-                },
-                |e| Err(Error::Task(e)),
-            )
-            .await
+    /// Adds the source's pages to `listing` as they arrive.
+    async fn fill_listing(&self, source: &Source, rel: &str, listing: &DirListing) -> Result<()> {
+        let listed = source
+            .list_dir_pages(rel, |page| {
+                let before = listing.len();
+                listing.add_page(page)?;
+                // Fresher than any stat cached for the children.
+                listing.visit(before, |_, e| {
+                    self.stats.remove(&e.path());
+                    true
+                });
+                Ok(())
+            })
+            .await;
+        self.noted(listed)
     }
 
-    /// Forgets cached metadata of a path (and its parent's listing).
+    /// Ends a listing: complete or failed, and kept in the metadata cache when complete
+    /// unless invalidated meanwhile (its readers still finish reading it).
+    fn listing_done(&self, path: DatasetPath, listing: &Arc<DirListing>, result: Result<()>) {
+        match result {
+            Ok(()) => listing.finish(),
+            Err(e) => listing.fail(e),
+        }
+        let mut growing = self.growing.lock().expect("growing listings");
+        if growing
+            .get(&path)
+            .is_some_and(|l| Arc::ptr_eq(l, listing))
+        {
+            if listing.is_complete() {
+                self.listings.insert(path.clone(), listing.clone());
+            }
+            growing.remove(&path);
+        }
+    }
+
+    /// Forgets cached metadata of a path (and its parent's listing); a listing of either
+    /// on its way in is not kept when it completes.
     pub fn invalidate(&self, path: &DatasetPath) {
         self.stats.remove(path);
         self.listings.remove(path);
+        let mut growing = self.growing.lock().expect("growing listings");
+        growing.remove(path);
         if let Some(parent) = path.parent() {
             self.listings.remove(&parent);
+            growing.remove(&parent);
         }
     }
 
@@ -370,13 +360,15 @@ impl DatasetView {
                 continue;
             }
             let listing = self.list(&dir).await?;
-            for e in &listing.entries {
-                if e.stat.is_dir() {
-                    queue.push_back(e.stat.path.clone());
-                } else if globs.matches(&e.stat.path) {
-                    out.push(e.stat.clone());
+            listing.visit(0, |_, e| {
+                let path = e.path();
+                if e.is_dir() {
+                    queue.push_back(path);
+                } else if globs.matches(&path) {
+                    out.push(e.stat());
                 }
-            }
+                true
+            });
         }
         Ok(out)
     }

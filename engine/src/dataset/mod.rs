@@ -2,14 +2,16 @@
 //! cache and a share of the block cache. Every entry point (FUSE, HTTP, preload jobs)
 //! goes through [`DatasetView`].
 //!
-//! The view is split by role: `entry` (stats and listings as returned), `metadata`
-//! (stat, list, the metadata cache), `fetch` (blocks from a tier or a source, single
+//! The view is split by role: `entry` (stats and entries as returned), `listing` (a
+//! directory's one compact copy, filled page by page), `metadata` (stat, list, the
+//! metadata cache), `fetch` (blocks from a tier or a source, single
 //! flight), `reader` ([`FileReader`]), `readahead` (the readahead planner and limits),
 //! `preload`, `prefetch` (directory prefetch), `pins` (pin rules and their re-evaluation)
 //! and `usage` (usage, source errors).
 
 mod entry;
 mod fetch;
+mod listing;
 mod metadata;
 mod pins;
 mod prefetch;
@@ -33,7 +35,8 @@ use crate::singleflight::SingleFlight;
 use crate::source::Source;
 use crate::{Error, Result};
 
-pub use entry::{DirEntry, DirListing, EntryKind, FileStat};
+pub use entry::{DirEntry, EntryKind, FileStat};
+pub use listing::{DirListing, EntryRef};
 pub use fetch::MAX_SPAN_BYTES;
 pub use pins::{PinRefresh, pin_refresh_period};
 pub use preload::{PRELOAD_MAX_FETCHES, PreloadProgress, PreloadReport};
@@ -56,10 +59,11 @@ pub struct DatasetView {
     stats: TtlCache<DatasetPath, Option<FileStat>>,
     listings: TtlCache<DatasetPath, Arc<DirListing>>,
     meta_flights: SingleFlight<DatasetPath, Result<Option<FileStat>>>,
-    list_flights: SingleFlight<DatasetPath, Result<Arc<DirListing>>>,
+    // Listings on their way in (one per directory, however many read it), until complete
+    // and in `listings`.
+    growing: Mutex<HashMap<DatasetPath, Arc<DirListing>>>,
     block_flights: SingleFlight<(Arc<str>, u64), BlockResult>,
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
-    refreshing_listings: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
     directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
     // The last failed request to a source (not a "not found") since the reporter took it.
@@ -118,10 +122,9 @@ impl DatasetView {
             stats,
             listings: TtlCache::new(ttl, MAX_METADATA_ENTRIES / 10),
             meta_flights: SingleFlight::default(),
-            list_flights: SingleFlight::default(),
+            growing: Mutex::new(HashMap::new()),
             block_flights: SingleFlight::default(),
             refreshing: Mutex::new(Default::default()),
-            refreshing_listings: Mutex::new(Default::default()),
             readahead,
             directory_scans: Mutex::new(HashMap::new()),
             last_source_error: Mutex::new(None),

@@ -76,22 +76,26 @@ impl DatasetView {
             match self.list(&dir).await {
                 Ok(listing) => {
                     let mut bytes = 0u64;
-                    let wanted: Vec<FileStat> = listing
-                        .entries
-                        .iter()
-                        .filter(|e| !e.stat.is_dir() && e.stat.size > 0 && e.stat.size <= bs)
-                        .filter(|e| {
-                            e.stat
-                                .version
-                                .as_ref()
-                                .is_some_and(|v| !self.cache.has_block(v, 0))
-                        })
-                        .take_while(|e| {
-                            bytes += e.stat.size;
-                            bytes <= budget
-                        })
-                        .map(|e| e.stat.clone())
-                        .collect();
+                    let mut wanted: Vec<FileStat> = Vec::new();
+                    listing.visit(0, |_, e| {
+                        if e.is_dir() || e.size() == 0 || e.size() > bs {
+                            return true;
+                        }
+                        let stat = e.stat();
+                        if stat
+                            .version
+                            .as_ref()
+                            .is_none_or(|v| self.cache.has_block(v, 0))
+                        {
+                            return true;
+                        }
+                        bytes += stat.size;
+                        if bytes > budget {
+                            return false;
+                        }
+                        wanted.push(stat);
+                        true
+                    });
                     let fetched = AtomicU64::new(0);
                     futures::stream::iter(wanted)
                         .for_each_concurrent(PRELOAD_MAX_FETCHES, |f| {

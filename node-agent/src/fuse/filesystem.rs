@@ -4,7 +4,7 @@
 use std::ffi::OsStr;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::SystemTime;
+use std::time::{Instant, SystemTime};
 
 use fuser::{
     Errno, FileHandle, FileType, Filesystem, FopenFlags, Generation, INodeNo, InitFlags,
@@ -17,7 +17,8 @@ use super::MAX_REQUEST_BYTES;
 use super::inodes::path_ino;
 use super::passthrough::OpenFile;
 use super::state::FsState;
-use crate::dataset::FileStat;
+use crate::dataset::{DirListing, FileStat};
+use crate::path::DatasetPath;
 use strata_engine::Error;
 
 fn errno(e: &Error) -> Errno {
@@ -320,37 +321,29 @@ impl Filesystem for StrataFs {
             reply.error(Errno::ENOENT);
             return;
         };
+        // Entries already in are answered here, without a hand-over to the runtime: a
+        // large directory is read in thousands of replies of a page each.
+        if let Some((listing, _)) = st.ready_listing(fh.0, offset) {
+            fill_dir(&st, &mut reply, ino, &path, &listing, offset);
+            reply.ok();
+            return;
+        }
         self.state.rt.spawn(async move {
-            let (listing, _) = match st.dir_listing(fh.0, &path, offset).await {
-                Ok(l) => l,
+            let listing = match st.dir_listing(fh.0, &path, offset).await {
+                Ok((listing, _)) => listing,
                 Err(e) => {
                     reply.error(errno(&e));
                     return;
                 }
             };
-            let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
-            let total = listing.entries.len() as u64 + 2;
-            for i in offset..total {
-                let full = match i {
-                    0 => reply.add(ino, 1, FileType::Directory, "."),
-                    1 => reply.add(INodeNo(parent_ino), 2, FileType::Directory, ".."),
-                    _ => {
-                        let e = &listing.entries[(i - 2) as usize];
-                        let kind = if e.stat.is_dir() {
-                            FileType::Directory
-                        } else {
-                            FileType::RegularFile
-                        };
-                        let child = st
-                            .known_ino(&e.stat.path)
-                            .unwrap_or_else(|| path_ino(&e.stat.path));
-                        reply.add(INodeNo(child), i + 1, kind, &e.name)
-                    }
-                };
-                if full {
-                    break;
-                }
+            // Past "." and "..": the entry asked for, once the source's pages bring it.
+            if offset >= 2
+                && let Err(e) = listing.wait_for(offset as usize - 2).await
+            {
+                reply.error(errno(&e));
+                return;
             }
+            fill_dir(&st, &mut reply, ino, &path, &listing, offset);
             reply.ok();
         });
     }
@@ -368,6 +361,11 @@ impl Filesystem for StrataFs {
             reply.error(Errno::ENOENT);
             return;
         };
+        if let Some((listing, valid_until)) = st.ready_listing(fh.0, offset) {
+            fill_dir_plus(&st, &mut reply, ino, &path, &listing, valid_until, offset);
+            reply.ok();
+            return;
+        }
         self.state.rt.spawn(async move {
             let (listing, valid_until) = match st.dir_listing(fh.0, &path, offset).await {
                 Ok(l) => l,
@@ -376,53 +374,13 @@ impl Filesystem for StrataFs {
                     return;
                 }
             };
-            // An open directory can be read long after its listing was taken: the kernel
-            // keeps these entries only while the listing is valid.
-            let ttl = FsState::ttl_until(valid_until);
-            let dir_stat = FileStat {
-                path: path.clone(),
-                kind: crate::dataset::EntryKind::Directory,
-                size: 0,
-                mtime: SystemTime::UNIX_EPOCH,
-                version: None,
-                etag: None,
-            };
-            let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
-            let total = listing.entries.len() as u64 + 2;
-            for i in offset..total {
-                let full = match i {
-                    0 => reply.add(ino, 1, ".", &ttl, &st.attr(ino.0, &dir_stat), Generation(0)),
-                    1 => reply.add(
-                        INodeNo(parent_ino),
-                        2,
-                        "..",
-                        &ttl,
-                        &st.attr(parent_ino, &dir_stat),
-                        Generation(0),
-                    ),
-                    _ => {
-                        let e = &listing.entries[(i - 2) as usize];
-                        // Counted before the reply can reach the kernel; taken back if
-                        // the buffer was full and the entry not sent.
-                        let child = st.looked_up(&e.stat.path, e.stat.etag.as_deref());
-                        let full = reply.add(
-                            INodeNo(child),
-                            i + 1,
-                            &e.name,
-                            &ttl,
-                            &st.attr(child, &e.stat),
-                            Generation(0),
-                        );
-                        if full {
-                            st.forget(child, 1);
-                        }
-                        full
-                    }
-                };
-                if full {
-                    break;
-                }
+            if offset >= 2
+                && let Err(e) = listing.wait_for(offset as usize - 2).await
+            {
+                reply.error(errno(&e));
+                return;
             }
+            fill_dir_plus(&st, &mut reply, ino, &path, &listing, valid_until, offset);
             reply.ok();
         });
     }
@@ -461,4 +419,96 @@ impl Filesystem for StrataFs {
             bsize as u32,
         );
     }
+}
+
+/// Fills a readdir reply from `offset` on: "." and "..", then the listing's entries in so
+/// far (entry `i` has offset `i + 3`), until the reply is full.
+fn fill_dir(
+    st: &FsState,
+    reply: &mut ReplyDirectory,
+    ino: INodeNo,
+    path: &DatasetPath,
+    listing: &DirListing,
+    offset: u64,
+) {
+    if offset == 0 && reply.add(ino, 1, FileType::Directory, ".") {
+        return;
+    }
+    if offset <= 1 {
+        let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
+        if reply.add(INodeNo(parent_ino), 2, FileType::Directory, "..") {
+            return;
+        }
+    }
+    listing.visit(offset.saturating_sub(2) as usize, |i, e| {
+        let kind = if e.is_dir() {
+            FileType::Directory
+        } else {
+            FileType::RegularFile
+        };
+        let child_path = e.path();
+        let child = st
+            .known_ino(&child_path)
+            .unwrap_or_else(|| path_ino(&child_path));
+        !reply.add(INodeNo(child), i as u64 + 3, kind, e.name())
+    });
+}
+
+/// [`fill_dir`] with attributes: every entry sent counts as a lookup the kernel holds.
+fn fill_dir_plus(
+    st: &FsState,
+    reply: &mut ReplyDirectoryPlus,
+    ino: INodeNo,
+    path: &DatasetPath,
+    listing: &DirListing,
+    valid_until: Instant,
+    offset: u64,
+) {
+    // An open directory can be read long after its listing was taken: the kernel keeps
+    // these entries only while the listing is valid.
+    let ttl = FsState::ttl_until(valid_until);
+    let dir_stat = FileStat {
+        path: path.clone(),
+        kind: crate::dataset::EntryKind::Directory,
+        size: 0,
+        mtime: SystemTime::UNIX_EPOCH,
+        version: None,
+        etag: None,
+    };
+    if offset == 0
+        && reply.add(ino, 1, ".", &ttl, &st.attr(ino.0, &dir_stat), Generation(0))
+    {
+        return;
+    }
+    if offset <= 1 {
+        let parent_ino = path.parent().map(|p| st.ino_for(&p)).unwrap_or(1);
+        if reply.add(
+            INodeNo(parent_ino),
+            2,
+            "..",
+            &ttl,
+            &st.attr(parent_ino, &dir_stat),
+            Generation(0),
+        ) {
+            return;
+        }
+    }
+    listing.visit(offset.saturating_sub(2) as usize, |i, e| {
+        let stat = e.stat();
+        // Counted before the reply can reach the kernel; taken back if the buffer was
+        // full and the entry not sent.
+        let child = st.looked_up(&stat.path, stat.etag.as_deref());
+        let full = reply.add(
+            INodeNo(child),
+            i as u64 + 3,
+            e.name(),
+            &ttl,
+            &st.attr(child, &stat),
+            Generation(0),
+        );
+        if full {
+            st.forget(child, 1);
+        }
+        !full
+    });
 }

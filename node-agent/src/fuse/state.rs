@@ -69,7 +69,8 @@ impl FsState {
 
     /// The listing a read of open directory `fh` at `offset` continues in: the handle's
     /// own, taken by its first read (or again when it starts over at offset 0, as
-    /// `rewinddir` does), and until when it is valid.
+    /// `rewinddir` does), and until when it is valid. It may still be coming in from the
+    /// source (see [`DatasetView::open_listing`]).
     pub(super) async fn dir_listing(
         &self,
         fh: u64,
@@ -81,11 +82,23 @@ impl FsState {
         {
             return Ok(listing.clone());
         }
-        let listing = self.view.list_until(path).await?;
+        let listing = self.view.open_listing(path).await?;
         if let Some(slot) = self.dirs.lock().expect("dirs").get_mut(&fh) {
             *slot = Some(listing.clone());
         }
         Ok(listing)
+    }
+
+    /// The handle's listing when a read at `offset` needs no wait: it holds the entry at
+    /// `offset` already, or is complete.
+    pub(super) fn ready_listing(&self, fh: u64, offset: u64) -> Option<TimedListing> {
+        if offset == 0 {
+            return None;
+        }
+        let dirs = self.dirs.lock().expect("dirs");
+        let (listing, until) = dirs.get(&fh)?.as_ref()?;
+        let index = offset.saturating_sub(2) as usize;
+        (listing.len() > index || listing.is_complete()).then(|| (listing.clone(), *until))
     }
 
     pub(super) fn path_of(&self, ino: INodeNo) -> Option<DatasetPath> {

@@ -44,7 +44,7 @@ async fn list(
     let listing = view.list(&path).await?;
     Ok(json(
         StatusCode::OK,
-        &serde_json::json!({"path": path.as_str(), "entries": &listing.entries}),
+        &serde_json::json!({"path": path.as_str(), "entries": &*listing}),
     ))
 }
 
