@@ -69,7 +69,9 @@ impl DatasetView {
         let mut refresh = PinRefresh::default();
         let mut room = self.cache.room_for_pins();
         for rule in self.pins() {
-            let files = self.files_selected(&rule, false).await?;
+            // Listed afresh: a cached listing past its TTL would be served stale (and
+            // refreshed behind), and a new file then seen only a period later.
+            let files = self.files_selected(&rule, true).await?;
             refresh.files += files.len() as u64;
             let mut missing = Vec::new();
             for f in files {
