@@ -268,7 +268,11 @@ impl DataSets<'_> {
             .buffer_unordered(64)
             .try_collect::<()>()
             .await?;
-        tracing::info!(objects, secs = start.elapsed().as_secs_f64(), "uploaded list-huge");
+        tracing::info!(
+            objects,
+            secs = start.elapsed().as_secs_f64(),
+            "uploaded list-huge"
+        );
         Ok(())
     }
 

@@ -422,7 +422,7 @@ impl Ctx<'_> {
         let case = |state: &str| format!("{objects} objects, {state}");
         drop_page_caches()?;
         let before = rss_bytes(m.pid());
-        let cold = listing::ls_entries(&dir, objects, cfg.list_huge_limit)?;
+        let cold = listing::ls_entries(&dir, objects, cfg.list_huge_limit, Some(m.pid()))?;
         let after = rss_bytes(m.pid());
         self.record(
             "list-huge",
@@ -463,7 +463,7 @@ impl Ctx<'_> {
             );
         }
         drop_page_caches()?;
-        let warm = listing::ls_entries(&dir, objects, cfg.list_huge_limit)?;
+        let warm = listing::ls_entries(&dir, objects, cfg.list_huge_limit, Some(m.pid()))?;
         self.record(
             "list-huge",
             &case("warm"),
@@ -724,6 +724,7 @@ fn section(cfg: &RunConfig, load_before: f64) -> SectionMeta {
         spec: cfg.spec,
         load_before,
         load_after: load_average(),
+        machine: Some(machine_info().summary()),
     }
 }
 

@@ -399,7 +399,11 @@ fn list_huge_targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
     let m = |c: &str, metric: &str, s: System| r.median("list-huge", c, metric, s, link);
     for n in huge_sizes(r) {
         let cold = m(&format!("{n} objects, cold"), "seconds", System::Strata);
-        let floor = m(&format!("{n} objects, cold"), "seconds", System::ObjectStore);
+        let floor = m(
+            &format!("{n} objects, cold"),
+            "seconds",
+            System::ObjectStore,
+        );
         let x = ratio(cold, floor);
         out.push(Verdict {
             target: format!("list-huge {n} objects: cold ≤1.2x the source's paging floor"),
@@ -417,11 +421,20 @@ fn list_huge_targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
             50.0,
             "Strata cold s / warm s",
         ));
-        let per_entry = m(&format!("{n} objects"), "RSS per cached entry", System::Strata);
+        let per_entry = m(
+            &format!("{n} objects"),
+            "RSS per cached entry",
+            System::Strata,
+        );
         out.push(Verdict {
             target: format!("list-huge {n} objects: ≤200 bytes of agent memory per cached entry"),
             measured: per_entry
-                .map(|b| format!("{} bytes (agent RSS growth over the cold ls / entries)", fmt_num(b)))
+                .map(|b| {
+                    format!(
+                        "{} bytes (agent RSS growth over the cold ls / entries)",
+                        fmt_num(b)
+                    )
+                })
                 .unwrap_or_else(|| "not measured".into()),
             met: per_entry.map(|b| b <= 200.0),
         });
@@ -437,14 +450,14 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
     out.push_str("\n\n## Results\n\n");
     let _ = writeln!(
         out,
-        "Machine: {} cores ({}), {} memory, kernel {}, {}. Shared with other sessions compiling code while this ran: load average is shown per workload; treat single-digit-percent differences as noise.\n",
+        "Machine of the latest run: {} cores ({}), {} memory, kernel {}, {}; each workload's own is in the table. Shared with other sessions compiling code while this ran: load average is shown per workload; treat single-digit-percent differences as noise.\n",
         r.machine.nproc,
         r.machine.cpu.trim(),
         r.machine.memory,
         r.machine.kernel,
         r.machine.os
     );
-    out.push_str("| workload | date (UTC) | commit | runs | data | load avg before → after |\n| --- | --- | --- | --- | --- | --- |\n");
+    out.push_str("| workload | date (UTC) | commit | runs | data | load avg before → after | machine |\n| --- | --- | --- | --- | --- | --- | --- |\n");
     for (w, s) in &r.sections {
         let data = match w.as_str() {
             "seq-large" | "random-4k" => format!("{} MiB object", s.spec.seq_large_bytes >> 20),
@@ -458,13 +471,14 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
         };
         let _ = writeln!(
             out,
-            "| {w} | {} | {} | {}{} | {data} | {:.1} → {:.1} |",
+            "| {w} | {} | {} | {}{} | {data} | {:.1} → {:.1} | {} |",
             s.date,
             s.commit,
             s.runs,
             if s.quick { " (quick)" } else { "" },
             s.load_before,
-            s.load_after
+            s.load_after,
+            s.machine.as_deref().unwrap_or("—")
         );
     }
     out.push('\n');
@@ -936,10 +950,16 @@ mod tests {
             ("200000 objects, cold", "seconds", System::Strata, 11.0),
             ("200000 objects, cold", "seconds", System::ObjectStore, 10.0),
             ("200000 objects, warm", "seconds", System::Strata, 0.5),
-            ("200000 objects", "RSS per cached entry", System::Strata, 90.0),
+            (
+                "200000 objects",
+                "RSS per cached entry",
+                System::Strata,
+                90.0,
+            ),
             ("200000 objects", "pages", System::ObjectStore, 200.0),
         ] {
-            r.measurements.push(m("list-huge", case, metric, system, value));
+            r.measurements
+                .push(m("list-huge", case, metric, system, value));
         }
         assert_eq!(huge_sizes(&r), [200_000]);
         let v = targets(&r, "25 ms");

@@ -41,6 +41,10 @@ pub struct SectionMeta {
     /// Load average (1 min) before and after, to show how busy the shared machine was.
     pub load_before: f64,
     pub load_after: f64,
+    /// The machine it ran on ("2 cores (CPU), kernel K"): runs merged into one results
+    /// file may come from different machines.
+    #[serde(default)]
+    pub machine: Option<String>,
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -176,6 +180,18 @@ impl BenchResults {
         links.sort();
         links.dedup();
         links
+    }
+}
+
+impl MachineInfo {
+    /// "2 cores (CPU), kernel K": what a section records of the machine.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} cores ({}), kernel {}",
+            self.nproc,
+            self.cpu.trim(),
+            self.kernel
+        )
     }
 }
 

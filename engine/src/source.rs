@@ -12,8 +12,8 @@ use std::time::{Instant, SystemTime};
 use bytes::Bytes;
 use futures::StreamExt;
 use futures::stream::BoxStream;
-use object_store::path::Path as StorePath;
 use object_store::list::PaginatedListOptions;
+use object_store::path::Path as StorePath;
 use object_store::{GetOptions, GetRange, GetResult, ObjectStore, ObjectStoreExt};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 

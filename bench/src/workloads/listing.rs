@@ -21,23 +21,33 @@ pub struct ListResult {
 pub fn find_files(dir: &Path, expected: usize, limit: Duration) -> Result<ListResult> {
     let mut find = Command::new("find");
     find.arg(dir).args(["-type", "f"]);
-    count_lines(find, "find", expected, limit)
+    count_lines(find, "find", expected, limit, None)
 }
 
 /// `ls DIR | wc -l`: the names of one directory, sorted by `ls` (one per line into a pipe:
-/// no colours, no stat of the entries).
-pub fn ls_entries(dir: &Path, expected: usize, limit: Duration) -> Result<ListResult> {
+/// no colours, no stat of the entries). `mount_pid` is the FUSE daemon serving `dir`: see
+/// [`count_lines`].
+pub fn ls_entries(
+    dir: &Path,
+    expected: usize,
+    limit: Duration,
+    mount_pid: Option<u32>,
+) -> Result<ListResult> {
     let mut ls = Command::new("ls");
     ls.arg(dir);
-    count_lines(ls, "ls", expected, limit)
+    count_lines(ls, "ls", expected, limit, mount_pid)
 }
 
-/// Runs `command` and counts the lines it prints, killed at `limit`.
+/// Runs `command` and counts the lines it prints, killed at `limit`. A command blocked in
+/// a FUSE request cannot die until the file system answers (s3fs answers a readdir only
+/// once it has sent a HEAD for every object); if it is still there 10 s after the kill,
+/// the mount's daemon `mount_pid` is killed too, which fails the request.
 fn count_lines(
     mut command: Command,
     program: &str,
     expected: usize,
     limit: Duration,
+    mount_pid: Option<u32>,
 ) -> Result<ListResult> {
     let start = Instant::now();
     let mut child = command
@@ -56,6 +66,7 @@ fn count_lines(
     let done = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watchdog = {
         let done = done.clone();
+        let program = program.to_string();
         std::thread::spawn(move || {
             while start.elapsed() < limit {
                 if done.load(std::sync::atomic::Ordering::Relaxed) {
@@ -67,6 +78,24 @@ fn count_lines(
                 nix::unistd::Pid::from_raw(pid as i32),
                 nix::sys::signal::Signal::SIGKILL,
             );
+            let killed = Instant::now();
+            while killed.elapsed() < Duration::from_secs(10) {
+                if done.load(std::sync::atomic::Ordering::Relaxed) {
+                    return true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if let Some(daemon) = mount_pid {
+                tracing::warn!(
+                    %program,
+                    daemon,
+                    "still blocked in the mount after the kill; killing the mount's daemon"
+                );
+                let _ = nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(daemon as i32),
+                    nix::sys::signal::Signal::SIGKILL,
+                );
+            }
             true
         })
     };

@@ -273,9 +273,12 @@ impl Body {
             // below '/' between them: look back for it.
             let shadowed = self.entries[i].is_dir() && {
                 let name = self.name(i);
-                index[..k].iter().rev().map(|&j| j as usize).take_while(|&j| {
-                    self.name(j).starts_with(name)
-                }).any(|j| !self.entries[j].is_dir() && self.name(j) == name)
+                index[..k]
+                    .iter()
+                    .rev()
+                    .map(|&j| j as usize)
+                    .take_while(|&j| self.name(j).starts_with(name))
+                    .any(|j| !self.entries[j].is_dir() && self.name(j) == name)
             };
             if dup || shadowed {
                 hide.push(i);
@@ -623,7 +626,10 @@ mod tests {
         let a = l.find("a").unwrap();
         assert!(!a.stat.is_dir());
         let v = a.stat.version.unwrap();
-        assert_eq!((v.source.as_str(), v.key.as_str(), v.etag.as_str()), ("s3", "sub/a", ETAG));
+        assert_eq!(
+            (v.source.as_str(), v.key.as_str(), v.etag.as_str()),
+            ("s3", "sub/a", ETAG)
+        );
         assert_eq!(a.stat.path.as_str(), "/d/sub/a");
         assert_eq!(
             a.stat.mtime,

@@ -308,10 +308,7 @@ impl DatasetView {
             Err(e) => listing.fail(e),
         }
         let mut growing = self.growing.lock().expect("growing listings");
-        if growing
-            .get(&path)
-            .is_some_and(|l| Arc::ptr_eq(l, listing))
-        {
+        if growing.get(&path).is_some_and(|l| Arc::ptr_eq(l, listing)) {
             if listing.is_complete() {
                 self.listings.insert(path.clone(), listing.clone());
             }

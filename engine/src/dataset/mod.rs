@@ -36,8 +36,8 @@ use crate::source::Source;
 use crate::{Error, Result};
 
 pub use entry::{DirEntry, EntryKind, FileStat};
-pub use listing::{DirListing, EntryRef};
 pub use fetch::MAX_SPAN_BYTES;
+pub use listing::{DirListing, EntryRef};
 pub use pins::{PinRefresh, pin_refresh_period};
 pub use preload::{PRELOAD_MAX_FETCHES, PreloadProgress, PreloadReport};
 pub use readahead::{READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadLimits};

@@ -475,9 +475,7 @@ fn fill_dir_plus(
         version: None,
         etag: None,
     };
-    if offset == 0
-        && reply.add(ino, 1, ".", &ttl, &st.attr(ino.0, &dir_stat), Generation(0))
-    {
+    if offset == 0 && reply.add(ino, 1, ".", &ttl, &st.attr(ino.0, &dir_stat), Generation(0)) {
         return;
     }
     if offset <= 1 {
