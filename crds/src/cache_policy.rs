@@ -147,9 +147,11 @@ pub struct CachePolicySpec {
 
     /// Copies of pinned blocks across nodes: a whole number >= 1, or "All" for
     /// a copy on every node; pin rules without their own `replicas` use this.
-    /// Today "All" pins on every node and a number pins on the one node the pin
-    /// Job runs on; other reads are cached by the node that reads them (nodes
-    /// do not read each other's caches yet). Default 1.
+    /// Today every node keeps what a pin rule matches, for "All" and for a
+    /// number alike (nodes do not read each other's caches yet, so a number
+    /// has no meaning of its own): "All" runs the rule's Job on every node, a
+    /// number on one node, and the other nodes fetch at their next
+    /// re-evaluation of the rules. Default 1.
     #[serde(default = "default_replicas")]
     #[schemars(schema_with = "crate::schema::replicas")]
     #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]
@@ -269,8 +271,8 @@ pub struct PinRule {
 
     /// Copies of pinned blocks across nodes: a whole number >= 1 or "All".
     /// Unset uses the policy's replicas. Today every node keeps what the rule
-    /// pins whatever this says (nodes do not read each other's caches yet);
-    /// the number decides how many nodes the rule's Job fetches on at once.
+    /// pins whatever this says (nodes do not read each other's caches yet):
+    /// "All" runs the rule's Job on every node, a number on one node.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::replicas")]
     #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]
