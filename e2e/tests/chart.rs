@@ -24,6 +24,9 @@ const CRDS: [&str; 3] = [
     "stratanodes.strata.dev",
 ];
 const WAIT: Duration = Duration::from_secs(60);
+/// Pods left after an uninstall go through the garbage collector (their ReplicaSet first),
+/// which on a loaded 2-core machine took more than a minute.
+const POD_GC_WAIT: Duration = Duration::from_secs(180);
 
 fn chart_dir() -> String {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -531,7 +534,7 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
         Ok::<_, kube::Error>(left.iter().all(|l| !l).then_some(()))
     })
     .await?;
-    wait_until("the operator's pods to be removed", WAIT, || async {
+    wait_until("the operator's pods to be removed", POD_GC_WAIT, || async {
         let out = cluster
             .kubectl(&["-n", ns.name(), "get", "pods", "-o", "name"])
             .await?;
