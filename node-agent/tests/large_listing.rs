@@ -177,6 +177,18 @@ async fn large_listing(objects: usize, check_streaming: bool) {
         let err = std::fs::metadata(big.join("obj-missing")).unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
     }
+    // The inode numbers plain readdir shows (the last entries: the first come with their
+    // attributes) are the ones a stat of the same names gives.
+    {
+        use std::os::unix::fs::{DirEntryExt, MetadataExt};
+        let entries: Vec<_> = std::fs::read_dir(&big)
+            .unwrap()
+            .map(|e| e.unwrap())
+            .collect();
+        for e in &entries[entries.len() - 3..] {
+            assert_eq!(e.ino(), std::fs::metadata(e.path()).unwrap().ino(), "{e:?}");
+        }
+    }
     assert_eq!(
         proxy.requests(),
         before,
