@@ -102,6 +102,9 @@ struct Ctx<'a> {
     link: String,
     endpoint: String,
     out: BenchResults,
+    /// (system, link, objects) whose list-huge `ls` hit the time limit: not tried again at
+    /// that size or a larger one in later runs (each try costs the whole limit).
+    listing_gave_up: Vec<(System, String, usize)>,
 }
 
 impl Ctx<'_> {
@@ -417,6 +420,18 @@ impl Ctx<'_> {
     /// process's memory grew by per cached entry over the cold listing.
     fn list_huge_session(&mut self, system: System, objects: usize, run: u32) -> Result<()> {
         let cfg = self.cfg;
+        if self
+            .listing_gave_up
+            .iter()
+            .any(|(s, l, n)| *s == system && *l == self.link && *n <= objects)
+        {
+            tracing::info!(
+                system = system.label(),
+                objects,
+                "list-huge skipped: a listing at most this large hit the time limit earlier"
+            );
+            return Ok(());
+        }
         let m = self.mount(system, &format!("list-huge-{objects}"))?;
         let dir = m.mountpoint.join(huge_prefix(objects));
         let case = |state: &str| format!("{objects} objects, {state}");
@@ -439,13 +454,15 @@ impl Ctx<'_> {
             self.note(
                 "list-huge",
                 format!(
-                    "{} cold ls of {objects} objects listed {} in {:.0} s (limit {:?}); warm skipped",
+                    "{} cold ls of {objects} objects listed {} in {:.0} s (limit {:?}); warm skipped, and this size and larger ones are not tried again in later runs",
                     system.label(),
                     cold.entries,
                     cold.seconds,
                     cfg.list_huge_limit
                 ),
             );
+            self.listing_gave_up
+                .push((system, self.link.clone(), objects));
             self.record_rss(&m, "list-huge", run);
             return Ok(());
         }
@@ -838,6 +855,7 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             link: String::new(),
             endpoint: String::new(),
             out: results,
+            listing_gave_up: Vec::new(),
         };
         for delay in &cfg.delays {
             let logs = cfg.work_dir.join("logs");

@@ -230,8 +230,9 @@ pub enum Eviction {
 pub struct MetadataCachePolicy {
     /// How long a listing or stat result (also "not found") is served from the
     /// cache before it is refreshed, such as `5m`. `0s` disables the metadata
-    /// cache. Default 1m. Each node holds the directories listed within one TTL,
-    /// about 100 bytes per entry (see docs/agent.md, "Listings").
+    /// cache. Default 1m. Each node holds the listings of the directories read
+    /// within one TTL, about 85 bytes per entry (docs/agent.md, "Memory per cached
+    /// entry").
     #[serde(default = "default_metadata_ttl")]
     #[schemars(length(max = 16))]
     #[x_kube(validation = Rule::new(cel_matches(DURATION_PATTERN)).message(MSG_DURATION))]

@@ -200,6 +200,15 @@ impl AsRef<str> for DatasetPath {
     }
 }
 
+/// Maps keyed by path can be searched with the path's text (a readdir of a large
+/// directory looks up every entry without building a path for it). Equality and hashing
+/// are the inner string's, so they agree with `str`'s as `Borrow` requires.
+impl std::borrow::Borrow<str> for DatasetPath {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -14,7 +14,7 @@ use fuser::{
 use tracing::Instrument;
 
 use super::MAX_REQUEST_BYTES;
-use super::inodes::path_ino;
+use super::inodes::path_text_ino;
 use super::passthrough::OpenFile;
 use super::state::FsState;
 use crate::dataset::{DirListing, FileStat};
@@ -440,17 +440,32 @@ fn fill_dir(
             return;
         }
     }
+    // Each entry's path as text in one buffer, looked up under one lock: a large directory
+    // is read in thousands of these replies, and building a path per entry was a good
+    // part of a warm `ls`.
+    let mut child = String::with_capacity(path.as_str().len() + 64);
+    child.push_str(path.as_str());
+    if !path.is_root() {
+        child.push('/');
+    }
+    let dir_len = child.len();
+    // Taken inside the listing's lock, as readdirplus and lookups take them.
+    let mut inodes = None;
     listing.visit(offset.saturating_sub(2) as usize, |i, e| {
         let kind = if e.is_dir() {
             FileType::Directory
         } else {
             FileType::RegularFile
         };
-        let child_path = e.path();
-        let child = st
-            .known_ino(&child_path)
-            .unwrap_or_else(|| path_ino(&child_path));
-        !reply.add(INodeNo(child), i as u64 + 3, kind, e.name())
+        child.truncate(dir_len);
+        child.push_str(e.name());
+        let ino = inodes
+            .get_or_insert_with(|| st.inodes.read().expect("inodes"))
+            .by_path
+            .get(child.as_str())
+            .copied()
+            .unwrap_or_else(|| path_text_ino(&child));
+        !reply.add(INodeNo(ino), i as u64 + 3, kind, e.name())
     });
 }
 

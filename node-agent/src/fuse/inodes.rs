@@ -81,6 +81,12 @@ impl InodeTable {
 /// entries (readdir does not count as a lookup, so nothing would forget them). The high
 /// bit keeps it apart from the table's sequential numbers.
 pub(super) fn path_ino(path: &DatasetPath) -> u64 {
+    path_text_ino(path.as_str())
+}
+
+/// [`path_ino`] of the path whose text is `path` (a normalized path: readdir builds its
+/// entries' paths as text).
+pub(super) fn path_text_ino(path: &str) -> u64 {
     use std::hash::{Hash, Hasher};
     let mut h = std::collections::hash_map::DefaultHasher::new();
     path.hash(&mut h);
@@ -105,6 +111,9 @@ mod tests {
         let a = DatasetPath::parse("/d/a").unwrap();
         let ino = t.looked_up(&a);
         assert_eq!(ino, path_ino(&a), "readdir would show another d_ino");
+        // Readdir builds paths as text: the same number, the same entry.
+        assert_eq!(path_text_ino("/d/a"), ino);
+        assert_eq!(t.by_path.get("/d/a"), Some(&ino));
         // Forgotten and looked up again: the same number.
         assert!(t.forget(ino, 1));
         assert_eq!(t.looked_up(&a), path_ino(&a));

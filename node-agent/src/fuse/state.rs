@@ -152,15 +152,6 @@ impl FsState {
                     .is_some_and(|t| t != etag))
     }
 
-    pub(super) fn known_ino(&self, path: &DatasetPath) -> Option<u64> {
-        self.inodes
-            .read()
-            .expect("inodes")
-            .by_path
-            .get(path)
-            .copied()
-    }
-
     pub(super) fn forget(&self, ino: u64, n: u64) {
         if self.inodes.write().expect("inodes").forget(ino, n) {
             self.last_etag.lock().expect("etags").remove(&ino);
