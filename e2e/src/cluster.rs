@@ -17,6 +17,9 @@ const OUTPUT_TAIL_LINES: usize = 40;
 #[derive(Debug)]
 pub struct Cluster {
     script: PathBuf,
+    flavor: Flavor,
+    /// Everything `cluster.sh paths` printed (KUBELET_DIR, NODE_NAME, ...).
+    paths: BTreeMap<String, String>,
     kubeconfig: PathBuf,
     bin_dir: PathBuf,
     state_dir: PathBuf,
@@ -28,15 +31,41 @@ pub struct Cluster {
 // Holds the outcome of the one start attempt per process; a failure is kept as text so every
 // later test fails fast with the same reason instead of retrying a 30-minute build.
 static SHARED: OnceCell<std::result::Result<Cluster, String>> = OnceCell::const_new();
+static WITH_NODE: OnceCell<std::result::Result<Cluster, String>> = OnceCell::const_new();
+
+/// Which of the two local clusters: the node-less one most suites share, or the one with a
+/// real node (kubelet + containerd) on the state dir and ports of `cluster/node-suite.env`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Flavor {
+    ControlPlaneOnly,
+    WithNode,
+}
 
 impl Cluster {
     /// Starts the control plane with `cluster.sh up` the first time it is called in a process
     /// (building the binaries if they are missing) and returns it; later calls, and runs while a
     /// cluster from an earlier `up` is still healthy, reuse it. The cluster is left running when
     /// the process exits so the next test run starts in a second; `cluster.sh down` stops it.
+    ///
+    /// This cluster has no node: these suites run the operator, agent and CSI plugin as local
+    /// processes, and pods stay `Pending`.
     pub async fn shared() -> Result<&'static Cluster> {
-        let outcome = SHARED
-            .get_or_init(|| async { Self::start().await.map_err(|e| e.to_string()) })
+        Self::once(&SHARED, Flavor::ControlPlaneOnly).await
+    }
+
+    /// Like [`Cluster::shared`], but a second cluster with a real node (containerd and a kubelet
+    /// named `strata-node`) on its own state dir, ports and CIDRs (`e2e/cluster/node-suite.env`),
+    /// so it runs beside the node-less one. `scripts/test.sh` stops both.
+    pub async fn with_node() -> Result<&'static Cluster> {
+        Self::once(&WITH_NODE, Flavor::WithNode).await
+    }
+
+    async fn once(
+        cell: &'static OnceCell<std::result::Result<Cluster, String>>,
+        flavor: Flavor,
+    ) -> Result<&'static Cluster> {
+        let outcome = cell
+            .get_or_init(|| async move { Self::start(flavor).await.map_err(|e| e.to_string()) })
             .await;
         outcome.as_ref().map_err(|message| Error::ClusterScript {
             script: script_path(),
@@ -46,15 +75,15 @@ impl Cluster {
         })
     }
 
-    async fn start() -> Result<Cluster> {
+    async fn start(flavor: Flavor) -> Result<Cluster> {
         let script = script_path();
         eprintln!(
             "strata-e2e: `{} up` (reuses a running cluster; the first run on a machine builds \
              Kubernetes from source, which takes a long while)",
             script.display()
         );
-        run_script(&script, "up").await?;
-        let paths = parse_paths(&run_script(&script, "paths").await?);
+        run_script(&script, flavor, &["up"]).await?;
+        let paths = parse_paths(&run_script(&script, flavor, &["paths"]).await?);
         let get = |key: &str| {
             paths.get(key).cloned().ok_or_else(|| Error::ClusterPaths {
                 script: script.clone(),
@@ -69,6 +98,8 @@ impl Cluster {
             k8s_version: get("K8S_VERSION")?,
             helm_version: get("HELM_VERSION")?,
             script,
+            flavor,
+            paths,
         })
     }
 
@@ -95,6 +126,24 @@ impl Cluster {
     /// The `cluster.sh` this cluster was started with.
     pub fn script(&self) -> &Path {
         &self.script
+    }
+
+    /// A value `cluster.sh paths` printed, e.g. `KUBELET_DIR` or `NODE_NAME`.
+    pub fn path(&self, key: &str) -> Result<&str> {
+        self.paths
+            .get(key)
+            .map(String::as_str)
+            .ok_or_else(|| Error::ClusterPaths {
+                script: self.script.clone(),
+                key: key.into(),
+            })
+    }
+
+    /// Loads an image tar (`scripts/image.sh`) into the node's containerd (`cluster.sh import`).
+    pub async fn import_image(&self, tar: &Path) -> Result<()> {
+        let tar = tar.display().to_string();
+        run_script(&self.script, self.flavor, &["import", &tar]).await?;
+        Ok(())
     }
 
     /// `https://127.0.0.1:<port>`.
@@ -300,13 +349,39 @@ fn script_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("cluster/cluster.sh")
 }
 
-async fn run_script(script: &Path, action: &str) -> Result<String> {
+/// The environment `cluster.sh` runs with for `flavor`.
+fn script_env(flavor: Flavor) -> Vec<(String, String)> {
+    match flavor {
+        // The control plane only, no kubelet.
+        Flavor::ControlPlaneOnly => vec![("STRATA_NODE".into(), "0".into())],
+        Flavor::WithNode => node_suite_env(
+            include_str!("../cluster/node-suite.env"),
+            &std::env::var("HOME").unwrap_or_default(),
+        ),
+    }
+}
+
+/// `KEY=value` lines of `node-suite.env`, comments skipped, a leading `~/` made absolute.
+fn node_suite_env(text: &str, home: &str) -> Vec<(String, String)> {
+    text.lines()
+        .map(str::trim)
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.split_once('='))
+        .map(|(key, value)| {
+            let value = match value.strip_prefix("~/") {
+                Some(rest) => format!("{home}/{rest}"),
+                None => value.to_string(),
+            };
+            (key.to_string(), value)
+        })
+        .collect()
+}
+
+async fn run_script(script: &Path, flavor: Flavor, args: &[&str]) -> Result<String> {
     let output = Command::new("bash")
         .arg(script)
-        .arg(action)
-        // These suites run the operator, agent and CSI plugin as local processes and expect a
-        // cluster without nodes (pods stay Pending): the control plane only, no kubelet.
-        .env("STRATA_NODE", "0")
+        .args(args)
+        .envs(script_env(flavor))
         .stdin(Stdio::null())
         .output()
         .await
@@ -326,7 +401,7 @@ async fn run_script(script: &Path, action: &str) -> Result<String> {
     let tail = lines[lines.len().saturating_sub(OUTPUT_TAIL_LINES)..].join("\n");
     Err(Error::ClusterScript {
         script: script.to_path_buf(),
-        action: action.into(),
+        action: args.join(" "),
         status: output.status.to_string(),
         output_tail: tail,
     })
@@ -350,5 +425,33 @@ mod tests {
         assert_eq!(paths["KUBECONFIG"], "/s/kubeconfig");
         assert_eq!(paths["BIN_DIR"], "/c/bin");
         assert_eq!(paths.len(), 2);
+    }
+
+    #[test]
+    fn node_suite_env_skips_comments_and_expands_home() {
+        let env = node_suite_env(
+            "# a comment\nSTRATA_STATE=~/s\nSTRATA_APISERVER_PORT=7443\n",
+            "/h",
+        );
+        assert_eq!(
+            env,
+            vec![
+                ("STRATA_STATE".to_string(), "/h/s".to_string()),
+                ("STRATA_APISERVER_PORT".to_string(), "7443".to_string()),
+            ]
+        );
+        // The real file moves every port the node-less cluster uses.
+        let real = node_suite_env(include_str!("../cluster/node-suite.env"), "/h");
+        for key in [
+            "STRATA_STATE",
+            "STRATA_APISERVER_PORT",
+            "STRATA_KUBELET_PORT",
+            "STRATA_SERVICE_CIDR",
+        ] {
+            assert!(
+                real.iter().any(|(k, _)| k == key),
+                "{key} missing from node-suite.env"
+            );
+        }
     }
 }

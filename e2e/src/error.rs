@@ -124,6 +124,9 @@ pub enum Error {
         timeout: Duration,
         last: Option<String>,
     },
+
+    #[error("S3 server (moto_server, `pip install 'moto[server]'`): {0}")]
+    S3(String),
 }
 
 /// Result with this crate's [`Error`].

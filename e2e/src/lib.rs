@@ -23,6 +23,7 @@ mod csi;
 mod error;
 mod local_run;
 mod namespace;
+mod s3;
 mod tool;
 mod wait;
 
@@ -35,5 +36,6 @@ pub use local_run::{
     sync_secret_to_dir, wait_for_dataset_pv,
 };
 pub use namespace::{MANAGED_BY, TestNamespace};
+pub use s3::{MotoS3, generated_bytes};
 pub use tool::ToolOutput;
 pub use wait::wait_until;

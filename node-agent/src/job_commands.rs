@@ -8,7 +8,15 @@ use crate::{Error, Result};
 use std::ffi::OsString;
 use std::io::Write;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
+use strata_wire::api::client::ClientError;
+
+/// How long a Job waits for its node's agent to know the dataset. A new Dataset reaches the
+/// agents through a Secret volume, which the kubelet refreshes on its pod sync (about a
+/// minute); a Job started at the same time as the Dataset would otherwise fail and burn its
+/// retries before the agent has it.
+const DATASET_CONFIG_WAIT: Duration = Duration::from_secs(300);
+const DATASET_CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Flags shared by the job commands.
 #[derive(clap::Args, Debug, Clone)]
@@ -126,6 +134,41 @@ impl JobArgs {
     }
 }
 
+/// True for the agent's answer "dataset not configured here" (404 naming the dataset).
+fn is_dataset_not_configured(error: &Error) -> bool {
+    matches!(
+        error,
+        Error::Client(ClientError::Status { status, field, .. })
+            if status.as_u16() == 404 && field.as_deref() == Some("name")
+    )
+}
+
+/// Whether a Job should try again after `error`: the agent does not know the dataset yet and
+/// the wait since `started` is not over. Says once in `out` what it waits for.
+fn wait_for_dataset(
+    error: &Error,
+    started: Instant,
+    said: &mut bool,
+    endpoint: &str,
+    dataset: &str,
+    out: &mut (dyn Write + Send),
+) -> bool {
+    if !is_dataset_not_configured(error) || started.elapsed() >= DATASET_CONFIG_WAIT {
+        return false;
+    }
+    if !*said {
+        let _ = writeln!(
+            out,
+            "waiting up to {}s for the agent on {endpoint} to receive dataset {dataset} \
+             (agents read Dataset configs from a Secret volume the kubelet refreshes)",
+            DATASET_CONFIG_WAIT.as_secs()
+        );
+        let _ = out.flush();
+        *said = true;
+    }
+    true
+}
+
 /// One progress line: what a user watching the Job's log wants to see.
 pub fn progress_line(agent: &str, dataset: &str, p: &PreloadProgress) -> String {
     format!(
@@ -148,13 +191,25 @@ async fn preload_on(
 ) -> Result<PreloadProgress> {
     let (ns, name) = dataset.split_once('/').unwrap_or(("", dataset));
     let endpoint = client.endpoint();
-    let mut print = |p: &PreloadProgress| {
-        let _ = writeln!(out, "{}", progress_line(&endpoint, dataset, p));
-        let _ = out.flush();
-    };
-    Ok(client
-        .preload_selected(ns, name, paths, modified_within, &mut print)
-        .await?)
+    let (started, mut said) = (Instant::now(), false);
+    loop {
+        let result = {
+            let mut print = |p: &PreloadProgress| {
+                let _ = writeln!(out, "{}", progress_line(&endpoint, dataset, p));
+                let _ = out.flush();
+            };
+            client
+                .preload_selected(ns, name, paths, modified_within, &mut print)
+                .await
+                .map_err(Error::from)
+        };
+        match result {
+            Err(e) if wait_for_dataset(&e, started, &mut said, &endpoint, dataset, out) => {
+                tokio::time::sleep(DATASET_CONFIG_POLL).await;
+            }
+            other => return other,
+        }
+    }
 }
 
 /// Preloads the paths on every agent, printing progress lines to `out`. Fails if any agent failed.
@@ -176,9 +231,29 @@ pub async fn preload(
 pub async fn pin(args: &PinJobArgs, out: &mut (dyn Write + Send)) -> Result<()> {
     let (ns, name) = args.job.dataset()?;
     for client in args.job.clients()? {
-        let answer = client
-            .pin(ns, name, &args.job.paths, args.modified_within.as_deref())
-            .await?;
+        let endpoint = client.endpoint();
+        let (started, mut said) = (Instant::now(), false);
+        let answer = loop {
+            let result = client
+                .pin(ns, name, &args.job.paths, args.modified_within.as_deref())
+                .await
+                .map_err(Error::from);
+            match result {
+                Err(e)
+                    if wait_for_dataset(
+                        &e,
+                        started,
+                        &mut said,
+                        &endpoint,
+                        &args.job.dataset,
+                        out,
+                    ) =>
+                {
+                    tokio::time::sleep(DATASET_CONFIG_POLL).await;
+                }
+                other => break other?,
+            }
+        };
         let rule = PinRule {
             paths: args.job.paths.clone(),
             modified_within: None,
@@ -235,6 +310,66 @@ pub async fn unpin(args: &JobArgs, out: &mut (dyn Write + Send)) -> Result<()> {
 mod tests {
     use super::*;
     use clap::Parser;
+
+    #[test]
+    fn jobs_wait_only_for_a_dataset_the_agent_does_not_know_yet() {
+        let status = |code: u16, field: Option<&str>| {
+            Error::Client(ClientError::Status {
+                status: http::StatusCode::from_u16(code).unwrap(),
+                message: "m".into(),
+                field: field.map(str::to_string),
+            })
+        };
+        let mut out = Vec::new();
+        let mut said = false;
+        let now = Instant::now();
+        let not_configured = status(404, Some("name"));
+        assert!(wait_for_dataset(
+            &not_configured,
+            now,
+            &mut said,
+            "http://n:7070",
+            "a/b",
+            &mut out
+        ));
+        assert!(wait_for_dataset(
+            &not_configured,
+            now,
+            &mut said,
+            "http://n:7070",
+            "a/b",
+            &mut out
+        ));
+        let said_text = String::from_utf8(out.clone()).unwrap();
+        assert_eq!(said_text.lines().count(), 1, "{said_text}");
+        assert!(said_text.contains("dataset a/b"), "{said_text}");
+        // Any other failure, and the same one once the wait is over, ends the Job.
+        assert!(!wait_for_dataset(
+            &status(404, Some("paths")),
+            now,
+            &mut said,
+            "e",
+            "a/b",
+            &mut out
+        ));
+        assert!(!wait_for_dataset(
+            &status(403, None),
+            now,
+            &mut said,
+            "e",
+            "a/b",
+            &mut out
+        ));
+        let long_ago = Instant::now() - DATASET_CONFIG_WAIT;
+        assert!(!wait_for_dataset(
+            &not_configured,
+            long_ago,
+            &mut said,
+            "e",
+            "a/b",
+            &mut out
+        ));
+    }
 
     #[test]
     fn progress_lines_show_files_bytes_and_percent() {
