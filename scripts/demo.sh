@@ -178,6 +178,8 @@ up() {
   fi
   echo "$mode" >"$mode_file"
   start_s3
+  # A failed step's message names the fix; a backtrace would bury it.
+  export RUST_BACKTRACE=0 RUST_LIB_BACKTRACE=0
   if [ "$mode" = node ]; then
     local kubelet_dir
     kubelet_dir=$(e2e/cluster/cluster.sh paths | sed -n 's/^KUBELET_DIR=//p')

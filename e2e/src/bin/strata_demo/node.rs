@@ -373,15 +373,18 @@ impl NodeDemo {
                 "--overwrite",
             ])
             .await?;
+        // Another cluster's agent taking the socket is final: no point in waiting on.
         wait_until(
             &format!("the agent to configure {TENANT_NS}/{dataset}"),
             WAIT,
             || async {
-                let usage = self.agent()?.usage(TENANT_NS, dataset).await;
-                Ok::<_, anyhow::Error>(usage.ok().map(|_| ()))
+                Ok::<_, anyhow::Error>(match self.agent() {
+                    Err(replaced) => Some(Err(replaced)),
+                    Ok(agent) => agent.usage(TENANT_NS, dataset).await.ok().map(Ok),
+                })
             },
         )
-        .await?;
+        .await??;
         println!(
             "demo: the agent has {TENANT_NS}/{dataset} {:.1}s after the operator wrote it into \
              Secret {SYSTEM_NS}/strata-datasets (the demo annotated pod {node_pod} so the \
