@@ -110,11 +110,15 @@ fn reader_script(list: &str, count: usize, check_write: bool) -> String {
     );
     if check_write {
         script.push_str(
-            "if echo x > /data/written 2>/tmp/err; then echo 'write succeeded'; exit 3; fi; \
-             cat /tmp/err; grep -q 'Read-only file system' /tmp/err || exit 4; ",
+            "if err=$( (echo x > /data/written) 2>&1 ); then echo 'write succeeded'; exit 3; fi; \
+             echo \"$err\"; echo \"$err\" | grep -q 'Read-only file system' || exit 4; ",
         );
     }
-    script.push_str("echo all-checked");
+    // Stays up (and leaves at once on SIGTERM) so the volume is still published when the
+    // pod is deleted: the kubelet tears down the volumes of a pod that has exited by itself.
+    script.push_str(&format!(
+        "echo {CHECKED}; trap 'exit 0' TERM; sleep 3600 & wait"
+    ));
     script
 }
 
@@ -230,22 +234,38 @@ async fn diagnose(cluster: &Cluster, namespace: &str) -> String {
     out
 }
 
-/// Waits for a run-once pod to succeed and returns its log; a failed pod fails with its log.
-async fn pod_succeeded(cluster: &Cluster, pods: &Api<Pod>, name: &str) -> Result<String> {
+/// Printed by a reader pod once every check passed; it then stays up, holding its volume.
+const CHECKED: &str = "all-checked";
+
+/// Waits for a reader pod to print [`CHECKED`] and returns its log; a pod that exits (a check
+/// failed) fails with its log.
+async fn pod_checked(cluster: &Cluster, pods: &Api<Pod>, name: &str) -> Result<String> {
     let namespace = pods.namespace().unwrap_or_default().to_string();
-    let phase = wait_until(&format!("pod {name} to finish"), WAIT, || async {
-        let pod = pods.get(name).await?;
-        let phase = pod.status.and_then(|s| s.phase).unwrap_or_default();
-        Ok::<_, kube::Error>(matches!(phase.as_str(), "Succeeded" | "Failed").then_some(phase))
+    let args = ["-n", namespace.as_str(), "logs", name];
+    let log = || cluster.kubectl(&args);
+    let outcome = wait_until(&format!("pod {name} to check its volume"), WAIT, || async {
+        let phase = pods
+            .get(name)
+            .await?
+            .status
+            .and_then(|s| s.phase)
+            .unwrap_or_default();
+        if matches!(phase.as_str(), "Succeeded" | "Failed") {
+            return Ok::<_, anyhow::Error>(Some(Err(phase)));
+        }
+        if phase != "Running" {
+            return Ok(None);
+        }
+        let log = log().await?;
+        Ok(log.lines().any(|l| l == CHECKED).then_some(Ok(log)))
     })
     .await;
-    let log = cluster
-        .kubectl(&["-n", &namespace, "logs", name])
-        .await
-        .unwrap_or_else(|e| e.to_string());
-    match phase {
-        Ok(phase) if phase == "Succeeded" => Ok(log),
-        Ok(phase) => bail!("pod {name} {phase}; its log:\n{log}"),
+    match outcome {
+        Ok(Ok(log)) => Ok(log),
+        Ok(Err(phase)) => bail!(
+            "pod {name} {phase}; its log:\n{}",
+            log().await.unwrap_or_else(|e| e.to_string())
+        ),
         Err(e) => bail!("{e}{}", diagnose(cluster, &namespace).await),
     }
 }
@@ -368,6 +388,39 @@ async fn release_leftovers(
     Ok(left)
 }
 
+/// Uninstalls what an earlier, interrupted run of this suite left installed: cluster-scoped
+/// objects of a release in another namespace would make `helm install` refuse. A failed run's
+/// namespace is deleted with the release's record in it, so its cluster-scoped objects are
+/// found by the chart's instance label.
+async fn uninstall_earlier_release(cluster: &Cluster) -> Result<()> {
+    let filter = format!("^{RELEASE}$");
+    let listed = cluster
+        .helm(&[
+            "list",
+            "--all-namespaces",
+            "--filter",
+            &filter,
+            "-o",
+            "json",
+        ])
+        .await?;
+    let releases: Vec<serde_json::Value> = serde_json::from_str(&listed)?;
+    for release in releases {
+        let namespace = release["namespace"].as_str().unwrap_or_default();
+        eprintln!("uninstalling release {RELEASE} left in {namespace} by an earlier run");
+        cluster
+            .helm(&["uninstall", RELEASE, "-n", namespace, "--wait"])
+            .await?;
+    }
+    let kinds = "clusterroles,clusterrolebindings,validatingadmissionpolicies,\
+                 validatingadmissionpolicybindings";
+    let selector = format!("app.kubernetes.io/instance={RELEASE}");
+    cluster
+        .kubectl(&["delete", kinds, "-l", &selector, "--ignore-not-found"])
+        .await?;
+    Ok(())
+}
+
 /// Builds the Strata image from this workspace's debug binaries and imports it into the node.
 async fn build_and_import_image(cluster: &Cluster, work: &Path) -> Result<()> {
     let bins = tokio::task::spawn_blocking(|| {
@@ -413,6 +466,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
     );
 
     // 2. helm install; the operator's pod and the node DaemonSet's pod become Ready.
+    uninstall_earlier_release(cluster).await?;
     let system = TestNamespace::create(cluster, "strata-system").await?;
     let chart = repo_root().join("charts/strata").display().to_string();
     let mut values = vec![
@@ -552,8 +606,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
     }
     let pods = tenant.api::<Pod>();
     for (name, _, _) in &readers {
-        let log = pod_succeeded(cluster, &pods, name).await?;
-        ensure!(log.contains("all-checked"), "pod {name} printed:\n{log}");
+        let log = pod_checked(cluster, &pods, name).await?;
         eprintln!("pod {name}:\n{log}");
     }
     let inline_log = cluster
@@ -570,11 +623,22 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
 
     // 5. Deleting the pods unpublishes the volumes and the agent unmounts the dataset.
     let dataset_mount = format!("{MOUNTS_DIR}/{}/{DATASET}", tenant.name());
+    let published = csi_volume_mounts(&kubelet_dir)?;
+    ensure!(
+        published.len() == readers.len() && !mounts_containing(&dataset_mount)?.is_empty(),
+        "while the readers run, want {} CSI volume mounts and the dataset's FUSE mount at \
+         {dataset_mount}; found {published:?} and {:?}",
+        readers.len(),
+        mounts_containing(&dataset_mount)?
+    );
     for (name, _, _) in &readers {
         pods.delete(name, &DeleteParams::default()).await?;
     }
     let left = wait_until("the pods' Strata mounts to go", WAIT, || async {
-        let gone = pods.list(&ListParams::default()).await?.items.is_empty();
+        let mut gone = true;
+        for (name, _, _) in &readers {
+            gone &= pods.get_opt(name).await?.is_none();
+        }
         let mut left = mounts_containing(&dataset_mount)?;
         left.extend(csi_volume_mounts(&kubelet_dir)?);
         Ok::<_, anyhow::Error>((gone && left.is_empty()).then_some(()))
