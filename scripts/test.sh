@@ -10,8 +10,12 @@ bash scripts/setup.sh
 
 # The suites that need Kubernetes start the local control plane themselves (once,
 # shared by all test binaries); stop it when the run ends, pass or fail.
+# The real-node suite (e2e/tests/real_node.rs) has its own cluster with a kubelet, on the
+# state dir and ports of e2e/cluster/node-suite.env.
+node_suite_env() { grep -v '^#' e2e/cluster/node-suite.env | sed "s#=~/#=$HOME/#"; }
 if [ "${STRATA_KEEP_CLUSTER:-0}" != 1 ]; then
-  trap 'e2e/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
+  trap 'e2e/cluster/cluster.sh down >/dev/null 2>&1 || true
+        env $(node_suite_env) e2e/cluster/cluster.sh down >/dev/null 2>&1 || true' EXIT
 fi
 
 cargo fmt --all --check
