@@ -743,18 +743,35 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         let left = release_leftovers(cluster, namespace, tenant.name(), &kubelet_dir).await?;
         bail!("{e}; left: {left:#?}{}", diagnose(cluster, namespace).await);
     }
-    // What docs/install.md says stays: the CRDs and the CSIDriver (cluster-scoped; remove them
-    // by hand), the disk tier's directory.
-    for crd in [
-        "datasets.strata.dev",
-        "cachepolicies.strata.dev",
-        "stratanodes.strata.dev",
-    ] {
-        cluster.kubectl(&["get", "crd", crd, "-o", "name"]).await?;
+    // What docs/install.md says stays, and removes by hand: the CRDs (with the StrataNode
+    // objects the agents reported), the CSIDriver; and the disk tier's directory.
+    let kept = [
+        "csidriver/csi.strata.dev",
+        "crd/datasets.strata.dev",
+        "crd/cachepolicies.strata.dev",
+        "crd/stratanodes.strata.dev",
+    ];
+    for object in kept {
+        cluster.kubectl(&["get", object, "-o", "name"]).await?;
     }
+    ensure!(
+        cache_dir.is_dir(),
+        "the disk tier's directory {} is gone",
+        cache_dir.display()
+    );
+    cluster.kubectl(&["delete", "csidriver", DRIVER]).await?;
+    cluster
+        .kubectl(&[
+            "delete",
+            "crd",
+            "datasets.strata.dev",
+            "cachepolicies.strata.dev",
+            "stratanodes.strata.dev",
+        ])
+        .await?;
     step(
         7,
-        "Dataset deleted, its cache gone; helm uninstall left no pod, workload, RBAC object, mount or plugin socket",
+        "Dataset deleted, its cache gone; helm uninstall left no pod, workload, RBAC object, mount or plugin socket; the CRDs and CSIDriver removed as docs/install.md says",
     );
     drop(s3);
     tenant.cleanup().await?;
