@@ -3,8 +3,10 @@
 //! [`Cluster::shared`] starts (once per test process) or reuses a local Kubernetes control plane
 //! — etcd, kube-apiserver, kube-controller-manager and kube-scheduler built from the upstream Go
 //! modules by `e2e/cluster/cluster.sh` — and hands out API clients and `kubectl`/`helm` runners.
-//! [`TestNamespace`] gives each test its own namespace. There is no kubelet: Pods are created and
-//! scheduled against no nodes, so they stay `Pending`.
+//! [`TestNamespace`] gives each test its own namespace. That cluster has no kubelet: Pods are
+//! created and scheduled against no nodes, so they stay `Pending`. [`Cluster::with_node`] is a
+//! second cluster with a real node (containerd and a kubelet) for the suite that runs the
+//! chart's pods.
 //!
 //! ```no_run
 //! # async fn example() -> strata_e2e::Result<()> {
