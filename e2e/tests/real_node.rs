@@ -51,8 +51,10 @@ const BUSYBOX: &str = "strata.local/busybox:1.35";
 /// from the chart's defaults so `make demo` can run on the same machine.
 const AGENT_PORT: u16 = 17070;
 const METRICS_PORT: u16 = 18080;
-/// Where the agents keep their FUSE mounts (fixed by the operator).
-const MOUNTS_DIR: &str = "/var/lib/strata/mounts";
+/// The host directories of the agent's mounts and socket (`node.mountsDir`, `node.runDir`),
+/// away from the defaults the demo uses; `node-suite.env` makes the first a shared mount.
+const MOUNTS_DIR: &str = "/var/lib/strata-node-suite/mounts";
+const RUN_DIR: &str = "/run/strata-node-suite";
 /// Pods start in seconds here, but a loaded 2-core machine has taken over a minute.
 const WAIT: Duration = Duration::from_secs(180);
 
@@ -477,6 +479,8 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         "operator.hostNetwork=true".into(),
         format!("metrics.port={METRICS_PORT}"),
         format!("node.agentPort={AGENT_PORT}"),
+        format!("node.mountsDir={MOUNTS_DIR}"),
+        format!("node.runDir={RUN_DIR}"),
         format!("node.cache.disk.path={}", cache_dir.display()),
         "node.cache.disk.size=1Gi".into(),
         "node.cache.memory.size=128Mi".into(),

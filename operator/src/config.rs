@@ -130,6 +130,22 @@ pub struct OperatorConfig {
     #[arg(long, env = "STRATA_KUBELET_DIR", default_value = "/var/lib/kubelet")]
     pub kubelet_dir: String,
 
+    /// Host directory of the agent's unix socket, shared with the node's CSI plugin (in the
+    /// pods it is always /run/strata). Two installations on one machine need two.
+    #[arg(long, env = "STRATA_NODE_RUN_DIR", default_value = "/run/strata")]
+    pub node_run_dir: String,
+
+    /// Host directory under which the agents mount datasets (FUSE), propagated to the CSI
+    /// plugin and from there into pods (in the pods it is always /var/lib/strata/mounts).
+    /// Must be a shared mount or on one (the kubelet refuses Bidirectional propagation
+    /// otherwise). Two installations on one machine need two.
+    #[arg(
+        long,
+        env = "STRATA_NODE_MOUNTS_DIR",
+        default_value = "/var/lib/strata/mounts"
+    )]
+    pub node_mounts_dir: String,
+
     /// Audience of the ServiceAccount tokens preload/pin Job pods present to the agents
     /// (projected into the pods; the agents check them with a TokenReview).
     #[arg(

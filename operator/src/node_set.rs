@@ -31,9 +31,11 @@ pub const DAEMONSET: &str = "strata-node";
 pub const DATASETS_DIR: &str = "/etc/strata/datasets";
 /// Where the peer token (the agents' shared node secret) is mounted.
 pub const PEER_TOKEN_DIR: &str = "/var/run/strata/peer";
-/// Host directory shared by agent and CSI plugin: the agent's unix socket.
+/// Directory shared by agent and CSI plugin: the agent's unix socket (in the pods; the host
+/// directory is --node-run-dir).
 pub const RUN_DIR: &str = "/run/strata";
-/// Host directory under which the agent keeps its FUSE mounts.
+/// Directory under which the agent keeps its FUSE mounts (in the pods; the host directory is
+/// --node-mounts-dir).
 pub const MOUNTS_DIR: &str = "/var/lib/strata/mounts";
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "nodes";
@@ -194,9 +196,9 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
             }),
             ..Volume::default()
         },
-        host_path("run", RUN_DIR, "DirectoryOrCreate"),
+        host_path("run", &config.node_run_dir, "DirectoryOrCreate"),
         host_path("cache", &config.disk_tier_path, "DirectoryOrCreate"),
-        host_path("mounts", MOUNTS_DIR, "DirectoryOrCreate"),
+        host_path("mounts", &config.node_mounts_dir, "DirectoryOrCreate"),
         host_path("fuse", "/dev/fuse", "CharDevice"),
         host_path("plugin-dir", &plugin_dir, "DirectoryOrCreate"),
         host_path("kubelet", kubelet, "Directory"),
@@ -411,6 +413,10 @@ mod tests {
             "/mnt/nvme/strata",
             "--allowed-local-paths",
             "/mnt/datasets/, /srv/lake",
+            "--node-run-dir",
+            "/run/strata-b",
+            "--node-mounts-dir",
+            "/var/lib/strata-b/mounts",
         ]);
         let ds = daemon_set(&cli.config, None).unwrap();
         let pod = ds.spec.template.spec.unwrap();
@@ -428,13 +434,20 @@ mod tests {
             pod.tolerations.unwrap()[0].operator.as_deref(),
             Some("Exists")
         );
-        let cache = pod
-            .volumes
-            .unwrap()
-            .into_iter()
-            .find(|v| v.name == "cache")
-            .unwrap();
-        assert_eq!(cache.host_path.unwrap().path, "/mnt/nvme/strata");
+        let host_dir = |name: &str| {
+            let volume = pod
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == name);
+            volume.unwrap().host_path.clone().unwrap().path
+        };
+        assert_eq!(host_dir("cache"), "/mnt/nvme/strata");
+        // Host directories move with the flags; the pods' paths stay.
+        assert_eq!(host_dir("run"), "/run/strata-b");
+        assert_eq!(host_dir("mounts"), "/var/lib/strata-b/mounts");
+        assert!(args.contains(&MOUNTS_DIR.to_string()), "{args:?}");
         // Each allowed local path: a read-only hostPath at the same path, and an agent flag.
         for path in ["/mnt/datasets", "/srv/lake"] {
             assert!(
