@@ -521,7 +521,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         let drivers = csi_nodes
             .get_opt(&node)
             .await?
-            .and_then(|n| Some(n.spec.drivers))
+            .map(|n| n.spec.drivers)
             .unwrap_or_default();
         Ok::<_, kube::Error>(drivers.iter().any(|d| d.name == DRIVER).then_some(()))
     })
