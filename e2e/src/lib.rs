@@ -35,7 +35,7 @@ pub use csi::{csi_connect, pod_volume_context, publish_request};
 pub use error::{Error, Result};
 pub use local_run::{
     LocalNode, dataset_status, job_args, job_token, jobs_of_kind, operator_args,
-    sync_secret_to_dir, wait_for_dataset_pv,
+    sync_secret_to_dir, wait_for_dataset_job, wait_for_dataset_pv,
 };
 pub use namespace::{MANAGED_BY, TestNamespace};
 pub use s3::{MotoS3, generated_bytes};

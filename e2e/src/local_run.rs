@@ -243,6 +243,26 @@ pub async fn jobs_of_kind(api: &Api<Job>, kind: &str) -> Result<Vec<Job>> {
         .items)
 }
 
+/// Waits for the operator's Job of `kind` (`preload`, `pin`) for the Dataset named `dataset`
+/// in the namespace of `jobs`.
+pub async fn wait_for_dataset_job(
+    jobs: &Api<Job>,
+    kind: &str,
+    dataset: &str,
+    timeout: Duration,
+) -> Result<Job> {
+    wait_until(&format!("the {kind} Job of {dataset}"), timeout, || async {
+        Ok::<_, Error>(jobs_of_kind(jobs, kind).await?.into_iter().find(|j| {
+            j.metadata
+                .labels
+                .as_ref()
+                .and_then(|l| l.get("strata.dev/dataset"))
+                .is_some_and(|d| d == dataset)
+        }))
+    })
+    .await
+}
+
 /// Writes the keys of `secret` as files into `dir`, as kubelet does for a Secret volume: a new
 /// file appears whole (written into `staging` and renamed), a removed key disappears.
 pub fn sync_secret_to_dir(secret: &Secret, dir: &Path, staging: &Path) -> Result<()> {

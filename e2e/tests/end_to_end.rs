@@ -55,9 +55,9 @@ use strata_crds::Dataset;
 use strata_csi::proto::NodeUnpublishVolumeRequest;
 use strata_csi::proto::node_client::NodeClient;
 use strata_e2e::{
-    Cluster, LocalNode, TestNamespace, csi_connect, dataset_status, job_args, job_token,
-    jobs_of_kind, operator_args, pod_volume_context, publish_request, sync_secret_to_dir,
-    wait_for_dataset_pv, wait_until, workspace_binaries,
+    Cluster, LocalNode, MotoS3, TestNamespace, csi_connect, dataset_status, generated_bytes,
+    job_args, job_token, jobs_of_kind, operator_args, pod_volume_context, publish_request,
+    sync_secret_to_dir, wait_for_dataset_pv, wait_until, workspace_binaries,
 };
 use tonic::transport::Channel;
 
@@ -182,79 +182,6 @@ async fn wait_for_socket(path: &Path, process: &mut Process) -> Result<()> {
 // ---------------------------------------------------------------------------------------------
 // The S3 server and its data
 
-/// moto's S3 server on loopback. It accepts any credentials (it checks no signatures), so the
-/// objects are uploaded with plain PUTs; the agents still sign with the test credentials.
-struct S3Server {
-    process: Process,
-    addr: SocketAddr,
-}
-
-impl S3Server {
-    async fn start(logs: &Path) -> Result<S3Server> {
-        let port = free_port("127.0.0.1")?;
-        let program = PathBuf::from("moto_server");
-        let mut process = Process::spawn(
-            "moto",
-            &program,
-            &[
-                "-H".into(),
-                "127.0.0.1".into(),
-                "-p".into(),
-                port.to_string(),
-            ],
-            &[],
-            logs,
-        )
-        .context("moto_server not found: install it with `pip install 'moto[server]'`")?;
-        let addr: SocketAddr = ([127, 0, 0, 1], port).into();
-        wait_for_port(addr, &mut process).await?;
-        Ok(S3Server { process, addr })
-    }
-
-    fn endpoint(&self) -> String {
-        format!("http://{}", self.addr)
-    }
-
-    /// Stops the server, so what still reads can only come from the caches.
-    fn stop(mut self) {
-        self.process.terminate();
-    }
-
-    fn put(&self, path: &str, body: &[u8]) -> Result<()> {
-        let mut s = TcpStream::connect(self.addr)?;
-        write!(
-            s,
-            "PUT {path} HTTP/1.1\r\nHost: {}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-            self.addr,
-            body.len()
-        )?;
-        s.write_all(body)?;
-        let mut response = String::new();
-        s.read_to_string(&mut response)?;
-        ensure!(
-            response.starts_with("HTTP/1.1 200"),
-            "PUT {path}: {}",
-            response.lines().next().unwrap_or("")
-        );
-        Ok(())
-    }
-}
-
-/// Deterministic pseudo-random bytes (xorshift64*), so every file differs and block mix-ups
-/// show in the checksums.
-fn generated(seed: u64, len: usize) -> Vec<u8> {
-    let mut state = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    let mut out = Vec::with_capacity(len + 8);
-    while out.len() < len {
-        state ^= state >> 12;
-        state ^= state << 25;
-        state ^= state >> 27;
-        out.extend_from_slice(&state.wrapping_mul(0x2545_F491_4F6C_DD1D).to_le_bytes());
-    }
-    out.truncate(len);
-    out
-}
-
 fn sha256(bytes: &[u8]) -> String {
     hex_string(&Sha256::digest(bytes))
 }
@@ -264,8 +191,8 @@ fn hex_string(bytes: &[u8]) -> String {
 }
 
 /// The test data: dataset path → (sha256, size). `/pinned/**` is what the policy pins.
-fn upload_data(s3: &S3Server) -> Result<BTreeMap<String, (String, u64)>> {
-    s3.put(&format!("/{BUCKET}"), b"")?;
+fn upload_data(s3: &MotoS3) -> Result<BTreeMap<String, (String, u64)>> {
+    s3.create_bucket(BUCKET)?;
     let mut files = vec![
         ("train/shard-000.bin".to_string(), 3 << 20),
         ("train/shard-001.bin".to_string(), (5 << 20) + 17),
@@ -280,8 +207,8 @@ fn upload_data(s3: &S3Server) -> Result<BTreeMap<String, (String, u64)>> {
     }
     let mut sums = BTreeMap::new();
     for (seed, (key, len)) in files.into_iter().enumerate() {
-        let body = generated(seed as u64 + 1, len);
-        s3.put(&format!("/{BUCKET}/data/{key}"), &body)?;
+        let body = generated_bytes(seed as u64 + 1, len);
+        s3.put_object(BUCKET, &format!("data/{key}"), &body)?;
         sums.insert(format!("/{key}"), (sha256(&body), len as u64));
     }
     Ok(sums)
@@ -540,7 +467,7 @@ async fn strata_end_to_end() -> Result<()> {
     );
 
     // 2. S3 with generated data.
-    let s3 = S3Server::start(&logs).await?;
+    let s3 = MotoS3::start(&logs.join("moto.log"))?;
     let files = upload_data(&s3)?;
     let sums: BTreeMap<String, String> = files
         .iter()
@@ -1003,8 +930,8 @@ async fn strata_end_to_end() -> Result<()> {
     // 7. Pinned paths stay when the cache overflows its quota. A file that appears under the
     // pinned path after every read is fetched by the pin Job alone: nothing reads it before
     // S3 stops, and the agents' own re-evaluation waits a metadata TTL (1h here).
-    let late = generated(99, (2 << 20) + 3);
-    s3.put(&format!("/{BUCKET}/data/pinned/late.bin"), &late)?;
+    let late = generated_bytes(99, (2 << 20) + 3);
+    s3.put_object(BUCKET, "data/pinned/late.bin", &late)?;
     let pins = wait_until("the pin Job", WAIT, || async {
         Ok::<_, anyhow::Error>(jobs_of_kind(&jobs, "pin").await?.into_iter().next())
     })
@@ -1093,7 +1020,8 @@ async fn strata_end_to_end() -> Result<()> {
             );
         }
     }
-    s3.stop();
+    // Stops the server, so what still reads can only come from the caches.
+    drop(s3);
     for (i, agent) in agents.iter().enumerate() {
         let bytes = agent
             .read(tenant.name(), DATASET, "/pinned/late.bin")

@@ -63,8 +63,9 @@ pub struct ServeArgs {
     /// Directory of DatasetConfig files (YAML or JSON, one dataset each), rescanned periodically.
     #[arg(long, env = "STRATA_DATASETS_DIR")]
     pub datasets_dir: Option<PathBuf>,
-    /// How often --datasets-dir is rescanned.
-    #[arg(long, env = "STRATA_DATASETS_RESCAN", default_value = "30s", value_parser = parse_duration)]
+    /// How often --datasets-dir is rescanned (a new Dataset waits at most this long once the
+    /// kubelet has refreshed the mounted Secret; a rescan reads only small files).
+    #[arg(long, env = "STRATA_DATASETS_RESCAN", default_value = "10s", value_parser = parse_duration)]
     pub datasets_rescan: Duration,
     /// Disk tier directory.
     #[arg(

@@ -20,9 +20,9 @@ use k8s_openapi::api::core::v1::Secret;
 use kube::Api;
 use strata_csi::proto::NodeUnpublishVolumeRequest;
 use strata_e2e::{
-    Cluster, LocalNode, csi_connect, dataset_status, job_args, job_token, jobs_of_kind,
-    operator_args, pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_pv,
-    wait_until,
+    Cluster, LocalNode, csi_connect, dataset_status, job_args, job_token, operator_args,
+    pod_volume_context, publish_request, sync_secret_to_dir, wait_for_dataset_job,
+    wait_for_dataset_pv, wait_until,
 };
 use strata_wire::api::client::AgentClient;
 
@@ -485,16 +485,7 @@ impl LocalDemo {
         dataset: &str,
     ) -> Result<String> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
-        let job = wait_until(&format!("the {kind} Job of {dataset}"), WAIT, || async {
-            Ok::<_, strata_e2e::Error>(jobs_of_kind(&jobs, kind).await?.into_iter().find(|j| {
-                j.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("strata.dev/dataset"))
-                    .is_some_and(|d| d == dataset)
-            }))
-        })
-        .await?;
+        let job = wait_for_dataset_job(&jobs, kind, dataset, WAIT).await?;
         let token_file = self.state.join("job-token");
         std::fs::write(&token_file, job_token(cluster, &job).await?)?;
         let args = job_args(&job, NODE_IP, &token_file)?;

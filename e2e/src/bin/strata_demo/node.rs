@@ -18,7 +18,7 @@ use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::storage::v1::CSINode;
 use kube::Api;
 use kube::api::ListParams;
-use strata_e2e::{Cluster, dataset_status, jobs_of_kind, wait_for_dataset_pv, wait_until};
+use strata_e2e::{Cluster, dataset_status, wait_for_dataset_job, wait_for_dataset_pv, wait_until};
 use strata_wire::api::client::AgentClient;
 
 use crate::{
@@ -332,7 +332,7 @@ impl NodeDemo {
 
     /// Waits until the node's agent has `dataset`. The operator puts each Dataset into the
     /// Secret the node pods mount; the kubelet refreshes a Secret volume on its next sync of
-    /// the pod (up to about a minute) and the agent rescans the directory every 30 s. Annotating
+    /// the pod (up to about a minute) and the agent rescans the directory every 10 s. Annotating
     /// the pod makes the kubelet sync it now; the rescan still takes its time.
     async fn hand_to_agent(
         &self,
@@ -389,7 +389,7 @@ impl NodeDemo {
             "demo: the agent has {TENANT_NS}/{dataset} {:.1}s after the operator wrote it into \
              Secret {SYSTEM_NS}/strata-datasets (the demo annotated pod {node_pod} so the \
              kubelet refreshes its Secret volume now rather than at its next sync, up to a \
-             minute; the agent rescans it every 30 s)",
+             minute; the agent rescans it every 10 s)",
             started.elapsed().as_secs_f64()
         );
         Ok(())
@@ -428,16 +428,7 @@ impl NodeDemo {
         dataset: &str,
     ) -> Result<JobRun> {
         let jobs: Api<Job> = Api::namespaced(client.clone(), TENANT_NS);
-        let job = wait_until(&format!("the {kind} Job of {dataset}"), WAIT, || async {
-            Ok::<_, strata_e2e::Error>(jobs_of_kind(&jobs, kind).await?.into_iter().find(|j| {
-                j.metadata
-                    .labels
-                    .as_ref()
-                    .and_then(|l| l.get("strata.dev/dataset"))
-                    .is_some_and(|d| d == dataset)
-            }))
-        })
-        .await?;
+        let job = wait_for_dataset_job(&jobs, kind, dataset, WAIT).await?;
         let name = job.metadata.name.clone().unwrap_or_default();
         println!("demo: the operator's {kind} Job {name}; its pods on the kubelet:");
         let pods: Api<Pod> = Api::namespaced(client.clone(), TENANT_NS);
