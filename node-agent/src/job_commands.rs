@@ -62,10 +62,6 @@ pub struct PreloadJobArgs {
 pub struct PinJobArgs {
     #[command(flatten)]
     pub job: JobArgs,
-    /// Copies across nodes (a number or All). The operator runs one Job per node for
-    /// All; each Job pins on the agent it is given.
-    #[arg(long, env = "STRATA_REPLICAS", default_value = "1")]
-    pub replicas: String,
     /// Pin only files modified within this long (e.g. 14d): a window that rolls with the
     /// clock, so files that age out are unpinned and new ones pinned.
     #[arg(long, env = "STRATA_MODIFIED_WITHIN")]

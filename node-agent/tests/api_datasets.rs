@@ -286,7 +286,6 @@ async fn job_commands_print_progress() {
             paths: vec!["/train/nested/**".into()],
             ..job.clone()
         },
-        replicas: "All".into(),
         modified_within: None,
         no_preload: false,
     };

@@ -278,14 +278,13 @@ pub fn preload_args(rule: &PreloadRule) -> Vec<String> {
     vec!["--concurrency".into(), rule.concurrency.to_string()]
 }
 
-/// Extra `strata-agent pin` arguments of a rule.
-pub fn pin_args(rule: &PinRule, replicas: &str) -> Vec<String> {
-    let mut args = vec!["--replicas".into(), replicas.to_string()];
-    if let Some(within) = &rule.modified_within {
-        args.push("--modified-within".into());
-        args.push(within.clone());
+/// Extra `strata-agent pin` arguments of a rule. Replicas decide where Jobs run (one per node
+/// for All), not what a Job does: each pins on the agent of its own node.
+pub fn pin_args(rule: &PinRule) -> Vec<String> {
+    match &rule.modified_within {
+        Some(within) => vec!["--modified-within".into(), within.clone()],
+        None => Vec::new(),
     }
-    args
 }
 
 fn parse_labels(meta: &ObjectMeta) -> Option<(JobKind, String, i32, String)> {
@@ -448,7 +447,7 @@ mod tests {
             dataset: &d,
             kind: JobKind::Pin,
             rule: 1,
-            extra_args: vec!["--replicas".into(), "All".into()],
+            extra_args: vec!["--modified-within".into(), "14d".into()],
             paths: &paths,
             node: Some("node-a"),
             schedule: None,
@@ -470,8 +469,8 @@ mod tests {
                 "ml/imagenet",
                 "--paths",
                 "/train/**",
-                "--replicas",
-                "All"
+                "--modified-within",
+                "14d"
             ]
         );
         let env = pod.containers[0].env.as_ref().unwrap();

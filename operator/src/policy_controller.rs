@@ -143,7 +143,7 @@ async fn apply(policy: &CachePolicy, ctx: &Context) -> Result<Action> {
                             dataset: ds,
                             kind: JobKind::Pin,
                             rule: i as i32,
-                            extra_args: jobs::pin_args(rule, "All"),
+                            extra_args: jobs::pin_args(rule),
                             paths: &rule.paths,
                             node: Some(node),
                             schedule: None,
@@ -151,13 +151,13 @@ async fn apply(policy: &CachePolicy, ctx: &Context) -> Result<Action> {
                         desired.push(jobs::desired_job(&req, &ctx.job_settings));
                     }
                 }
-                Replicas::Count(n) => {
+                Replicas::Count(_) => {
                     let req = JobRequest {
                         policy,
                         dataset: ds,
                         kind: JobKind::Pin,
                         rule: i as i32,
-                        extra_args: jobs::pin_args(rule, &n.to_string()),
+                        extra_args: jobs::pin_args(rule),
                         paths: &rule.paths,
                         node: None,
                         schedule: None,
