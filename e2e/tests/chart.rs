@@ -464,6 +464,12 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
         (vec!["create", "jobs.batch", "-n", there], true),
         (vec!["create", "cronjobs.batch", "-n", there], true),
         (vec!["create", "pods", "-n", there], false),
+        // Node pods in its own namespace: list and annotate (so the kubelet refreshes the
+        // datasets Secret at once); nothing more, and nothing in tenants' namespaces.
+        (vec!["patch", "pods", "-n", here], true),
+        (vec!["delete", "pods", "-n", here], false),
+        (vec!["create", "pods/exec", "-n", here], false),
+        (vec!["patch", "pods", "-n", there], false),
         // Tenant Secrets: read the named credentials Secret; never write, enumerate or
         // delete them.
         (vec!["get", "secrets", "-n", there], true),

@@ -62,6 +62,8 @@ pub struct Context {
     pub job_settings: JobSettings,
     /// Consecutive failures per object, for backoff.
     failures: Mutex<HashMap<String, u32>>,
+    /// Signalled when the datasets Secret changed, so the node pods are told to refresh it.
+    pub datasets_changed: tokio::sync::Notify,
 }
 
 impl Context {
@@ -102,6 +104,7 @@ impl Context {
             sources: SourceChecker::default(),
             job_settings,
             failures: Mutex::new(HashMap::new()),
+            datasets_changed: tokio::sync::Notify::new(),
         }))
     }
 

@@ -223,6 +223,8 @@ pub async fn run_controllers(
         .boxed();
 
     let node_set_loop = node_set_loop(ctx.clone()).boxed();
+    let nudge_ctx = ctx.clone();
+    let nudge_loop = async move { node_set::nudge_node_pods_loop(&nudge_ctx).await }.boxed();
     // Reconciles start once the stores they read are filled.
     let controllers = Box::pin(async {
         let ready = futures::future::join4(
@@ -233,7 +235,7 @@ pub async fn run_controllers(
         )
         .await;
         if let (Ok(()), Ok(()), Ok(()), Ok(())) = ready {
-            tokio::join!(datasets, policies, node_set_loop);
+            tokio::join!(datasets, policies, node_set_loop, nudge_loop);
         }
     });
     tokio::join!(

@@ -37,6 +37,7 @@ pub(super) async fn write_agent_config(
     }
     write_agent_config_now(ctx, &key, yaml).await?;
     ctx.wrote(&key, Some(hash));
+    ctx.datasets_changed.notify_one();
     Ok(())
 }
 
@@ -128,7 +129,10 @@ pub(super) async fn remove_agent_config(ctx: &Context, namespace: &str, name: &s
         .patch(DATASETS_SECRET, &params, &Patch::Merge(&patch))
         .await
     {
-        Ok(_) => Ok(()),
+        Ok(_) => {
+            ctx.datasets_changed.notify_one();
+            Ok(())
+        }
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(()),
         Err(e) => Err(Error::kube(
             format!(

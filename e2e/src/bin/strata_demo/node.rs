@@ -147,8 +147,7 @@ impl NodeDemo {
         cluster
             .apply(&manifests(&self.s3_endpoint, &self.s3_uri))
             .await?;
-        self.hand_to_agent(cluster, &client, &node_pod, DATASET)
-            .await?;
+        self.hand_to_agent(&client, &node_pod, DATASET).await?;
         self.wait_ready(cluster, &client, DATASET).await?;
         let preload = self
             .follow_job(cluster, &client, "preload", DATASET)
@@ -331,12 +330,11 @@ impl NodeDemo {
     }
 
     /// Waits until the node's agent has `dataset`. The operator puts each Dataset into the
-    /// Secret the node pods mount; the kubelet refreshes a Secret volume on its next sync of
-    /// the pod (up to about a minute) and the agent rescans the directory every 10 s. Annotating
-    /// the pod makes the kubelet sync it now; the rescan still takes its time.
+    /// Secret the node pods mount and annotates the pods, so the kubelet refreshes the Secret
+    /// volume now rather than at its next sync of the pod (up to about a minute); the agent
+    /// rescans the directory every 10 s.
     async fn hand_to_agent(
         &self,
-        cluster: &Cluster,
         client: &kube::Client,
         node_pod: &str,
         dataset: &str,
@@ -356,23 +354,6 @@ impl NodeDemo {
             },
         )
         .await?;
-        let nudge = format!(
-            "strata.dev/demo-sync={dataset}-{}",
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs()
-        );
-        cluster
-            .kubectl(&[
-                "-n",
-                SYSTEM_NS,
-                "annotate",
-                "pod",
-                node_pod,
-                &nudge,
-                "--overwrite",
-            ])
-            .await?;
         // Another cluster's agent taking the socket is final: no point in waiting on.
         wait_until(
             &format!("the agent to configure {TENANT_NS}/{dataset}"),
@@ -387,7 +368,7 @@ impl NodeDemo {
         .await??;
         println!(
             "demo: the agent has {TENANT_NS}/{dataset} {:.1}s after the operator wrote it into \
-             Secret {SYSTEM_NS}/strata-datasets (the demo annotated pod {node_pod} so the \
+             Secret {SYSTEM_NS}/strata-datasets (the operator annotated pod {node_pod} so the \
              kubelet refreshes its Secret volume now rather than at its next sync, up to a \
              minute; the agent rescans it every 10 s)",
             started.elapsed().as_secs_f64()
@@ -615,8 +596,7 @@ impl NodeDemo {
         cluster
             .apply(&pinned_manifests(&self.s3_endpoint, &self.s3_uri))
             .await?;
-        self.hand_to_agent(cluster, client, node_pod, PINNED_DATASET)
-            .await?;
+        self.hand_to_agent(client, node_pod, PINNED_DATASET).await?;
         self.wait_ready(cluster, client, PINNED_DATASET).await?;
         cluster
             .apply(&pod_manifest(
