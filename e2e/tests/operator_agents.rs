@@ -205,6 +205,7 @@ spec:
                 dataset: format!("{namespace}/local"),
                 paths: vec!["/train/**".into()],
                 job_name: Some(job.clone()),
+                dataset_wait: std::time::Duration::from_secs(60),
             },
             concurrency: 4,
         },

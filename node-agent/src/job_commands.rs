@@ -11,11 +11,9 @@ use std::path::PathBuf;
 use std::time::{Duration, Instant};
 use strata_wire::api::client::ClientError;
 
-/// How long a Job waits for its node's agent to know the dataset. A new Dataset reaches the
-/// agents through a Secret volume, which the kubelet refreshes on its pod sync (about a
-/// minute); a Job started at the same time as the Dataset would otherwise fail and burn its
-/// retries before the agent has it.
-const DATASET_CONFIG_WAIT: Duration = Duration::from_secs(300);
+use crate::cli_values::parse_duration;
+
+/// How often a Job asks again while its agent does not know the dataset yet.
 const DATASET_CONFIG_POLL: Duration = Duration::from_secs(2);
 
 /// Flags shared by the job commands.
@@ -42,6 +40,11 @@ pub struct JobArgs {
     /// the pod's job-name label); the agent reports the run's progress under it.
     #[arg(long = "job", env = "STRATA_JOB_NAME")]
     pub job_name: Option<String>,
+    /// How long to wait for an agent that does not know the dataset yet (it answers 404)
+    /// before failing. A new Dataset reaches the agents through a Secret volume the kubelet
+    /// refreshes, so a Job started with its Dataset may run before the agent has it.
+    #[arg(long, env = "STRATA_DATASET_WAIT", default_value = "5m", value_parser = parse_duration)]
+    pub dataset_wait: Duration,
 }
 
 /// `strata-agent preload --agent ...`.
@@ -139,30 +142,46 @@ fn is_dataset_not_configured(error: &Error) -> bool {
     )
 }
 
-/// Whether a Job should try again after `error`: the agent does not know the dataset yet and
-/// the wait since `started` is not over. Says once in `out` what it waits for.
-fn wait_for_dataset(
-    error: &Error,
+/// A Job's wait for an agent to receive its dataset.
+struct DatasetWait<'a> {
+    endpoint: &'a str,
+    dataset: &'a str,
+    limit: Duration,
     started: Instant,
-    said: &mut bool,
-    endpoint: &str,
-    dataset: &str,
-    out: &mut (dyn Write + Send),
-) -> bool {
-    if !is_dataset_not_configured(error) || started.elapsed() >= DATASET_CONFIG_WAIT {
-        return false;
+    said: bool,
+}
+
+impl<'a> DatasetWait<'a> {
+    fn new(endpoint: &'a str, dataset: &'a str, limit: Duration) -> Self {
+        DatasetWait {
+            endpoint,
+            dataset,
+            limit,
+            started: Instant::now(),
+            said: false,
+        }
     }
-    if !*said {
-        let _ = writeln!(
-            out,
-            "waiting up to {}s for the agent on {endpoint} to receive dataset {dataset} \
-             (agents read Dataset configs from a Secret volume the kubelet refreshes)",
-            DATASET_CONFIG_WAIT.as_secs()
-        );
-        let _ = out.flush();
-        *said = true;
+
+    /// Whether to try again after `error`: the agent does not know the dataset yet and the
+    /// wait is not over. Says once in `out` what it waits for.
+    fn retry(&mut self, error: &Error, out: &mut (dyn Write + Send)) -> bool {
+        if !is_dataset_not_configured(error) || self.started.elapsed() >= self.limit {
+            return false;
+        }
+        if !self.said {
+            let _ = writeln!(
+                out,
+                "waiting up to {}s for the agent on {} to receive dataset {} \
+                 (agents read Dataset configs from a Secret volume the kubelet refreshes)",
+                self.limit.as_secs(),
+                self.endpoint,
+                self.dataset
+            );
+            let _ = out.flush();
+            self.said = true;
+        }
+        true
     }
-    true
 }
 
 /// One progress line: what a user watching the Job's log wants to see.
@@ -183,11 +202,12 @@ async fn preload_on(
     dataset: &str,
     paths: &[String],
     modified_within: Option<&str>,
+    wait: Duration,
     out: &mut (dyn Write + Send),
 ) -> Result<PreloadProgress> {
     let (ns, name) = dataset.split_once('/').unwrap_or(("", dataset));
     let endpoint = client.endpoint();
-    let (started, mut said) = (Instant::now(), false);
+    let mut waiting = DatasetWait::new(&endpoint, dataset, wait);
     loop {
         let result = {
             let mut print = |p: &PreloadProgress| {
@@ -200,7 +220,7 @@ async fn preload_on(
                 .map_err(Error::from)
         };
         match result {
-            Err(e) if wait_for_dataset(&e, started, &mut said, &endpoint, dataset, out) => {
+            Err(e) if waiting.retry(&e, out) => {
                 tokio::time::sleep(DATASET_CONFIG_POLL).await;
             }
             other => return other,
@@ -217,7 +237,8 @@ pub async fn preload(
     let mut results = Vec::new();
     for client in args.job.clients()? {
         let client = client.with_concurrency(Some(args.concurrency));
-        results.push(preload_on(&client, &args.job.dataset, &args.job.paths, None, out).await?);
+        let (dataset, paths, wait) = (&args.job.dataset, &args.job.paths, args.job.dataset_wait);
+        results.push(preload_on(&client, dataset, paths, None, wait, out).await?);
     }
     Ok(results)
 }
@@ -228,23 +249,14 @@ pub async fn pin(args: &PinJobArgs, out: &mut (dyn Write + Send)) -> Result<()> 
     let (ns, name) = args.job.dataset()?;
     for client in args.job.clients()? {
         let endpoint = client.endpoint();
-        let (started, mut said) = (Instant::now(), false);
+        let mut waiting = DatasetWait::new(&endpoint, &args.job.dataset, args.job.dataset_wait);
         let answer = loop {
             let result = client
                 .pin(ns, name, &args.job.paths, args.modified_within.as_deref())
                 .await
                 .map_err(Error::from);
             match result {
-                Err(e)
-                    if wait_for_dataset(
-                        &e,
-                        started,
-                        &mut said,
-                        &endpoint,
-                        &args.job.dataset,
-                        out,
-                    ) =>
-                {
+                Err(e) if waiting.retry(&e, out) => {
                     tokio::time::sleep(DATASET_CONFIG_POLL).await;
                 }
                 other => break other?,
@@ -278,6 +290,7 @@ pub async fn pin(args: &PinJobArgs, out: &mut (dyn Write + Send)) -> Result<()> 
                 &args.job.dataset,
                 &args.job.paths,
                 args.modified_within.as_deref(),
+                args.job.dataset_wait,
                 out,
             )
             .await?;
@@ -317,54 +330,21 @@ mod tests {
             })
         };
         let mut out = Vec::new();
-        let mut said = false;
-        let now = Instant::now();
         let not_configured = status(404, Some("name"));
-        assert!(wait_for_dataset(
-            &not_configured,
-            now,
-            &mut said,
-            "http://n:7070",
-            "a/b",
-            &mut out
-        ));
-        assert!(wait_for_dataset(
-            &not_configured,
-            now,
-            &mut said,
-            "http://n:7070",
-            "a/b",
-            &mut out
-        ));
-        let said_text = String::from_utf8(out.clone()).unwrap();
-        assert_eq!(said_text.lines().count(), 1, "{said_text}");
-        assert!(said_text.contains("dataset a/b"), "{said_text}");
+        let mut waiting = DatasetWait::new("http://n:7070", "a/b", Duration::from_secs(60));
+        assert!(waiting.retry(&not_configured, &mut out));
+        assert!(waiting.retry(&not_configured, &mut out));
+        let said = String::from_utf8(out.clone()).unwrap();
+        assert_eq!(said.lines().count(), 1, "{said}");
+        assert!(
+            said.contains("up to 60s") && said.contains("dataset a/b"),
+            "{said}"
+        );
         // Any other failure, and the same one once the wait is over, ends the Job.
-        assert!(!wait_for_dataset(
-            &status(404, Some("paths")),
-            now,
-            &mut said,
-            "e",
-            "a/b",
-            &mut out
-        ));
-        assert!(!wait_for_dataset(
-            &status(403, None),
-            now,
-            &mut said,
-            "e",
-            "a/b",
-            &mut out
-        ));
-        let long_ago = Instant::now() - DATASET_CONFIG_WAIT;
-        assert!(!wait_for_dataset(
-            &not_configured,
-            long_ago,
-            &mut said,
-            "e",
-            "a/b",
-            &mut out
-        ));
+        assert!(!waiting.retry(&status(404, Some("paths")), &mut out));
+        assert!(!waiting.retry(&status(403, None), &mut out));
+        let mut over = DatasetWait::new("e", "a/b", Duration::ZERO);
+        assert!(!over.retry(&not_configured, &mut out));
     }
 
     #[test]
@@ -430,6 +410,7 @@ mod tests {
             dataset: "imagenet".into(),
             paths: vec!["/**".into()],
             job_name: None,
+            dataset_wait: Duration::ZERO,
         };
         assert_eq!(
             args.dataset().unwrap_err().field().as_deref(),

@@ -260,6 +260,7 @@ async fn job_commands_print_progress() {
         dataset: "ml/imagenet".into(),
         paths: vec!["/labels/**".into()],
         job_name: None,
+        dataset_wait: std::time::Duration::from_secs(60),
     };
     let mut out = Vec::new();
     let results = strata_agent::job_commands::preload(
@@ -319,20 +320,28 @@ async fn job_commands_print_progress() {
     .await
     .unwrap_err();
     assert!(err.to_string().contains("token"), "{err}");
+    // A dataset the agent does not know: the job waits for it (the kubelet may not have
+    // refreshed the agent's datasets yet), saying so, then fails naming it.
     let bad = JobArgs {
         dataset: "ml/missing".into(),
+        dataset_wait: std::time::Duration::from_secs(3),
         ..job
     };
+    let mut out = Vec::new();
+    let started = std::time::Instant::now();
     let err = strata_agent::job_commands::preload(
         &PreloadJobArgs {
             job: bad,
             concurrency: 1,
         },
-        &mut Vec::new(),
+        &mut out,
     )
     .await
     .unwrap_err();
     assert!(err.to_string().contains("ml/missing"), "{err}");
+    assert!(started.elapsed() >= std::time::Duration::from_secs(3));
+    let said = String::from_utf8(out).unwrap();
+    assert!(said.contains("waiting up to 3s"), "{said}");
     agent.stop().await;
 }
 
