@@ -19,7 +19,7 @@
 #      pod, and the pinned files still cached (0 blocks fetched) while /train/2026-11-20 was
 #      evicted.
 # About 2 minutes once everything is built; the first run on a machine also builds Kubernetes,
-# containerd and the kubelet from source (cluster.sh build, 8-10 minutes on 2 cores).
+# containerd and the kubelet from source (cluster.sh build, 12-15 minutes on 2 cores).
 # Fallback: when the node cannot come up (no runc, no kubelet build, node not Ready, another
 # Strata agent already on this host's /run/strata), or with STRATA_DEMO_NODE=0, the demo says
 # "falling back to local processes: <reason>" and runs the control plane only, with the
