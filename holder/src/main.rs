@@ -1,0 +1,4 @@
+fn main() {
+    eprintln!("strata-holder: not built yet");
+    std::process::exit(2);
+}
