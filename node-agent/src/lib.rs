@@ -21,6 +21,7 @@ pub mod activity;
 pub mod cli_values;
 pub mod datasets_dir;
 pub mod fuse;
+pub mod held_mounts;
 /// The FUSE module's path before it became a folder (`strata_agent::fs::mount`, ...).
 pub use fuse as fs;
 pub mod http;

@@ -38,6 +38,9 @@ enum Command {
     Pin(strata_agent::job_commands::PinJobArgs),
     /// Remove pins from running agents.
     Unpin(strata_agent::job_commands::JobArgs),
+    /// The mount holder (started by `mount` and `serve --holder-socket` when none runs):
+    /// keeps each mount's FUSE connection while agents come and go.
+    Holder(strata_holder::HolderArgs),
 }
 
 /// starts with '/', so URIs with ports or schemes keep their colons.
@@ -116,17 +119,27 @@ fn mount_dataset(args: &MountArgs) -> anyhow::Result<(DatasetConfig, PathBuf)> {
 
 async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let (dataset, mountpoint) = mount_dataset(&args)?;
+    let holder = args.holder.for_mount()?;
+    let held = holder.is_some();
     let options = MountOptions {
         allow_other: !args.private,
         passthrough: !args.no_passthrough,
+        holder,
         ..Default::default()
     };
     let shutdown = async {
-        wait_for_signal()
+        let signal = wait_for_signal()
             .await
             .map_err(|e| Error::io("waiting for signals", e))?;
-        tracing::info!("signal received, unmounting");
-        Ok(())
+        // Ctrl-C is a user's stop; SIGTERM (a service stop, an upgrade) leaves a held
+        // mount for the next agent.
+        if signal == Signal::Terminate && held {
+            tracing::info!("SIGTERM: leaving the mount to the holder for the next agent");
+            Ok(standalone::Stop::LeaveToHolder)
+        } else {
+            tracing::info!("signal received, unmounting");
+            Ok(standalone::Stop::Unmount)
+        }
     };
     let usage = standalone::mount_until(
         args.cache.agent_config(),
@@ -147,6 +160,12 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
+    if held {
+        // Exit without running destructors: they would close passthrough backing ids the
+        // next agent takes over.
+        eprintln!("strata-agent: stopped; the mount is left to the holder");
+        std::process::exit(0);
+    }
     eprintln!(
         "strata-agent: unmounted; cache holds {} bytes on disk in {} files and {} bytes in memory \
          ({} hits, {} misses)",
@@ -155,15 +174,20 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() -> std::io::Result<()> {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Terminate,
+    Interrupt,
+}
+
+async fn wait_for_signal() -> std::io::Result<Signal> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = int.recv() => {},
-    }
-    Ok(())
+    Ok(tokio::select! {
+        _ = term.recv() => Signal::Terminate,
+        _ = int.recv() => Signal::Interrupt,
+    })
 }
 
 async fn run_preload(args: PreloadArgs) -> anyhow::Result<()> {
@@ -200,6 +224,15 @@ fn init_tracing(filter: &str, json: bool) {
 }
 
 fn main() -> anyhow::Result<()> {
+    // The holder is a plain single-threaded loop: no runtime, no allocator tuning.
+    if std::env::args_os().nth(1).is_some_and(|a| a == "holder") {
+        let cli = Cli::parse();
+        init_tracing(&cli.log, cli.log_json);
+        if let Command::Holder(args) = cli.command {
+            strata_holder::run(args.into_config())?;
+        }
+        return Ok(());
+    }
     tune_allocator();
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -247,7 +280,9 @@ async fn run() -> anyhow::Result<()> {
                 |_| {},
             )
             .await?;
-            Ok(())
+            // Straight out: with a holder, destructors would close the passthrough
+            // backing ids the next agent takes over (run has finished its own cleanup).
+            std::process::exit(0)
         }
         Command::Pin(args) => {
             Ok(strata_agent::job_commands::pin(&args, &mut std::io::stdout()).await?)
@@ -255,6 +290,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Unpin(args) => {
             Ok(strata_agent::job_commands::unpin(&args, &mut std::io::stdout()).await?)
         }
+        Command::Holder(_) => unreachable!("run before the runtime starts, in main"),
     }
 }
 

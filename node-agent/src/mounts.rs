@@ -6,6 +6,7 @@
 
 use crate::dataset::DatasetView;
 use crate::fuse::{MountHandle, MountOptions};
+use serde::{Deserialize, Serialize};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 use prometheus_client::metrics::gauge::Gauge;
@@ -30,6 +31,15 @@ struct DatasetMount {
 struct VolumeRecord {
     dataset: DatasetKey,
     /// Who published it (the CSI volume id), when the caller said.
+    owner: Option<String>,
+}
+
+/// A volume record as kept for the next agent (mounts with a holder).
+#[derive(Debug, Serialize, Deserialize)]
+struct SavedVolume {
+    volume_id: String,
+    namespace: String,
+    name: String,
     owner: Option<String>,
 }
 
@@ -59,6 +69,8 @@ pub struct Released {
 pub struct MountRegistry {
     root: PathBuf,
     options: MountOptions,
+    /// With a holder: where the volume records are kept for the next agent (tmpfs).
+    volumes_file: Option<PathBuf>,
     state: tokio::sync::Mutex<State>,
     mounted: Gauge,
     published: Gauge,
@@ -83,6 +95,10 @@ impl MountRegistry {
             .map_err(|e| Error::io(format!("resolving mount root {}", root.display()), e))?;
         Ok(MountRegistry {
             root,
+            volumes_file: options
+                .holder
+                .as_ref()
+                .map(|h| h.state_dir.join("volumes.json")),
             options,
             state: tokio::sync::Mutex::new(State::default()),
             mounted: Gauge::default(),
@@ -110,6 +126,72 @@ impl MountRegistry {
     fn update_gauges(&self, state: &State) {
         self.mounted.set(state.mounts.len() as i64);
         self.published.set(state.volumes.len() as i64);
+        self.save_volumes(state);
+    }
+
+    /// Keeps the volume records for the next agent (with a holder only). Written whole
+    /// and renamed into place, so a kill never leaves half a file.
+    fn save_volumes(&self, state: &State) {
+        let Some(path) = &self.volumes_file else {
+            return;
+        };
+        let saved: Vec<SavedVolume> = state
+            .volumes
+            .iter()
+            .map(|(id, r)| SavedVolume {
+                volume_id: id.clone(),
+                namespace: r.dataset.0.clone(),
+                name: r.dataset.1.clone(),
+                owner: r.owner.clone(),
+            })
+            .collect();
+        let tmp = path.with_extension("json.tmp");
+        let written = path
+            .parent()
+            .map_or(Ok(()), std::fs::create_dir_all)
+            .and_then(|_| std::fs::write(&tmp, serde_json::to_vec(&saved).expect("serializes")))
+            .and_then(|_| std::fs::rename(&tmp, path));
+        if let Err(e) = written {
+            tracing::warn!(file = %path.display(), error = %e,
+                "cannot keep the volume records for the next agent");
+        }
+    }
+
+    /// Takes over the mounts a previous agent left to the holder, with their volume
+    /// records: each volume is acquired again, and its dataset's mount taken over from
+    /// the holder. `view` finds a dataset; one no longer configured is left to the holder
+    /// (its readers get EIO once the holder's wait ends).
+    pub async fn take_over(&self, view: impl Fn(&str, &str) -> Option<Arc<DatasetView>>) {
+        let Some(path) = &self.volumes_file else {
+            return;
+        };
+        let saved: Vec<SavedVolume> = match std::fs::read(path) {
+            Ok(data) => serde_json::from_slice(&data).unwrap_or_else(|e| {
+                tracing::warn!(file = %path.display(), error = %e, "unreadable volume records; not taking mounts over");
+                Vec::new()
+            }),
+            Err(_) => return,
+        };
+        for v in saved {
+            let Some(dataset) = view(&v.namespace, &v.name) else {
+                tracing::warn!(dataset = %format!("{}/{}", v.namespace, v.name), volume_id = %v.volume_id,
+                    "a volume of a dataset no longer configured here: its mount is left to the holder");
+                continue;
+            };
+            match self.acquire(dataset, &v.volume_id, v.owner.as_deref()).await {
+                Ok(a) => tracing::info!(volume_id = %v.volume_id, mountpoint = %a.mount_path.display(), "volume taken over"),
+                Err(e) => tracing::warn!(volume_id = %v.volume_id, error = %e, "taking a volume over failed"),
+            }
+        }
+    }
+
+    /// Leaves every mount to the holder for the next agent (shutdown with a holder): the
+    /// volume records stay for it too.
+    pub async fn leave_all_to_holder(&self) {
+        let mut state = self.state.lock().await;
+        for (_, mount) in std::mem::take(&mut state.mounts) {
+            mount.handle.leave_to_holder();
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -175,9 +257,22 @@ impl MountRegistry {
         // Anything mounted here that this registry does not know was left by an agent
         // that died (its FUSE session is gone, the path answers ENOTCONN, though cached
         // attributes may hide that from stat): detach it first, before anything else
-        // touches the path.
+        // touches the path. Unless the holder holds it: then it is live, and taken over.
+        let held = match &self.options.holder {
+            Some(holder) => {
+                let client = holder.client.clone();
+                let path = path.to_path_buf();
+                tokio::task::spawn_blocking(move || client.list())
+                    .await
+                    .map_err(|e| Error::Task(e.to_string()))?
+                    .map_err(|e| Error::Unavailable(format!("mount holder: {e}")))?
+                    .iter()
+                    .any(|m| m.mountpoint == path)
+            }
+            None => false,
+        };
         for _ in 0..8 {
-            if !is_mount_point(path) {
+            if held || !is_mount_point(path) {
                 break;
             }
             tracing::warn!(mountpoint = %path.display(), "detaching a stale mount left by a previous agent");

@@ -109,6 +109,8 @@ pub struct ServeArgs {
     /// How often the StrataNode report is written.
     #[arg(long, env = "STRATA_STATUS_INTERVAL", default_value = "30s", value_parser = parse_duration)]
     pub status_interval: Duration,
+    #[command(flatten)]
+    pub holder: crate::held_mounts::HolderFlags,
 }
 
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
@@ -151,7 +153,8 @@ pub struct Bound {
 }
 
 /// Runs the agent until `shutdown` resolves, then stops the listeners and unmounts every
-/// dataset. `on_bound` is told where it listens once every listener is bound.
+/// dataset (with a holder: leaves them to it for the next agent; the caller must then
+/// exit the process without running destructors, see `MountHandle::leave_to_holder`). `on_bound` is told where it listens once every listener is bound.
 pub async fn run(
     args: ServeArgs,
     shutdown: impl Future<Output = ()>,
@@ -189,6 +192,11 @@ pub async fn run(
     config.directory_prefetch_files = args.prefetch_directory_files;
     config.directory_prefetch_bytes = args.prefetch_directory_bytes;
     let agent = Agent::new(config).await?;
+    let holder_flags = args.holder.clone();
+    let holder = tokio::task::spawn_blocking(move || holder_flags.for_serve())
+        .await
+        .map_err(|e| Error::Task(e.to_string()))??;
+    let held = holder.is_some();
     let mounts = Arc::new(MountRegistry::new(
         &args.mount_root,
         MountOptions {
@@ -196,6 +204,7 @@ pub async fn run(
             passthrough: !args.no_passthrough,
             threads: args.fuse_threads.max(1),
             fsname: None,
+            holder,
         },
     )?);
     mounts.register_metrics(agent.metrics());
@@ -256,6 +265,17 @@ pub async fn run(
         }
     };
     let reporter = start_node_status(&args, &state).await;
+    if held {
+        // Mounts a previous agent left to the holder are taken over as soon as the
+        // datasets are known, before any volume is asked for again: their readers wait.
+        let state = state.clone();
+        tokio::spawn(async move {
+            while !state.is_ready() {
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            state.mounts.take_over(|ns, name| state.agent.dataset(ns, name)).await;
+        });
+    }
     on_bound(bound);
 
     shutdown.await;
@@ -276,7 +296,12 @@ pub async fn run(
     {
         servers.abort_all();
     }
-    mounts.unmount_all().await;
+    if held {
+        // An upgrade or a restart: the next agent takes the mounts over.
+        mounts.leave_all_to_holder().await;
+    } else {
+        mounts.unmount_all().await;
+    }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

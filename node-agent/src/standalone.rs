@@ -77,6 +77,8 @@ pub struct MountArgs {
     pub tiers: ::std::vec::Vec<TierKind>,
     #[command(flatten)]
     pub cache: CacheArgs,
+    #[command(flatten)]
+    pub holder: crate::held_mounts::HolderFlags,
     /// `[URI] MOUNTPOINT`: one source URI (mounted at /) and the mount point.
     #[arg(required = true, num_args = 1..=2, value_names = ["URI", "MOUNTPOINT"])]
     pub positional: Vec<String>,
@@ -152,27 +154,45 @@ impl CacheArgs {
     }
 }
 
-/// Mounts `dataset` at `mountpoint`, serves it until `shutdown` resolves, then unmounts.
-/// `on_mounted` is told what is mounted where once it is; the answer is the dataset's
-/// usage as it was when `shutdown` resolved.
+/// How a mount served by [`mount_until`] ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stop {
+    /// Unmount (a user's Ctrl-C).
+    Unmount,
+    /// Leave the mount to its holder for the next agent (an upgrade or a service stop):
+    /// readers wait for the next agent instead of losing the mount. Unmounts when the
+    /// mount has no holder.
+    LeaveToHolder,
+}
+
+/// Mounts `dataset` at `mountpoint`, serves it until `shutdown` resolves, then unmounts
+/// or leaves the mount to its holder, as `shutdown` says. `on_mounted` is told what is
+/// mounted where once it is; the answer is the dataset's usage as it was when `shutdown`
+/// resolved.
 pub async fn mount_until(
     agent: AgentConfig,
     dataset: DatasetConfig,
     mountpoint: &Path,
     options: MountOptions,
-    shutdown: impl Future<Output = Result<()>>,
+    shutdown: impl Future<Output = Result<Stop>>,
     on_mounted: impl FnOnce(&DatasetView, &MountHandle),
 ) -> Result<DatasetUsage> {
-    // Refuse a bad mount point before touching any source.
-    check_mountpoint(mountpoint)?;
+    // Refuse a bad mount point before touching any source. A held mount is there
+    // already: the holder checks the path itself.
+    if options.holder.is_none() {
+        check_mountpoint(mountpoint)?;
+    }
     let agent = Agent::new(agent).await?;
     let view = agent.add_dataset(dataset).await?;
     view.check_sources().await?;
     let handle = mount(view.clone(), mountpoint, options)?;
     on_mounted(&view, &handle);
-    shutdown.await?;
+    let stop = shutdown.await?;
     let usage = view.usage();
-    handle.unmount()?;
+    match stop {
+        Stop::LeaveToHolder => handle.leave_to_holder(),
+        Stop::Unmount => handle.unmount()?,
+    }
     Ok(usage)
 }
 

@@ -111,6 +111,11 @@ impl TestAgent {
             node_name: None,
             advertise_url: None,
             status_interval: Duration::from_secs(30),
+            holder: strata_agent::held_mounts::HolderFlags {
+                holder_socket: None,
+                no_holder: false,
+                orphan_timeout: Duration::from_secs(30),
+            },
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
         let (bound_tx, bound_rx) = tokio::sync::oneshot::channel::<Bound>();

@@ -30,6 +30,13 @@ impl DatasetView {
         }
         Ok(FileReader::new(self.clone(), stat))
     }
+
+    /// A file as an earlier open saw it (`stat` kept from then): reads keep that version,
+    /// and nothing is asked of the source until a read needs a block. For handles a new
+    /// agent takes over from one that died.
+    pub fn reopen(self: &Arc<Self>, stat: FileStat) -> FileReader {
+        FileReader::new(self.clone(), stat)
+    }
 }
 
 type Prefetch = (SharedBlock, Arc<BudgetShare>);

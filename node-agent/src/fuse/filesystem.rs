@@ -51,6 +51,10 @@ impl Filesystem for StrataFs {
                 self.state.passthrough.store(false, Ordering::Relaxed);
             }
         }
+        // FUSE_HAS_RESEND: the kernel re-queues requests a dead agent read (Linux 6.9+).
+        let resend = config.capabilities().bits() & (1 << 39) != 0;
+        self.state.resend.store(resend, Ordering::Relaxed);
+        self.state.log_init();
         Ok(())
     }
 
@@ -137,7 +141,7 @@ impl Filesystem for StrataFs {
                     reply.error(Errno::ESTALE);
                     return;
                 }
-                let fh = st.next_fh.fetch_add(1, Ordering::Relaxed);
+                let fh = st.new_fh();
                 // Twice at most: see "its download completed" below.
                 let mut tried_passthrough = 0;
                 let mut reply = reply;
@@ -174,9 +178,10 @@ impl Filesystem for StrataFs {
                             reader,
                             ino: ino.0,
                             passthrough: None,
+                            _lease: None,
                             direct: true,
                         });
-                        st.handles.lock().expect("handles").insert(fh, open);
+                        st.add_handle(fh, open);
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
                         return;
                     }
@@ -192,9 +197,10 @@ impl Filesystem for StrataFs {
                         reader,
                         ino: ino.0,
                         passthrough: None,
+                        _lease: None,
                         direct: false,
                     });
-                    st.handles.lock().expect("handles").insert(fh, open);
+                    st.add_handle(fh, open);
                     let flags = if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {
@@ -259,7 +265,7 @@ impl Filesystem for StrataFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
-        let open = self.state.handles.lock().expect("handles").remove(&fh.0);
+        let open = self.state.remove_handle(fh.0);
         if let Some(open) = open {
             let mut io = self.state.io.lock().expect("io");
             if let Some(e) = io.get_mut(&open.ino)
@@ -285,6 +291,7 @@ impl Filesystem for StrataFs {
             }
         }
         reply.ok();
+        self.state.compact_log_if_due();
     }
 
     fn flush(
@@ -300,10 +307,11 @@ impl Filesystem for StrataFs {
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
         self.state.forget(ino.0, nlookup);
+        self.state.compact_log_if_due();
     }
 
     fn opendir(&self, _req: &Request, _ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
-        let fh = self.state.next_fh.fetch_add(1, Ordering::Relaxed);
+        let fh = self.state.new_fh();
         self.state.dirs.lock().expect("dirs").insert(fh, None);
         reply.opened(FileHandle(fh), FopenFlags::empty());
     }

@@ -1,8 +1,15 @@
 //! Inode numbers of the paths the kernel knows, and their lookup counts.
 
 use std::collections::HashMap;
+use std::sync::Arc;
 
+use super::takeover::{Record, TakeoverLog};
 use crate::path::DatasetPath;
+
+/// The lookup count of an inode a new agent restored from the takeover log: the log
+/// does not keep counts, so it is kept until the mount goes rather than risk dropping a
+/// node id the kernel still uses.
+const RESTORED_LOOKUPS: u64 = 1 << 40;
 
 /// Inode numbers of the paths the kernel knows. A path's number is its hash
 /// ([`path_ino`]), the `d_ino` plain readdir shows for it, so `readdir` and `stat` agree;
@@ -15,6 +22,9 @@ pub(super) struct InodeTable {
     pub(super) by_ino: HashMap<u64, (DatasetPath, u64)>,
     pub(super) by_path: HashMap<DatasetPath, u64>,
     pub(super) next: u64,
+    /// Where every new entry and every dropped one is written before the kernel learns of
+    /// it (mounts that can be taken over).
+    pub(super) log: Option<Arc<TakeoverLog>>,
 }
 
 impl InodeTable {
@@ -24,6 +34,7 @@ impl InodeTable {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
             next: 2,
+            log: None,
         };
         table.by_ino.insert(1, (DatasetPath::root(), 1));
         table.by_path.insert(DatasetPath::root(), 1);
@@ -41,9 +52,43 @@ impl InodeTable {
         } else {
             hashed
         };
+        if let Some(log) = &self.log {
+            log.append(&Record::Inode {
+                ino: i,
+                path: path.as_str().to_string(),
+            });
+        }
         self.by_ino.insert(i, (path.clone(), 0));
         self.by_path.insert(path.clone(), i);
         i
+    }
+
+    /// Takes back the entries a previous agent handed out (from its takeover log).
+    pub(super) fn restore(&mut self, entries: &HashMap<u64, String>) {
+        for (&ino, path) in entries {
+            let Ok(path) = DatasetPath::parse(path) else {
+                continue;
+            };
+            if ino < 1 << 63 {
+                self.next = self.next.max(ino + 1);
+            }
+            self.by_ino.insert(ino, (path.clone(), RESTORED_LOOKUPS));
+            // Of two numbers of one path (an old version still open), the hash one.
+            if ino >= 1 << 63 || !self.by_path.contains_key(&path) {
+                self.by_path.insert(path, ino);
+            }
+        }
+    }
+
+    /// The entries, as records of a rewritten takeover log.
+    pub(super) fn records(&self) -> impl Iterator<Item = Record> + '_ {
+        self.by_ino
+            .iter()
+            .filter(|(ino, _)| **ino != 1)
+            .map(|(&ino, (path, _))| Record::Inode {
+                ino,
+                path: path.as_str().to_string(),
+            })
     }
 
     /// The inode of `path`, counted as one more lookup the kernel holds.
@@ -67,6 +112,9 @@ impl InodeTable {
         if e.1 > 0 {
             return false;
         }
+        if let Some(log) = &self.log {
+            log.append(&Record::Drop { ino });
+        }
         if let Some((path, _)) = self.by_ino.remove(&ino)
             && self.by_path.get(&path) == Some(&ino)
         {
@@ -87,10 +135,20 @@ pub(super) fn path_ino(path: &DatasetPath) -> u64 {
 /// [`path_ino`] of the path whose text is `path` (a normalized path: readdir builds its
 /// entries' paths as text).
 pub(super) fn path_text_ino(path: &str) -> u64 {
-    use std::hash::{Hash, Hasher};
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    path.hash(&mut h);
-    h.finish() | (1 << 63)
+    // A hash fixed here (FNV-1a, then murmur3's finalizer to spread it), not std's
+    // DefaultHasher, whose algorithm may change between Rust releases: an upgraded agent
+    // taking a mount over must number paths as the old one did.
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in path.as_bytes() {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+    h ^= h >> 33;
+    h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+    h ^= h >> 33;
+    h | (1 << 63)
 }
 
 #[cfg(test)]
@@ -102,7 +160,15 @@ mod tests {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
             next: 2,
+            log: None,
         }
+    }
+
+    #[test]
+    fn path_numbers_do_not_depend_on_the_build() {
+        // Fixed values: a new agent binary taking a mount over must number paths alike.
+        assert_eq!(path_text_ino("/"), 0xa3c4_9fa3_6281_442f);
+        assert_eq!(path_text_ino("/d/a"), 0x96d9_1aba_da04_a96c);
     }
 
     #[test]

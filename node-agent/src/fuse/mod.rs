@@ -16,8 +16,9 @@ mod inodes;
 mod mount;
 mod passthrough;
 mod state;
+mod takeover;
 
-pub use mount::{MountHandle, MountOptions, check_mountpoint, mount};
+pub use mount::{Holder, MountHandle, MountOptions, check_mountpoint, mount};
 
 /// Largest read/write request the kernel may send (1 MiB).
 pub const MAX_REQUEST_BYTES: u32 = 1 << 20;

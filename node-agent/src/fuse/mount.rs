@@ -7,11 +7,33 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use fuser::{Config, MountOption, SessionACL};
+use strata_holder::{AttachRequest, HolderClient};
 
 use super::filesystem::StrataFs;
 use super::state::FsState;
+use super::takeover::{Restored, TakeoverLog};
 use crate::dataset::DatasetView;
 use crate::{Error, Result};
+
+/// A mount holder to mount through, so that mounts outlive this agent: the holder keeps
+/// each `/dev/fuse` connection, and a new agent takes it over (docs/architecture.md,
+/// "Mounts that outlive the agent").
+#[derive(Debug, Clone)]
+pub struct Holder {
+    pub client: Arc<HolderClient>,
+    /// Where the takeover logs are kept: tmpfs (`/run`), never the cache disk.
+    pub state_dir: PathBuf,
+}
+
+impl Holder {
+    /// The takeover log of the mount at `mountpoint`.
+    fn log_path(&self, mountpoint: &Path) -> PathBuf {
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(mountpoint.as_os_str().as_encoded_bytes());
+        let name: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        self.state_dir.join(format!("{name}.log"))
+    }
+}
 
 /// How to mount.
 #[derive(Debug, Clone)]
@@ -24,6 +46,9 @@ pub struct MountOptions {
     pub threads: usize,
     /// Shown as the file system source in /proc/mounts (default "strata:<ns>/<name>").
     pub fsname: Option<String>,
+    /// Mount through this holder, so the mount outlives the agent (None: the agent owns
+    /// the mount, which dies with it).
+    pub holder: Option<Holder>,
 }
 
 impl Default for MountOptions {
@@ -33,6 +58,7 @@ impl Default for MountOptions {
             passthrough: true,
             threads: 4,
             fsname: None,
+            holder: None,
         }
     }
 }
@@ -42,6 +68,8 @@ pub struct MountHandle {
     mountpoint: PathBuf,
     session: Option<fuser::BackgroundSession>,
     fs: Arc<FsState>,
+    holder: Option<Holder>,
+    taken_over: bool,
 }
 
 impl std::fmt::Debug for MountHandle {
@@ -72,9 +100,24 @@ impl MountHandle {
         self.fs.reads.load(Ordering::Relaxed)
     }
 
+    /// True when this agent took the mount over from a previous one (through the holder).
+    pub fn taken_over(&self) -> bool {
+        self.taken_over
+    }
+
     /// Unmounts and waits for the session thread to end.
     pub fn unmount(mut self) -> Result<()> {
         self.do_unmount()
+    }
+
+    /// Leaves the mount to its holder for the next agent: nothing is unmounted and no
+    /// passthrough backing id is closed (they belong to the connection, and files open
+    /// in passthrough mode keep using them). The agent exits after this.
+    pub fn leave_to_holder(mut self) {
+        if self.holder.is_some() {
+            std::mem::forget(self.session.take());
+            std::mem::forget(self.fs.clone());
+        }
     }
 
     fn do_unmount(&mut self) -> Result<()> {
@@ -85,6 +128,29 @@ impl MountHandle {
             mountpoint: self.mountpoint.clone(),
             message: format!("unmount failed: {e}"),
         };
+        if let Some(holder) = &self.holder {
+            // The holder detaches the mount and closes its copy of the connection; the
+            // session ends when the kernel drops the connection (at once unless a file
+            // is still open under the detached mount).
+            holder.client.unmount(&self.mountpoint).map_err(|e| Error::Mount {
+                mountpoint: self.mountpoint.clone(),
+                message: format!("unmount failed: {e}"),
+            })?;
+            if let Some(log) = &self.fs.log {
+                log.remove();
+            }
+            let (tx, rx) = std::sync::mpsc::channel();
+            std::thread::spawn(move || {
+                let _ = tx.send(session.join());
+            });
+            if rx.recv_timeout(BUSY_UNMOUNT_WAIT).is_err() {
+                tracing::warn!(mountpoint = %self.mountpoint.display(),
+                    "files under the detached mount point are still open; \
+                     reads of them fail once the agent exits");
+            }
+            tracing::info!(mountpoint = %self.mountpoint.display(), "unmounted");
+            return Ok(());
+        }
         // fuser unmounts with a plain umount(2), which fails while a process has a file
         // open or its working directory under the mount point; the agent would then exit
         // and leave a dead mount behind ("Transport endpoint is not connected") that also
@@ -125,6 +191,12 @@ const BUSY_UNMOUNT_WAIT: Duration = Duration::from_secs(5);
 
 impl Drop for MountHandle {
     fn drop(&mut self) {
+        if self.holder.is_some() && self.session.is_some() {
+            // Held mounts outlive the agent: see `leave_to_holder`.
+            std::mem::forget(self.session.take());
+            std::mem::forget(self.fs.clone());
+            return;
+        }
         if let Err(e) = self.do_unmount() {
             tracing::warn!(error = %e, "unmount on drop failed");
         }
@@ -195,10 +267,13 @@ pub fn mount(
     mountpoint: &Path,
     options: MountOptions,
 ) -> Result<MountHandle> {
+    if let Some(holder) = options.holder.clone() {
+        return mount_held(view, mountpoint, options, holder);
+    }
     let canonical = check_mountpoint(mountpoint)?;
     let handle = tokio::runtime::Handle::try_current()
         .map_err(|_| Error::Task("mount must be called inside a tokio runtime".into()))?;
-    let state = Arc::new(FsState::new(view.clone(), handle, options.passthrough));
+    let state = Arc::new(FsState::new(view.clone(), handle, options.passthrough, None));
     let fs = StrataFs {
         state: state.clone(),
     };
@@ -240,6 +315,130 @@ pub fn mount(
         mountpoint: canonical,
         session: Some(session),
         fs: state,
+        holder: None,
+        taken_over: false,
+    })
+}
+
+/// [`mount`] through a holder: a new mount, or the holder's live one taken over from the
+/// agent that served it before (no second INIT; node ids and open handles restored from
+/// its takeover log, and the requests it left unanswered asked for again).
+fn mount_held(
+    view: Arc<DatasetView>,
+    mountpoint: &Path,
+    options: MountOptions,
+    holder: Holder,
+) -> Result<MountHandle> {
+    let failed = |message: String| Error::Mount {
+        mountpoint: mountpoint.to_path_buf(),
+        message,
+    };
+    // Not `check_mountpoint`: the holder may hold a mount there already, and refuses a
+    // path some other file system is mounted on.
+    let canonical = std::fs::canonicalize(mountpoint).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => failed("does not exist; create it first (mkdir -p)".into()),
+        _ => failed(format!("cannot be accessed: {e}")),
+    })?;
+    let rt = tokio::runtime::Handle::try_current()
+        .map_err(|_| Error::Task("mount must be called inside a tokio runtime".into()))?;
+    let attached = holder
+        .client
+        .attach(&AttachRequest {
+            mountpoint: canonical.clone(),
+            fsname: options
+                .fsname
+                .clone()
+                .unwrap_or_else(|| format!("strata:{}", view.id())),
+            allow_other: options.allow_other,
+        })
+        .map_err(|e| failed(e.to_string()))?;
+    let log_path = holder.log_path(&canonical);
+    let acl = if options.allow_other {
+        SessionACL::All
+    } else {
+        SessionACL::Owner
+    };
+    let mut cfg = Config::default();
+    cfg.n_threads = Some(options.threads.max(1));
+    // Every worker reads the holder's descriptor: requests read on a clone only this
+    // process holds would fail with ECONNABORTED when it dies, and RESEND cannot bring
+    // them back.
+    cfg.clone_fd = false;
+    let session = if attached.taken_over {
+        let (log, restored) = match TakeoverLog::open(&log_path) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::error!(mountpoint = %canonical.display(), log = %log_path.display(), error = %e,
+                    "the takeover log is missing: node ids and open files of the previous agent \
+                     are unknown, and requests about them fail");
+                let log = TakeoverLog::create(&log_path).map_err(|e| failed(e.to_string()))?;
+                (log, Restored::default())
+            }
+        };
+        let state = Arc::new(FsState::new(
+            view.clone(),
+            rt.clone(),
+            options.passthrough,
+            Some(Arc::new(log)),
+        ));
+        let session = fuser::Session::from_fd_initialized(
+            StrataFs {
+                state: state.clone(),
+            },
+            attached.fuse_fd,
+            acl,
+            cfg,
+        );
+        let passthrough_files = state.restore(&restored, |id| session.adopt_backing(id));
+        // Requests the dead agent read and never answered are queued again; before the
+        // workers start, or a request of theirs would be processed twice.
+        if restored.resend {
+            if let Err(e) = session.notifier().resend() {
+                tracing::warn!(mountpoint = %canonical.display(), error = %e,
+                    "asking the kernel to resend unanswered requests failed; readers the previous agent was serving may hang");
+            }
+        } else {
+            tracing::warn!(mountpoint = %canonical.display(),
+                "the kernel cannot resend requests (Linux < 6.9): readers the previous agent was serving hang until interrupted");
+        }
+        tracing::info!(mountpoint = %canonical.display(), inodes = restored.inodes.len(),
+            handles = restored.opens.len(), records = restored.records, torn = restored.torn,
+            "took the mount over from the previous agent");
+        let st = state.clone();
+        rt.spawn(async move { st.retake_leases(passthrough_files).await });
+        (session, state)
+    } else {
+        let log = match TakeoverLog::create(&log_path) {
+            Ok(log) => Some(Arc::new(log)),
+            Err(e) => {
+                tracing::error!(mountpoint = %canonical.display(), log = %log_path.display(), error = %e,
+                    "cannot create the takeover log: this mount will not survive an agent restart");
+                None
+            }
+        };
+        let state = Arc::new(FsState::new(view.clone(), rt, options.passthrough, log));
+        let session = fuser::Session::from_fd(
+            StrataFs {
+                state: state.clone(),
+            },
+            attached.fuse_fd,
+            acl,
+            cfg,
+        )
+        .map_err(|e| failed(format!("FUSE handshake failed: {e}")))?;
+        (session, state)
+    };
+    let (session, state) = session;
+    let session = session
+        .spawn()
+        .map_err(|e| failed(format!("starting the FUSE session: {e}")))?;
+    tracing::info!(dataset = %view.id(), mountpoint = %canonical.display(), taken_over = attached.taken_over, "mounted");
+    Ok(MountHandle {
+        mountpoint: canonical,
+        session: Some(session),
+        fs: state,
+        holder: Some(holder),
+        taken_over: attached.taken_over,
     })
 }
 

@@ -15,7 +15,10 @@ use crate::path::DatasetPath;
 pub(super) struct OpenFile {
     pub(super) reader: Arc<FileReader>,
     pub(super) ino: u64,
-    pub(super) passthrough: Option<(Arc<BackingId>, PassthroughLease)>,
+    pub(super) passthrough: Option<Arc<BackingId>>,
+    // Keeps eviction away from the backing file while the handle is open (None for a
+    // handle taken over from a previous agent: see `FsState::restored_leases`).
+    pub(super) _lease: Option<PassthroughLease>,
     // Opened with FOPEN_DIRECT_IO (does not count as a cached open).
     pub(super) direct: bool,
 }
@@ -72,10 +75,11 @@ impl FsState {
                 let open = Arc::new(OpenFile {
                     reader: reader.clone(),
                     ino,
-                    passthrough: Some((b.clone(), lease)),
+                    passthrough: Some(b.clone()),
+                    _lease: Some(lease),
                     direct: false,
                 });
-                self.handles.lock().expect("handles").insert(fh, open);
+                self.add_handle(fh, open);
                 self.passthrough_ok.fetch_add(1, Ordering::Relaxed);
                 self.view.cache_metrics_passthrough("ok");
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);

@@ -2,7 +2,7 @@
 //! listings of open directories, and the attributes it answers with.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU64};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -11,6 +11,8 @@ use fuser::{FileAttr, FileType, INodeNo};
 use super::MAX_REQUEST_BYTES;
 use super::inodes::InodeTable;
 use super::passthrough::{InodeIo, OpenFile};
+use super::takeover::{FH_BLOCK, OpenRecord, Record, Restored, SavedStat, TakeoverLog};
+use crate::cache::PassthroughLease;
 use crate::dataset::{DatasetView, DirListing, FileStat};
 use crate::path::DatasetPath;
 
@@ -31,6 +33,14 @@ pub(super) struct FsState {
     // make an entry show twice or not at all. With it, until when the listing is valid.
     pub(super) dirs: Mutex<HashMap<u64, Option<TimedListing>>>,
     pub(super) next_fh: AtomicU64,
+    /// Whether the kernel re-queues unanswered requests on FUSE_NOTIFY_RESEND (granted at
+    /// INIT; kept in the takeover log since a new agent sees no INIT).
+    pub(super) resend: AtomicBool,
+    /// The takeover log, for mounts a new agent can take over.
+    pub(super) log: Option<Arc<TakeoverLog>>,
+    /// Leases of passthrough files a previous agent opened, taken again after a takeover
+    /// (by file handle).
+    pub(super) restored_leases: Mutex<HashMap<u64, PassthroughLease>>,
     pub(super) passthrough_ok: AtomicU64,
     pub(super) passthrough_refused: AtomicU64,
     /// FUSE_READ requests the agent answered (a passthrough file's reads never count).
@@ -47,17 +57,23 @@ impl FsState {
         view: Arc<DatasetView>,
         rt: tokio::runtime::Handle,
         passthrough: bool,
+        log: Option<Arc<TakeoverLog>>,
     ) -> Self {
+        let mut inodes = InodeTable::with_root();
+        inodes.log = log.clone();
         FsState {
             view,
             rt,
             passthrough: AtomicBool::new(passthrough),
-            inodes: RwLock::new(InodeTable::with_root()),
+            inodes: RwLock::new(inodes),
             handles: Mutex::new(HashMap::new()),
             io: Mutex::new(HashMap::new()),
             last_etag: Mutex::new(HashMap::new()),
             dirs: Mutex::new(HashMap::new()),
             next_fh: AtomicU64::new(1),
+            resend: AtomicBool::new(false),
+            log,
+            restored_leases: Mutex::new(HashMap::new()),
             passthrough_ok: AtomicU64::new(0),
             passthrough_refused: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -201,5 +217,183 @@ impl FsState {
 impl FsState {
     pub(super) fn view_node_capacity(&self) -> u64 {
         self.view.cache().node_disk_capacity()
+    }
+}
+
+/// File handles and the takeover log.
+impl FsState {
+    /// A new file handle number.
+    pub(super) fn new_fh(&self) -> u64 {
+        let fh = self.next_fh.fetch_add(1, Ordering::Relaxed);
+        // Half way through a block, the next one is reserved in the log: well before it
+        // is used, even by opens racing this one.
+        if fh % FH_BLOCK == FH_BLOCK / 2
+            && let Some(log) = &self.log
+        {
+            log.append(&Record::Handles {
+                upto: fh - FH_BLOCK / 2 + 2 * FH_BLOCK,
+            });
+        }
+        fh
+    }
+
+    /// Records an open handle; in the takeover log first, before its reply goes out.
+    pub(super) fn add_handle(&self, fh: u64, open: Arc<OpenFile>) {
+        let mut handles = self.handles.lock().expect("handles");
+        if let Some(log) = &self.log {
+            log.append(&Record::Open(open.record(fh)));
+        }
+        handles.insert(fh, open);
+    }
+
+    /// Forgets an open handle.
+    pub(super) fn remove_handle(&self, fh: u64) -> Option<Arc<OpenFile>> {
+        let mut handles = self.handles.lock().expect("handles");
+        let open = handles.remove(&fh);
+        if open.is_some()
+            && let Some(log) = &self.log
+        {
+            log.append(&Record::Release { fh });
+        }
+        drop(handles);
+        self.restored_leases.lock().expect("leases").remove(&fh);
+        open
+    }
+
+    /// What INIT granted, for the takeover log.
+    pub(super) fn log_init(&self) {
+        if let Some(log) = &self.log {
+            log.append(&Record::Init {
+                passthrough: self.passthrough.load(Ordering::Relaxed),
+                resend: self.resend.load(Ordering::Relaxed),
+            });
+            log.append(&Record::Handles { upto: FH_BLOCK });
+        }
+    }
+
+    /// Takes over what a previous agent's log says the kernel refers to: node ids, and
+    /// open handles with the passthrough backing ids they hold (`adopt` wraps an id of
+    /// this connection). Returns the handles opened in passthrough mode, whose leases
+    /// [`FsState::retake_leases`] takes again.
+    pub(super) fn restore(
+        &self,
+        restored: &Restored,
+        adopt: impl Fn(u32) -> fuser::BackingId,
+    ) -> Vec<(u64, FileStat)> {
+        self.passthrough
+            .store(restored.passthrough, Ordering::Relaxed);
+        self.resend.store(restored.resend, Ordering::Relaxed);
+        self.next_fh.store(restored.next_fh, Ordering::Relaxed);
+        self.inodes
+            .write()
+            .expect("inodes")
+            .restore(&restored.inodes);
+        let mut backings: HashMap<u32, Arc<fuser::BackingId>> = HashMap::new();
+        let mut passthrough = Vec::new();
+        for (&fh, open) in &restored.opens {
+            let Some(stat) = open.stat.to_stat() else {
+                continue;
+            };
+            let etag = stat.etag.clone().unwrap_or_default();
+            let backing = open
+                .backing
+                .map(|id| backings.entry(id).or_insert_with(|| Arc::new(adopt(id))).clone());
+            let mut io = self.io.lock().expect("io");
+            let entry = io.entry(open.ino).or_default();
+            match &backing {
+                Some(b) => {
+                    entry.backing = Some((etag.clone(), Arc::downgrade(b)));
+                    passthrough.push((fh, stat.clone()));
+                }
+                None if !open.direct => {
+                    entry.cached_opens += 1;
+                    self.last_etag
+                        .lock()
+                        .expect("etags")
+                        .insert(open.ino, etag);
+                }
+                None => {}
+            }
+            drop(io);
+            let reader = Arc::new(self.view.reopen(stat));
+            self.handles.lock().expect("handles").insert(
+                fh,
+                Arc::new(OpenFile {
+                    reader,
+                    ino: open.ino,
+                    passthrough: backing,
+                    _lease: None,
+                    direct: open.direct,
+                }),
+            );
+        }
+        // Everything restored is rewritten: the log then starts with exactly this.
+        self.compact_log();
+        passthrough
+    }
+
+    /// Takes the eviction leases of files a previous agent opened in passthrough mode
+    /// again (they ended with it); a file evicted meanwhile keeps being read by the
+    /// kernel from the backing file it holds open.
+    pub(super) async fn retake_leases(&self, files: Vec<(u64, FileStat)>) {
+        for (fh, stat) in files {
+            if let Some((_, lease)) = self.view.cached_file(&stat).await
+                && self.handles.lock().expect("handles").contains_key(&fh)
+            {
+                self.restored_leases
+                    .lock()
+                    .expect("leases")
+                    .insert(fh, lease);
+            }
+        }
+    }
+
+    /// Rewrites the takeover log once it has grown large.
+    pub(super) fn compact_log_if_due(&self) {
+        if self.log.as_ref().is_some_and(|l| l.compaction_due()) {
+            self.compact_log();
+        }
+    }
+
+    /// Rewrites the takeover log with what is live, holding every table it describes.
+    fn compact_log(&self) {
+        let Some(log) = &self.log else {
+            return;
+        };
+        let inodes = self.inodes.write().expect("inodes");
+        let handles = self.handles.lock().expect("handles");
+        let next_fh = self.next_fh.load(Ordering::Relaxed);
+        let mut records = vec![
+            Record::Init {
+                passthrough: self.passthrough.load(Ordering::Relaxed),
+                resend: self.resend.load(Ordering::Relaxed),
+            },
+            Record::Handles {
+                upto: next_fh - next_fh % FH_BLOCK + 2 * FH_BLOCK,
+            },
+        ];
+        records.extend(inodes.records());
+        records.extend(
+            handles
+                .iter()
+                .map(|(&fh, open)| Record::Open(open.record(fh))),
+        );
+        if let Err(e) = log.rewrite(&records) {
+            tracing::warn!(log = %log.path().display(), error = %e,
+                "rewriting the takeover log failed; it keeps growing");
+        }
+    }
+}
+
+impl OpenFile {
+    /// This handle as a takeover log record.
+    pub(super) fn record(&self, fh: u64) -> OpenRecord {
+        OpenRecord {
+            fh,
+            ino: self.ino,
+            backing: self.passthrough.as_ref().map(|b| b.id()),
+            direct: self.direct,
+            stat: SavedStat::of(self.reader.stat()),
+        }
     }
 }

@@ -75,6 +75,12 @@ impl BackingId {
         }
     }
 
+    /// The raw `backing_id`, kept by the caller (e.g. to adopt it again after a
+    /// takeover with `Session::adopt_backing`). Ownership stays here. (Strata patch.)
+    pub fn id(&self) -> u32 {
+        self.backing_id
+    }
+
     /// Converts this backing file reference into the raw `backing_id` value as returned by the kernel.
     ///
     /// This method transfers ownership of the backing file to the caller, who must invoke the

@@ -27,6 +27,7 @@ use parking_lot::Mutex;
 use crate::Errno;
 use crate::Filesystem;
 use crate::KernelConfig;
+use crate::BackingId;
 use crate::MountOption;
 use crate::ReplyEmpty;
 use crate::Request;
@@ -520,6 +521,16 @@ impl<FS: Filesystem> Session<FS> {
     /// Returns an object that can be used to send notifications to the kernel
     pub fn notifier(&self) -> Notifier {
         Notifier::new(self.ch.sender())
+    }
+
+    /// Adopts a backing id a previous process registered on this connection
+    /// (`FUSE_DEV_IOC_BACKING_OPEN`) and left open: backing ids belong to the connection,
+    /// not to the process, so files opened in passthrough mode before a takeover keep
+    /// theirs, and later opens of the same inode must reuse it. Dropping the result closes
+    /// the id. Not `unsafe`: an id that is not open only makes that close fail (logged).
+    /// (Strata patch.)
+    pub fn adopt_backing(&self, id: u32) -> BackingId {
+        unsafe { self.ch.sender().wrap_backing(id) }
     }
 }
 

@@ -1,0 +1,106 @@
+//! Mounts that outlive the agent: the flags that name the mount holder, and connecting
+//! to it (starting one, detached, when none listens). The holder keeps each mount's
+//! `/dev/fuse` connection while agents restart, crash or upgrade; see
+//! docs/architecture.md, "Mounts that outlive the agent".
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli_values::parse_duration;
+use crate::fuse::Holder;
+use crate::{Error, Result};
+
+/// The holder's socket when `strata-agent mount` is not told another.
+pub const DEFAULT_HOLDER_SOCKET: &str = "/run/strata/holder.sock";
+
+/// Flags naming the mount holder.
+#[derive(clap::Args, Debug, Clone)]
+pub struct HolderFlags {
+    /// Socket of the mount holder, the process that keeps each mount's FUSE connection
+    /// while agents restart, crash or upgrade. If none listens there, the agent starts one
+    /// (detached, logging to holder.log beside the socket; it exits once it holds no
+    /// mount). Takeover logs are kept in takeover/ beside it: keep it on tmpfs (/run).
+    /// `mount` uses /run/strata/holder.sock unless --no-holder; `serve` uses a holder
+    /// only with this flag.
+    #[arg(long, env = "STRATA_HOLDER_SOCKET")]
+    pub holder_socket: Option<PathBuf>,
+    /// `mount` only: mount without a holder; the mount then dies with this agent.
+    #[arg(long, env = "STRATA_NO_HOLDER", conflicts_with = "holder_socket")]
+    pub no_holder: bool,
+    /// For a holder this agent starts: how long readers wait for an agent to come back
+    /// after one went away, before the holder answers their requests with EIO.
+    #[arg(long, env = "STRATA_ORPHAN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
+    pub orphan_timeout: Duration,
+}
+
+impl HolderFlags {
+    /// The holder `mount` uses (the default socket unless --no-holder).
+    pub fn for_mount(&self) -> Result<Option<Holder>> {
+        if self.no_holder {
+            return Ok(None);
+        }
+        let socket = self
+            .holder_socket
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_HOLDER_SOCKET));
+        connect(&socket, self.orphan_timeout).map(Some)
+    }
+
+    /// The holder `serve` uses (only with --holder-socket).
+    pub fn for_serve(&self) -> Result<Option<Holder>> {
+        match &self.holder_socket {
+            Some(socket) => connect(socket, self.orphan_timeout).map(Some),
+            None => Ok(None),
+        }
+    }
+}
+
+/// Connects to the holder at `socket`, starting one if none listens.
+pub fn connect(socket: &Path, orphan_timeout: Duration) -> Result<Holder> {
+    let dir = socket.parent().unwrap_or(Path::new("/")).to_path_buf();
+    std::fs::create_dir_all(&dir)
+        .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
+    let client = strata_holder::connect_or_spawn(socket, || spawn(socket, orphan_timeout))
+        .map_err(|e| Error::Unavailable(format!("mount holder: {e}")))?;
+    Ok(Holder {
+        client: Arc::new(client),
+        state_dir: dir.join("takeover"),
+    })
+}
+
+/// Starts `strata-agent holder` detached: through a shell that puts it in the background
+/// and exits, so it is nobody's child and outlives this agent; in its own process group,
+/// so a Ctrl-C meant for the agent does not reach it.
+fn spawn(socket: &Path, orphan_timeout: Duration) -> std::io::Result<()> {
+    use std::os::unix::process::CommandExt;
+    let exe = std::env::current_exe()?;
+    let log_path = socket.with_file_name("holder.log");
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log_path)?;
+    tracing::info!(socket = %socket.display(), log = %log_path.display(), "starting the mount holder");
+    let status = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(r#""$0" "$@" &"#)
+        .arg(exe)
+        .arg("holder")
+        .arg("--socket")
+        .arg(socket)
+        .arg("--orphan-timeout")
+        .arg(humantime::format_duration(orphan_timeout).to_string())
+        .arg("--exit-when-idle")
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .process_group(0)
+        .status()?;
+    if !status.success() {
+        return Err(std::io::Error::other(format!(
+            "starting the mount holder failed: {status}"
+        )));
+    }
+    Ok(())
+}
