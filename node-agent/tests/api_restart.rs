@@ -1,6 +1,8 @@
-//! The `strata-agent serve` binary killed with volumes mounted, then started
-//! again: the new agent detaches the dead FUSE mount and serves the dataset.
-//! Needs root.
+//! The `strata-agent serve` binary killed with volumes mounted, then started again.
+//! With a mount holder (`--holder-socket`, as the chart runs it) the mount never stops
+//! answering: a read during the gap waits, and the new agent takes the mount over and
+//! knows its volumes. Without one, the new agent detaches the dead FUSE mount and mounts
+//! again. Needs root.
 
 use strata_testkit::agent as support;
 
@@ -19,9 +21,12 @@ impl Drop for DetachOnDrop {
     }
 }
 
-fn spawn_agent(work: &Path) -> Child {
-    Command::new(env!("CARGO_BIN_EXE_strata-agent"))
-        .args(["serve", "--socket"])
+fn spawn_agent(work: &Path, holder: bool) -> Child {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-agent"));
+    if holder {
+        cmd.env("STRATA_HOLDER_SOCKET", work.join("run/holder.sock"));
+    }
+    cmd.args(["serve", "--socket"])
         .arg(work.join("agent.sock"))
         .arg("--mount-root")
         .arg(work.join("mounts"))
@@ -49,7 +54,7 @@ async fn wait_ready(client: &AgentClient) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn restarted_agent_replaces_a_dead_mount() {
+async fn without_a_holder_a_restarted_agent_replaces_the_dead_mount() {
     let work = tempfile::tempdir().unwrap();
     let source = work.path().join("source");
     let files = write_tree(&source);
@@ -64,7 +69,7 @@ async fn restarted_agent_replaces_a_dead_mount() {
     .unwrap();
     let client = AgentClient::unix(work.path().join("agent.sock"));
 
-    let mut first = spawn_agent(work.path());
+    let mut first = spawn_agent(work.path(), false);
     wait_ready(&client).await;
     let mount = client
         .acquire_volume("ml", "imagenet", "vol-1", None)
@@ -87,7 +92,7 @@ async fn restarted_agent_replaces_a_dead_mount() {
         "{err}"
     );
 
-    let mut second = spawn_agent(work.path());
+    let mut second = spawn_agent(work.path(), false);
     wait_ready(&client).await;
     let again = client
         .acquire_volume("ml", "imagenet", "vol-1", None)
@@ -128,4 +133,88 @@ async fn restarted_agent_replaces_a_dead_mount() {
         !work.path().join("agent.sock").exists(),
         "socket left behind"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_a_holder_the_mount_outlives_a_killed_agent() {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    let files = write_tree(&source);
+    std::fs::create_dir_all(work.path().join("datasets")).unwrap();
+    std::fs::write(
+        work.path().join("datasets/ml.imagenet.yaml"),
+        format!(
+            "namespace: ml\nname: imagenet\nsources:\n  - name: local\n    uri: file://{}\n",
+            source.display()
+        ),
+    )
+    .unwrap();
+    let client = AgentClient::unix(work.path().join("agent.sock"));
+
+    let mut first = spawn_agent(work.path(), true);
+    wait_ready(&client).await;
+    let mount = client
+        .acquire_volume("ml", "imagenet", "vol-1", Some("csi-vol-1"))
+        .await
+        .unwrap()
+        .mount_path;
+    let _detach = DetachOnDrop(mount.clone());
+    assert_eq!(
+        sha256_file(&mount.join("labels/labels.csv")),
+        files["labels/labels.csv"]
+    );
+
+    // A crash. The mount stays live: a listing and a read made now wait for the next
+    // agent instead of failing with ENOTCONN.
+    first.kill().unwrap();
+    first.wait().unwrap();
+    let (dir, expected) = (mount.clone(), files.clone());
+    let during_gap = std::thread::spawn(move || {
+        let entries = std::fs::read_dir(&dir).map(|d| d.count());
+        let sums: Vec<(String, bool)> = expected
+            .iter()
+            .map(|(rel, sum)| (rel.clone(), sha256_file(&dir.join(rel)) == *sum))
+            .collect();
+        (entries.map_err(|e| e.to_string()), sums)
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(!during_gap.is_finished(), "a read answered with no agent running");
+
+    let mut second = spawn_agent(work.path(), true);
+    wait_ready(&client).await;
+    let (entries, sums) = tokio::task::spawn_blocking(move || during_gap.join().unwrap())
+        .await
+        .unwrap();
+    assert!(entries.unwrap() > 0);
+    for (rel, ok) in sums {
+        assert!(ok, "{rel} read wrong across the restart");
+    }
+    // The new agent knows the volume (and its owner), and took the mount over: one
+    // mount at the path, nothing detached or stacked.
+    let volumes = client.volumes().await.unwrap();
+    assert_eq!(volumes.len(), 1, "{volumes:?}");
+    assert_eq!(volumes[0].volume_id, "vol-1");
+    assert_eq!(volumes[0].owner.as_deref(), Some("csi-vol-1"));
+    let again = client
+        .acquire_volume("ml", "imagenet", "vol-1", Some("csi-vol-1"))
+        .await
+        .unwrap();
+    assert_eq!(again.mount_path, mount);
+    assert!(!again.new_volume, "the new agent forgot the volume");
+    let table = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let count = table
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(mount.to_str().unwrap()))
+        .count();
+    assert_eq!(count, 1, "{table}");
+
+    // Releasing the last volume unmounts through the holder.
+    client.release_volume("vol-1").await.unwrap();
+    assert!(!is_mounted(&mount));
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(second.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(second.wait().unwrap().success());
 }

@@ -402,7 +402,8 @@ fn mount_held(
                 "the kernel cannot resend requests (Linux < 6.9): readers the previous agent was serving hang until interrupted");
         }
         tracing::info!(mountpoint = %canonical.display(), inodes = restored.inodes.len(),
-            handles = restored.opens.len(), records = restored.records, torn = restored.torn,
+            handles = restored.opens.len(), passthrough = passthrough_files.len(),
+            records = restored.records, torn = restored.torn,
             "took the mount over from the previous agent");
         let st = state.clone();
         rt.spawn(async move { st.retake_leases(passthrough_files).await });

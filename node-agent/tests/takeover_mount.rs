@@ -1,0 +1,434 @@
+//! Mounts that outlive the agent (issue 22): `strata-agent mount` through a mount holder
+//! is killed with SIGKILL (or stopped for an upgrade) while readers checksum what they
+//! read, and started again. No reader sees an error: the holder keeps the FUSE
+//! connection, the new agent takes it over and answers what the dead one left. Needs root.
+
+use std::io::Read;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use sha2::{Digest, Sha256};
+
+const MIB: usize = 1 << 20;
+
+/// Detaches whatever a failed run left mounted.
+struct DetachOnDrop(PathBuf);
+
+impl Drop for DetachOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::mount::umount2(&self.0, nix::mount::MntFlags::MNT_DETACH);
+    }
+}
+
+/// Deterministic content of a file.
+fn content(seed: u64, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        out.extend_from_slice(&x.to_le_bytes());
+    }
+    out.truncate(len);
+    out
+}
+
+struct Tree {
+    /// Files never read before the kills: every read goes to the agent.
+    cold: Vec<(String, String)>,
+    /// Files read whole before the kills (cached on disk: opened in passthrough mode).
+    warm: Vec<(String, String)>,
+}
+
+fn write_tree(dir: &Path) -> Tree {
+    let mut tree = Tree {
+        cold: Vec::new(),
+        warm: Vec::new(),
+    };
+    for (group, count, size) in [("cold", 60, 2 * MIB), ("warm", 4, 8 * MIB)] {
+        std::fs::create_dir_all(dir.join(group)).unwrap();
+        for i in 0..count {
+            let rel = format!("{group}/f{i:03}.bin");
+            let data = content(i as u64 + size as u64, size + i * 4099);
+            std::fs::write(dir.join(&rel), &data).unwrap();
+            let sum = hex::encode(Sha256::digest(&data));
+            match group {
+                "cold" => tree.cold.push((rel, sum)),
+                _ => tree.warm.push((rel, sum)),
+            }
+        }
+    }
+    tree
+}
+
+struct Agents {
+    bin: PathBuf,
+    work: PathBuf,
+    source: PathBuf,
+    mnt: PathBuf,
+    runs: usize,
+}
+
+impl Agents {
+    fn socket(&self) -> PathBuf {
+        self.work.join("run/holder.sock")
+    }
+
+    fn log(&self, run: usize) -> PathBuf {
+        self.work.join(format!("agent-{run}.log"))
+    }
+
+    /// Starts `strata-agent mount` (the same command every time, as a user or a
+    /// supervisor would run it again).
+    fn start(&mut self, orphan_timeout: &str) -> Child {
+        self.runs += 1;
+        let log = std::fs::File::create(self.log(self.runs)).unwrap();
+        Command::new(&self.bin)
+            .args(["mount", "--holder-socket"])
+            .arg(self.socket())
+            .args(["--orphan-timeout", orphan_timeout])
+            .arg("--cache-dir")
+            .arg(self.work.join("cache"))
+            .args(["--memory", "32Mi", "--disk", "1Gi", "--block-size", "1Mi"])
+            .arg(&self.source)
+            .arg(&self.mnt)
+            .env("STRATA_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("starting strata-agent mount")
+    }
+
+    /// Waits until run `run` serves the mount (a new mount, or one taken over).
+    fn wait_serving(&self, run: usize) -> String {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let log = std::fs::read_to_string(self.log(run)).unwrap_or_default();
+            if log.contains("mounted") {
+                return log;
+            }
+            assert!(Instant::now() < deadline, "agent run {run} did not mount:\n{log}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+#[derive(Default)]
+struct Tally {
+    files: AtomicU64,
+    bytes: AtomicU64,
+    errors: AtomicU64,
+    wrong: AtomicU64,
+    /// Longest single read call, in microseconds.
+    longest_read_us: AtomicU64,
+}
+
+impl Tally {
+    fn note_read(&self, started: Instant, n: usize) {
+        self.bytes.fetch_add(n as u64, Ordering::Relaxed);
+        self.longest_read_us
+            .fetch_max(started.elapsed().as_micros() as u64, Ordering::Relaxed);
+    }
+
+    fn failed(&self, what: &str, e: &std::io::Error) {
+        eprintln!("reader: {what}: {e}");
+        self.errors.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Opens and reads `files` in turn (again from the start if `repeat`), 128 KiB at a
+/// time with a pause between reads, checking each file's sha256.
+fn checksumming_reader(
+    mnt: PathBuf,
+    files: Vec<(String, String)>,
+    repeat: bool,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
+    let mut buf = vec![0u8; 128 << 10];
+    'outer: loop {
+        for (rel, sum) in &files {
+            if stop.load(Ordering::Relaxed) {
+                break 'outer;
+            }
+            let mut f = match std::fs::File::open(mnt.join(rel)) {
+                Ok(f) => f,
+                Err(e) => {
+                    tally.failed(&format!("open {rel}"), &e);
+                    continue;
+                }
+            };
+            let mut h = Sha256::new();
+            loop {
+                let started = Instant::now();
+                match f.read(&mut buf) {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        tally.note_read(started, n);
+                        h.update(&buf[..n]);
+                    }
+                    Err(e) => {
+                        tally.failed(&format!("read {rel}"), &e);
+                        continue 'outer;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(4));
+            }
+            if hex::encode(h.finalize()) != *sum {
+                eprintln!("reader: {rel}: wrong bytes");
+                tally.wrong.fetch_add(1, Ordering::Relaxed);
+            }
+            tally.files.fetch_add(1, Ordering::Relaxed);
+        }
+        if !repeat {
+            break;
+        }
+    }
+}
+
+/// Keeps one file open for the whole test (in passthrough mode: it was cached whole
+/// before) and reads it over and over with pread, checking every pass.
+fn held_open_reader(path: PathBuf, sum: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    let f = std::fs::File::open(&path).expect("opening the held file");
+    let len = f.metadata().unwrap().len() as usize;
+    let mut data = vec![0u8; len];
+    while !stop.load(Ordering::Relaxed) {
+        let mut at = 0;
+        while at < len {
+            let end = (at + (256 << 10)).min(len);
+            let started = Instant::now();
+            match f.read_at(&mut data[at..end], at as u64) {
+                Ok(0) => break,
+                Ok(n) => {
+                    tally.note_read(started, n);
+                    at += n;
+                }
+                Err(e) => {
+                    tally.failed("pread of the held file", &e);
+                    return;
+                }
+            }
+        }
+        if hex::encode(Sha256::digest(&data)) != sum {
+            tally.wrong.fetch_add(1, Ordering::Relaxed);
+        }
+        tally.files.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// `ls` and `stat` in a loop: during a gap they wait, and must never fail.
+fn lister(mnt: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
+    while !stop.load(Ordering::Relaxed) {
+        match std::fs::read_dir(mnt.join("cold")) {
+            Ok(entries) => {
+                let n = entries.count();
+                if n != 60 {
+                    eprintln!("lister: {n} entries");
+                    tally.wrong.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(e) => tally.failed("ls", &e),
+        }
+        match std::fs::metadata(mnt.join("warm/f001.bin")) {
+            Ok(m) if m.len() as usize == 8 * MIB + 4099 => {}
+            Ok(m) => {
+                eprintln!("lister: size {}", m.len());
+                tally.wrong.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => tally.failed("stat", &e),
+        }
+        tally.files.fetch_add(1, Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(30));
+    }
+}
+
+fn mount_count(mnt: &Path) -> usize {
+    std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .filter(|l| l.split(' ').nth(4) == Some(mnt.to_str().unwrap()))
+        .count()
+}
+
+fn setup() -> (tempfile::TempDir, Agents, Tree, DetachOnDrop) {
+    let work = tempfile::tempdir().unwrap();
+    let source = work.path().join("source");
+    let tree = write_tree(&source);
+    let mnt = work.path().join("mnt");
+    std::fs::create_dir_all(&mnt).unwrap();
+    let agents = Agents {
+        bin: PathBuf::from(env!("CARGO_BIN_EXE_strata-agent")),
+        work: work.path().to_path_buf(),
+        source,
+        mnt: mnt.clone(),
+        runs: 0,
+    };
+    (work, agents, tree, DetachOnDrop(mnt))
+}
+
+/// Reads every warm file whole once, so that their blocks are on disk and later opens
+/// are in passthrough mode.
+fn warm_up(mnt: &Path, tree: &Tree) {
+    for (rel, sum) in &tree.warm {
+        let data = std::fs::read(mnt.join(rel)).unwrap();
+        assert_eq!(hex::encode(Sha256::digest(&data)), *sum, "{rel}");
+    }
+    // The disk tier writes blocks in the background.
+    std::thread::sleep(Duration::from_millis(500));
+}
+
+enum Restart {
+    /// SIGKILL, then the same command again.
+    Kill,
+    /// SIGTERM (a service stop or an upgrade), then another copy of the binary.
+    Upgrade,
+}
+
+/// Four readers and a lister run while the agent is restarted 5 times; none of them
+/// may see an error or a wrong byte.
+fn restarts_keep_every_reader_going(restart: Restart) {
+    let (_work, mut agents, tree, _detach) = setup();
+    let mnt = agents.mnt.clone();
+    let mut agent = agents.start("30s");
+    agents.wait_serving(1);
+    warm_up(&mnt, &tree);
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let tallies: Vec<Arc<Tally>> = (0..5).map(|_| Arc::new(Tally::default())).collect();
+    let (cold_a, cold_b): (Vec<_>, Vec<_>) = tree
+        .cold
+        .iter()
+        .cloned()
+        .enumerate()
+        .partition(|(i, _)| i % 2 == 0);
+    let strip = |v: Vec<(usize, (String, String))>| v.into_iter().map(|(_, f)| f).collect();
+    let held = tree.warm[0].clone();
+    let mut threads = Vec::new();
+    for (files, repeat, tally) in [
+        (strip(cold_a), false, tallies[0].clone()),
+        (strip(cold_b), false, tallies[1].clone()),
+        // Opens of the held file's inode too: they must reuse its backing id.
+        (tree.warm.clone(), true, tallies[2].clone()),
+    ] {
+        let (mnt, stop) = (mnt.clone(), stop.clone());
+        threads.push(std::thread::spawn(move || {
+            checksumming_reader(mnt, files, repeat, stop, tally)
+        }));
+    }
+    {
+        let (path, stop, tally) = (mnt.join(&held.0), stop.clone(), tallies[3].clone());
+        threads.push(std::thread::spawn(move || {
+            held_open_reader(path, held.1, stop, tally)
+        }));
+    }
+    {
+        let (mnt, stop, tally) = (mnt.clone(), stop.clone(), tallies[4].clone());
+        threads.push(std::thread::spawn(move || lister(mnt, stop, tally)));
+    }
+
+    let upgraded = agents.work.join("strata-agent-upgraded");
+    std::fs::copy(&agents.bin, &upgraded).unwrap();
+    for _ in 0..5 {
+        std::thread::sleep(Duration::from_millis(800));
+        match restart {
+            Restart::Kill => agent.kill().unwrap(),
+            Restart::Upgrade => nix::sys::signal::kill(
+                nix::unistd::Pid::from_raw(agent.id() as i32),
+                nix::sys::signal::Signal::SIGTERM,
+            )
+            .unwrap(),
+        }
+        let status = agent.wait().unwrap();
+        if matches!(restart, Restart::Upgrade) {
+            assert!(status.success(), "a stopped agent exits 0: {status}");
+            agents.bin = upgraded.clone();
+        }
+        // The gap: readers, ls and stat wait in the kernel.
+        std::thread::sleep(Duration::from_millis(300));
+        agent = agents.start("30s");
+        let log = agents.wait_serving(agents.runs);
+        assert!(log.contains("took the mount over"), "{log}");
+    }
+    std::thread::sleep(Duration::from_millis(800));
+    stop.store(true, Ordering::Relaxed);
+    for t in threads {
+        t.join().unwrap();
+    }
+
+    let names = ["cold reader 1", "cold reader 2", "warm reader", "held-open reader", "ls/stat"];
+    for (name, t) in names.iter().zip(&tallies) {
+        eprintln!(
+            "{name}: {} files, {} MiB, longest read {} ms",
+            t.files.load(Ordering::Relaxed),
+            t.bytes.load(Ordering::Relaxed) >> 20,
+            t.longest_read_us.load(Ordering::Relaxed) / 1000
+        );
+        assert_eq!(t.errors.load(Ordering::Relaxed), 0, "{name} saw errors");
+        assert_eq!(t.wrong.load(Ordering::Relaxed), 0, "{name} saw wrong bytes");
+        assert!(t.files.load(Ordering::Relaxed) > 0, "{name} did nothing");
+    }
+    assert_eq!(mount_count(&mnt), 1, "one mount, not one per agent");
+    // The held file stayed in passthrough mode across every takeover.
+    let last = std::fs::read_to_string(agents.log(agents.runs)).unwrap();
+    assert!(last.contains("passthrough=1") || last.contains("passthrough=2"), "{last}");
+
+    // Ctrl-C: a user's stop unmounts, and the holder, holding nothing, exits.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(agent.wait().unwrap().success());
+    assert_eq!(mount_count(&mnt), 0);
+}
+
+#[test]
+fn sigkill_and_restart_five_times_while_reading() {
+    restarts_keep_every_reader_going(Restart::Kill);
+}
+
+#[test]
+fn upgrade_to_another_binary_five_times_while_reading() {
+    restarts_keep_every_reader_going(Restart::Upgrade);
+}
+
+/// No agent comes back: readers wait for the orphan timeout, then get EIO (not ENOTCONN,
+/// not a hang). An agent started later serves the same mount again.
+#[test]
+fn without_an_agent_readers_get_eio_after_the_timeout() {
+    let (_work, mut agents, tree, _detach) = setup();
+    let mnt = agents.mnt.clone();
+    let mut agent = agents.start("2s");
+    agents.wait_serving(1);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+
+    let started = Instant::now();
+    let err = std::fs::read(mnt.join(&tree.cold[0].0)).unwrap_err();
+    let waited = started.elapsed();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+    assert!(
+        waited >= Duration::from_millis(1500) && waited < Duration::from_secs(10),
+        "EIO after {waited:?}"
+    );
+    let holder_log = std::fs::read_to_string(agents.work.join("run/holder.log")).unwrap();
+    assert!(holder_log.contains("EIO"), "{holder_log}");
+
+    let mut agent = agents.start("2s");
+    agents.wait_serving(2);
+    let data = std::fs::read(mnt.join(&tree.cold[1].0)).unwrap();
+    assert_eq!(hex::encode(Sha256::digest(&data)), tree.cold[1].1);
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(agent.wait().unwrap().success());
+    assert_eq!(mount_count(&mnt), 0);
+}
