@@ -121,6 +121,11 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
     let (dataset, mountpoint) = mount_dataset(&args)?;
     let holder = args.holder.for_mount()?;
     let held = holder.is_some();
+    let re_exec = ReExec {
+        exe: std::env::current_exe().context("finding the agent's own binary")?,
+        args: std::env::args_os().skip(1).collect(),
+    };
+    let stop_for_upgrade = std::sync::OnceLock::new();
     let options = MountOptions {
         allow_other: !args.private,
         passthrough: !args.no_passthrough,
@@ -131,13 +136,15 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         let signal = wait_for_signal()
             .await
             .map_err(|e| Error::io("waiting for signals", e))?;
-        // Ctrl-C is a user's stop; SIGTERM (a service stop, an upgrade) leaves a held
-        // mount for the next agent.
-        if signal == Signal::Terminate && held {
-            tracing::info!("SIGTERM: leaving the mount to the holder for the next agent");
+        // SIGINT and SIGTERM stop (and unmount); SIGHUP with a holder is an upgrade in
+        // place: the mount is left to the holder and the binary at the agent's path is
+        // executed again, which takes it over.
+        if signal == Signal::Hangup && held {
+            tracing::info!("SIGHUP: leaving the mount to the holder and starting the agent binary again");
+            let _ = stop_for_upgrade.set(re_exec);
             Ok(standalone::Stop::LeaveToHolder)
         } else {
-            tracing::info!("signal received, unmounting");
+            tracing::info!(?signal, "signal received, unmounting");
             Ok(standalone::Stop::Unmount)
         }
     };
@@ -160,11 +167,17 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         },
     )
     .await?;
-    if held {
-        // Exit without running destructors: they would close passthrough backing ids the
-        // next agent takes over.
-        eprintln!("strata-agent: stopped; the mount is left to the holder");
-        std::process::exit(0);
+    if let Some(stop) = stop_for_upgrade.get() {
+        // exec replaces the process without running destructors, which would close the
+        // passthrough backing ids the new image takes over.
+        use std::os::unix::process::CommandExt;
+        let err = std::process::Command::new(&stop.exe)
+            .args(&stop.args)
+            .exec();
+        return Err(anyhow::anyhow!(
+            "re-executing {} for the upgrade failed: {err}; the mount waits in the holder, run the same command again",
+            stop.exe.display()
+        ));
     }
     eprintln!(
         "strata-agent: unmounted; cache holds {} bytes on disk in {} files and {} bytes in memory \
@@ -178,15 +191,25 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
 enum Signal {
     Terminate,
     Interrupt,
+    Hangup,
+}
+
+/// The command line to execute again on an upgrade in place (SIGHUP): the binary's path
+/// as it was at start (the file there may have been replaced since), and the arguments.
+struct ReExec {
+    exe: PathBuf,
+    args: Vec<std::ffi::OsString>,
 }
 
 async fn wait_for_signal() -> std::io::Result<Signal> {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
     Ok(tokio::select! {
         _ = term.recv() => Signal::Terminate,
         _ = int.recv() => Signal::Interrupt,
+        _ = hup.recv() => Signal::Hangup,
     })
 }
 

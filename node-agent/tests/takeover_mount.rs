@@ -104,12 +104,13 @@ impl Agents {
             .expect("starting strata-agent mount")
     }
 
-    /// Waits until run `run` serves the mount (a new mount, or one taken over).
-    fn wait_serving(&self, run: usize) -> String {
+    /// Waits until run `run` serves the mount (a new mount, or one taken over), and has
+    /// taken it over `takeovers` times (an upgraded agent logs to the same file).
+    fn wait_serving(&self, run: usize, takeovers: usize) -> String {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let log = std::fs::read_to_string(self.log(run)).unwrap_or_default();
-            if log.contains("mounted") {
+            if log.contains("mounted") && log.matches("took the mount over").count() >= takeovers {
                 return log;
             }
             assert!(Instant::now() < deadline, "agent run {run} did not mount:\n{log}");
@@ -262,8 +263,12 @@ fn setup() -> (tempfile::TempDir, Agents, Tree, DetachOnDrop) {
     let tree = write_tree(&source);
     let mnt = work.path().join("mnt");
     std::fs::create_dir_all(&mnt).unwrap();
+    // A copy of its own, so that an upgrade can replace the file.
+    std::fs::create_dir_all(work.path().join("bin")).unwrap();
+    let bin = work.path().join("bin/strata-agent");
+    std::fs::copy(env!("CARGO_BIN_EXE_strata-agent"), &bin).unwrap();
     let agents = Agents {
-        bin: PathBuf::from(env!("CARGO_BIN_EXE_strata-agent")),
+        bin,
         work: work.path().to_path_buf(),
         source,
         mnt: mnt.clone(),
@@ -286,7 +291,7 @@ fn warm_up(mnt: &Path, tree: &Tree) {
 enum Restart {
     /// SIGKILL, then the same command again.
     Kill,
-    /// SIGTERM (a service stop or an upgrade), then another copy of the binary.
+    /// The binary file replaced by another, then SIGHUP: the agent executes it again.
     Upgrade,
 }
 
@@ -296,7 +301,7 @@ fn restarts_keep_every_reader_going(restart: Restart) {
     let (_work, mut agents, tree, _detach) = setup();
     let mnt = agents.mnt.clone();
     let mut agent = agents.start("30s");
-    agents.wait_serving(1);
+    agents.wait_serving(1, 0);
     warm_up(&mnt, &tree);
 
     let stop = Arc::new(AtomicBool::new(false));
@@ -332,28 +337,31 @@ fn restarts_keep_every_reader_going(restart: Restart) {
         threads.push(std::thread::spawn(move || lister(mnt, stop, tally)));
     }
 
-    let upgraded = agents.work.join("strata-agent-upgraded");
-    std::fs::copy(&agents.bin, &upgraded).unwrap();
-    for _ in 0..5 {
+    for round in 1..=5 {
         std::thread::sleep(Duration::from_millis(800));
         match restart {
-            Restart::Kill => agent.kill().unwrap(),
-            Restart::Upgrade => nix::sys::signal::kill(
-                nix::unistd::Pid::from_raw(agent.id() as i32),
-                nix::sys::signal::Signal::SIGTERM,
-            )
-            .unwrap(),
+            Restart::Kill => {
+                agent.kill().unwrap();
+                agent.wait().unwrap();
+                // The gap: readers, ls and stat wait in the kernel.
+                std::thread::sleep(Duration::from_millis(300));
+                agent = agents.start("30s");
+                agents.wait_serving(agents.runs, 1);
+            }
+            Restart::Upgrade => {
+                // A new file at the agent's path (rename over it, as package managers
+                // do; the running image is untouched), then SIGHUP.
+                let next = agents.work.join("bin/strata-agent.new");
+                std::fs::copy(env!("CARGO_BIN_EXE_strata-agent"), &next).unwrap();
+                std::fs::rename(&next, &agents.bin).unwrap();
+                nix::sys::signal::kill(
+                    nix::unistd::Pid::from_raw(agent.id() as i32),
+                    nix::sys::signal::Signal::SIGHUP,
+                )
+                .unwrap();
+                agents.wait_serving(1, round);
+            }
         }
-        let status = agent.wait().unwrap();
-        if matches!(restart, Restart::Upgrade) {
-            assert!(status.success(), "a stopped agent exits 0: {status}");
-            agents.bin = upgraded.clone();
-        }
-        // The gap: readers, ls and stat wait in the kernel.
-        std::thread::sleep(Duration::from_millis(300));
-        agent = agents.start("30s");
-        let log = agents.wait_serving(agents.runs);
-        assert!(log.contains("took the mount over"), "{log}");
     }
     std::thread::sleep(Duration::from_millis(800));
     stop.store(true, Ordering::Relaxed);
@@ -378,6 +386,9 @@ fn restarts_keep_every_reader_going(restart: Restart) {
     let last = std::fs::read_to_string(agents.log(agents.runs)).unwrap();
     assert!(last.contains("passthrough=1") || last.contains("passthrough=2"), "{last}");
 
+    if matches!(restart, Restart::Upgrade) {
+        assert_eq!(agents.runs, 1, "the upgrade kept the process");
+    }
     // Ctrl-C: a user's stop unmounts, and the holder, holding nothing, exits.
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(agent.id() as i32),
@@ -405,7 +416,7 @@ fn without_an_agent_readers_get_eio_after_the_timeout() {
     let (_work, mut agents, tree, _detach) = setup();
     let mnt = agents.mnt.clone();
     let mut agent = agents.start("2s");
-    agents.wait_serving(1);
+    agents.wait_serving(1, 0);
     agent.kill().unwrap();
     agent.wait().unwrap();
 
@@ -421,7 +432,7 @@ fn without_an_agent_readers_get_eio_after_the_timeout() {
     assert!(holder_log.contains("EIO"), "{holder_log}");
 
     let mut agent = agents.start("2s");
-    agents.wait_serving(2);
+    agents.wait_serving(2, 1);
     let data = std::fs::read(mnt.join(&tree.cold[1].0)).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&data)), tree.cold[1].1);
     nix::sys::signal::kill(
