@@ -9,7 +9,8 @@ use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::mpsc;
+use std::io::Write;
+use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
 use fuser::{
@@ -22,6 +23,7 @@ use strata_holder::{AttachRequest, Error, HolderClient};
 const AGENT_SOCKET: &str = "TOY_AGENT_SOCKET";
 const AGENT_MNT: &str = "TOY_AGENT_MNT";
 const AGENT_STALL: &str = "TOY_AGENT_STALL";
+const AGENT_GATE: &str = "TOY_AGENT_GATE";
 const FILE_INO: u64 = 2;
 const NO_CACHE: Duration = Duration::ZERO;
 
@@ -113,6 +115,10 @@ fn toy_agent_process() {
         return;
     };
     let mnt = PathBuf::from(std::env::var_os(AGENT_MNT).expect("TOY_AGENT_MNT"));
+    if std::env::var_os(AGENT_GATE).is_some() {
+        let mut go = String::new();
+        std::io::stdin().read_line(&mut go).expect("wait for go");
+    }
     let client = HolderClient::connect(Path::new(&socket)).expect("connect to the holder");
     let attached = client
         .attach(&AttachRequest {
@@ -193,18 +199,39 @@ impl Drop for HolderProc {
 /// A toy agent process; SIGKILLed on drop.
 struct Agent {
     child: Child,
+    ready: mpsc::Receiver<bool>,
     taken_over: bool,
 }
 
+/// Held while a test process is spawned, and by tests while they hold files open on an
+/// orphaned mount (see [`Agent::spawn`]).
+static SPAWN: Mutex<()> = Mutex::new(());
+
 impl Agent {
+    /// Starts an agent and waits until it serves the mount.
     fn start(holder: &HolderProc, mnt: &Path, stall_reads: bool) -> Self {
+        let mut agent = Self::spawn(holder, mnt, stall_reads, false);
+        agent.wait_ready();
+        agent
+    }
+
+    /// Starts an agent process that attaches only after [`Agent::go`]. Processes must be
+    /// started while this process has no file open on an orphaned mount: exec closes
+    /// inherited descriptors, and closing a FUSE file waits for FLUSH, which only an
+    /// agent answers.
+    fn spawn(holder: &HolderProc, mnt: &Path, stall_reads: bool, gated: bool) -> Self {
+        let _serial = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
         let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
         cmd.args(["--exact", "toy_agent_process", "--nocapture", "--test-threads=1"])
             .env(AGENT_SOCKET, &holder.socket)
             .env(AGENT_MNT, mnt)
+            .stdin(Stdio::piped())
             .stdout(Stdio::piped());
         if stall_reads {
             cmd.env(AGENT_STALL, "1");
+        }
+        if gated {
+            cmd.env(AGENT_GATE, "1");
         }
         let mut child = cmd.spawn().expect("start the toy agent");
         let stdout = child.stdout.take().expect("piped stdout");
@@ -218,14 +245,32 @@ impl Agent {
                 }
             }
         });
-        let taken_over = match rx.recv_timeout(Duration::from_secs(10)) {
-            Ok(t) => t,
+        Agent {
+            child,
+            ready: rx,
+            taken_over: false,
+        }
+    }
+
+    /// Lets a gated agent attach, and waits until it serves.
+    fn go(&mut self) {
+        let stdin = self.child.stdin.as_mut().expect("piped stdin");
+        stdin.write_all(b"go\n").expect("tell the agent to go");
+        stdin.flush().expect("flush");
+        self.wait_ready();
+    }
+
+    fn wait_ready(&mut self) {
+        match self.ready.recv_timeout(Duration::from_secs(10)) {
+            Ok(t) => self.taken_over = t,
             Err(_) => {
-                let _ = child.kill();
-                panic!("toy agent did not get ready within 10 s: {:?}", child.wait());
+                let _ = self.child.kill();
+                panic!(
+                    "toy agent did not get ready within 10 s: {:?}",
+                    self.child.wait()
+                );
             }
-        };
-        Agent { child, taken_over }
+        }
     }
 
     fn kill(mut self) {
@@ -317,9 +362,12 @@ fn sigkilled_agent_blocks_readers_until_a_new_agent_takes_over() {
     let (dir, mnt, _guard) = setup();
     let holder = HolderProc::start(dir.path(), "30s");
     let first = Agent::start(&holder, &mnt, true);
+    // Started now: no process may be spawned while the reader's file is open.
+    let mut second = Agent::spawn(&holder, &mnt, false, true);
 
     // A read in flight in the first agent (it never answers reads).
     let file = mnt.join("file");
+    let no_spawns = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
     let reading = in_thread({
         let file = file.clone();
         move || std::fs::read(file)
@@ -343,12 +391,13 @@ fn sigkilled_agent_blocks_readers_until_a_new_agent_takes_over() {
     let held = holder.client().list().expect("list");
     assert!(!held[0].attached && !held[0].answering_eio, "{held:?}");
 
-    let second = Agent::start(&holder, &mnt, false);
+    second.go();
     assert!(second.taken_over, "the holder kept the mount");
     let read = reading
         .recv_timeout(Duration::from_secs(10))
         .expect("the read finishes after the takeover")
         .expect("no error for the reader");
+    drop(no_spawns);
     assert!(read == content(), "wrong bytes after the takeover");
     let len = stat
         .recv_timeout(Duration::from_secs(10))
