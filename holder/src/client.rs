@@ -70,8 +70,7 @@ pub fn connect_or_spawn(
     let deadline = Instant::now() + SPAWN_WAIT;
     loop {
         match HolderClient::connect(socket) {
-            Err(Error::NotRunning(p)) if Instant::now() < deadline => {
-                let _ = p;
+            Err(Error::NotRunning(_)) if Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(50));
             }
             Err(Error::NotRunning(p)) => {
@@ -177,7 +176,10 @@ impl HolderClient {
             crate::fdpass::recv(conn.as_fd(), &mut buf).map_err(|e| io("receiving from", e))?;
         if n == 0 {
             return Err(Error::Io {
-                context: format!("the holder on {} closed the connection", self.socket.display()),
+                context: format!(
+                    "the holder on {} closed the connection",
+                    self.socket.display()
+                ),
                 source: std::io::ErrorKind::UnexpectedEof.into(),
             });
         }

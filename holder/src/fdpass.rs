@@ -26,7 +26,11 @@ pub(crate) fn accept(listener: BorrowedFd<'_>) -> nix::Result<OwnedFd> {
 }
 
 /// Sends one packet, with `fd` attached if given.
-pub(crate) fn send(sock: BorrowedFd<'_>, payload: &[u8], fd: Option<BorrowedFd<'_>>) -> nix::Result<()> {
+pub(crate) fn send(
+    sock: BorrowedFd<'_>,
+    payload: &[u8],
+    fd: Option<BorrowedFd<'_>>,
+) -> nix::Result<()> {
     let iov = [IoSlice::new(payload)];
     let fds: Vec<RawFd> = fd.iter().map(|f| f.as_raw_fd()).collect();
     let cmsgs: Vec<ControlMessage<'_>> = if fds.is_empty() {

@@ -3,7 +3,11 @@
 use clap::Parser;
 
 #[derive(Parser)]
-#[command(name = "strata-holder", version, about = "Holds Strata's FUSE mounts while agents come and go")]
+#[command(
+    name = "strata-holder",
+    version,
+    about = "Holds Strata's FUSE mounts while agents come and go"
+)]
 struct Cli {
     #[command(flatten)]
     args: strata_holder::HolderArgs,

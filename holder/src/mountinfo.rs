@@ -21,7 +21,9 @@ pub(crate) fn unescape(field: &str) -> PathBuf {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let v = (bytes[i + 1] - b'0') as u32 * 64
                 + (bytes[i + 2] - b'0') as u32 * 8
@@ -48,7 +50,9 @@ pub(crate) fn parse(text: &str) -> Vec<MountEntry> {
                 dev: left.get(2)?.to_string(),
                 mount_point: unescape(left.get(4)?),
                 fstype: right.next()?.to_string(),
-                source: unescape(right.next().unwrap_or("")).to_string_lossy().into_owned(),
+                source: unescape(right.next().unwrap_or(""))
+                    .to_string_lossy()
+                    .into_owned(),
             })
         })
         .collect()
@@ -61,7 +65,11 @@ pub(crate) fn read() -> std::io::Result<Vec<MountEntry>> {
 
 /// The topmost mount on `path` (exact match), if any.
 pub(crate) fn find(entries: &[MountEntry], path: &Path) -> Option<MountEntry> {
-    entries.iter().rev().find(|e| e.mount_point == path).cloned()
+    entries
+        .iter()
+        .rev()
+        .find(|e| e.mount_point == path)
+        .cloned()
 }
 
 #[cfg(test)]

@@ -242,7 +242,10 @@ impl Holder {
             }
             let ready: Vec<(Token, PollFlags)> = tokens
                 .into_iter()
-                .zip(fds.iter().map(|f| f.revents().unwrap_or(PollFlags::empty())))
+                .zip(
+                    fds.iter()
+                        .map(|f| f.revents().unwrap_or(PollFlags::empty())),
+                )
                 .filter(|(_, r)| !r.is_empty())
                 .collect();
             drop(fds);
@@ -307,7 +310,9 @@ impl Holder {
     }
 
     fn serve_eio(&mut self, id: u64) {
-        let Some(m) = self.mounts.get_mut(&id) else { return };
+        let Some(m) = self.mounts.get_mut(&id) else {
+            return;
+        };
         if !m.eio {
             return; // handed to an agent earlier in this round
         }
@@ -360,11 +365,19 @@ impl Holder {
         self.next_id += 1;
         self.seen_client = true;
         tracing::debug!(pid = cred.pid(), "agent connected");
-        self.conns.insert(id, Conn { fd, pid: cred.pid() });
+        self.conns.insert(
+            id,
+            Conn {
+                fd,
+                pid: cred.pid(),
+            },
+        );
     }
 
     fn on_conn(&mut self, id: u64, revents: PollFlags) {
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         if !revents.contains(PollFlags::POLLIN) {
             self.close_conn(id);
             return;
@@ -377,7 +390,10 @@ impl Holder {
             Ok((n, _fds)) => n, // descriptors from agents are not expected; dropped
             Err(Errno::EAGAIN) => return,
             Err(e) => {
-                tracing::warn!(pid = conn.pid, "reading from agent: {e}; closing the connection");
+                tracing::warn!(
+                    pid = conn.pid,
+                    "reading from agent: {e}; closing the connection"
+                );
                 self.close_conn(id);
                 return;
             }
@@ -411,19 +427,26 @@ impl Holder {
                 None,
             ),
         };
-        let Some(conn) = self.conns.get(&id) else { return };
+        let Some(conn) = self.conns.get(&id) else {
+            return;
+        };
         if let Err(e) = fdpass::send(
             conn.fd.as_fd(),
             &reply_bytes(&reply),
             fd.as_ref().map(|f| f.as_fd()),
         ) {
-            tracing::warn!(pid = conn.pid, "replying to agent: {e}; closing the connection");
+            tracing::warn!(
+                pid = conn.pid,
+                "replying to agent: {e}; closing the connection"
+            );
             self.close_conn(id);
         }
     }
 
     fn close_conn(&mut self, id: u64) {
-        let Some(conn) = self.conns.remove(&id) else { return };
+        let Some(conn) = self.conns.remove(&id) else {
+            return;
+        };
         let now = Instant::now();
         let mut orphaned = 0;
         let entries = mountinfo::read().unwrap_or_default();
@@ -506,18 +529,23 @@ impl Holder {
                     canonical.display()
                 ));
             }
-            let entries = mountinfo::read()
-                .map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
+            let entries =
+                mountinfo::read().map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
             if still_mounted(&entries, &self.mounts[&id]) {
                 let m = self.mounts.get_mut(&id).expect("found above");
-                let fd = m
-                    .fd
-                    .try_clone()
-                    .map_err(|e| format!("duplicating the /dev/fuse descriptor of {}: {e}", m.mountpoint.display()))?;
+                let fd = m.fd.try_clone().map_err(|e| {
+                    format!(
+                        "duplicating the /dev/fuse descriptor of {}: {e}",
+                        m.mountpoint.display()
+                    )
+                })?;
                 if m.eio {
                     // The agent's reads must block; O_NONBLOCK is shared with our copy.
                     set_nonblocking(&m.fd, false).map_err(|e| {
-                        format!("clearing O_NONBLOCK on {}'s /dev/fuse: {e}", m.mountpoint.display())
+                        format!(
+                            "clearing O_NONBLOCK on {}'s /dev/fuse: {e}",
+                            m.mountpoint.display()
+                        )
                     })?;
                     m.eio = false;
                 }
@@ -539,10 +567,12 @@ impl Holder {
             tracing::info!(mountpoint = %m.mountpoint.display(), "was unmounted meanwhile; mounting it again");
         }
         let mut held = self.mount_fresh(&canonical, &req.fsname, req.allow_other)?;
-        let fd = held
-            .fd
-            .try_clone()
-            .map_err(|e| format!("duplicating the /dev/fuse descriptor of {}: {e}", canonical.display()))?;
+        let fd = held.fd.try_clone().map_err(|e| {
+            format!(
+                "duplicating the /dev/fuse descriptor of {}: {e}",
+                canonical.display()
+            )
+        })?;
         held.owner = Some(conn);
         if alias != canonical {
             held.aliases.push(alias);

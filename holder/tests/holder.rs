@@ -6,10 +6,10 @@
 //! one-file file system with fuser until it is killed.
 
 use std::ffi::OsStr;
+use std::io::Write;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::io::Write;
 use std::sync::{Mutex, mpsc};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -132,7 +132,8 @@ fn toy_agent_process() {
         stall_reads: std::env::var_os(AGENT_STALL).is_some(),
     };
     let session = if attached.taken_over {
-        let s = Session::from_fd_initialized(fs, attached.fuse_fd, SessionACL::All, Config::default());
+        let s =
+            Session::from_fd_initialized(fs, attached.fuse_fd, SessionACL::All, Config::default());
         // Before any thread reads: requests the dead agent had read come back.
         s.notifier().resend().expect("FUSE_NOTIFY_RESEND");
         s
@@ -178,7 +179,10 @@ impl HolderProc {
             .expect("start strata-holder");
         let deadline = Instant::now() + Duration::from_secs(5);
         while HolderClient::connect(&socket).is_err() {
-            assert!(Instant::now() < deadline, "holder did not listen within 5 s");
+            assert!(
+                Instant::now() < deadline,
+                "holder did not listen within 5 s"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
         HolderProc { child, socket }
@@ -222,11 +226,16 @@ impl Agent {
     fn spawn(holder: &HolderProc, mnt: &Path, stall_reads: bool, gated: bool) -> Self {
         let _serial = SPAWN.lock().unwrap_or_else(|p| p.into_inner());
         let mut cmd = Command::new(std::env::current_exe().expect("test binary"));
-        cmd.args(["--exact", "toy_agent_process", "--nocapture", "--test-threads=1"])
-            .env(AGENT_SOCKET, &holder.socket)
-            .env(AGENT_MNT, mnt)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped());
+        cmd.args([
+            "--exact",
+            "toy_agent_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(AGENT_SOCKET, &holder.socket)
+        .env(AGENT_MNT, mnt)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped());
         if stall_reads {
             cmd.env(AGENT_STALL, "1");
         }
@@ -432,7 +441,11 @@ fn orphan_timeout_answers_eio_then_a_new_agent_serves_again() {
         .expect("the read must not hang")
         .expect_err("no agent: the read fails");
     let waited = started.elapsed();
-    assert_eq!(err.raw_os_error(), Some(libc::EIO), "EIO, not ENOTCONN: {err}");
+    assert_eq!(
+        err.raw_os_error(),
+        Some(libc::EIO),
+        "EIO, not ENOTCONN: {err}"
+    );
     assert!(
         waited >= Duration::from_millis(500) && waited <= Duration::from_secs(3),
         "EIO after {waited:?}, expected about 1 s"
@@ -469,7 +482,9 @@ fn attach_of_a_mount_served_by_another_agent_is_refused() {
         .expect_err("the mount has a live agent");
     let msg = err.to_string();
     assert!(
-        matches!(err, Error::Refused(_)) && msg.contains(mnt.to_str().unwrap()) && msg.contains("another agent"),
+        matches!(err, Error::Refused(_))
+            && msg.contains(mnt.to_str().unwrap())
+            && msg.contains("another agent"),
         "{msg}"
     );
     // The mount still works for its agent.
@@ -478,10 +493,40 @@ fn attach_of_a_mount_served_by_another_agent_is_refused() {
 }
 
 #[test]
+fn sigterm_stops_the_holder_without_unmounting() {
+    if !is_root() {
+        return;
+    }
+    let (dir, mnt, _guard) = setup();
+    let mut holder = HolderProc::start(dir.path(), "30s");
+    let agent = Agent::start(&holder, &mnt, false);
+    let pid = nix::unistd::Pid::from_raw(holder.child.id() as i32);
+    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGTERM).expect("SIGTERM");
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let status = loop {
+        if let Some(status) = holder.child.try_wait().expect("wait") {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the holder did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status}");
+    // The mount is left to its agent (and dies with it); the guard cleans it up.
+    assert!(is_mounted(&mnt));
+    agent.kill();
+}
+
+#[test]
 fn connect_or_spawn_starts_a_holder_that_exits_when_idle() {
     let dir = tempfile::tempdir().expect("tempdir");
     let socket = dir.path().join("holder.sock");
-    assert!(matches!(HolderClient::connect(&socket), Err(Error::NotRunning(_))));
+    assert!(matches!(
+        HolderClient::connect(&socket),
+        Err(Error::NotRunning(_))
+    ));
     let mut child = None;
     let client = strata_holder::connect_or_spawn(&socket, || {
         child = Some(
