@@ -55,6 +55,10 @@ const SPAWN_WAIT: Duration = Duration::from_secs(5);
 
 /// Connects to the holder on `socket`; if none listens, calls `spawn` (which starts a
 /// detached holder process) and retries for up to 5 s.
+///
+/// `spawn` runs in the caller: a process that has files open on a FUSE mount nobody
+/// serves should not fork/exec, because exec closes inherited descriptors and each
+/// close of a FUSE file waits for FLUSH (the integration tests trip over this).
 pub fn connect_or_spawn(
     socket: &Path,
     spawn: impl FnOnce() -> std::io::Result<()>,

@@ -33,6 +33,10 @@
 //!    INTERRUPT. An `attach` still takes it over, between two requests.
 //! 4. *Gone*: `unmount`, or the kernel reports the connection gone (ENODEV).
 //!
+//! Several agents may be connected at once (e.g. two standalone `strata-agent mount`
+//! processes), each owning its own mounts; the design note's "one agent at a time" holds
+//! per mount: an old and a new agent never read the same connection at once.
+//!
 //! If the holder itself exits, every mount it holds loses its connection (ENOTCONN), so
 //! it is kept small and is not upgraded together with the agent.
 
