@@ -302,7 +302,10 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        reply.ok();
+        // ENOSYS makes the kernel stop sending FLUSH on this mount. A read-only file
+        // system has nothing to flush, and a close (every exec closes inherited
+        // descriptors) then never waits for an agent, not even while one restarts.
+        reply.error(Errno::ENOSYS);
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {
