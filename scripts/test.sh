@@ -35,6 +35,7 @@ house_check strata-wire 'kube|k8s-openapi|strata-engine|strata-agent|object_stor
 house_check strata-store 'kube|k8s-openapi|strata-crds|strata-engine|strata-agent|fuser|warp' "the store builder is shared by the engine and the operator, and links neither"
 house_check strata-csi 'strata-agent|strata-engine|fuser|object_store|warp' "the CSI plugin talks to the agent through strata-wire only"
 house_check strata-operator 'strata-agent|strata-engine|fuser' "the operator does not link the engine"
+house_check strata-holder 'strata-agent|strata-engine|fuser|tokio|object_store|warp' "the mount holder outlives agents and must stay small: a bug in it loses every mount"
 cargo test --workspace --no-fail-fast -- --test-threads="${STRATA_TEST_THREADS:-2}"
 
 # The CSI conformance suite (csi-sanity, built with the control plane) against the

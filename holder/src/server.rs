@@ -525,7 +525,7 @@ impl Holder {
                 .map(|c| c.pid);
             if let Some(owner_pid) = owner_pid {
                 return Err(format!(
-                    "{} is served by another agent (pid {owner_pid}); stop it first",
+                    "{} is busy: served by another agent (pid {owner_pid}); stop it first",
                     canonical.display()
                 ));
             }

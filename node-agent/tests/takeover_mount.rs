@@ -24,6 +24,31 @@ impl Drop for DetachOnDrop {
     }
 }
 
+/// An agent process, killed if the test fails before stopping it.
+struct AgentProcess(Child);
+
+impl Drop for AgentProcess {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
+impl std::ops::Deref for AgentProcess {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for AgentProcess {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
 /// Deterministic content of a file.
 fn content(seed: u64, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
@@ -85,10 +110,10 @@ impl Agents {
 
     /// Starts `strata-agent mount` (the same command every time, as a user or a
     /// supervisor would run it again).
-    fn start(&mut self, orphan_timeout: &str) -> Child {
+    fn start(&mut self, orphan_timeout: &str) -> AgentProcess {
         self.runs += 1;
         let log = std::fs::File::create(self.log(self.runs)).unwrap();
-        Command::new(&self.bin)
+        let child = Command::new(&self.bin)
             .args(["mount", "--holder-socket"])
             .arg(self.socket())
             .args(["--orphan-timeout", orphan_timeout])
@@ -101,7 +126,8 @@ impl Agents {
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
-            .expect("starting strata-agent mount")
+            .expect("starting strata-agent mount");
+        AgentProcess(child)
     }
 
     /// Waits until run `run` serves the mount (a new mount, or one taken over), and has
