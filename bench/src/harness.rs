@@ -21,6 +21,9 @@ use crate::s3server::{S3Credentials, SeaweedFs, SeaweedOptions};
 use crate::workloads::{epoch, fio, floor, listing};
 use crate::{Error, Result, sim};
 
+mod restart;
+pub use restart::RESTARTS;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
     SeqLarge,
@@ -29,6 +32,7 @@ pub enum Workload {
     List,
     ListHuge,
     Preload,
+    Restart,
     HitRatio,
 }
 
@@ -41,6 +45,7 @@ impl Workload {
             Workload::List => "list",
             Workload::ListHuge => "list-huge",
             Workload::Preload => "preload",
+            Workload::Restart => "restart",
             Workload::HitRatio => "hit-ratio",
         }
     }
@@ -56,12 +61,13 @@ impl std::str::FromStr for Workload {
             Workload::List,
             Workload::ListHuge,
             Workload::Preload,
+            Workload::Restart,
             Workload::HitRatio,
         ]
         .into_iter()
         .find(|w| w.name() == s)
         .ok_or_else(|| {
-            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload or hit-ratio")
+            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload, restart or hit-ratio")
         })
     }
 }
@@ -151,6 +157,23 @@ impl Ctx<'_> {
     }
 
     fn mount(&self, system: System, session: &str) -> Result<Mounted> {
+        let p = self.mount_paths(system, session)?;
+        Mounted::mount(&MountRequest {
+            system,
+            endpoint_url: &self.endpoint,
+            creds: &self.creds,
+            mountpoint: &p.mountpoint,
+            cache_dir: &p.cache,
+            log: &p.log,
+            quota: self.cfg.quota,
+            programs: &self.cfg.programs,
+            holder_socket: None,
+            strata_log: "warn",
+        })
+    }
+
+    /// A fresh (emptied) cache dir, the mount point and the log of one mount session.
+    fn mount_paths(&self, system: System, session: &str) -> Result<MountPaths> {
         let dir = &self.cfg.work_dir;
         let cache = dir.join("cache").join(format!("{system:?}").to_lowercase());
         if cache.exists() {
@@ -158,17 +181,11 @@ impl Ctx<'_> {
         }
         let logs = dir.join("logs");
         std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
-        let mountpoint = dir.join("mnt").join(format!("{system:?}").to_lowercase());
-        let log = logs.join(format!("{system:?}-{session}.log").to_lowercase());
-        Mounted::mount(&MountRequest {
-            system,
-            endpoint_url: &self.endpoint,
-            creds: &self.creds,
-            mountpoint: &mountpoint,
-            cache_dir: &cache,
-            log: &log,
-            quota: self.cfg.quota,
-            programs: &self.cfg.programs,
+        Ok(MountPaths {
+            mountpoint: dir.join("mnt").join(format!("{system:?}").to_lowercase()),
+            log: logs.join(format!("{system:?}-{session}.log").to_lowercase()),
+            logs,
+            cache,
         })
     }
 
@@ -719,6 +736,13 @@ impl Ctx<'_> {
     }
 }
 
+struct MountPaths {
+    mountpoint: PathBuf,
+    cache: PathBuf,
+    log: PathBuf,
+    logs: PathBuf,
+}
+
 /// One mount session of a workload on one system.
 type Session = Box<dyn Fn(&mut Ctx) -> Result<()>>;
 
@@ -784,7 +808,9 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
         let data = DataSets {
             spec: cfg.spec,
             wanted: Wanted {
-                seq: live.contains(&Workload::SeqLarge) || live.contains(&Workload::Random4k),
+                seq: live.contains(&Workload::SeqLarge)
+                    || live.contains(&Workload::Random4k)
+                    || live.contains(&Workload::Restart),
                 epoch: live.contains(&Workload::EpochSmall) || live.contains(&Workload::Preload),
                 list: live.contains(&Workload::List),
             },
@@ -907,6 +933,12 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                                 }),
                             ));
                         }
+                    }
+                    if live.contains(&Workload::Restart) {
+                        sessions.push((
+                            "restart",
+                            Box::new(move |c: &mut Ctx| c.restart_session(system, run)),
+                        ));
                     }
                     if live.contains(&Workload::Preload) && system == System::Strata {
                         sessions.push((

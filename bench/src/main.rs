@@ -80,12 +80,12 @@ struct RunArgs {
         default_value = "strata,rclone,s3fs"
     )]
     systems: Vec<System>,
-    /// Workloads: seq-large, random-4k, epoch-small, list, list-huge, preload, hit-ratio.
+    /// Workloads: seq-large, random-4k, epoch-small, list, list-huge, preload, restart, hit-ratio.
     #[arg(
         long,
         env = "STRATA_BENCH_WORKLOADS",
         value_delimiter = ',',
-        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,hit-ratio"
+        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,restart,hit-ratio"
     )]
     workloads: Vec<Workload>,
     /// Size of the seq-large object (default 1GiB, 128MiB with --quick).

@@ -82,6 +82,10 @@ pub struct MountRequest<'a> {
     pub log: &'a Path,
     pub quota: CacheQuota,
     pub programs: &'a Programs,
+    /// Strata only: the mount holder's socket (None: the agent's default, /run/strata).
+    pub holder_socket: Option<&'a Path>,
+    /// Strata only: the agent's STRATA_LOG filter.
+    pub strata_log: &'a str,
 }
 
 /// A live FUSE mount; unmounted and its process stopped when dropped.
@@ -106,17 +110,7 @@ impl Mounted {
                 ),
             });
         }
-        let command = match req.system {
-            System::Strata => strata_command(req)?,
-            System::Rclone => rclone_command(req)?,
-            System::S3fs => s3fs_command(req)?,
-            other => {
-                return Err(Error::Config {
-                    field: "system",
-                    detail: format!("{} is not a mount", other.label()),
-                });
-            }
-        };
+        let command = mount_command(req)?;
         let mut child = ChildGuard::spawn(req.system.label(), command, req.log)?;
         wait_until(
             &format!(
@@ -152,6 +146,31 @@ impl Mounted {
 
     pub fn check_alive(&mut self) -> Result<()> {
         self.child.check_alive()
+    }
+
+    /// SIGKILL the mount's process and reap it. The mount stays in the mount table: a
+    /// Strata holder keeps it alive, a peer's is left dead.
+    pub fn kill(&mut self) {
+        self.child.kill();
+    }
+
+    /// Makes `child` (a restarted daemon for this mount) the process stopped on drop.
+    pub fn replace_process(&mut self, child: ChildGuard) {
+        self.child = child;
+    }
+}
+
+/// The command that mounts `req.system` at `req.mountpoint`; the same every time for the
+/// same request (what a supervisor runs again).
+pub fn mount_command(req: &MountRequest<'_>) -> Result<Command> {
+    match req.system {
+        System::Strata => strata_command(req),
+        System::Rclone => rclone_command(req),
+        System::S3fs => s3fs_command(req),
+        other => Err(Error::Config {
+            field: "system",
+            detail: format!("{} is not a mount", other.label()),
+        }),
     }
 }
 
@@ -205,7 +224,10 @@ fn strata_command(req: &MountRequest<'_>) -> Result<Command> {
         // Credentials through the environment, never on a command line.
         .env("AWS_ACCESS_KEY_ID", &req.creds.access_key)
         .env("AWS_SECRET_ACCESS_KEY", &req.creds.secret_key)
-        .env("STRATA_LOG", "warn");
+        .env("STRATA_LOG", req.strata_log);
+    if let Some(socket) = req.holder_socket {
+        c.arg("--holder-socket").arg(socket);
+    }
     Ok(c)
 }
 

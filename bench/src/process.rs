@@ -66,6 +66,12 @@ impl ChildGuard {
         peak_rss_bytes(self.child.id())
     }
 
+    /// SIGKILL now, and reap it.
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
     /// SIGTERM, then SIGKILL after `grace`; returns whether it stopped on SIGTERM.
     pub fn stop(&mut self, grace: Duration) -> bool {
         if let Ok(Some(_)) = self.child.try_wait() {

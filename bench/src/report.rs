@@ -442,6 +442,86 @@ fn list_huge_targets(r: &BenchResults, link: &str) -> Vec<Verdict> {
     out
 }
 
+/// The goal of the restart workload: no failed read, the longest read under 2 s.
+const RESTART_MAX_STALL_MS: f64 = 2000.0;
+
+/// restart: Strata's figures over its restarts, then what every system's reader saw.
+fn restart_tables(out: &mut String, r: &BenchResults, link: &str) {
+    let rows: Vec<&crate::results::RestartOutcome> =
+        r.restart.iter().filter(|o| o.link == link).collect();
+    if rows.is_empty() {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### restart (SIGKILL of the mount's daemon during a sequential read), link: {link}\n"
+    );
+    out.push_str("One reader reads the seq-large object from start to end over and over in 1 MiB `read` calls, timing each and comparing every byte with the local copy. Strata: the agent is SIGKILLed and the same `strata-agent mount` command started at once (no deliberate gap), which takes the mount over from its holder (its own `--holder-socket` under the work dir); the page cache is dropped before each SIGKILL and the caches are smaller than the object, so reads wait on the agent. A restart's stall is the longest read call in progress from the SIGKILL to 1 s after the new agent logs \"took the mount over\". rclone and s3fs: their daemon is SIGKILLed once, 2 s into the read.\n\n");
+    let strata: Vec<_> = rows.iter().filter(|o| o.system == System::Strata).collect();
+    if !strata.is_empty() {
+        out.push_str("| system | run | restarts | longest read per restart, p50 / max (ms) | SIGKILL → took over, p50 / max (ms) | restarts with a read waiting in the gap | longest read in the 2 s before the first SIGKILL (ms) | failed reads | wrong bytes | MiB read |\n| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |\n");
+        let max = |v: &[f64]| v.iter().copied().fold(f64::NAN, f64::max);
+        for o in &strata {
+            let _ = writeln!(
+                out,
+                "| {} | {} | {} | {} / {} | {} / {} | {} | {} | {} | {} | {} |",
+                o.system.label(),
+                o.run,
+                o.restarts,
+                fmt_num(median(&o.stalls_ms).unwrap_or(f64::NAN)),
+                fmt_num(max(&o.stalls_ms)),
+                fmt_num(median(&o.takeover_ms).unwrap_or(f64::NAN)),
+                fmt_num(max(&o.takeover_ms)),
+                o.restarts_with_a_waiting_read,
+                fmt_num(o.longest_read_before_ms.unwrap_or(f64::NAN)),
+                o.failed_reads,
+                o.wrong_bytes,
+                fmt_num(o.mib_read)
+            );
+        }
+        out.push('\n');
+        let verdicts: Vec<Verdict> = strata
+            .iter()
+            .map(|o| {
+                let worst = max(&o.stalls_ms);
+                Verdict {
+                    target: format!(
+                        "restart (run {}): no failed read, no wrong byte, longest read under {} s over {} restarts",
+                        o.run,
+                        RESTART_MAX_STALL_MS / 1000.0,
+                        crate::harness::RESTARTS
+                    ),
+                    measured: format!(
+                        "{} failed, {} wrong bytes, max {} ms over {} restarts",
+                        o.failed_reads,
+                        o.wrong_bytes,
+                        fmt_num(worst),
+                        o.restarts
+                    ),
+                    met: Some(
+                        o.failed_reads == 0
+                            && o.wrong_bytes == 0
+                            && o.restarts == crate::harness::RESTARTS
+                            && worst < RESTART_MAX_STALL_MS,
+                    ),
+                }
+            })
+            .collect();
+        verdict_table(out, &verdicts);
+    }
+    out.push_str("What the reader (and the daemon, started again) saw:\n\n| system | run | what happened |\n| --- | --- | --- |\n");
+    for o in &rows {
+        let _ = writeln!(
+            out,
+            "| {} | {} | {} |",
+            o.system.label(),
+            o.run,
+            o.seen.join("; ").replace('|', "\\|")
+        );
+    }
+    out.push('\n');
+}
+
 /// Writes the charts into `chart_dir` and returns the generated Markdown.
 pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<String> {
     std::fs::create_dir_all(chart_dir).map_err(|e| Error::io(chart_dir, e))?;
@@ -463,6 +543,10 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             "seq-large" | "random-4k" => format!("{} MiB object", s.spec.seq_large_bytes >> 20),
             "epoch-small" | "preload" => format!("{} files of ~110 KiB", s.spec.epoch_files),
             "list" => format!("{} objects", s.spec.list_objects),
+            "restart" => format!(
+                "{} MiB object, read sequentially in 1 MiB reads, over and over",
+                s.spec.seq_large_bytes >> 20
+            ),
             "list-huge" => {
                 let sizes: Vec<String> = huge_sizes(r).iter().map(|n| n.to_string()).collect();
                 format!("{} objects in one prefix", sizes.join(" and "))
@@ -651,6 +735,7 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
                 true,
             );
         }
+        restart_tables(&mut out, r, &link);
         let mem_cases: BTreeSet<&str> = r
             .measurements
             .iter()

@@ -81,6 +81,38 @@ pub struct BenchResults {
     /// Strata's memory-tier quota in the last live run, for the memory-bound target.
     #[serde(default)]
     pub memory_quota_bytes: Option<u64>,
+    /// The restart workload: one entry per system and run.
+    #[serde(default)]
+    pub restart: Vec<RestartOutcome>,
+}
+
+/// What a reader saw while one system's daemon was SIGKILLed (and, for Strata, restarted).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RestartOutcome {
+    pub system: System,
+    pub link: String,
+    pub run: u32,
+    /// False when the program is not installed here (nothing else is then filled in).
+    pub installed: bool,
+    /// SIGKILL + restart rounds done (Strata), or 1 kill (peers).
+    pub restarts: u32,
+    /// Per restart: the longest read call in progress between the SIGKILL and 1 s after the
+    /// takeover (ms).
+    pub stalls_ms: Vec<f64>,
+    /// Per restart: SIGKILL to the new agent's "took the mount over" (ms).
+    pub takeover_ms: Vec<f64>,
+    /// Restarts during whose gap (SIGKILL to takeover) a read call was in progress: that
+    /// reads really did wait on the agent.
+    pub restarts_with_a_waiting_read: u32,
+    /// The longest read call in the seconds before the first SIGKILL (ms): the link's and
+    /// cache's own worst read, for comparison.
+    pub longest_read_before_ms: Option<f64>,
+    pub reads: u64,
+    pub mib_read: f64,
+    pub failed_reads: u64,
+    pub wrong_bytes: u64,
+    /// What the reader and the daemon did, in words, in order.
+    pub seen: Vec<String>,
 }
 
 impl BenchResults {
@@ -118,6 +150,9 @@ impl BenchResults {
         });
         self.notes
             .retain(|n| !redone.iter().any(|w| n.starts_with(&format!("{w}:"))));
+        if newer.sections.contains_key("restart") {
+            self.restart = newer.restart;
+        }
         if newer.sections.contains_key("hit-ratio") {
             self.hit_ratio = newer.hit_ratio;
             self.traces = newer.traces;

@@ -5,3 +5,4 @@ pub mod epoch;
 pub mod fio;
 pub mod floor;
 pub mod listing;
+pub mod restart;
