@@ -148,7 +148,7 @@ up() {
   say "setup (fuse3, moto, runc, CNI plugins, the local cluster's binaries; skipped when present)"
   bash scripts/setup.sh
   say "building strata-operator, strata-agent, strata-csi, strata-demo (cargo, debug profile, into $target_dir)"
-  cargo build -q --bins -p strata-operator -p strata-agent -p strata-csi -p strata-e2e
+  cargo build -q --bins -p strata-operator -p strata-agent -p strata-csi -p strata-holder -p strata-e2e
   local mode reason=""
   mode=$(cat "$mode_file" 2>/dev/null || true)
   if [ -z "$mode" ]; then

@@ -3,7 +3,7 @@
 # layout (oci-layout, index.json, blobs) written as a tar that `ctr images import`,
 # `podman load`, `skopeo copy oci-archive:...` and `docker load` (25+) all read.
 #
-#   scripts/image.sh strata [OUT]    strata-operator, strata-agent, strata-csi from
+#   scripts/image.sh strata [OUT]    strata-operator, strata-agent, strata-csi, strata-holder from
 #                                    `cargo build --release`, the shared libraries they link
 #                                    and the CA bundle (the same files as ./Containerfile)
 #   scripts/image.sh pause [OUT]     the pod sandbox image of the local test node (a static
@@ -47,7 +47,7 @@ APP_VERSION="$(sed -n 's/^appVersion: *"\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' charts/s
 STRATA_NAME="${STRATA_IMAGE_NAME:-ghcr.io/strata/strata:$APP_VERSION}"
 PAUSE_NAME="${STRATA_PAUSE_NAME:-strata.local/pause:3.10}"
 BUSYBOX_NAME="${STRATA_BUSYBOX_NAME:-strata.local/busybox:1.35}"
-STRATA_BINARIES=(strata-operator strata-agent strata-csi)
+STRATA_BINARIES=(strata-operator strata-agent strata-csi strata-holder)
 # The applets test pods use; `busybox --list` has the rest (run them as `busybox NAME`).
 BUSYBOX_APPLETS=(sh cat ls echo find sha256sum md5sum sort xargs wc head tail touch mkdir rm
 	sleep mount grep test true false env id stat)
@@ -84,7 +84,7 @@ stage_strata() {
 	else
 		need cargo
 		log "cargo build --release (${STRATA_BINARIES[*]})"
-		cargo build --release --locked -p strata-operator -p strata-agent -p strata-csi >&2
+		cargo build --release --locked -p strata-operator -p strata-agent -p strata-csi -p strata-holder >&2
 		bin_dir="${CARGO_TARGET_DIR:-target}/release"
 	fi
 	for b in "${STRATA_BINARIES[@]}"; do

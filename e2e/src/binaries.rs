@@ -1,4 +1,4 @@
-//! The workspace's own binaries (`strata-operator`, `strata-agent`, `strata-csi`) for the tests
+//! The workspace's own binaries (`strata-operator`, `strata-agent`, `strata-csi`, `strata-holder`) for the tests
 //! that run them as processes.
 
 use std::path::{Path, PathBuf};

@@ -61,7 +61,7 @@ impl LocalNode {
         self.dir.join(sub).to_string_lossy().into_owned()
     }
 
-    /// The args of the DaemonSet's `container` (`agent` or `csi`), after checking it runs the
+    /// The args of the DaemonSet's `container` (`agent`, `csi` or `holder`), after checking it runs the
     /// binary run in its place, with the pod's paths mapped into this node's directory (the
     /// hostPath and Secret volumes) and its environment expanded.
     pub fn container_args(&self, daemon_set: &DaemonSet, container: &str) -> Result<Vec<String>> {
@@ -82,10 +82,10 @@ impl LocalNode {
                 owner: format!("DaemonSet {daemon_set_name}"),
                 container: container.into(),
             })?;
-        let binary = if container == "agent" {
-            "strata-agent"
-        } else {
-            "strata-csi"
+        let binary = match container {
+            "agent" => "strata-agent",
+            "holder" => "strata-holder",
+            _ => "strata-csi",
         };
         check_command(&format!("container {container}"), c, binary)?;
         let agent_port = self.agent_port;
@@ -93,6 +93,7 @@ impl LocalNode {
             ("/etc/strata/datasets", self.path("datasets")),
             ("/var/run/strata/peer", self.path("peer")),
             ("/run/strata/agent.sock", self.path("agent.sock")),
+            ("/run/strata/holder.sock", self.path("holder.sock")),
             ("/var/lib/strata/mounts", self.path("mounts")),
             ("/var/cache/strata", self.path("cache")),
             (

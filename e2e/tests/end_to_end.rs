@@ -224,6 +224,8 @@ struct Node {
     agent: Process,
     csi: Process,
     csi_client: NodeClient<Channel>,
+    // Declared last, dropped (stopped) last: the agent's mounts live in it.
+    _holder: Process,
 }
 
 impl Node {
@@ -388,7 +390,7 @@ async fn strata_end_to_end() -> Result<()> {
     };
     let cluster = Cluster::shared().await?;
     let bins = tokio::task::spawn_blocking(|| {
-        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi"])
+        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi", "strata-holder"])
     })
     .await??;
     let system = TestNamespace::create(cluster, "e2e-system").await?;
@@ -458,6 +460,10 @@ async fn strata_end_to_end() -> Result<()> {
         system.api::<DaemonSet>().get_opt("strata-node").await
     })
     .await?;
+    let holder_set = wait_until("the mount holder's DaemonSet", WAIT, || async {
+        system.api::<DaemonSet>().get_opt("strata-holder").await
+    })
+    .await?;
     Api::<CSIDriver>::all(client.clone())
         .get("csi.strata.dev")
         .await?;
@@ -512,6 +518,14 @@ async fn strata_end_to_end() -> Result<()> {
             dir: dir.clone(),
             agent_port,
         };
+        // The holder first: the agent waits for it.
+        let holder = Process::spawn(
+            &format!("holder-{i}"),
+            &bins.join("strata-holder"),
+            &local.container_args(&holder_set, "holder")?,
+            &[("STRATA_LOG", "debug")],
+            &logs,
+        )?;
         let agent_args = local.agent_args(&daemon_set)?;
         let kubeconfig = agent_kubeconfig.to_string_lossy().into_owned();
         let mut agent = Process::spawn(
@@ -541,12 +555,13 @@ async fn strata_end_to_end() -> Result<()> {
             name,
             ip,
             dir: dir.clone(),
+            _holder: holder,
             agent,
             csi,
             csi_client,
         });
     }
-    step(3, "two nodes: agent and CSI plugin each");
+    step(3, "two nodes: mount holder, agent and CSI plugin each");
 
     // 4. Secret, Dataset, CachePolicy; Ready.
     let key_id = format!("AKIASTRATAE2E{}", suffix.to_ascii_uppercase());

@@ -426,7 +426,7 @@ async fn uninstall_earlier_release(cluster: &Cluster) -> Result<()> {
 /// Builds the Strata image from this workspace's debug binaries and imports it into the node.
 async fn build_and_import_image(cluster: &Cluster, work: &Path) -> Result<()> {
     let bins = tokio::task::spawn_blocking(|| {
-        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi"])
+        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi", "strata-holder"])
     })
     .await??;
     let tar = work.join("strata.tar");

@@ -261,6 +261,16 @@ impl Holder {
                                 "{name}: holder stopping: {} mounts lose their connection",
                                 self.mounts.len()
                             );
+                            // Detached rather than left as dead mounts: the paths answer
+                            // again at once (empty), and nothing blocks the next mount.
+                            for m in self.mounts.values() {
+                                if let Err(e) = nix::mount::umount2(
+                                    &m.mountpoint,
+                                    nix::mount::MntFlags::MNT_DETACH,
+                                ) {
+                                    tracing::warn!(mountpoint = %m.mountpoint.display(), error = %e, "detaching failed");
+                                }
+                            }
                             return Ok(());
                         }
                     }

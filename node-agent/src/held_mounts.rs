@@ -8,6 +8,8 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Duration;
 
+use strata_holder::HolderClient;
+
 use crate::cli_values::parse_duration;
 use crate::fuse::Holder;
 use crate::{Error, Result};
@@ -19,17 +21,18 @@ pub const DEFAULT_HOLDER_SOCKET: &str = "/run/strata/holder.sock";
 #[derive(clap::Args, Debug, Clone)]
 pub struct HolderFlags {
     /// Socket of the mount holder, the process that keeps each mount's FUSE connection
-    /// while agents restart, crash or upgrade. If none listens there, the agent starts one
-    /// (detached, logging to holder.log beside the socket; it exits once it holds no
-    /// mount). Takeover logs are kept in takeover/ beside it: keep it on tmpfs (/run).
-    /// `mount` uses /run/strata/holder.sock unless --no-holder; `serve` uses a holder
-    /// only with this flag.
+    /// while agents restart, crash or upgrade. Takeover logs are kept in takeover/ beside
+    /// it: keep it on tmpfs (/run). `mount` uses /run/strata/holder.sock unless
+    /// --no-holder, and starts a holder there if none listens (detached, logging to
+    /// holder.log beside the socket; it exits once it holds no mount). `serve` uses a
+    /// holder only with this flag, and waits for it (in Kubernetes, the strata-holder
+    /// DaemonSet; elsewhere run `strata-agent holder --socket PATH` first).
     #[arg(long, env = "STRATA_HOLDER_SOCKET")]
     pub holder_socket: Option<PathBuf>,
     /// `mount` only: mount without a holder; the mount then dies with this agent.
     #[arg(long, env = "STRATA_NO_HOLDER", conflicts_with = "holder_socket")]
     pub no_holder: bool,
-    /// For a holder this agent starts: how long readers wait for an agent to come back
+    /// For a holder `mount` starts: how long readers wait for an agent to come back
     /// after one went away, before the holder answers their requests with EIO.
     #[arg(long, env = "STRATA_ORPHAN_TIMEOUT", default_value = "30s", value_parser = parse_duration)]
     pub orphan_timeout: Duration,
@@ -48,12 +51,39 @@ impl HolderFlags {
         connect(&socket, self.orphan_timeout).map(Some)
     }
 
-    /// The holder `serve` uses (only with --holder-socket).
+    /// The holder `serve` uses (only with --holder-socket): waited for, never started,
+    /// since one started here would die with the agent's container.
     pub fn for_serve(&self) -> Result<Option<Holder>> {
-        match &self.holder_socket {
-            Some(socket) => connect(socket, self.orphan_timeout).map(Some),
-            None => Ok(None),
+        let Some(socket) = &self.holder_socket else {
+            return Ok(None);
+        };
+        let started = std::time::Instant::now();
+        let mut said = None;
+        loop {
+            match HolderClient::connect(socket) {
+                Ok(client) => return Ok(Some(holder(socket, client))),
+                Err(strata_holder::Error::NotRunning(_)) => {
+                    if said.is_none_or(|t: std::time::Instant| t.elapsed() >= HOLDER_WAIT_LOG) {
+                        tracing::warn!(socket = %socket.display(), waited = ?started.elapsed(),
+                            "waiting for the mount holder (in Kubernetes: is the strata-holder DaemonSet's pod running on this node?)");
+                        said = Some(std::time::Instant::now());
+                    }
+                    std::thread::sleep(Duration::from_millis(200));
+                }
+                Err(e) => return Err(Error::Unavailable(format!("mount holder: {e}"))),
+            }
         }
+    }
+}
+
+/// How often `serve` says it still waits for the holder.
+const HOLDER_WAIT_LOG: Duration = Duration::from_secs(10);
+
+fn holder(socket: &Path, client: HolderClient) -> Holder {
+    let dir = socket.parent().unwrap_or(Path::new("/"));
+    Holder {
+        client: Arc::new(client),
+        state_dir: dir.join("takeover"),
     }
 }
 
@@ -64,10 +94,7 @@ pub fn connect(socket: &Path, orphan_timeout: Duration) -> Result<Holder> {
         .map_err(|e| Error::io(format!("creating {}", dir.display()), e))?;
     let client = strata_holder::connect_or_spawn(socket, || spawn(socket, orphan_timeout))
         .map_err(|e| Error::Unavailable(format!("mount holder: {e}")))?;
-    Ok(Holder {
-        client: Arc::new(client),
-        state_dir: dir.join("takeover"),
-    })
+    Ok(holder(socket, client))
 }
 
 /// Starts `strata-agent holder` detached: through a shell that puts it in the background

@@ -12,6 +12,18 @@ use std::time::Duration;
 use strata_agent::http::client::AgentClient;
 use support::{is_mounted, sha256_file, write_tree};
 
+/// Kills a process at the end of the test (or when it fails).
+struct KillOnDrop(u32);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(self.0 as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        );
+    }
+}
+
 /// Detaches whatever a failed run left mounted at the dataset's mount point.
 struct DetachOnDrop(std::path::PathBuf);
 
@@ -150,6 +162,16 @@ async fn with_a_holder_the_mount_outlives_a_killed_agent() {
     )
     .unwrap();
     let client = AgentClient::unix(work.path().join("agent.sock"));
+    // `serve` waits for its holder and never starts one (in a cluster it is the
+    // strata-holder DaemonSet): started first, as a separate process.
+    let mut holder = Command::new(env!("CARGO_BIN_EXE_strata-agent"))
+        .args(["holder", "--socket"])
+        .arg(work.path().join("run/holder.sock"))
+        .args(["--orphan-timeout", "30s"])
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let _stop_holder = KillOnDrop(holder.id());
 
     let mut first = spawn_agent(work.path(), true);
     wait_ready(&client).await;
@@ -217,4 +239,11 @@ async fn with_a_holder_the_mount_outlives_a_killed_agent() {
     )
     .unwrap();
     assert!(second.wait().unwrap().success());
+    // The holder holds nothing now; stopping it unmounts nothing.
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder.id() as i32),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    assert!(holder.wait().unwrap().success());
 }

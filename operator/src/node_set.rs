@@ -1,6 +1,8 @@
 //! What runs on every node, owned by the operator and shaped by its flags:
 //! the `strata-node` DaemonSet (agent, and the CSI plugin, which registers itself with the
-//! kubelet), the CSIDriver object, the peer token and the (initially empty) datasets Secret.
+//! kubelet), the `strata-holder` DaemonSet (the mount holder, which keeps the FUSE
+//! connections while agent pods roll), the CSIDriver object, the peer token and the
+//! (initially empty) datasets Secret.
 
 use std::collections::BTreeMap;
 
@@ -27,6 +29,14 @@ use crate::{Error, Result};
 
 /// Name of the node DaemonSet.
 pub const DAEMONSET: &str = "strata-node";
+/// Name of the mount holder's DaemonSet. Updated only when its pods are deleted
+/// (`OnDelete`): a holder restart ends every mount on its node.
+pub const HOLDER_DAEMONSET: &str = "strata-holder";
+/// The holder's socket in the pods (in the shared run directory).
+pub const HOLDER_SOCKET: &str = "/run/strata/holder.sock";
+/// How long the holder lets readers wait for an agent pod to come back before it answers
+/// them with EIO: long enough for an image pull on a rolling update.
+pub const HOLDER_ORPHAN_TIMEOUT: &str = "120s";
 /// Where the agent reads dataset configs (the datasets Secret).
 pub const DATASETS_DIR: &str = "/etc/strata/datasets";
 /// Where the peer token (the agents' shared node secret) is mounted.
@@ -41,9 +51,13 @@ pub const MOUNTS_DIR: &str = "/var/lib/strata/mounts";
 pub const CONTROLLER: &str = "nodes";
 
 fn labels() -> BTreeMap<String, String> {
+    labels_of(DAEMONSET)
+}
+
+fn labels_of(name: &str) -> BTreeMap<String, String> {
     BTreeMap::from([
         (LABEL_MANAGED_BY.to_string(), MANAGED_BY.to_string()),
-        ("app.kubernetes.io/name".to_string(), DAEMONSET.to_string()),
+        ("app.kubernetes.io/name".to_string(), name.to_string()),
     ])
 }
 
@@ -119,13 +133,17 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
         config.memory_tier_size.clone(),
         "--disk".into(),
         config.disk_tier_size.clone(),
+        // Mounts go through the holder (its own DaemonSet), so they outlive agent pods.
+        "--holder-socket".into(),
+        HOLDER_SOCKET.into(),
     ];
     let mut agent_mounts = vec![
         mount("datasets", DATASETS_DIR, true, false),
         mount("peer-token", PEER_TOKEN_DIR, true, false),
         mount("run", RUN_DIR, false, false),
         mount("cache", "/var/cache/strata", false, false),
-        mount("mounts", MOUNTS_DIR, false, true),
+        // The holder mounts; the agent only makes and removes the mount points.
+        mount("mounts", MOUNTS_DIR, false, false),
         mount("fuse", "/dev/fuse", false, false),
     ];
     let mut local_volumes = Vec::new();
@@ -237,6 +255,79 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
                     tolerations: (!tolerations.is_empty()).then_some(tolerations),
                     containers: vec![agent, csi],
                     volumes: Some(volumes),
+                    ..PodSpec::default()
+                }),
+            },
+            ..DaemonSetSpec::default()
+        },
+        status: None,
+    })
+}
+
+/// The mount holder's DaemonSet: `strata-holder` on every node the agents run on. It
+/// mounts for the agent and keeps each mount's FUSE connection while agent pods roll or
+/// crash; it is updated only when its pods are deleted, since a holder restart ends the
+/// mounts on its node.
+pub fn holder_daemon_set(
+    config: &OperatorConfig,
+    owner: Option<OwnerReference>,
+) -> Result<DaemonSet> {
+    let holder = Container {
+        name: "holder".into(),
+        image: Some(config.agent_image.clone()),
+        image_pull_policy: Some(config.image_pull_policy.clone()),
+        command: Some(vec!["strata-holder".into()]),
+        args: Some(vec![
+            "--socket".into(),
+            HOLDER_SOCKET.into(),
+            "--orphan-timeout".into(),
+            HOLDER_ORPHAN_TIMEOUT.into(),
+        ]),
+        security_context: privileged(),
+        volume_mounts: Some(vec![
+            mount("run", RUN_DIR, false, false),
+            // Its FUSE mounts must reach the host, where the CSI plugin binds them into pods.
+            mount("mounts", MOUNTS_DIR, false, true),
+            mount("fuse", "/dev/fuse", false, false),
+        ]),
+        ..Container::default()
+    };
+    let node_selector = config.node_selector_map()?;
+    let tolerations = config.toleration_list()?;
+    Ok(DaemonSet {
+        metadata: ObjectMeta {
+            name: Some(HOLDER_DAEMONSET.into()),
+            namespace: Some(config.namespace.clone()),
+            labels: Some(labels_of(HOLDER_DAEMONSET)),
+            owner_references: owner.map(|o| vec![o]),
+            ..ObjectMeta::default()
+        },
+        spec: DaemonSetSpec {
+            selector: LabelSelector {
+                match_labels: Some(labels_of(HOLDER_DAEMONSET)),
+                ..LabelSelector::default()
+            },
+            update_strategy: Some(k8s_openapi::api::apps::v1::DaemonSetUpdateStrategy {
+                type_: Some("OnDelete".into()),
+                ..Default::default()
+            }),
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(labels_of(HOLDER_DAEMONSET)),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(PodSpec {
+                    // No Kubernetes API: no token.
+                    automount_service_account_token: Some(false),
+                    priority_class_name: Some("system-node-critical".into()),
+                    node_selector: (!node_selector.is_empty()).then_some(node_selector),
+                    tolerations: (!tolerations.is_empty()).then_some(tolerations),
+                    containers: vec![holder],
+                    volumes: Some(vec![
+                        host_path("run", &config.node_run_dir, "DirectoryOrCreate"),
+                        host_path("mounts", &config.node_mounts_dir, "DirectoryOrCreate"),
+                        host_path("fuse", "/dev/fuse", "CharDevice"),
+                    ]),
                     ..PodSpec::default()
                 }),
             },
@@ -377,8 +468,20 @@ async fn apply(ctx: &Context) -> Result<()> {
         .patch(CSI_DRIVER, &params, &Patch::Apply(csi_driver()))
         .await
         .map_err(|e| Error::kube(format!("applying CSIDriver {CSI_DRIVER}"), e))?;
+    let daemon_sets = Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace);
+    // The holder first: agents wait for its socket.
+    let holder = holder_daemon_set(&ctx.config, owner.clone())?;
+    daemon_sets
+        .patch(HOLDER_DAEMONSET, &params, &Patch::Apply(&holder))
+        .await
+        .map_err(|e| {
+            Error::kube(
+                format!("applying DaemonSet {namespace}/{HOLDER_DAEMONSET}"),
+                e,
+            )
+        })?;
     let ds = daemon_set(&ctx.config, owner)?;
-    Api::<DaemonSet>::namespaced(ctx.client.clone(), namespace)
+    daemon_sets
         .patch(DAEMONSET, &params, &Patch::Apply(&ds))
         .await
         .map_err(|e| Error::kube(format!("applying DaemonSet {namespace}/{DAEMONSET}"), e))?;
@@ -531,6 +634,39 @@ mod tests {
             .filter(|m| m.mount_propagation.as_deref() == Some("Bidirectional"))
             .count();
         assert_eq!(bidirectional, 2);
+        // Mounts go through the holder, which has a DaemonSet of its own.
+        assert!(
+            args.windows(2)
+                .any(|w| w == ["--holder-socket", HOLDER_SOCKET]),
+            "{args:?}"
+        );
+        let holder = holder_daemon_set(&cli.config, None).unwrap();
+        assert_eq!(
+            holder.spec.update_strategy.unwrap().type_.as_deref(),
+            Some("OnDelete"),
+            "an update must not restart holders: their mounts would end"
+        );
+        let holder_pod = holder.spec.template.spec.unwrap();
+        let c = &holder_pod.containers[0];
+        assert_eq!(c.command.as_deref(), Some(&["strata-holder".to_string()][..]));
+        assert_eq!(c.image.as_deref(), Some("strata:9"));
+        let holder_host_dir = |name: &str| {
+            holder_pod
+                .volumes
+                .as_ref()
+                .unwrap()
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap()
+                .host_path
+                .clone()
+                .unwrap()
+                .path
+        };
+        // The same host directories as the agent's: the socket, and where it mounts.
+        assert_eq!(holder_host_dir("run"), "/run/strata-b");
+        assert_eq!(holder_host_dir("mounts"), "/var/lib/strata-b/mounts");
+        assert_eq!(holder_pod.node_selector.unwrap()["strata.dev/cache"], "true");
         // Registration: the plugin's socket goes in the kubelet's plugins_registry and names
         // the CSI socket at its host path.
         let csi_args = pod.containers[1].args.clone().unwrap();

@@ -249,6 +249,19 @@ impl LocalDemo {
             dir: self.state.join("node"),
             agent_port,
         };
+        // The mount holder first (its DaemonSet's args): the agent waits for it.
+        let holder_set = wait_until("the operator's mount holder DaemonSet", WAIT, || async {
+            Api::<DaemonSet>::namespaced(client.clone(), SYSTEM_NS)
+                .get_opt("strata-holder")
+                .await
+        })
+        .await?;
+        self.start(
+            "holder",
+            &bins.join("strata-holder"),
+            &node.container_args(&holder_set, "holder")?,
+            &[],
+        )?;
         let agent_args = node.agent_args(&daemon_set)?;
         // A token bound to a Pod on this node (a Node object stands in for the kubelet's
         // registration): the admission policy lets an agent write its own StrataNode only.
