@@ -6,8 +6,9 @@
 //!
 //! 1. the Strata image from this workspace's binaries (`scripts/image.sh strata`, debug build),
 //!    imported into the node's containerd under the chart's default name;
-//! 2. `helm install`: the operator Deployment's pod becomes Ready, the node DaemonSet's pod
-//!    (agent and CSI plugin) becomes Ready, the CSINode lists `csi.strata.dev`;
+//! 2. `helm install`: the operator Deployment's pod becomes Ready, the mount holder's
+//!    DaemonSet pod and the node DaemonSet's pod (agent and CSI plugin) become Ready, the
+//!    CSINode lists `csi.strata.dev`;
 //! 3. a Dataset on moto S3 (loopback; the agents use the host network) with a CachePolicy: its
 //!    preload Job's pod runs to completion and `kubectl get datasets` reaches 100%; its pin
 //!    Job's pod runs to completion;
@@ -17,7 +18,8 @@
 //! 5. deleting the pods unpublishes the volumes: no bind mount under the kubelet's pods and no
 //!    FUSE mount of the dataset are left on the node;
 //! 6. `helm upgrade` with a changed value rolls the node DaemonSet (the operator builds it from
-//!    its flags): a new agent pod with the new flag becomes Ready;
+//!    its flags): a new agent pod with the new flag becomes Ready, while a pod checks every
+//!    file of the dataset in a loop: no pass fails, and the holder pod is not restarted;
 //! 7. deleting the Dataset and `helm uninstall`: no Strata pod, workload, RBAC object, mount,
 //!    plugin socket or cached file of the dataset is left; what stays is what docs/install.md
 //!    says stays (the CRDs, the CSIDriver, the disk tier's directory).
@@ -122,6 +124,28 @@ fn reader_script(list: &str, count: usize, check_write: bool) -> String {
         "echo {CHECKED}; trap 'exit 0' TERM; sleep 3600 & wait"
     ));
     script
+}
+
+/// The pod that reads across the node DaemonSet's roll.
+const ROLL_READER: &str = "reader-roll";
+
+/// A shell script that checks every file under /data against /sums/<list> in a loop,
+/// printing "pass N" after each full pass and "FAILED" with sha256sum's output otherwise.
+fn looping_reader_script(list: &str) -> String {
+    format!(
+        "cd /data; i=0; trap 'exit 0' TERM; while true; do \
+         if out=$(sha256sum -c /sums/{list} 2>&1); then i=$((i+1)); echo \"pass $i\"; \
+         else echo \"FAILED: $out\"; fi; sleep 0.3 & wait; done"
+    )
+}
+
+/// Full passes a looping reader logged.
+fn passes(log: &str) -> usize {
+    log.lines().filter(|l| l.starts_with("pass ")).count()
+}
+
+async fn pod_log(cluster: &Cluster, namespace: &str, pod: &str) -> Result<String> {
+    Ok(cluster.kubectl(&["-n", namespace, "logs", pod]).await?)
 }
 
 /// A run-once busybox pod on the node reading `/data` from `volume` (YAML of one volume).
@@ -505,16 +529,18 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         Ok(deployment) => deployment.metadata.name.unwrap_or_default(),
         Err(e) => bail!("{e}{}", diagnose(cluster, system.name()).await),
     };
-    let ready = wait_until("the node DaemonSet's pod to be Ready", WAIT, || async {
-        let ds = daemon_sets.get_opt("strata-node").await?;
-        let status = ds.and_then(|d| d.status).unwrap_or_default();
-        Ok::<_, kube::Error>(
-            (status.desired_number_scheduled == 1 && status.number_ready == 1).then_some(()),
-        )
-    })
-    .await;
-    if let Err(e) = ready {
-        bail!("{e}{}", diagnose(cluster, system.name()).await);
+    for name in ["strata-holder", "strata-node"] {
+        let ready = wait_until(&format!("the {name} DaemonSet's pod to be Ready"), WAIT, || async {
+            let ds = daemon_sets.get_opt(name).await?;
+            let status = ds.and_then(|d| d.status).unwrap_or_default();
+            Ok::<_, kube::Error>(
+                (status.desired_number_scheduled == 1 && status.number_ready == 1).then_some(()),
+            )
+        })
+        .await;
+        if let Err(e) = ready {
+            bail!("{e}{}", diagnose(cluster, system.name()).await);
+        }
     }
     let csi_nodes: Api<CSINode> = Api::all(client.clone());
     let registered = wait_until("the CSINode to list csi.strata.dev", WAIT, || async {
@@ -532,7 +558,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
     step(
         2,
         &format!(
-            "helm install: operator {operator} Ready, strata-node pod Ready, CSINode lists {DRIVER}"
+            "helm install: operator {operator} Ready, strata-holder and strata-node pods Ready, CSINode lists {DRIVER}"
         ),
     );
 
@@ -595,7 +621,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         (
             "reader-pvc",
             reader_script("all", all_count, false),
-            pvc_volume,
+            pvc_volume.clone(),
         ),
         (
             "reader-inline",
@@ -658,9 +684,27 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         "pods deleted: no CSI volume or dataset FUSE mount left on the node",
     );
 
-    // 6. helm upgrade with a changed value rolls the node DaemonSet.
+    // 6. helm upgrade with a changed value rolls the node DaemonSet, while a pod checks
+    // every file of the dataset over and over: its mount is held by the strata-holder pod,
+    // which the upgrade does not restart, and the new agent takes it over.
+    cluster
+        .apply_in(
+            tenant.name(),
+            &reader_pod(ROLL_READER, &node, &looping_reader_script("all"), &pvc_volume),
+        )
+        .await?;
+    let passes_before = wait_until("the looping reader to pass twice", WAIT, || async {
+        let log = pod_log(cluster, tenant.name(), ROLL_READER).await?;
+        Ok::<_, anyhow::Error>((passes(&log) >= 2).then_some(passes(&log)))
+    })
+    .await?;
+    let holder_selector = ListParams::default().labels("app.kubernetes.io/name=strata-holder");
     let pod_selector = ListParams::default().labels("app.kubernetes.io/name=strata-node");
     let system_pods = system.api::<Pod>();
+    let holder_uids = |list: kube::core::ObjectList<Pod>| -> Vec<String> {
+        list.items.into_iter().filter_map(|p| p.metadata.uid).collect()
+    };
+    let holders_before = holder_uids(system_pods.list(&holder_selector).await?);
     let before: Vec<String> = system_pods
         .list(&pod_selector)
         .await?
@@ -680,7 +724,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         WAIT,
         || async {
             let list = system_pods.list(&pod_selector).await?;
-            let rolled = list.items.iter().any(|pod| {
+            let rolled = list.items.iter().find(|pod| {
                 let name = pod.metadata.name.clone().unwrap_or_default();
                 let spec = pod.spec.clone().unwrap_or_default();
                 let new_flag = spec.containers.iter().any(|c| {
@@ -695,16 +739,56 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
                     .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
                 new_flag && ready && !before.contains(&name)
             });
-            Ok::<_, kube::Error>(rolled.then_some(()))
+            let rolled = rolled.and_then(|p| p.metadata.name.clone());
+            Ok::<_, kube::Error>(rolled)
         },
     )
     .await;
-    if let Err(e) = rolled {
-        bail!("{e}{}", diagnose(cluster, system.name()).await);
+    let new_pod = match rolled {
+        Ok(name) => name,
+        Err(e) => bail!("{e}{}", diagnose(cluster, system.name()).await),
+    };
+    let rolled_at = passes(&pod_log(cluster, tenant.name(), ROLL_READER).await?);
+    let log = wait_until("the looping reader to pass 3 more times after the roll", WAIT, || async {
+        let log = pod_log(cluster, tenant.name(), ROLL_READER).await?;
+        Ok::<_, anyhow::Error>((passes(&log) >= rolled_at + 3).then_some(log))
+    })
+    .await?;
+    ensure!(
+        !log.contains("FAILED"),
+        "the reader failed across the roll:\n{log}"
+    );
+    ensure!(
+        holder_uids(system_pods.list(&holder_selector).await?) == holders_before,
+        "the upgrade restarted the mount holder"
+    );
+    // The new agent served the reader by taking the mount over, not by a new mount.
+    let agent_log = cluster
+        .kubectl(&["-n", system.name(), "logs", &new_pod, "-c", "agent"])
+        .await?;
+    ensure!(
+        agent_log.contains("took the mount over") && agent_log.contains("volume taken over"),
+        "the new agent did not take the mount over:\n{agent_log}"
+    );
+    pods.delete(ROLL_READER, &DeleteParams::default()).await?;
+    let gone = wait_until("the looping reader's mounts to go", WAIT, || async {
+        let mut left = mounts_containing(&dataset_mount)?;
+        left.extend(csi_volume_mounts(&kubelet_dir)?);
+        Ok::<_, anyhow::Error>(
+            (pods.get_opt(ROLL_READER).await?.is_none() && left.is_empty()).then_some(()),
+        )
+    })
+    .await;
+    if let Err(e) = gone {
+        bail!("{e}; mounts left: {:?}", mounts_containing(&dataset_mount)?);
     }
     step(
         6,
-        "helm upgrade: the node DaemonSet rolled to the new flag, its new pod Ready",
+        &format!(
+            "helm upgrade: the node DaemonSet rolled to the new flag, its new pod Ready; a pod \
+             checked every file {} times across the roll without an error, the holder pod kept",
+            passes(&log) - passes_before + 2
+        ),
     );
 
     // 7. Delete the Dataset (its finalizer drops the caches), then uninstall.
