@@ -4,7 +4,7 @@
 //!    cargo-built `strata-operator` runs as a local process with exactly the Deployment's flags
 //!    and a token of the chart's operator ServiceAccount (so the chart's RBAC is what it gets);
 //! 2. a real S3 server (moto) on loopback with generated data;
-//! 3. two simulated nodes, each a `strata-agent serve` and a `strata-csi` process with its own
+//! 3. two simulated nodes, each a `strata-holder`, a `strata-agent serve` and a `strata-csi` process with its own
 //!    node name, cache dir, sockets and loopback address, standing in for the DaemonSet's pods;
 //!    the Secrets the DaemonSet mounts (`strata-datasets`, `strata-peer-token`) are synced into
 //!    each node's directories, as kubelet would; each agent's Kubernetes credential is a token
@@ -20,7 +20,9 @@
 //!    job credential;
 //! 6. NodePublishVolume through each node's CSI socket with the PV's volume handle and as an
 //!    inline volume; every file read through the target path has the source's checksum (warm on
-//!    the preloaded node, cold on the other);
+//!    the preloaded node, cold on the other); then one node's agent is killed (SIGKILL) while
+//!    its published volume is read: the read waits, the agent started again takes the mount
+//!    over from the node's mount holder, and the read ends with every checksum right;
 //! 7. a file added under the pinned path after the reads is fetched by the pin Job (run on
 //!    each node as its pod would); with the quota lowered below the data and every other file
 //!    read again, the pinned paths, the new file among them, are still served with the S3
@@ -224,6 +226,9 @@ struct Node {
     agent: Process,
     csi: Process,
     csi_client: NodeClient<Channel>,
+    /// How its agent was started, to start it again.
+    agent_args: Vec<String>,
+    agent_kubeconfig: String,
     // Declared last, dropped (stopped) last: the agent's mounts live in it.
     _holder: Process,
 }
@@ -555,6 +560,8 @@ async fn strata_end_to_end() -> Result<()> {
             name,
             ip,
             dir: dir.clone(),
+            agent_args: agent_args.clone(),
+            agent_kubeconfig: kubeconfig.clone(),
             _holder: holder,
             agent,
             csi,
@@ -940,6 +947,58 @@ async fn strata_end_to_end() -> Result<()> {
     step(
         6,
         "PV and inline volumes published on both nodes, every checksum equal",
+    );
+
+    // 6b. Node 1's agent is killed while its published volume is read: the read waits (the
+    // holder keeps the mount), the agent started again takes the mount over and its volume
+    // records, and the read finishes with every checksum right.
+    {
+        let node = &mut nodes[1];
+        let target = published
+            .iter()
+            .find(|(i, _, _)| *i == 1)
+            .map(|(_, _, t)| t.clone())
+            .expect("node 1 published a volume");
+        node.agent.child.kill()?;
+        node.agent.child.wait()?;
+        let reader = std::thread::spawn({
+            let target = target.clone();
+            move || checksums_under(&target).map_err(|e| format!("{e:#}"))
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        ensure!(
+            !reader.is_finished(),
+            "a read through the volume answered while no agent ran"
+        );
+        let mut agent = Process::spawn(
+            "agent-1-restarted",
+            &bins.join("strata-agent"),
+            &node.agent_args,
+            &[
+                ("KUBECONFIG", &node.agent_kubeconfig),
+                ("NODE_NAME", &node.name),
+                ("STRATA_LOG", "debug"),
+            ],
+            &logs,
+        )?;
+        wait_for_socket(&node.dir.join("agent.sock"), &mut agent).await?;
+        let read = tokio::task::spawn_blocking(move || reader.join())
+            .await?
+            .map_err(|_| anyhow::anyhow!("the reader panicked"))?
+            .map_err(|e| anyhow::anyhow!("reading across the agent's restart: {e}"))?;
+        assert_eq!(read, sums, "node 1: files read across the agent's restart");
+        let log = wait_until("the new agent to take the volume over", WAIT, || async {
+            let log = std::fs::read_to_string(&agent.log)?;
+            Ok::<_, std::io::Error>(log.contains("volume taken over").then_some(log))
+        })
+        .await?;
+        ensure!(log.contains("took the mount over"), "{log}");
+        node.agent = agent;
+        node.csi.check_running()?;
+    }
+    step(
+        6,
+        "node 1's agent killed during a read of its published volume: the read waited, the restarted agent took the mount over, every checksum equal",
     );
 
     // 7. Pinned paths stay when the cache overflows its quota. A file that appears under the
