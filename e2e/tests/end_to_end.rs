@@ -395,7 +395,12 @@ async fn strata_end_to_end() -> Result<()> {
     };
     let cluster = Cluster::shared().await?;
     let bins = tokio::task::spawn_blocking(|| {
-        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi", "strata-holder"])
+        workspace_binaries(&[
+            "strata-operator",
+            "strata-agent",
+            "strata-csi",
+            "strata-holder",
+        ])
     })
     .await??;
     let system = TestNamespace::create(cluster, "e2e-system").await?;

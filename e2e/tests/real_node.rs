@@ -450,7 +450,12 @@ async fn uninstall_earlier_release(cluster: &Cluster) -> Result<()> {
 /// Builds the Strata image from this workspace's debug binaries and imports it into the node.
 async fn build_and_import_image(cluster: &Cluster, work: &Path) -> Result<()> {
     let bins = tokio::task::spawn_blocking(|| {
-        workspace_binaries(&["strata-operator", "strata-agent", "strata-csi", "strata-holder"])
+        workspace_binaries(&[
+            "strata-operator",
+            "strata-agent",
+            "strata-csi",
+            "strata-holder",
+        ])
     })
     .await??;
     let tar = work.join("strata.tar");
@@ -530,13 +535,18 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         Err(e) => bail!("{e}{}", diagnose(cluster, system.name()).await),
     };
     for name in ["strata-holder", "strata-node"] {
-        let ready = wait_until(&format!("the {name} DaemonSet's pod to be Ready"), WAIT, || async {
-            let ds = daemon_sets.get_opt(name).await?;
-            let status = ds.and_then(|d| d.status).unwrap_or_default();
-            Ok::<_, kube::Error>(
-                (status.desired_number_scheduled == 1 && status.number_ready == 1).then_some(()),
-            )
-        })
+        let ready = wait_until(
+            &format!("the {name} DaemonSet's pod to be Ready"),
+            WAIT,
+            || async {
+                let ds = daemon_sets.get_opt(name).await?;
+                let status = ds.and_then(|d| d.status).unwrap_or_default();
+                Ok::<_, kube::Error>(
+                    (status.desired_number_scheduled == 1 && status.number_ready == 1)
+                        .then_some(()),
+                )
+            },
+        )
         .await;
         if let Err(e) = ready {
             bail!("{e}{}", diagnose(cluster, system.name()).await);
@@ -690,7 +700,12 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
     cluster
         .apply_in(
             tenant.name(),
-            &reader_pod(ROLL_READER, &node, &looping_reader_script("all"), &pvc_volume),
+            &reader_pod(
+                ROLL_READER,
+                &node,
+                &looping_reader_script("all"),
+                &pvc_volume,
+            ),
         )
         .await?;
     let passes_before = wait_until("the looping reader to pass twice", WAIT, || async {
@@ -702,7 +717,10 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
     let pod_selector = ListParams::default().labels("app.kubernetes.io/name=strata-node");
     let system_pods = system.api::<Pod>();
     let holder_uids = |list: kube::core::ObjectList<Pod>| -> Vec<String> {
-        list.items.into_iter().filter_map(|p| p.metadata.uid).collect()
+        list.items
+            .into_iter()
+            .filter_map(|p| p.metadata.uid)
+            .collect()
     };
     let holders_before = holder_uids(system_pods.list(&holder_selector).await?);
     let before: Vec<String> = system_pods
@@ -749,10 +767,14 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         Err(e) => bail!("{e}{}", diagnose(cluster, system.name()).await),
     };
     let rolled_at = passes(&pod_log(cluster, tenant.name(), ROLL_READER).await?);
-    let log = wait_until("the looping reader to pass 3 more times after the roll", WAIT, || async {
-        let log = pod_log(cluster, tenant.name(), ROLL_READER).await?;
-        Ok::<_, anyhow::Error>((passes(&log) >= rolled_at + 3).then_some(log))
-    })
+    let log = wait_until(
+        "the looping reader to pass 3 more times after the roll",
+        WAIT,
+        || async {
+            let log = pod_log(cluster, tenant.name(), ROLL_READER).await?;
+            Ok::<_, anyhow::Error>((passes(&log) >= rolled_at + 3).then_some(log))
+        },
+    )
     .await?;
     ensure!(
         !log.contains("FAILED"),

@@ -48,6 +48,8 @@ pub struct HolderClient {
     socket: PathBuf,
     /// One request and its reply at a time.
     conn: Mutex<OwnedFd>,
+    /// The same socket, for [`HolderClient::wait_closed`] to watch without the lock.
+    watch: OwnedFd,
 }
 
 /// How long [`connect_or_spawn`] waits for a freshly spawned holder.
@@ -112,10 +114,34 @@ impl HolderClient {
                 Err(e) => return Err(io(format!("connecting to {}", socket.display()))(e)),
             }
         }
+        let watch = fd.try_clone().map_err(|source| Error::Io {
+            context: "duplicating the holder socket".into(),
+            source,
+        })?;
         Ok(HolderClient {
             socket: socket.to_path_buf(),
             conn: Mutex::new(fd),
+            watch,
         })
+    }
+
+    /// Blocks until the holder closes the connection (it stopped or died: every mount it
+    /// held is gone with it). Replies in flight do not wake it.
+    pub fn wait_closed(&self) {
+        use nix::poll::{PollFd, PollFlags, PollTimeout, poll};
+        loop {
+            // Not POLLIN: a reply waiting to be read must not wake this loop.
+            let rdhup = PollFlags::from_bits_retain(libc::POLLRDHUP);
+            let mut fds = [PollFd::new(self.watch.as_fd(), rdhup)];
+            match poll(&mut fds, PollTimeout::NONE) {
+                // Only hang-up, error or RDHUP can be reported (nix's revents() does not
+                // know POLLRDHUP, so the count is what tells).
+                Ok(n) if n > 0 => return,
+                Ok(_) => {}
+                Err(Errno::EINTR) => {}
+                Err(_) => return,
+            }
+        }
     }
 
     /// The socket this client is connected to.

@@ -81,9 +81,30 @@ const HOLDER_WAIT_LOG: Duration = Duration::from_secs(10);
 
 fn holder(socket: &Path, client: HolderClient) -> Holder {
     let dir = socket.parent().unwrap_or(Path::new("/"));
+    let client = Arc::new(client);
+    watch(socket, client.clone());
     Holder {
-        client: Arc::new(client),
+        client,
         state_dir: dir.join("takeover"),
+    }
+}
+
+/// Exits the agent when the holder goes away: the mounts it held ended with it, and an
+/// agent that kept running would hand out dead mounts. Started again (by the kubelet, or
+/// by the user), the agent connects to the new holder and mounts afresh; pods using the
+/// old mounts need a restart.
+fn watch(socket: &Path, client: Arc<HolderClient>) {
+    let socket = socket.to_path_buf();
+    let spawned = std::thread::Builder::new()
+        .name("holder-watch".into())
+        .spawn(move || {
+            client.wait_closed();
+            tracing::error!(socket = %socket.display(),
+                "the mount holder went away and its mounts with it; exiting, to start again with a new holder");
+            std::process::exit(1);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot watch the mount holder's connection");
     }
 }
 

@@ -140,7 +140,9 @@ async fn run_mount(args: MountArgs) -> anyhow::Result<()> {
         // place: the mount is left to the holder and the binary at the agent's path is
         // executed again, which takes it over.
         if signal == Signal::Hangup && held {
-            tracing::info!("SIGHUP: leaving the mount to the holder and starting the agent binary again");
+            tracing::info!(
+                "SIGHUP: leaving the mount to the holder and starting the agent binary again"
+            );
             let _ = stop_for_upgrade.set(re_exec);
             Ok(standalone::Stop::LeaveToHolder)
         } else {

@@ -6,10 +6,10 @@
 
 use crate::dataset::DatasetView;
 use crate::fuse::{MountHandle, MountOptions};
-use serde::{Deserialize, Serialize};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
 use prometheus_client::metrics::gauge::Gauge;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -178,9 +178,16 @@ impl MountRegistry {
                     "a volume of a dataset no longer configured here: its mount is left to the holder");
                 continue;
             };
-            match self.acquire(dataset, &v.volume_id, v.owner.as_deref()).await {
-                Ok(a) => tracing::info!(volume_id = %v.volume_id, mountpoint = %a.mount_path.display(), "volume taken over"),
-                Err(e) => tracing::warn!(volume_id = %v.volume_id, error = %e, "taking a volume over failed"),
+            match self
+                .acquire(dataset, &v.volume_id, v.owner.as_deref())
+                .await
+            {
+                Ok(a) => {
+                    tracing::info!(volume_id = %v.volume_id, mountpoint = %a.mount_path.display(), "volume taken over")
+                }
+                Err(e) => {
+                    tracing::warn!(volume_id = %v.volume_id, error = %e, "taking a volume over failed")
+                }
             }
         }
     }

@@ -273,7 +273,10 @@ pub async fn run(
             while !state.is_ready() {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            state.mounts.take_over(|ns, name| state.agent.dataset(ns, name)).await;
+            state
+                .mounts
+                .take_over(|ns, name| state.agent.dataset(ns, name))
+                .await;
         });
     }
     on_bound(bound);

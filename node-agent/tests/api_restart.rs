@@ -200,7 +200,10 @@ async fn with_a_holder_the_mount_outlives_a_killed_agent() {
         (entries.map_err(|e| e.to_string()), sums)
     });
     tokio::time::sleep(Duration::from_millis(500)).await;
-    assert!(!during_gap.is_finished(), "a read answered with no agent running");
+    assert!(
+        !during_gap.is_finished(),
+        "a read answered with no agent running"
+    );
 
     let mut second = spawn_agent(work.path(), true);
     wait_ready(&client).await;

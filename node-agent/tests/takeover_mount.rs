@@ -139,7 +139,10 @@ impl Agents {
             if log.contains("mounted") && log.matches("took the mount over").count() >= takeovers {
                 return log;
             }
-            assert!(Instant::now() < deadline, "agent run {run} did not mount:\n{log}");
+            assert!(
+                Instant::now() < deadline,
+                "agent run {run} did not mount:\n{log}"
+            );
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -395,7 +398,13 @@ fn restarts_keep_every_reader_going(restart: Restart) {
         t.join().unwrap();
     }
 
-    let names = ["cold reader 1", "cold reader 2", "warm reader", "held-open reader", "ls/stat"];
+    let names = [
+        "cold reader 1",
+        "cold reader 2",
+        "warm reader",
+        "held-open reader",
+        "ls/stat",
+    ];
     for (name, t) in names.iter().zip(&tallies) {
         eprintln!(
             "{name}: {} files, {} MiB, longest read {} ms",
@@ -410,7 +419,10 @@ fn restarts_keep_every_reader_going(restart: Restart) {
     assert_eq!(mount_count(&mnt), 1, "one mount, not one per agent");
     // The held file stayed in passthrough mode across every takeover.
     let last = std::fs::read_to_string(agents.log(agents.runs)).unwrap();
-    assert!(last.contains("passthrough=1") || last.contains("passthrough=2"), "{last}");
+    assert!(
+        last.contains("passthrough=1") || last.contains("passthrough=2"),
+        "{last}"
+    );
 
     if matches!(restart, Restart::Upgrade) {
         assert_eq!(agents.runs, 1, "the upgrade kept the process");
@@ -468,4 +480,72 @@ fn without_an_agent_readers_get_eio_after_the_timeout() {
     .unwrap();
     assert!(agent.wait().unwrap().success());
     assert_eq!(mount_count(&mnt), 0);
+}
+
+/// No agent comes back, and the user gives up on the mount: a plain `umount` works (no
+/// dead mount left behind), and the holder, holding nothing, exits.
+#[test]
+fn without_an_agent_the_mount_can_still_be_unmounted() {
+    let (_work, mut agents, tree, _detach) = setup();
+    let mnt = agents.mnt.clone();
+    let mut agent = agents.start("1s");
+    agents.wait_serving(1, 0);
+    agent.kill().unwrap();
+    agent.wait().unwrap();
+    let err = std::fs::read(mnt.join(&tree.cold[0].0)).unwrap_err();
+    assert_eq!(err.raw_os_error(), Some(libc::EIO), "{err}");
+
+    nix::mount::umount2(&mnt, nix::mount::MntFlags::empty()).expect("umount of the orphaned mount");
+    assert_eq!(mount_count(&mnt), 0);
+    std::fs::read_dir(&mnt).expect("the mount point is a plain directory again");
+    let socket = agents.socket();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while socket.exists() {
+        assert!(
+            Instant::now() < deadline,
+            "the holder kept running with nothing to hold"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The holder itself stopped: its mounts are detached, and the agent, whose mount is
+/// gone, exits with an error instead of serving nothing.
+#[test]
+fn an_agent_whose_holder_went_away_exits() {
+    let (_work, mut agents, _tree, _detach) = setup();
+    let mnt = agents.mnt.clone();
+    let mut agent = agents.start("30s");
+    agents.wait_serving(1, 0);
+    let socket = agents.socket();
+    let holder_pid = std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .find(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline")).is_ok_and(|c| {
+                let c = String::from_utf8_lossy(&c).replace('\0', " ");
+                c.contains(" holder ") && c.contains(socket.to_str().unwrap())
+            })
+        })
+        .expect("the holder the agent started");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(holder_pid),
+        nix::sys::signal::Signal::SIGTERM,
+    )
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = agent.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the agent kept running without its holder"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert_eq!(status.code(), Some(1));
+    assert_eq!(mount_count(&mnt), 0, "the holder left its mount behind");
+    let log = std::fs::read_to_string(agents.log(1)).unwrap();
+    assert!(log.contains("the mount holder went away"), "{log}");
 }

@@ -648,7 +648,10 @@ mod tests {
         );
         let holder_pod = holder.spec.template.spec.unwrap();
         let c = &holder_pod.containers[0];
-        assert_eq!(c.command.as_deref(), Some(&["strata-holder".to_string()][..]));
+        assert_eq!(
+            c.command.as_deref(),
+            Some(&["strata-holder".to_string()][..])
+        );
         assert_eq!(c.image.as_deref(), Some("strata:9"));
         let holder_host_dir = |name: &str| {
             holder_pod
@@ -666,7 +669,10 @@ mod tests {
         // The same host directories as the agent's: the socket, and where it mounts.
         assert_eq!(holder_host_dir("run"), "/run/strata-b");
         assert_eq!(holder_host_dir("mounts"), "/var/lib/strata-b/mounts");
-        assert_eq!(holder_pod.node_selector.unwrap()["strata.dev/cache"], "true");
+        assert_eq!(
+            holder_pod.node_selector.unwrap()["strata.dev/cache"],
+            "true"
+        );
         // Registration: the plugin's socket goes in the kubelet's plugins_registry and names
         // the CSI socket at its host path.
         let csi_args = pod.containers[1].args.clone().unwrap();

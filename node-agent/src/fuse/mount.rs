@@ -132,10 +132,13 @@ impl MountHandle {
             // The holder detaches the mount and closes its copy of the connection; the
             // session ends when the kernel drops the connection (at once unless a file
             // is still open under the detached mount).
-            holder.client.unmount(&self.mountpoint).map_err(|e| Error::Mount {
-                mountpoint: self.mountpoint.clone(),
-                message: format!("unmount failed: {e}"),
-            })?;
+            holder
+                .client
+                .unmount(&self.mountpoint)
+                .map_err(|e| Error::Mount {
+                    mountpoint: self.mountpoint.clone(),
+                    message: format!("unmount failed: {e}"),
+                })?;
             if let Some(log) = &self.fs.log {
                 log.remove();
             }
@@ -273,7 +276,12 @@ pub fn mount(
     let canonical = check_mountpoint(mountpoint)?;
     let handle = tokio::runtime::Handle::try_current()
         .map_err(|_| Error::Task("mount must be called inside a tokio runtime".into()))?;
-    let state = Arc::new(FsState::new(view.clone(), handle, options.passthrough, None));
+    let state = Arc::new(FsState::new(
+        view.clone(),
+        handle,
+        options.passthrough,
+        None,
+    ));
     let fs = StrataFs {
         state: state.clone(),
     };

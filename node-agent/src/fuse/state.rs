@@ -295,9 +295,12 @@ impl FsState {
                 continue;
             };
             let etag = stat.etag.clone().unwrap_or_default();
-            let backing = open
-                .backing
-                .map(|id| backings.entry(id).or_insert_with(|| Arc::new(adopt(id))).clone());
+            let backing = open.backing.map(|id| {
+                backings
+                    .entry(id)
+                    .or_insert_with(|| Arc::new(adopt(id)))
+                    .clone()
+            });
             let mut io = self.io.lock().expect("io");
             let entry = io.entry(open.ino).or_default();
             match &backing {
@@ -307,10 +310,7 @@ impl FsState {
                 }
                 None if !open.direct => {
                     entry.cached_opens += 1;
-                    self.last_etag
-                        .lock()
-                        .expect("etags")
-                        .insert(open.ino, etag);
+                    self.last_etag.lock().expect("etags").insert(open.ino, etag);
                 }
                 None => {}
             }

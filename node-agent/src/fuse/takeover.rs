@@ -196,8 +196,7 @@ impl TakeoverLog {
             }
             return;
         }
-        self.bytes
-            .fetch_add(frame.len() as u64, Ordering::Relaxed);
+        self.bytes.fetch_add(frame.len() as u64, Ordering::Relaxed);
     }
 
     /// Whether the log has grown large enough to be rewritten.
