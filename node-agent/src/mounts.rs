@@ -8,6 +8,7 @@ use crate::dataset::DatasetView;
 use crate::fuse::{MountHandle, MountOptions};
 use crate::metrics::Metrics;
 use crate::{Error, Result};
+use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::gauge::Gauge;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -22,6 +23,9 @@ type DatasetKey = (String, String);
 pub const MOUNTED_DATASETS: &str = "strata_mounted_datasets";
 /// Gauge: volumes (pod publishes) recorded on this node.
 pub const PUBLISHED_VOLUMES: &str = "strata_published_volumes";
+/// Counter: dataset mounts this agent took over from the holder (a previous agent served
+/// them), rather than mounting anew.
+pub const MOUNTS_TAKEN_OVER: &str = "strata_mounts_taken_over";
 
 struct DatasetMount {
     handle: MountHandle,
@@ -74,6 +78,7 @@ pub struct MountRegistry {
     state: tokio::sync::Mutex<State>,
     mounted: Gauge,
     published: Gauge,
+    taken_over: Counter,
 }
 
 impl std::fmt::Debug for MountRegistry {
@@ -103,13 +108,20 @@ impl MountRegistry {
             state: tokio::sync::Mutex::new(State::default()),
             mounted: Gauge::default(),
             published: Gauge::default(),
+            taken_over: Counter::default(),
         })
     }
 
     /// Registers the registry's gauges ([`MOUNTED_DATASETS`], [`PUBLISHED_VOLUMES`]).
     pub fn register_metrics(&self, metrics: &Metrics) {
         let (mounted, published) = (self.mounted.clone(), self.published.clone());
+        let taken_over = self.taken_over.clone();
         metrics.register_with(|registry| {
+            registry.register(
+                MOUNTS_TAKEN_OVER,
+                "Dataset mounts taken over from the mount holder after an agent restart",
+                taken_over,
+            );
             registry.register(
                 MOUNTED_DATASETS,
                 "Datasets mounted with FUSE for volumes",
@@ -233,6 +245,9 @@ impl MountRegistry {
         if !state.mounts.contains_key(&key) {
             let path = self.mount_path(&key.0, &key.1);
             let handle = self.mount(view, &path).await?;
+            if handle.taken_over() {
+                self.taken_over.inc();
+            }
             state.mounts.insert(
                 key.clone(),
                 DatasetMount {

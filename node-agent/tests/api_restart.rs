@@ -37,6 +37,10 @@ fn spawn_agent(work: &Path, holder: bool) -> Child {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_strata-agent"));
     if holder {
         cmd.env("STRATA_HOLDER_SOCKET", work.join("run/holder.sock"));
+        cmd.env(
+            "STRATA_METRICS_LISTEN",
+            format!("127.0.0.1:{}", metrics_port(work)),
+        );
     }
     cmd.args(["serve", "--socket"])
         .arg(work.join("agent.sock"))
@@ -53,6 +57,32 @@ fn spawn_agent(work: &Path, holder: bool) -> Child {
         .stderr(Stdio::inherit())
         .spawn()
         .expect("starting strata-agent")
+}
+
+/// The metrics port of the agents of `work` (one free port, kept across restarts).
+fn metrics_port(work: &Path) -> u16 {
+    let file = work.join("metrics-port");
+    if let Ok(port) = std::fs::read_to_string(&file) {
+        return port.parse().unwrap();
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    std::fs::write(&file, port.to_string()).unwrap();
+    port
+}
+
+/// The agent's /metrics text.
+fn metrics(work: &Path) -> String {
+    use std::io::{Read, Write};
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", metrics_port(work))).unwrap();
+    conn.write_all(b"GET /metrics HTTP/1.0\r\nHost: x\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    conn.read_to_string(&mut text).unwrap();
+    text
 }
 
 async fn wait_ready(client: &AgentClient) {
@@ -232,6 +262,8 @@ async fn with_a_holder_the_mount_outlives_a_killed_agent() {
         .filter(|l| l.split(' ').nth(4) == Some(mount.to_str().unwrap()))
         .count();
     assert_eq!(count, 1, "{table}");
+    let text = metrics(work.path());
+    assert!(text.contains("strata_mounts_taken_over_total 1"), "{text}");
 
     // Releasing the last volume unmounts through the holder.
     client.release_volume("vol-1").await.unwrap();
