@@ -75,6 +75,8 @@ struct Holder {
     mounts: BTreeMap<u64, Held>,
     next_id: u64,
     seen_client: bool,
+    /// Since when nothing is held and no agent connected (with `exit_when_idle`).
+    idle_since: Option<Instant>,
     euid: u32,
     egid: u32,
     buf: eio::Buffer,
@@ -88,6 +90,10 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(Errno) -> Error {
         source: e.into(),
     }
 }
+
+/// How long a holder started with `exit_when_idle` stays with nothing to hold, so that an
+/// agent restarting at once (a test, a supervisor) finds it still there.
+const IDLE_GRACE: Duration = Duration::from_secs(2);
 
 /// Runs the holder until a signal (SIGTERM/SIGINT) or, with `exit_when_idle`, until
 /// nothing is left to hold. Call it before the process starts other threads: it blocks
@@ -116,6 +122,7 @@ pub fn run(config: HolderConfig) -> Result<()> {
         mounts: BTreeMap::new(),
         next_id: 1,
         seen_client: false,
+        idle_since: None,
         euid: nix::unistd::geteuid().as_raw(),
         egid: nix::unistd::getegid().as_raw(),
         buf: eio::Buffer::new(),
@@ -203,13 +210,21 @@ impl Holder {
     fn run(&mut self, sigfd: &SignalFd) -> Result<()> {
         loop {
             self.expire_orphans();
-            if self.config.exit_when_idle
+            let idle = self.config.exit_when_idle
                 && self.seen_client
                 && self.conns.is_empty()
-                && self.mounts.is_empty()
-            {
-                tracing::info!("no mounts and no agents left; mount holder exiting");
-                return Ok(());
+                && self.mounts.is_empty();
+            if !idle {
+                self.idle_since = None;
+            } else if self.idle_since.get_or_insert_with(Instant::now).elapsed() >= IDLE_GRACE {
+                // The socket file goes first: an agent starting now finds no holder and
+                // starts a new one instead of connecting to this one as it leaves. One
+                // that connected just before is still in the backlog: take it and stay.
+                let _ = std::fs::remove_file(&self.config.socket);
+                if !self.accept_pending() {
+                    tracing::info!("no mounts and no agents left; mount holder exiting");
+                    return Ok(());
+                }
             }
             let timeout = self
                 .next_deadline()
@@ -288,7 +303,19 @@ impl Holder {
             .filter(|m| !m.eio)
             .filter_map(|m| m.orphaned_at)
             .map(|t| t + self.config.orphan_timeout)
+            .chain(self.idle_since.map(|t| t + IDLE_GRACE))
             .min()
+    }
+
+    /// Accepts a connection waiting in the backlog, if there is one.
+    fn accept_pending(&mut self) -> bool {
+        let mut fds = [PollFd::new(self.listener.as_fd(), PollFlags::POLLIN)];
+        if !matches!(poll(&mut fds, PollTimeout::ZERO), Ok(n) if n > 0) {
+            return false;
+        }
+        let before = self.conns.len();
+        self.accept();
+        self.conns.len() > before
     }
 
     fn expire_orphans(&mut self) {
