@@ -217,7 +217,7 @@ node_workloads_down() {
     else
       say "helm uninstall $release failed; cluster.sh down stops its pods"
     fi
-    kubectl -n "$system_ns" wait --for=delete pod -l app.kubernetes.io/name=strata-node --timeout=60s >/dev/null 2>&1 || true
+    kubectl -n "$system_ns" wait --for=delete pod -l 'app.kubernetes.io/name in (strata-node,strata-holder)' --timeout=60s >/dev/null 2>&1 || true
   fi
 }
 
