@@ -50,6 +50,12 @@ async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
     let mnt = tempdir();
     // A disk tier smaller than big.bin: reading it twice must evict.
     let agent = agent(cache_dir.path(), 2 * MIB as u64, 4 * MIB as u64).await;
+    // `serve`'s volume mounts register their gauges and counter as `serve` does.
+    let mount_root = tempdir();
+    let registry =
+        strata_agent::mounts::MountRegistry::new(mount_root.path(), MountOptions::default())
+            .unwrap();
+    registry.register_metrics(agent.metrics());
     let view = agent
         .add_dataset(dataset(
             "metrics",

@@ -111,9 +111,14 @@ impl Agents {
     /// Starts `strata-agent mount` (the same command every time, as a user or a
     /// supervisor would run it again).
     fn start(&mut self, orphan_timeout: &str) -> AgentProcess {
+        self.start_with(orphan_timeout, &[])
+    }
+
+    fn start_with(&mut self, orphan_timeout: &str, env: &[(&str, &str)]) -> AgentProcess {
         self.runs += 1;
         let log = std::fs::File::create(self.log(self.runs)).unwrap();
         let child = Command::new(&self.bin)
+            .envs(env.iter().copied())
             .args(["mount", "--holder-socket"])
             .arg(self.socket())
             .args(["--orphan-timeout", orphan_timeout])
@@ -417,6 +422,15 @@ fn restarts_keep_every_reader_going(restart: Restart) {
         assert!(t.files.load(Ordering::Relaxed) > 0, "{name} did nothing");
     }
     assert_eq!(mount_count(&mnt), 1, "one mount, not one per agent");
+    let resent_opens: usize = (1..=agents.runs)
+        .map(|run| {
+            std::fs::read_to_string(agents.log(run))
+                .unwrap_or_default()
+                .matches("a resent OPEN gets the handle")
+                .count()
+        })
+        .sum();
+    eprintln!("OPENs answered again after a takeover with the recorded handle: {resent_opens}");
     // The held file stayed in passthrough mode across every takeover.
     let last = std::fs::read_to_string(agents.log(agents.runs)).unwrap();
     assert!(
@@ -548,4 +562,41 @@ fn an_agent_whose_holder_went_away_exits() {
     assert_eq!(mount_count(&mnt), 0, "the holder left its mount behind");
     let log = std::fs::read_to_string(agents.log(1)).unwrap();
     assert!(log.contains("the mount holder went away"), "{log}");
+}
+
+/// The agent dies between recording an open and answering it (a fault injected at that
+/// exact point; a kill hits it only by chance). The kernel sends the OPEN again to the
+/// next agent, which answers it with the recorded handle instead of opening a second one
+/// that nothing would ever release; the reader reads the file right.
+#[test]
+fn an_open_the_dead_agent_recorded_but_did_not_answer_gets_its_handle() {
+    let (_work, mut agents, tree, _detach) = setup();
+    let mnt = agents.mnt.clone();
+    let (rel, sum) = tree.cold[7].clone();
+    let mut agent = agents.start_with(
+        "30s",
+        &[("STRATA_TEST_CRASH_AFTER_OPEN_RECORD", &format!("/{rel}"))],
+    );
+    agents.wait_serving(1, 0);
+    let reader = std::thread::spawn({
+        let path = mnt.join(&rel);
+        move || std::fs::read(path)
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while agent.try_wait().unwrap().is_none() {
+        assert!(
+            Instant::now() < deadline,
+            "the agent did not crash at the open"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _next = agents.start("30s");
+    agents.wait_serving(2, 1);
+    let data = reader.join().unwrap().expect("the read across the crash");
+    assert_eq!(hex::encode(Sha256::digest(&data)), sum);
+    let log = std::fs::read_to_string(agents.log(2)).unwrap();
+    assert!(
+        log.contains("a resent OPEN gets the handle the previous agent recorded"),
+        "{log}"
+    );
 }

@@ -112,12 +112,25 @@ impl Filesystem for StrataFs {
         });
     }
 
-    fn open(&self, _req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
+    fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
         if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
             reply.error(Errno::EROFS);
             return;
         }
         let st = self.state.clone();
+        let unique = req.unique().0;
+        // An OPEN the previous agent recorded but did not answer, sent again after a
+        // takeover: the same handle, so none is left open that the kernel never knew.
+        if let Some((fh, open)) = st.resent_open(unique) {
+            match (&open.passthrough, open.direct) {
+                (Some(backing), _) => {
+                    reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), backing)
+                }
+                (None, true) => reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO),
+                (None, false) => reply.opened(FileHandle(fh), FopenFlags::empty()),
+            }
+            return;
+        }
         let Some(path) = st.path_of(ino) else {
             reply.error(Errno::ENOENT);
             return;
@@ -148,10 +161,7 @@ impl Filesystem for StrataFs {
                 loop {
                     tried_passthrough += 1;
                     if st.passthrough.load(Ordering::Relaxed) {
-                        match st
-                            .open_passthrough(ino.0, &reader, &etag, fh, &path, reply)
-                            .await
-                        {
+                        match st.open_passthrough(ino.0, &reader, fh, unique, reply).await {
                             None => return,
                             Some(not_opened) => reply = not_opened,
                         }
@@ -181,7 +191,7 @@ impl Filesystem for StrataFs {
                             _lease: None,
                             direct: true,
                         });
-                        st.add_handle(fh, open);
+                        st.add_handle(fh, open, unique);
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
                         return;
                     }
@@ -200,7 +210,7 @@ impl Filesystem for StrataFs {
                         _lease: None,
                         direct: false,
                     });
-                    st.add_handle(fh, open);
+                    st.add_handle(fh, open, unique);
                     let flags = if keep {
                         FopenFlags::FOPEN_KEEP_CACHE
                     } else {

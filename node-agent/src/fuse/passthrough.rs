@@ -10,7 +10,6 @@ use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
 use super::state::FsState;
 use crate::cache::PassthroughLease;
 use crate::dataset::FileReader;
-use crate::path::DatasetPath;
 
 pub(super) struct OpenFile {
     pub(super) reader: Arc<FileReader>,
@@ -36,11 +35,12 @@ impl FsState {
         &self,
         ino: u64,
         reader: &Arc<FileReader>,
-        etag: &str,
         fh: u64,
-        path: &DatasetPath,
+        unique: u64,
         reply: ReplyOpen,
     ) -> Option<ReplyOpen> {
+        let etag = reader.stat().etag.as_deref().unwrap_or_default();
+        let path = &reader.stat().path;
         // The kernel allows one backing file per inode, and refuses passthrough while the
         // inode has cached (non-passthrough) opens; every decision below is taken under
         // the `io` lock so that concurrent opens agree.
@@ -79,7 +79,7 @@ impl FsState {
                     _lease: Some(lease),
                     direct: false,
                 });
-                self.add_handle(fh, open);
+                self.add_handle(fh, open, unique);
                 self.passthrough_ok.fetch_add(1, Ordering::Relaxed);
                 self.view.cache_metrics_passthrough("ok");
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);

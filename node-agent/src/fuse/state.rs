@@ -41,6 +41,9 @@ pub(super) struct FsState {
     /// Leases of passthrough files a previous agent opened, taken again after a takeover
     /// (by file handle).
     pub(super) restored_leases: Mutex<HashMap<u64, PassthroughLease>>,
+    /// Handles a previous agent recorded for OPEN requests it may not have answered, by
+    /// request id: a resent OPEN gets its handle, not a second one.
+    pub(super) resent_opens: Mutex<HashMap<u64, u64>>,
     pub(super) passthrough_ok: AtomicU64,
     pub(super) passthrough_refused: AtomicU64,
     /// FUSE_READ requests the agent answered (a passthrough file's reads never count).
@@ -74,6 +77,7 @@ impl FsState {
             resend: AtomicBool::new(false),
             log,
             restored_leases: Mutex::new(HashMap::new()),
+            resent_opens: Mutex::new(HashMap::new()),
             passthrough_ok: AtomicU64::new(0),
             passthrough_refused: AtomicU64::new(0),
             reads: AtomicU64::new(0),
@@ -220,6 +224,24 @@ impl FsState {
     }
 }
 
+/// A fault for tests: with `STRATA_TEST_CRASH_AFTER_OPEN_RECORD=PATH`, the agent exits at
+/// once (no destructors, no core dump) right after recording an open of PATH and before
+/// answering it, the moment a kill can
+/// otherwise only hit by chance (node-agent/tests/takeover_mount.rs).
+fn crash_after_open_record(path: &str) {
+    static TARGET: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let target = TARGET.get_or_init(|| std::env::var("STRATA_TEST_CRASH_AFTER_OPEN_RECORD").ok());
+    if target.as_deref() == Some(path) {
+        eprintln!(
+            "strata-agent: STRATA_TEST_CRASH_AFTER_OPEN_RECORD: exiting after recording the open of {path}"
+        );
+        std::process::exit(101);
+    }
+}
+
+/// The bit the kernel sets in the id of a request it sends again (FUSE_UNIQUE_RESEND).
+const RESENT: u64 = 1 << 63;
+
 /// File handles and the takeover log.
 impl FsState {
     /// A new file handle number.
@@ -237,13 +259,36 @@ impl FsState {
         fh
     }
 
-    /// Records an open handle; in the takeover log first, before its reply goes out.
-    pub(super) fn add_handle(&self, fh: u64, open: Arc<OpenFile>) {
+    /// Records an open handle (for the OPEN request `unique`); in the takeover log first,
+    /// before its reply goes out.
+    pub(super) fn add_handle(&self, fh: u64, open: Arc<OpenFile>, unique: u64) {
         let mut handles = self.handles.lock().expect("handles");
         if let Some(log) = &self.log {
-            log.append(&Record::Open(open.record(fh)));
+            let mut record = open.record(fh);
+            record.unique = unique & !RESENT;
+            log.append(&Record::Open(record));
+            crash_after_open_record(open.reader.stat().path.as_str());
         }
         handles.insert(fh, open);
+    }
+
+    /// For an OPEN the kernel sent again after a takeover: the handle the previous agent
+    /// recorded for it, if it got that far (its reply never reached the kernel).
+    pub(super) fn resent_open(&self, unique: u64) -> Option<(u64, Arc<OpenFile>)> {
+        if unique & RESENT == 0 {
+            return None;
+        }
+        let fh = self
+            .resent_opens
+            .lock()
+            .expect("resent opens")
+            .remove(&(unique & !RESENT))?;
+        let open = self.handles.lock().expect("handles").get(&fh).cloned()?;
+        tracing::info!(
+            fh,
+            "a resent OPEN gets the handle the previous agent recorded for it"
+        );
+        Some((fh, open))
     }
 
     /// Forgets an open handle.
@@ -290,10 +335,14 @@ impl FsState {
             .restore(&restored.inodes);
         let mut backings: HashMap<u32, Arc<fuser::BackingId>> = HashMap::new();
         let mut passthrough = Vec::new();
+        let mut resent = self.resent_opens.lock().expect("resent opens");
         for (&fh, open) in &restored.opens {
             let Some(stat) = open.stat.to_stat() else {
                 continue;
             };
+            if open.unique != 0 {
+                resent.insert(open.unique, fh);
+            }
             let etag = stat.etag.clone().unwrap_or_default();
             let backing = open.backing.map(|id| {
                 backings
@@ -327,6 +376,7 @@ impl FsState {
                 }),
             );
         }
+        drop(resent);
         // Everything restored is rewritten: the log then starts with exactly this.
         self.compact_log();
         passthrough
@@ -394,6 +444,7 @@ impl OpenFile {
             backing: self.passthrough.as_ref().map(|b| b.id()),
             direct: self.direct,
             stat: SavedStat::of(self.reader.stat()),
+            unique: 0,
         }
     }
 }

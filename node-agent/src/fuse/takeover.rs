@@ -61,6 +61,10 @@ pub(super) struct OpenRecord {
     /// Opened with FOPEN_DIRECT_IO.
     pub(super) direct: bool,
     pub(super) stat: SavedStat,
+    /// The OPEN request's id (0 once rewritten): if the agent died before its reply went
+    /// out, the kernel sends the request again, marked, and gets this same handle.
+    #[serde(default)]
+    pub(super) unique: u64,
 }
 
 /// A [`FileStat`] in the log.
@@ -306,6 +310,7 @@ mod tests {
             ino,
             backing: Some(3),
             direct: false,
+            unique: 0,
             stat: SavedStat {
                 path: "/d/a".into(),
                 size: 10,
