@@ -68,14 +68,21 @@ struct Tree {
     cold: Vec<(String, String)>,
     /// Files read whole before the kills (cached on disk: opened in passthrough mode).
     warm: Vec<(String, String)>,
+    /// A file held open from before it was cached: served by the agent from its cache.
+    served: (String, String),
 }
 
 fn write_tree(dir: &Path) -> Tree {
     let mut tree = Tree {
         cold: Vec::new(),
         warm: Vec::new(),
+        served: Default::default(),
     };
-    for (group, count, size) in [("cold", 60, 2 * MIB), ("warm", 4, 8 * MIB)] {
+    for (group, count, size) in [
+        ("cold", 60, 2 * MIB),
+        ("warm", 4, 8 * MIB),
+        ("served", 1, 8 * MIB),
+    ] {
         std::fs::create_dir_all(dir.join(group)).unwrap();
         for i in 0..count {
             let rel = format!("{group}/f{i:03}.bin");
@@ -84,7 +91,8 @@ fn write_tree(dir: &Path) -> Tree {
             let sum = hex::encode(Sha256::digest(&data));
             match group {
                 "cold" => tree.cold.push((rel, sum)),
-                _ => tree.warm.push((rel, sum)),
+                "warm" => tree.warm.push((rel, sum)),
+                _ => tree.served = (rel, sum),
             }
         }
     }
@@ -226,13 +234,30 @@ fn checksumming_reader(
     }
 }
 
-/// Keeps one file open for the whole test (in passthrough mode: it was cached whole
-/// before) and reads it over and over with pread, checking every pass.
-fn held_open_reader(path: PathBuf, sum: String, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
-    let f = std::fs::File::open(&path).expect("opening the held file");
+/// Keeps one file open for the whole test and reads it over and over with pread,
+/// checking every pass. Opened before it was cached, the handle is not in passthrough
+/// mode: every pass, its page cache dropped first, is served by the agent from its cache
+/// (across the takeovers, by handles the new agent restored). Opened after, it is in
+/// passthrough mode and the kernel reads the cache file itself.
+fn held_open_reader(
+    f: std::fs::File,
+    sum: String,
+    drop_page_cache: bool,
+    stop: Arc<AtomicBool>,
+    tally: Arc<Tally>,
+) {
     let len = f.metadata().unwrap().len() as usize;
     let mut data = vec![0u8; len];
     while !stop.load(Ordering::Relaxed) {
+        if drop_page_cache {
+            nix::fcntl::posix_fadvise(
+                &f,
+                0,
+                0,
+                nix::fcntl::PosixFadviseAdvice::POSIX_FADV_DONTNEED,
+            )
+            .unwrap();
+        }
         let mut at = 0;
         while at < len {
             let end = (at + (256 << 10)).min(len);
@@ -329,17 +354,21 @@ enum Restart {
     Upgrade,
 }
 
-/// Four readers and a lister run while the agent is restarted 5 times; none of them
-/// may see an error or a wrong byte.
+/// Five readers (two on cold files, three on cached ones: re-opening passthrough files,
+/// holding a passthrough file open, holding a file the agent serves from its cache) and a
+/// lister run while the agent is restarted 5 times; none of them may see an error or a
+/// wrong byte.
 fn restarts_keep_every_reader_going(restart: Restart) {
     let (_work, mut agents, tree, _detach) = setup();
     let mnt = agents.mnt.clone();
     let mut agent = agents.start("30s");
     agents.wait_serving(1, 0);
+    // Opened cold, so it is never in passthrough mode.
+    let served = std::fs::File::open(mnt.join(&tree.served.0)).unwrap();
     warm_up(&mnt, &tree);
 
     let stop = Arc::new(AtomicBool::new(false));
-    let tallies: Vec<Arc<Tally>> = (0..5).map(|_| Arc::new(Tally::default())).collect();
+    let tallies: Vec<Arc<Tally>> = (0..6).map(|_| Arc::new(Tally::default())).collect();
     let (cold_a, cold_b): (Vec<_>, Vec<_>) = tree
         .cold
         .iter()
@@ -361,13 +390,21 @@ fn restarts_keep_every_reader_going(restart: Restart) {
         }));
     }
     {
-        let (path, stop, tally) = (mnt.join(&held.0), stop.clone(), tallies[3].clone());
+        let file = std::fs::File::open(mnt.join(&held.0)).unwrap();
+        let (stop, tally) = (stop.clone(), tallies[3].clone());
         threads.push(std::thread::spawn(move || {
-            held_open_reader(path, held.1, stop, tally)
+            held_open_reader(file, held.1, false, stop, tally)
         }));
     }
     {
-        let (mnt, stop, tally) = (mnt.clone(), stop.clone(), tallies[4].clone());
+        let sum = tree.served.1.clone();
+        let (stop, tally) = (stop.clone(), tallies[4].clone());
+        threads.push(std::thread::spawn(move || {
+            held_open_reader(served, sum, true, stop, tally)
+        }));
+    }
+    {
+        let (mnt, stop, tally) = (mnt.clone(), stop.clone(), tallies[5].clone());
         threads.push(std::thread::spawn(move || lister(mnt, stop, tally)));
     }
 
@@ -406,10 +443,12 @@ fn restarts_keep_every_reader_going(restart: Restart) {
     let names = [
         "cold reader 1",
         "cold reader 2",
-        "warm reader",
-        "held-open reader",
+        "warm reader (passthrough opens)",
+        "held-open passthrough reader",
+        "held-open reader served by the agent from its cache",
         "ls/stat",
     ];
+    assert_eq!(names.len(), tallies.len());
     for (name, t) in names.iter().zip(&tallies) {
         eprintln!(
             "{name}: {} files, {} MiB, longest read {} ms",
