@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
+use strata_testkit::data::content;
 
 const MIB: usize = 1 << 20;
 
@@ -47,20 +48,6 @@ impl std::ops::DerefMut for AgentProcess {
     fn deref_mut(&mut self) -> &mut Child {
         &mut self.0
     }
-}
-
-/// Deterministic content of a file.
-fn content(seed: u64, len: usize) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    let mut out = Vec::with_capacity(len);
-    while out.len() < len {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        out.extend_from_slice(&x.to_le_bytes());
-    }
-    out.truncate(len);
-    out
 }
 
 struct Tree {
@@ -308,6 +295,17 @@ fn lister(mnt: PathBuf, stop: Arc<AtomicBool>, tally: Arc<Tally>) {
     }
 }
 
+/// Ctrl-C: the agent unmounts and exits cleanly.
+fn unmount_with_ctrl_c(agent: &mut AgentProcess, mnt: &Path) {
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(agent.id() as i32),
+        nix::sys::signal::Signal::SIGINT,
+    )
+    .unwrap();
+    assert!(agent.wait().unwrap().success());
+    assert_eq!(mount_count(mnt), 0);
+}
+
 fn mount_count(mnt: &Path) -> usize {
     std::fs::read_to_string("/proc/self/mountinfo")
         .unwrap()
@@ -481,13 +479,7 @@ fn restarts_keep_every_reader_going(restart: Restart) {
         assert_eq!(agents.runs, 1, "the upgrade kept the process");
     }
     // Ctrl-C: a user's stop unmounts, and the holder, holding nothing, exits.
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    assert!(agent.wait().unwrap().success());
-    assert_eq!(mount_count(&mnt), 0);
+    unmount_with_ctrl_c(&mut agent, &mnt);
 }
 
 #[test]
@@ -526,13 +518,7 @@ fn without_an_agent_readers_get_eio_after_the_timeout() {
     agents.wait_serving(2, 1);
     let data = std::fs::read(mnt.join(&tree.cold[1].0)).unwrap();
     assert_eq!(hex::encode(Sha256::digest(&data)), tree.cold[1].1);
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(agent.id() as i32),
-        nix::sys::signal::Signal::SIGINT,
-    )
-    .unwrap();
-    assert!(agent.wait().unwrap().success());
-    assert_eq!(mount_count(&mnt), 0);
+    unmount_with_ctrl_c(&mut agent, &mnt);
 }
 
 /// No agent comes back, and the user gives up on the mount: a plain `umount` works (no
