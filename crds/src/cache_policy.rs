@@ -145,13 +145,13 @@ pub struct CachePolicySpec {
     #[x_kube(validation = Rule::new(BLOCK_SIZE_RULE).message(MSG_BLOCK_SIZE))]
     pub block_size: Quantity,
 
-    /// Copies of pinned blocks across nodes: a whole number >= 1, or "All" for
-    /// a copy on every node; pin rules without their own `replicas` use this.
-    /// Today every node keeps what a pin rule matches, for "All" and for a
-    /// number alike (nodes do not read each other's caches yet, so a number
-    /// has no meaning of its own): "All" runs the rule's Job on every node, a
-    /// number on one node, and the other nodes fetch at their next
-    /// re-evaluation of the rules. Default 1.
+    /// Owners of each block across the cluster's nodes: a whole number >= 1,
+    /// or "All" for every node. A node that misses a block asks its owners
+    /// (so a block crosses from the source once for the whole cluster); a
+    /// block an owner fetched from the source is copied to the other owners,
+    /// so with 2 or more the loss of a node costs no new source fetch. The
+    /// node that read a block keeps a copy too, under its own quota. Pin
+    /// rules without their own `replicas` use this. Default 1.
     #[serde(default = "default_replicas")]
     #[schemars(schema_with = "crate::schema::replicas")]
     #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]
@@ -270,10 +270,11 @@ pub struct PinRule {
     #[x_kube(validation = Rule::new(positive_duration_rule()).message(MSG_POSITIVE_DURATION))]
     pub modified_within: Option<String>,
 
-    /// Copies of pinned blocks across nodes: a whole number >= 1 or "All".
-    /// Unset uses the policy's replicas. Today every node keeps what the rule
-    /// pins whatever this says (nodes do not read each other's caches yet):
-    /// "All" runs the rule's Job on every node, a number on one node.
+    /// Where the rule's pin Job runs: "All" runs it on every node (each node
+    /// fetches the pinned files, from their owners in the cluster, and keeps
+    /// them), a number on one node. Every node re-evaluates the rule at each
+    /// metadata TTL and fetches what it pins, so each node ends up holding
+    /// the pinned files either way. Unset uses the policy's replicas.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(schema_with = "crate::schema::replicas")]
     #[x_kube(validation = Rule::new(REPLICAS_RULE).message(MSG_REPLICAS))]

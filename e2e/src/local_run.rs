@@ -101,6 +101,7 @@ impl LocalNode {
                 format!("unix://{}", self.path("csi.sock")),
             ),
             ("$(NODE_NAME)", self.name.clone()),
+            ("$(POD_IP)", self.ip.clone()),
             (
                 &format!("0.0.0.0:{agent_port}"),
                 format!("{}:{agent_port}", self.ip),
@@ -119,8 +120,7 @@ impl LocalNode {
             .collect())
     }
 
-    /// The agent container's args, plus quick pacing (datasets rescan 1 s, status every 2 s)
-    /// and the advertised URL the DaemonSet does not set.
+    /// The agent container's args, plus quick pacing (datasets rescan 1 s, status every 2 s).
     pub fn agent_args(&self, daemon_set: &DaemonSet) -> Result<Vec<String>> {
         let mut args = self.container_args(daemon_set, "agent")?;
         args.extend([
@@ -128,8 +128,6 @@ impl LocalNode {
             "1s".into(),
             "--status-interval".into(),
             "2s".into(),
-            "--advertise-url".into(),
-            format!("http://{}:{}", self.ip, self.agent_port),
         ]);
         Ok(args)
     }
@@ -388,6 +386,7 @@ mod tests {
                 "--datasets=/etc/strata/datasets",
                 "--listen=0.0.0.0:7070",
                 "--node=$(NODE_NAME)",
+                "--advertise-url=http://$(POD_IP):7070",
             ],
         );
         assert_eq!(
@@ -396,12 +395,11 @@ mod tests {
                 "--datasets=/nodes/n1/datasets",
                 "--listen=127.0.0.2:7070",
                 "--node=n1",
+                "--advertise-url=http://127.0.0.2:7070",
                 "--datasets-rescan",
                 "1s",
                 "--status-interval",
                 "2s",
-                "--advertise-url",
-                "http://127.0.0.2:7070",
             ]
         );
         let wrong = daemon_set("sh", &[]);

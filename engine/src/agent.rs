@@ -10,6 +10,7 @@ use tokio::sync::Semaphore;
 use tokio::task::JoinHandle;
 
 use crate::cache::{BlockCache, DatasetCache, DatasetCacheSettings};
+use crate::cluster::Cluster;
 use crate::config::DatasetConfig;
 use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits, pin_refresh_period};
 use crate::metrics::Metrics;
@@ -127,6 +128,8 @@ pub struct Agent {
     // current view and installing its replacement would leave a view over a detached
     // cache.
     reconfiguring: tokio::sync::Mutex<()>,
+    // The cluster this agent shares blocks with (set once; none: a node of its own).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -170,6 +173,7 @@ impl Agent {
             datasets: Mutex::new(BTreeMap::new()),
             upkeep: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
+            cluster: std::sync::OnceLock::new(),
         }))
     }
 
@@ -186,6 +190,21 @@ impl Agent {
     /// The node cache.
     pub fn block_cache(&self) -> &Arc<BlockCache> {
         &self.cache
+    }
+
+    /// Shares blocks with `cluster`'s other agents from now on, for every dataset (set
+    /// once; later calls are ignored).
+    pub fn join_cluster(&self, cluster: Arc<Cluster>) {
+        if self.cluster.set(cluster.clone()).is_ok() {
+            for view in self.datasets() {
+                view.join_cluster(cluster.clone());
+            }
+        }
+    }
+
+    /// The cluster this agent shares blocks with.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.get().cloned()
     }
 
     /// Adds a dataset, or replaces it when its configuration changed (the cache is kept
@@ -235,6 +254,9 @@ impl Agent {
             self.readahead.clone(),
             self.metrics.clone(),
         )?;
+        if let Some(cluster) = self.cluster.get() {
+            view.join_cluster(cluster.clone());
+        }
         view.seed_metadata_from_cache();
         if let Some(old) = &existing {
             if old.config().sources == view.config().sources {

@@ -50,6 +50,10 @@ pub enum Error {
     /// A background task died (panic or cancellation).
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A peer agent did not serve blocks (the read goes on with the next owner or the
+    /// source; readers never see this).
+    #[error("peer {peer}: {message}")]
+    Peer { peer: String, message: String },
 }
 
 /// Result alias of the engine.
@@ -74,7 +78,7 @@ impl Error {
                 SourceErrorKind::Other => libc::EIO,
             },
             Error::Config { .. } => libc::EINVAL,
-            Error::CacheIo { .. } | Error::Task(_) => libc::EIO,
+            Error::CacheIo { .. } | Error::Task(_) | Error::Peer { .. } => libc::EIO,
         }
     }
 

@@ -5,6 +5,7 @@
 //! - [`dataset::DatasetView`]: one dataset: sources under one namespace, metadata cache,
 //!   single-flight block fetches, readahead, preload and pins;
 //! - [`cache`]: memory and disk tiers, checksums, eviction ([`eviction`]);
+//! - [`cluster`]: block placement over the cluster's agents and the peer transport's trait;
 //! - [`source::Source`]: object stores through `object_store`.
 //!
 //! Every user-supplied path goes through [`path::DatasetPath::parse`] (from `strata-wire`).
@@ -15,6 +16,7 @@
 pub mod agent;
 pub mod block_writer;
 pub mod cache;
+pub mod cluster;
 pub mod dataset;
 pub mod error;
 pub mod eviction;

@@ -40,6 +40,21 @@ pub const PASSTHROUGH_OPENS: &str = "strata_passthrough_opens";
 pub const DIRECTORY_PREFETCH_FILES: &str = "strata_directory_prefetch_files";
 /// Bytes of blocks held on the readahead budget right now (at most `--readahead-total`).
 pub const READAHEAD_BYTES: &str = "strata_readahead_bytes";
+/// Labels: `origin` = memory|disk|peer|source. Blocks handed out by where they came from:
+/// memory and disk count blocks served from this node's tiers (to its readers or to peers),
+/// peer and source the blocks this node fetched. Passthrough reads are the kernel's and not
+/// counted.
+pub const BLOCKS_BY_ORIGIN: &str = "strata_blocks";
+/// Labels: `origin` = memory|disk|peer|source. Bytes of those blocks.
+pub const BLOCK_BYTES_BY_ORIGIN: &str = "strata_block_bytes";
+/// Labels: `op` = fetch|fill, `result` = ok|error|timeout. Requests this node sent to peers.
+pub const PEER_REQUESTS: &str = "strata_peer_requests";
+/// Seconds per block request answered by a peer (the whole run of blocks).
+pub const PEER_FETCH_SECONDS: &str = "strata_peer_fetch_seconds";
+/// Bytes of blocks this node sent to peers that asked for them.
+pub const PEER_SERVED_BYTES: &str = "strata_peer_served_bytes";
+/// Live cluster members this node places blocks over, itself included (1 without peers).
+pub const CLUSTER_MEMBERS: &str = "strata_cluster_members";
 
 type Labels = Vec<(String, String)>;
 
@@ -60,6 +75,12 @@ pub struct Metrics {
     passthrough: Family<Labels, Counter>,
     directory_prefetch_files: Family<Labels, Counter>,
     readahead_bytes: Gauge,
+    blocks_by_origin: Family<Labels, Counter>,
+    block_bytes_by_origin: Family<Labels, Counter>,
+    peer_requests: Family<Labels, Counter>,
+    peer_fetch_seconds: Histogram,
+    peer_served_bytes: Counter,
+    cluster_members: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -117,6 +138,13 @@ impl Metrics {
             passthrough: Family::default(),
             directory_prefetch_files: Family::default(),
             readahead_bytes: Gauge::default(),
+            blocks_by_origin: Family::default(),
+            block_bytes_by_origin: Family::default(),
+            peer_requests: Family::default(),
+            // 0.5 ms .. ~8 s
+            peer_fetch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
+            peer_served_bytes: Counter::default(),
+            cluster_members: Gauge::default(),
         };
         registry.register(CACHE_HITS, "Block cache hits per tier", m.hits.clone());
         registry.register(
@@ -183,6 +211,36 @@ impl Metrics {
             READAHEAD_BYTES,
             "Bytes of blocks held on the readahead budget",
             m.readahead_bytes.clone(),
+        );
+        registry.register(
+            BLOCKS_BY_ORIGIN,
+            "Blocks handed to this node's readers by origin (memory, disk, peer, source)",
+            m.blocks_by_origin.clone(),
+        );
+        registry.register(
+            BLOCK_BYTES_BY_ORIGIN,
+            "Bytes of blocks handed to this node's readers by origin",
+            m.block_bytes_by_origin.clone(),
+        );
+        registry.register(
+            PEER_REQUESTS,
+            "Block requests sent to peers by operation and result",
+            m.peer_requests.clone(),
+        );
+        registry.register(
+            PEER_FETCH_SECONDS,
+            "Duration of block fetches answered by peers",
+            m.peer_fetch_seconds.clone(),
+        );
+        registry.register(
+            PEER_SERVED_BYTES,
+            "Bytes of blocks sent to peers",
+            m.peer_served_bytes.clone(),
+        );
+        registry.register(
+            CLUSTER_MEMBERS,
+            "Live cluster members blocks are placed over, this node included",
+            m.cluster_members.clone(),
         );
         *m.registry.lock().expect("metrics registry") = registry;
         m
@@ -272,6 +330,32 @@ impl Metrics {
     /// Bytes held on the readahead budget now (the `strata_readahead_bytes` gauge).
     pub fn readahead_bytes(&self) -> u64 {
         self.readahead_bytes.get().max(0) as u64
+    }
+    /// A block handed to a reader, from `origin` (memory|disk|peer|source).
+    pub(crate) fn block_from(&self, origin: &'static str, bytes: usize) {
+        let labels = vec![("origin".to_string(), origin.to_string())];
+        self.blocks_by_origin.get_or_create(&labels).inc();
+        self.block_bytes_by_origin
+            .get_or_create(&labels)
+            .inc_by(bytes as u64);
+    }
+    pub(crate) fn peer_request(&self, op: &'static str, result: &'static str) {
+        self.peer_requests
+            .get_or_create(&vec![
+                ("op".to_string(), op.to_string()),
+                ("result".to_string(), result.to_string()),
+            ])
+            .inc();
+    }
+    pub(crate) fn observe_peer_fetch(&self, d: Duration) {
+        self.peer_fetch_seconds.observe(d.as_secs_f64());
+    }
+    /// Bytes sent to a peer that asked for blocks.
+    pub fn peer_served(&self, bytes: u64) {
+        self.peer_served_bytes.inc_by(bytes);
+    }
+    pub(crate) fn set_cluster_members(&self, n: usize) {
+        self.cluster_members.set(n as i64);
     }
     pub fn passthrough_open(&self, result: &str) {
         self.passthrough

@@ -10,7 +10,8 @@
 //! - [`standalone`]: `strata-agent mount` and the local `preload`, one dataset without the
 //!   daemon;
 //! - [`job_commands`]: `strata-agent preload|pin|unpin --agent`, run by the operator's Jobs;
-//! - [`node_status`]: the StrataNode reporter (the only Kubernetes client here).
+//! - [`peers`]: the cluster cache's transport to other agents and its member list;
+//! - [`node_status`]: the StrataNode reporter (and, in [`peers`], the StrataNode watch).
 //!
 //! The engine's modules are re-exported under their old paths (`strata_agent::cache`, ...),
 //! so callers that only need the engine can depend on `strata-engine` instead.
@@ -29,6 +30,7 @@ pub mod job_commands;
 pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;
+pub mod peers;
 pub mod serve;
 pub mod standalone;
 
@@ -45,6 +47,6 @@ pub mod error;
 pub use error::{Error, Result};
 
 pub use strata_engine::{
-    agent, block_writer, cache, config, dataset, eviction, glob, metadata, metrics, path, sidecar,
-    singleflight, source,
+    agent, block_writer, cache, cluster, config, dataset, eviction, glob, metadata, metrics, path,
+    sidecar, singleflight, source,
 };

@@ -111,6 +111,8 @@ pub struct ServeArgs {
     pub status_interval: Duration,
     #[command(flatten)]
     pub holder: crate::held_mounts::HolderFlags,
+    #[command(flatten)]
+    pub peers: crate::peers::PeerFlags,
 }
 
 fn bind_socket(path: &Path) -> Result<tokio::net::UnixListener> {
@@ -192,6 +194,7 @@ pub async fn run(
     config.directory_prefetch_files = args.prefetch_directory_files;
     config.directory_prefetch_bytes = args.prefetch_directory_bytes;
     let agent = Agent::new(config).await?;
+    let membership = join_cluster(&args, &agent).await?;
     let holder_flags = args.holder.clone();
     let holder = tokio::task::spawn_blocking(move || holder_flags.for_serve())
         .await
@@ -289,6 +292,9 @@ pub async fn run(
     if let Some(reporter) = reporter {
         reporter.abort();
     }
+    if let Some(membership) = membership {
+        membership.abort();
+    }
     let _ = stop_tx.send(true);
     // Streams (long preloads) may hold connections: do not wait for them forever.
     if tokio::time::timeout(Duration::from_secs(10), async {
@@ -307,6 +313,84 @@ pub async fn run(
     }
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
+}
+
+/// Joins the cluster cache when the flags (or the StrataNodes of a Kubernetes cluster)
+/// name other agents: returns the task that keeps the member list current.
+async fn join_cluster(
+    args: &ServeArgs,
+    agent: &Arc<Agent>,
+) -> Result<Option<tokio::task::JoinHandle<()>>> {
+    use crate::cluster::Cluster;
+    use crate::peers::{HttpPeers, Membership};
+    let in_cluster = cfg!(feature = "node-status") && args.node_name.is_some();
+    let Some(membership) = args.peers.membership(in_cluster)? else {
+        return Ok(None);
+    };
+    let explicit = membership != Membership::Kubernetes;
+    let (Some(token_file), Some(_)) = (&args.peer_token_file, &args.listen) else {
+        if explicit {
+            return Err(Error::invalid(
+                "peers",
+                "sharing blocks with peers needs --listen (where they ask this agent) and \
+                 --peer-token-file (the secret every agent of the cluster shares)",
+            ));
+        }
+        tracing::info!("no --listen with --peer-token-file: not sharing blocks with other agents");
+        return Ok(None);
+    };
+    let self_name = match &args.node_name {
+        Some(name) => name.clone(),
+        None => std::fs::read_to_string("/proc/sys/kernel/hostname")
+            .map(|h| h.trim().to_string())
+            .map_err(|e| Error::io("reading the host name (set --node-name)", e))?,
+    };
+    let cluster = Cluster::new(
+        self_name.clone(),
+        Arc::new(HttpPeers::new(token_file)?),
+        args.peers.peer_timeout,
+        agent.metrics().clone(),
+    );
+    agent.join_cluster(cluster.clone());
+    tracing::info!(member = %self_name, membership = ?membership, "sharing blocks with the cluster's agents");
+    Ok(match membership {
+        Membership::Static(members) => {
+            cluster.set_members(members);
+            None
+        }
+        Membership::File(file, fixed) => Some(tokio::spawn(crate::peers::follow_peers_file(
+            cluster, file, fixed,
+        ))),
+        Membership::Kubernetes => follow_strata_nodes(cluster, args.status_interval).await,
+    })
+}
+
+/// Members from the StrataNodes; a node is gone once its heartbeat is three report
+/// intervals old.
+#[cfg(feature = "node-status")]
+async fn follow_strata_nodes(
+    cluster: Arc<crate::cluster::Cluster>,
+    status_interval: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    match kube::Client::try_default().await {
+        Ok(client) => Some(tokio::spawn(crate::peers::follow_strata_nodes(
+            cluster,
+            client,
+            status_interval * 3,
+        ))),
+        Err(e) => {
+            tracing::warn!(error = %e, "no Kubernetes API reachable: not sharing blocks with other agents");
+            None
+        }
+    }
+}
+
+#[cfg(not(feature = "node-status"))]
+async fn follow_strata_nodes(
+    _cluster: Arc<crate::cluster::Cluster>,
+    _status_interval: Duration,
+) -> Option<tokio::task::JoinHandle<()>> {
+    None
 }
 
 /// The TokenReview client for job credentials (the agent's ServiceAccount).

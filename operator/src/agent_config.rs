@@ -6,7 +6,8 @@ use std::collections::BTreeMap;
 
 use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source, Tier, parse_duration};
 use strata_wire::config::{
-    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, PinRule, SourceConfig, TierKind,
+    CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, PinRule,
+    Replicas as WireReplicas, SourceConfig, TierKind,
 };
 
 use crate::credentials::AgentCredentials;
@@ -66,6 +67,11 @@ pub fn cache_settings(policy: &CachePolicySpec) -> CacheSettings {
                 Tier::Ssd => TierKind::Ssd,
             })
             .collect(),
+        replicas: match policy.replicas() {
+            Ok(strata_crds::Replicas::Count(n)) => WireReplicas::Count(n.get()),
+            Ok(strata_crds::Replicas::All) => WireReplicas::All,
+            Err(_) => defaults.replicas,
+        },
     }
 }
 

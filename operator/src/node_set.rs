@@ -96,6 +96,21 @@ fn env_node_name() -> EnvVar {
     }
 }
 
+/// The pod's IP, which on the host network is the node's: where peers reach the agent.
+fn env_pod_ip() -> EnvVar {
+    EnvVar {
+        name: "POD_IP".into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector {
+                field_path: "status.podIP".into(),
+                ..ObjectFieldSelector::default()
+            }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
 fn privileged() -> Option<SecurityContext> {
     // FUSE mounts and bind mounts into the kubelet's pod directories need it.
     Some(SecurityContext {
@@ -119,6 +134,10 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
         "$(NODE_NAME)".into(),
         "--listen".into(),
         format!("0.0.0.0:{}", config.agent_port),
+        // Written in the node's StrataNode: the other agents fetch the blocks this node
+        // owns from it (the cluster cache), and find it there.
+        "--advertise-url".into(),
+        format!("http://$(POD_IP):{}", config.agent_port),
         "--socket".into(),
         format!("{RUN_DIR}/agent.sock"),
         "--peer-token-file".into(),
@@ -159,7 +178,7 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
         image_pull_policy: Some(config.image_pull_policy.clone()),
         command: Some(vec!["strata-agent".into()]),
         args: Some(agent_args),
-        env: Some(vec![env_node_name()]),
+        env: Some(vec![env_node_name(), env_pod_ip()]),
         security_context: privileged(),
         volume_mounts: Some(agent_mounts),
         ..Container::default()

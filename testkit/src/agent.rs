@@ -13,6 +13,30 @@ use tempfile::TempDir;
 /// The peer token (`--peer-token-file`): reads any dataset over TCP, nothing else.
 pub const TOKEN: &str = "test-token-0123456789";
 
+/// How [`TestAgent::start_opts`] starts the agent.
+#[derive(Debug, Clone)]
+pub struct TestAgentOptions {
+    /// `--datasets-rescan`.
+    pub rescan: Duration,
+    /// `--node-name`: the agent's member name in a cluster of test agents.
+    pub node_name: Option<String>,
+    /// `--peers-file`: the cluster's members.
+    pub peers_file: Option<PathBuf>,
+    /// `--peer-timeout`.
+    pub peer_timeout: Duration,
+}
+
+impl Default for TestAgentOptions {
+    fn default() -> Self {
+        TestAgentOptions {
+            rescan: Duration::from_secs(30),
+            node_name: None,
+            peers_file: None,
+            peer_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
 pub struct TestAgent {
     pub dir: TempDir,
     pub source: PathBuf,
@@ -77,6 +101,16 @@ impl TestAgent {
 
     /// Starts the agent with `--datasets-dir` rescanned every `rescan`.
     pub async fn start_with(rescan: Duration) -> TestAgent {
+        Self::start_opts(TestAgentOptions {
+            rescan,
+            ..TestAgentOptions::default()
+        })
+        .await
+    }
+
+    /// Starts the agent with these options.
+    pub async fn start_opts(opts: TestAgentOptions) -> TestAgent {
+        let rescan = opts.rescan;
         let _ = tracing_subscriber::fmt()
             .with_test_writer()
             .with_env_filter(std::env::var("STRATA_LOG").unwrap_or_else(|_| "warn".into()))
@@ -108,13 +142,19 @@ impl TestAgent {
             prefetch_directory_bytes: 1 << 30,
             no_passthrough: false,
             fuse_threads: 2,
-            node_name: None,
+            node_name: opts.node_name.clone(),
             advertise_url: None,
             status_interval: Duration::from_secs(30),
             holder: strata_agent::held_mounts::HolderFlags {
                 holder_socket: None,
                 no_holder: false,
                 orphan_timeout: Duration::from_secs(30),
+            },
+            peers: strata_agent::peers::PeerFlags {
+                peers: vec![],
+                peers_file: opts.peers_file.clone(),
+                peer_timeout: opts.peer_timeout,
+                no_peers: false,
             },
         };
         let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();

@@ -214,6 +214,63 @@ pub struct CacheSettings {
     /// held in the memory tier.
     #[serde(default = "default_tiers", skip_serializing_if = "is_default_tiers")]
     pub tiers: Vec<TierKind>,
+    /// Owners of each block across the cluster's agents (default 1): a miss on another
+    /// node asks them, and a block one owner fetched from the source is copied to the
+    /// others. `All`: every live agent owns every block (fetched from the source once,
+    /// then copied to every node). Without peers this has no effect.
+    #[serde(default, skip_serializing_if = "Replicas::is_default")]
+    pub replicas: Replicas,
+}
+
+/// Owners of each block: a number (at least 1) or `All`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replicas {
+    /// This many owners (capped at the live agents).
+    Count(u32),
+    /// Every live agent.
+    All,
+}
+
+impl Default for Replicas {
+    fn default() -> Self {
+        Replicas::Count(1)
+    }
+}
+
+impl Replicas {
+    fn is_default(&self) -> bool {
+        *self == Replicas::default()
+    }
+}
+
+impl Serialize for Replicas {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Replicas::Count(n) => s.serialize_u32(*n),
+            Replicas::All => s.serialize_str("All"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Replicas {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Count(u64),
+            Text(String),
+        }
+        let invalid = || {
+            serde::de::Error::custom(
+                "replicas must be a whole number of at least 1 or \"All\" (copies of each block across nodes)",
+            )
+        };
+        match Raw::deserialize(d)? {
+            Raw::Count(n) if n >= 1 => u32::try_from(n).map(Replicas::Count).map_err(|_| invalid()),
+            Raw::Text(s) if s == "All" => Ok(Replicas::All),
+            _ => Err(invalid()),
+        }
+    }
 }
 
 /// One pin rule: the files matching `paths` (and, with `modified_within`, modified that
@@ -345,6 +402,7 @@ impl Default for CacheSettings {
             pins: Vec::new(),
             data_ttl: None,
             tiers: default_tiers(),
+            replicas: Replicas::default(),
         }
     }
 }

@@ -72,6 +72,7 @@ impl DatasetCache {
         match self.node.memory_get(&self.memory_key(id, index)) {
             Some(b) => {
                 self.node.metrics.hit("memory");
+                self.node.metrics.block_from("memory", b.len());
                 self.hits.fetch_add(1, Ordering::Relaxed);
                 // Keep the disk copy warm in its policy and for the data TTL too.
                 self.policy
@@ -134,6 +135,7 @@ impl DatasetCache {
             return None;
         }
         self.node.metrics.hit("disk");
+        self.node.metrics.block_from("disk", buf.len());
         self.hits.fetch_add(1, Ordering::Relaxed);
         let promote = {
             let mut st = obj.state.lock().expect("object state");

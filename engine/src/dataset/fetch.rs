@@ -1,17 +1,19 @@
-//! Blocks of a file: from the memory tier, the disk tier or the source, one fetch per
-//! block however many readers ask (single flight), adjacent missing blocks in one ranged
-//! GET, each block written to a tier before it is handed over.
+//! Blocks of a file: from the memory tier, the disk tier, the block's owner in the cluster
+//! or the source, one fetch per block however many readers ask (single flight), adjacent
+//! missing blocks in one request, each block written to a tier before it is handed over.
 
 use std::ops::Range;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use bytes::{Bytes, BytesMut};
 use futures::future::{BoxFuture, Shared};
+use futures::stream::BoxStream;
 use futures::{FutureExt, StreamExt};
 
-use super::{DatasetView, FileStat};
+use super::{DatasetView, EntryKind, FileStat};
 use crate::cache::{ObjectVersion, PassthroughLease};
+use crate::cluster::{BlockRequest, Cluster, Member, PlacementKey};
 use crate::error::SourceErrorKind;
 use crate::path::DatasetPath;
 use crate::source::Source;
@@ -26,6 +28,59 @@ pub(super) type BlockResult = Result<Bytes>;
 pub(super) type SharedBlock = Shared<BoxFuture<'static, BlockResult>>;
 /// Where a group fetch hands over one block.
 type BlockSender = tokio::sync::oneshot::Sender<BlockResult>;
+/// A block flight: the object version's id, the block, and whether the flight may ask
+/// peers. A flight that serves a peer never joins one that asks peers, so two agents that
+/// disagree on membership cannot wait on each other.
+pub(super) type FlightKey = (Arc<str>, u64, bool);
+
+/// Where the missing blocks of one placement group come from.
+#[derive(Debug, Clone)]
+enum Route {
+    /// This node fetches them from the source (it is the group's first owner, it has no
+    /// peers, or it serves a peer), then asks the other owners in `push_to` to keep a copy.
+    Source { push_to: Vec<Member> },
+    /// Ask these owners in turn, then the source; after a source fetch, push to `push_to`.
+    Peers {
+        ask: Vec<Member>,
+        push_to: Vec<Member>,
+    },
+}
+
+impl Route {
+    /// The route of a group owned by `owners` (best first), from `this` node; `serving` is
+    /// the peer this fetch answers, if any.
+    fn new(this: &str, owners: Vec<Member>, serving: Option<&str>) -> Route {
+        let others = |skip: Option<&str>| -> Vec<Member> {
+            owners
+                .iter()
+                .filter(|m| m.name != this && Some(m.name.as_str()) != skip)
+                .cloned()
+                .collect()
+        };
+        if serving.is_some() {
+            return Route::Source {
+                push_to: others(serving),
+            };
+        }
+        match owners.iter().position(|m| m.name == this) {
+            Some(0) => Route::Source {
+                push_to: others(None),
+            },
+            Some(rank) => Route::Peers {
+                ask: owners[..rank].to_vec(),
+                push_to: others(None),
+            },
+            None => Route::Peers {
+                ask: owners,
+                push_to: Vec::new(),
+            },
+        }
+    }
+
+    fn asks_peers(&self) -> bool {
+        matches!(self, Route::Peers { .. })
+    }
+}
 
 impl DatasetView {
     /// Most blocks one readahead or preload request fetches ([`MAX_SPAN_BYTES`]).
@@ -110,6 +165,18 @@ impl DatasetView {
     /// requests and 800 MiB/s as 16 MiB requests. This is the one fetch path: a single
     /// block ([`Self::get_block`]) is a run of one.
     pub fn fetch_blocks(self: &Arc<Self>, stat: &FileStat, blocks: Range<u64>) -> Vec<SharedBlock> {
+        self.fetch_blocks_for(stat, blocks, None)
+    }
+
+    /// [`Self::fetch_blocks`] for this node's readers (`serving` None), or for the peer
+    /// named `serving`, which gets what the tiers hold and the rest from the source (a
+    /// peer's request is never passed on).
+    fn fetch_blocks_for(
+        self: &Arc<Self>,
+        stat: &FileStat,
+        blocks: Range<u64>,
+        serving: Option<&str>,
+    ) -> Vec<SharedBlock> {
         let Some(version) = stat.version.clone() else {
             let err = Error::IsDirectory {
                 path: stat.path.to_string(),
@@ -118,18 +185,57 @@ impl DatasetView {
                 .map(|_| futures::future::ready(Err(err.clone())).boxed().shared())
                 .collect();
         };
+        let Some(cluster) = self.cluster().filter(|c| c.has_peers()) else {
+            let route = Route::Source {
+                push_to: Vec::new(),
+            };
+            return self.start_flights(stat, &version, blocks, route);
+        };
+        // One flight per placement group: each has its own owners.
+        let span = self.max_span_blocks();
+        let mut flights = Vec::with_capacity((blocks.end - blocks.start) as usize);
+        let mut first = blocks.start;
+        while first < blocks.end {
+            let group = first / span;
+            let end = ((group + 1) * span).min(blocks.end);
+            let key = PlacementKey::new(&self.id, &version, group);
+            let owners = cluster.owners(&key, self.replicas(&cluster));
+            let route = Route::new(cluster.self_name(), owners, serving);
+            flights.extend(self.start_flights(stat, &version, first..end, route));
+            first = end;
+        }
+        flights
+    }
+
+    fn start_flights(
+        self: &Arc<Self>,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        blocks: Range<u64>,
+        route: Route,
+    ) -> Vec<SharedBlock> {
         let id = version.id();
-        let keys = blocks.map(|i| (id.clone(), i)).collect();
+        let asks_peers = route.asks_peers();
+        let keys = blocks.map(|i| (id.clone(), i, asks_peers)).collect();
         let view = self.clone();
         let stat = stat.clone();
+        let version = version.clone();
         self.block_flights.run_group(
             keys,
             move |senders| async move {
-                let indexes = senders.into_iter().map(|((_, i), tx)| (i, tx)).collect();
-                view.fetch_group(stat, version, indexes).await
+                let indexes = senders.into_iter().map(|((_, i, _), tx)| (i, tx)).collect();
+                view.fetch_group(stat, version, indexes, route).await
             },
             |e| Err(Error::Task(e)),
         )
+    }
+
+    /// Owners of each block: the policy's replicas, or every member for `All`.
+    fn replicas(&self, cluster: &Cluster) -> usize {
+        match self.config.cache.replicas {
+            crate::config::Replicas::Count(n) => n as usize,
+            crate::config::Replicas::All => cluster.members().len(),
+        }
     }
 
     /// The body of [`Self::fetch_blocks`]: serves the blocks a tier holds, fetches the rest.
@@ -138,6 +244,7 @@ impl DatasetView {
         stat: FileStat,
         version: ObjectVersion,
         blocks: Vec<(u64, BlockSender)>,
+        route: Route,
     ) {
         let cache = self.cache.clone();
         let v = version.clone();
@@ -180,11 +287,241 @@ impl DatasetView {
             }
             return;
         };
+        for _ in runs.iter().flatten() {
+            self.cache.record_miss();
+        }
         futures::future::join_all(
             runs.into_iter()
-                .map(|run| self.fetch_run(&source, &stat, &version, run)),
+                .map(|run| self.fetch_routed(&source, &stat, &version, run, &route)),
         )
         .await;
+    }
+
+    /// Fetches a run of adjacent missing blocks along `route`: from owners in turn, what
+    /// they did not deliver from the source, and after a source fetch a copy to the other
+    /// owners.
+    async fn fetch_routed(
+        self: &Arc<Self>,
+        source: &Arc<Source>,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        mut run: Vec<(u64, BlockSender)>,
+        route: &Route,
+    ) {
+        let (ask, push_to) = match route {
+            Route::Source { push_to } => (&[][..], push_to),
+            Route::Peers { ask, push_to } => (&ask[..], push_to),
+        };
+        let cluster = self.cluster();
+        if let Some(cluster) = &cluster {
+            for owner in ask {
+                if run.is_empty() {
+                    return;
+                }
+                if cluster.is_down(&owner.name) {
+                    continue;
+                }
+                run = self
+                    .fetch_from_peer(cluster, owner, stat, version, run)
+                    .await;
+            }
+        }
+        let (Some(&(first, _)), count) = (run.first(), run.len() as u64) else {
+            return;
+        };
+        self.fetch_run(source, stat, version, run).await;
+        if let Some(cluster) = cluster {
+            self.push_to_owners(&cluster, stat, version, first..first + count, push_to);
+        }
+    }
+
+    /// Asks `owner` for a run of blocks; returns the blocks it did not deliver (all of
+    /// them when it failed, marking it down).
+    async fn fetch_from_peer(
+        self: &Arc<Self>,
+        cluster: &Arc<Cluster>,
+        owner: &Member,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        run: Vec<(u64, BlockSender)>,
+    ) -> Vec<(u64, BlockSender)> {
+        let request = self.block_request(cluster, stat, version, run[0].0, run.len() as u64);
+        let started = Instant::now();
+        let timeout = cluster.timeout();
+        let metrics = cluster.metrics().clone();
+        let stream =
+            match tokio::time::timeout(timeout, cluster.transport().fetch(owner, &request)).await {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(e)) => {
+                    metrics.peer_request("fetch", "error");
+                    cluster.mark_down(owner, &e);
+                    return run;
+                }
+                Err(_) => {
+                    metrics.peer_request("fetch", "timeout");
+                    cluster.mark_down(owner, &peer_timeout(owner, timeout));
+                    return run;
+                }
+            };
+        let (rest, failure) = self
+            .store_stream(stat, version, stream, run, Some(timeout), "peer")
+            .await;
+        match failure {
+            None if rest.is_empty() => {
+                metrics.peer_request("fetch", "ok");
+                metrics.observe_peer_fetch(started.elapsed());
+            }
+            failure => {
+                let timed_out = matches!(&failure, Some(Error::Peer { message, .. }) if message.starts_with("no answer"));
+                metrics.peer_request("fetch", if timed_out { "timeout" } else { "error" });
+                let e = failure.unwrap_or_else(|| Error::Peer {
+                    peer: owner.name.clone(),
+                    message: "the answer ended early".into(),
+                });
+                cluster.mark_down(owner, &e);
+            }
+        }
+        rest
+    }
+
+    fn block_request(
+        &self,
+        cluster: &Cluster,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        first: u64,
+        count: u64,
+    ) -> BlockRequest {
+        BlockRequest {
+            namespace: self.config.namespace.clone(),
+            name: self.config.name.clone(),
+            path: stat.path.clone(),
+            mtime: stat.mtime,
+            version: version.clone(),
+            first,
+            count,
+            from: cluster.self_name().to_string(),
+        }
+    }
+
+    /// Asks the other owners of blocks this node fetched from the source to keep a copy
+    /// (they fetch it from this node), in the background.
+    fn push_to_owners(
+        &self,
+        cluster: &Arc<Cluster>,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        blocks: Range<u64>,
+        push_to: &[Member],
+    ) {
+        for owner in push_to {
+            if cluster.is_down(&owner.name) {
+                continue;
+            }
+            let request = self.block_request(
+                cluster,
+                stat,
+                version,
+                blocks.start,
+                blocks.end - blocks.start,
+            );
+            let (cluster, owner) = (cluster.clone(), owner.clone());
+            self.handle.spawn(async move {
+                let answer = tokio::time::timeout(
+                    cluster.timeout(),
+                    cluster.transport().fill(&owner, &request),
+                )
+                .await;
+                let result = match answer {
+                    Ok(Ok(())) => "ok",
+                    Ok(Err(e)) => {
+                        cluster.mark_down(&owner, &e);
+                        "error"
+                    }
+                    Err(_) => {
+                        cluster.mark_down(&owner, &peer_timeout(&owner, cluster.timeout()));
+                        "timeout"
+                    }
+                };
+                cluster.metrics().peer_request("fill", result);
+            });
+        }
+    }
+
+    /// Serves a peer's request for blocks: from the tiers, the rest from the source (never
+    /// from a third node), in order, as each is ready.
+    pub fn serve_peer(
+        self: &Arc<Self>,
+        request: &BlockRequest,
+    ) -> Result<impl futures::Stream<Item = Result<Bytes>> + Send + Sync + 'static> {
+        let stat = self.peer_stat(request)?;
+        let blocks = request.first..request.first + request.count;
+        let flights = self.fetch_blocks_for(&stat, blocks, Some(&request.from));
+        let metrics = self.metrics.clone();
+        Ok(futures::stream::unfold(
+            flights.into_iter(),
+            move |mut flights| {
+                let metrics = metrics.clone();
+                async move {
+                    let block = flights.next()?.await;
+                    if let Ok(b) = &block {
+                        metrics.peer_served(b.len() as u64);
+                    }
+                    Some((block, flights))
+                }
+            },
+        ))
+    }
+
+    /// A peer asks this node to keep a copy of blocks it owns too: fetched from the
+    /// cluster (the asking owner first) in the background. False when too many fills are
+    /// under way already (the copy is then made when a reader needs it).
+    pub fn fill_from_peer(self: &Arc<Self>, request: &BlockRequest) -> Result<bool> {
+        let stat = self.peer_stat(request)?;
+        let Ok(permit) = self.fills.clone().try_acquire_owned() else {
+            return Ok(false);
+        };
+        let flights = self.fetch_blocks(&stat, request.first..request.first + request.count);
+        self.handle.spawn(async move {
+            let _permit = permit;
+            futures::future::join_all(flights).await;
+        });
+        Ok(true)
+    }
+
+    /// The file a peer's request names, checked against this dataset.
+    fn peer_stat(&self, request: &BlockRequest) -> Result<FileStat> {
+        let version = &request.version;
+        if !self.sources.iter().any(|s| s.name() == version.source) {
+            return Err(Error::NotFound {
+                path: request.path.to_string(),
+            });
+        }
+        let blocks = version.block_count(self.block_size());
+        if request.count == 0
+            || request.count > self.max_span_blocks()
+            || request.first.saturating_add(request.count) > blocks
+        {
+            return Err(Error::config(
+                "blocks",
+                format!(
+                    "blocks {}..+{} do not fit {} ({} blocks; at most {} per request)",
+                    request.first,
+                    request.count,
+                    request.path,
+                    blocks,
+                    self.max_span_blocks()
+                ),
+            ));
+        }
+        Ok(FileStat {
+            path: request.path.clone(),
+            kind: EntryKind::File,
+            size: version.size,
+            mtime: request.mtime,
+            version: Some(version.clone()),
+            etag: Some(version.etag.clone()),
+        })
     }
 
     /// Fetches adjacent blocks: one streamed GET from a remote store, cut into blocks as
@@ -198,16 +535,13 @@ impl DatasetView {
         run: Vec<(u64, BlockSender)>,
     ) {
         let bs = self.block_size();
-        for _ in &run {
-            self.cache.record_miss();
-        }
         if source.is_local() {
             futures::future::join_all(run.into_iter().map(|(i, tx)| async move {
                 let range = version.block_range(bs, i);
                 let fetched = source.get_range(&version.key, &version.etag, range).await;
                 match self.noted(fetched) {
                     Ok(data) => {
-                        let _ = self.store_block(stat, version, i, data, tx).await;
+                        let _ = self.store_block(stat, version, i, data, tx, "source").await;
                     }
                     Err(e) => self.fail_blocks(version, vec![(i, tx)], e),
                 }
@@ -219,21 +553,60 @@ impl DatasetView {
             return;
         };
         let range = version.block_range(bs, *first).start..version.block_range(bs, *last).end;
-        let mut pending = run.into_iter().peekable();
-        let mut stream = match source
+        let stream = match source
             .get_range_stream(&version.key, &version.etag, range)
             .await
         {
             Ok(stream) => stream,
             Err(e) => {
                 let e = self.noted::<()>(Err(e)).unwrap_err();
-                return self.fail_blocks(version, pending.collect(), e);
+                return self.fail_blocks(version, run, e);
             }
         };
+        let (rest, failure) = self
+            .store_stream(stat, version, stream, run, None, "source")
+            .await;
+        if !rest.is_empty() {
+            let e = failure.unwrap_or_else(|| {
+                Error::Task(format!("{}: the source's response ended early", stat.path))
+            });
+            let e = self.noted::<()>(Err(e)).unwrap_err();
+            self.fail_blocks(version, rest, e);
+        }
+    }
+
+    /// Cuts a stream of adjacent blocks' bytes into blocks, each stored and handed over as
+    /// soon as it is whole. Returns the blocks the stream did not complete, and its error
+    /// (or a timeout: no chunk within `idle`).
+    async fn store_stream(
+        &self,
+        stat: &FileStat,
+        version: &ObjectVersion,
+        mut stream: BoxStream<'static, Result<Bytes>>,
+        run: Vec<(u64, BlockSender)>,
+        idle: Option<Duration>,
+        origin: &'static str,
+    ) -> (Vec<(u64, BlockSender)>, Option<Error>) {
+        let bs = self.block_size();
+        let mut pending = run.into_iter().peekable();
         let mut stores = Vec::new();
         let mut buf = None;
         let mut failure = None;
-        'body: while let Some(chunk) = stream.next().await {
+        'body: loop {
+            let next = match idle {
+                Some(idle) => match tokio::time::timeout(idle, stream.next()).await {
+                    Ok(next) => next,
+                    Err(_) => {
+                        failure = Some(Error::Peer {
+                            peer: String::new(),
+                            message: format!("no answer for {}s", idle.as_secs_f32()),
+                        });
+                        break;
+                    }
+                },
+                None => stream.next().await,
+            };
+            let Some(chunk) = next else { break };
             let mut chunk = match chunk {
                 Ok(chunk) => chunk,
                 Err(e) => {
@@ -255,18 +628,12 @@ impl DatasetView {
                 }
                 let block = buf.take().expect("a block being assembled").freeze();
                 if let Some((i, tx)) = pending.next() {
-                    stores.push(self.store_block(stat, version, i, block, tx));
+                    stores.push(self.store_block(stat, version, i, block, tx, origin));
                 }
             }
         }
-        if pending.peek().is_some() {
-            let e = failure.unwrap_or_else(|| {
-                Error::Task(format!("{}: the source's response ended early", stat.path))
-            });
-            let e = self.noted::<()>(Err(e)).unwrap_err();
-            self.fail_blocks(version, pending.collect(), e);
-        }
         futures::future::join_all(stores).await;
+        (pending.collect(), failure)
     }
 
     /// Writes a fetched block to a tier, then hands it to its waiters (so a reader that
@@ -279,7 +646,9 @@ impl DatasetView {
         index: u64,
         data: Bytes,
         tx: BlockSender,
+        origin: &'static str,
     ) -> tokio::task::JoinHandle<()> {
+        self.metrics.block_from(origin, data.len());
         let cache = self.cache.clone();
         let (version, path, mtime) = (version.clone(), stat.path.clone(), stat.mtime);
         // A panic in `put` drops `tx`, and the waiters get the flight's "lost" error.
@@ -316,6 +685,13 @@ impl DatasetView {
             .await
             .ok()
             .flatten()
+    }
+}
+
+fn peer_timeout(owner: &Member, timeout: Duration) -> Error {
+    Error::Peer {
+        peer: owner.name.clone(),
+        message: format!("no answer for {}s", timeout.as_secs_f32()),
     }
 }
 

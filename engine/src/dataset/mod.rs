@@ -27,6 +27,7 @@ use std::time::SystemTime;
 use tokio_util::sync::CancellationToken;
 
 use crate::cache::DatasetCache;
+use crate::cluster::Cluster;
 use crate::config::DatasetConfig;
 use crate::metadata::TtlCache;
 use crate::metrics::Metrics;
@@ -47,6 +48,10 @@ pub use usage::DatasetUsage;
 use fetch::BlockResult;
 use prefetch::DirectoryScan;
 
+/// Copies pushed by other owners that one dataset fetches at once; more are refused (the
+/// copy is then made when a reader needs it).
+const PEER_FILLS: usize = 16;
+
 /// Most metadata entries kept per dataset (stat and listings each).
 const MAX_METADATA_ENTRIES: usize = 200_000;
 
@@ -62,7 +67,11 @@ pub struct DatasetView {
     // Listings on their way in (one per directory, however many read it), until complete
     // and in `listings`.
     growing: Mutex<HashMap<DatasetPath, Arc<DirListing>>>,
-    block_flights: SingleFlight<(Arc<str>, u64), BlockResult>,
+    block_flights: SingleFlight<fetch::FlightKey, BlockResult>,
+    // The cluster this node's agent is part of (none: every block is this node's).
+    cluster: std::sync::OnceLock<Arc<Cluster>>,
+    // Copies other owners asked this node to keep, fetched at once (more are refused).
+    fills: Arc<tokio::sync::Semaphore>,
     refreshing: Mutex<std::collections::HashSet<DatasetPath>>,
     readahead: ReadaheadLimits,
     directory_scans: Mutex<HashMap<DatasetPath, DirectoryScan>>,
@@ -124,6 +133,8 @@ impl DatasetView {
             meta_flights: SingleFlight::default(),
             growing: Mutex::new(HashMap::new()),
             block_flights: SingleFlight::default(),
+            cluster: std::sync::OnceLock::new(),
+            fills: Arc::new(tokio::sync::Semaphore::new(PEER_FILLS)),
             refreshing: Mutex::new(Default::default()),
             readahead,
             directory_scans: Mutex::new(HashMap::new()),
@@ -139,6 +150,16 @@ impl DatasetView {
     /// [`Error::DatasetRemoved`] (their fetches would fill a cache nobody serves from).
     pub fn close(&self) {
         self.removed.cancel();
+    }
+
+    /// Places this dataset's blocks over `cluster` from now on (set once, by the agent).
+    pub fn join_cluster(&self, cluster: Arc<Cluster>) {
+        let _ = self.cluster.set(cluster);
+    }
+
+    /// The cluster this dataset's blocks are placed over, if any.
+    pub fn cluster(&self) -> Option<Arc<Cluster>> {
+        self.cluster.get().cloned()
     }
 
     /// "namespace/name".

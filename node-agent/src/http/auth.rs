@@ -3,7 +3,7 @@
 //! | caller | how it proves it | may |
 //! | --- | --- | --- |
 //! | `Local` | reached the unix socket (file mode 0660) | everything: datasets (standalone), volumes (CSI) |
-//! | `Peer` | the node secret (`--peer-token-file`) over TCP | read any dataset: list, get, stat, list dir, read, usage |
+//! | `Peer` | the node secret (`--peer-token-file`) over TCP | read any dataset: list, get, stat, list dir, read, usage; peer block requests and fills |
 //! | `Job` | a ServiceAccount token with the Strata audience, checked by a TokenReview | preload, pin, unpin, usage of its own namespace's datasets under a live CachePolicy |
 //!
 //! Registration (PUT/DELETE of datasets) and volumes are never served over TCP.
@@ -55,6 +55,8 @@ pub enum Action {
     Usage,
     /// Acquire, release or list volumes.
     Volumes,
+    /// Blocks for another agent (`/v1/peer/...`): the cluster cache.
+    PeerBlocks,
 }
 
 impl Action {
@@ -67,6 +69,7 @@ impl Action {
             Action::Pin => "pinning",
             Action::Usage => "reading usage",
             Action::Volumes => "acquiring or releasing volumes",
+            Action::PeerBlocks => "serving blocks to other agents",
         }
     }
 }
@@ -88,7 +91,10 @@ impl Caller {
                 "volumes are acquired by the CSI plugin over the agent's local unix socket only"
                     .into(),
             ),
-            (Caller::Peer, Action::ListDatasets | Action::Read | Action::Usage) => Ok(()),
+            (
+                Caller::Peer,
+                Action::ListDatasets | Action::Read | Action::Usage | Action::PeerBlocks,
+            ) => Ok(()),
             (Caller::Peer, _) => refused(format!(
                 "the peer credential does not allow {}",
                 action.describe()
@@ -322,10 +328,16 @@ mod tests {
             Action::Read,
             Action::Register,
             Action::Volumes,
+            Action::PeerBlocks,
         ] {
             assert!(job.may(action, Some("a")).is_err(), "{action:?}");
         }
-        for action in [Action::ListDatasets, Action::Read, Action::Usage] {
+        for action in [
+            Action::ListDatasets,
+            Action::Read,
+            Action::Usage,
+            Action::PeerBlocks,
+        ] {
             assert!(Caller::Peer.may(action, Some("a")).is_ok(), "{action:?}");
         }
         for action in [

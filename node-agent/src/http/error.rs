@@ -62,6 +62,7 @@ fn engine_status(error: &strata_engine::Error) -> StatusCode {
             | SourceErrorKind::Other => StatusCode::BAD_GATEWAY,
         },
         E::CacheIo { .. } | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        E::Peer { .. } => StatusCode::BAD_GATEWAY,
     }
 }
 

@@ -13,6 +13,7 @@ pub mod auth;
 mod datasets;
 pub mod error;
 mod jobs;
+mod peer;
 mod reads;
 pub mod server;
 #[cfg(feature = "node-status")]

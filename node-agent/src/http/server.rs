@@ -6,7 +6,7 @@
 use super::HttpError;
 use super::auth::{Action, Caller, TcpAuth};
 use super::types::{ErrorBody, HealthStatus};
-use super::{datasets, jobs, reads, volumes};
+use super::{datasets, jobs, peer, reads, volumes};
 use crate::activity::ActivityBoard;
 use crate::agent::Agent;
 use crate::dataset::DatasetView;
@@ -224,6 +224,8 @@ fn v1_routes(state: Arc<ApiState>, access: Access) -> BoxedFilter<(Response,)> {
         .or(jobs::routes(&v1))
         .unify()
         .or(volumes::routes(&v1))
+        .unify()
+        .or(peer::routes(&v1))
         .unify()
         .or(unknown)
         .unify()

@@ -545,6 +545,133 @@ impl AgentClient {
     }
 }
 
+/// The blocks of one object version that an agent asks a peer for (see
+/// `GET /v1/peer/datasets/{namespace}/{name}/blocks`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct PeerBlocksQuery {
+    /// The file's dataset path.
+    pub path: String,
+    /// Source name, key, ETag and size: the exact object version.
+    pub source: String,
+    pub key: String,
+    pub etag: String,
+    pub size: u64,
+    /// The file's modification time, Unix milliseconds.
+    pub mtime: i64,
+    /// First block and number of blocks.
+    pub first: u64,
+    pub count: u64,
+    /// The asking agent's member name.
+    pub from: String,
+}
+
+impl PeerBlocksQuery {
+    fn encode(&self) -> String {
+        format!(
+            "path={}&source={}&key={}&etag={}&size={}&mtime={}&first={}&count={}&from={}",
+            query(&self.path),
+            query(&self.source),
+            query(&self.key),
+            query(&self.etag),
+            self.size,
+            self.mtime,
+            self.first,
+            self.count,
+            query(&self.from)
+        )
+    }
+}
+
+/// A streamed answer body, chunk by chunk.
+pub struct BodyChunks {
+    body: hyper::body::Incoming,
+    endpoint: String,
+}
+
+impl BodyChunks {
+    /// The next chunk of data; `None` at the end.
+    pub async fn next_chunk(&mut self) -> Option<Result<Bytes>> {
+        loop {
+            match self.body.frame().await? {
+                Ok(frame) => match frame.into_data() {
+                    Ok(data) if data.is_empty() => continue,
+                    Ok(data) => return Some(Ok(data)),
+                    // Trailers: nothing for us.
+                    Err(_) => continue,
+                },
+                Err(source) => {
+                    return Some(Err(ClientError::Http {
+                        endpoint: self.endpoint.clone(),
+                        source,
+                    }));
+                }
+            }
+        }
+    }
+}
+
+impl AgentClient {
+    /// `GET /v1/peer/datasets/{ns}/{name}/blocks?...`: blocks from a peer agent, streamed
+    /// as the peer has them. Only the connection and the status are awaited here (no
+    /// timeout: the caller bounds the wait, chunk by chunk).
+    pub async fn peer_blocks(
+        &self,
+        namespace: &str,
+        name: &str,
+        blocks: &PeerBlocksQuery,
+    ) -> Result<BodyChunks> {
+        let uri = format!(
+            "{}?{}",
+            peer_path(namespace, name, "/blocks"),
+            blocks.encode()
+        );
+        let response = self.send(Method::GET, &uri, None).await?;
+        let status = response.status();
+        if !status.is_success() {
+            let bytes = response
+                .into_body()
+                .collect()
+                .await
+                .map(|b| b.to_bytes())
+                .unwrap_or_default();
+            return Err(status_error(status, &bytes));
+        }
+        Ok(BodyChunks {
+            body: response.into_body(),
+            endpoint: self.endpoint(),
+        })
+    }
+
+    /// `POST /v1/peer/datasets/{ns}/{name}/fill?...`: asks a peer to fetch and keep blocks
+    /// it owns too. True when it took the work on.
+    pub async fn peer_fill(
+        &self,
+        namespace: &str,
+        name: &str,
+        blocks: &PeerBlocksQuery,
+    ) -> Result<bool> {
+        let uri = format!(
+            "{}?{}",
+            peer_path(namespace, name, "/fill"),
+            blocks.encode()
+        );
+        let answer: serde_json::Value = self.json(Method::POST, &uri, None).await?;
+        Ok(answer
+            .get("accepted")
+            .and_then(|a| a.as_bool())
+            .unwrap_or(false))
+    }
+}
+
+fn peer_path(namespace: &str, name: &str, suffix: &str) -> String {
+    format!(
+        "/v1/peer/datasets/{}/{}{}",
+        query(namespace),
+        query(name),
+        suffix
+    )
+}
+
 fn dataset_path(namespace: &str, name: &str, suffix: &str) -> String {
     format!(
         "/v1/datasets/{}/{}{}",
