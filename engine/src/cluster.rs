@@ -25,6 +25,9 @@ use crate::{Error, Result};
 
 /// How long a peer that failed a request is skipped before it is asked again.
 pub const PEER_DOWN_FOR: Duration = Duration::from_secs(10);
+/// How long a preload waits for an owner to fetch one group of blocks (up to 16 MiB from
+/// the source) before fetching it itself.
+pub const FILL_WAIT_TIMEOUT: Duration = Duration::from_secs(120);
 
 /// One agent of the cluster.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -68,9 +71,11 @@ pub trait PeerTransport: Send + Sync + 'static {
         request: &BlockRequest,
     ) -> Result<BoxStream<'static, Result<Bytes>>>;
 
-    /// Asks `peer` to fetch and keep the requested blocks (from the cluster), without
-    /// waiting for them: how a block reaches its other owners.
-    async fn fill(&self, peer: &Member, request: &BlockRequest) -> Result<()>;
+    /// Asks `peer` to fetch and keep the requested blocks (from the cluster): without
+    /// `wait`, only to take the work on (how a block reaches its other owners; false when
+    /// the peer is too busy); with `wait`, answered once they are stored (a preload that
+    /// has each owner fetch its own share).
+    async fn fill(&self, peer: &Member, request: &BlockRequest, wait: bool) -> Result<bool>;
 }
 
 /// The live members and the placement over them.
@@ -388,7 +393,7 @@ mod tests {
             ) -> Result<BoxStream<'static, Result<Bytes>>> {
                 Err(Error::Task("no transport".into()))
             }
-            async fn fill(&self, _: &Member, _: &BlockRequest) -> Result<()> {
+            async fn fill(&self, _: &Member, _: &BlockRequest, _: bool) -> Result<bool> {
                 Err(Error::Task("no transport".into()))
             }
         }

@@ -242,7 +242,7 @@ mod tests {
                 bytes_done: 20,
                 bytes_total: 20,
                 done: true,
-                error: None,
+                ..Default::default()
             },
             None,
         );

@@ -186,8 +186,18 @@ impl<'a> DatasetWait<'a> {
 
 /// One progress line: what a user watching the Job's log wants to see.
 pub fn progress_line(agent: &str, dataset: &str, p: &PreloadProgress) -> String {
+    let by_node = if p.by_node.is_empty() {
+        String::new()
+    } else {
+        let nodes: Vec<String> = p
+            .by_node
+            .iter()
+            .map(|(node, bytes)| format!("{node} {bytes}"))
+            .collect();
+        format!(" (bytes per node: {})", nodes.join(", "))
+    };
     format!(
-        "preload {dataset} on {agent}: files {}/{}, bytes {}/{}, {:.1}%{}",
+        "preload {dataset} on {agent}: files {}/{}, bytes {}/{}, {:.1}%{}{by_node}",
         p.files_done,
         p.files_total,
         p.bytes_done,
@@ -356,10 +366,22 @@ mod tests {
             bytes_total: 2048,
             done: false,
             error: None,
+            by_node: Default::default(),
         };
         assert_eq!(
             progress_line("unix:///a.sock", "ml/x", &p),
             "preload ml/x on unix:///a.sock: files 1/4, bytes 512/2048, 25.0%"
+        );
+        let done = PreloadProgress {
+            bytes_done: 2048,
+            done: true,
+            by_node: [("node-a".to_string(), 1024), ("node-b".to_string(), 1024)].into(),
+            ..p
+        };
+        assert_eq!(
+            progress_line("unix:///a.sock", "ml/x", &done),
+            "preload ml/x on unix:///a.sock: files 1/4, bytes 2048/2048, 100.0%, done \
+             (bytes per node: node-a 1024, node-b 1024)"
         );
     }
 

@@ -192,6 +192,7 @@ fn query(request: &BlockRequest) -> PeerBlocksQuery {
         first: request.first,
         count: request.count,
         from: request.from.clone(),
+        wait: false,
     }
 }
 
@@ -218,12 +219,19 @@ impl PeerTransport for HttpPeers {
         .boxed())
     }
 
-    async fn fill(&self, peer: &Member, request: &BlockRequest) -> strata_engine::Result<()> {
-        let client = self.client(peer)?;
+    async fn fill(
+        &self,
+        peer: &Member,
+        request: &BlockRequest,
+        wait: bool,
+    ) -> strata_engine::Result<bool> {
+        // The caller bounds the wait.
+        let client = self
+            .client(peer)?
+            .with_timeout(Duration::from_secs(24 * 3600));
         client
-            .peer_fill(&request.namespace, &request.name, &query(request))
+            .peer_fill(&request.namespace, &request.name, &query(request), wait)
             .await
-            .map(|_| ())
             .map_err(|e| peer_error(peer, e))
     }
 }

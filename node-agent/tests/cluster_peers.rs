@@ -245,3 +245,42 @@ async fn with_two_replicas_a_lost_owner_costs_no_source_fetch() {
         a.stop().await;
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_preload_has_each_owner_fetch_its_share() {
+    let c = cluster(3, 1).await;
+    let total: u64 = c.files.values().map(|(size, _)| size).sum();
+    let last = c.agents[0]
+        .local()
+        .with_timeout(Duration::from_secs(120))
+        .preload("ml", "shared", &["/**".to_string()], |_| {})
+        .await
+        .unwrap();
+    assert!(last.done && last.error.is_none(), "{last:?}");
+    assert_eq!(last.bytes_done, total);
+    // Progress per node: every node fetched a share, and the shares add up.
+    assert_eq!(last.by_node.len(), 3, "{:?}", last.by_node);
+    assert_eq!(last.by_node.values().sum::<u64>(), total);
+    let mut from_source = 0.0;
+    for (i, a) in c.agents.iter().enumerate() {
+        let own = metric(a, SOURCE_BYTES).await;
+        assert_eq!(own as u64, last.by_node[&format!("node-{i}")], "node-{i}");
+        from_source += own;
+    }
+    assert_eq!(from_source as u64, total);
+    // The node that ran the preload holds its share only, not a copy of everything.
+    assert_eq!(metric(&c.agents[0], PEER_BYTES).await, 0.0);
+    // Reads anywhere now come from the owners: nothing more from the source.
+    futures::future::join_all(c.agents.iter().map(|a| read_all(a, &c.files))).await;
+    let mut after = 0.0;
+    for a in &c.agents {
+        after += metric(a, SOURCE_BYTES).await;
+    }
+    assert_eq!(
+        after as u64, total,
+        "a read after the preload went to the source"
+    );
+    for a in c.agents {
+        a.stop().await;
+    }
+}

@@ -429,11 +429,11 @@ impl DatasetView {
             self.handle.spawn(async move {
                 let answer = tokio::time::timeout(
                     cluster.timeout(),
-                    cluster.transport().fill(&owner, &request),
+                    cluster.transport().fill(&owner, &request, false),
                 )
                 .await;
                 let result = match answer {
-                    Ok(Ok(())) => "ok",
+                    Ok(Ok(_)) => "ok",
                     Ok(Err(e)) => {
                         cluster.mark_down(&owner, &e);
                         "error"
@@ -487,6 +487,77 @@ impl DatasetView {
             futures::future::join_all(flights).await;
         });
         Ok(true)
+    }
+
+    /// A preload on another node has this node fetch blocks it owns: answered once they
+    /// are stored here (from a tier, a higher-ranked owner or the source).
+    pub async fn fill_for_preload(self: &Arc<Self>, request: &BlockRequest) -> Result<()> {
+        let stat = self.peer_stat(request)?;
+        let flights = self.fetch_blocks(&stat, request.first..request.first + request.count);
+        for result in futures::future::join_all(flights).await {
+            result?;
+        }
+        Ok(())
+    }
+
+    /// Fetches blocks `blocks` into this node's cache (from their owners or the source).
+    pub(super) async fn fetch_here(
+        self: &Arc<Self>,
+        stat: &FileStat,
+        blocks: Range<u64>,
+    ) -> (String, Option<Error>) {
+        let here = self
+            .cluster()
+            .map_or_else(|| "local".to_string(), |c| c.self_name().to_string());
+        let fetched = futures::future::join_all(self.fetch_blocks(stat, blocks)).await;
+        (here, fetched.into_iter().find_map(|r| r.err()))
+    }
+
+    /// Preloads blocks `blocks` (one placement group) where they belong: on this node when
+    /// it owns them (or has no peers), else on their first owner that answers, this node
+    /// being the last resort. Returns the member that holds them now.
+    pub(super) async fn preload_group(
+        self: &Arc<Self>,
+        stat: &FileStat,
+        blocks: Range<u64>,
+    ) -> (String, Option<Error>) {
+        let cluster = self.cluster().filter(|c| c.has_peers());
+        if let (Some(cluster), Some(version)) = (&cluster, &stat.version) {
+            let key = PlacementKey::new(&self.id, version, blocks.start / self.max_span_blocks());
+            let owners = cluster.owners(&key, self.replicas(cluster));
+            if !owners.iter().any(|m| m.name == cluster.self_name()) {
+                let request = self.block_request(
+                    cluster,
+                    stat,
+                    version,
+                    blocks.start,
+                    blocks.end - blocks.start,
+                );
+                for owner in owners.iter().filter(|o| !cluster.is_down(&o.name)) {
+                    let filled = tokio::time::timeout(
+                        crate::cluster::FILL_WAIT_TIMEOUT,
+                        cluster.transport().fill(owner, &request, true),
+                    )
+                    .await;
+                    match filled {
+                        Ok(Ok(_)) => {
+                            cluster.metrics().peer_request("fill", "ok");
+                            return (owner.name.clone(), None);
+                        }
+                        Ok(Err(e)) => {
+                            cluster.metrics().peer_request("fill", "error");
+                            cluster.mark_down(owner, &e);
+                        }
+                        Err(_) => {
+                            cluster.metrics().peer_request("fill", "timeout");
+                            let e = peer_timeout(owner, crate::cluster::FILL_WAIT_TIMEOUT);
+                            cluster.mark_down(owner, &e);
+                        }
+                    }
+                }
+            }
+        }
+        self.fetch_here(stat, blocks).await
     }
 
     /// The file a peer's request names, checked against this dataset.

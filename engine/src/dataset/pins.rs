@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
+use super::preload::Placement;
 use super::{DatasetView, PRELOAD_MAX_FETCHES};
 use crate::Result;
 use crate::cache::PinRuleUsage;
@@ -90,7 +91,7 @@ impl DatasetView {
                 continue;
             }
             let report = self
-                .preload_files(missing, false, PRELOAD_MAX_FETCHES, |_| {})
+                .preload_files(missing, false, Placement::Here, PRELOAD_MAX_FETCHES, |_| {})
                 .await?;
             refresh.fetched_files += report.files;
             refresh.fetched_bytes += report.bytes;

@@ -21,6 +21,16 @@ pub const PRELOAD_MAX_FETCHES: usize = 64;
 /// Bytes of blocks a preload holds in flight.
 const PRELOAD_MAX_BYTES: u64 = 256 << 20;
 
+/// Which node keeps what a preload fetches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Placement {
+    /// Each block group on its owners (a preload: cached once for the cluster).
+    Owners,
+    /// This node, the blocks coming from their owners or the source (pins: every node
+    /// keeps what its rules pin).
+    Here,
+}
+
 /// Progress of a preload, passed to the callback after each file.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -45,6 +55,10 @@ pub struct PreloadReport {
     pub bytes: u64,
     /// Files that could not be cached, with the reason.
     pub failed: Vec<(String, String)>,
+    /// Bytes preloaded per cluster member (each block group on its owner; "local" without
+    /// peers).
+    #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
+    pub by_node: std::collections::BTreeMap<String, u64>,
 }
 
 impl DatasetView {
@@ -84,7 +98,7 @@ impl DatasetView {
         let files = self.files_selected(selection, true).await?;
         let everything = selection.modified_within.is_none()
             && (globs.matches(&DatasetPath::root()) || globs.patterns().iter().any(|g| g == "/**"));
-        self.preload_files(files, everything, fetches, progress)
+        self.preload_files(files, everything, Placement::Owners, fetches, progress)
             .await
     }
 
@@ -107,11 +121,12 @@ impl DatasetView {
     }
 
     /// Fetches every block of `files`; `everything` says they are the whole dataset, so
-    /// their totals are the dataset's.
+    /// their totals are the dataset's; `placement` says which node keeps them.
     pub(super) async fn preload_files(
         self: &Arc<Self>,
         files: Vec<FileStat>,
         everything: bool,
+        placement: Placement,
         fetches: usize,
         progress: impl Fn(PreloadProgress) + Send + Sync,
     ) -> Result<PreloadReport> {
@@ -145,6 +160,7 @@ impl DatasetView {
             .collect();
         let mut remaining: Vec<usize> = spans.iter().map(Vec::len).collect();
         let mut failed: Vec<Option<String>> = vec![None; files.len()];
+        let mut by_node = std::collections::BTreeMap::new();
         let mut settle = |n: usize, error: Option<String>| {
             let f = &files[n];
             match error {
@@ -179,9 +195,12 @@ impl DatasetView {
                 });
                 let units = len.div_ceil(READAHEAD_UNIT).max(1) as u32;
                 let _permit = budget.acquire_many_owned(units).await;
-                if let (0, Some(version)) = (blocks.start, f.version.clone()) {
+                let clustered =
+                    placement == Placement::Owners && view.cluster().is_some_and(|c| c.has_peers());
+                if let (0, Some(version), false) = (blocks.start, f.version.clone(), clustered) {
                     // The whole file's space in file order before its blocks land in any
-                    // order (see `DatasetCache::preallocate`).
+                    // order (see `DatasetCache::preallocate`). In a cluster the file's
+                    // groups land on their owners, so nothing is set aside here.
                     let cache = view.cache.clone();
                     let (path, mtime) = (f.path.clone(), f.mtime);
                     let all = 0..version.block_count(bs);
@@ -190,8 +209,11 @@ impl DatasetView {
                     })
                     .await;
                 }
-                let fetched = futures::future::join_all(view.fetch_blocks(f, blocks)).await;
-                (n, fetched.into_iter().find_map(|r| r.err()))
+                let (node, error) = match placement {
+                    Placement::Owners => view.preload_group(f, blocks).await,
+                    Placement::Here => view.fetch_here(f, blocks).await,
+                };
+                (n, node, len, error)
             }
         }))
         .buffer_unordered(fetches.max(1));
@@ -202,7 +224,12 @@ impl DatasetView {
                     return Err(Error::DatasetRemoved { dataset: self.id.clone() });
                 }
             };
-            let Some((n, error)) = next else { break };
+            let Some((n, node, len, error)) = next else {
+                break;
+            };
+            if error.is_none() {
+                *by_node.entry(node).or_default() += len;
+            }
             if let Some(e) = error
                 && failed[n].is_none()
             {
@@ -213,6 +240,8 @@ impl DatasetView {
                 settle(n, failed[n].take());
             }
         }
+        drop(in_flight);
+        report.by_node = by_node;
         Ok(report)
     }
 }

@@ -115,6 +115,7 @@ async fn preload(
             bytes_total: p.bytes_total,
             done: false,
             error: None,
+            by_node: Default::default(),
         };
         let mut ticker = tokio::time::interval(PRELOAD_REPORT_EVERY);
         let outcome = loop {
@@ -145,6 +146,7 @@ async fn preload(
         let last = match outcome {
             Ok(Ok(report)) => PreloadProgress {
                 done: true,
+                by_node: report.by_node.clone(),
                 error: report.failed.first().map(|(path, reason)| {
                     format!(
                         "{} of {} files failed, first {path}: {reason}",

@@ -4,7 +4,8 @@
 //!   the blocks of that exact object version, streamed in order as this node has them (its
 //!   tiers, else one fetch from the source; never from a third node).
 //! - `POST /v1/peer/datasets/{namespace}/{name}/fill?...` (same query): keep a copy of
-//!   those blocks too (this node is one of their owners); fetched in the background.
+//!   those blocks too (this node is one of their owners); fetched in the background, or
+//!   with `wait=true` answered once stored (a preload on another node).
 
 use super::auth::{Action, Caller};
 use super::server::{ApiState, V1, json, respond};
@@ -71,7 +72,15 @@ async fn fill(
     state: Arc<ApiState>,
 ) -> Result<Response> {
     let view = state.view_for(&caller, Action::PeerBlocks, &ns, &name)?;
+    let wait = query.wait;
     let request = block_request(&ns, &name, query)?;
+    if wait {
+        view.fill_for_preload(&request).await?;
+        return Ok(json(
+            StatusCode::OK,
+            &serde_json::json!({ "accepted": true }),
+        ));
+    }
     let accepted = view.fill_from_peer(&request)?;
     Ok(json(
         StatusCode::ACCEPTED,

@@ -563,6 +563,9 @@ pub struct PeerBlocksQuery {
     pub count: u64,
     /// The asking agent's member name.
     pub from: String,
+    /// (`fill` only) answer once the blocks are stored.
+    #[serde(default)]
+    pub wait: bool,
 }
 
 impl PeerBlocksQuery {
@@ -643,18 +646,23 @@ impl AgentClient {
     }
 
     /// `POST /v1/peer/datasets/{ns}/{name}/fill?...`: asks a peer to fetch and keep blocks
-    /// it owns too. True when it took the work on.
+    /// it owns too. True when it took the work on. With `wait` the peer answers once they
+    /// are stored (the client's timeout applies).
     pub async fn peer_fill(
         &self,
         namespace: &str,
         name: &str,
         blocks: &PeerBlocksQuery,
+        wait: bool,
     ) -> Result<bool> {
-        let uri = format!(
+        let mut uri = format!(
             "{}?{}",
             peer_path(namespace, name, "/fill"),
             blocks.encode()
         );
+        if wait {
+            uri.push_str("&wait=true");
+        }
         let answer: serde_json::Value = self.json(Method::POST, &uri, None).await?;
         Ok(answer
             .get("accepted")
