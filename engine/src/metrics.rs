@@ -242,6 +242,23 @@ impl Metrics {
             "Live cluster members blocks are placed over, this node included",
             m.cluster_members.clone(),
         );
+        // A node of its own until it joins a cluster.
+        m.cluster_members.set(1);
+        // Known label sets start at 0, so a rate over them has a start and dashboards see
+        // every series before the first peer request.
+        for origin in ["memory", "disk", "peer", "source"] {
+            let labels = vec![("origin".to_string(), origin.to_string())];
+            m.blocks_by_origin.get_or_create(&labels);
+            m.block_bytes_by_origin.get_or_create(&labels);
+        }
+        for op in ["fetch", "fill"] {
+            for result in ["ok", "error", "timeout"] {
+                m.peer_requests.get_or_create(&vec![
+                    ("op".to_string(), op.to_string()),
+                    ("result".to_string(), result.to_string()),
+                ]);
+            }
+        }
         *m.registry.lock().expect("metrics registry") = registry;
         m
     }

@@ -131,6 +131,11 @@ async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
         ("evictions", ("strata_cache_evictions_total", "")),
         ("source bytes", ("strata_source_read_bytes_total", "")),
         (
+            "block bytes from the source",
+            ("strata_block_bytes_total", "origin=\"source\""),
+        ),
+        ("cluster of one", ("strata_cluster_members", "")),
+        (
             "source GETs",
             ("strata_source_requests_total", "op=\"get\""),
         ),
