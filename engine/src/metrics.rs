@@ -248,12 +248,12 @@ impl Metrics {
         // every series before the first peer request.
         for origin in ["memory", "disk", "peer", "source"] {
             let labels = vec![("origin".to_string(), origin.to_string())];
-            m.blocks_by_origin.get_or_create(&labels);
-            m.block_bytes_by_origin.get_or_create(&labels);
+            let _ = m.blocks_by_origin.get_or_create(&labels);
+            let _ = m.block_bytes_by_origin.get_or_create(&labels);
         }
         for op in ["fetch", "fill"] {
             for result in ["ok", "error", "timeout"] {
-                m.peer_requests.get_or_create(&vec![
+                let _ = m.peer_requests.get_or_create(&vec![
                     ("op".to_string(), op.to_string()),
                     ("result".to_string(), result.to_string()),
                 ]);
