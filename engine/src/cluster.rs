@@ -51,6 +51,9 @@ pub struct BlockRequest {
     pub mtime: SystemTime,
     /// The exact version: an owner never answers with other bytes.
     pub version: ObjectVersion,
+    /// The asking node's block size: an owner with another one (a policy being changed)
+    /// refuses, rather than cut the file differently.
+    pub block_size: u64,
     /// First block.
     pub first: u64,
     /// Number of blocks (adjacent, within one placement group).

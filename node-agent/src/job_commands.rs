@@ -295,6 +295,8 @@ pub async fn pin(args: &PinJobArgs, out: &mut (dyn Write + Send)) -> Result<()> 
         // Fetched even when the rule was in force: the Job is how a pin takes effect now,
         // rather than at the agent's next re-evaluation.
         if !args.no_preload {
+            // Each node keeps what it pins: the blocks come from their owners, and stay here.
+            let client = client.clone().with_here(true);
             preload_on(
                 &client,
                 &args.job.dataset,

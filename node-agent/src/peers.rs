@@ -189,6 +189,7 @@ fn query(request: &BlockRequest) -> PeerBlocksQuery {
         etag: request.version.etag.clone(),
         size: request.version.size,
         mtime,
+        block_size: request.block_size,
         first: request.first,
         count: request.count,
         from: request.from.clone(),

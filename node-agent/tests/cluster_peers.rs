@@ -8,7 +8,7 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use sha2::{Digest, Sha256};
-use strata_testkit::agent::{TestAgent, TestAgentOptions, raw_http};
+use strata_testkit::agent::{TOKEN, TestAgent, TestAgentOptions, raw_http};
 
 /// 1 MiB blocks: a placement group (16 MiB) is 16 blocks, so a 40 MiB file spans three.
 const BLOCK: u64 = 1 << 20;
@@ -146,10 +146,41 @@ async fn three_agents_fetch_each_block_from_the_source_once() {
     // The peer route is for agents: a reader without the node secret is refused.
     let (status, _, _) = raw_http(
         c.agents[0].listen,
-        "GET /v1/peer/datasets/ml/shared/blocks?path=/big/whole.bin&source=local&key=big/whole.bin&etag=x&size=1&mtime=0&first=0&count=1&from=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+        "GET /v1/peer/datasets/ml/shared/blocks?path=/big/whole.bin&source=local&key=big/whole.bin&etag=x&size=1&mtime=0&blockSize=1048576&first=0&count=1&from=x HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
     )
     .await;
     assert_eq!(status, 401);
+    // An agent that cuts the file into other blocks (its policy changed first) is refused,
+    // not answered with bytes from other offsets.
+    let big = c.files["big/whole.bin"].0;
+    let stat = c.agents[0]
+        .local()
+        .stat("ml", "shared", "/big/whole.bin")
+        .await
+        .unwrap();
+    let query = strata_agent::http::client::PeerBlocksQuery {
+        path: "/big/whole.bin".into(),
+        source: "local".into(),
+        key: "big/whole.bin".into(),
+        etag: stat["etag"].as_str().unwrap().to_string(),
+        size: big,
+        mtime: 0,
+        block_size: BLOCK * 2,
+        first: 0,
+        count: 1,
+        from: "node-9".into(),
+        wait: false,
+    };
+    let err = match c.agents[0]
+        .tcp(Some(TOKEN))
+        .peer_blocks("ml", "shared", &query)
+        .await
+    {
+        Ok(_) => panic!("blocks of another size were served"),
+        Err(e) => e,
+    };
+    assert_eq!(err.status().map(|s| s.as_u16()), Some(400), "{err}");
+    assert!(err.to_string().contains("blockSize"), "{err}");
     for a in c.agents {
         a.stop().await;
     }

@@ -127,6 +127,16 @@ impl DatasetCache {
             return None;
         }
         if crc32c::crc32c(&buf) != meta.crc {
+            // Evicted (hole punched) or replaced while it was being read: a miss, not a
+            // corrupt disk.
+            let unchanged = {
+                let st = obj.state.lock().expect("object state");
+                !st.removed && st.blocks.get(&index).is_some_and(|m| m.crc == meta.crc)
+            };
+            if !unchanged {
+                self.node.metrics.miss("disk");
+                return None;
+            }
             tracing::warn!(dataset = %self.id, path = %obj.path, block = index,
                 file = %obj.data_path.display(), "checksum mismatch on cached block; dropped and refetching");
             self.node.metrics.checksum_failure();

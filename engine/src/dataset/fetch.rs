@@ -398,6 +398,7 @@ impl DatasetView {
             path: stat.path.clone(),
             mtime: stat.mtime,
             version: version.clone(),
+            block_size: self.block_size(),
             first,
             count,
             from: cluster.self_name().to_string(),
@@ -567,6 +568,18 @@ impl DatasetView {
             return Err(Error::NotFound {
                 path: request.path.to_string(),
             });
+        }
+        if request.block_size != self.block_size() {
+            return Err(Error::config(
+                "blockSize",
+                format!(
+                    "this agent cuts {} into blocks of {} bytes, the asking agent into {}: \
+                     their configurations of the dataset differ (a policy change on its way)",
+                    request.path,
+                    self.block_size(),
+                    request.block_size
+                ),
+            ));
         }
         let blocks = version.block_count(self.block_size());
         if request.count == 0

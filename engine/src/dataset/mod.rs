@@ -40,7 +40,7 @@ pub use entry::{DirEntry, EntryKind, FileStat};
 pub use fetch::MAX_SPAN_BYTES;
 pub use listing::{DirListing, EntryRef};
 pub use pins::{PinRefresh, pin_refresh_period};
-pub use preload::{PRELOAD_MAX_FETCHES, PreloadProgress, PreloadReport};
+pub use preload::{PRELOAD_MAX_FETCHES, Placement, PreloadProgress, PreloadReport};
 pub use readahead::{READAHEAD_BLOCKS, READAHEAD_UNIT, ReadaheadLimits};
 pub use reader::FileReader;
 pub use usage::DatasetUsage;

@@ -23,7 +23,7 @@ const PRELOAD_MAX_BYTES: u64 = 256 << 20;
 
 /// Which node keeps what a preload fetches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Placement {
+pub enum Placement {
     /// Each block group on its owners (a preload: cached once for the cluster).
     Owners,
     /// This node, the blocks coming from their owners or the source (pins: every node
@@ -94,11 +94,24 @@ impl DatasetView {
         fetches: usize,
         progress: impl Fn(PreloadProgress) + Send + Sync,
     ) -> Result<PreloadReport> {
+        self.preload_selected_to(selection, Placement::Owners, fetches, progress)
+            .await
+    }
+
+    /// [`Self::preload_selected`], keeping the blocks where `placement` says: on their
+    /// owners (a preload), or on this node (a pin Job: every node keeps what it pins).
+    pub async fn preload_selected_to(
+        self: &Arc<Self>,
+        selection: &PinRule,
+        placement: Placement,
+        fetches: usize,
+        progress: impl Fn(PreloadProgress) + Send + Sync,
+    ) -> Result<PreloadReport> {
         let globs = PathGlobs::new(&selection.paths)?;
         let files = self.files_selected(selection, true).await?;
         let everything = selection.modified_within.is_none()
             && (globs.matches(&DatasetPath::root()) || globs.patterns().iter().any(|g| g == "/**"));
-        self.preload_files(files, everything, Placement::Owners, fetches, progress)
+        self.preload_files(files, everything, placement, fetches, progress)
             .await
     }
 

@@ -94,8 +94,13 @@ async fn preload(
         tokio::sync::watch::channel(None::<crate::dataset::PreloadProgress>);
     let (lines_tx, lines_rx) = tokio::sync::mpsc::channel::<Bytes>(16);
     tracing::info!(dataset = %format!("{ns}/{name}"), files = %selection.describe(), "preload started");
+    let placement = if request.here {
+        crate::dataset::Placement::Here
+    } else {
+        crate::dataset::Placement::Owners
+    };
     let mut task = tokio::spawn(async move {
-        view.preload_selected(&selection, fetches, move |p| {
+        view.preload_selected_to(&selection, placement, fetches, move |p| {
             let _ = progress_tx.send(Some(p));
         })
         .await

@@ -32,6 +32,7 @@ fn block_request(ns: &str, name: &str, q: PeerBlocksQuery) -> Result<BlockReques
         path,
         mtime,
         version: ObjectVersion::new(q.source, q.key, q.etag, q.size),
+        block_size: q.block_size,
         first: q.first,
         count: q.count,
         from: q.from,

@@ -103,6 +103,8 @@ pub struct AgentClient {
     job: Option<String>,
     /// Block fetches a preload keeps in flight (None: the agent's default).
     concurrency: Option<u32>,
+    /// Preloads keep their blocks on the agent asked, not on the blocks' owners.
+    here: bool,
 }
 
 impl fmt::Debug for AgentClient {
@@ -122,6 +124,7 @@ impl AgentClient {
             timeout: Duration::from_secs(30),
             job: None,
             concurrency: None,
+            here: false,
         }
     }
 
@@ -156,6 +159,7 @@ impl AgentClient {
                 timeout: Duration::from_secs(30),
                 job: None,
                 concurrency: None,
+                here: false,
             });
         }
         if url.starts_with("https://") {
@@ -177,6 +181,12 @@ impl AgentClient {
     /// Names the Kubernetes Job whose preloads this client asks for.
     pub fn with_job(mut self, job: Option<String>) -> Self {
         self.job = job;
+        self
+    }
+
+    /// Preloads keep their blocks on the agent asked (a pin Job's), not on their owners.
+    pub fn with_here(mut self, here: bool) -> Self {
+        self.here = here;
         self
     }
 
@@ -429,6 +439,7 @@ impl AgentClient {
             modified_within: modified_within.map(str::to_string),
             job: None,
             concurrency: None,
+            here: false,
         });
         self.json(
             Method::POST,
@@ -445,6 +456,7 @@ impl AgentClient {
             modified_within: None,
             job: None,
             concurrency: None,
+            here: false,
         });
         self.json(
             Method::POST,
@@ -481,6 +493,7 @@ impl AgentClient {
             modified_within: modified_within.map(str::to_string),
             job: self.job.clone(),
             concurrency: self.concurrency,
+            here: self.here,
         });
         let uri = dataset_path(namespace, name, "/preload");
         let response =
@@ -548,6 +561,7 @@ impl AgentClient {
 /// The blocks of one object version that an agent asks a peer for (see
 /// `GET /v1/peer/datasets/{namespace}/{name}/blocks`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
 pub struct PeerBlocksQuery {
     /// The file's dataset path.
     pub path: String,
@@ -558,7 +572,8 @@ pub struct PeerBlocksQuery {
     pub size: u64,
     /// The file's modification time, Unix milliseconds.
     pub mtime: i64,
-    /// First block and number of blocks.
+    /// Block size, first block and number of blocks.
+    pub block_size: u64,
     pub first: u64,
     pub count: u64,
     /// The asking agent's member name.
@@ -571,13 +586,14 @@ pub struct PeerBlocksQuery {
 impl PeerBlocksQuery {
     fn encode(&self) -> String {
         format!(
-            "path={}&source={}&key={}&etag={}&size={}&mtime={}&first={}&count={}&from={}",
+            "path={}&source={}&key={}&etag={}&size={}&mtime={}&blockSize={}&first={}&count={}&from={}",
             query(&self.path),
             query(&self.source),
             query(&self.key),
             query(&self.etag),
             self.size,
             self.mtime,
+            self.block_size,
             self.first,
             self.count,
             query(&self.from)

@@ -70,6 +70,10 @@ pub struct PathsRequest {
     /// 1 to 64; absent means 64.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub concurrency: Option<u32>,
+    /// Preload only: keep the blocks on this node (what a pin Job asks: every node keeps
+    /// what it pins), rather than each block group on its owners in the cluster.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub here: bool,
 }
 
 /// Answer to `POST .../pin` and `.../unpin`.
