@@ -768,6 +768,9 @@ async fn strata_end_to_end() -> Result<()> {
     let some_file = files.keys().next().context("no file")?.clone();
     let register = r#"{"sources":[{"name":"etc","uri":"file:///etc/"}]}"#;
     let globs = r#"{"paths":["/**"]}"#;
+    let peer_query = format!(
+        "path={some_file}&source=corpus&key=x&etag=x&size=1&mtime=0&blockSize=4194304&first=0&count=1&from=x"
+    );
     let refused: Vec<(&str, String, &str)> = vec![
         ("GET", "/v1/datasets".into(), ""),
         ("GET", format!("/v1/datasets/{b}/{DATASET}"), ""),
@@ -805,6 +808,17 @@ async fn strata_end_to_end() -> Result<()> {
         (
             "GET",
             format!("/v1/datasets/{a}/{DATASET}/read?path={some_file}"),
+            "",
+        ),
+        // The cluster cache's block routes are the agents' own, for no tenant.
+        (
+            "GET",
+            format!("/v1/peer/datasets/{a}/{DATASET}/blocks?{peer_query}"),
+            "",
+        ),
+        (
+            "POST",
+            format!("/v1/peer/datasets/{b}/{DATASET}/fill?{peer_query}"),
             "",
         ),
     ];
@@ -862,7 +876,7 @@ async fn strata_end_to_end() -> Result<()> {
     );
     step(
         5,
-        "second tenant: 17 calls with the first tenant's job credential refused, nothing changed; \
+        "second tenant: 19 calls with the first tenant's job credential refused, nothing changed; \
          a deleted policy's credential refused",
     );
 

@@ -14,6 +14,9 @@ use support::{TOKEN, TestAgent, raw_http};
 const CANARY: &str = "CANARY-outside-the-dataset-7f3a";
 
 /// Every `/v1` route the agent serves (method, target, body), plus an unknown one.
+const PEER_BLOCKS: &str = "/v1/peer/datasets/ml/imagenet/blocks?path=/train/b.bin&source=local&key=train/b.bin&etag=x&size=65536&mtime=0&blockSize=65536&first=0&count=1&from=node-x";
+const PEER_FILL: &str = "/v1/peer/datasets/ml/imagenet/fill?path=/train/b.bin&source=local&key=train/b.bin&etag=x&size=65536&mtime=0&blockSize=65536&first=0&count=1&from=node-x";
+
 fn every_endpoint() -> Vec<(&'static str, &'static str, &'static str)> {
     let paths = r#"{"paths":["/train/**"]}"#;
     vec![
@@ -32,6 +35,9 @@ fn every_endpoint() -> Vec<(&'static str, &'static str, &'static str)> {
         ("DELETE", "/v1/datasets/ml/imagenet/volumes/vol-1", ""),
         ("DELETE", "/v1/volumes/vol-1", ""),
         ("GET", "/v1/volumes", ""),
+        // The cluster cache's block routes: the peer token only.
+        ("GET", PEER_BLOCKS, ""),
+        ("POST", PEER_FILL, ""),
         ("GET", "/v1/no-such-route", ""),
     ]
 }
@@ -95,10 +101,12 @@ async fn every_endpoint_refuses_missing_and_wrong_tokens() {
     assert!(local.dataset("ml", "intruder").await.is_err());
 
     // The peer token (the node secret agents share) reads: list, get, stat, list a
-    // directory, read, usage. Everything else is 403 and does nothing: registering or
-    // removing datasets, volumes, preload, pin, unpin.
-    let peer_may =
-        |method: &str, target: &str| method == "GET" && !target.starts_with("/v1/volumes");
+    // directory, read, usage, and the block routes of the cluster cache. Everything else
+    // is 403 and does nothing: registering or removing datasets, volumes, preload, pin,
+    // unpin.
+    let peer_may = |method: &str, target: &str| {
+        (method == "GET" && !target.starts_with("/v1/volumes")) || target.starts_with("/v1/peer/")
+    };
     for (method, target, _) in every_endpoint() {
         let (status, body) = call(agent.listen, method, target, Some(&bearer)).await;
         if target == "/v1/no-such-route" {
