@@ -55,8 +55,8 @@ pub struct PreloadReport {
     pub bytes: u64,
     /// Files that could not be cached, with the reason.
     pub failed: Vec<(String, String)>,
-    /// Bytes preloaded per cluster member (each block group on its owner; "local" without
-    /// peers).
+    /// Bytes preloaded per cluster member (each block group on its owner); empty without
+    /// peers.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub by_node: std::collections::BTreeMap<String, u64>,
 }
@@ -254,7 +254,10 @@ impl DatasetView {
             }
         }
         drop(in_flight);
-        report.by_node = by_node;
+        // Per node only in a cluster: alone, every byte is this node's.
+        if by_node.len() > 1 || self.cluster().is_some_and(|c| c.has_peers()) {
+            report.by_node = by_node;
+        }
         Ok(report)
     }
 }

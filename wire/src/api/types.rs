@@ -99,7 +99,7 @@ pub struct PreloadProgress {
     pub done: bool,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
-    /// (the last line, in a cluster) bytes preloaded per node: each block group is
+    /// (the last line, in a cluster of agents) bytes preloaded per node: each block group is
     /// fetched and kept by its owner.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub by_node: std::collections::BTreeMap<String, u64>,
