@@ -127,6 +127,15 @@ pub enum Error {
 
     #[error("S3 server (moto_server, `pip install 'moto[server]'`): {0}")]
     S3(String),
+
+    #[error("node network (bridge, namespaces): {0}")]
+    NodeNet(String),
+
+    #[error("delaying proxy: {0}")]
+    Proxy(String),
+
+    #[error("agent {node}: {detail}")]
+    NodeAgent { node: String, detail: String },
 }
 
 /// Result with this crate's [`Error`].
