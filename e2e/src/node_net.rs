@@ -111,13 +111,7 @@ impl NetNode {
     /// a dead or partitioned machine does: connections to it time out instead of being
     /// refused.
     pub fn set_link(&self, up: bool) -> Result<()> {
-        ip(&[
-            "link",
-            "set",
-            &self.host_if,
-            if up { "up" } else { "down" },
-        ])
-        .map(drop)
+        ip(&["link", "set", &self.host_if, if up { "up" } else { "down" }]).map(drop)
     }
 }
 
@@ -184,7 +178,15 @@ impl NodeNet {
             let node = net.nodes.last().expect("just pushed");
             // The node's end is `eth0` in its namespace, the other end joins the bridge.
             ip(&[
-                "link", "add", &node.host_if, "type", "veth", "peer", "name", "eth0", "netns",
+                "link",
+                "add",
+                &node.host_if,
+                "type",
+                "veth",
+                "peer",
+                "name",
+                "eth0",
+                "netns",
                 &ns,
             ])?;
             ip(&["link", "set", &node.host_if, "alias", &alias])?;
@@ -292,11 +294,7 @@ fn remove_leftovers() {
             continue;
         }
         // `3: name@if2: <...>` or `3: name: <...>`
-        if let Some(name) = line
-            .split(": ")
-            .nth(1)
-            .and_then(|n| n.split('@').next())
-        {
+        if let Some(name) = line.split(": ").nth(1).and_then(|n| n.split('@').next()) {
             let _ = ip(&["link", "del", name]);
         }
     }

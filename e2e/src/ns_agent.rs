@@ -170,7 +170,12 @@ impl NsAgent {
     }
 
     /// Registers a dataset (`PUT /v1/datasets/{ns}/{name}`, the config as JSON).
-    pub async fn put_dataset(&self, ns: &str, name: &str, config: &serde_json::Value) -> Result<()> {
+    pub async fn put_dataset(
+        &self,
+        ns: &str,
+        name: &str,
+        config: &serde_json::Value,
+    ) -> Result<()> {
         self.client()
             .put_dataset(ns, name, config)
             .await
@@ -227,7 +232,10 @@ impl NsAgent {
                 head.lines().next().unwrap_or_default()
             )));
         }
-        if head.to_ascii_lowercase().contains("transfer-encoding: chunked") {
+        if head
+            .to_ascii_lowercase()
+            .contains("transfer-encoding: chunked")
+        {
             return Ok(Metrics(dechunk(body)));
         }
         Ok(Metrics(body.to_string()))
@@ -378,7 +386,10 @@ mod tests {
              strata_source_read_bytes_total{dataset=\"a/c\",source=\"s3\"} 4\n"
                 .into(),
         );
-        assert_eq!(m.count("strata_block_bytes_total", &[("origin", "peer")]), 10);
+        assert_eq!(
+            m.count("strata_block_bytes_total", &[("origin", "peer")]),
+            10
+        );
         assert_eq!(m.count("strata_block_bytes_total", &[]), 15);
         assert_eq!(m.count("strata_source_read_bytes_total", &[]), 7);
         assert_eq!(

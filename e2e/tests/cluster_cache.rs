@@ -37,12 +37,14 @@ const DATASET: &str = "corpus";
 const WAN_DELAY: Duration = Duration::from_millis(25);
 /// The agents re-read the peers file every 2 s; after an edit, every agent has seen it
 /// within this long.
-const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(5);
+const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(10);
 /// Bytes the S3 server may send beyond the data itself (response headers, listings):
 /// at most 2% of the data (a block of 4 MiB comes with well under 1 KiB of headers).
 const WAN_OVERHEAD: f64 = 1.02;
 const SOURCE_BYTES: &str = "strata_source_read_bytes_total";
 const BLOCK_BYTES: &str = "strata_block_bytes_total";
+const MEMBERS: &str = "strata_cluster_members";
+const PEER_REQUESTS: &str = "strata_peer_requests_total";
 
 /// One test at a time in this process.
 static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
@@ -157,7 +159,9 @@ fn read_one(path: &Path, expected: &[u8], progress: &AtomicU64) -> Result<u64> {
             expected.len()
         );
         if buf[..n] != expected[offset..offset + n] {
-            let at = (0..n).find(|i| buf[*i] != expected[offset + i]).unwrap_or(0);
+            let at = (0..n)
+                .find(|i| buf[*i] != expected[offset + i])
+                .unwrap_or(0);
             bail!("differs from the source at byte {}", offset + at);
         }
         offset += n;
@@ -225,9 +229,10 @@ impl Fixture {
             eprintln!("SKIPPED {test}: {why}");
             return Ok(None);
         }
-        let bins = tokio::task::spawn_blocking(|| workspace_binaries(&["strata-agent"]))
-            .await??;
-        let dir = tempfile::Builder::new().prefix("cluster-cache-").tempdir()?;
+        let bins = tokio::task::spawn_blocking(|| workspace_binaries(&["strata-agent"])).await??;
+        let dir = tempfile::Builder::new()
+            .prefix("cluster-cache-")
+            .tempdir()?;
         let net = NodeNet::create(nodes)?;
         let data = tokio::task::spawn_blocking(move || TestData::random(&layout)).await??;
         let s3 = MotoS3::start(&dir.path().join("moto.log"))?;
@@ -320,6 +325,32 @@ impl Fixture {
         Ok(())
     }
 
+    /// Lists `nodes` in the peers file, starts their agents and waits until each sees all.
+    async fn start_cluster(
+        &mut self,
+        nodes: &[usize],
+        peer_timeout: Option<Duration>,
+    ) -> Result<()> {
+        self.set_members(nodes)?;
+        for &i in nodes {
+            self.start_agent(i, peer_timeout).await?;
+        }
+        self.wait_members(nodes, nodes.len() as u64).await
+    }
+
+    /// [`Self::add_dataset`] on each of `nodes`: their mounts.
+    async fn add_dataset_on(
+        &self,
+        nodes: &[usize],
+        cache: &serde_json::Value,
+    ) -> Result<Vec<(usize, PathBuf)>> {
+        let mut mounts = Vec::new();
+        for &i in nodes {
+            mounts.push((i, self.add_dataset(i, cache).await?));
+        }
+        Ok(mounts)
+    }
+
     fn agent(&self, i: usize) -> &NsAgent {
         self.agents[i].as_ref().expect("agent not started")
     }
@@ -365,22 +396,54 @@ impl Fixture {
         mounts: &[(usize, PathBuf)],
         prefix: &str,
     ) -> Result<Vec<(usize, ReadReport)>> {
-        let mut tasks = Vec::new();
-        for (i, root) in mounts {
-            let (i, root, data) = (*i, root.clone(), self.data.clone());
-            let prefix = prefix.to_string();
-            tasks.push(tokio::task::spawn_blocking(move || {
-                (
-                    i,
-                    read_all(&root, &data, &prefix, 4, &AtomicU64::new(0)),
-                )
-            }));
-        }
+        let readers = self.start_reads(mounts, prefix);
         let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await?);
+        for (i, _, task) in readers {
+            out.push((i, task.await?));
         }
         Ok(out)
+    }
+
+    /// Starts reading everything under `prefix` on each `(node, mount)`, 4 readers per
+    /// node: per node its index, the bytes read so far, and the report once done.
+    fn start_reads(
+        &self,
+        mounts: &[(usize, PathBuf)],
+        prefix: &str,
+    ) -> Vec<(usize, Arc<AtomicU64>, tokio::task::JoinHandle<ReadReport>)> {
+        mounts
+            .iter()
+            .map(|(i, root)| {
+                let (root, data) = (root.clone(), self.data.clone());
+                let prefix = prefix.to_string();
+                let progress = Arc::new(AtomicU64::new(0));
+                let counter = progress.clone();
+                let task = tokio::task::spawn_blocking(move || {
+                    read_all(&root, &data, &prefix, 4, &counter)
+                });
+                (*i, progress, task)
+            })
+            .collect()
+    }
+
+    /// Waits until each of `nodes` places blocks over `members` live agents
+    /// (`strata_cluster_members`), i.e. has read the peers file as it is now.
+    async fn wait_members(&self, nodes: &[usize], members: u64) -> Result<()> {
+        let deadline = Instant::now() + MEMBERSHIP_SETTLE;
+        for &i in nodes {
+            loop {
+                let seen = self.metrics(i).await?.count(MEMBERS, &[]);
+                if seen == members {
+                    break;
+                }
+                ensure!(
+                    Instant::now() < deadline,
+                    "node {i} counts {seen} members, not {members}, {MEMBERSHIP_SETTLE:?} after the peers file changed"
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+        }
+        Ok(())
     }
 
     async fn metrics(&self, i: usize) -> Result<Metrics> {
@@ -507,5 +570,424 @@ async fn wan_bytes_are_counted_at_the_proxy_and_by_the_agent() -> Result<()> {
         f.proxy.bytes_to_clients() - wan_before
     );
     f.agent_mut(0).stop();
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The cluster cache
+
+/// Three nodes read the same 256 MiB (four large files and 64 small ones) cold through their
+/// FUSE mounts, all at once: the WAN carries the data once (at least every byte, at most 2%
+/// more for headers and listings; three independent caches would make it 3x), and every
+/// byte each node read equals the source.
+///
+/// Cross-checks from the agents' metrics: the bytes they count from the source add up to at
+/// least the data and at most what the proxy carried; each node got part of the data from
+/// its peers; and on each node every byte it read arrived once, from a peer or the source
+/// (`origin="peer"` + `origin="source"` = the data).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_nodes_read_256_mib_and_the_wan_carries_it_once() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut layout = vec![
+        ("big/b0.bin".to_string(), 64 * MIB),
+        ("big/b1.bin".to_string(), 64 * MIB),
+        ("big/b2.bin".to_string(), 64 * MIB - 1000),
+        ("big/b3.bin".to_string(), 48 * MIB + 1000),
+    ];
+    layout.extend(files("small", 64, 256 * 1024));
+    let Some(mut f) = Fixture::new("three_nodes_read_256_mib", 3, layout).await? else {
+        return Ok(());
+    };
+    let nodes = [0, 1, 2];
+    f.start_cluster(&nodes, None).await?;
+    let mounts = f
+        .add_dataset_on(&nodes, &json!({"metadataTtl": "10m"}))
+        .await?;
+    let total = f.data.total();
+    let before = f.counts(&nodes).await?;
+    let wan_before = f.proxy.bytes_to_clients();
+    let start = Instant::now();
+    let reports = f.read_on(&mounts, "").await?;
+    let took = start.elapsed();
+    let wan = f.proxy.bytes_to_clients() - wan_before;
+    let d = deltas(&f.counts(&nodes).await?, &before);
+    eprintln!(
+        "3 nodes, {} read cold by each at once in {took:?}: WAN {} = {:.4}x the data",
+        mib(total),
+        mib(wan),
+        wan as f64 / total as f64
+    );
+    for ((i, r), c) in reports.iter().zip(&d) {
+        eprintln!(
+            "  node {i}: read in {:?}; from the source {}, from peers {}, local {}",
+            r.took,
+            mib(c.from_source),
+            mib(c.from_peers),
+            mib(c.local)
+        );
+    }
+    ensure_clean(&reports, &f.data, "")?;
+    ensure!(
+        wan >= total && wan as f64 <= total as f64 * WAN_OVERHEAD,
+        "the WAN carried {wan} bytes for {total} bytes of data read by three nodes"
+    );
+    let source: u64 = d.iter().map(|c| c.source).sum();
+    ensure!(
+        source >= total && source <= wan,
+        "the agents count {source} bytes from the source, the proxy {wan}, the data is {total}"
+    );
+    for (i, c) in nodes.iter().zip(&d) {
+        ensure!(c.from_peers > 0, "node {i} got nothing from its peers");
+        ensure!(
+            c.from_peers + c.from_source == total,
+            "node {i} fetched {} bytes from peers and {} from the source for {total} bytes read",
+            c.from_peers,
+            c.from_source
+        );
+    }
+    Ok(())
+}
+
+/// `replicas: 2` survives the loss of a node. Node 0 reads everything cold: each block
+/// group's first owner fetches it from the source (once: the WAN carries the data once) and
+/// pushes a copy to the second owner. Then node 0 is killed (SIGKILL, link cut) and removed
+/// from the peers file, and node 2 reads everything: 0 bytes cross the WAN, every byte right.
+///
+/// Node 0 is the one to lose: it read everything, so it held a copy of every block; losing
+/// another node would leave that full copy behind and pass even with one owner per block.
+/// Every node listed the dataset before the counts start, so they count data only.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_two_replicas_losing_the_node_that_read_everything_costs_no_wan_bytes() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut layout = files("big", 2, 24 * MIB);
+    layout.extend(files("small", 16, MIB));
+    let Some(mut f) = Fixture::new("with_two_replicas", 3, layout).await? else {
+        return Ok(());
+    };
+    let nodes = [0, 1, 2];
+    f.start_cluster(&nodes, None).await?;
+    let mounts = f
+        .add_dataset_on(&nodes, &json!({"metadataTtl": "10m", "replicas": 2}))
+        .await?;
+    let total = f.data.total();
+    let wan_before = f.proxy.bytes_to_clients();
+    let reports = f.read_on(&mounts[..1], "").await?;
+    ensure_clean(&reports, &f.data, "")?;
+    let wan_first = f.proxy.bytes_to_clients() - wan_before;
+
+    // Copies go to the co-owners in the background: wait until nodes 1 and 2 stop fetching.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut held, mut steady) = (u64::MAX, 0);
+    while steady < 4 {
+        let now: u64 = f
+            .counts(&[1, 2])
+            .await?
+            .iter()
+            .map(|c| c.from_source + c.from_peers)
+            .sum();
+        steady = if now == held { steady + 1 } else { 0 };
+        held = now;
+        ensure!(
+            Instant::now() < deadline,
+            "nodes 1 and 2 still fetching copies after 30 s"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    eprintln!(
+        "replicas 2: node 0 read {} cold, WAN {} ({:.4}x); nodes 1 and 2 then held {}",
+        mib(total),
+        mib(wan_first),
+        wan_first as f64 / total as f64,
+        mib(held)
+    );
+    ensure!(
+        wan_first >= total && wan_first as f64 <= total as f64 * WAN_OVERHEAD,
+        "with two replicas the WAN carried {wan_first} bytes for {total} bytes read once"
+    );
+    // Each block is on node 0 and on one or both of the others.
+    ensure!(
+        held >= total,
+        "nodes 1 and 2 hold {held} bytes of the {total}: a co-owner did not get its copy"
+    );
+
+    f.agent_mut(0).kill();
+    f.net.node(0).set_link(false)?;
+    f.set_members(&[1, 2])?;
+    f.wait_members(&[1, 2], 2).await?;
+    drop_page_cache()?;
+    let before = f.counts(&[1, 2]).await?;
+    let wan_before = f.proxy.bytes_to_clients();
+    let reports = f.read_on(&mounts[2..], "").await?;
+    let wan = f.proxy.bytes_to_clients() - wan_before;
+    let d = deltas(&f.counts(&[1, 2]).await?, &before);
+    eprintln!(
+        "replicas 2: node 0 killed; node 2 read everything in {:?}: WAN {wan} bytes, node 2 got {} from node 1, {} local",
+        reports[0].1.took,
+        mib(d[1].from_peers),
+        mib(d[1].local)
+    );
+    ensure_clean(&reports, &f.data, "")?;
+    ensure!(
+        wan == 0,
+        "{wan} bytes crossed the WAN after losing one of two replicas"
+    );
+    ensure!(
+        d.iter().all(|c| c.source == 0),
+        "nodes 1 and 2 fetched from the source: {d:?}"
+    );
+    Ok(())
+}
+
+/// A node dies mid-read: three nodes read 96 MiB cold at once; when node 0's reader is 30%
+/// through, node 1 is killed (SIGKILL) and its link cut (a dead machine answers nothing, so
+/// requests to it time out instead of being refused), and it stays in the peers file. The
+/// readers on nodes 0 and 2 finish with 0 errors and every byte right; their agents skipped
+/// the dead owner (`strata_peer_requests_total` counts failed requests to it) for the source.
+/// `--peer-timeout 1s` here (default 5 s) keeps the test short.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_killed_mid_read_costs_the_other_readers_no_error() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut layout = files("big", 4, 16 * MIB);
+    layout.extend(files("small", 32, MIB));
+    let Some(mut f) = Fixture::new("a_node_killed_mid_read", 3, layout).await? else {
+        return Ok(());
+    };
+    let nodes = [0, 1, 2];
+    f.start_cluster(&nodes, Some(Duration::from_secs(1)))
+        .await?;
+    let mounts = f
+        .add_dataset_on(&nodes, &json!({"metadataTtl": "10m"}))
+        .await?;
+    let total = f.data.total();
+    let wan_before = f.proxy.bytes_to_clients();
+    let start = Instant::now();
+    let readers = f.start_reads(&mounts, "");
+    let watched = readers[0].1.clone();
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while watched.load(Ordering::Relaxed) < total * 3 / 10 {
+        ensure!(
+            Instant::now() < deadline,
+            "node 0 read only {} bytes in 120 s",
+            watched.load(Ordering::Relaxed)
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    // The link first: the machine is gone, so not even a reset answers the requests that
+    // are in flight to it.
+    let killed_at = start.elapsed();
+    f.net.node(1).set_link(false)?;
+    f.agent_mut(1).kill();
+    let mut reports = Vec::new();
+    for (i, _, task) in readers {
+        reports.push((i, task.await?));
+    }
+    let wan = f.proxy.bytes_to_clients() - wan_before;
+    let survivors: Vec<(usize, ReadReport)> =
+        reports.into_iter().filter(|(i, _)| *i != 1).collect();
+    let (mut timeouts, mut errors) = (0, 0);
+    for i in [0, 2] {
+        let m = f.metrics(i).await?;
+        timeouts += m.count(PEER_REQUESTS, &[("result", "timeout")]);
+        errors += m.count(PEER_REQUESTS, &[("result", "error")]);
+    }
+    let failed_requests = timeouts + errors;
+    eprintln!(
+        "node 1 killed {killed_at:?} in; nodes 0 and 2 done in {:?} / {:?}; WAN {} = {:.3}x; \
+         requests to peers that failed: {timeouts} timed out, {errors} errors",
+        survivors[0].1.took,
+        survivors[1].1.took,
+        mib(wan),
+        wan as f64 / total as f64
+    );
+    ensure_clean(&survivors, &f.data, "")?;
+    ensure!(
+        failed_requests > 0,
+        "no request to the dead node failed: it was killed too late to matter"
+    );
+    Ok(())
+}
+
+/// A fourth node joins: only its share of the blocks moves. Nodes 0-2 hold the dataset
+/// (128 files of 512 KiB, so 128 block groups): node 0 read it all, nodes 1 and 2 their
+/// owned groups. Node 3 joins (added to the peers file) and reads everything. With
+/// rendezvous placement node 3 now owns about 1/4 of the groups; those, and only those,
+/// changed owner, so they are what node 3 fetches from the source as their new first
+/// owner; every other group comes from its old owner, which still has it.
+///
+/// What a user would check: the WAN bytes of the new node's cold read are its share
+/// (counted at the proxy: at least 10%, at most 35% of the data for a 1/4 share of 128
+/// groups, about 2.5 standard deviations either way), and the old nodes fetched nothing
+/// from the source (no group moved between them).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let layout = files("parts", 128, 512 * 1024);
+    let Some(mut f) = Fixture::new("a_joining_node", 4, layout).await? else {
+        return Ok(());
+    };
+    let old = [0, 1, 2];
+    f.start_cluster(&old, None).await?;
+    let cache = json!({"metadataTtl": "10m"});
+    let mounts = f.add_dataset_on(&old, &cache).await?;
+    let total = f.data.total();
+    let wan_before = f.proxy.bytes_to_clients();
+    let reports = f.read_on(&mounts[..1], "").await?;
+    ensure_clean(&reports, &f.data, "")?;
+    let wan_first = f.proxy.bytes_to_clients() - wan_before;
+    ensure!(
+        wan_first >= total && wan_first as f64 <= total as f64 * WAN_OVERHEAD,
+        "node 0's cold read carried {wan_first} bytes for {total}"
+    );
+
+    // Node 3 starts (its dataset registered and listed first, so peers asking it for its
+    // groups find the dataset), then joins.
+    f.start_agent(3, None).await?;
+    let mount3 = f.add_dataset(3, &cache).await?;
+    f.set_members(&[0, 1, 2, 3])?;
+    f.wait_members(&[0, 1, 2, 3], 4).await?;
+    let all = [0, 1, 2, 3];
+    let before = f.counts(&all).await?;
+    let wan_before = f.proxy.bytes_to_clients();
+    let reports = f.read_on(&[(3, mount3)], "").await?;
+    let moved = f.proxy.bytes_to_clients() - wan_before;
+    let d = deltas(&f.counts(&all).await?, &before);
+    let share = moved as f64 / total as f64;
+    eprintln!(
+        "node 3 joined and read {} in {:?}: WAN {} = {:.1}% of the data (its share; 25% expected); from peers {}; old nodes' source bytes {:?}",
+        mib(total),
+        reports[0].1.took,
+        mib(moved),
+        share * 100.0,
+        mib(d[3].from_peers),
+        d[..3].iter().map(|c| c.source).collect::<Vec<_>>()
+    );
+    ensure_clean(&reports, &f.data, "")?;
+    ensure!(
+        d[..3].iter().all(|c| c.source == 0),
+        "an old node fetched from the source after the join: a group moved between old nodes ({d:?})"
+    );
+    ensure!(
+        (0.10..=0.35).contains(&share),
+        "node 3's read carried {:.1}% of the data over the WAN, its share is about 25%",
+        share * 100.0
+    );
+    ensure!(
+        d[3].from_source + d[3].from_peers == total,
+        "node 3 fetched {} from the source and {} from peers for {total} bytes read",
+        d[3].from_source,
+        d[3].from_peers
+    );
+    Ok(())
+}
+
+/// Pins reach every node and survive a cache fill. The dataset pins `/pinned/**` (8 MiB)
+/// with `replicas: All` (every node owns every block) and a quota of 24 MiB per node.
+/// Every node fetches the pinned files on its own (the pin rules are evaluated when the
+/// dataset is configured), from the owners: the WAN carries them once, and each node's
+/// usage shows the rule holding all of them. Then every node reads 64 MiB of other files
+/// (more than the quota: each node evicts), and still holds the pinned files: its usage
+/// says so, and reading them again costs no WAN byte and no peer fetch on any node.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pinned_files_stay_on_every_node_through_a_cache_fill() -> Result<()> {
+    let _serial = SERIAL.lock().await;
+    let mut layout = files("pinned", 4, 2 * MIB);
+    layout.extend(files("fill", 16, 4 * MIB));
+    let Some(mut f) = Fixture::new("pinned_files_stay", 3, layout).await? else {
+        return Ok(());
+    };
+    let nodes = [0, 1, 2];
+    f.start_cluster(&nodes, None).await?;
+    let pinned = f.data.bytes_under("pinned/");
+    let quota = 24 * MIB as u64;
+    let mut cache = json!({"metadataTtl": "10m", "quota": "24Mi", "replicas": "All"});
+    // Registered everywhere first, so no node asks a peer that does not know the dataset
+    // yet; then the pin rule, evaluated at once on each node.
+    for &i in &nodes {
+        f.agent(i)
+            .put_dataset(NS, DATASET, &f.dataset_config(cache.clone()))
+            .await?;
+    }
+    cache["pins"] = json!(["/pinned/**"]);
+    let wan_before = f.proxy.bytes_to_clients();
+    for &i in &nodes {
+        f.agent(i)
+            .put_dataset(NS, DATASET, &f.dataset_config(cache.clone()))
+            .await?;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    for &i in &nodes {
+        loop {
+            let usage = f.agent(i).usage(NS, DATASET).await?;
+            let held = usage["pins"][0]["bytes"].as_u64().unwrap_or(0);
+            if held == pinned {
+                break;
+            }
+            ensure!(
+                Instant::now() < deadline,
+                "node {i} holds {held} of the {pinned} pinned bytes after 60 s: {usage}"
+            );
+            tokio::time::sleep(Duration::from_millis(250)).await;
+        }
+    }
+    let wan_pins = f.proxy.bytes_to_clients() - wan_before;
+    eprintln!(
+        "pins: {} pinned on each of 3 nodes, WAN {} = {:.4}x",
+        mib(pinned),
+        mib(wan_pins),
+        wan_pins as f64 / pinned as f64
+    );
+    ensure!(
+        wan_pins >= pinned && wan_pins as f64 <= pinned as f64 * WAN_OVERHEAD,
+        "pinning {pinned} bytes on three nodes carried {wan_pins} bytes over the WAN"
+    );
+
+    let mut mounts = Vec::new();
+    for &i in &nodes {
+        mounts.push((i, f.agent(i).mount(NS, DATASET).await?));
+    }
+    let reports = f.read_on(&mounts, "fill/").await?;
+    ensure_clean(&reports, &f.data, "fill/")?;
+    // Copies pushed to the co-owners land in the background; let them settle.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    for &i in &nodes {
+        let usage = f.agent(i).usage(NS, DATASET).await?;
+        let evictions = f
+            .metrics(i)
+            .await?
+            .count("strata_cache_evictions_total", &[]);
+        eprintln!(
+            "  node {i} after the fill: disk {}, pinned {}, {evictions} evictions",
+            mib(usage["cachedBytes"].as_u64().unwrap_or(0)),
+            mib(usage["pins"][0]["bytes"].as_u64().unwrap_or(0))
+        );
+        ensure!(
+            evictions > 0,
+            "node {i} evicted nothing: the fill did not exceed its quota ({usage})"
+        );
+        ensure!(
+            usage["cachedBytes"].as_u64().unwrap_or(u64::MAX) <= quota,
+            "node {i} holds more than its quota: {usage}"
+        );
+        ensure!(
+            usage["pins"][0]["bytes"].as_u64() == Some(pinned)
+                && usage["pins"][0]["files"].as_u64() == Some(4),
+            "node {i} lost pinned files to the fill: {usage}"
+        );
+    }
+    drop_page_cache()?;
+    let before = f.counts(&nodes).await?;
+    let wan_before = f.proxy.bytes_to_clients();
+    let reports = f.read_on(&mounts, "pinned/").await?;
+    let wan = f.proxy.bytes_to_clients() - wan_before;
+    let d = deltas(&f.counts(&nodes).await?, &before);
+    ensure_clean(&reports, &f.data, "pinned/")?;
+    ensure!(
+        wan == 0,
+        "reading the pinned files again carried {wan} WAN bytes"
+    );
+    ensure!(
+        d.iter().all(|c| c.from_peers == 0 && c.from_source == 0),
+        "a node fetched pinned blocks again: {d:?}"
+    );
     Ok(())
 }
