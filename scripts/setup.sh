@@ -8,8 +8,9 @@ need_apt=()
 command -v fusermount3 >/dev/null || need_apt+=(fuse3)
 command -v openssl >/dev/null || need_apt+=(openssl)
 command -v curl >/dev/null || need_apt+=(curl)
-command -v ss >/dev/null || need_apt+=(iproute2)
-command -v flock >/dev/null || need_apt+=(util-linux)
+# ip and nsenter: e2e/tests/cluster_cache.rs puts agents in network namespaces.
+{ command -v ss && command -v ip; } >/dev/null || need_apt+=(iproute2)
+{ command -v flock && command -v nsenter; } >/dev/null || need_apt+=(util-linux)
 # libfaketime: the leader-election test runs a standby whose clock is ahead or behind.
 command -v faketime >/dev/null || need_apt+=(faketime)
 # The local cluster's real node: containerd (built by cluster.sh) runs containers with

@@ -25,18 +25,27 @@ const READ_CHUNK: usize = 256 * 1024;
 /// least, far more than a test's 25 ms link carries).
 const IN_FLIGHT_CHUNKS: usize = 1024;
 
+/// The link's state: its delay and what crossed it.
 #[derive(Debug, Default)]
-struct Counters {
+struct Link {
     to_clients: AtomicU64,
     from_clients: AtomicU64,
     connections: AtomicU64,
+    /// The one-way delay in microseconds, read for every chunk (so it can change).
+    one_way_us: AtomicU64,
+}
+
+impl Link {
+    fn one_way(&self) -> Duration {
+        Duration::from_micros(self.one_way_us.load(Ordering::Relaxed))
+    }
 }
 
 /// The proxy; stops on drop.
 #[derive(Debug)]
 pub struct DelayProxy {
     addr: SocketAddr,
-    counters: Arc<Counters>,
+    link: Arc<Link>,
     runtime: Option<tokio::runtime::Runtime>,
 }
 
@@ -59,8 +68,10 @@ impl DelayProxy {
             .enable_all()
             .build()
             .map_err(|e| err("starting its runtime", e))?;
-        let counters = Arc::new(Counters::default());
-        let accepting = counters.clone();
+        let link = Arc::new(Link::default());
+        link.one_way_us
+            .store(one_way.as_micros() as u64, Ordering::Relaxed);
+        let accepting = link.clone();
         runtime.spawn(async move {
             let listener = match TcpListener::from_std(listener) {
                 Ok(l) => l,
@@ -76,12 +87,12 @@ impl DelayProxy {
                     continue;
                 };
                 accepting.connections.fetch_add(1, Ordering::Relaxed);
-                tokio::spawn(forward(client, upstream, one_way, accepting.clone()));
+                tokio::spawn(forward(client, upstream, accepting.clone()));
             }
         });
         Ok(DelayProxy {
             addr,
-            counters,
+            link,
             runtime: Some(runtime),
         })
     }
@@ -98,17 +109,24 @@ impl DelayProxy {
     /// Bytes delivered to clients so far: what the server sent across the WAN (bodies,
     /// headers and all).
     pub fn bytes_to_clients(&self) -> u64 {
-        self.counters.to_clients.load(Ordering::SeqCst)
+        self.link.to_clients.load(Ordering::SeqCst)
     }
 
     /// Bytes delivered to the server so far.
     pub fn bytes_from_clients(&self) -> u64 {
-        self.counters.from_clients.load(Ordering::SeqCst)
+        self.link.from_clients.load(Ordering::SeqCst)
+    }
+
+    /// Changes the one-way delay, for bytes that arrive from now on (a WAN that slows down).
+    pub fn set_one_way(&self, one_way: Duration) {
+        self.link
+            .one_way_us
+            .store(one_way.as_micros() as u64, Ordering::Relaxed);
     }
 
     /// Connections accepted so far.
     pub fn connections(&self) -> u64 {
-        self.counters.connections.load(Ordering::SeqCst)
+        self.link.connections.load(Ordering::SeqCst)
     }
 }
 
@@ -121,10 +139,10 @@ impl Drop for DelayProxy {
     }
 }
 
-async fn forward(client: TcpStream, upstream: SocketAddr, one_way: Duration, c: Arc<Counters>) {
+async fn forward(client: TcpStream, upstream: SocketAddr, c: Arc<Link>) {
     // The client's connect() returned at once; holding its bytes for a round trip is what the
     // SYN / SYN-ACK over the link would have cost.
-    tokio::time::sleep(one_way * 2).await;
+    tokio::time::sleep(c.one_way() * 2).await;
     let Ok(server) = TcpStream::connect(upstream).await else {
         return; // the client sees the connection close
     };
@@ -134,10 +152,10 @@ async fn forward(client: TcpStream, upstream: SocketAddr, one_way: Duration, c: 
     let (server_rd, server_wr) = server.into_split();
     let up = c.clone();
     tokio::join!(
-        delay_line(client_rd, server_wr, one_way, move |n| {
+        delay_line(client_rd, server_wr, c.clone(), move |n| {
             up.from_clients.fetch_add(n, Ordering::SeqCst);
         }),
-        delay_line(server_rd, client_wr, one_way, move |n| {
+        delay_line(server_rd, client_wr, c.clone(), move |n| {
             c.to_clients.fetch_add(n, Ordering::SeqCst);
         }),
     );
@@ -148,7 +166,7 @@ async fn forward(client: TcpStream, upstream: SocketAddr, one_way: Duration, c: 
 async fn delay_line(
     mut rd: OwnedReadHalf,
     mut wr: OwnedWriteHalf,
-    one_way: Duration,
+    link: Arc<Link>,
     count: impl Fn(u64) + Send + 'static,
 ) {
     let (tx, mut rx) = mpsc::channel::<(Instant, Vec<u8>)>(IN_FLIGHT_CHUNKS);
@@ -159,7 +177,11 @@ async fn delay_line(
                 Ok(0) | Err(_) => return,
                 Ok(_) => {}
             }
-            if tx.send((Instant::now() + one_way, buf)).await.is_err() {
+            if tx
+                .send((Instant::now() + link.one_way(), buf))
+                .await
+                .is_err()
+            {
                 return; // the writer is gone: the other side closed
             }
         }

@@ -41,6 +41,14 @@ const MEMBERSHIP_SETTLE: Duration = Duration::from_secs(10);
 /// Bytes the S3 server may send beyond the data itself (response headers, listings):
 /// at most 2% of the data (a block of 4 MiB comes with well under 1 KiB of headers).
 const WAN_OVERHEAD: f64 = 1.02;
+/// `--peer-timeout` of the tests that count WAN bytes exactly. An owner that sends no block
+/// for the timeout is marked down for 10 s, and the asker fetches from the source itself;
+/// the owner may be alive and merely waiting for its own source fetch. With the default
+/// 5 s that happened on this 2-core machine under load (three debug agents, moto and the
+/// readers, plus other work): two live owners marked down, 1.14x the data over the WAN.
+/// These tests are about placement and sharing, so their peers get time; dead peers are
+/// `a_node_killed_mid_read_costs_the_other_readers_no_error`'s subject.
+const PATIENT: Option<Duration> = Some(Duration::from_secs(30));
 const SOURCE_BYTES: &str = "strata_source_read_bytes_total";
 const BLOCK_BYTES: &str = "strata_block_bytes_total";
 const MEMBERS: &str = "strata_cluster_members";
@@ -52,9 +60,12 @@ static SERIAL: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 // ---------------------------------------------------------------------------------------------
 // Test data
 
+/// A file at the source: its path in the bucket and its contents.
+type SourceFile = (String, Arc<Vec<u8>>);
+
 /// Files at the source, kept in memory to compare every byte read.
 struct TestData {
-    files: Vec<(String, Arc<Vec<u8>>)>,
+    files: Vec<SourceFile>,
 }
 
 impl TestData {
@@ -112,7 +123,7 @@ fn read_all(
     progress: &AtomicU64,
 ) -> ReadReport {
     let start = Instant::now();
-    let queue: Mutex<VecDeque<&(String, Arc<Vec<u8>>)>> = Mutex::new(
+    let queue: Mutex<VecDeque<&SourceFile>> = Mutex::new(
         data.files
             .iter()
             .filter(|(p, _)| p.starts_with(prefix))
@@ -396,21 +407,15 @@ impl Fixture {
         mounts: &[(usize, PathBuf)],
         prefix: &str,
     ) -> Result<Vec<(usize, ReadReport)>> {
-        let readers = self.start_reads(mounts, prefix);
         let mut out = Vec::new();
-        for (i, _, task) in readers {
-            out.push((i, task.await?));
+        for read in self.start_reads(mounts, prefix) {
+            out.push((read.node, read.task.await?));
         }
         Ok(out)
     }
 
-    /// Starts reading everything under `prefix` on each `(node, mount)`, 4 readers per
-    /// node: per node its index, the bytes read so far, and the report once done.
-    fn start_reads(
-        &self,
-        mounts: &[(usize, PathBuf)],
-        prefix: &str,
-    ) -> Vec<(usize, Arc<AtomicU64>, tokio::task::JoinHandle<ReadReport>)> {
+    /// Starts reading everything under `prefix` on each `(node, mount)`, 4 readers per node.
+    fn start_reads(&self, mounts: &[(usize, PathBuf)], prefix: &str) -> Vec<RunningRead> {
         mounts
             .iter()
             .map(|(i, root)| {
@@ -421,7 +426,11 @@ impl Fixture {
                 let task = tokio::task::spawn_blocking(move || {
                     read_all(&root, &data, &prefix, 4, &counter)
                 });
-                (*i, progress, task)
+                RunningRead {
+                    node: *i,
+                    progress,
+                    task,
+                }
             })
             .collect()
     }
@@ -461,9 +470,51 @@ impl Fixture {
                 from_source: m.count(BLOCK_BYTES, &[("origin", "source")]),
                 local: m.count(BLOCK_BYTES, &[("origin", "memory")])
                     + m.count(BLOCK_BYTES, &[("origin", "disk")]),
+                peer_failures: m.count(PEER_REQUESTS, &[("result", "error")])
+                    + m.count(PEER_REQUESTS, &[("result", "timeout")]),
             });
         }
         Ok(out)
+    }
+}
+
+/// A node's readers at work.
+struct RunningRead {
+    node: usize,
+    /// Bytes read so far.
+    progress: Arc<AtomicU64>,
+    task: tokio::task::JoinHandle<ReadReport>,
+}
+
+impl Drop for Fixture {
+    /// What the agents warned about, shown with a failed test's output (cargo keeps a
+    /// passing test's output to itself). `STRATA_KEEP_TEST_DIR=1` keeps the directory with
+    /// the whole logs.
+    fn drop(&mut self) {
+        for agent in self.agents.iter().flatten() {
+            let log = std::fs::read_to_string(agent.log_path()).unwrap_or_default();
+            let warnings: Vec<&str> = log
+                .lines()
+                .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                .collect();
+            eprintln!(
+                "{}: {} warnings and errors in its log{}",
+                agent.name,
+                warnings.len(),
+                if warnings.is_empty() {
+                    ""
+                } else {
+                    ", the last ones:"
+                }
+            );
+            for line in &warnings[warnings.len().saturating_sub(10)..] {
+                eprintln!("  {line}");
+            }
+        }
+        if std::env::var_os("STRATA_KEEP_TEST_DIR").is_some() {
+            eprintln!("kept {}", self.dir.path().display());
+            self.dir.disable_cleanup(true);
+        }
     }
 }
 
@@ -478,6 +529,8 @@ struct NodeCounts {
     from_source: u64,
     /// `strata_block_bytes_total{origin="memory|disk"}`.
     local: u64,
+    /// `strata_peer_requests_total{result="error|timeout"}`: requests to peers that failed.
+    peer_failures: u64,
 }
 
 impl NodeCounts {
@@ -487,6 +540,7 @@ impl NodeCounts {
             from_peers: self.from_peers - before.from_peers,
             from_source: self.from_source - before.from_source,
             local: self.local - before.local,
+            peer_failures: self.peer_failures - before.peer_failures,
         }
     }
 }
@@ -599,7 +653,7 @@ async fn three_nodes_read_256_mib_and_the_wan_carries_it_once() -> Result<()> {
         return Ok(());
     };
     let nodes = [0, 1, 2];
-    f.start_cluster(&nodes, None).await?;
+    f.start_cluster(&nodes, PATIENT).await?;
     let mounts = f
         .add_dataset_on(&nodes, &json!({"metadataTtl": "10m"}))
         .await?;
@@ -619,11 +673,12 @@ async fn three_nodes_read_256_mib_and_the_wan_carries_it_once() -> Result<()> {
     );
     for ((i, r), c) in reports.iter().zip(&d) {
         eprintln!(
-            "  node {i}: read in {:?}; from the source {}, from peers {}, local {}",
+            "  node {i}: read in {:?}; from the source {}, from peers {}, local {}; {} failed requests to peers",
             r.took,
             mib(c.from_source),
             mib(c.from_peers),
-            mib(c.local)
+            mib(c.local),
+            c.peer_failures
         );
     }
     ensure_clean(&reports, &f.data, "")?;
@@ -665,7 +720,7 @@ async fn with_two_replicas_losing_the_node_that_read_everything_costs_no_wan_byt
         return Ok(());
     };
     let nodes = [0, 1, 2];
-    f.start_cluster(&nodes, None).await?;
+    f.start_cluster(&nodes, PATIENT).await?;
     let mounts = f
         .add_dataset_on(&nodes, &json!({"metadataTtl": "10m", "replicas": 2}))
         .await?;
@@ -762,7 +817,7 @@ async fn a_node_killed_mid_read_costs_the_other_readers_no_error() -> Result<()>
     let wan_before = f.proxy.bytes_to_clients();
     let start = Instant::now();
     let readers = f.start_reads(&mounts, "");
-    let watched = readers[0].1.clone();
+    let watched = readers[0].progress.clone();
     let deadline = Instant::now() + Duration::from_secs(120);
     while watched.load(Ordering::Relaxed) < total * 3 / 10 {
         ensure!(
@@ -778,8 +833,8 @@ async fn a_node_killed_mid_read_costs_the_other_readers_no_error() -> Result<()>
     f.net.node(1).set_link(false)?;
     f.agent_mut(1).kill();
     let mut reports = Vec::new();
-    for (i, _, task) in readers {
-        reports.push((i, task.await?));
+    for read in readers {
+        reports.push((read.node, read.task.await?));
     }
     let wan = f.proxy.bytes_to_clients() - wan_before;
     let survivors: Vec<(usize, ReadReport)> =
@@ -815,8 +870,9 @@ async fn a_node_killed_mid_read_costs_the_other_readers_no_error() -> Result<()>
 /// owner; every other group comes from its old owner, which still has it.
 ///
 /// What a user would check: the WAN bytes of the new node's cold read are its share
-/// (counted at the proxy: at least 10%, at most 35% of the data for a 1/4 share of 128
-/// groups, about 2.5 standard deviations either way), and the old nodes fetched nothing
+/// (counted at the proxy: between 10% and 40% of the data; with 128 groups a 1/4 share has a
+/// standard deviation of 3.8%, and the placement hashes each object's version, which differs
+/// every run, so the bounds sit about 4 deviations out), and the old nodes fetched nothing
 /// from the source (no group moved between them).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
@@ -826,7 +882,7 @@ async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
         return Ok(());
     };
     let old = [0, 1, 2];
-    f.start_cluster(&old, None).await?;
+    f.start_cluster(&old, PATIENT).await?;
     let cache = json!({"metadataTtl": "10m"});
     let mounts = f.add_dataset_on(&old, &cache).await?;
     let total = f.data.total();
@@ -841,7 +897,7 @@ async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
 
     // Node 3 starts (its dataset registered and listed first, so peers asking it for its
     // groups find the dataset), then joins.
-    f.start_agent(3, None).await?;
+    f.start_agent(3, PATIENT).await?;
     let mount3 = f.add_dataset(3, &cache).await?;
     f.set_members(&[0, 1, 2, 3])?;
     f.wait_members(&[0, 1, 2, 3], 4).await?;
@@ -867,7 +923,7 @@ async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
         "an old node fetched from the source after the join: a group moved between old nodes ({d:?})"
     );
     ensure!(
-        (0.10..=0.35).contains(&share),
+        (0.10..=0.40).contains(&share),
         "node 3's read carried {:.1}% of the data over the WAN, its share is about 25%",
         share * 100.0
     );
@@ -896,7 +952,7 @@ async fn pinned_files_stay_on_every_node_through_a_cache_fill() -> Result<()> {
         return Ok(());
     };
     let nodes = [0, 1, 2];
-    f.start_cluster(&nodes, None).await?;
+    f.start_cluster(&nodes, PATIENT).await?;
     let pinned = f.data.bytes_under("pinned/");
     let quota = 24 * MIB as u64;
     let mut cache = json!({"metadataTtl": "10m", "quota": "24Mi", "replicas": "All"});
