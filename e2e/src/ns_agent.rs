@@ -5,6 +5,11 @@
 //!
 //! The test talks to it over its unix socket (datasets, volumes, usage: a unix socket is a
 //! file, reachable from any network namespace) and reads its FUSE mounts directly.
+//!
+//! It runs outside Kubernetes whatever this machine has: its `KUBECONFIG` names a file that
+//! does not exist and the in-cluster variables are removed, so with `--node-name` it neither
+//! writes a StrataNode nor takes its members from StrataNodes of a cluster the machine runs
+//! (the e2e suites' local control plane, say).
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -134,6 +139,9 @@ impl NsAgent {
         let child = node
             .command(binary)
             .args(&args)
+            .env("KUBECONFIG", dir.join("no-kubeconfig"))
+            .env_remove("KUBERNETES_SERVICE_HOST")
+            .env_remove("KUBERNETES_SERVICE_PORT")
             .stdin(Stdio::null())
             .stdout(out)
             .stderr(err_out)
