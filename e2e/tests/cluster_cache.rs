@@ -10,9 +10,18 @@
 //! Counts come from two sides that must agree: the proxy (bytes the S3 server sent) and each
 //! agent's `/metrics` (`strata_source_read_bytes_total`, `strata_block_bytes_total{origin}`).
 //!
+//! The issue's list, one test each: three nodes read 256 MiB once over the WAN; `replicas: 2`
+//! loses a node and the WAN carries nothing; a node killed mid-read costs the other readers
+//! no error; a fourth node joins and only its share moves; pins stay on every node through
+//! a cache fill. Before them the harness checks its own counting with one agent, and
+//! `a_slow_wan_does_not_make_live_owners_look_dead` is ignored (it fails today; see its doc).
+//!
 //! Needs root (namespaces, FUSE), `ip`, `nsenter` and `moto_server`; without root or the
 //! tools each test says why and passes without running. The tests run one at a time (they
-//! share the machine's two cores, and the kill-mid-read test's timing depends on it).
+//! share the machine's two cores, and the kill-mid-read test's timing depends on it); the
+//! file takes about 70 s on 2 idle cores. `STRATA_KEEP_TEST_DIR=1` keeps each test's
+//! directory (agent logs and caches). A run killed before its drops ran is cleaned up by
+//! the next one.
 
 use std::collections::VecDeque;
 use std::io::Read;
@@ -441,7 +450,8 @@ impl Fixture {
                 }
                 ensure!(
                     Instant::now() < deadline,
-                    "node {i} counts {seen} members, not {members}, {MEMBERSHIP_SETTLE:?} after the peers file changed"
+                    "node {i} counts {seen} members, not {members}, \
+                     {MEMBERSHIP_SETTLE:?} after the peers file changed"
                 );
                 tokio::time::sleep(Duration::from_millis(200)).await;
             }
@@ -531,8 +541,7 @@ fn processes_writing_under(dir: &str) -> Vec<u32> {
         .flatten()
         .filter_map(|p| p.file_name().to_str()?.parse::<u32>().ok())
         .filter(|pid| {
-            std::fs::read_link(format!("/proc/{pid}/fd/1"))
-                .is_ok_and(|out| out.starts_with(dir))
+            std::fs::read_link(format!("/proc/{pid}/fd/1")).is_ok_and(|out| out.starts_with(dir))
         })
         .collect()
 }
@@ -602,8 +611,15 @@ fn deltas(after: &[NodeCounts], before: &[NodeCounts]) -> Vec<NodeCounts> {
     after.iter().zip(before).map(|(a, b)| a.since(*b)).collect()
 }
 
+/// Every reader read every file under `prefix` whole, with no error and every byte equal to
+/// the source's.
 fn ensure_clean(reports: &[(usize, ReadReport)], data: &TestData, prefix: &str) -> Result<()> {
     let expected = data.bytes_under(prefix);
+    let files = data
+        .files
+        .iter()
+        .filter(|(p, _)| p.starts_with(prefix))
+        .count();
     for (i, r) in reports {
         ensure!(
             r.errors.is_empty(),
@@ -612,8 +628,9 @@ fn ensure_clean(reports: &[(usize, ReadReport)], data: &TestData, prefix: &str) 
             &r.errors[..r.errors.len().min(5)]
         );
         ensure!(
-            r.bytes == expected,
-            "node {i} read {} bytes, expected {expected}",
+            r.files == files && r.bytes == expected,
+            "node {i} read {} files, {} bytes; the source has {files} files, {expected} bytes",
+            r.files,
             r.bytes
         );
     }
@@ -623,11 +640,11 @@ fn ensure_clean(reports: &[(usize, ReadReport)], data: &TestData, prefix: &str) 
 // ---------------------------------------------------------------------------------------------
 // The harness itself
 
-/// The harness counts what crosses the WAN: one agent in a node (no peers) reads a dataset
-/// cold through its FUSE mount; the proxy saw the data once (at least every byte, at most 2%
-/// more for headers and listings), the agent's own `strata_source_read_bytes_total` says the
-/// same, and a second read (page cache dropped) adds nothing at the proxy. If this fails, the
-/// cluster tests' counts mean nothing.
+/// The harness counts what crosses the WAN: one agent in a node (a cluster of one) reads a
+/// dataset cold through its FUSE mount; the proxy saw the data once (at least every byte, at
+/// most 2% more for headers and listings), the agent's own `strata_source_read_bytes_total`
+/// says the same, and a second read (page cache dropped) adds nothing at the proxy. If this
+/// fails, the cluster tests' counts mean nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wan_bytes_are_counted_at_the_proxy_and_by_the_agent() -> Result<()> {
     let _serial = SERIAL.lock().await;
@@ -670,7 +687,6 @@ async fn wan_bytes_are_counted_at_the_proxy_and_by_the_agent() -> Result<()> {
         "a warm re-read fetched {} bytes",
         f.proxy.bytes_to_clients() - wan_before
     );
-    f.agent_mut(0).stop();
     Ok(())
 }
 
@@ -720,7 +736,8 @@ async fn three_nodes_read_256_mib_and_the_wan_carries_it_once() -> Result<()> {
     );
     for ((i, r), c) in reports.iter().zip(&d) {
         eprintln!(
-            "  node {i}: read in {:?}; from the source {}, from peers {}, local {}; {} failed requests to peers",
+            "  node {i}: read in {:?}; from the source {}, from peers {}, local {}; \
+             {} failed requests to peers",
             r.took,
             mib(c.from_source),
             mib(c.from_peers),
@@ -823,7 +840,8 @@ async fn with_two_replicas_losing_the_node_that_read_everything_costs_no_wan_byt
     let wan = f.proxy.bytes_to_clients() - wan_before;
     let d = deltas(&f.counts(&[1, 2]).await?, &before);
     eprintln!(
-        "replicas 2: node 0 killed; node 2 read everything in {:?}: WAN {wan} bytes, node 2 got {} from node 1, {} local",
+        "replicas 2: node 0 killed; node 2 read everything in {:?}: WAN {wan} bytes, \
+         node 2 got {} from node 1, {} local",
         reports[0].1.took,
         mib(d[1].from_peers),
         mib(d[1].local)
@@ -956,7 +974,8 @@ async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
     let d = deltas(&f.counts(&all).await?, &before);
     let share = moved as f64 / total as f64;
     eprintln!(
-        "node 3 joined and read {} in {:?}: WAN {} = {:.1}% of the data (its share; 25% expected); from peers {}; old nodes' source bytes {:?}",
+        "node 3 joined and read {} in {:?}: WAN {} = {:.1}% of the data (its share; 25% \
+         expected); from peers {}; old nodes' source bytes {:?}",
         mib(total),
         reports[0].1.took,
         mib(moved),
@@ -967,7 +986,8 @@ async fn a_joining_node_moves_only_its_share_of_the_blocks() -> Result<()> {
     ensure_clean(&reports, &f.data, "")?;
     ensure!(
         d[..3].iter().all(|c| c.source == 0),
-        "an old node fetched from the source after the join: a group moved between old nodes ({d:?})"
+        "an old node fetched from the source after the join: a group moved between old \
+         nodes ({d:?})"
     );
     ensure!(
         (0.10..=0.40).contains(&share),
@@ -1123,7 +1143,8 @@ async fn a_slow_wan_does_not_make_live_owners_look_dead() -> Result<()> {
     let wan = f.proxy.bytes_to_clients() - wan_before;
     let d = deltas(&f.counts(&nodes).await?, &before);
     eprintln!(
-        "WAN 3 s each way: {} read on 2 nodes in {:?} / {:?}, WAN {} = {:.2}x, failed requests to peers {:?}",
+        "WAN 3 s each way: {} read on 2 nodes in {:?} / {:?}, WAN {} = {:.2}x, \
+         failed requests to peers {:?}",
         mib(total),
         reports[0].1.took,
         reports[1].1.took,
