@@ -67,7 +67,10 @@ pub struct BlockRequest {
 pub trait PeerTransport: Send + Sync + 'static {
     /// The bytes of the requested blocks from `peer`, concatenated, as they arrive. The
     /// peer serves them from its tiers or fetches them from the source; it never asks a
-    /// third node.
+    /// third node. The caller bounds the wait for the answer to start by the cluster's
+    /// timeout; after that, a peer gone from the network must end the stream with an error
+    /// within about that timeout (the HTTP transport probes its connection), while a live
+    /// one may take as long as its source does.
     async fn fetch(
         &self,
         peer: &Member,

@@ -31,9 +31,11 @@ pub struct PeerFlags {
     /// read again every 2 s, so agents can join and leave while it runs.
     #[arg(long, env = "STRATA_PEERS_FILE")]
     pub peers_file: Option<PathBuf>,
-    /// How long a peer may take to start answering a block request, and between two parts
-    /// of its answer, before the next owner or the source is asked instead (the peer is
-    /// then skipped for 10 s). Make it longer than the source takes to deliver one block.
+    /// How long a peer may take to start answering a block request (connect and answer
+    /// headers, which a live agent sends at once), and how long its connection may stay
+    /// silent (TCP keepalive probes unanswered) before it is taken as gone: the next owner
+    /// or the source is asked instead and the peer skipped for 10 s. A live owner waiting
+    /// on a slow source is waited for.
     #[arg(long, env = "STRATA_PEER_TIMEOUT", default_value = "5s", value_parser = parse_duration)]
     pub peer_timeout: Duration,
     /// Never share blocks with other agents, even when the cluster lists some.
@@ -136,11 +138,14 @@ pub async fn follow_peers_file(cluster: Arc<Cluster>, file: PathBuf, fixed: Vec<
 pub struct HttpPeers {
     token_file: PathBuf,
     token: Mutex<(Option<String>, Instant)>,
+    dead_after: Duration,
 }
 
 impl HttpPeers {
-    /// Reads the node secret from `token_file` (again every few seconds).
-    pub fn new(token_file: &Path) -> Result<Self> {
+    /// Reads the node secret from `token_file` (again every few seconds). A peer whose
+    /// connection stays silent for about `dead_after` (TCP keepalive probes unanswered) is
+    /// taken as gone; a live one may take as long as its source to send the blocks.
+    pub fn new(token_file: &Path, dead_after: Duration) -> Result<Self> {
         let token = read_token_file(token_file).map_err(|e| {
             Error::io(
                 format!("reading --peer-token-file {}", token_file.display()),
@@ -150,6 +155,7 @@ impl HttpPeers {
         Ok(HttpPeers {
             token_file: token_file.to_path_buf(),
             token: Mutex::new((Some(token), Instant::now())),
+            dead_after,
         })
     }
 
@@ -165,7 +171,9 @@ impl HttpPeers {
             }
             token.0.clone()
         };
-        AgentClient::from_url(&peer.url, token).map_err(|e| peer_error(peer, e))
+        AgentClient::from_url(&peer.url, token)
+            .map(|c| c.with_keepalive(self.dead_after))
+            .map_err(|e| peer_error(peer, e))
     }
 }
 

@@ -347,7 +347,7 @@ async fn join_cluster(
     };
     let cluster = Cluster::new(
         self_name.clone(),
-        Arc::new(HttpPeers::new(token_file)?),
+        Arc::new(HttpPeers::new(token_file, args.peers.peer_timeout)?),
         args.peers.peer_timeout,
         agent.metrics().clone(),
     );

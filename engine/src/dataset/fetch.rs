@@ -19,6 +19,10 @@ use crate::path::DatasetPath;
 use crate::source::Source;
 use crate::{Error, Result};
 
+/// Longest silence between two parts of a peer's answer: the transport notices a dead
+/// peer much sooner; this only ends an answer a live but stuck peer never completes.
+const PEER_BODY_BACKSTOP: Duration = Duration::from_secs(120);
+
 /// Largest ranged GET readahead and preload send for adjacent blocks
 /// (see [`DatasetView::fetch_blocks`]).
 pub const MAX_SPAN_BYTES: u64 = 16 << 20;
@@ -363,8 +367,11 @@ impl DatasetView {
                     return run;
                 }
             };
+        // A peer gone from the network ends the stream within about `timeout` (the
+        // transport's business: TCP keepalive); a live owner waiting on a slow source is
+        // waited for, up to a backstop.
         let (rest, failure) = self
-            .store_stream(stat, version, stream, run, Some(timeout), "peer")
+            .store_stream(stat, version, stream, run, Some(PEER_BODY_BACKSTOP), "peer")
             .await;
         match failure {
             None if rest.is_empty() => {

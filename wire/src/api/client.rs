@@ -105,6 +105,9 @@ pub struct AgentClient {
     concurrency: Option<u32>,
     /// Preloads keep their blocks on the agent asked, not on the blocks' owners.
     here: bool,
+    /// TCP keepalive probing (peers): a peer that stops answering is noticed within about
+    /// this long even while its answer is slow to come.
+    keepalive: Option<Duration>,
 }
 
 impl fmt::Debug for AgentClient {
@@ -125,6 +128,7 @@ impl AgentClient {
             job: None,
             concurrency: None,
             here: false,
+            keepalive: None,
         }
     }
 
@@ -160,6 +164,7 @@ impl AgentClient {
                 job: None,
                 concurrency: None,
                 here: false,
+                keepalive: None,
             });
         }
         if url.starts_with("https://") {
@@ -181,6 +186,14 @@ impl AgentClient {
     /// Names the Kubernetes Job whose preloads this client asks for.
     pub fn with_job(mut self, job: Option<String>) -> Self {
         self.job = job;
+        self
+    }
+
+    /// Probes the TCP connection (keepalive) so that a peer gone from the network is
+    /// noticed within about `dead_after`, while a live one may take as long as its source
+    /// does to answer.
+    pub fn with_keepalive(mut self, dead_after: Duration) -> Self {
+        self.keepalive = Some(dead_after);
         self
     }
 
@@ -255,6 +268,18 @@ impl AgentClient {
                 let stream = tokio::net::TcpStream::connect(authority.as_str())
                     .await
                     .map_err(connect_err)?;
+                if let Some(dead_after) = self.keepalive {
+                    // First probe after half, then two more a quarter apart: silence for
+                    // about `dead_after` ends the connection.
+                    let quarter = (dead_after / 4).max(Duration::from_secs(1));
+                    let probes = socket2::TcpKeepalive::new()
+                        .with_time((dead_after / 2).max(Duration::from_secs(1)))
+                        .with_interval(quarter)
+                        .with_retries(2);
+                    socket2::SockRef::from(&stream)
+                        .set_tcp_keepalive(&probes)
+                        .map_err(connect_err)?;
+                }
                 let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
                     .await
                     .map_err(http_err)?;
