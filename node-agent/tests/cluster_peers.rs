@@ -19,16 +19,8 @@ fn write_source(root: &Path) -> BTreeMap<String, (u64, String)> {
         .map(|i| (format!("shards/shard-{i}.bin"), (3 << 20) + i * 4097))
         .collect();
     sizes.push(("big/whole.bin".into(), 40 << 20));
-    let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-    for (rel, size) in sizes {
-        let mut data = Vec::with_capacity(size);
-        while data.len() < size {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            data.extend_from_slice(&seed.to_le_bytes());
-        }
-        data.truncate(size);
+    for (seed, (rel, size)) in sizes.into_iter().enumerate() {
+        let data = strata_testkit::data::content(seed as u64 + 1, size);
         let path = root.join(&rel);
         std::fs::create_dir_all(path.parent().unwrap()).unwrap();
         std::fs::write(&path, &data).unwrap();

@@ -349,7 +349,8 @@ impl DatasetView {
         version: &ObjectVersion,
         run: Vec<(u64, BlockSender)>,
     ) -> Vec<(u64, BlockSender)> {
-        let request = self.block_request(cluster, stat, version, run[0].0, run.len() as u64);
+        let first = run[0].0;
+        let request = self.block_request(cluster, stat, version, first..first + run.len() as u64);
         let started = Instant::now();
         let timeout = cluster.timeout();
         let metrics = cluster.metrics().clone();
@@ -396,8 +397,7 @@ impl DatasetView {
         cluster: &Cluster,
         stat: &FileStat,
         version: &ObjectVersion,
-        first: u64,
-        count: u64,
+        blocks: Range<u64>,
     ) -> BlockRequest {
         BlockRequest {
             namespace: self.config.namespace.clone(),
@@ -406,8 +406,8 @@ impl DatasetView {
             mtime: stat.mtime,
             version: version.clone(),
             block_size: self.block_size(),
-            first,
-            count,
+            first: blocks.start,
+            count: blocks.end - blocks.start,
             from: cluster.self_name().to_string(),
         }
     }
@@ -426,13 +426,7 @@ impl DatasetView {
             if cluster.is_down(&owner.name) {
                 continue;
             }
-            let request = self.block_request(
-                cluster,
-                stat,
-                version,
-                blocks.start,
-                blocks.end - blocks.start,
-            );
+            let request = self.block_request(cluster, stat, version, blocks.clone());
             let (cluster, owner) = (cluster.clone(), owner.clone());
             self.handle.spawn(async move {
                 let answer = tokio::time::timeout(
@@ -534,13 +528,7 @@ impl DatasetView {
             let key = PlacementKey::new(&self.id, version, blocks.start / self.max_span_blocks());
             let owners = cluster.owners(&key, self.replicas(cluster));
             if !owners.iter().any(|m| m.name == cluster.self_name()) {
-                let request = self.block_request(
-                    cluster,
-                    stat,
-                    version,
-                    blocks.start,
-                    blocks.end - blocks.start,
-                );
+                let request = self.block_request(cluster, stat, version, blocks.clone());
                 for owner in owners.iter().filter(|o| !cluster.is_down(&o.name)) {
                     let filled = tokio::time::timeout(
                         crate::cluster::FILL_WAIT_TIMEOUT,
