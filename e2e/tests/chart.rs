@@ -327,9 +327,10 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
             true,
         ),
         (vec!["update", "stratanodes.strata.dev"], false),
-        (vec!["get", "stratanodes.strata.dev"], false),
-        (vec!["list", "stratanodes.strata.dev"], false),
-        (vec!["watch", "stratanodes.strata.dev"], false),
+        // The cluster cache's members: the other agents' endpoints and heartbeats.
+        (vec!["get", "stratanodes.strata.dev"], true),
+        (vec!["list", "stratanodes.strata.dev"], true),
+        (vec!["watch", "stratanodes.strata.dev"], true),
         (vec!["delete", "stratanodes.strata.dev"], false),
         // Job credentials are checked with TokenReviews.
         (vec!["create", "tokenreviews.authentication.k8s.io"], true),
