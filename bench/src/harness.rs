@@ -21,7 +21,12 @@ use crate::s3server::{S3Credentials, SeaweedFs, SeaweedOptions};
 use crate::workloads::{epoch, fio, floor, listing};
 use crate::{Error, Result, sim};
 
+mod cluster;
 mod restart;
+pub use cluster::{
+    CASE_ALONE, CASE_CLUSTER, CASE_INDEPENDENT, CASE_LOCAL_DISK, CASE_NEW_NODE, CASE_PEER_FETCH,
+    Data as ClusterData, RAW_CASES, metric_sum,
+};
 pub use restart::RESTARTS;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -33,6 +38,7 @@ pub enum Workload {
     ListHuge,
     Preload,
     Restart,
+    Cluster,
     HitRatio,
 }
 
@@ -46,6 +52,7 @@ impl Workload {
             Workload::ListHuge => "list-huge",
             Workload::Preload => "preload",
             Workload::Restart => "restart",
+            Workload::Cluster => "cluster",
             Workload::HitRatio => "hit-ratio",
         }
     }
@@ -62,12 +69,13 @@ impl std::str::FromStr for Workload {
             Workload::ListHuge,
             Workload::Preload,
             Workload::Restart,
+            Workload::Cluster,
             Workload::HitRatio,
         ]
         .into_iter()
         .find(|w| w.name() == s)
         .ok_or_else(|| {
-            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload, restart or hit-ratio")
+            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload, restart, cluster or hit-ratio")
         })
     }
 }
@@ -107,6 +115,11 @@ struct Ctx<'a> {
     creds: S3Credentials,
     link: String,
     endpoint: String,
+    /// The S3 server itself (the cluster workload starts its own proxy to it).
+    s3_addr: std::net::SocketAddr,
+    s3_pid: u32,
+    /// The one-way delay of the current link.
+    delay: Duration,
     out: BenchResults,
     /// (system, link, objects) whose list-huge `ls` hit the time limit: not tried again at
     /// that size or a larger one in later runs (each try costs the whole limit).
@@ -802,6 +815,9 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             },
             &creds,
         )?;
+        // An interrupted run (SIGINT/SIGTERM during the cluster workload) stops it too.
+        let server_pid =
+            crate::clusternet::Registered::new(crate::clusternet::Resource::Process(server.pid()));
         let direct = s3_store(&server.endpoint_url(), &creds)?;
         rt.block_on(wait_writable(&direct))?;
         // Uploads are remembered per server data dir.
@@ -810,8 +826,11 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             wanted: Wanted {
                 seq: live.contains(&Workload::SeqLarge)
                     || live.contains(&Workload::Random4k)
-                    || live.contains(&Workload::Restart),
-                epoch: live.contains(&Workload::EpochSmall) || live.contains(&Workload::Preload),
+                    || live.contains(&Workload::Restart)
+                    || live.contains(&Workload::Cluster),
+                epoch: live.contains(&Workload::EpochSmall)
+                    || live.contains(&Workload::Preload)
+                    || live.contains(&Workload::Cluster),
                 list: live.contains(&Workload::List),
             },
             list_huge: if live.contains(&Workload::ListHuge) {
@@ -874,12 +893,28 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 }
             ),
         );
+        if live.contains(&Workload::Cluster) {
+            crate::clusternet::cleanup_on_signal(rt);
+            results.settings.insert(
+                "cluster".into(),
+                format!(
+                    "three `strata-agent serve` (`nsenter --net=/run/netns/NS`), one per network namespace, {}.11-13/24 on veth pairs to a bridge in the root namespace (unshaped); each `--listen IP:7070 --peer-token-file F --metrics-listen IP:7071 --memory {} MiB --disk {} MiB`, and either `--node-name N --peers-file P` listing all three (cluster cache, `replicas: 1`) or `--no-peers` (independent caches, one node alone); the dataset PUT over each agent's unix socket and mounted with a volume (FUSE), read from the root namespace; the WAN proxy listens on the bridge ({}), and its byte count is the source bytes",
+                    "10.78.0",
+                    cfg.quota.memory_bytes >> 20,
+                    cfg.quota.disk_bytes >> 20,
+                    crate::clusternet::BRIDGE_IP
+                ),
+            );
+        }
         let mut ctx = Ctx {
             cfg,
             rt,
             creds: creds.clone(),
             link: String::new(),
             endpoint: String::new(),
+            s3_addr: server.s3_addr,
+            s3_pid: server.pid(),
+            delay: Duration::ZERO,
             out: results,
             listing_gave_up: Vec::new(),
         };
@@ -887,11 +922,15 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             let logs = cfg.work_dir.join("logs");
             std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
             let proxy = DelayProxyProcess::start(server.s3_addr, *delay, &logs.join("proxy.log"))?;
+            let _proxy_pid = crate::clusternet::Registered::new(
+                crate::clusternet::Resource::Process(proxy.pid()),
+            );
             ctx.link = match cfg.bandwidth_mbit {
                 Some(m) => format!("{} ms, {m} Mbit/s", delay.as_millis()),
                 None => format!("{} ms", delay.as_millis()),
             };
             ctx.endpoint = proxy.endpoint_url();
+            ctx.delay = *delay;
             for run in 1..=cfg.runs {
                 tracing::info!(run, link = %ctx.link, "run");
                 for &system in &cfg.systems {
@@ -946,6 +985,12 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                             Box::new(move |c: &mut Ctx| c.preload_session(run)),
                         ));
                     }
+                    if live.contains(&Workload::Cluster) && system == System::Strata {
+                        sessions.push((
+                            "cluster",
+                            Box::new(move |c: &mut Ctx| c.cluster_session(run)),
+                        ));
+                    }
                     for (workload, session) in sessions {
                         if let Err(e) = session(&mut ctx) {
                             ctx.note(
@@ -968,6 +1013,7 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 .sections
                 .insert(w.name().into(), load_after_meta.clone());
         }
+        drop(server_pid);
         drop(server);
         drop(shaped);
     }

@@ -2,6 +2,7 @@
 //! link, and the eviction study against Belady's optimum. See docs/BENCHMARKS.md.
 
 pub mod charts;
+pub mod clusternet;
 pub mod data;
 pub mod error;
 pub mod harness;

@@ -54,6 +54,9 @@ struct ProxyArgs {
     /// One-way delay applied to each chunk in each direction.
     #[arg(long, env = "STRATA_BENCH_PROXY_DELAY", default_value = "25ms", value_parser = humantime::parse_duration)]
     delay: Duration,
+    /// Answer connections here with the byte counts (`upstream downstream connections`).
+    #[arg(long, env = "STRATA_BENCH_PROXY_STATS_LISTEN")]
+    stats_listen: Option<SocketAddr>,
 }
 
 #[derive(clap::Args, Debug)]
@@ -80,12 +83,13 @@ struct RunArgs {
         default_value = "strata,rclone,s3fs"
     )]
     systems: Vec<System>,
-    /// Workloads: seq-large, random-4k, epoch-small, list, list-huge, preload, restart, hit-ratio.
+    /// Workloads: seq-large, random-4k, epoch-small, list, list-huge, preload, restart,
+    /// cluster, hit-ratio.
     #[arg(
         long,
         env = "STRATA_BENCH_WORKLOADS",
         value_delimiter = ',',
-        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,restart,hit-ratio"
+        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,restart,cluster,hit-ratio"
     )]
     workloads: Vec<Workload>,
     /// Size of the seq-large object (default 1GiB, 128MiB with --quick).
@@ -244,6 +248,12 @@ fn main() -> anyhow::Result<()> {
                     .await
                     .with_context(|| format!("binding the proxy to {}", p.listen))?;
                 let counters = Arc::new(proxy::LinkCounters::default());
+                if let Some(addr) = p.stats_listen {
+                    let stats = tokio::net::TcpListener::bind(addr)
+                        .await
+                        .with_context(|| format!("binding the proxy's counts port to {addr}"))?;
+                    tokio::spawn(proxy::serve_stats(stats, counters.clone()));
+                }
                 proxy::serve(listener, p.upstream, p.delay, counters).await?;
                 Ok(())
             })

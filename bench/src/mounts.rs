@@ -22,6 +22,9 @@ pub enum System {
     ObjectStore,
     /// The same bytes read from a local file: the reference for fully cached data.
     LocalFile,
+    /// Plain TCP from memory to memory between two nodes' namespaces: the ceiling of a
+    /// peer read (cluster workload).
+    RawTcp,
 }
 
 impl System {
@@ -32,6 +35,7 @@ impl System {
             System::S3fs => "s3fs",
             System::ObjectStore => "object_store GETs",
             System::LocalFile => "local file",
+            System::RawTcp => "raw TCP",
         }
     }
 
@@ -49,6 +53,7 @@ impl std::str::FromStr for System {
             "s3fs" => Ok(System::S3fs),
             "object-store" | "object_store" => Ok(System::ObjectStore),
             "local" | "local-file" => Ok(System::LocalFile),
+            "raw-tcp" => Ok(System::RawTcp),
             other => Err(format!(
                 "unknown system `{other}`; expected strata, rclone, s3fs, object-store or local"
             )),

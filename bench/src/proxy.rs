@@ -119,6 +119,33 @@ async fn delay_line(
     r.and(w)
 }
 
+/// Answers every connection on `listener` with the counters as one line, `upstream
+/// downstream connections`, and closes it: how the harness reads a proxy process's counts.
+pub async fn serve_stats(listener: TcpListener, counters: Arc<LinkCounters>) -> Result<()> {
+    loop {
+        let (mut s, _) = listener
+            .accept()
+            .await
+            .map_err(|e| Error::io("proxy stats accept", e))?;
+        let line = format!(
+            "{} {} {}\n",
+            counters.upstream_bytes.load(Ordering::Relaxed),
+            counters.downstream_bytes.load(Ordering::Relaxed),
+            counters.connections.load(Ordering::Relaxed)
+        );
+        let _ = s.write_all(line.as_bytes()).await;
+        let _ = s.shutdown().await;
+    }
+}
+
+/// A snapshot of a proxy process's [`LinkCounters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct LinkCount {
+    pub upstream_bytes: u64,
+    pub downstream_bytes: u64,
+    pub connections: u64,
+}
+
 /// The proxy running as a separate process (`strata-bench proxy`), so its CPU use is not mixed
 /// with the harness's and it serves every system under test the same way.
 #[derive(Debug)]
@@ -126,12 +153,30 @@ pub struct DelayProxyProcess {
     _child: ChildGuard,
     pub listen: SocketAddr,
     pub one_way: Duration,
+    /// Where it answers with its byte counts (see [`serve_stats`]), if asked to.
+    stats: Option<SocketAddr>,
 }
 
 impl DelayProxyProcess {
     pub fn start(upstream: SocketAddr, one_way: Duration, log: &Path) -> Result<Self> {
+        Self::start_on([127, 0, 0, 1].into(), upstream, one_way, log, false)
+    }
+
+    /// The proxy listening on `ip` (a free port), with a counts port on loopback if `stats`.
+    pub fn start_on(
+        ip: std::net::IpAddr,
+        upstream: SocketAddr,
+        one_way: Duration,
+        log: &Path,
+        stats: bool,
+    ) -> Result<Self> {
         let port = free_port()?;
-        let listen: SocketAddr = ([127, 0, 0, 1], port).into();
+        let listen = SocketAddr::new(ip, port);
+        let stats = if stats {
+            Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
+        } else {
+            None
+        };
         let exe = std::env::current_exe().map_err(|e| Error::io("current executable", e))?;
         let mut command = Command::new(exe);
         command
@@ -142,6 +187,9 @@ impl DelayProxyProcess {
             .arg(upstream.to_string())
             .arg("--delay")
             .arg(humantime::format_duration(one_way).to_string());
+        if let Some(stats) = stats {
+            command.arg("--stats-listen").arg(stats.to_string());
+        }
         let mut child = ChildGuard::spawn("delaying TCP proxy", command, log)?;
         wait_until(
             "delaying TCP proxy",
@@ -158,7 +206,41 @@ impl DelayProxyProcess {
             _child: child,
             listen,
             one_way,
+            stats,
         })
+    }
+
+    /// The bytes that crossed the link so far (needs `stats` at start).
+    pub fn counts(&self) -> Result<LinkCount> {
+        use std::io::Read;
+        let addr = self.stats.ok_or_else(|| Error::Config {
+            field: "proxy",
+            detail: "this proxy was started without a counts port".into(),
+        })?;
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+            .map_err(|e| Error::io(format!("proxy counts at {addr}"), e))?;
+        let mut line = String::new();
+        s.read_to_string(&mut line)
+            .map_err(|e| Error::io(format!("proxy counts at {addr}"), e))?;
+        let n: Vec<u64> = line
+            .split_whitespace()
+            .filter_map(|w| w.parse().ok())
+            .collect();
+        match n[..] {
+            [up, down, conns] => Ok(LinkCount {
+                upstream_bytes: up,
+                downstream_bytes: down,
+                connections: conns,
+            }),
+            _ => Err(Error::Parse {
+                what: format!("proxy counts at {addr}"),
+                detail: format!("{line:?}"),
+            }),
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self._child.pid()
     }
 
     pub fn endpoint_url(&self) -> String {

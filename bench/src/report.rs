@@ -522,6 +522,185 @@ fn restart_tables(out: &mut String, r: &BenchResults, link: &str) {
     out.push('\n');
 }
 
+/// The cluster workload's goals: source bytes at the link over the data size (the link
+/// also carries HTTP headers and listings, hence a little above 1.0), the cluster's time
+/// over one node alone, and the peer fetch over the faster raw TCP transfer.
+const CLUSTER_MAX_SOURCE: f64 = 1.02;
+const CLUSTER_MAX_SLOWDOWN: f64 = 1.3;
+const CLUSTER_MIN_PEER_SHARE: f64 = 0.6;
+
+/// cluster: per data set, every case's figures, then the goals.
+fn cluster_tables(out: &mut String, r: &BenchResults, link: &str) {
+    use crate::harness::{
+        CASE_ALONE, CASE_CLUSTER, CASE_INDEPENDENT, CASE_LOCAL_DISK, CASE_NEW_NODE,
+        CASE_PEER_FETCH, ClusterData, RAW_CASES,
+    };
+    let Some(meta) = r.sections.get("cluster") else {
+        return;
+    };
+    if !r
+        .measurements
+        .iter()
+        .any(|m| m.workload == "cluster" && m.link == link)
+    {
+        return;
+    }
+    let _ = writeln!(
+        out,
+        "### cluster (3 agents in network namespaces, the same data cold), link: {link}\n"
+    );
+    out.push_str("Each node is a `strata-agent serve` in its own network namespace; its FUSE mount is read from the root namespace (1 MiB reads by one reader for the file; 8 readers in a shuffled order of their own for the small files). The WAN proxy's byte count is the source bytes. \"independent caches\": the same three nodes with `--no-peers`. \"node B restarted empty\": after the cluster run, B is stopped, its cache emptied, started again and reads everything while A and C hold it all; the groups B itself owns come from the source. \"peer fetch\": every block asked of warm node A over its peer API with the agents' own client from inside B's namespace (8 requests of 16 MiB in flight for the file, as the default 128 MiB readahead; 32 for the small files, as the directory prefetch), no FUSE and no cache write on the asking side. raw TCP: memory to memory, 2 GiB, measured right after.\n\n");
+    let m = |case: &str, metric: &str, s: System| r.median("cluster", case, metric, s, link);
+    let mut verdicts = Vec::new();
+    for data in ClusterData::ALL {
+        let label = data.label(&meta.spec);
+        let c = |case: &str| format!("{label}, {case}");
+        let _ = writeln!(out, "{label}:\n");
+        out.push_str("| case | seconds until all done | first node done (s) | source bytes / data | peer bytes / data | MiB/s |\n| --- | --- | --- | --- | --- | --- |\n");
+        let rows = [
+            (CASE_ALONE, System::Strata),
+            (CASE_INDEPENDENT, System::Strata),
+            (CASE_CLUSTER, System::Strata),
+            (CASE_NEW_NODE, System::Strata),
+            (CASE_PEER_FETCH, System::Strata),
+            (CASE_LOCAL_DISK, System::LocalFile),
+            (RAW_CASES[0], System::RawTcp),
+            (RAW_CASES[1], System::RawTcp),
+            (RAW_CASES[2], System::RawTcp),
+        ];
+        for (case, system) in rows {
+            let case = c(case);
+            if r.find("cluster", &case, "seconds", system, link)
+                .next()
+                .is_none()
+                && r.find("cluster", &case, "MiB/s", system, link)
+                    .next()
+                    .is_none()
+            {
+                continue;
+            }
+            let _ = write!(
+                out,
+                "| {} |",
+                case.trim_start_matches(&format!("{label}, "))
+            );
+            for metric in [
+                "seconds",
+                "first node done",
+                "source bytes / data",
+                "peer bytes / data",
+                "MiB/s",
+            ] {
+                let v = if r
+                    .find("cluster", &case, metric, system, link)
+                    .next()
+                    .is_some()
+                {
+                    cell(r, "cluster", &case, metric, system, link)
+                } else {
+                    String::new()
+                };
+                let _ = write!(out, " {v} |");
+            }
+            out.push('\n');
+        }
+        out.push('\n');
+        if r.find(
+            "cluster",
+            &c(CASE_CLUSTER),
+            "CPU s, agents",
+            System::Strata,
+            link,
+        )
+        .next()
+        .is_some()
+        {
+            out.push_str("CPU seconds used during the read (user + system, medians), and how busy the machine's 2 cores were (every process, other sessions' included):\n\n| case | agents | S3 server + WAN proxy | readers (harness) | other processes | machine busy (%) |\n| --- | --- | --- | --- | --- | --- |\n");
+            for case in [CASE_ALONE, CASE_INDEPENDENT, CASE_CLUSTER, CASE_NEW_NODE] {
+                let _ = write!(out, "| {case} |");
+                for metric in [
+                    "CPU s, agents",
+                    "CPU s, S3 server + proxy",
+                    "CPU s, readers",
+                    "CPU s, other processes",
+                    "machine CPU busy",
+                ] {
+                    let _ = write!(
+                        out,
+                        " {} |",
+                        cell(r, "cluster", &c(case), metric, System::Strata, link)
+                    );
+                }
+                out.push('\n');
+            }
+            out.push('\n');
+            let serving = m(&c(CASE_PEER_FETCH), "CPU s, serving agent", System::Strata);
+            let asking = m(&c(CASE_PEER_FETCH), "CPU s, asking client", System::Strata);
+            if let (Some(serving), Some(asking)) = (serving, asking) {
+                let _ = writeln!(
+                    out,
+                    "Peer fetch: the serving agent (A) used {} CPU-s, the asking client (the harness, the agents' own `AgentClient`) {} CPU-s (medians).\n",
+                    fmt_num(serving),
+                    fmt_num(asking)
+                );
+            }
+        }
+        let source = m(&c(CASE_CLUSTER), "source bytes / data", System::Strata);
+        let independent = m(&c(CASE_INDEPENDENT), "source bytes / data", System::Strata);
+        verdicts.push(Verdict {
+            target: format!("{label}: source bytes 1.0x the data with the cluster cache (≤{CLUSTER_MAX_SOURCE}x at the link; independent caches: 3.0x)"),
+            measured: format!(
+                "{} (independent caches {})",
+                fmt_ratio(source),
+                fmt_ratio(independent)
+            ),
+            met: source.map(|v| v <= CLUSTER_MAX_SOURCE),
+        });
+        let slowdown = ratio(
+            m(&c(CASE_CLUSTER), "seconds", System::Strata),
+            m(&c(CASE_ALONE), "seconds", System::Strata),
+        );
+        let (cluster_case, alone_case) = (c(CASE_CLUSTER), c(CASE_ALONE));
+        let per_run: Vec<String> = r
+            .find("cluster", &cluster_case, "seconds", System::Strata, link)
+            .filter_map(|cl| {
+                let alone = r
+                    .find("cluster", &alone_case, "seconds", System::Strata, link)
+                    .find(|a| a.run == cl.run)?;
+                Some(fmt_ratio(ratio(Some(cl.value), Some(alone.value))))
+            })
+            .collect();
+        verdicts.push(Verdict {
+            target: format!("{label}: all three nodes done within {CLUSTER_MAX_SLOWDOWN}x the time one node alone takes cold"),
+            measured: format!(
+                "{} (ratio of the medians; within each run {}; independent caches {})",
+                fmt_ratio(slowdown),
+                per_run.join(", "),
+                fmt_ratio(ratio(
+                    m(&c(CASE_INDEPENDENT), "seconds", System::Strata),
+                    m(&c(CASE_ALONE), "seconds", System::Strata)
+                ))
+            ),
+            met: slowdown.map(|v| v <= CLUSTER_MAX_SLOWDOWN),
+        });
+        let raw = [RAW_CASES[0], RAW_CASES[1]]
+            .iter()
+            .filter_map(|case| m(&c(case), "MiB/s", System::RawTcp))
+            .reduce(f64::max);
+        let share = ratio(m(&c(CASE_PEER_FETCH), "MiB/s", System::Strata), raw);
+        verdicts.push(Verdict {
+            target: format!("{label}: a warm peer read ≥{:.0}% of the raw transfer between namespaces", CLUSTER_MIN_PEER_SHARE * 100.0),
+            measured: format!(
+                "peer fetch {:.0}% of raw TCP A to B (the faster of 1 and 8 connections); node B restarted empty, through FUSE: {:.0}%",
+                share.unwrap_or(f64::NAN) * 100.0,
+                ratio(m(&c(CASE_NEW_NODE), "MiB/s", System::Strata), raw).unwrap_or(f64::NAN) * 100.0
+            ),
+            met: share.map(|v| v >= CLUSTER_MIN_PEER_SHARE),
+        });
+    }
+    verdict_table(out, &verdicts);
+}
+
 /// Writes the charts into `chart_dir` and returns the generated Markdown.
 pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<String> {
     std::fs::create_dir_all(chart_dir).map_err(|e| Error::io(chart_dir, e))?;
@@ -546,6 +725,11 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             "restart" => format!(
                 "{} MiB object, read sequentially in 1 MiB reads, over and over",
                 s.spec.seq_large_bytes >> 20
+            ),
+            "cluster" => format!(
+                "{} MiB object and {} files of ~110 KiB, read by 3 nodes",
+                s.spec.seq_large_bytes >> 20,
+                s.spec.epoch_files
             ),
             "list-huge" => {
                 let sizes: Vec<String> = huge_sizes(r).iter().map(|n| n.to_string()).collect();
@@ -736,6 +920,7 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
             );
         }
         restart_tables(&mut out, r, &link);
+        cluster_tables(&mut out, r, &link);
         let mem_cases: BTreeSet<&str> = r
             .measurements
             .iter()

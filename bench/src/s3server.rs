@@ -150,6 +150,10 @@ impl SeaweedFs {
         self.child.check_alive()
     }
 
+    pub fn pid(&self) -> u32 {
+        self.child.pid()
+    }
+
     pub fn log_tail(&self) -> String {
         self.child.log_tail(20)
     }
