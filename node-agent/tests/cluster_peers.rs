@@ -15,8 +15,10 @@ const BLOCK: u64 = 1 << 20;
 
 fn write_source(root: &Path) -> BTreeMap<String, (u64, String)> {
     let mut files = BTreeMap::new();
-    let mut sizes: Vec<(String, usize)> = (0..6)
-        .map(|i| (format!("shards/shard-{i}.bin"), (3 << 20) + i * 4097))
+    // 30 small files (one placement group each) and three groups of the big one: every
+    // node owns some of the 33 groups (all but one in 3 x (2/3)^33, about 4e-6).
+    let mut sizes: Vec<(String, usize)> = (0..30)
+        .map(|i| (format!("shards/shard-{i:02}.bin"), (512 << 10) + i * 4097))
         .collect();
     sizes.push(("big/whole.bin".into(), 40 << 20));
     for (seed, (rel, size)) in sizes.into_iter().enumerate() {
