@@ -205,8 +205,8 @@ mod tests {
     use super::*;
     use std::io::{Read, Write};
 
-    /// An echo server behind the proxy: a reply takes a round trip plus the handshake's,
-    /// arrives intact, and every byte is counted in each direction.
+    /// An echo server behind the proxy: a reply takes at least a round trip, arrives
+    /// intact, and every byte is counted in each direction.
     #[test]
     fn delays_and_counts_both_directions() {
         let echo = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
@@ -232,7 +232,9 @@ mod tests {
         s.read_exact(&mut back).unwrap();
         w.join().unwrap();
         let took = start.elapsed();
-        assert!(took >= one_way * 4, "echo after {took:?}");
+        // At least the round trip of the data itself: the handshake's round trip began at
+        // accept, before `start`, and on a loaded machine may be mostly over by then.
+        assert!(took >= one_way * 2, "echo after {took:?}");
         assert_eq!(back, payload);
         assert_eq!(proxy.bytes_to_clients(), payload.len() as u64);
         assert_eq!(proxy.bytes_from_clients(), payload.len() as u64);

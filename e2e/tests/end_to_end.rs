@@ -757,7 +757,18 @@ async fn strata_end_to_end() -> Result<()> {
         "the other tenant's preload failed: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let before = local0.dataset(other.name(), DATASET).await?;
+    // The agents fill the new dataset's pins from each other in the background (the
+    // cluster cache): the comparison below starts once node 0's figures hold still.
+    let mut before = local0.dataset(other.name(), DATASET).await?;
+    let settle = Instant::now();
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let now = local0.dataset(other.name(), DATASET).await?;
+        if now["usage"] == before["usage"] || settle.elapsed() > WAIT {
+            break;
+        }
+        before = now;
+    }
     ensure!(
         before["usage"]["cachedBytes"].as_u64().unwrap_or(0) > 0
             && before["pins"] == serde_json::json!([{"paths": ["/pinned/**"]}]),
