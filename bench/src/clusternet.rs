@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 
 use nix::sched::{CloneFlags, setns};
 
+use crate::netshape::{in_ns, ip};
 use crate::process::run_checked;
 use crate::{Error, Result};
 
@@ -28,19 +29,6 @@ pub const BRIDGE_IP: Ipv4Addr = Ipv4Addr::new(10, 78, 0, 1);
 pub fn node_ip(i: usize) -> Ipv4Addr {
     Ipv4Addr::new(10, 78, 0, 11 + i as u8)
 }
-
-fn ip(args: &[&str]) -> Result<()> {
-    let mut c = Command::new("ip");
-    c.args(args);
-    run_checked(c).map(drop)
-}
-
-fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
-    let mut c = Command::new("ip");
-    c.args(["netns", "exec", ns]).args(args);
-    run_checked(c).map(drop)
-}
-
 /// One node's network namespace.
 #[derive(Debug, Clone)]
 pub struct NetNode {

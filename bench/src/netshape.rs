@@ -21,13 +21,15 @@ pub struct ShapedLink {
     pub rate_mbit: u32,
 }
 
-fn ip(args: &[&str]) -> Result<()> {
+/// Runs `ip ARGS` (also for the cluster workload's namespaces, `clusternet`).
+pub(crate) fn ip(args: &[&str]) -> Result<()> {
     let mut c = Command::new("ip");
     c.args(args);
     run_checked(c).map(drop)
 }
 
-fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
+/// Runs `ip netns exec NS ARGS`.
+pub(crate) fn in_ns(ns: &str, args: &[&str]) -> Result<()> {
     let mut c = Command::new("ip");
     c.args(["netns", "exec", ns]).args(args);
     run_checked(c).map(drop)
