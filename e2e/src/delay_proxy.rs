@@ -189,10 +189,12 @@ async fn delay_line(
     let writer = async move {
         while let Some((due, chunk)) = rx.recv().await {
             sleep_until(due).await;
+            // Counted before the write: once the receiver has the bytes, the count already
+            // includes them (counting after raced a reader that checked at once).
+            count(chunk.len() as u64);
             if wr.write_all(&chunk).await.is_err() {
                 return;
             }
-            count(chunk.len() as u64);
         }
         // The reader saw EOF and everything queued was delivered: pass the half-close on.
         let _ = wr.shutdown().await;
