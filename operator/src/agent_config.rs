@@ -109,8 +109,8 @@ pub fn source_config(source: &Source, credentials: Option<&AgentCredentials>) ->
         endpoint: source.endpoint.clone(),
         region: source.region.clone(),
         credentials: credentials.cloned(),
-        // The agent serves every source read-only in this version.
-        read_only: true,
+        // Read-only until the CRD's writeMode reaches the agents (issue 24, in progress).
+        write_mode: strata_wire::config::WriteMode::ReadOnly,
         options: source.options.clone(),
         ..SourceConfig::default()
     }
@@ -171,7 +171,7 @@ mod tests {
         assert_eq!(value["namespace"], "ml");
         assert_eq!(value["uid"], "0b6c9a4e-uid");
         assert_eq!(value["sources"][0]["mountPath"], "/train");
-        assert_eq!(value["sources"][0]["readOnly"], true);
+        assert!(value["sources"][0].get("writeMode").is_none());
         assert_eq!(
             value["sources"][0]["credentials"]["secretAccessKey"],
             "secret"

@@ -67,9 +67,9 @@ pub struct SourceConfig {
     /// Explicit credentials; absent means "from the environment" (AWS_*, GOOGLE_*, AZURE_*).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials: Option<Credentials>,
-    /// Always true in this version: the engine never writes to a source.
-    #[serde(default = "default_true")]
-    pub read_only: bool,
+    /// How writes to the source's paths are handled (read-only by default).
+    #[serde(default, skip_serializing_if = "WriteMode::is_read_only")]
+    pub write_mode: WriteMode,
     /// Extra object_store configuration keys, e.g. `virtual_hosted_style_request: "true"`,
     /// `skip_signature: "true"`, `allow_http: "true"`, `timeout: "30s"`.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
@@ -91,7 +91,7 @@ impl Default for SourceConfig {
             endpoint: None,
             region: None,
             credentials: None,
-            read_only: true,
+            write_mode: WriteMode::ReadOnly,
             options: BTreeMap::new(),
             max_concurrency: None,
             max_retries: None,
@@ -102,8 +102,25 @@ impl Default for SourceConfig {
 fn default_mount_path() -> String {
     "/".to_string()
 }
-fn default_true() -> bool {
-    true
+
+/// How a source takes writes.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteMode {
+    /// Every write is refused (EROFS).
+    #[default]
+    ReadOnly,
+    /// Writes land in the node's journal; `close` and `fsync` return once they are
+    /// durable there, and uploads run in the background.
+    WriteBack,
+    /// `close` and `fsync` return once the source has the object.
+    WriteThrough,
+}
+
+impl WriteMode {
+    /// True for [`WriteMode::ReadOnly`].
+    pub fn is_read_only(&self) -> bool {
+        *self == WriteMode::ReadOnly
+    }
 }
 
 /// Explicit credentials. `Debug` and `Display` never show the secrets.
@@ -463,10 +480,11 @@ impl DatasetConfig {
                     format!("{mp} is used by two sources"),
                 ));
             }
-            if !s.read_only {
+            let scheme = s.uri.split("://").next().unwrap_or_default();
+            if !s.write_mode.is_read_only() && matches!(scheme, "http" | "https") {
                 return Err(Error::config(
-                    format!("sources[{i}].readOnly"),
-                    "only read-only sources are supported",
+                    format!("sources[{i}].writeMode"),
+                    "http(s) sources cannot be written; remove writeMode or use an object store",
                 ));
             }
         }
