@@ -14,6 +14,7 @@ use crate::cluster::Cluster;
 use crate::config::DatasetConfig;
 use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits, pin_refresh_period};
 use crate::metrics::Metrics;
+use crate::writes::DatasetWrites;
 use crate::{Error, Result};
 
 /// Block fetches all directory prefetches keep in flight together: half of a source's
@@ -130,6 +131,9 @@ pub struct Agent {
     reconfiguring: tokio::sync::Mutex<()>,
     // The cluster this agent shares blocks with (set once; none: a node of its own).
     cluster: std::sync::OnceLock<Arc<Cluster>>,
+    // Each dataset's writes: one journal and uploader whatever views replace each other,
+    // kept after the dataset is removed until its uploads are done.
+    writes: Mutex<BTreeMap<DatasetKey, Arc<DatasetWrites>>>,
 }
 
 impl std::fmt::Debug for Agent {
@@ -174,6 +178,7 @@ impl Agent {
             upkeep: Mutex::new(BTreeMap::new()),
             reconfiguring: tokio::sync::Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
+            writes: Mutex::new(BTreeMap::new()),
         }))
     }
 
@@ -257,6 +262,7 @@ impl Agent {
         if let Some(cluster) = self.cluster.get() {
             view.join_cluster(cluster.clone());
         }
+        self.attach_writes(&key, &view)?;
         view.seed_metadata_from_cache();
         if let Some(old) = &existing {
             if old.config().sources == view.config().sources {
@@ -275,6 +281,38 @@ impl Agent {
         self.start_upkeep(key, &view);
         tracing::info!(dataset = %id, "dataset configured");
         Ok(view)
+    }
+
+    /// Gives the view its dataset's writes: the ones already open, or new ones when a
+    /// source takes writes or a journal from before a restart is there.
+    fn attach_writes(&self, key: &DatasetKey, view: &Arc<DatasetView>) -> Result<()> {
+        let config = view.config();
+        let modes: Vec<_> = view
+            .sources()
+            .iter()
+            .zip(&config.sources)
+            .map(|(s, c)| (s.clone(), c.write_mode))
+            .collect();
+        let limit = config.cache.quota.unwrap_or(self.cache.disk_capacity());
+        let mut all = self.writes.lock().expect("writes");
+        let writes = match all.get(key) {
+            Some(w) => {
+                w.set_sources(modes, limit);
+                w.clone()
+            }
+            None => {
+                let dir = self.cache.writes_dir(view.id());
+                let writable = modes.iter().any(|(_, m)| !m.is_read_only());
+                if !writable && !dir.join("journal").exists() {
+                    return Ok(());
+                }
+                let w = DatasetWrites::open(view.id(), &dir, modes, limit, self.metrics.clone())?;
+                all.insert(key.clone(), w.clone());
+                w
+            }
+        };
+        view.attach_writes(writes);
+        Ok(())
     }
 
     /// Starts a dataset's background upkeep (stopping that of the view it replaces): the

@@ -50,6 +50,14 @@ pub enum Error {
     /// A background task died (panic or cancellation).
     #[error("internal task failed: {0}")]
     Task(String),
+    /// A change to the dataset was refused (read-only source, another source, no room,
+    /// the source not taking a write-through file in time); `errno` is what FUSE answers.
+    #[error("{path}: {reason}")]
+    Refused {
+        path: String,
+        errno: i32,
+        reason: String,
+    },
     /// A peer agent did not serve blocks (the read goes on with the next owner or the
     /// source; readers never see this).
     #[error("peer {peer}: {message}")]
@@ -78,6 +86,7 @@ impl Error {
                 SourceErrorKind::Other => libc::EIO,
             },
             Error::Config { .. } => libc::EINVAL,
+            Error::Refused { errno, .. } => *errno,
             Error::CacheIo { .. } | Error::Task(_) | Error::Peer { .. } => libc::EIO,
         }
     }
@@ -85,6 +94,15 @@ impl Error {
     /// True when the error means "nothing there" (file, object or dataset).
     pub fn is_not_found(&self) -> bool {
         self.errno() == libc::ENOENT
+    }
+
+    /// A refused change of `path`, answered with `errno`.
+    pub fn refused(path: &crate::path::DatasetPath, errno: i32, reason: &str) -> Self {
+        Error::Refused {
+            path: path.to_string(),
+            errno,
+            reason: reason.to_string(),
+        }
     }
 
     pub(crate) fn cache_io(path: impl Into<PathBuf>, source: std::io::Error) -> Self {

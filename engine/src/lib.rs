@@ -6,7 +6,8 @@
 //!   single-flight block fetches, readahead, preload and pins;
 //! - [`cache`]: memory and disk tiers, checksums, eviction ([`eviction`]);
 //! - [`cluster`]: block placement over the cluster's agents and the peer transport's trait;
-//! - [`source::Source`]: object stores through `object_store`.
+//! - [`source::Source`]: object stores through `object_store`;
+//! - [`writes`]: writes landing on the node, journaled, uploaded in the background.
 //!
 //! Every user-supplied path goes through [`path::DatasetPath::parse`] (from `strata-wire`).
 //! The FUSE file system, the HTTP API and the node status reporter are `strata-agent`'s.
@@ -20,11 +21,13 @@ pub mod cluster;
 pub mod dataset;
 pub mod error;
 pub mod eviction;
+pub mod frames;
 pub mod metadata;
 pub mod metrics;
 pub mod sidecar;
 pub mod singleflight;
 pub mod source;
+pub mod writes;
 
 pub use error::{Error, Result};
 pub use strata_wire::{config, glob, path};

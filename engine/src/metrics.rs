@@ -55,6 +55,21 @@ pub const PEER_FETCH_SECONDS: &str = "strata_peer_fetch_seconds";
 pub const PEER_SERVED_BYTES: &str = "strata_peer_served_bytes";
 /// Live cluster members this node places blocks over, itself included (1 without peers).
 pub const CLUSTER_MEMBERS: &str = "strata_cluster_members";
+/// Labels: `dataset`. Files (and, below, bytes) of writes that reached the source.
+pub const WRITE_UPLOADED_FILES: &str = "strata_write_uploaded_files";
+/// Labels: `dataset`. Bytes uploaded by the write journal.
+pub const WRITE_UPLOADED_BYTES: &str = "strata_write_uploaded_bytes";
+/// Labels: `dataset`. Failed attempts to send a change to the source (each retried).
+pub const WRITE_FAILURES: &str = "strata_write_failures";
+/// Labels: `dataset`. Uploads that found the object changed upstream (kept under a
+/// conflict name).
+pub const WRITE_CONFLICTS: &str = "strata_write_conflicts";
+/// Labels: `dataset`. Paths with a change not at the source yet.
+pub const WRITE_PENDING_FILES: &str = "strata_write_pending_files";
+/// Labels: `dataset`. Bytes of files waiting for upload.
+pub const WRITE_PENDING_BYTES: &str = "strata_write_pending_bytes";
+/// Labels: `dataset`. Age of the oldest change not at the source yet (0 when none).
+pub const WRITE_OLDEST_PENDING_SECONDS: &str = "strata_write_oldest_pending_seconds";
 
 type Labels = Vec<(String, String)>;
 
@@ -81,6 +96,13 @@ pub struct Metrics {
     peer_fetch_seconds: Histogram,
     peer_served_bytes: Counter,
     cluster_members: Gauge,
+    write_uploaded_files: Family<Labels, Counter>,
+    write_uploaded_bytes: Family<Labels, Counter>,
+    write_failures: Family<Labels, Counter>,
+    write_conflicts: Family<Labels, Counter>,
+    write_pending_files: Family<Labels, Gauge>,
+    write_pending_bytes: Family<Labels, Gauge>,
+    write_oldest_pending: Family<Labels, Gauge<f64, std::sync::atomic::AtomicU64>>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -145,6 +167,13 @@ impl Metrics {
             peer_fetch_seconds: Histogram::new(exponential_buckets(0.0005, 2.0, 15)),
             peer_served_bytes: Counter::default(),
             cluster_members: Gauge::default(),
+            write_uploaded_files: Family::default(),
+            write_uploaded_bytes: Family::default(),
+            write_failures: Family::default(),
+            write_conflicts: Family::default(),
+            write_pending_files: Family::default(),
+            write_pending_bytes: Family::default(),
+            write_oldest_pending: Family::default(),
         };
         registry.register(CACHE_HITS, "Block cache hits per tier", m.hits.clone());
         registry.register(
@@ -244,6 +273,41 @@ impl Metrics {
         );
         // A node of its own until it joins a cluster.
         m.cluster_members.set(1);
+        registry.register(
+            WRITE_UPLOADED_FILES,
+            "Files the write journal uploaded to the source",
+            m.write_uploaded_files.clone(),
+        );
+        registry.register(
+            WRITE_UPLOADED_BYTES,
+            "Bytes the write journal uploaded to the source",
+            m.write_uploaded_bytes.clone(),
+        );
+        registry.register(
+            WRITE_FAILURES,
+            "Failed attempts to send a change to the source (each retried)",
+            m.write_failures.clone(),
+        );
+        registry.register(
+            WRITE_CONFLICTS,
+            "Uploads that found the object changed upstream (its version kept under a conflict name)",
+            m.write_conflicts.clone(),
+        );
+        registry.register(
+            WRITE_PENDING_FILES,
+            "Paths with a change not at the source yet",
+            m.write_pending_files.clone(),
+        );
+        registry.register(
+            WRITE_PENDING_BYTES,
+            "Bytes of files waiting for upload",
+            m.write_pending_bytes.clone(),
+        );
+        registry.register(
+            WRITE_OLDEST_PENDING_SECONDS,
+            "Age of the oldest change not at the source yet (0 when none)",
+            m.write_oldest_pending.clone(),
+        );
         // Known label sets start at 0, so a rate over them has a start and dashboards see
         // every series before the first peer request.
         for origin in ["memory", "disk", "peer", "source"] {
@@ -373,6 +437,25 @@ impl Metrics {
     }
     pub(crate) fn set_cluster_members(&self, n: usize) {
         self.cluster_members.set(n as i64);
+    }
+    pub(crate) fn write_uploaded(&self, dataset: &str, bytes: u64) {
+        let l = vec![("dataset".to_string(), dataset.to_string())];
+        self.write_uploaded_files.get_or_create(&l).inc();
+        self.write_uploaded_bytes.get_or_create(&l).inc_by(bytes);
+    }
+    pub(crate) fn write_failed(&self, dataset: &str) {
+        let l = vec![("dataset".to_string(), dataset.to_string())];
+        self.write_failures.get_or_create(&l).inc();
+    }
+    pub(crate) fn write_conflict(&self, dataset: &str) {
+        let l = vec![("dataset".to_string(), dataset.to_string())];
+        self.write_conflicts.get_or_create(&l).inc();
+    }
+    pub(crate) fn set_write_pending(&self, dataset: &str, files: u64, bytes: u64, oldest: f64) {
+        let l = vec![("dataset".to_string(), dataset.to_string())];
+        self.write_pending_files.get_or_create(&l).set(files as i64);
+        self.write_pending_bytes.get_or_create(&l).set(bytes as i64);
+        self.write_oldest_pending.get_or_create(&l).set(oldest);
     }
     pub fn passthrough_open(&self, result: &str) {
         self.passthrough

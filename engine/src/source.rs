@@ -257,6 +257,48 @@ impl Source {
         }
     }
 
+    /// Whether writing `key` of a local source would land outside its directory: the
+    /// deepest part of the path that exists already, resolved, must stay inside.
+    fn write_escapes_local_root(&self, key: &str) -> bool {
+        let Some(root) = &self.local_root else {
+            return false;
+        };
+        let mut at = root.join(key.trim_start_matches('/'));
+        loop {
+            if std::fs::symlink_metadata(&at).is_ok() {
+                return std::fs::canonicalize(&at).map_or(true, |real| !real.starts_with(root));
+            }
+            if !at.pop() {
+                return true;
+            }
+        }
+    }
+
+    /// The store and the location of `rel`, for the write journal's uploads (which count
+    /// their own requests); refuses a local key that would land outside the directory.
+    pub(crate) fn write_target(&self, rel: &str) -> Result<(Arc<dyn ObjectStore>, StorePath)> {
+        if rel.is_empty() || self.write_escapes_local_root(rel) {
+            return Err(Error::InvalidPath {
+                path: rel.to_string(),
+                reason: format!(
+                    "not writable in source {:?} (a source root, or a symlink leading outside the source directory)",
+                    self.name
+                ),
+            });
+        }
+        Ok((self.store.clone(), self.location(rel)?))
+    }
+
+    /// Counts one write-side request (`put`, `multipart`, `delete`, `copy`).
+    pub(crate) fn count_write_request(&self, op: &str) {
+        self.metrics.source_request(&self.dataset, &self.name, op);
+    }
+
+    /// An object_store error of a write, as this source's error (scrubbed).
+    pub(crate) fn write_error(&self, e: object_store::Error) -> Error {
+        self.error(e)
+    }
+
     fn outside_root_error(&self, rel: &str) -> Error {
         Error::Source {
             source_name: self.name.clone(),

@@ -106,12 +106,21 @@ impl BlockCache {
 
     /// The directory holding a dataset's disk tier.
     pub fn dataset_dir(&self, dataset_id: &str) -> PathBuf {
-        let safe: String = dataset_id
-            .chars()
-            .map(|c| if c == '/' { '~' } else { c })
-            .collect();
-        self.root.join("datasets").join(safe)
+        self.root.join("datasets").join(dir_name(dataset_id))
     }
+
+    /// The directory holding a dataset's write journal and staging files (apart from
+    /// the disk tier: eviction never touches a write).
+    pub fn writes_dir(&self, dataset_id: &str) -> PathBuf {
+        self.root.join("writes").join(dir_name(dataset_id))
+    }
+}
+
+fn dir_name(dataset_id: &str) -> String {
+    dataset_id
+        .chars()
+        .map(|c| if c == '/' { '~' } else { c })
+        .collect()
 }
 
 /// Settings of one dataset's cache.

@@ -140,6 +140,17 @@ impl<'a> EntryRef<'a> {
         } else {
             SystemTime::UNIX_EPOCH - Duration::from_nanos(self.packed.mtime_ns.unsigned_abs())
         };
+        if self.etag.is_empty() {
+            // A file written on this node, not at the source yet: no object version.
+            return FileStat {
+                path,
+                kind: EntryKind::File,
+                size: self.packed.size,
+                mtime,
+                version: None,
+                etag: None,
+            };
+        }
         let version = self.listing.origin.as_ref().map(|o| {
             ObjectVersion::new(
                 &o.source,
@@ -356,6 +367,34 @@ impl DirListing {
             body: RwLock::new(body),
             progress: watch::Sender::new(Progress::Complete),
         })
+    }
+
+    /// A complete listing of `entries` (the source's listing with this node's changes
+    /// over it); files without an ETag are local ones.
+    pub(super) fn of_entries(
+        dir: DatasetPath,
+        source: &str,
+        rel: &str,
+        entries: impl Iterator<Item = DirEntry>,
+    ) -> Arc<Self> {
+        let listing = Self::growing(dir, source, rel);
+        let mut page = SourceListing::default();
+        for e in entries {
+            if e.stat.is_dir() {
+                page.dirs.push(e.name);
+            } else {
+                page.files.push(crate::source::ObjectInfo {
+                    key: e.name,
+                    size: e.stat.size,
+                    mtime: e.stat.mtime,
+                    etag: e.stat.etag.unwrap_or_default(),
+                });
+            }
+        }
+        // Names came from valid paths and the arenas hold far more than one directory.
+        let _ = listing.add_page(page);
+        listing.finish();
+        listing
     }
 
     /// Adds one page of the source's answer. Entries whose names are not valid path

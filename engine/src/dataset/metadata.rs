@@ -6,12 +6,13 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::{DatasetView, DirListing, EntryKind, FileStat};
+use super::{DatasetView, DirEntry, DirListing, EntryKind, FileStat};
 use crate::cache::ObjectVersion;
 use crate::glob::PathGlobs;
 use crate::metadata::Lookup;
 use crate::path::DatasetPath;
 use crate::source::Source;
+use crate::writes::Overlay;
 use crate::{Error, Result};
 
 impl DatasetView {
@@ -108,7 +109,10 @@ impl DatasetView {
         }
     }
 
-    async fn stat_opt(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<(FileStat, Instant)>> {
+    pub(super) async fn stat_opt(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+    ) -> Result<Option<(FileStat, Instant)>> {
         let valid_until = || self.stats.keep_new_until();
         // Mount paths never nest (validated), so a path with sources below it is not
         // inside any source: a synthetic directory.
@@ -120,6 +124,16 @@ impl DatasetView {
         };
         if rel.is_empty() {
             return Ok(Some((FileStat::dir(path.clone()), valid_until())));
+        }
+        if let Some(local) = self.writes().and_then(|w| w.lookup(path)) {
+            // Changes on this node: never cached by the kernel past now.
+            let now = Instant::now();
+            return Ok(match local {
+                Overlay::File(f) => Some((f.stat(path.clone()), now)),
+                Overlay::Moved(stat) => Some((stat, now)),
+                Overlay::Dir => Some((FileStat::dir(path.clone()), now)),
+                Overlay::Gone => None,
+            });
         }
         match self.stats.get(path) {
             Lookup::Fresh(v, keep) => return Ok(v.map(|s| (s, keep))),
@@ -164,7 +178,10 @@ impl DatasetView {
         });
     }
 
-    async fn fetch_stat(self: &Arc<Self>, path: DatasetPath) -> Result<Option<FileStat>> {
+    pub(super) async fn fetch_stat(
+        self: &Arc<Self>,
+        path: DatasetPath,
+    ) -> Result<Option<FileStat>> {
         let view = self.clone();
         let p = path.clone();
         self.meta_flights
@@ -230,6 +247,9 @@ impl DatasetView {
             let listing = DirListing::of_directories(path.clone(), names);
             return Ok((listing, valid_until()));
         }
+        if let Some(children) = self.writes().and_then(|w| w.children(path)) {
+            return Ok((self.merged_listing(path, children).await?, Instant::now()));
+        }
         match self.listings.get(path) {
             Lookup::Fresh(l, keep) => return Ok((l, keep)),
             Lookup::Stale(l, keep) => {
@@ -246,6 +266,63 @@ impl DatasetView {
         }
         let listing = self.start_listing(path.clone())?;
         Ok((listing, valid_until()))
+    }
+
+    /// The source's listing of `path` (none when the directory is only on this node)
+    /// with this node's changes over it.
+    async fn merged_listing(
+        self: &Arc<Self>,
+        path: &DatasetPath,
+        children: Vec<(String, Overlay)>,
+    ) -> Result<Arc<DirListing>> {
+        let Some((source, rel)) = self.resolve(path) else {
+            return Err(Error::NotFound {
+                path: path.to_string(),
+            });
+        };
+        let source_name = source.name().to_string();
+        let mut entries: std::collections::BTreeMap<String, DirEntry> = Default::default();
+        let listed = match self.listings.get(path) {
+            Lookup::Fresh(l, _) | Lookup::Stale(l, _) => Some(l),
+            Lookup::Missing => {
+                let at_source = rel.is_empty()
+                    || self
+                        .fetch_stat(path.clone())
+                        .await?
+                        .is_some_and(|s| s.is_dir());
+                if at_source {
+                    let l = self.start_listing(path.clone())?;
+                    l.complete().await?;
+                    Some(l)
+                } else {
+                    None
+                }
+            }
+        };
+        for e in listed.map(|l| l.entries()).unwrap_or_default() {
+            entries.insert(e.name.clone(), e);
+        }
+        for (name, o) in children {
+            let Ok(child) = path.join(&name) else {
+                continue;
+            };
+            let stat = match o {
+                Overlay::File(f) => f.stat(child),
+                Overlay::Moved(s) => s,
+                Overlay::Dir => FileStat::dir(child),
+                Overlay::Gone => {
+                    entries.remove(&name);
+                    continue;
+                }
+            };
+            entries.insert(name.clone(), DirEntry { name, stat });
+        }
+        Ok(DirListing::of_entries(
+            path.clone(),
+            &source_name,
+            &rel,
+            entries.into_values(),
+        ))
     }
 
     fn refresh_listing_in_background(self: &Arc<Self>, path: DatasetPath) {

@@ -9,6 +9,7 @@
 //! `preload`, `prefetch` (directory prefetch), `pins` (pin rules and their re-evaluation)
 //! and `usage` (usage, source errors).
 
+mod changes;
 mod entry;
 mod fetch;
 mod listing;
@@ -34,6 +35,7 @@ use crate::metrics::Metrics;
 use crate::path::DatasetPath;
 use crate::singleflight::SingleFlight;
 use crate::source::Source;
+use crate::writes::{DatasetWrites, SyncedHook};
 use crate::{Error, Result};
 
 pub use entry::{DirEntry, EntryKind, FileStat};
@@ -81,6 +83,10 @@ pub struct DatasetView {
     totals: Mutex<Option<(u64, u64)>>,
     // Cancelled when the dataset is removed from the agent: preloads stop.
     removed: CancellationToken,
+    // Writes to the dataset on this node (writable sources only), and the hook through
+    // which they tell the metadata cache what reached the source.
+    writes: std::sync::OnceLock<Arc<DatasetWrites>>,
+    synced_hook: std::sync::OnceLock<Arc<SyncedHook>>,
     handle: tokio::runtime::Handle,
 }
 
@@ -142,6 +148,8 @@ impl DatasetView {
             metrics,
             totals: Mutex::new(None),
             removed: CancellationToken::new(),
+            writes: std::sync::OnceLock::new(),
+            synced_hook: std::sync::OnceLock::new(),
             handle,
         }))
     }
@@ -155,6 +163,25 @@ impl DatasetView {
     /// Places this dataset's blocks over `cluster` from now on (set once, by the agent).
     pub fn join_cluster(&self, cluster: Arc<Cluster>) {
         let _ = self.cluster.set(cluster);
+    }
+
+    /// Serves writes through `writes` from now on (set once, by the agent): the
+    /// journal's view of a path comes before the source's.
+    pub fn attach_writes(self: &Arc<Self>, writes: Arc<DatasetWrites>) {
+        let view = Arc::downgrade(self);
+        let hook: Arc<SyncedHook> = Arc::new(move |p: &DatasetPath| {
+            if let Some(v) = view.upgrade() {
+                v.invalidate(p);
+            }
+        });
+        writes.on_synced(&hook);
+        let _ = self.synced_hook.set(hook);
+        let _ = self.writes.set(writes);
+    }
+
+    /// This dataset's writes on this node, when a source takes writes.
+    pub fn writes(&self) -> Option<&Arc<DatasetWrites>> {
+        self.writes.get()
     }
 
     /// The cluster this dataset's blocks are placed over, if any.

@@ -17,6 +17,7 @@ use super::readahead::{
 use super::{DatasetView, FileStat};
 use crate::cache::ObjectVersion;
 use crate::path::DatasetPath;
+use crate::writes::{LocalFile, Overlay};
 use crate::{Error, Result};
 
 impl DatasetView {
@@ -28,7 +29,20 @@ impl DatasetView {
                 path: path.to_string(),
             });
         }
-        Ok(FileReader::new(self.clone(), stat))
+        let mut reader = FileReader::new(self.clone(), stat);
+        if reader.stat.version.is_none()
+            && let Some(Overlay::File(local)) = self.writes().and_then(|w| w.lookup(path))
+        {
+            reader.local = Some(local);
+        }
+        Ok(reader)
+    }
+
+    /// A reader of a file written on this node (reads come from its staging file).
+    pub fn open_local(self: &Arc<Self>, path: &DatasetPath, local: Arc<LocalFile>) -> FileReader {
+        let mut reader = FileReader::new(self.clone(), local.stat(path.clone()));
+        reader.local = Some(local);
+        reader
     }
 
     /// A file as an earlier open saw it (`stat` kept from then): reads keep that version,
@@ -65,6 +79,8 @@ enum Wanted {
 pub struct FileReader {
     view: Arc<DatasetView>,
     stat: FileStat,
+    // A file written on this node: read from its staging file, not the cache.
+    local: Option<Arc<LocalFile>>,
     state: Mutex<ReaderState>,
 }
 
@@ -152,6 +168,7 @@ impl FileReader {
         FileReader {
             view,
             stat,
+            local: None,
             state: Mutex::new(ReaderState {
                 readahead: ReadaheadState::default(),
                 prefetched: HashMap::new(),
@@ -165,6 +182,11 @@ impl FileReader {
     /// The stat seen at open time.
     pub fn stat(&self) -> &FileStat {
         &self.stat
+    }
+
+    /// The local file read, when the file was written on this node.
+    pub fn local(&self) -> Option<&Arc<LocalFile>> {
+        self.local.as_ref()
     }
 
     /// The dataset.
@@ -356,6 +378,12 @@ impl FileReader {
 
     /// Reads `len` bytes at `offset`.
     pub async fn read(&self, offset: u64, len: u64) -> Result<Bytes> {
+        if let Some(local) = &self.local {
+            let local = local.clone();
+            return tokio::task::spawn_blocking(move || local.read_at(offset, len))
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?;
+        }
         let Some(version) = self.stat.version.clone() else {
             return Err(Error::IsDirectory {
                 path: self.stat.path.to_string(),

@@ -1,0 +1,1124 @@
+//! Writes to a dataset: they land on this node and reach the source in the background.
+//!
+//! A file opened for writing becomes a *local file*: a staging file under the dataset's
+//! write directory (`<cache>/writes/<namespace>~<name>/`), copied up from the source
+//! first when an existing object is opened without truncation. `close` and `fsync`
+//! commit it: its data is synced and a record in the [`journal`] says it is to be
+//! uploaded, before the call returns. Deletes, renames and directories are journaled the
+//! same way. An uploader ([`upload`]) works through the operations owed to the source in
+//! journal order per path, a few at once, retrying with backoff; an object appears at
+//! the source only whole (one PUT, or a multipart upload completed at the end).
+//!
+//! Until its operations reached the source, the journal's view of a path (the
+//! *overlay*) is what `stat`, listings and reads see on this node. After a kill, the
+//! journal gives back every committed file and owed operation, and uploads resume.
+
+mod journal;
+mod local;
+mod upload;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, RwLock, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use tokio::sync::Notify;
+
+pub use journal::{Base, MovedObject, Record};
+pub use local::LocalFile;
+
+use crate::config::WriteMode;
+use crate::dataset::{EntryKind, FileStat};
+use crate::metrics::Metrics;
+use crate::path::DatasetPath;
+use crate::source::Source;
+use crate::{Error, Result};
+use journal::Journal;
+use local::LocalState;
+
+/// How long a writer waits for uploads to free room under the dirty-bytes bound before
+/// it gets ENOSPC.
+pub const DIRTY_WAIT: Duration = Duration::from_secs(30);
+
+/// How long a write-through `close` or `fsync` waits for the source before it fails
+/// with EIO (the change stays in the journal and is uploaded later all the same).
+pub const WRITE_THROUGH_WAIT: Duration = Duration::from_secs(60);
+
+/// Told each path whose change reached the source.
+pub type SyncedHook = dyn Fn(&DatasetPath) + Send + Sync;
+
+/// What the journal says about a path on this node.
+#[derive(Debug, Clone)]
+pub enum Overlay {
+    /// A file written here.
+    File(Arc<LocalFile>),
+    /// A source object renamed here, not copied at the source yet (read from where it was).
+    Moved(FileStat),
+    /// A directory made here.
+    Dir,
+    /// Removed here, not deleted at the source yet.
+    Gone,
+}
+
+/// An operation owed to the source.
+#[derive(Debug, Clone)]
+pub(crate) enum Op {
+    Upload {
+        id: u64,
+    },
+    Delete {
+        path: DatasetPath,
+    },
+    Copy {
+        from: DatasetPath,
+        to: DatasetPath,
+        etag: String,
+    },
+}
+
+#[derive(Debug)]
+struct PendingOp {
+    op: Op,
+    since: SystemTime,
+    attempts: u32,
+    retry_at: Option<Instant>,
+}
+
+#[derive(Debug, Default)]
+struct State {
+    entries: BTreeMap<DatasetPath, Overlay>,
+    files: HashMap<u64, Arc<LocalFile>>,
+    ops: BTreeMap<u64, PendingOp>,
+    running: HashSet<u64>,
+    next_id: u64,
+    next_seq: u64,
+    dirty_bytes: u64,
+}
+
+/// Counters of the uploads since the agent started, and the last failure.
+#[derive(Debug, Default)]
+struct Totals {
+    uploaded_files: AtomicU64,
+    uploaded_bytes: AtomicU64,
+    failures: AtomicU64,
+    conflicts: AtomicU64,
+    last_error: Mutex<Option<(String, SystemTime)>>,
+}
+
+/// What one dataset's writes on this node amount to (node status, metrics).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WriteUsage {
+    /// Paths with a change not at the source yet.
+    pub pending_files: u64,
+    /// Bytes of the files waiting for upload.
+    pub pending_bytes: u64,
+    /// When the oldest change not at the source yet was made.
+    pub oldest_pending: Option<SystemTime>,
+    /// Files and bytes uploaded since the agent started.
+    pub uploaded_files: u64,
+    pub uploaded_bytes: u64,
+    /// Failed attempts (each retried) and conflicts met since the agent started.
+    pub failures: u64,
+    pub conflicts: u64,
+    /// The last failure, until an operation succeeds.
+    pub last_error: Option<(String, SystemTime)>,
+}
+
+/// A staging file being filled (see [`DatasetWrites::new_staging`]).
+#[derive(Debug)]
+pub struct Staging {
+    id: u64,
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl Staging {
+    /// The open staging file.
+    pub fn file(&self) -> &std::fs::File {
+        &self.file
+    }
+
+    /// Removes a staging file not put anywhere (a failed copy-up).
+    pub fn discard(self) {
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+/// One dataset's writes on this node. Kept by the agent across reconfigurations of the
+/// dataset (one journal, one uploader).
+pub struct DatasetWrites {
+    dataset: String,
+    dir: PathBuf,
+    journal: Mutex<Journal>,
+    state: Mutex<State>,
+    sources: RwLock<Vec<(Arc<Source>, WriteMode)>>,
+    dirty_limit: AtomicU64,
+    /// Wakes the uploader: an operation was added or finished.
+    work: Notify,
+    /// Wakes writers waiting for room or for their upload.
+    progress: Notify,
+    totals: Totals,
+    metrics: Arc<Metrics>,
+    /// Held by a copy-up (and a rename) of a path: two openers get one local file.
+    pub(crate) copy_up: tokio::sync::Mutex<()>,
+    /// Forgets the metadata cache's view of a path whose change reached the source.
+    on_synced: OnceLock<Mutex<Weak<SyncedHook>>>,
+}
+
+impl std::fmt::Debug for DatasetWrites {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DatasetWrites")
+            .field("dataset", &self.dataset)
+            .finish()
+    }
+}
+
+impl DatasetWrites {
+    /// Opens the writes of `dataset` ("ns/name") under `dir`: replays the journal and
+    /// starts the uploader on the current tokio runtime.
+    pub fn open(
+        dataset: &str,
+        dir: &Path,
+        sources: Vec<(Arc<Source>, WriteMode)>,
+        dirty_limit: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        let files_dir = dir.join("files");
+        std::fs::create_dir_all(&files_dir).map_err(|e| Error::cache_io(&files_dir, e))?;
+        let (mut journal, records) = Journal::open(&dir.join("journal"))?;
+        let state = replay(&files_dir, records)?;
+        // Start small: only what is live.
+        journal.rewrite(&live_records(&state))?;
+        remove_strays(&files_dir, &state);
+        let pending = state.ops.len();
+        let writes = Arc::new(DatasetWrites {
+            dataset: dataset.to_string(),
+            dir: dir.to_path_buf(),
+            journal: Mutex::new(journal),
+            state: Mutex::new(state),
+            sources: RwLock::new(sources),
+            dirty_limit: AtomicU64::new(dirty_limit),
+            work: Notify::new(),
+            progress: Notify::new(),
+            totals: Totals::default(),
+            metrics,
+            copy_up: tokio::sync::Mutex::new(()),
+            on_synced: OnceLock::new(),
+        });
+        if pending > 0 {
+            tracing::info!(dataset = %dataset, operations = pending,
+                "write journal replayed; resuming uploads");
+        }
+        tokio::spawn(upload::run(Arc::downgrade(&writes)));
+        Ok(writes)
+    }
+
+    /// The sources (and how each takes writes) after a reconfiguration.
+    pub fn set_sources(&self, sources: Vec<(Arc<Source>, WriteMode)>, dirty_limit: u64) {
+        *self.sources.write().expect("sources") = sources;
+        self.dirty_limit.store(dirty_limit, Ordering::Relaxed);
+        self.work.notify_one();
+    }
+
+    /// Calls `f` with each path whose change reached the source (the view forgets what
+    /// its metadata cache knew of it). Replaces an earlier callback.
+    pub fn on_synced(&self, f: &Arc<SyncedHook>) {
+        let weak = Arc::downgrade(f);
+        let slot = self.on_synced.get_or_init(|| Mutex::new(weak.clone()));
+        *slot.lock().expect("on_synced") = weak;
+    }
+
+    fn synced(&self, path: &DatasetPath) {
+        let f = self
+            .on_synced
+            .get()
+            .and_then(|s| s.lock().expect("on_synced").upgrade());
+        if let Some(f) = f {
+            f(path);
+        }
+    }
+
+    /// The directory of this dataset's journal and staging files.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How the source of `path` takes writes, and the source; EROFS when it does not.
+    pub fn mode_of(&self, path: &DatasetPath) -> Result<(Arc<Source>, String, WriteMode)> {
+        let sources = self.sources.read().expect("sources");
+        let found = sources
+            .iter()
+            .filter_map(|(s, m)| {
+                path.strip_prefix(s.mount_path())
+                    .map(|rel| (s.clone(), rel.to_string(), *m))
+            })
+            .max_by_key(|(s, _, _)| s.mount_path().as_str().len());
+        match found {
+            Some((s, rel, mode)) if !mode.is_read_only() && !rel.is_empty() => Ok((s, rel, mode)),
+            _ => Err(Error::refused(
+                path,
+                libc::EROFS,
+                "read-only (its source's writeMode is ReadOnly)",
+            )),
+        }
+    }
+
+    /// What this node's journal says about `path`, if anything; a path below a local
+    /// file or directory that is not listed itself is a directory when something below it
+    /// is local.
+    pub fn lookup(&self, path: &DatasetPath) -> Option<Overlay> {
+        let st = self.state.lock().expect("writes");
+        if let Some(o) = st.entries.get(path) {
+            return Some(o.clone());
+        }
+        st.below(path)
+            .any(|(_, o)| !matches!(o, Overlay::Gone))
+            .then_some(Overlay::Dir)
+    }
+
+    /// The overlay's children of `dir`: name and what it is (`None`: hidden), or `None`
+    /// when the journal has nothing below `dir`.
+    pub fn children(&self, dir: &DatasetPath) -> Option<Vec<(String, Overlay)>> {
+        let st = self.state.lock().expect("writes");
+        let mut out: BTreeMap<String, Overlay> = BTreeMap::new();
+        for (p, o) in st.below(dir) {
+            let Some(rel) = p.strip_prefix(dir) else {
+                continue;
+            };
+            match rel.split_once('/') {
+                None => {
+                    out.insert(rel.to_string(), o.clone());
+                }
+                Some((first, _)) if !matches!(o, Overlay::Gone) => {
+                    if !matches!(out.get(first), Some(Overlay::File(_) | Overlay::Moved(_))) {
+                        out.insert(first.to_string(), Overlay::Dir);
+                    }
+                }
+                Some(_) => {}
+            }
+        }
+        (!out.is_empty()).then(|| out.into_iter().collect())
+    }
+
+    /// A new empty local file at `path` (created, or opened with O_TRUNC over `base`).
+    pub fn create(&self, path: &DatasetPath, base: Base, mode: u32) -> Result<Arc<LocalFile>> {
+        self.mode_of(path)?;
+        let staging = self.new_staging()?;
+        self.stage(staging, path, base, mode)
+    }
+
+    /// A staging file not in the journal yet, for a copy-up to fill before [`Self::stage`]
+    /// puts it at its path (a kill before that leaves a stray, removed at the next start).
+    pub fn new_staging(&self) -> Result<Staging> {
+        let id = {
+            let mut st = self.state.lock().expect("writes");
+            st.next_id += 1;
+            st.next_id
+        };
+        let path = self.dir.join("files").join(id.to_string());
+        let file = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .map_err(|e| Error::cache_io(&path, e))?;
+        Ok(Staging { id, path, file })
+    }
+
+    /// Puts a staging file at `path` as a local file.
+    pub fn stage(
+        &self,
+        staging: Staging,
+        path: &DatasetPath,
+        base: Base,
+        mode: u32,
+    ) -> Result<Arc<LocalFile>> {
+        let Staging {
+            id,
+            path: staged,
+            file,
+        } = staging;
+        let size = file
+            .metadata()
+            .map(|m| m.len())
+            .map_err(|e| Error::cache_io(&staged, e))?;
+        self.reserve_now(size)?;
+        let local = Arc::new(LocalFile {
+            id,
+            staging: staged,
+            file,
+            state: Mutex::new(LocalState {
+                path: Some(path.clone()),
+                size,
+                mtime: SystemTime::now(),
+                mode: mode & 0o7777,
+                base: base.clone(),
+                writers: 0,
+                generation: 1,
+                committed: 0,
+                uploaded: 0,
+                dirty_since: Some(SystemTime::now()),
+            }),
+        });
+        let record = Record::Stage {
+            id,
+            path: path.to_string(),
+            base,
+            mode: mode & 0o7777,
+        };
+        let mut st = self.state.lock().expect("writes");
+        if let Err(e) = self.append(&[record]) {
+            st.dirty_bytes = st.dirty_bytes.saturating_sub(size);
+            return Err(e);
+        }
+        if let Some(Overlay::File(old)) = st
+            .entries
+            .insert(path.clone(), Overlay::File(local.clone()))
+        {
+            old.state.lock().expect("local file").path = None;
+        }
+        st.files.insert(id, local.clone());
+        Ok(local)
+    }
+
+    /// Marks one more writer of `file` (a write handle opened).
+    pub fn add_writer(&self, file: &LocalFile) {
+        file.state.lock().expect("local file").writers += 1;
+    }
+
+    /// Writes `data` at `offset`, waiting up to [`DIRTY_WAIT`] for room under the
+    /// dirty-bytes bound (then ENOSPC: nothing written).
+    pub async fn write(&self, file: &LocalFile, offset: u64, data: &[u8]) -> Result<()> {
+        let end = offset + data.len() as u64;
+        let grow = end.saturating_sub(file.size());
+        self.reserve(grow).await?;
+        let written = std::os::unix::fs::FileExt::write_all_at(&file.file, data, offset);
+        let mut st = file.state.lock().expect("local file");
+        if let Err(e) = written {
+            drop(st);
+            self.release_bytes(grow);
+            return Err(Error::cache_io(&file.staging, e));
+        }
+        // Another writer may have grown the file meanwhile: count only what is new.
+        let grown = end.saturating_sub(st.size);
+        if grown < grow {
+            self.release_bytes(grow - grown);
+        }
+        st.size = st.size.max(end);
+        LocalFile::touch(&mut st);
+        Ok(())
+    }
+
+    /// Truncates or extends `file` to `size`.
+    pub async fn set_len(&self, file: &LocalFile, size: u64) -> Result<()> {
+        let old = file.size();
+        if size > old {
+            self.reserve(size - old).await?;
+        }
+        file.file
+            .set_len(size)
+            .map_err(|e| Error::cache_io(&file.staging, e))?;
+        let mut st = file.state.lock().expect("local file");
+        if size < st.size {
+            self.release_bytes(st.size - size);
+        }
+        st.size = size;
+        LocalFile::touch(&mut st);
+        Ok(())
+    }
+
+    /// Makes `file` durable as it is (close, fsync): synced to disk and journaled for
+    /// upload. A write-through source waits until the source has it.
+    pub async fn commit(self: &Arc<Self>, file: &Arc<LocalFile>) -> Result<()> {
+        let (generation, path) = {
+            let st = file.state.lock().expect("local file");
+            (st.generation, st.path.clone())
+        };
+        let Some(path) = path else {
+            return Ok(()); // unlinked or replaced: nothing to upload
+        };
+        let through = self.mode_of(&path)?.2 == WriteMode::WriteThrough;
+        if generation > file.state.lock().expect("local file").committed {
+            let f = file.clone();
+            tokio::task::spawn_blocking(move || f.file.sync_data())
+                .await
+                .map_err(|e| Error::Task(e.to_string()))?
+                .map_err(|e| Error::cache_io(&file.staging, e))?;
+            let size = file.size();
+            {
+                let mut st = self.state.lock().expect("writes");
+                let seq = st.next_seq();
+                self.append(&[Record::Commit {
+                    seq,
+                    id: file.id,
+                    size,
+                }])?;
+                st.push_op(seq, Op::Upload { id: file.id });
+                let mut fs = file.state.lock().expect("local file");
+                fs.committed = fs.committed.max(generation);
+            }
+            self.work.notify_one();
+        }
+        if through {
+            self.wait_uploaded(file, generation).await?;
+        }
+        Ok(())
+    }
+
+    async fn wait_uploaded(&self, file: &LocalFile, generation: u64) -> Result<()> {
+        let deadline = Instant::now() + WRITE_THROUGH_WAIT;
+        loop {
+            let progressed = self.progress.notified();
+            if file.state.lock().expect("local file").uploaded >= generation {
+                return Ok(());
+            }
+            if tokio::time::timeout_at(deadline.into(), progressed)
+                .await
+                .is_err()
+            {
+                let last = self.totals.last_error.lock().expect("last error").clone();
+                let why = last.map(|(m, _)| m).unwrap_or_else(|| "no answer".into());
+                return Err(Error::refused(
+                    &file.stat(DatasetPath::root()).path,
+                    libc::EIO,
+                    &format!(
+                        "the source did not take the file within {}s ({why}); it stays in the node's journal and is uploaded when the source answers",
+                        WRITE_THROUGH_WAIT.as_secs()
+                    ),
+                ));
+            }
+        }
+    }
+
+    /// A write handle of `file` closed: once it was the last and the file is at the
+    /// source as it is, the node stops keeping it.
+    pub fn remove_writer(&self, file: &LocalFile) {
+        file.state.lock().expect("local file").writers -= 1;
+        self.drop_if_synced(file.id);
+    }
+
+    /// Removes the file at `path` (`at_source`: the source may hold it).
+    pub fn unlink(&self, path: &DatasetPath, at_source: bool) -> Result<()> {
+        self.mode_of(path)?;
+        let mut st = self.state.lock().expect("writes");
+        let seq = st.next_seq();
+        self.append(&[Record::Unlink {
+            seq,
+            path: path.to_string(),
+        }])?;
+        st.apply_unlink(seq, path, at_source);
+        drop(st);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// Renames the file `from` to `to`. `remote` is `from`'s source object when the
+    /// file is not local: it is copied at the source, then deleted.
+    pub fn rename(
+        &self,
+        from: &DatasetPath,
+        to: &DatasetPath,
+        remote: Option<&FileStat>,
+    ) -> Result<()> {
+        let (from_source, ..) = self.mode_of(from)?;
+        let (to_source, ..) = self.mode_of(to)?;
+        if !Arc::ptr_eq(&from_source, &to_source) {
+            return Err(Error::refused(
+                to,
+                libc::EXDEV,
+                "in another source than the file (tools such as mv then copy and delete)",
+            ));
+        }
+        let mut st = self.state.lock().expect("writes");
+        // The copy comes before the delete of what it copies (operations on one path run
+        // in this order).
+        let copy = remote.map(|stat| {
+            (
+                st.next_seq(),
+                MovedObject {
+                    size: stat.size,
+                    mtime_ns: nanos(stat.mtime),
+                    etag: stat.etag.clone().unwrap_or_default(),
+                },
+            )
+        });
+        let seq = st.next_seq();
+        let upload = match st.entries.get(from) {
+            Some(Overlay::File(f)) if f.state.lock().expect("local file").committed > 0 => {
+                Some(st.next_seq())
+            }
+            _ => None,
+        };
+        let record = Record::Rename {
+            seq,
+            from: from.to_string(),
+            to: to.to_string(),
+            copy: copy.clone(),
+            upload,
+        };
+        self.append(std::slice::from_ref(&record))?;
+        st.apply_rename(seq, from, to, copy, upload, remote);
+        drop(st);
+        self.work.notify_one();
+        Ok(())
+    }
+
+    /// A directory made on this node (shown until removed; at the source it exists once
+    /// a file in it is uploaded).
+    pub fn mkdir(&self, path: &DatasetPath) -> Result<()> {
+        self.mode_of(path)?;
+        let mut st = self.state.lock().expect("writes");
+        self.append(&[Record::Mkdir {
+            path: path.to_string(),
+        }])?;
+        st.entries.insert(path.clone(), Overlay::Dir);
+        Ok(())
+    }
+
+    /// Removes an empty directory (the caller checked it is empty).
+    pub fn rmdir(&self, path: &DatasetPath, at_source: bool) -> Result<()> {
+        self.mode_of(path)?;
+        let mut st = self.state.lock().expect("writes");
+        self.append(&[Record::Rmdir {
+            path: path.to_string(),
+        }])?;
+        st.apply_rmdir(path, at_source);
+        Ok(())
+    }
+
+    /// This dataset's writes on this node now.
+    pub fn usage(&self) -> WriteUsage {
+        let st = self.state.lock().expect("writes");
+        let mut paths = HashSet::new();
+        let mut bytes = 0;
+        let mut oldest: Option<SystemTime> = None;
+        for p in st.ops.values() {
+            oldest = Some(oldest.map_or(p.since, |o| o.min(p.since)));
+            match &p.op {
+                Op::Upload { id } => {
+                    if let Some(f) = st.files.get(id) {
+                        let fs = f.state.lock().expect("local file");
+                        if fs.committed > fs.uploaded {
+                            bytes += fs.size;
+                            if let Some(path) = &fs.path {
+                                paths.insert(path.clone());
+                            }
+                        }
+                    }
+                }
+                Op::Delete { path } => {
+                    paths.insert(path.clone());
+                }
+                Op::Copy { to, .. } => {
+                    paths.insert(to.clone());
+                }
+            }
+        }
+        let t = &self.totals;
+        WriteUsage {
+            pending_files: paths.len() as u64,
+            pending_bytes: bytes,
+            oldest_pending: oldest,
+            uploaded_files: t.uploaded_files.load(Ordering::Relaxed),
+            uploaded_bytes: t.uploaded_bytes.load(Ordering::Relaxed),
+            failures: t.failures.load(Ordering::Relaxed),
+            conflicts: t.conflicts.load(Ordering::Relaxed),
+            last_error: t.last_error.lock().expect("last error").clone(),
+        }
+    }
+
+    /// Waits until every operation owed to the source reached it, or `timeout` passed
+    /// (then false).
+    pub async fn drain(&self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let progressed = self.progress.notified();
+            if self.state.lock().expect("writes").ops.is_empty() {
+                return true;
+            }
+            if tokio::time::timeout_at(deadline.into(), progressed)
+                .await
+                .is_err()
+            {
+                return false;
+            }
+        }
+    }
+
+    /// Bytes of local files now, and the bound.
+    pub fn dirty_bytes(&self) -> (u64, u64) {
+        let st = self.state.lock().expect("writes");
+        (st.dirty_bytes, self.dirty_limit.load(Ordering::Relaxed))
+    }
+
+    fn append(&self, records: &[Record]) -> Result<()> {
+        self.journal.lock().expect("journal").append(records)
+    }
+
+    fn reserve_now(&self, bytes: u64) -> Result<()> {
+        let mut st = self.state.lock().expect("writes");
+        let limit = self.dirty_limit.load(Ordering::Relaxed);
+        if bytes > 0 && st.dirty_bytes + bytes > limit {
+            return Err(self.no_space(st.dirty_bytes, limit));
+        }
+        st.dirty_bytes += bytes;
+        Ok(())
+    }
+
+    async fn reserve(&self, bytes: u64) -> Result<()> {
+        if bytes == 0 {
+            return Ok(());
+        }
+        let deadline = Instant::now() + DIRTY_WAIT;
+        loop {
+            let progressed = self.progress.notified();
+            {
+                let mut st = self.state.lock().expect("writes");
+                let limit = self.dirty_limit.load(Ordering::Relaxed);
+                if st.dirty_bytes + bytes <= limit {
+                    st.dirty_bytes += bytes;
+                    return Ok(());
+                }
+                if Instant::now() >= deadline {
+                    return Err(self.no_space(st.dirty_bytes, limit));
+                }
+            }
+            let _ = tokio::time::timeout_at(deadline.into(), progressed).await;
+        }
+    }
+
+    fn no_space(&self, used: u64, limit: u64) -> Error {
+        Error::refused(
+            &DatasetPath::root(),
+            libc::ENOSPC,
+            &format!(
+                "{used} bytes of dataset {} wait for upload, the most its policy's quota allows ({limit}); raise the quota or wait for the source",
+                self.dataset
+            ),
+        )
+    }
+
+    fn release_bytes(&self, bytes: u64) {
+        let mut st = self.state.lock().expect("writes");
+        st.dirty_bytes = st.dirty_bytes.saturating_sub(bytes);
+        drop(st);
+        self.progress.notify_waiters();
+    }
+
+    /// Stops keeping local file `id` once nothing needs it: no writer, no path, or at the
+    /// source as it is with no operation left on it.
+    fn drop_if_synced(&self, id: u64) {
+        let mut st = self.state.lock().expect("writes");
+        let Some(file) = st.files.get(&id).cloned() else {
+            return;
+        };
+        let fs = file.state.lock().expect("local file");
+        let owed = st
+            .ops
+            .values()
+            .any(|p| matches!(p.op, Op::Upload { id: i } if i == id));
+        let synced = fs.uploaded >= fs.generation && !owed;
+        if fs.writers > 0 || (fs.path.is_some() && !synced) {
+            return;
+        }
+        let path = fs.path.clone();
+        let size = fs.size;
+        drop(fs);
+        if self.append(&[Record::Dropped { id }]).is_err() {
+            return; // kept; tried again at the next release or upload
+        }
+        st.files.remove(&id);
+        if let Some(p) = &path
+            && matches!(st.entries.get(p), Some(Overlay::File(f)) if f.id == id)
+        {
+            st.entries.remove(p);
+        }
+        st.dirty_bytes = st.dirty_bytes.saturating_sub(size);
+        drop(st);
+        let _ = std::fs::remove_file(&file.staging);
+        if let Some(p) = &path {
+            self.synced(p);
+        }
+        self.progress.notify_waiters();
+    }
+}
+
+impl State {
+    /// The entries below `dir` (not `dir` itself).
+    fn below<'a>(
+        &'a self,
+        dir: &'a DatasetPath,
+    ) -> impl Iterator<Item = (&'a DatasetPath, &'a Overlay)> + 'a {
+        // Every path below `dir` starts with its text, and those sort together (with
+        // siblings such as "/a-b" of "/a" among them, filtered out).
+        self.entries
+            .range(dir.clone()..)
+            .take_while(move |(p, _)| p.as_str().starts_with(dir.as_str()))
+            .filter(move |(p, _)| *p != dir && p.starts_with(dir))
+    }
+
+    fn next_seq(&mut self) -> u64 {
+        self.next_seq += 1;
+        self.next_seq
+    }
+
+    fn push_op(&mut self, seq: u64, op: Op) {
+        self.next_seq = self.next_seq.max(seq);
+        self.ops.insert(
+            seq,
+            PendingOp {
+                op,
+                since: SystemTime::now(),
+                attempts: 0,
+                retry_at: None,
+            },
+        );
+    }
+
+    fn detach(&mut self, path: &DatasetPath) {
+        if let Some(Overlay::File(f)) = self.entries.get(path) {
+            f.state.lock().expect("local file").path = None;
+        }
+    }
+
+    fn apply_unlink(&mut self, seq: u64, path: &DatasetPath, at_source: bool) {
+        self.detach(path);
+        if at_source {
+            self.entries.insert(path.clone(), Overlay::Gone);
+            self.push_op(seq, Op::Delete { path: path.clone() });
+        } else {
+            self.entries.remove(path);
+        }
+    }
+
+    fn apply_rename(
+        &mut self,
+        seq: u64,
+        from: &DatasetPath,
+        to: &DatasetPath,
+        copy: Option<(u64, MovedObject)>,
+        upload: Option<u64>,
+        remote: Option<&FileStat>,
+    ) {
+        self.detach(to);
+        let moved = self.entries.remove(from);
+        match (moved, copy) {
+            (Some(Overlay::File(f)), _) => {
+                {
+                    let mut fs = f.state.lock().expect("local file");
+                    fs.path = Some(to.clone());
+                    fs.base = Base::Replace;
+                }
+                self.entries.insert(to.clone(), Overlay::File(f.clone()));
+                if let Some(useq) = upload {
+                    self.push_op(useq, Op::Upload { id: f.id });
+                }
+            }
+            (Some(Overlay::Moved(stat)), _) => {
+                // Moved again before its copy: copy the original object here instead.
+                let mut stat = stat;
+                stat.path = to.clone();
+                self.entries.insert(to.clone(), Overlay::Moved(stat));
+            }
+            (_, Some((cseq, obj))) => {
+                let stat = remote.cloned().unwrap_or_else(|| FileStat {
+                    path: from.clone(),
+                    kind: EntryKind::File,
+                    size: obj.size,
+                    mtime: from_nanos(obj.mtime_ns),
+                    version: None,
+                    etag: Some(obj.etag.clone()),
+                });
+                let mut shown = stat.clone();
+                shown.path = to.clone();
+                self.entries.insert(to.clone(), Overlay::Moved(shown));
+                self.push_op(
+                    cseq,
+                    Op::Copy {
+                        from: from.clone(),
+                        to: to.clone(),
+                        etag: obj.etag,
+                    },
+                );
+            }
+            _ => {}
+        }
+        self.entries.insert(from.clone(), Overlay::Gone);
+        self.push_op(seq, Op::Delete { path: from.clone() });
+    }
+
+    fn apply_rmdir(&mut self, path: &DatasetPath, at_source: bool) {
+        if at_source {
+            self.entries.insert(path.clone(), Overlay::Gone);
+        } else {
+            self.entries.remove(path);
+        }
+    }
+
+    /// An operation reached the source.
+    fn apply_done(&mut self, seq: u64) -> Option<Op> {
+        let done = self.ops.remove(&seq)?.op;
+        let still_owed = |ops: &BTreeMap<u64, PendingOp>, path: &DatasetPath| {
+            ops.values().any(|p| match &p.op {
+                Op::Delete { path: q } => q == path,
+                Op::Copy { from, to, .. } => from == path || to == path,
+                Op::Upload { .. } => false,
+            })
+        };
+        match &done {
+            Op::Delete { path } => {
+                if matches!(self.entries.get(path), Some(Overlay::Gone))
+                    && !still_owed(&self.ops, path)
+                {
+                    self.entries.remove(path);
+                }
+                // A removed directory is hidden until nothing below it is owed.
+                let mut dir = path.parent();
+                while let Some(d) = dir {
+                    if !matches!(self.entries.get(&d), Some(Overlay::Gone)) {
+                        break;
+                    }
+                    if self.below(&d).next().is_some() {
+                        break;
+                    }
+                    self.entries.remove(&d);
+                    dir = d.parent();
+                }
+            }
+            Op::Copy { to, .. } => {
+                if matches!(self.entries.get(to), Some(Overlay::Moved(_))) {
+                    self.entries.remove(to);
+                }
+            }
+            Op::Upload { .. } => {}
+        }
+        Some(done)
+    }
+}
+
+/// Rebuilds the state from the journal's records; staging files that went missing are
+/// reported and their files dropped.
+fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
+    let mut st = State::default();
+    for record in records {
+        match record {
+            Record::Stage {
+                id,
+                path,
+                base,
+                mode,
+            } => {
+                st.next_id = st.next_id.max(id);
+                let Ok(path) = DatasetPath::parse(&path) else {
+                    continue;
+                };
+                let staging = files_dir.join(id.to_string());
+                let file = match std::fs::OpenOptions::new()
+                    .read(true)
+                    .write(true)
+                    .open(&staging)
+                {
+                    Ok(f) => f,
+                    Err(e) => {
+                        tracing::error!(staging = %staging.display(), error = %e,
+                            "a staged file of the write journal is missing; its writes are lost");
+                        continue;
+                    }
+                };
+                let meta = file.metadata().map_err(|e| Error::cache_io(&staging, e))?;
+                st.dirty_bytes += meta.len();
+                let local = Arc::new(LocalFile {
+                    id,
+                    staging,
+                    file,
+                    state: Mutex::new(LocalState {
+                        path: Some(path.clone()),
+                        size: meta.len(),
+                        mtime: meta.modified().unwrap_or_else(|_| SystemTime::now()),
+                        mode,
+                        base,
+                        writers: 0,
+                        generation: 1,
+                        committed: 0,
+                        uploaded: 0,
+                        dirty_since: Some(SystemTime::now()),
+                    }),
+                });
+                st.detach(&path);
+                st.entries.insert(path, Overlay::File(local.clone()));
+                st.files.insert(id, local);
+            }
+            Record::Commit { seq, id, .. } => {
+                if let Some(f) = st.files.get(&id) {
+                    f.state.lock().expect("local file").committed = 1;
+                    st.push_op(seq, Op::Upload { id });
+                }
+                st.next_seq = st.next_seq.max(seq);
+            }
+            Record::Uploaded { id, etag } => {
+                if let Some(f) = st.files.get(&id) {
+                    f.state.lock().expect("local file").base = Base::Version(etag);
+                }
+            }
+            Record::Unlink { seq, path } => {
+                if let Ok(path) = DatasetPath::parse(&path) {
+                    st.apply_unlink(seq, &path, true);
+                }
+                st.next_seq = st.next_seq.max(seq);
+            }
+            Record::Rename {
+                seq,
+                from,
+                to,
+                copy,
+                upload,
+            } => {
+                for s in [Some(seq), copy.as_ref().map(|c| c.0), upload]
+                    .into_iter()
+                    .flatten()
+                {
+                    st.next_seq = st.next_seq.max(s);
+                }
+                if let (Ok(from), Ok(to)) = (DatasetPath::parse(&from), DatasetPath::parse(&to)) {
+                    st.apply_rename(seq, &from, &to, copy, upload, None);
+                }
+            }
+            Record::Mkdir { path } => {
+                if let Ok(path) = DatasetPath::parse(&path) {
+                    st.entries.insert(path, Overlay::Dir);
+                }
+            }
+            Record::Rmdir { path } => {
+                if let Ok(path) = DatasetPath::parse(&path) {
+                    st.apply_rmdir(&path, false);
+                }
+            }
+            Record::Done { seq } => {
+                st.apply_done(seq);
+            }
+            Record::Dropped { id } => {
+                if let Some(f) = st.files.remove(&id) {
+                    let fs = f.state.lock().expect("local file");
+                    st.dirty_bytes = st.dirty_bytes.saturating_sub(fs.size);
+                    if let Some(p) = fs.path.clone() {
+                        drop(fs);
+                        if matches!(st.entries.get(&p), Some(Overlay::File(g)) if g.id == id) {
+                            st.entries.remove(&p);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    // Files that stand nowhere and have nothing owed: gone with the handles that held them.
+    let orphans: Vec<u64> = st
+        .files
+        .iter()
+        .filter(|(_, f)| f.state.lock().expect("local file").path.is_none())
+        .map(|(id, _)| *id)
+        .collect();
+    for id in orphans {
+        if let Some(f) = st.files.remove(&id) {
+            st.dirty_bytes = st.dirty_bytes.saturating_sub(f.size());
+        }
+    }
+    Ok(st)
+}
+
+/// The records that rebuild `st` (the journal rewritten at start).
+fn live_records(st: &State) -> Vec<Record> {
+    let mut out = Vec::new();
+    let mut ids: Vec<_> = st.files.keys().copied().collect();
+    ids.sort();
+    for id in ids {
+        let f = &st.files[&id];
+        let fs = f.state.lock().expect("local file");
+        let Some(path) = &fs.path else { continue };
+        out.push(Record::Stage {
+            id,
+            path: path.to_string(),
+            base: fs.base.clone(),
+            mode: fs.mode,
+        });
+    }
+    for (path, o) in &st.entries {
+        if matches!(o, Overlay::Dir) {
+            out.push(Record::Mkdir {
+                path: path.to_string(),
+            });
+        }
+    }
+    for (seq, p) in &st.ops {
+        match &p.op {
+            Op::Upload { id } => out.push(Record::Commit {
+                seq: *seq,
+                id: *id,
+                size: st.files.get(id).map_or(0, |f| f.size()),
+            }),
+            Op::Delete { path } => out.push(Record::Unlink {
+                seq: *seq,
+                path: path.to_string(),
+            }),
+            Op::Copy { .. } => {}
+        }
+    }
+    // A copy owed is rewritten as the rename it came from (its delete follows it).
+    for (seq, p) in &st.ops {
+        if let Op::Copy { from, to, etag } = &p.op {
+            let stat = match st.entries.get(to) {
+                Some(Overlay::Moved(s)) => s.clone(),
+                _ => continue,
+            };
+            out.push(Record::Rename {
+                seq: st.next_seq + seq, // fresh: its delete is already in the list
+                from: from.to_string(),
+                to: to.to_string(),
+                copy: Some((
+                    *seq,
+                    MovedObject {
+                        size: stat.size,
+                        mtime_ns: nanos(stat.mtime),
+                        etag: etag.clone(),
+                    },
+                )),
+                upload: None,
+            });
+            out.push(Record::Done {
+                seq: st.next_seq + seq,
+            });
+        }
+    }
+    // Hidden paths not owed a delete any more (a removed directory) stay hidden only
+    // until the next start.
+    out
+}
+
+/// Staging files the journal does not know (a kill between creating one and journaling
+/// it): never committed, removed.
+fn remove_strays(files_dir: &Path, st: &State) {
+    let Ok(dir) = std::fs::read_dir(files_dir) else {
+        return;
+    };
+    for entry in dir.flatten() {
+        let known = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u64>().ok())
+            .is_some_and(|id| st.files.contains_key(&id));
+        if !known {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
+fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+fn from_nanos(n: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
+}
