@@ -17,6 +17,9 @@ pub struct AttachRequest {
     pub mountpoint: PathBuf,
     pub fsname: String,
     pub allow_other: bool,
+    /// Mount writable (a dataset with a source that takes writes); read-only otherwise.
+    #[serde(default)]
+    pub writable: bool,
 }
 
 /// A connection handed to the agent.

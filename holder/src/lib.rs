@@ -8,8 +8,9 @@
 //! checked with `SO_PEERCRED`). Each packet is one JSON object; a reply may carry one
 //! descriptor (`SCM_RIGHTS`). Requests, tagged by `op`:
 //!
-//! - `{"op":"attach","mountpoint":P,"fsname":S,"allow_other":B}`: if the holder does not
-//!   hold `P`, it mounts it (`fuse.strata`, read-only, nodev, nosuid) and replies with a
+//! - `{"op":"attach","mountpoint":P,"fsname":S,"allow_other":B,"writable":W}`: if the
+//!   holder does not hold `P`, it mounts it (`fuse.strata`, nodev, nosuid, read-only
+//!   unless `writable`) and replies with a
 //!   copy of the new `/dev/fuse` fd and `taken_over: false`; the kernel's FUSE_INIT waits
 //!   on it for the agent. If it holds `P` and no live connection serves it, it replies with
 //!   a copy of the kept fd and `taken_over: true`: the connection is initialized, the agent

@@ -603,7 +603,7 @@ impl Holder {
             let m = self.mounts.remove(&id).expect("found above");
             tracing::info!(mountpoint = %m.mountpoint.display(), "was unmounted meanwhile; mounting it again");
         }
-        let mut held = self.mount_fresh(&canonical, &req.fsname, req.allow_other)?;
+        let mut held = self.mount_fresh(&canonical, &req.fsname, req.allow_other, req.writable)?;
         let fd = held.fd.try_clone().map_err(|e| {
             format!(
                 "duplicating the /dev/fuse descriptor of {}: {e}",
@@ -626,6 +626,7 @@ impl Holder {
         path: &Path,
         fsname: &str,
         allow_other: bool,
+        writable: bool,
     ) -> std::result::Result<Held, String> {
         let entries =
             mountinfo::read().map_err(|e| format!("reading /proc/self/mountinfo: {e}"))?;
@@ -670,7 +671,11 @@ impl Holder {
             Some(fsname),
             path,
             Some("fuse.strata"),
-            MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID,
+            if writable {
+                MsFlags::MS_NODEV | MsFlags::MS_NOSUID
+            } else {
+                MsFlags::MS_RDONLY | MsFlags::MS_NODEV | MsFlags::MS_NOSUID
+            },
             Some(data.as_str()),
         )
         .map_err(|e| match e {

@@ -125,6 +125,7 @@ fn toy_agent_process() {
             mountpoint: mnt,
             fsname: "toy".into(),
             allow_other: false,
+            writable: false,
         })
         .expect("attach");
     let fs = Toy {
@@ -478,6 +479,7 @@ fn attach_of_a_mount_served_by_another_agent_is_refused() {
             mountpoint: mnt.clone(),
             fsname: "toy".into(),
             allow_other: false,
+            writable: false,
         })
         .expect_err("the mount has a live agent");
     let msg = err.to_string();

@@ -1,6 +1,7 @@
 //! strata-agent: the node agent over the cache engine (`strata-engine`).
 //!
-//! - [`fuse`]: the read-only FUSE file system (passthrough for fully cached files);
+//! - [`fuse`]: the FUSE file system (passthrough for fully cached files; writes through the
+//!   engine's write journal when a source has a writeMode);
 //! - [`mounts`]: the dataset mounts the CSI plugin's volumes share;
 //! - [`http`]: the HTTP API (routes and handlers by area, callers by role, TokenReview);
 //! - [`serve`]: `strata-agent serve`, the node daemon that wires them together, with
@@ -48,5 +49,5 @@ pub use error::{Error, Result};
 
 pub use strata_engine::{
     agent, block_writer, cache, cluster, config, dataset, eviction, glob, metadata, metrics, path,
-    sidecar, singleflight, source,
+    sidecar, singleflight, source, writes,
 };

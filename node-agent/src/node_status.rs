@@ -87,6 +87,29 @@ fn activity_report(activity: DatasetActivity) -> (Option<NodeError>, Vec<NodeJob
 
 /// The report as of now: tiers and, per dataset, bytes, files, hits, misses, the
 /// last source error and the progress of Job runs (from `activity`).
+/// What a dataset's writes on this node amount to, for the report.
+fn write_usage(u: &strata_engine::writes::WriteUsage) -> strata_crds::NodeWriteUsage {
+    let time = |t: std::time::SystemTime| {
+        Time(Timestamp::try_from(t).unwrap_or_else(|_| Timestamp::now()))
+    };
+    strata_crds::NodeWriteUsage {
+        pending_files: api_int(u.pending_files),
+        pending_bytes: api_int(u.pending_bytes),
+        oldest_pending: u.oldest_pending.map(time),
+        uploaded_files: api_int(u.uploaded_files),
+        uploaded_bytes: api_int(u.uploaded_bytes),
+        failures: api_int(u.failures),
+        conflicts: api_int(u.conflicts),
+        last_error: u
+            .last_error
+            .as_ref()
+            .map(|(message, at)| strata_crds::NodeError {
+                message: message.chars().take(2048).collect(),
+                time: time(*at),
+            }),
+    }
+}
+
 pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
     let now = Time(Timestamp::now());
     let mut datasets: Vec<NodeDatasetUsage> = agent
@@ -115,6 +138,7 @@ pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
                 last_update: Some(now.clone()),
                 last_error,
                 jobs,
+                writes: view.writes().map(|w| write_usage(&w.usage())),
                 pins: usage
                     .pins
                     .iter()

@@ -140,7 +140,7 @@ impl<'a> EntryRef<'a> {
         } else {
             SystemTime::UNIX_EPOCH - Duration::from_nanos(self.packed.mtime_ns.unsigned_abs())
         };
-        if self.etag.is_empty() {
+        if self.etag.starts_with(crate::writes::LOCAL_ETAG_PREFIX) {
             // A file written on this node, not at the source yet: no object version.
             return FileStat {
                 path,
@@ -148,7 +148,7 @@ impl<'a> EntryRef<'a> {
                 size: self.packed.size,
                 mtime,
                 version: None,
-                etag: None,
+                etag: Some(self.etag.to_string()),
             };
         }
         let version = self.listing.origin.as_ref().map(|o| {
@@ -370,7 +370,7 @@ impl DirListing {
     }
 
     /// A complete listing of `entries` (the source's listing with this node's changes
-    /// over it); files without an ETag are local ones.
+    /// over it); files with a `local:` ETag are local ones.
     pub(super) fn of_entries(
         dir: DatasetPath,
         source: &str,

@@ -12,6 +12,10 @@ use crate::dataset::{EntryKind, FileStat};
 use crate::path::DatasetPath;
 use crate::{Error, Result};
 
+/// The ETag of a local file's stat: `local:<id>`, a version of its own (a new local file
+/// at a path is a new version); never an object version at a source.
+pub const LOCAL_ETAG_PREFIX: &str = "local:";
+
 /// One local file. Readers and writers share its open descriptor, which stays valid
 /// after the staging file is removed (an open file keeps its content, as on any disk).
 #[derive(Debug)]
@@ -43,7 +47,8 @@ pub(super) struct LocalState {
 }
 
 impl LocalFile {
-    /// The file as `stat` shows it: no object version (reads come from the staging file).
+    /// The file as `stat` shows it: no object version (reads come from the staging file),
+    /// ETag `local:<id>`.
     pub fn stat(&self, path: DatasetPath) -> FileStat {
         let st = self.state.lock().expect("local file");
         FileStat {
@@ -52,7 +57,7 @@ impl LocalFile {
             size: st.size,
             mtime: st.mtime,
             version: None,
-            etag: None,
+            etag: Some(format!("{LOCAL_ETAG_PREFIX}{}", self.id)),
         }
     }
 

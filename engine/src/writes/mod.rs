@@ -26,7 +26,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::Notify;
 
 pub use journal::{Base, MovedObject, Record};
-pub use local::LocalFile;
+pub use local::{LOCAL_ETAG_PREFIX, LocalFile};
 
 use crate::config::WriteMode;
 use crate::dataset::{EntryKind, FileStat};
@@ -262,6 +262,11 @@ impl DatasetWrites {
                 "read-only (its source's writeMode is ReadOnly)",
             )),
         }
+    }
+
+    /// The local file with this id, if the node still keeps it.
+    pub fn file(&self, id: u64) -> Option<Arc<LocalFile>> {
+        self.state.lock().expect("writes").files.get(&id).cloned()
     }
 
     /// What this node's journal says about `path`, if anything; a path below a local

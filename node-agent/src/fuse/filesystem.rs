@@ -29,6 +29,99 @@ pub(super) struct StrataFs {
     pub(super) state: Arc<FsState>,
 }
 
+/// Logs a change that failed for a reason the user did not ask for (a refusal such as
+/// EROFS or EEXIST is the answer, not news).
+fn log_refused(op: &str, path: &DatasetPath, e: &Error) {
+    if matches!(
+        e,
+        Error::Refused { .. }
+            | Error::NotFound { .. }
+            | Error::IsDirectory { .. }
+            | Error::NotDirectory { .. }
+    ) {
+        tracing::debug!(op, path = %path, error = %e, "refused");
+    } else {
+        tracing::warn!(op, path = %path, error = %e, "failed");
+    }
+}
+
+impl StrataFs {
+    fn handle(&self, fh: FileHandle) -> Option<Arc<OpenFile>> {
+        self.state
+            .handles
+            .lock()
+            .expect("handles")
+            .get(&fh.0)
+            .cloned()
+    }
+
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Option<DatasetPath> {
+        let parent = self.state.path_of(parent)?;
+        name.to_str().and_then(|n| parent.join(n).ok())
+    }
+
+    fn commit(&self, fh: FileHandle, reply: ReplyEmpty) {
+        let Some(open) = self.handle(fh) else {
+            reply.ok();
+            return;
+        };
+        if open.write.is_none() {
+            reply.ok();
+            return;
+        }
+        let st = self.state.clone();
+        self.state.rt.spawn(async move {
+            match st.commit(&open).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_refused("commit", &open.reader.stat().path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    /// OPEN for writing (O_WRONLY, O_RDWR; O_TRUNC empties the file).
+    fn open_for_write(&self, ino: INodeNo, flags: OpenFlags, unique: u64, reply: ReplyOpen) {
+        if self.state.view.writes().is_none() {
+            reply.error(Errno::EROFS);
+            return;
+        }
+        let st = self.state.clone();
+        if let Some((fh, open)) = st.resent_open(unique) {
+            let flags = if open.direct {
+                FopenFlags::FOPEN_DIRECT_IO
+            } else {
+                FopenFlags::empty()
+            };
+            reply.opened(FileHandle(fh), flags);
+            return;
+        }
+        let Some(path) = st.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let truncate = flags.0 & libc::O_TRUNC != 0;
+        let fh = st.new_fh();
+        self.state.rt.spawn(async move {
+            match st.open_write(ino.0, &path, truncate, fh, unique).await {
+                Ok(direct) => {
+                    let flags = if direct {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.opened(FileHandle(fh), flags);
+                }
+                Err(e) => {
+                    log_refused("open", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+}
+
 impl Filesystem for StrataFs {
     fn init(&mut self, _req: &Request, config: &mut KernelConfig) -> std::io::Result<()> {
         let _ = config.set_max_write(MAX_REQUEST_BYTES);
@@ -94,7 +187,15 @@ impl Filesystem for StrataFs {
         if let Some(fh) = fh {
             let open = st.handles.lock().expect("handles").get(&fh.0).cloned();
             if let Some(open) = open {
-                reply.attr(&st.ttl(), &st.attr(ino.0, open.reader.stat()));
+                let stat = open.reader.stat();
+                match &open.write {
+                    // Written through this handle: as it is now.
+                    Some(local) => {
+                        let now = local.stat(stat.path.clone());
+                        reply.attr(&std::time::Duration::ZERO, &st.attr(ino.0, &now));
+                    }
+                    None => reply.attr(&st.ttl(), &st.attr(ino.0, stat)),
+                }
                 return;
             }
         }
@@ -113,12 +214,12 @@ impl Filesystem for StrataFs {
     }
 
     fn open(&self, req: &Request, ino: INodeNo, flags: OpenFlags, reply: ReplyOpen) {
-        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
-            reply.error(Errno::EROFS);
-            return;
-        }
         let st = self.state.clone();
         let unique = req.unique().0;
+        if flags.0 & libc::O_ACCMODE != libc::O_RDONLY {
+            self.open_for_write(ino, flags, unique, reply);
+            return;
+        }
         // An OPEN the previous agent recorded but did not answer, sent again after a
         // takeover: the same handle, so none is left open that the kernel never knew.
         if let Some((fh, open)) = st.resent_open(unique) {
@@ -190,6 +291,7 @@ impl Filesystem for StrataFs {
                             passthrough: None,
                             _lease: None,
                             direct: true,
+                            write: None,
                         });
                         st.add_handle(fh, open, unique);
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
@@ -209,6 +311,7 @@ impl Filesystem for StrataFs {
                         passthrough: None,
                         _lease: None,
                         direct: false,
+                        write: None,
                     });
                     st.add_handle(fh, open, unique);
                     let flags = if keep {
@@ -277,6 +380,7 @@ impl Filesystem for StrataFs {
     ) {
         let open = self.state.remove_handle(fh.0);
         if let Some(open) = open {
+            self.state.release_write(&open);
             let mut io = self.state.io.lock().expect("io");
             if let Some(e) = io.get_mut(&open.ino)
                 && open.passthrough.is_none()
@@ -308,14 +412,236 @@ impl Filesystem for StrataFs {
         &self,
         _req: &Request,
         _ino: INodeNo,
-        _fh: FileHandle,
+        fh: FileHandle,
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // ENOSYS makes the kernel stop sending FLUSH on this mount. A read-only file
-        // system has nothing to flush, and a close (every exec closes inherited
-        // descriptors) then never waits for an agent, not even while one restarts.
-        reply.error(Errno::ENOSYS);
+        if self.state.view.writes().is_none() {
+            // ENOSYS makes the kernel stop sending FLUSH on this mount. A read-only file
+            // system has nothing to flush, and a close (every exec closes inherited
+            // descriptors) then never waits for an agent, not even while one restarts.
+            reply.error(Errno::ENOSYS);
+            return;
+        }
+        self.commit(fh, reply);
+    }
+
+    fn fsync(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        _datasync: bool,
+        reply: ReplyEmpty,
+    ) {
+        self.commit(fh, reply);
+    }
+
+    fn write(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        fh: FileHandle,
+        offset: u64,
+        data: &[u8],
+        _write_flags: fuser::WriteFlags,
+        _flags: OpenFlags,
+        _lock_owner: Option<LockOwner>,
+        reply: fuser::ReplyWrite,
+    ) {
+        let Some(open) = self.handle(fh) else {
+            reply.error(Errno::EBADF);
+            return;
+        };
+        let st = self.state.clone();
+        let data = data.to_vec();
+        self.state.rt.spawn(async move {
+            match st.write(&open, offset, &data).await {
+                Ok(()) => reply.written(data.len() as u32),
+                Err(e) => {
+                    log_refused("write", &open.reader.stat().path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn create(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        flags: i32,
+        reply: fuser::ReplyCreate,
+    ) {
+        let Some(path) = self.child(parent, name) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let st = self.state.clone();
+        let unique = req.unique().0;
+        let fh = st.new_fh();
+        self.state.rt.spawn(async move {
+            match st.create(&path, mode & !umask, flags, fh, unique).await {
+                Ok((_, attr, direct)) => {
+                    let flags = if direct {
+                        FopenFlags::FOPEN_DIRECT_IO
+                    } else {
+                        FopenFlags::empty()
+                    };
+                    reply.created(
+                        &std::time::Duration::ZERO,
+                        &attr,
+                        Generation(0),
+                        FileHandle(fh),
+                        flags,
+                    )
+                }
+                Err(e) => {
+                    log_refused("create", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn setattr(
+        &self,
+        _req: &Request,
+        ino: INodeNo,
+        mode: Option<u32>,
+        _uid: Option<u32>,
+        _gid: Option<u32>,
+        size: Option<u64>,
+        _atime: Option<fuser::TimeOrNow>,
+        mtime: Option<fuser::TimeOrNow>,
+        _ctime: Option<SystemTime>,
+        fh: Option<FileHandle>,
+        _crtime: Option<SystemTime>,
+        _chgtime: Option<SystemTime>,
+        _bkuptime: Option<SystemTime>,
+        _flags: Option<fuser::BsdFileFlags>,
+        reply: ReplyAttr,
+    ) {
+        let Some(path) = self.state.path_of(ino) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let open = fh.and_then(|fh| self.handle(fh));
+        let st = self.state.clone();
+        self.state.rt.spawn(async move {
+            let changed = if size.is_some() || mode.is_some() || mtime.is_some() {
+                st.set_attr(&path, open, size, mode, mtime).await
+            } else {
+                Ok(())
+            };
+            let stat = match changed {
+                Ok(()) => st.view.stat(&path).await,
+                Err(e) => Err(e),
+            };
+            match stat {
+                Ok(stat) => reply.attr(&std::time::Duration::ZERO, &st.attr(ino.0, &stat)),
+                Err(e) => {
+                    log_refused("setattr", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(path) = self.child(parent, name) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let (st, unique) = (self.state.clone(), req.unique().0);
+        self.state.rt.spawn(async move {
+            match st.unlink(&path, unique).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_refused("unlink", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn mkdir(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        _mode: u32,
+        _umask: u32,
+        reply: ReplyEntry,
+    ) {
+        let Some(path) = self.child(parent, name) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let (st, unique) = (self.state.clone(), req.unique().0);
+        self.state.rt.spawn(async move {
+            match st.mkdir(&path, unique).await {
+                Ok((_, attr)) => reply.entry(&std::time::Duration::ZERO, &attr, Generation(0)),
+                Err(e) => {
+                    log_refused("mkdir", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
+        let Some(path) = self.child(parent, name) else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        let (st, unique) = (self.state.clone(), req.unique().0);
+        self.state.rt.spawn(async move {
+            match st.rmdir(&path, unique).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_refused("rmdir", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
+    fn rename(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        newparent: INodeNo,
+        newname: &OsStr,
+        flags: fuser::RenameFlags,
+        reply: ReplyEmpty,
+    ) {
+        let (Some(from), Some(to)) = (self.child(parent, name), self.child(newparent, newname))
+        else {
+            reply.error(Errno::ENOENT);
+            return;
+        };
+        if flags
+            .intersects(fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_WHITEOUT)
+        {
+            reply.error(Errno::EINVAL);
+            return;
+        }
+        let no_replace = flags.contains(fuser::RenameFlags::RENAME_NOREPLACE);
+        let (st, unique) = (self.state.clone(), req.unique().0);
+        self.state.rt.spawn(async move {
+            match st.rename(&from, &to, no_replace, unique).await {
+                Ok(()) => reply.ok(),
+                Err(e) => {
+                    log_refused("rename", &from, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
     }
 
     fn forget(&self, _req: &Request, ino: INodeNo, nlookup: u64) {

@@ -91,6 +91,24 @@ impl InodeTable {
             })
     }
 
+    /// A file renamed: its inode now names `to` (one that named `to` keeps its number for
+    /// the handles the kernel still has open on it).
+    pub(super) fn moved(&mut self, from: &DatasetPath, to: &DatasetPath) {
+        let Some(ino) = self.by_path.remove(from) else {
+            return;
+        };
+        self.by_path.insert(to.clone(), ino);
+        if let Some(e) = self.by_ino.get_mut(&ino) {
+            e.0 = to.clone();
+        }
+        if let Some(log) = &self.log {
+            log.append(&Record::Inode {
+                ino,
+                path: to.as_str().to_string(),
+            });
+        }
+    }
+
     /// The inode of `path`, counted as one more lookup the kernel holds.
     pub(super) fn looked_up(&mut self, path: &DatasetPath) -> u64 {
         let i = self.ino_for(path);

@@ -1,4 +1,5 @@
-//! The read-only FUSE file system over a [`DatasetView`](crate::dataset::DatasetView).
+//! The FUSE file system over a [`DatasetView`](crate::dataset::DatasetView): read-only,
+//! or writable through the engine's write journal when a source has a writeMode.
 //!
 //! Requests are dispatched by fuser's worker threads and served on the tokio runtime, so
 //! slow fetches never block other requests. Fully cached files are opened in passthrough
@@ -7,10 +8,12 @@
 //!
 //! - `mount`: options, the mount handle and unmounting, mount point checks;
 //! - `filesystem`: the FUSE operations (`impl Filesystem`), errors as errnos;
+//! - `changes`: the operations that change the dataset (create, write, rename, ...);
 //! - `state`: what is kept between requests (handles, open directories, attributes);
 //! - `inodes`: inode numbers and the kernel's lookup counts;
 //! - `passthrough`: backing files and the leases that keep them from eviction.
 
+mod changes;
 mod filesystem;
 mod inodes;
 mod mount;

@@ -287,7 +287,6 @@ pub fn mount(
     };
     let mut cfg = Config::default();
     cfg.mount_options = vec![
-        MountOption::RO,
         MountOption::NoDev,
         MountOption::NoSuid,
         MountOption::DefaultPermissions,
@@ -299,6 +298,10 @@ pub fn mount(
         ),
         MountOption::Subtype("strata".into()),
     ];
+    if view.writes().is_none() {
+        // No source takes writes: the kernel refuses them before they reach the agent.
+        cfg.mount_options.insert(0, MountOption::RO);
+    }
     if options.allow_other {
         cfg.acl = SessionACL::All;
     }
@@ -358,6 +361,7 @@ fn mount_held(
                 .clone()
                 .unwrap_or_else(|| format!("strata:{}", view.id())),
             allow_other: options.allow_other,
+            writable: view.writes().is_some(),
         })
         .map_err(|e| failed(e.to_string()))?;
     let log_path = holder.log_path(&canonical);

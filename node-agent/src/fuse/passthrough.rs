@@ -10,6 +10,7 @@ use fuser::{BackingId, FileHandle, FopenFlags, ReplyOpen};
 use super::state::FsState;
 use crate::cache::PassthroughLease;
 use crate::dataset::FileReader;
+use strata_engine::writes::LocalFile;
 
 pub(super) struct OpenFile {
     pub(super) reader: Arc<FileReader>,
@@ -20,6 +21,8 @@ pub(super) struct OpenFile {
     pub(super) _lease: Option<PassthroughLease>,
     // Opened with FOPEN_DIRECT_IO (does not count as a cached open).
     pub(super) direct: bool,
+    // A write handle: the local file its writes go to.
+    pub(super) write: Option<Arc<LocalFile>>,
 }
 
 #[derive(Default)]
@@ -78,6 +81,7 @@ impl FsState {
                     passthrough: Some(b.clone()),
                     _lease: Some(lease),
                     direct: false,
+                    write: None,
                 });
                 self.add_handle(fh, open, unique);
                 self.passthrough_ok.fetch_add(1, Ordering::Relaxed);

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 use fuser::{FileAttr, FileType, INodeNo};
 
 use super::MAX_REQUEST_BYTES;
+use super::changes::RESENT;
 use super::inodes::InodeTable;
 use super::passthrough::{InodeIo, OpenFile};
 use super::takeover::{FH_BLOCK, OpenRecord, Record, Restored, SavedStat, TakeoverLog};
@@ -188,10 +189,17 @@ impl FsState {
     }
 
     pub(super) fn attr(&self, ino: u64, stat: &FileStat) -> FileAttr {
-        let (kind, perm, nlink) = if stat.is_dir() {
-            (FileType::Directory, 0o555, 2)
-        } else {
-            (FileType::RegularFile, 0o444, 1)
+        let writable = self.view.writes().is_some();
+        let (kind, perm, nlink) = match (stat.is_dir(), writable) {
+            (true, false) => (FileType::Directory, 0o555, 2),
+            (false, false) => (FileType::RegularFile, 0o444, 1),
+            // Object stores keep no owner or mode: anyone the pod runs as may write.
+            (true, true) => (FileType::Directory, 0o777, 2),
+            (false, true) => (
+                FileType::RegularFile,
+                self.local_mode(stat).unwrap_or(0o666),
+                1,
+            ),
         };
         let mtime = if stat.mtime == SystemTime::UNIX_EPOCH {
             self.mounted_at
@@ -219,6 +227,17 @@ impl FsState {
 }
 
 impl FsState {
+    /// The mode of a file written on this node (chmod is kept there, not at the source).
+    fn local_mode(&self, stat: &FileStat) -> Option<u16> {
+        let id = stat
+            .etag
+            .as_deref()?
+            .strip_prefix(strata_engine::writes::LOCAL_ETAG_PREFIX)?
+            .parse()
+            .ok()?;
+        Some(self.view.writes()?.file(id)?.mode() as u16)
+    }
+
     pub(super) fn view_node_capacity(&self) -> u64 {
         self.view.cache().node_disk_capacity()
     }
@@ -238,9 +257,6 @@ fn crash_after_open_record(path: &str) {
         std::process::exit(101);
     }
 }
-
-/// The bit the kernel sets in the id of a request it sends again (FUSE_UNIQUE_RESEND).
-const RESENT: u64 = 1 << 63;
 
 /// File handles and the takeover log.
 impl FsState {
@@ -364,7 +380,25 @@ impl FsState {
                 None => {}
             }
             drop(io);
-            let reader = Arc::new(self.view.reopen(stat));
+            // A file written on this node: its local file again, by id.
+            let local = stat
+                .etag
+                .as_deref()
+                .unwrap_or_default()
+                .strip_prefix(strata_engine::writes::LOCAL_ETAG_PREFIX)
+                .and_then(|id| id.parse().ok())
+                .and_then(|id| self.view.writes()?.file(id));
+            let reader = match &local {
+                Some(l) => Arc::new(self.view.open_local(&stat.path, l.clone())),
+                None => Arc::new(self.view.reopen(stat)),
+            };
+            let write = match (open.write, local, self.view.writes()) {
+                (true, Some(l), Some(w)) => {
+                    w.add_writer(&l);
+                    Some(l)
+                }
+                _ => None,
+            };
             self.handles.lock().expect("handles").insert(
                 fh,
                 Arc::new(OpenFile {
@@ -373,6 +407,7 @@ impl FsState {
                     passthrough: backing,
                     _lease: None,
                     direct: open.direct,
+                    write,
                 }),
             );
         }
@@ -445,6 +480,7 @@ impl OpenFile {
             direct: self.direct,
             stat: SavedStat::of(self.reader.stat()),
             unique: 0,
+            write: self.write.is_some(),
         }
     }
 }

@@ -6,7 +6,7 @@
 //! One append-only file per mount under the holder's directory on `/run` (tmpfs: it
 //! outlives the process, not a reboot, and neither does the mount). Each record is
 //! `[u32 len][u32 crc32c][JSON]`, appended with one `write(2)` while the lock of the state
-//! it describes is held, so the file and the tables never disagree. A record torn by a
+//! it describes is held, so the file and the tables never disagree ([`strata_engine::frames`]). A record torn by a
 //! kill ends the log: its reply was never sent. Lookup counts are not logged: inodes
 //! restored from the log are kept until the mount goes (a bounded leak, never an early
 //! drop of a node id the kernel still uses).
@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::cache::ObjectVersion;
 use crate::dataset::{EntryKind, FileStat};
 use crate::path::DatasetPath;
+use strata_engine::frames::{self, frame};
 
 /// File handles are reserved in blocks of this many, so that a new agent never hands out
 /// a number an open directory of the old one still has (those are not logged).
@@ -65,6 +66,9 @@ pub(super) struct OpenRecord {
     /// out, the kernel sends the request again, marked, and gets this same handle.
     #[serde(default)]
     pub(super) unique: u64,
+    /// Opened for writing (its local file is found again by the stat's `local:` ETag).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub(super) write: bool,
 }
 
 /// A [`FileStat`] in the log.
@@ -239,15 +243,6 @@ impl TakeoverLog {
     }
 }
 
-fn frame(record: &Record) -> Vec<u8> {
-    let payload = serde_json::to_vec(record).expect("records serialize");
-    let mut frame = Vec::with_capacity(8 + payload.len());
-    frame.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    frame.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
-    frame.extend_from_slice(&payload);
-    frame
-}
-
 /// Replays a log; also returns the length of its valid prefix.
 fn replay(data: &[u8]) -> (Restored, usize) {
     let mut restored = Restored {
@@ -256,7 +251,7 @@ fn replay(data: &[u8]) -> (Restored, usize) {
     };
     let mut at = 0;
     while at < data.len() {
-        let Some(record) = read_frame(&data[at..]) else {
+        let Some(record) = frames::read_frame::<Record>(&data[at..]) else {
             restored.torn = true;
             break;
         };
@@ -290,16 +285,6 @@ fn replay(data: &[u8]) -> (Restored, usize) {
     (restored, at)
 }
 
-fn read_frame(data: &[u8]) -> Option<(usize, Record)> {
-    let len = u32::from_le_bytes(data.get(0..4)?.try_into().ok()?) as usize;
-    let crc = u32::from_le_bytes(data.get(4..8)?.try_into().ok()?);
-    let payload = data.get(8..8 + len)?;
-    if crc32c::crc32c(payload) != crc {
-        return None;
-    }
-    Some((8 + len, serde_json::from_slice(payload).ok()?))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -311,6 +296,7 @@ mod tests {
             backing: Some(3),
             direct: false,
             unique: 0,
+            write: false,
             stat: SavedStat {
                 path: "/d/a".into(),
                 size: 10,

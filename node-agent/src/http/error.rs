@@ -63,6 +63,11 @@ fn engine_status(error: &strata_engine::Error) -> StatusCode {
         },
         E::CacheIo { .. } | E::Task(_) => StatusCode::INTERNAL_SERVER_ERROR,
         E::Peer { .. } => StatusCode::BAD_GATEWAY,
+        E::Refused { errno, .. } => match *errno {
+            libc::ENOSPC => StatusCode::INSUFFICIENT_STORAGE,
+            libc::EIO => StatusCode::BAD_GATEWAY,
+            _ => StatusCode::CONFLICT,
+        },
     }
 }
 
