@@ -91,6 +91,17 @@ impl Error {
         }
     }
 
+    /// True when a source could not be reached (an outage, not an answer).
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self,
+            Error::Source {
+                kind: SourceErrorKind::Unavailable,
+                ..
+            }
+        )
+    }
+
     /// True when the error means "nothing there" (file, object or dataset).
     pub fn is_not_found(&self) -> bool {
         self.errno() == libc::ENOENT

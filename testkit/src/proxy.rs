@@ -14,6 +14,7 @@ pub struct CountingProxy {
     port: u16,
     requests: Arc<AtomicU64>,
     stop: Arc<AtomicBool>,
+    down: Arc<AtomicBool>,
 }
 
 impl CountingProxy {
@@ -23,14 +24,18 @@ impl CountingProxy {
         let port = listener.local_addr().expect("proxy address").port();
         let requests = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let down = Arc::new(AtomicBool::new(false));
         let upstream = upstream.to_string();
-        let (counter, stopped) = (requests.clone(), stop.clone());
+        let (counter, stopped, outage) = (requests.clone(), stop.clone(), down.clone());
         thread::spawn(move || {
             for client in listener.incoming() {
                 if stopped.load(Ordering::Relaxed) {
                     break;
                 }
                 let Ok(client) = client else { continue };
+                if outage.load(Ordering::Relaxed) {
+                    continue; // dropped: the connection is reset
+                }
                 let Ok(server) = TcpStream::connect(&upstream) else {
                     continue;
                 };
@@ -39,7 +44,8 @@ impl CountingProxy {
                 let (Ok(client_read), Ok(server_write)) = (client_read, server_write) else {
                     continue;
                 };
-                thread::spawn(move || copy_counting(client_read, server_write, &counter));
+                let outage = outage.clone();
+                thread::spawn(move || copy_counting(client_read, server_write, &counter, &outage));
                 thread::spawn(move || copy(server, client));
             }
         });
@@ -47,7 +53,14 @@ impl CountingProxy {
             port,
             requests,
             stop,
+            down,
         }
+    }
+
+    /// An outage (`true`): new connections are dropped, and a kept-alive one is closed at
+    /// its next request, as when the server's host goes away; `false` ends it.
+    pub fn set_down(&self, down: bool) {
+        self.down.store(down, Ordering::SeqCst);
     }
 
     /// `http://127.0.0.1:PORT`, the address to give clients.
@@ -71,7 +84,7 @@ impl Drop for CountingProxy {
 
 /// Client to server, counting each blank line that ends a request's headers (the four bytes
 /// may be split across reads).
-fn copy_counting(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64) {
+fn copy_counting(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64, down: &AtomicBool) {
     let mut buf = [0u8; 64 * 1024];
     let mut tail: Vec<u8> = Vec::with_capacity(3);
     loop {
@@ -79,6 +92,11 @@ fn copy_counting(mut from: TcpStream, mut to: TcpStream, counter: &AtomicU64) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if down.load(Ordering::SeqCst) {
+            let _ = from.shutdown(Shutdown::Both);
+            let _ = to.shutdown(Shutdown::Both);
+            return;
+        }
         let mut seen = tail.clone();
         seen.extend_from_slice(&buf[..n]);
         let ends = seen.windows(4).filter(|w| *w == b"\r\n\r\n").count();

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use super::DatasetView;
+use super::{DatasetView, FileStat};
 use crate::path::DatasetPath;
 use crate::writes::{Base, DatasetWrites, LocalFile, Overlay};
 use crate::{Error, Result};
@@ -24,14 +24,28 @@ impl DatasetView {
 
     async fn parent_is_dir(self: &Arc<Self>, path: &DatasetPath) -> Result<()> {
         let parent = path.parent().unwrap_or_else(DatasetPath::root);
-        match self.stat_opt(&parent).await? {
-            Some((s, _)) if s.is_dir() => Ok(()),
-            Some(_) => Err(Error::NotDirectory {
+        match self.stat_opt(&parent).await {
+            Ok(Some((s, _))) if s.is_dir() => Ok(()),
+            Ok(Some(_)) => Err(Error::NotDirectory {
                 path: parent.to_string(),
             }),
-            None => Err(Error::NotFound {
+            Ok(None) => Err(Error::NotFound {
                 path: parent.to_string(),
             }),
+            // The source is away: writes keep landing here (a directory is a prefix).
+            Err(e) if e.is_unavailable() => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The stat of a path a change would create, `None` also while the source is away:
+    /// the change lands here, and if the path was taken at the source meanwhile, the
+    /// upload keeps that version under a conflict name.
+    async fn stat_unless_away(self: &Arc<Self>, path: &DatasetPath) -> Result<Option<FileStat>> {
+        match self.stat_opt(path).await {
+            Ok(s) => Ok(s.map(|(s, _)| s)),
+            Err(e) if e.is_unavailable() => Ok(None),
+            Err(e) => Err(e),
         }
     }
 
@@ -45,8 +59,8 @@ impl DatasetView {
     ) -> Result<Arc<LocalFile>> {
         let w = self.writes_for(path)?;
         self.parent_is_dir(path).await?;
-        match self.stat_opt(path).await? {
-            Some((s, _)) if s.is_dir() => Err(Error::IsDirectory {
+        match self.stat_unless_away(path).await? {
+            Some(s) if s.is_dir() => Err(Error::IsDirectory {
                 path: path.to_string(),
             }),
             Some(_) if exclusive => Err(Error::refused(path, libc::EEXIST, "exists")),
@@ -144,7 +158,7 @@ impl DatasetView {
     pub async fn make_dir(self: &Arc<Self>, path: &DatasetPath) -> Result<()> {
         let w = self.writes_for(path)?;
         self.parent_is_dir(path).await?;
-        if self.stat_opt(path).await?.is_some() {
+        if self.stat_unless_away(path).await?.is_some() {
             return Err(Error::refused(path, libc::EEXIST, "exists"));
         }
         w.mkdir(path)
@@ -194,7 +208,7 @@ impl DatasetView {
             ));
         }
         self.parent_is_dir(to).await?;
-        if let Some((dest, _)) = self.stat_opt(to).await?
+        if let Some(dest) = self.stat_unless_away(to).await?
             && dest.is_dir()
         {
             return Err(Error::IsDirectory {

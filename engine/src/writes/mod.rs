@@ -154,6 +154,7 @@ pub struct DatasetWrites {
     state: Mutex<State>,
     sources: RwLock<Vec<(Arc<Source>, WriteMode)>>,
     dirty_limit: AtomicU64,
+    dirty_wait: Mutex<Duration>,
     /// Wakes the uploader: an operation was added or finished.
     work: Notify,
     /// Wakes writers waiting for room or for their upload.
@@ -199,6 +200,7 @@ impl DatasetWrites {
             state: Mutex::new(state),
             sources: RwLock::new(sources),
             dirty_limit: AtomicU64::new(dirty_limit),
+            dirty_wait: Mutex::new(DIRTY_WAIT),
             work: Notify::new(),
             progress: Notify::new(),
             totals: Totals::default(),
@@ -219,6 +221,12 @@ impl DatasetWrites {
         *self.sources.write().expect("sources") = sources;
         self.dirty_limit.store(dirty_limit, Ordering::Relaxed);
         self.work.notify_one();
+    }
+
+    /// How long a writer waits for room under the dirty-bytes bound before ENOSPC
+    /// ([`DIRTY_WAIT`] unless set; tests shorten it).
+    pub fn set_dirty_wait(&self, wait: Duration) {
+        *self.dirty_wait.lock().expect("dirty wait") = wait;
     }
 
     /// Calls `f` with each path whose change reached the source (the view forgets what
@@ -640,7 +648,11 @@ impl DatasetWrites {
         let deadline = Instant::now() + timeout;
         loop {
             let progressed = self.progress.notified();
-            if self.state.lock().expect("writes").ops.is_empty() {
+            let idle = {
+                let st = self.state.lock().expect("writes");
+                st.ops.is_empty() && st.running.is_empty()
+            };
+            if idle {
                 return true;
             }
             if tokio::time::timeout_at(deadline.into(), progressed)
@@ -676,7 +688,7 @@ impl DatasetWrites {
         if bytes == 0 {
             return Ok(());
         }
-        let deadline = Instant::now() + DIRTY_WAIT;
+        let deadline = Instant::now() + *self.dirty_wait.lock().expect("dirty wait");
         loop {
             let progressed = self.progress.notified();
             {

@@ -102,6 +102,10 @@ impl DatasetWrites {
             Op::Copy { from, to, etag } => self.copy(from, to, etag).await,
         };
         let result = result.and_then(|f| self.finish(seq, f));
+        if let (Ok(()), Op::Upload { id }) = (&result, &op) {
+            // Also when this one had nothing left to send (an earlier one sent it).
+            self.drop_if_synced(*id);
+        }
         let mut st = self.state.lock().expect("writes");
         st.running.remove(&seq);
         if let Err(e) = result {
