@@ -508,9 +508,11 @@ async fn scenario(
         gave_up >= stop_by && gave_up <= stop_by.checked_add(SignedDuration::from_millis(100))?,
         "replica-b gave up at {gave_up}, its deadline was {stop_by}"
     );
-    // The test sees the exit up to 20 ms late; the process needs a moment to exit.
+    // Acting stopped at `gave_up` (checked above to 100 ms). The exit comes after the error
+    // is printed, with a symbolized backtrace when RUST_BACKTRACE is set (as in CI): that
+    // took 0.7 s once on a loaded 2-core machine, so the bound is loose.
     ensure!(
-        stopped_at <= stop_by.checked_add(SignedDuration::from_millis(500))?,
+        stopped_at <= stop_by.checked_add(SignedDuration::from_millis(2000))?,
         "replica-b stopped at {stopped_at}, its deadline was {stop_by}"
     );
     ensure!(
