@@ -84,13 +84,19 @@ impl FsState {
         if let Some(w) = self.view.writes() {
             w.add_writer(&local);
         }
-        let direct = self
-            .io
-            .lock()
-            .expect("io")
-            .get(&ino)
-            .and_then(|e| e.backing.as_ref())
-            .is_some_and(|(_, b)| b.strong_count() > 0);
+        let direct = {
+            let mut io = self.io.lock().expect("io");
+            let entry = io.entry(ino).or_default();
+            let direct = entry
+                .backing
+                .as_ref()
+                .is_some_and(|(_, b)| b.strong_count() > 0);
+            // Counted like any open through the page cache (`release` takes it back).
+            if !direct {
+                entry.cached_opens += 1;
+            }
+            direct
+        };
         let reader = Arc::new(self.view.open_local(path, local.clone()));
         let open = Arc::new(OpenFile {
             reader,

@@ -512,8 +512,8 @@ impl Filesystem for StrataFs {
         _req: &Request,
         ino: INodeNo,
         mode: Option<u32>,
-        _uid: Option<u32>,
-        _gid: Option<u32>,
+        uid: Option<u32>,
+        gid: Option<u32>,
         size: Option<u64>,
         _atime: Option<fuser::TimeOrNow>,
         mtime: Option<fuser::TimeOrNow>,
@@ -529,6 +529,11 @@ impl Filesystem for StrataFs {
             reply.error(Errno::ENOENT);
             return;
         };
+        // Object stores keep no owner: only the owner every file shows is accepted.
+        if uid.is_some_and(|u| u != self.state.uid) || gid.is_some_and(|g| g != self.state.gid) {
+            reply.error(Errno::EPERM);
+            return;
+        }
         let open = fh.and_then(|fh| self.handle(fh));
         let st = self.state.clone();
         self.state.rt.spawn(async move {
