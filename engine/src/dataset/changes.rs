@@ -221,6 +221,14 @@ impl DatasetView {
             Some(Overlay::File(_)) => None,
             _ => Some(stat),
         };
-        w.rename(from, to, remote.as_ref())
+        match w.rename(from, to, remote.as_ref()) {
+            Err(e) if e.errno() == libc::EAGAIN => {
+                // Uploaded and let go between the look and the rename: now a source
+                // object (the metadata cache forgot the path when it was let go).
+                let stat = self.stat(from).await?;
+                w.rename(from, to, Some(&stat))
+            }
+            other => other,
+        }
     }
 }

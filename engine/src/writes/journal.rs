@@ -81,6 +81,8 @@ pub enum Record {
 pub struct Journal {
     path: PathBuf,
     file: File,
+    /// Records appended since the journal was opened or last rewritten.
+    appended: u64,
 }
 
 impl Journal {
@@ -108,6 +110,7 @@ impl Journal {
             Journal {
                 path: path.to_path_buf(),
                 file,
+                appended: 0,
             },
             records,
         ))
@@ -122,7 +125,14 @@ impl Journal {
         self.file
             .write_all(&buf)
             .and_then(|()| self.file.sync_data())
-            .map_err(|e| Error::cache_io(&self.path, e))
+            .map_err(|e| Error::cache_io(&self.path, e))?;
+        self.appended += records.len() as u64;
+        Ok(())
+    }
+
+    /// Records appended since the journal was opened or last rewritten.
+    pub fn appended(&self) -> u64 {
+        self.appended
     }
 
     /// Replaces the journal with `records` (what is live), atomically.
@@ -143,6 +153,7 @@ impl Journal {
             OpenOptions::new().append(true).open(&self.path)
         };
         self.file = write().map_err(|e| Error::cache_io(&self.path, e))?;
+        self.appended = 0;
         Ok(())
     }
 }

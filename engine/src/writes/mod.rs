@@ -41,6 +41,9 @@ use local::LocalState;
 /// it gets ENOSPC.
 pub const DIRTY_WAIT: Duration = Duration::from_secs(30);
 
+/// Records appended to a journal before it is rewritten with only what is live.
+const COMPACT_AFTER_RECORDS: u64 = 100_000;
+
 /// How long a write-through `close` or `fsync` waits for the source before it fails
 /// with EIO (the change stays in the journal and is uploaded later all the same).
 pub const WRITE_THROUGH_WAIT: Duration = Duration::from_secs(60);
@@ -393,6 +396,8 @@ impl DatasetWrites {
             old.state.lock().expect("local file").path = None;
         }
         st.files.insert(id, local.clone());
+        drop(st);
+        self.drop_detached();
         Ok(local)
     }
 
@@ -523,12 +528,14 @@ impl DatasetWrites {
         }])?;
         st.apply_unlink(seq, path, at_source);
         drop(st);
+        self.drop_detached();
         self.work.notify_one();
         Ok(())
     }
 
     /// Renames the file `from` to `to`. `remote` is `from`'s source object when the
-    /// file is not local: it is copied at the source, then deleted.
+    /// file is not local: it is copied at the source, then deleted. EAGAIN when the
+    /// caller saw a local file (no `remote`) that was uploaded and let go since: look again.
     pub fn rename(
         &self,
         from: &DatasetPath,
@@ -545,6 +552,18 @@ impl DatasetWrites {
             ));
         }
         let mut st = self.state.lock().expect("writes");
+        let remote = match st.entries.get(from) {
+            Some(Overlay::File(_)) => None,
+            _ if remote.is_none() => {
+                // Local when the caller looked, uploaded and let go since.
+                return Err(Error::refused(
+                    from,
+                    libc::EAGAIN,
+                    "uploaded meanwhile; look it up again",
+                ));
+            }
+            _ => remote,
+        };
         // The copy comes before the delete of what it copies (operations on one path run
         // in this order).
         let copy = remote.map(|stat| {
@@ -574,6 +593,7 @@ impl DatasetWrites {
         self.append(std::slice::from_ref(&record))?;
         st.apply_rename(seq, from, to, copy, upload, remote);
         drop(st);
+        self.drop_detached();
         self.work.notify_one();
         Ok(())
     }
@@ -724,6 +744,39 @@ impl DatasetWrites {
         self.progress.notify_waiters();
     }
 
+    /// Lets go of local files that stand nowhere any more (unlinked, or replaced by a
+    /// rename or a new file) and have no writer.
+    fn drop_detached(&self) {
+        let detached: Vec<u64> = {
+            let st = self.state.lock().expect("writes");
+            st.files
+                .values()
+                .filter(|f| {
+                    let fs = f.state.lock().expect("local file");
+                    fs.path.is_none() && fs.writers == 0
+                })
+                .map(|f| f.id)
+                .collect()
+        };
+        for id in detached {
+            self.drop_if_synced(id);
+        }
+    }
+
+    /// Rewrites the journal with only what is live once it has grown by this many records
+    /// since the last rewrite (at start, or here).
+    pub(super) fn compact_if_due(&self) {
+        let st = self.state.lock().expect("writes");
+        let mut journal = self.journal.lock().expect("journal");
+        if journal.appended() < COMPACT_AFTER_RECORDS {
+            return;
+        }
+        if let Err(e) = journal.rewrite(&live_records(&st)) {
+            tracing::warn!(dataset = %self.dataset, error = %e,
+                "the write journal could not be compacted; it keeps growing until the next try");
+        }
+    }
+
     /// Stops keeping local file `id` once nothing needs it: no writer, no path, or at the
     /// source as it is with no operation left on it.
     fn drop_if_synced(&self, id: u64) {
@@ -827,6 +880,9 @@ impl State {
                     let mut fs = f.state.lock().expect("local file");
                     fs.path = Some(to.clone());
                     fs.base = Base::Replace;
+                    // Nothing is at the new path yet.
+                    fs.uploaded = 0;
+                    fs.dirty_since.get_or_insert_with(SystemTime::now);
                 }
                 self.entries.insert(to.clone(), Overlay::File(f.clone()));
                 if let Some(useq) = upload {
@@ -976,7 +1032,10 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
             }
             Record::Uploaded { id, etag } => {
                 if let Some(f) = st.files.get(&id) {
-                    f.state.lock().expect("local file").base = Base::Version(etag);
+                    let mut fs = f.state.lock().expect("local file");
+                    fs.base = Base::Version(etag);
+                    // At the source as last committed (a rename after this resets it).
+                    fs.uploaded = fs.committed;
                 }
             }
             Record::Unlink { seq, path } => {
@@ -1138,4 +1197,137 @@ fn nanos(t: SystemTime) -> i64 {
 
 fn from_nanos(n: i64) -> SystemTime {
     SystemTime::UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use object_store::memory::InMemory;
+    use object_store::{ObjectStore, ObjectStoreExt};
+
+    fn p(s: &str) -> DatasetPath {
+        DatasetPath::parse(s).unwrap()
+    }
+
+    fn open(dir: &Path, store: &Arc<InMemory>) -> Arc<DatasetWrites> {
+        let metrics = Arc::new(Metrics::new());
+        let source = Source::from_store(
+            "mem",
+            DatasetPath::root(),
+            store.clone() as Arc<dyn ObjectStore>,
+            "",
+            metrics.clone(),
+        );
+        DatasetWrites::open(
+            "ns/d",
+            dir,
+            vec![(Arc::new(source), WriteMode::WriteBack)],
+            1 << 30,
+            metrics,
+        )
+        .unwrap()
+    }
+
+    /// Drops `w` and waits until its uploader and uploads let go of it (a process that
+    /// died), so that the next instance is alone on the journal.
+    async fn gone(w: Arc<DatasetWrites>) {
+        let weak = Arc::downgrade(&w);
+        drop(w);
+        while weak.upgrade().is_some() {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    async fn store_content(store: &InMemory) -> Vec<(String, Vec<u8>)> {
+        use futures::TryStreamExt;
+        let metas: Vec<_> = store.list(None).try_collect().await.unwrap();
+        let mut out = Vec::new();
+        for m in metas {
+            let data = store.get(&m.location).await.unwrap().bytes().await.unwrap();
+            out.push((m.location.to_string(), data.to_vec()));
+        }
+        out.sort();
+        out
+    }
+
+    async fn write_file(w: &Arc<DatasetWrites>, path: &str, data: &[u8]) {
+        let f = w.create(&p(path), Base::New, 0o644).unwrap();
+        w.add_writer(&f);
+        w.write(&f, 0, data).await.unwrap();
+        w.commit(&f).await.unwrap();
+        w.remove_writer(&f);
+    }
+
+    /// Renames a file written here: its local file, or, once uploaded and let go, its
+    /// object at the store.
+    async fn rename_as_the_view_does(w: &DatasetWrites, store: &InMemory, from: &str, to: &str) {
+        match w.rename(&p(from), &p(to), None) {
+            Err(e) if e.errno() == libc::EAGAIN => {
+                let meta = store.head(&from[1..].into()).await.unwrap();
+                let stat = FileStat {
+                    path: p(from),
+                    kind: EntryKind::File,
+                    size: meta.size,
+                    mtime: meta.last_modified.into(),
+                    version: None,
+                    etag: meta.e_tag.clone(),
+                };
+                w.rename(&p(from), &p(to), Some(&stat)).unwrap();
+            }
+            other => other.unwrap(),
+        }
+    }
+
+    /// Whatever moment the journal's writer stops at, a new instance (its start rewrites
+    /// the journal with what is live) brings every change made durable to the store, and
+    /// nothing else.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn changes_made_durable_reach_the_store_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        for (k, v) in [("old", "old"), ("mv", "moving")] {
+            store
+                .put(&k.into(), v.as_bytes().to_vec().into())
+                .await
+                .unwrap();
+        }
+        let w = open(dir.path(), &store);
+        write_file(&w, "/a", b"alpha").await;
+        write_file(&w, "/b", b"beta").await;
+        w.mkdir(&p("/dir")).unwrap();
+        rename_as_the_view_does(&w, &store, "/b", "/dir/c").await;
+        w.unlink(&p("/old"), true).unwrap();
+        let meta = store.head(&"mv".into()).await.unwrap();
+        let moved = FileStat {
+            path: p("/mv"),
+            kind: EntryKind::File,
+            size: meta.size,
+            mtime: meta.last_modified.into(),
+            version: None,
+            etag: meta.e_tag.clone(),
+        };
+        w.rename(&p("/mv"), &p("/moved"), Some(&moved)).unwrap();
+        w.mkdir(&p("/empty")).unwrap();
+        gone(w).await;
+        let w = open(dir.path(), &store);
+        assert!(
+            matches!(w.lookup(&p("/empty")), Some(Overlay::Dir)),
+            "a made directory comes back"
+        );
+        gone(w).await;
+        let w = open(dir.path(), &store);
+        assert!(w.drain(Duration::from_secs(30)).await);
+        let expected: Vec<(String, Vec<u8>)> =
+            [("a", "alpha"), ("dir/c", "beta"), ("moved", "moving")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.as_bytes().to_vec()))
+                .collect();
+        assert_eq!(store_content(&store).await, expected);
+        assert_eq!(w.usage().pending_files, 0);
+        assert_eq!(
+            w.dirty_bytes().0,
+            0,
+            "dirty bytes left after every file was uploaded"
+        );
+    }
 }

@@ -25,8 +25,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 /// What a finished operation changes.
 struct Finished {
-    /// An upload: the file, the generation it carried, its ETag and size.
-    uploaded: Option<(Arc<LocalFile>, u64, String, u64)>,
+    /// An upload: the file, the generation it carried, its ETag and size, and the path
+    /// it went to.
+    uploaded: Option<(Arc<LocalFile>, u64, String, u64, DatasetPath)>,
     /// The path the source now has as this node shows it.
     synced: Option<DatasetPath>,
 }
@@ -38,6 +39,7 @@ pub(super) async fn run(writes: Weak<DatasetWrites>) {
         let news = w.work.notified();
         tokio::pin!(news);
         news.as_mut().enable();
+        w.compact_if_due();
         let wait = w.start_ready().min(Duration::from_secs(1));
         let u = w.usage();
         let age = u
@@ -131,7 +133,7 @@ impl DatasetWrites {
     /// Journals an operation's success and applies it.
     fn finish(&self, seq: u64, f: Finished) -> Result<()> {
         let mut records = Vec::new();
-        if let Some((file, _, etag, _)) = &f.uploaded {
+        if let Some((file, _, etag, _, _)) = &f.uploaded {
             records.push(Record::Uploaded {
                 id: file.id,
                 etag: etag.clone(),
@@ -144,13 +146,16 @@ impl DatasetWrites {
             st.apply_done(seq);
         }
         *self.totals.last_error.lock().expect("last error") = None;
-        if let Some((file, generation, etag, size)) = f.uploaded {
+        if let Some((file, generation, etag, size, path)) = f.uploaded {
             {
                 let mut fs = file.state.lock().expect("local file");
-                fs.uploaded = fs.uploaded.max(generation);
-                fs.base = Base::Version(etag);
-                if fs.uploaded >= fs.generation {
-                    fs.dirty_since = None;
+                // Renamed meanwhile: the new path has nothing yet (its upload is owed).
+                if fs.path.as_ref() == Some(&path) {
+                    fs.uploaded = fs.uploaded.max(generation);
+                    fs.base = Base::Version(etag);
+                    if fs.uploaded >= fs.generation {
+                        fs.dirty_since = None;
+                    }
                 }
             }
             self.totals.uploaded_files.fetch_add(1, Ordering::Relaxed);
@@ -247,7 +252,7 @@ impl DatasetWrites {
             )
         })?;
         Ok(Finished {
-            uploaded: Some((file, generation, etag, size)),
+            uploaded: Some((file, generation, etag, size, path)),
             synced: None,
         })
     }
