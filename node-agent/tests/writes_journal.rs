@@ -87,7 +87,6 @@ impl Fixture {
 async fn write_file(view: &Arc<DatasetView>, path: &str, data: &[u8]) -> strata_engine::Result<()> {
     let writes = view.writes().unwrap().clone();
     let file = view.create_file(&p(path), 0o644, false).await?;
-    writes.add_writer(&file);
     let result = async {
         writes.write(&file, 0, data).await?;
         writes.commit(&file).await
@@ -211,7 +210,6 @@ async fn a_file_changed_upstream_meanwhile_is_kept_under_a_conflict_name() {
     let (_agent, view, writes) = f.agent("conflict", WriteMode::WriteBack, None).await;
     // Opened for appending: copied up from v1.
     let file = view.open_for_write(&p("/doc"), false).await.unwrap();
-    writes.add_writer(&file);
     writes.write(&file, 2, b" + local").await.unwrap();
     // Someone else writes v2 at the source before this node uploads.
     f.s3.upload("conflict", &[("doc".to_string(), b"v2 upstream".to_vec())])

@@ -50,7 +50,8 @@ impl DatasetView {
     }
 
     /// Creates the file `path` (FUSE create): a new empty local file, or with `exclusive`
-    /// EEXIST when there is one; an existing file is opened truncated.
+    /// EEXIST when there is one; an existing file is opened truncated. Claimed as one
+    /// writer, like [`Self::open_for_write`].
     pub async fn create_file(
         self: &Arc<Self>,
         path: &DatasetPath,
@@ -70,7 +71,8 @@ impl DatasetView {
     }
 
     /// The local file to write `path` through: the one on this node, or a new one copied
-    /// up from the source (empty with `truncate`). Its writers are not counted here.
+    /// up from the source (empty with `truncate`), claimed as one writer (the caller
+    /// calls `remove_writer` when done).
     pub async fn open_for_write(
         self: &Arc<Self>,
         path: &DatasetPath,
@@ -79,9 +81,13 @@ impl DatasetView {
         let w = self.writes_for(path)?.clone();
         // One copy-up of a path at a time: two openers get the same local file.
         let _one = w.copy_up.lock().await;
-        if let Some(Overlay::File(f)) = w.lookup(path) {
-            if truncate && f.size() > 0 {
-                w.set_len(&f, 0).await?;
+        if let Some(f) = w.claim(path) {
+            if truncate
+                && f.size() > 0
+                && let Err(e) = w.set_len(&f, 0).await
+            {
+                w.remove_writer(&f);
+                return Err(e);
             }
             return Ok(f);
         }
@@ -130,7 +136,6 @@ impl DatasetView {
     pub async fn truncate(self: &Arc<Self>, path: &DatasetPath, size: u64) -> Result<()> {
         let local = self.open_for_write(path, size == 0).await?;
         let w = self.writes_for(path)?.clone();
-        w.add_writer(&local);
         let result = async {
             w.set_len(&local, size).await?;
             w.commit(&local).await

@@ -317,7 +317,8 @@ impl DatasetWrites {
         (!out.is_empty()).then(|| out.into_iter().collect())
     }
 
-    /// A new empty local file at `path` (created, or opened with O_TRUNC over `base`).
+    /// A new empty local file at `path` (created, or opened with O_TRUNC over `base`),
+    /// claimed by the caller as one writer (see [`Self::remove_writer`]).
     pub fn create(&self, path: &DatasetPath, base: Base, mode: u32) -> Result<Arc<LocalFile>> {
         self.mode_of(path)?;
         let staging = self.new_staging()?;
@@ -343,7 +344,7 @@ impl DatasetWrites {
         Ok(Staging { id, path, file })
     }
 
-    /// Puts a staging file at `path` as a local file.
+    /// Puts a staging file at `path` as a local file, claimed by the caller as one writer.
     pub fn stage(
         &self,
         staging: Staging,
@@ -371,7 +372,8 @@ impl DatasetWrites {
                 mtime: SystemTime::now(),
                 mode: mode & 0o7777,
                 base: base.clone(),
-                writers: 0,
+                // Claimed by the caller that is about to write it (`remove_writer`).
+                writers: 1,
                 generation: 1,
                 committed: 0,
                 uploaded: 0,
@@ -401,9 +403,23 @@ impl DatasetWrites {
         Ok(local)
     }
 
-    /// Marks one more writer of `file` (a write handle opened).
+    /// Marks one more writer of `file` (a write handle a new agent took over).
     pub fn add_writer(&self, file: &LocalFile) {
         file.state.lock().expect("local file").writers += 1;
+    }
+
+    /// The local file at `path`, claimed as one more writer, if there is one. Taken under
+    /// the lock that letting a file go takes: a file found here is not let go under its
+    /// new writer.
+    pub fn claim(&self, path: &DatasetPath) -> Option<Arc<LocalFile>> {
+        let st = self.state.lock().expect("writes");
+        match st.entries.get(path) {
+            Some(Overlay::File(f)) => {
+                f.state.lock().expect("local file").writers += 1;
+                Some(f.clone())
+            }
+            _ => None,
+        }
     }
 
     /// Writes `data` at `offset`, waiting up to [`DIRTY_WAIT`] for room under the
@@ -1252,7 +1268,6 @@ mod tests {
 
     async fn write_file(w: &Arc<DatasetWrites>, path: &str, data: &[u8]) {
         let f = w.create(&p(path), Base::New, 0o644).unwrap();
-        w.add_writer(&f);
         w.write(&f, 0, data).await.unwrap();
         w.commit(&f).await.unwrap();
         w.remove_writer(&f);
