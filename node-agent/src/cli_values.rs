@@ -27,6 +27,20 @@ pub fn parse_eviction(s: &str) -> Result<EvictionKind, String> {
     }
 }
 
+/// How the mounted sources take writes: `ReadOnly`, `WriteBack` or `WriteThrough` (any
+/// case). clap names the flag in the error.
+pub fn parse_write_mode(s: &str) -> Result<crate::config::WriteMode, String> {
+    use crate::config::WriteMode;
+    match s.to_ascii_lowercase().as_str() {
+        "readonly" => Ok(WriteMode::ReadOnly),
+        "writeback" => Ok(WriteMode::WriteBack),
+        "writethrough" => Ok(WriteMode::WriteThrough),
+        _ => Err(format!(
+            "unknown write mode {s:?}; use ReadOnly, WriteBack or WriteThrough"
+        )),
+    }
+}
+
 /// The tiers a dataset's blocks may live in: `Memory`, `SSD` or both, comma-separated (any
 /// case, each at most once), as a CachePolicy's `tiers`. clap names the flag in the error.
 pub fn parse_tiers(s: &str) -> Result<Vec<TierKind>, String> {

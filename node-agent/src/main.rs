@@ -100,6 +100,7 @@ fn mount_dataset(args: &MountArgs) -> anyhow::Result<(DatasetConfig, PathBuf)> {
             s.endpoint = args.endpoint.clone();
             s.region = args.region.clone();
         }
+        s.write_mode = args.write_mode;
     }
     let (namespace, name) = args
         .dataset

@@ -9,7 +9,9 @@ use std::time::Duration;
 use clap::Args;
 
 use crate::agent::{Agent, AgentConfig};
-use crate::cli_values::{parse_duration, parse_eviction, parse_size, parse_tiers};
+use crate::cli_values::{
+    parse_duration, parse_eviction, parse_size, parse_tiers, parse_write_mode,
+};
 use crate::config::{CacheSettings, DatasetConfig, EvictionKind, PinRule, TierKind};
 use crate::dataset::{DatasetUsage, DatasetView, PreloadReport};
 use crate::fuse::{MountHandle, MountOptions, check_mountpoint, mount};
@@ -75,6 +77,10 @@ pub struct MountArgs {
     // The full path keeps clap from taking the list as a repeated flag: one value, one list.
     #[arg(long, env = "STRATA_TIERS", default_value = "Memory,SSD", value_parser = parse_tiers)]
     pub tiers: ::std::vec::Vec<TierKind>,
+    /// How the sources take writes: ReadOnly, WriteBack (land on this machine, uploaded
+    /// in the background) or WriteThrough (close returns once the source has the file).
+    #[arg(long, env = "STRATA_WRITE_MODE", default_value = "ReadOnly", value_parser = parse_write_mode)]
+    pub write_mode: crate::config::WriteMode,
     #[command(flatten)]
     pub cache: CacheArgs,
     #[command(flatten)]
