@@ -12,11 +12,11 @@ use crate::validation::{
     DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_OPTIONS,
     MAX_SOURCES, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH,
     MSG_DUPLICATE_SOURCE_NAME, MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH,
-    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_READ_ONLY,
-    MSG_REGION, MSG_REGION_SCHEME, MSG_SOURCE_NAME, MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE,
-    MSG_URI_USERINFO, NO_CONTROL_RULE, cel_matches, has_control_character, is_dns1123_label,
-    is_dns1123_subdomain, is_http_url, is_mount_path, is_option_key, is_region,
-    mount_path_contains,
+    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY,
+    MSG_READ_ONLY_CONTRADICTS, MSG_READ_ONLY_HTTP, MSG_REGION, MSG_REGION_SCHEME, MSG_SOURCE_NAME,
+    MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, MSG_WRITE_MODE_HTTP,
+    NO_CONTROL_RULE, cel_matches, has_control_character, is_dns1123_label, is_dns1123_subdomain,
+    is_http_url, is_mount_path, is_option_key, is_region, mount_path_contains,
 };
 use crate::{FieldErrorKind, Result};
 
@@ -61,6 +61,12 @@ use crate::{FieldErrorKind, Result};
         type_ = "integer",
         json_path = ".status.files",
         description = "Number of files in all sources"
+    ),
+    printcolumn(
+        name = "Unsent",
+        type_ = "string",
+        json_path = ".status.unsent",
+        description = "Bytes written on the nodes and not yet uploaded to the sources"
     ),
     printcolumn(
         name = "Policy",
@@ -117,6 +123,9 @@ pub struct DatasetSpec {
 #[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || self.uri.matches('^(s3|gs|az)://')").message(MSG_CREDENTIALS_SCHEME).field_path(".credentialsSecretRef").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("!has(self.endpoint) || self.uri.matches('^(s3|gs|az)://')").message(MSG_ENDPOINT_SCHEME).field_path(".endpoint").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("!has(self.region) || self.uri.startsWith('s3://')").message(MSG_REGION_SCHEME).field_path(".region").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.writeMode) || self.writeMode == 'ReadOnly' || !self.uri.matches('^https?://')").message(MSG_WRITE_MODE_HTTP).field_path(".writeMode").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("has(self.writeMode) || !has(self.readOnly) || self.readOnly || !self.uri.matches('^https?://')").message(MSG_READ_ONLY_HTTP).field_path(".readOnly").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.readOnly) || !has(self.writeMode) || self.readOnly == (self.writeMode == 'ReadOnly')").message(MSG_READ_ONLY_CONTRADICTS).field_path(".readOnly"))]
 pub struct Source {
     /// Name of the source, unique within the dataset: a DNS-1123 label such as
     /// `train`. Used in status, metrics and job names.
@@ -168,12 +177,15 @@ pub struct Source {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub credentials_secret_ref: Option<SecretReference>,
 
-    /// Mount the source read-only. Writes are not supported yet (write-back is
-    /// on the roadmap), so only `true` (the default) is accepted: a dataset's
-    /// volumes are ReadOnlyMany.
-    #[serde(default = "default_true")]
-    #[x_kube(validation = Rule::new("self == true").message(MSG_READ_ONLY))]
-    pub read_only: bool,
+    /// How writes to this source's part of the dataset are handled; see
+    /// [`WriteMode`] (its doc is the field's description in the CRD).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub write_mode: Option<WriteMode>,
+
+    /// Deprecated: use writeMode. `true` means writeMode ReadOnly, `false`
+    /// means WriteBack; when both are set they must agree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub read_only: Option<bool>,
 
     /// Extra store settings passed to the object store client, keyed by its
     /// option name, e.g. `allow_http: "true"` or
@@ -186,8 +198,40 @@ pub struct Source {
     pub options: BTreeMap<String, String>,
 }
 
-fn default_true() -> bool {
-    true
+/// How writes to the source's part of the dataset are handled. ReadOnly
+/// (the default): every write is refused (EROFS). WriteBack: writes land in
+/// the node's journal and close/fsync return once they are durable on the
+/// node; uploads to the source run in the background, are retried, and
+/// survive agent crashes and restarts (an object appears at the source only
+/// whole). WriteThrough: close/fsync return once the source has the object.
+/// http(s) sources cannot be written. A dataset with a writable source gets
+/// ReadWriteMany volumes.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum WriteMode {
+    /// Every write is refused (EROFS).
+    #[default]
+    ReadOnly,
+    /// Writes land in the node's journal; close and fsync return once they are
+    /// durable there, and uploads run in the background.
+    WriteBack,
+    /// Close and fsync return once the source has the object.
+    WriteThrough,
+}
+
+impl WriteMode {
+    /// Whether the mode takes writes.
+    pub fn is_writable(self) -> bool {
+        self != WriteMode::ReadOnly
+    }
+
+    /// The name as written in the spec (`WriteBack`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WriteMode::ReadOnly => "ReadOnly",
+            WriteMode::WriteBack => "WriteBack",
+            WriteMode::WriteThrough => "WriteThrough",
+        }
+    }
 }
 
 /// A reference to a CachePolicy in the same namespace.
@@ -218,7 +262,8 @@ pub struct DatasetStatus {
     pub phase: Option<DatasetPhase>,
 
     /// Standard conditions: Ready, SourcesReachable, PolicyResolved,
-    /// Preloading, NodesHealthy, SpecValid. Each says what is wrong in words a user can act on.
+    /// Preloading, NodesHealthy, UploadsHealthy (datasets with writes),
+    /// VolumeUpToDate, SpecValid. Each says what is wrong in words a user can act on.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -260,6 +305,25 @@ pub struct DatasetStatus {
     /// Number of nodes holding part of this dataset.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nodes: Option<i32>,
+
+    /// Bytes written on the nodes and not yet uploaded to the sources, summed
+    /// over the live nodes (datasets with a writable source only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_write_bytes: Option<i64>,
+
+    /// pendingWriteBytes for people, e.g. `12.4Mi` (the Unsent column).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub unsent: Option<String>,
+
+    /// Files changed on the nodes (written, deleted, renamed) whose change is
+    /// not yet at the source, summed over the live nodes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pending_write_files: Option<i64>,
+
+    /// When the oldest change not yet at the source was made, over the live
+    /// nodes; unset when nothing is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending_write: Option<Time>,
 
     /// The CachePolicy in effect (from policyRef or a matching selector).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -409,6 +473,33 @@ impl Source {
     pub fn parsed_uri(&self) -> Result<SourceUri> {
         SourceUri::parse(&self.uri)
     }
+
+    /// How the source takes writes, with the deprecated `readOnly` resolved:
+    /// `writeMode` when set; else `readOnly: false` means WriteBack; else ReadOnly.
+    /// (A `readOnly` that contradicts `writeMode` is refused by validation.)
+    ///
+    /// ```
+    /// let source: strata_crds::Source = serde_json::from_value(serde_json::json!(
+    ///     {"name": "out", "uri": "s3://b/out/", "mountPath": "/out", "readOnly": false}
+    /// )).unwrap();
+    /// assert_eq!(source.effective_write_mode(), strata_crds::WriteMode::WriteBack);
+    /// ```
+    pub fn effective_write_mode(&self) -> WriteMode {
+        match (self.write_mode, self.read_only) {
+            (Some(mode), _) => mode,
+            (None, Some(false)) => WriteMode::WriteBack,
+            (None, Some(true) | None) => WriteMode::ReadOnly,
+        }
+    }
+}
+
+impl DatasetSpec {
+    /// Whether any source takes writes (its volumes are then ReadWriteMany).
+    pub fn is_writable(&self) -> bool {
+        self.sources
+            .iter()
+            .any(|s| s.effective_write_mode().is_writable())
+    }
 }
 
 impl DatasetSpec {
@@ -528,13 +619,7 @@ impl Source {
                 );
             }
         }
-        if !self.read_only {
-            errors.push(
-                format!("{at}.readOnly"),
-                FieldErrorKind::NotSupported,
-                MSG_READ_ONLY,
-            );
-        }
+        self.check_write_mode(errors, at, scheme);
         if let Some(region) = &self.region {
             if !is_region(region) {
                 errors.push(format!("{at}.region"), FieldErrorKind::Invalid, MSG_REGION);
@@ -576,6 +661,38 @@ impl Source {
                 FieldErrorKind::Invalid,
                 format!("{MSG_OPTION_KEY} (offending key: {key:?})"),
             );
+        }
+    }
+}
+
+impl Source {
+    /// The writeMode rules: no writes to http(s) sources, and a `readOnly` alias
+    /// that agrees with `writeMode`.
+    fn check_write_mode(&self, errors: &mut FieldErrors, at: &str, scheme: Option<crate::Scheme>) {
+        let unwritable = scheme.is_some_and(|s| !s.accepts_writes());
+        match (self.write_mode, self.read_only) {
+            (Some(mode), read_only) => {
+                if unwritable && mode.is_writable() {
+                    errors.push(
+                        format!("{at}.writeMode"),
+                        FieldErrorKind::Forbidden,
+                        MSG_WRITE_MODE_HTTP,
+                    );
+                }
+                if read_only.is_some_and(|r| r == mode.is_writable()) {
+                    errors.push(
+                        format!("{at}.readOnly"),
+                        FieldErrorKind::Invalid,
+                        MSG_READ_ONLY_CONTRADICTS,
+                    );
+                }
+            }
+            (None, Some(false)) if unwritable => errors.push(
+                format!("{at}.readOnly"),
+                FieldErrorKind::Forbidden,
+                MSG_READ_ONLY_HTTP,
+            ),
+            (None, _) => {}
         }
     }
 }
@@ -648,7 +765,12 @@ mod tests {
             {"name": "web", "uri": "https://example.com/files/", "mountPath": "/web"},
         ]));
         assert_eq!(fields(&d), Vec::<String>::new());
-        assert!(d.spec.sources[0].read_only, "readOnly defaults to true");
+        assert_eq!(
+            d.spec.sources[0].effective_write_mode(),
+            WriteMode::ReadOnly,
+            "sources are read-only by default"
+        );
+        assert!(!d.spec.is_writable());
         assert_eq!(d.spec.sources[1].parsed_uri().unwrap().scheme, Scheme::Gcs);
     }
 
@@ -686,5 +808,96 @@ mod tests {
                 "spec.sources[1].region",
             ]
         );
+    }
+
+    #[test]
+    fn read_only_is_an_alias_of_write_mode() {
+        let mode = |extra: serde_json::Value| {
+            let mut source = serde_json::json!({"name": "a", "uri": "s3://b/", "mountPath": "/"});
+            source
+                .as_object_mut()
+                .unwrap()
+                .extend(extra.as_object().unwrap().clone());
+            let d = dataset(serde_json::json!([source]));
+            (d.spec.sources[0].effective_write_mode(), fields(&d))
+        };
+        let ok = Vec::<String>::new();
+        let contradiction = vec!["spec.sources[0].readOnly".to_string()];
+        use WriteMode::*;
+        for (extra, want) in [
+            (serde_json::json!({}), (ReadOnly, ok.clone())),
+            (
+                serde_json::json!({"readOnly": true}),
+                (ReadOnly, ok.clone()),
+            ),
+            (
+                serde_json::json!({"readOnly": false}),
+                (WriteBack, ok.clone()),
+            ),
+            (
+                serde_json::json!({"writeMode": "WriteBack"}),
+                (WriteBack, ok.clone()),
+            ),
+            (
+                serde_json::json!({"writeMode": "WriteThrough"}),
+                (WriteThrough, ok.clone()),
+            ),
+            (
+                serde_json::json!({"writeMode": "ReadOnly"}),
+                (ReadOnly, ok.clone()),
+            ),
+            (
+                serde_json::json!({"writeMode": "WriteThrough", "readOnly": false}),
+                (WriteThrough, ok.clone()),
+            ),
+            (
+                serde_json::json!({"writeMode": "ReadOnly", "readOnly": true}),
+                (ReadOnly, ok.clone()),
+            ),
+            // Contradictions are refused; writeMode is what the field says.
+            (
+                serde_json::json!({"writeMode": "WriteBack", "readOnly": true}),
+                (WriteBack, contradiction.clone()),
+            ),
+            (
+                serde_json::json!({"writeMode": "ReadOnly", "readOnly": false}),
+                (ReadOnly, contradiction.clone()),
+            ),
+        ] {
+            assert_eq!(mode(extra.clone()), want, "{extra}");
+        }
+        // Omitted when unset, so a spec round-trips as written.
+        let d = dataset(serde_json::json!([{"name": "a", "uri": "s3://b/", "mountPath": "/"}]));
+        let json = serde_json::to_value(&d.spec.sources[0]).unwrap();
+        assert!(
+            json.get("readOnly").is_none() && json.get("writeMode").is_none(),
+            "{json}"
+        );
+    }
+
+    #[test]
+    fn http_sources_cannot_be_written() {
+        let d = dataset(serde_json::json!([
+            {"name": "a", "uri": "https://h/x/", "mountPath": "/a", "writeMode": "WriteBack"},
+            {"name": "b", "uri": "http://h/y/", "mountPath": "/b", "readOnly": false},
+            {"name": "c", "uri": "http://h/z/", "mountPath": "/c", "writeMode": "ReadOnly"},
+            {"name": "d", "uri": "file:///srv/out", "mountPath": "/d", "writeMode": "WriteThrough"},
+            {"name": "e", "uri": "gs://b/out/", "mountPath": "/e", "readOnly": false},
+        ]));
+        assert_eq!(
+            fields(&d),
+            ["spec.sources[0].writeMode", "spec.sources[1].readOnly"]
+        );
+        assert!(d.spec.is_writable());
+        let Err(Error::Invalid { errors, .. }) = d.validate() else {
+            panic!("refused")
+        };
+        assert!(
+            errors[0]
+                .message
+                .contains("http(s) sources cannot be written")
+        );
+        assert!(errors[0].message.contains("remove writeMode"));
+        assert!(errors[1].message.contains("remove readOnly"));
     }
 }

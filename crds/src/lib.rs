@@ -27,7 +27,7 @@ pub use cache_policy::{
 };
 pub use dataset::{
     Dataset, DatasetPhase, DatasetSpec, DatasetStatus, JobKind, JobPhase, JobRun, PinStatus,
-    PolicyReference, SecretReference, Source, SourceStatus,
+    PolicyReference, SecretReference, Source, SourceStatus, WriteMode,
 };
 pub use duration::parse_duration;
 pub use error::{Error, FieldError, FieldErrorKind, Result};
@@ -35,8 +35,8 @@ pub use quantity::{BYTE_COUNT_RULE, format_bytes, parse_quantity_bytes};
 pub use schedule::Schedule;
 pub use source_uri::{Scheme, SourceUri};
 pub use strata_node::{
-    NodeDatasetUsage, NodeError, NodeJobProgress, NodePinUsage, StrataNode, StrataNodeSpec,
-    StrataNodeStatus, TierUsage,
+    NodeDatasetUsage, NodeError, NodeJobProgress, NodePinUsage, NodeWriteUsage, StrataNode,
+    StrataNodeSpec, StrataNodeStatus, TierUsage,
 };
 pub use validation::validate_dataset_path_glob;
 
@@ -65,6 +65,12 @@ pub mod condition {
     pub const SPEC_VALID: &str = "SpecValid";
     /// No live node reports an error reading or listing the Dataset's sources.
     pub const NODES_HEALTHY: &str = "NodesHealthy";
+    /// No live node reports a failed upload of the Dataset's writes (only on
+    /// datasets with a writable source).
+    pub const UPLOADS_HEALTHY: &str = "UploadsHealthy";
+    /// The Dataset's PersistentVolume and claim have the access modes its write
+    /// mode asks for (ReadWriteMany with a writable source, else ReadOnlyMany).
+    pub const VOLUME_UP_TO_DATE: &str = "VolumeUpToDate";
 }
 
 /// Keys of the Secret named by a source's `credentialsSecretRef` (the names

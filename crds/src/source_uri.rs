@@ -64,6 +64,11 @@ impl Scheme {
     pub fn accepts_region(self) -> bool {
         self == Scheme::S3
     }
+
+    /// Whether a writable `writeMode` means anything: HTTP servers take no uploads.
+    pub fn accepts_writes(self) -> bool {
+        !matches!(self, Scheme::Http | Scheme::Https)
+    }
 }
 
 impl fmt::Display for Scheme {

@@ -164,6 +164,39 @@ pub struct NodeDatasetUsage {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 32))]
     pub pins: Vec<NodePinUsage>,
+    /// Writes made on this node and their uploads to the sources; only for a
+    /// dataset with a writable source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub writes: Option<NodeWriteUsage>,
+}
+
+/// Writes made through one node's mounts of one dataset, and their uploads.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeWriteUsage {
+    /// Files changed on this node (written, deleted or renamed) whose change
+    /// is not yet at the source.
+    pub pending_files: i64,
+    /// Bytes of those files still to upload.
+    pub pending_bytes: i64,
+    /// When the oldest change not yet at the source was made; unset when
+    /// nothing is pending.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub oldest_pending: Option<Time>,
+    /// Files uploaded since the agent started.
+    pub uploaded_files: i64,
+    /// Bytes uploaded since the agent started.
+    pub uploaded_bytes: i64,
+    /// Failed upload attempts since the agent started (each is retried).
+    pub failures: i64,
+    /// Uploads since the agent started that found the object changed at the
+    /// source: the local version was uploaded and the upstream one kept under
+    /// `<name>.conflict-<UTC time>`.
+    pub conflicts: i64,
+    /// The last failed upload; gone once an upload succeeds. Never carries a
+    /// credential or a signed URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<NodeError>,
 }
 
 /// One pin rule on one node and the cached files it keeps there.

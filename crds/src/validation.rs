@@ -35,7 +35,9 @@ pub(crate) const MSG_CREDENTIALS_SCHEME: &str = "credentialsSecretRef applies on
 pub(crate) const MSG_ENDPOINT_SCHEME: &str = "endpoint applies only to s3://, gs:// and az:// sources (S3-compatible stores, emulators); remove it or change the uri";
 pub(crate) const MSG_REGION_SCHEME: &str =
     "region applies only to s3:// sources; remove it or change the uri";
-pub(crate) const MSG_READ_ONLY: &str = "readOnly: false is not supported yet: Strata serves every source read-only until write-back lands; remove readOnly or set it to true";
+pub(crate) const MSG_WRITE_MODE_HTTP: &str = "writeMode: http(s) sources cannot be written; remove writeMode (or set it to ReadOnly) or use an object store (s3://, gs://, az://) or a file:// source";
+pub(crate) const MSG_READ_ONLY_HTTP: &str = "readOnly: false makes the source writable (WriteBack), and http(s) sources cannot be written; remove readOnly or use an object store (s3://, gs://, az://) or a file:// source";
+pub(crate) const MSG_READ_ONLY_CONTRADICTS: &str = "readOnly contradicts writeMode: readOnly is a deprecated alias (true = writeMode ReadOnly, false = WriteBack); delete readOnly and keep writeMode (a Dataset created before writeMode existed was given readOnly: true by default: remove it with kubectl edit, or set it to false)";
 pub(crate) const MSG_OPTION_KEY: &str = "options keys must be 1-128 characters of letters, digits, '_', '-' and '.', and must not name a credential (secret, token, password, key): put credentials in the Secret named by credentialsSecretRef";
 pub(crate) const MSG_DUPLICATE_SOURCE_NAME: &str =
     "source names must be unique: rename one of the sources that share a name";

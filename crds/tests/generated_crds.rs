@@ -108,7 +108,10 @@ fn names_columns_and_subresources() {
             .map(|c| c["name"].as_str().unwrap())
             .collect();
         match kind.as_str() {
-            "Dataset" => assert_eq!(columns, ["Phase", "Cached %", "Size", "Files", "Age"]),
+            "Dataset" => assert_eq!(
+                columns,
+                ["Phase", "Cached %", "Size", "Files", "Unsent", "Age"]
+            ),
             "CachePolicy" => assert_eq!(columns, ["Datasets", "Quota", "Age"]),
             "StrataNode" => {
                 assert_eq!(crd["spec"]["scope"], "Cluster");

@@ -463,3 +463,97 @@ fn pins_need_the_ssd_tier() {
         ],
     );
 }
+
+/// (uri, writeMode, readOnly, the fields both twins must refuse).
+type WriteModeCase = (
+    &'static str,
+    Option<&'static str>,
+    Option<bool>,
+    &'static [&'static str],
+);
+
+/// writeMode and its deprecated alias readOnly depend on each other and on the
+/// uri, so each case is a whole source.
+#[test]
+fn write_modes() {
+    let cases: &[WriteModeCase] = &[
+        ("s3://b/out/", None, None, &[]),
+        ("s3://b/out/", Some("ReadOnly"), None, &[]),
+        ("s3://b/out/", Some("WriteBack"), None, &[]),
+        ("s3://b/out/", Some("WriteThrough"), None, &[]),
+        ("gs://b/out/", None, Some(false), &[]),
+        ("az://c/out/", None, Some(true), &[]),
+        ("file:///srv/out", Some("WriteBack"), Some(false), &[]),
+        ("s3://b/out/", Some("ReadOnly"), Some(true), &[]),
+        ("s3://b/out/", Some("WriteThrough"), Some(false), &[]),
+        // The alias contradicting writeMode, both ways.
+        ("s3://b/out/", Some("WriteBack"), Some(true), &["readOnly"]),
+        (
+            "s3://b/out/",
+            Some("WriteThrough"),
+            Some(true),
+            &["readOnly"],
+        ),
+        ("s3://b/out/", Some("ReadOnly"), Some(false), &["readOnly"]),
+        // http(s) sources take no writes, however asked for.
+        ("https://h/x/", Some("ReadOnly"), None, &[]),
+        ("http://h/x/", None, Some(true), &[]),
+        ("https://h/x/", Some("WriteBack"), None, &["writeMode"]),
+        ("http://h/x/", Some("WriteThrough"), None, &["writeMode"]),
+        ("http://h/x/", None, Some(false), &["readOnly"]),
+        (
+            "https://h/x/",
+            Some("WriteBack"),
+            Some(true),
+            &["writeMode", "readOnly"],
+        ),
+        ("https://h/x/", Some("ReadOnly"), Some(false), &["readOnly"]),
+    ];
+    let mut wrong = Vec::new();
+    for (uri, mode, read_only, fields) in cases {
+        let mut source = json!({"name": "out", "uri": uri, "mountPath": "/out"});
+        if let Some(mode) = mode {
+            source["writeMode"] = json!(mode);
+        }
+        if let Some(read_only) = read_only {
+            source["readOnly"] = json!(read_only);
+        }
+        let mut doc = dataset();
+        set(&mut doc, "/spec/sources/0", source.clone());
+        let mut want: Vec<String> = fields
+            .iter()
+            .map(|f| format!("spec.sources[0].{f}"))
+            .collect();
+        let (mut rust, mut cel) = refused(&doc);
+        want.sort();
+        rust.sort();
+        cel.sort();
+        if rust != want || cel != want {
+            wrong.push(format!(
+                "{source}: want {want:?}, Rust refused {rust:?}, CEL refused {cel:?}"
+            ));
+        }
+    }
+    assert!(wrong.is_empty(), "\n{}", wrong.join("\n"));
+}
+
+#[test]
+fn write_mode_is_an_enum() {
+    let mut doc = dataset();
+    set(&mut doc, "/spec/sources/0/uri", json!("s3://b/out/"));
+    doc["spec"]["sources"][0]["writeMode"] = json!("writeback");
+    assert!(serde_json::from_value::<Dataset>(doc).is_err());
+    // kube-cel checks CEL only; the API server checks the schema's enum.
+    let schema = schema::<Dataset>();
+    let field =
+        &schema["properties"]["spec"]["properties"]["sources"]["items"]["properties"]["writeMode"];
+    assert_eq!(
+        field["enum"],
+        json!(["ReadOnly", "WriteBack", "WriteThrough"]),
+        "{field}"
+    );
+    assert!(
+        field.get("default").is_none(),
+        "no server default: readOnly may stand alone"
+    );
+}

@@ -222,12 +222,20 @@ spec:
             .kubectl(&["-n", ns.name(), "get", "dataset", "local", "-o", "json"])
             .await?,
     )?;
-    assert_eq!(dataset["spec"]["sources"][0]["readOnly"], true);
+    // No server defaults for writeMode or its deprecated alias readOnly: either may stand
+    // alone (readOnly: false means WriteBack), and unset means ReadOnly.
+    let source = &dataset["spec"]["sources"][0];
+    assert!(
+        source.get("readOnly").is_none() && source.get("writeMode").is_none(),
+        "{source}"
+    );
 
     // Short names and the category resolve; the printer columns are the documented ones.
     let sds = cluster.kubectl(&["-n", ns.name(), "get", "sds"]).await?;
     let header_line = sds.lines().next().unwrap_or_default().to_string();
-    for column in ["NAME", "PHASE", "CACHED %", "SIZE", "FILES", "AGE"] {
+    for column in [
+        "NAME", "PHASE", "CACHED %", "SIZE", "FILES", "UNSENT", "AGE",
+    ] {
         assert!(
             header_line.contains(column),
             "`kubectl get sds` header: {header_line}"
@@ -272,14 +280,18 @@ spec:
             "--subresource=status",
             "--type=merge",
             "-p",
-            r#"{"status":{"phase":"Ready","cachedPercent":42,"size":"1.5Gi","files":7}}"#,
+            r#"{"status":{"phase":"Ready","cachedPercent":42,"size":"1.5Gi","files":7,"pendingWriteBytes":3670016,"unsent":"3.5Mi"}}"#,
         ])
         .await?;
     let row = cluster
         .kubectl(&["-n", ns.name(), "get", "sds", "local", "--no-headers"])
         .await?;
     let cells: Vec<&str> = row.split_whitespace().collect();
-    assert_eq!(&cells[..5], ["local", "Ready", "42", "1.5Gi", "7"], "{row}");
+    assert_eq!(
+        &cells[..6],
+        ["local", "Ready", "42", "1.5Gi", "7", "3.5Mi"],
+        "{row}"
+    );
 
     ns.cleanup().await?;
     Ok(())

@@ -327,6 +327,7 @@ fn usage(
         }),
         jobs,
         pins: vec![],
+        writes: None,
     }
 }
 

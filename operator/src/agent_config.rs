@@ -4,10 +4,12 @@
 
 use std::collections::BTreeMap;
 
-use strata_crds::{CachePolicy, CachePolicySpec, Dataset, Eviction, Source, Tier, parse_duration};
+use strata_crds::{
+    CachePolicy, CachePolicySpec, Dataset, Eviction, Source, Tier, WriteMode, parse_duration,
+};
 use strata_wire::config::{
     CacheSettings, DatasetConfig, EvictionKind, MAX_METADATA_TTL, PinRule,
-    Replicas as WireReplicas, SourceConfig, TierKind,
+    Replicas as WireReplicas, SourceConfig, TierKind, WriteMode as WireWriteMode,
 };
 
 use crate::credentials::AgentCredentials;
@@ -109,10 +111,19 @@ pub fn source_config(source: &Source, credentials: Option<&AgentCredentials>) ->
         endpoint: source.endpoint.clone(),
         region: source.region.clone(),
         credentials: credentials.cloned(),
-        // Read-only until the CRD's writeMode reaches the agents (issue 24, in progress).
-        write_mode: strata_wire::config::WriteMode::ReadOnly,
+        // The deprecated readOnly resolved: `readOnly: false` alone means WriteBack.
+        write_mode: wire_write_mode(source.effective_write_mode()),
         options: source.options.clone(),
         ..SourceConfig::default()
+    }
+}
+
+/// The agents' spelling of a source's write mode.
+pub fn wire_write_mode(mode: WriteMode) -> WireWriteMode {
+    match mode {
+        WriteMode::ReadOnly => WireWriteMode::ReadOnly,
+        WriteMode::WriteBack => WireWriteMode::WriteBack,
+        WriteMode::WriteThrough => WireWriteMode::WriteThrough,
     }
 }
 
@@ -144,7 +155,8 @@ mod tests {
                     endpoint: Some("http://127.0.0.1:9000".into()),
                     region: Some("us-east-1".into()),
                     credentials_secret_ref: None,
-                    read_only: false,
+                    write_mode: None,
+                    read_only: None,
                     options: BTreeMap::from([("allow_http".into(), "true".into())]),
                 }],
                 policy_ref: None,
@@ -171,7 +183,10 @@ mod tests {
         assert_eq!(value["namespace"], "ml");
         assert_eq!(value["uid"], "0b6c9a4e-uid");
         assert_eq!(value["sources"][0]["mountPath"], "/train");
-        assert!(value["sources"][0].get("writeMode").is_none());
+        assert!(
+            value["sources"][0].get("writeMode").is_none(),
+            "read-only by default, and ReadOnly is omitted"
+        );
         assert_eq!(
             value["sources"][0]["credentials"]["secretAccessKey"],
             "secret"
@@ -180,6 +195,36 @@ mod tests {
         assert_eq!(value["cache"]["blockSize"], 4 << 20);
         assert_eq!(value["cache"]["eviction"], "S3FIFO");
         assert_eq!(secret_key("ml", "imagenet"), "ml.imagenet.yaml");
+    }
+
+    /// writeMode reaches the agents as written, and the deprecated `readOnly: false`
+    /// as WriteBack; the agents parse what the operator writes.
+    #[test]
+    fn write_modes_reach_the_agents() {
+        let yaml_of = |write_mode: Option<WriteMode>, read_only: Option<bool>| {
+            let mut ds = dataset();
+            ds.spec.sources[0].write_mode = write_mode;
+            ds.spec.sources[0].read_only = read_only;
+            let yaml = to_yaml(&build(&ds, None, &BTreeMap::new())).unwrap();
+            let parsed: DatasetConfig = serde_yaml::from_str(&yaml).unwrap();
+            let value: serde_json::Value = serde_yaml::from_str(&yaml).unwrap();
+            assert_eq!(
+                parsed.sources[0].write_mode,
+                wire_write_mode(ds.spec.sources[0].effective_write_mode())
+            );
+            value["sources"][0].get("writeMode").cloned()
+        };
+        let write_back = Some(serde_json::json!("WriteBack"));
+        assert_eq!(yaml_of(Some(WriteMode::WriteBack), None), write_back);
+        assert_eq!(yaml_of(None, Some(false)), write_back);
+        assert_eq!(yaml_of(Some(WriteMode::WriteBack), Some(false)), write_back);
+        assert_eq!(
+            yaml_of(Some(WriteMode::WriteThrough), None),
+            Some(serde_json::json!("WriteThrough"))
+        );
+        assert_eq!(yaml_of(Some(WriteMode::ReadOnly), None), None);
+        assert_eq!(yaml_of(None, Some(true)), None);
+        assert_eq!(yaml_of(None, None), None);
     }
 
     #[test]

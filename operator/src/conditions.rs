@@ -45,6 +45,17 @@ pub mod reason {
     pub const NODE_REPORTS_ERRORS: &str = "NodeReportsErrors";
     /// No live node reports a source error.
     pub const NO_NODE_ERRORS: &str = "NoNodeErrors";
+    /// Live nodes report failed uploads of the dataset's writes.
+    pub const UPLOADS_FAILING: &str = "UploadsFailing";
+    /// No live node reports a failed upload.
+    pub const NO_UPLOAD_ERRORS: &str = "NoUploadErrors";
+    /// The PV and the claim have the access modes the write mode asks for.
+    pub const VOLUME_UP_TO_DATE: &str = "VolumeUpToDate";
+    /// The claim was made for an earlier write mode and Kubernetes does not change
+    /// a claim's access modes: it must be deleted to be made again.
+    pub const CLAIM_ACCESS_MODE_OUTDATED: &str = "ClaimAccessModeOutdated";
+    /// An unbound PV made for an earlier write mode was deleted to be made again.
+    pub const VOLUME_RECREATING: &str = "VolumeRecreating";
 }
 
 /// The `status` string of a condition.

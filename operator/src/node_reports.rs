@@ -6,7 +6,9 @@ use std::time::Duration;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
-use strata_crds::{DatasetStatus, JobPhase, NodePinUsage, PinStatus, StrataNode};
+use strata_crds::{
+    DatasetStatus, JobPhase, NodePinUsage, NodeWriteUsage, PinStatus, StrataNode, format_bytes,
+};
 
 /// What the live nodes report about one dataset.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -25,13 +27,69 @@ pub struct DatasetUsage {
     pub jobs: BTreeMap<String, JobProgress>,
     /// The CachePolicy's pin rules as the nodes report them, in the policy's order.
     pub pins: Vec<PinStatus>,
+    /// Writes made on the nodes and their uploads, summed; None when no node
+    /// reports writes for the dataset.
+    pub writes: Option<WriteUsage>,
+}
+
+/// What the live nodes report of the writes made through their mounts.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WriteUsage {
+    /// Files whose change is not yet at the source, summed over nodes.
+    pub pending_files: u64,
+    /// Bytes still to upload, summed over nodes.
+    pub pending_bytes: u64,
+    /// The oldest unsent change over the nodes.
+    pub oldest_pending: Option<Time>,
+    /// Failed upload attempts since each agent started, summed.
+    pub failures: u64,
+    /// Uploads that met an upstream change, summed (since each agent started).
+    pub conflicts: u64,
+    /// The last upload failure of each node that has one, by node name.
+    pub errors: Vec<NodeReportedError>,
+}
+
+impl WriteUsage {
+    fn add(&mut self, node: &str, report: &NodeWriteUsage) {
+        self.pending_files = self
+            .pending_files
+            .saturating_add(non_negative(report.pending_files));
+        self.pending_bytes = self
+            .pending_bytes
+            .saturating_add(non_negative(report.pending_bytes));
+        if report.oldest_pending.is_some()
+            && (self.oldest_pending.is_none() || report.oldest_pending < self.oldest_pending)
+        {
+            self.oldest_pending = report.oldest_pending.clone();
+        }
+        self.failures = self.failures.saturating_add(non_negative(report.failures));
+        self.conflicts = self
+            .conflicts
+            .saturating_add(non_negative(report.conflicts));
+        if let Some(error) = &report.last_error {
+            self.errors.push(NodeReportedError {
+                node: node.to_string(),
+                message: error.message.clone(),
+            });
+        }
+    }
 }
 
 impl DatasetUsage {
     /// Writes the summed figures into a Dataset's status: cachedBytes, nodes
     /// and, once a node reports the dataset, hits and misses. cachedPercent is
     /// against `status.totalBytes`, so this runs after the sources were listed.
-    pub fn write_into(&self, status: &mut DatasetStatus) {
+    /// The pending writes are written for a `writable` dataset (zero when no
+    /// node reports any), and for any dataset a node still reports writes of
+    /// (made before its sources became read-only).
+    pub fn write_into(&self, status: &mut DatasetStatus, writable: bool) {
+        if writable || self.writes.is_some() {
+            let writes = self.writes.clone().unwrap_or_default();
+            status.pending_write_bytes = Some(to_api(writes.pending_bytes));
+            status.unsent = Some(format_bytes(writes.pending_bytes));
+            status.pending_write_files = Some(to_api(writes.pending_files));
+            status.oldest_pending_write = writes.oldest_pending;
+        }
         if !self.nodes.is_empty() {
             status.cached_bytes = Some(to_api(self.cached_bytes));
             status.hits = Some(to_api(self.hits));
@@ -174,11 +232,20 @@ pub fn usage_of<'a>(
                 for pin in report.pins.iter().filter(|p| p.from_policy) {
                     add_pin(&mut usage.pins, pin);
                 }
+                if let Some(writes) = &report.writes {
+                    usage
+                        .writes
+                        .get_or_insert_with(WriteUsage::default)
+                        .add(&node.name_any(), writes);
+                }
             }
         }
     }
     usage.nodes.sort();
     usage.errors.sort_by(|a, b| a.node.cmp(&b.node));
+    if let Some(writes) = &mut usage.writes {
+        writes.errors.sort_by(|a, b| a.node.cmp(&b.node));
+    }
     usage
 }
 
@@ -232,7 +299,8 @@ pub fn cached_percent(cached: u64, total: u64) -> i32 {
 mod tests {
     use super::*;
     use strata_crds::{
-        NodeDatasetUsage, NodeError, NodeJobProgress, StrataNodeSpec, StrataNodeStatus,
+        NodeDatasetUsage, NodeError, NodeJobProgress, NodeWriteUsage, StrataNodeSpec,
+        StrataNodeStatus,
     };
 
     fn node(name: &str, heartbeat: i64, reports: &[(&str, &str, Option<&str>, u64)]) -> StrataNode {
@@ -260,6 +328,7 @@ mod tests {
                     last_error: None,
                     jobs: vec![],
                     pins: vec![],
+                    writes: None,
                 })
                 .collect(),
             ..Default::default()
@@ -375,7 +444,7 @@ mod tests {
             total_bytes: Some(1_000),
             ..DatasetStatus::default()
         };
-        usage.write_into(&mut status);
+        usage.write_into(&mut status, false);
         assert_eq!(
             (
                 status.cached_bytes,
@@ -386,9 +455,14 @@ mod tests {
             (Some(250), Some(7), Some(3), Some(2))
         );
         assert_eq!(status.cached_percent, Some(25));
+        assert_eq!(
+            (status.pending_write_bytes, status.unsent.as_deref()),
+            (None, None),
+            "a read-only dataset shows no writes"
+        );
 
         let mut unlisted = DatasetStatus::default();
-        usage.write_into(&mut unlisted);
+        usage.write_into(&mut unlisted, false);
         assert_eq!(unlisted.cached_percent, None, "no size, no percent");
     }
 
@@ -398,7 +472,7 @@ mod tests {
             total_bytes: Some(1_000),
             ..DatasetStatus::default()
         };
-        DatasetUsage::default().write_into(&mut status);
+        DatasetUsage::default().write_into(&mut status, false);
         assert_eq!((status.cached_bytes, status.nodes), (Some(0), Some(0)));
         assert_eq!((status.hits, status.misses), (None, None));
         assert_eq!(status.cached_percent, Some(0));
@@ -407,7 +481,7 @@ mod tests {
             total_bytes: Some(0),
             ..DatasetStatus::default()
         };
-        DatasetUsage::default().write_into(&mut empty);
+        DatasetUsage::default().write_into(&mut empty, false);
         assert_eq!(
             empty.cached_percent,
             Some(100),
@@ -422,5 +496,88 @@ mod tests {
         assert_eq!(cached_percent(1000, 1000), 100);
         assert_eq!(cached_percent(5000, 1000), 100);
         assert_eq!(cached_percent(1, 3), 33);
+    }
+
+    fn writes(pending: (i64, i64), oldest: Option<i64>, error: Option<&str>) -> NodeWriteUsage {
+        NodeWriteUsage {
+            pending_files: pending.0,
+            pending_bytes: pending.1,
+            oldest_pending: oldest.map(|t| Time(Timestamp::from_second(t).unwrap())),
+            uploaded_files: 9,
+            uploaded_bytes: 900,
+            failures: 2,
+            conflicts: 1,
+            last_error: error.map(|m| NodeError {
+                message: m.into(),
+                time: Time(Timestamp::from_second(9_000).unwrap()),
+            }),
+        }
+    }
+
+    #[test]
+    fn sums_pending_writes_and_collects_upload_errors() {
+        let now = Timestamp::from_second(10_000).unwrap();
+        let mut a = node("a", 9_990, &[("ml", "out", Some("u1"), 0)]);
+        let mut b = node("b", 9_990, &[("ml", "out", Some("u1"), 0)]);
+        let c = node("c", 9_990, &[("ml", "out", Some("u1"), 0)]);
+        let mut stale = node("stale", 1_000, &[("ml", "out", Some("u1"), 0)]);
+        let mut old = node("old", 9_990, &[("ml", "out", Some("u0"), 0)]);
+        fn report(n: &mut StrataNode) -> &mut NodeDatasetUsage {
+            &mut n.status.as_mut().unwrap().datasets[0]
+        }
+        report(&mut a).writes = Some(writes((3, 3 << 20), Some(9_500), None));
+        report(&mut b).writes = Some(writes(
+            (2, 1 << 20),
+            Some(9_100),
+            Some("upload of /out/x.bin to source out: connection refused"),
+        ));
+        report(&mut stale).writes = Some(writes((100, 1 << 30), Some(100), Some("stale")));
+        report(&mut old).writes = Some(writes((100, 1 << 30), Some(100), Some("old")));
+        let usage = usage_of(
+            &[a, b, c, stale, old],
+            "ml",
+            "out",
+            Some("u1"),
+            Duration::from_secs(180),
+            now,
+        );
+        let w = usage.writes.clone().unwrap();
+        assert_eq!((w.pending_files, w.pending_bytes), (5, 4 << 20));
+        assert_eq!(w.oldest_pending.as_ref().unwrap().0.as_second(), 9_100);
+        assert_eq!((w.failures, w.conflicts), (4, 2));
+        assert_eq!(
+            w.errors,
+            vec![NodeReportedError {
+                node: "b".into(),
+                message: "upload of /out/x.bin to source out: connection refused".into()
+            }]
+        );
+        assert!(usage.errors.is_empty(), "upload errors are not read errors");
+
+        let mut status = DatasetStatus::default();
+        usage.write_into(&mut status, true);
+        assert_eq!(status.pending_write_bytes, Some(4 << 20));
+        assert_eq!(status.unsent.as_deref(), Some("4Mi"));
+        assert_eq!(status.pending_write_files, Some(5));
+        assert_eq!(status.oldest_pending_write.unwrap().0.as_second(), 9_100);
+        // Writes still reported after the sources became read-only are shown too.
+        let mut status = DatasetStatus::default();
+        usage.write_into(&mut status, false);
+        assert_eq!(status.unsent.as_deref(), Some("4Mi"));
+    }
+
+    #[test]
+    fn a_writable_dataset_without_reports_shows_nothing_unsent() {
+        let mut status = DatasetStatus::default();
+        DatasetUsage::default().write_into(&mut status, true);
+        assert_eq!(
+            (
+                status.pending_write_bytes,
+                status.unsent.as_deref(),
+                status.pending_write_files,
+                status.oldest_pending_write
+            ),
+            (Some(0), Some("0"), Some(0), None)
+        );
     }
 }

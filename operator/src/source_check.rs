@@ -230,7 +230,9 @@ async fn list(source: &Source, creds: &AgentCredentials, limits: CheckLimits) ->
     let store = built.store;
     let prefix = built.prefix.trim_matches('/');
     let prefix = (!prefix.is_empty()).then(|| StorePath::from(prefix));
-    let mut stream = store.list(prefix.as_ref());
+    // Fused: an empty prefix ends the stream at the first poll, and S3's listing
+    // stream panics when polled again after its end.
+    let mut stream = store.list(prefix.as_ref()).fuse();
     let started = Instant::now();
     let (mut bytes, mut files) = (0u64, 0u64);
     match timeout(limits.check_timeout, stream.next()).await {
@@ -325,7 +327,8 @@ mod tests {
             endpoint: endpoint.map(Into::into),
             region: None,
             credentials_secret_ref: None,
-            read_only: true,
+            write_mode: None,
+            read_only: None,
             options: BTreeMap::new(),
         }
     }

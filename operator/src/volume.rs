@@ -44,10 +44,23 @@ fn labels(namespace: &str, name: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// What the dataset's volumes can do: read, from any number of nodes. The agent serves every
-/// source read-only until write-back lands (the CRD refuses `readOnly: false`).
-fn access_modes() -> Vec<String> {
-    vec!["ReadOnlyMany".to_string()]
+/// What the dataset's volumes can do, from any number of nodes: read and write
+/// (`ReadWriteMany`) when a source takes writes (its `writeMode`, or the
+/// deprecated `readOnly: false`), else read only (`ReadOnlyMany`). The agents
+/// refuse writes to a read-only source's paths (EROFS) whatever the volume says.
+pub fn access_modes(dataset: &Dataset) -> Vec<String> {
+    let mode = if dataset.spec.is_writable() {
+        "ReadWriteMany"
+    } else {
+        "ReadOnlyMany"
+    };
+    vec![mode.to_string()]
+}
+
+/// The PV's `csi.readOnly`: true for a dataset no source of which takes writes,
+/// so kubelet asks the CSI plugin for a read-only mount.
+pub fn csi_read_only(dataset: &Dataset) -> bool {
+    !dataset.spec.is_writable()
 }
 
 /// The PV, pre-bound to the claim (claimRef) so no other claim can take it.
@@ -61,7 +74,7 @@ pub fn persistent_volume(dataset: &Dataset) -> PersistentVolume {
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeSpec {
-            access_modes: Some(access_modes()),
+            access_modes: Some(access_modes(dataset)),
             capacity: Some(BTreeMap::from([(
                 "storage".to_string(),
                 Quantity(NOMINAL_CAPACITY.into()),
@@ -76,7 +89,7 @@ pub fn persistent_volume(dataset: &Dataset) -> PersistentVolume {
             csi: Some(CSIPersistentVolumeSource {
                 driver: CSI_DRIVER.into(),
                 volume_handle: volume_handle(&namespace, &name),
-                read_only: Some(dataset.spec.sources.iter().all(|s| s.read_only)),
+                read_only: Some(csi_read_only(dataset)),
                 volume_attributes: Some(BTreeMap::from([
                     ("dataset".to_string(), name.clone()),
                     ("namespace".to_string(), namespace.clone()),
@@ -106,7 +119,7 @@ pub fn persistent_volume_claim(dataset: &Dataset) -> PersistentVolumeClaim {
             ..ObjectMeta::default()
         },
         spec: Some(PersistentVolumeClaimSpec {
-            access_modes: Some(access_modes()),
+            access_modes: Some(access_modes(dataset)),
             resources: Some(VolumeResourceRequirements {
                 requests: Some(BTreeMap::from([(
                     "storage".to_string(),
@@ -127,22 +140,27 @@ pub fn persistent_volume_claim(dataset: &Dataset) -> PersistentVolumeClaim {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use strata_crds::{DatasetSpec, Source};
+    use strata_crds::{DatasetSpec, Source, WriteMode};
 
-    fn dataset(read_only: bool) -> Dataset {
+    fn dataset(modes: &[(Option<WriteMode>, Option<bool>)]) -> Dataset {
         let mut ds = Dataset::new(
             "imagenet",
             DatasetSpec {
-                sources: vec![Source {
-                    name: "train".into(),
-                    uri: "s3://b/p".into(),
-                    mount_path: "/".into(),
-                    endpoint: None,
-                    region: None,
-                    credentials_secret_ref: None,
-                    read_only,
-                    options: BTreeMap::new(),
-                }],
+                sources: modes
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (write_mode, read_only))| Source {
+                        name: format!("s{i}"),
+                        uri: format!("s3://b/p{i}/"),
+                        mount_path: format!("/s{i}"),
+                        endpoint: None,
+                        region: None,
+                        credentials_secret_ref: None,
+                        write_mode: *write_mode,
+                        read_only: *read_only,
+                        options: BTreeMap::new(),
+                    })
+                    .collect(),
                 policy_ref: None,
             },
         );
@@ -151,9 +169,19 @@ mod tests {
         ds
     }
 
+    fn modes(ds: &Dataset) -> (Vec<String>, Vec<String>, Option<bool>) {
+        let pv = persistent_volume(ds).spec.unwrap();
+        let pvc = persistent_volume_claim(ds).spec.unwrap();
+        (
+            pv.access_modes.unwrap(),
+            pvc.access_modes.unwrap(),
+            pv.csi.unwrap().read_only,
+        )
+    }
+
     #[test]
     fn pv_and_pvc_point_at_each_other() {
-        let ds = dataset(true);
+        let ds = dataset(&[(None, None)]);
         let pv = persistent_volume(&ds);
         let pvc = persistent_volume_claim(&ds);
         assert_eq!(pv.metadata.name.as_deref(), Some("strata-ml-imagenet"));
@@ -161,22 +189,40 @@ mod tests {
         assert_eq!(spec.csi.as_ref().unwrap().driver, CSI_DRIVER);
         assert_eq!(spec.csi.unwrap().volume_handle, "ml/imagenet");
         assert_eq!(spec.claim_ref.unwrap().name.as_deref(), Some("imagenet"));
-        assert_eq!(spec.access_modes.unwrap(), vec!["ReadOnlyMany"]);
         let claim = pvc.spec.unwrap();
         assert_eq!(claim.volume_name.as_deref(), Some("strata-ml-imagenet"));
         assert_eq!(pvc.metadata.owner_references.unwrap()[0].uid, "uid-1");
     }
 
-    /// A spec stored before the CRD refused `readOnly: false` still gets a read-only volume:
-    /// the PV says what the agents do.
     #[test]
-    fn volumes_are_read_only_whatever_a_source_says() {
-        let pv = persistent_volume(&dataset(false));
-        assert_eq!(pv.spec.unwrap().access_modes.unwrap(), vec!["ReadOnlyMany"]);
-        let pvc = persistent_volume_claim(&dataset(false));
-        assert_eq!(
-            pvc.spec.unwrap().access_modes.unwrap(),
-            vec!["ReadOnlyMany"]
-        );
+    fn read_only_datasets_get_read_only_volumes() {
+        let rox = vec!["ReadOnlyMany".to_string()];
+        for sources in [
+            &[(None, None)][..],
+            &[(Some(WriteMode::ReadOnly), None), (None, Some(true))][..],
+        ] {
+            assert_eq!(
+                modes(&dataset(sources)),
+                (rox.clone(), rox.clone(), Some(true))
+            );
+        }
+    }
+
+    /// One writable source makes the whole volume writable; the agents keep the
+    /// read-only sources' paths read-only.
+    #[test]
+    fn a_writable_source_makes_the_volume_read_write_many() {
+        let rwx = vec!["ReadWriteMany".to_string()];
+        for sources in [
+            &[(None, None), (Some(WriteMode::WriteBack), None)][..],
+            &[(Some(WriteMode::WriteThrough), None)][..],
+            // The deprecated alias: readOnly: false is WriteBack.
+            &[(None, Some(false))][..],
+        ] {
+            assert_eq!(
+                modes(&dataset(sources)),
+                (rwx.clone(), rwx.clone(), Some(false))
+            );
+        }
     }
 }

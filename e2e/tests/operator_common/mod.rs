@@ -275,6 +275,7 @@ pub async fn report_node(client: &kube::Client, node: &str, reports: &[Report<'_
             last_error: None,
             jobs: vec![],
             pins: vec![],
+            writes: None,
         })
         .collect();
     report_node_usage(client, node, datasets).await
