@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Result, ensure};
 use k8s_openapi::api::batch::v1::{CronJob, Job};
 use k8s_openapi::api::core::v1::{PersistentVolume, PersistentVolumeClaim, Secret};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::ListParams;
 use kube::{Api, ResourceExt};
 use operator_common::*;
@@ -288,6 +289,256 @@ async fn s3_example_end_to_end() -> Result<()> {
 
     delete_nodes(&client, &[&node_a, &node_b]).await;
     // The operator must outlive the namespace: it releases the Datasets' finalizers.
+    ns.cleanup().await?;
+    operator.stop().await?;
+    Ok(())
+}
+
+/// examples/dataset-writable.yaml: the write modes reach the agents, the volumes are
+/// ReadWriteMany, the nodes' pending writes and upload errors reach the status and
+/// conditions, and making every source read-only again leaves the bound claim
+/// reported until it is deleted, after which the operator makes it ReadOnlyMany.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writable_example_volumes_and_unsent_writes() -> Result<()> {
+    let cluster = Cluster::shared().await?;
+    install_crds(cluster).await?;
+    let ns = TestNamespace::create(cluster, "op-writable").await?;
+    let client = ns.client().clone();
+    let namespace = ns.name().to_string();
+
+    let s3 = S3Server::start()?;
+    s3.create_bucket("datasets")?;
+    s3.create_bucket("results")?;
+    s3.put_object("datasets", "imagenet/train/a.bin", 1000)?;
+    s3.put_object("results", "checkpoints/step-1.ckpt", 24)?;
+
+    let operator = RunningOperator::start(cluster, &namespace, "op-writable", &[]).await?;
+    cluster
+        .apply(&example(
+            "dataset-writable.yaml",
+            &namespace,
+            Some(&s3.endpoint()),
+        )?)
+        .await?;
+    let name = "training-run";
+    let datasets: Api<Dataset> = Api::namespaced(client.clone(), &namespace);
+    let ds = eventually("training-run listed", WAIT, || async {
+        let ds = datasets.get(name).await?;
+        let st = ds.status.clone().unwrap_or_default();
+        Ok((st.total_bytes == Some(1024)).then_some(ds))
+    })
+    .await?;
+    let st = ds.status.clone().unwrap();
+    assert_eq!(st.unsent.as_deref(), Some("0"), "{st:?}");
+    assert_eq!(condition(&ds, "UploadsHealthy").unwrap().status, "True");
+
+    // The agents are told each source's mode; ReadOnly is the default and omitted.
+    let secrets: Api<Secret> = Api::namespaced(client.clone(), &namespace);
+    let key = format!("{namespace}.{name}.yaml");
+    let config = eventually("datasets Secret key", WAIT, || async {
+        let secret = secrets.get_opt("strata-datasets").await?;
+        Ok(secret.and_then(|s| s.data).and_then(|d| {
+            d.get(&key)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+        }))
+    })
+    .await?;
+    let agent: strata_wire::config::DatasetConfig = serde_yaml::from_str(&config)?;
+    let modes: Vec<_> = agent.sources.iter().map(|s| s.write_mode).collect();
+    use strata_wire::config::WriteMode as Wire;
+    assert_eq!(
+        modes,
+        [Wire::ReadOnly, Wire::WriteBack, Wire::WriteThrough],
+        "{config}"
+    );
+
+    // ReadWriteMany volumes, bound, and a read-write CSI source.
+    let pv_name = format!("strata-{namespace}-{name}");
+    let pvs: Api<PersistentVolume> = Api::all(client.clone());
+    let pvcs: Api<PersistentVolumeClaim> = Api::namespaced(client.clone(), &namespace);
+    let bound = |want: &'static str| {
+        let pvcs = pvcs.clone();
+        async move {
+            eventually(
+                &format!("PVC {want} and Bound"),
+                Duration::from_secs(120),
+                || async {
+                    let pvc = pvcs.get_opt(name).await?;
+                    Ok(pvc.filter(|p| {
+                        p.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound")
+                            && p.spec.as_ref().and_then(|s| s.access_modes.clone())
+                                == Some(vec![want.to_string()])
+                    }))
+                },
+            )
+            .await
+        }
+    };
+    bound("ReadWriteMany").await?;
+    let spec = pvs.get(&pv_name).await?.spec.unwrap();
+    assert_eq!(spec.access_modes.unwrap(), vec!["ReadWriteMany"]);
+    // The API server leaves out a false readOnly.
+    assert!(!spec.csi.unwrap().read_only.unwrap_or(false));
+
+    // A node with unsent writes and a failing upload: Degraded, and the condition says why.
+    let node_a = format!("{namespace}-node-a");
+    let node_b = format!("{namespace}-node-b");
+    let usage = |writes: Option<strata_crds::NodeWriteUsage>| strata_crds::NodeDatasetUsage {
+        namespace: namespace.clone(),
+        name: name.to_string(),
+        uid: ds.uid(),
+        cached_bytes: 0,
+        pinned_bytes: None,
+        files: 0,
+        hits: 0,
+        misses: 0,
+        last_update: None,
+        last_error: None,
+        jobs: vec![],
+        pins: vec![],
+        writes,
+    };
+    let oldest = k8s_openapi::jiff::Timestamp::from_second(1_700_000_000)?;
+    let writes = |files: i64, bytes: i64, error: Option<&str>| strata_crds::NodeWriteUsage {
+        pending_files: files,
+        pending_bytes: bytes,
+        oldest_pending: (files > 0).then_some(Time(oldest)),
+        uploaded_files: 1,
+        uploaded_bytes: 10,
+        failures: i64::from(error.is_some()),
+        conflicts: 0,
+        last_error: error.map(|m| strata_crds::NodeError {
+            message: m.to_string(),
+            time: Time(k8s_openapi::jiff::Timestamp::now()),
+        }),
+    };
+    let failing = "upload of /checkpoints/step-2.ckpt to source checkpoints: connection refused";
+    report_node_usage(
+        &client,
+        &node_a,
+        vec![usage(Some(writes(2, 3 << 20, None)))],
+    )
+    .await?;
+    report_node_usage(
+        &client,
+        &node_b,
+        vec![usage(Some(writes(1, 1 << 20, Some(failing))))],
+    )
+    .await?;
+    let degraded = eventually("Degraded by a failing upload", WAIT, || async {
+        let ds = datasets.get(name).await?;
+        let st = ds.status.clone().unwrap_or_default();
+        Ok(
+            (st.phase == Some(DatasetPhase::Degraded) && st.pending_write_bytes == Some(4 << 20))
+                .then_some(ds),
+        )
+    })
+    .await?;
+    let st = degraded.status.clone().unwrap();
+    assert_eq!(
+        (
+            st.unsent.as_deref(),
+            st.pending_write_files,
+            st.oldest_pending_write.map(|t| t.0)
+        ),
+        (Some("4Mi"), Some(3), Some(oldest))
+    );
+    let uploads = condition(&degraded, "UploadsHealthy").unwrap();
+    assert_eq!(
+        (uploads.status.as_str(), uploads.reason.as_str()),
+        ("False", "UploadsFailing")
+    );
+    ensure!(
+        uploads.message.contains(&node_b) && uploads.message.contains(failing),
+        "{}",
+        uploads.message
+    );
+    ensure!(
+        uploads
+            .message
+            .contains("4Mi in 3 file(s) not yet uploaded"),
+        "{}",
+        uploads.message
+    );
+    let table = cluster
+        .kubectl(&["-n", &namespace, "get", "datasets"])
+        .await?;
+    ensure!(
+        table.lines().next().unwrap_or("").contains("UNSENT"),
+        "{table}"
+    );
+    ensure!(
+        table
+            .lines()
+            .any(|l| l.starts_with(name) && l.contains("4Mi")),
+        "{table}"
+    );
+
+    // The upload succeeds and the writes drain: Ready again.
+    report_node_usage(&client, &node_b, vec![usage(Some(writes(0, 0, None)))]).await?;
+    report_node_usage(&client, &node_a, vec![usage(Some(writes(0, 0, None)))]).await?;
+    eventually("Ready once uploads succeed", WAIT, || async {
+        let ds = datasets.get(name).await?;
+        let st = ds.status.clone().unwrap_or_default();
+        Ok((st.phase == Some(DatasetPhase::Ready)
+            && st.pending_write_bytes == Some(0)
+            && condition(&ds, "UploadsHealthy").is_some_and(|c| c.status == "True"))
+        .then_some(()))
+    })
+    .await?;
+
+    // Every source read-only again: the bound claim keeps ReadWriteMany and is reported.
+    // (A merge patch replaces the whole list, so the spec is written whole.)
+    let mut spec = datasets.get(name).await?.spec;
+    for source in &mut spec.sources {
+        source.write_mode = None;
+    }
+    datasets
+        .patch(
+            name,
+            &kube::api::PatchParams::default(),
+            &kube::api::Patch::Merge(&serde_json::json!({ "spec": spec })),
+        )
+        .await?;
+    let outdated = eventually("VolumeUpToDate False", WAIT, || async {
+        let ds = datasets.get(name).await?;
+        Ok(condition(&ds, "VolumeUpToDate")
+            .filter(|c| c.status == "False")
+            .cloned())
+    })
+    .await?;
+    assert_eq!(outdated.reason, "ClaimAccessModeOutdated");
+    ensure!(
+        outdated
+            .message
+            .contains(&format!("kubectl -n {namespace} delete pvc {name}")),
+        "{}",
+        outdated.message
+    );
+    // The agents report no writes any more: UploadsHealthy goes.
+    report_node_usage(&client, &node_a, vec![usage(None)]).await?;
+    report_node_usage(&client, &node_b, vec![usage(None)]).await?;
+
+    // Deleting the claim (no pod uses it) makes the operator build both again, ReadOnlyMany.
+    pvcs.delete(name, &kube::api::DeleteParams::default())
+        .await?;
+    bound("ReadOnlyMany").await?;
+    let spec = pvs.get(&pv_name).await?.spec.unwrap();
+    assert_eq!(spec.access_modes.unwrap(), vec!["ReadOnlyMany"]);
+    assert_eq!(spec.csi.unwrap().read_only, Some(true));
+    eventually("VolumeUpToDate True, no UploadsHealthy", WAIT, || async {
+        let ds = datasets.get(name).await?;
+        Ok(
+            (condition(&ds, "VolumeUpToDate").is_some_and(|c| c.status == "True")
+                && condition(&ds, "UploadsHealthy").is_none())
+            .then_some(()),
+        )
+    })
+    .await?;
+
+    report_node(&client, &node_a, &[]).await?;
+    report_node(&client, &node_b, &[]).await?;
+    delete_nodes(&client, &[&node_a, &node_b]).await;
     ns.cleanup().await?;
     operator.stop().await?;
     Ok(())
