@@ -144,8 +144,8 @@ impl NodeService {
             )));
         };
 
-        // A bind inherits the read-only flag of the dataset mount (read-only today), so
-        // what a pod gets is read-only when either says so.
+        // A bind inherits the read-only flag of the dataset mount, so what a pod gets is
+        // read-only when either says so.
         let effective_read_only = read_only || dataset_mount.read_only;
         if let Some(existing) = mount_table::mount_at(&table, target) {
             if existing.device == dataset_mount.device
@@ -335,9 +335,9 @@ struct Access {
     single_target: bool,
 }
 
-/// Accepts mount volumes in any access mode. Datasets are read-only file systems
-/// today; a writer mode gets a volume on which writes fail with EROFS, which is what
-/// the data allows.
+/// Accepts mount volumes in any access mode. A reader mode gets a read-only bind; a
+/// writer mode a read-write one, on which the agent refuses writes (EROFS) to the
+/// paths of sources whose writeMode is ReadOnly.
 fn check_capability(capability: Option<&VolumeCapability>) -> Result<Access> {
     let Some(capability) = capability else {
         return Err(CsiError::invalid("volume_capability", "is required"));
