@@ -437,11 +437,14 @@ impl DatasetWrites {
         }
         // Another writer may have grown the file meanwhile: count only what is new.
         let grown = end.saturating_sub(st.size);
+        st.size = st.size.max(end);
+        LocalFile::touch(&mut st);
+        // Released once the file's lock is let go: the locks are taken writes' state
+        // first, then a file's (`drop_if_synced`), never the other way round.
+        drop(st);
         if grown < grow {
             self.release_bytes(grow - grown);
         }
-        st.size = st.size.max(end);
-        LocalFile::touch(&mut st);
         Ok(())
     }
 
@@ -455,11 +458,13 @@ impl DatasetWrites {
             .set_len(size)
             .map_err(|e| Error::cache_io(&file.staging, e))?;
         let mut st = file.state.lock().expect("local file");
-        if size < st.size {
-            self.release_bytes(st.size - size);
-        }
+        let shrunk = st.size.saturating_sub(size);
         st.size = size;
         LocalFile::touch(&mut st);
+        drop(st); // before taking writes' state: see `write`
+        if shrunk > 0 {
+            self.release_bytes(shrunk);
+        }
         Ok(())
     }
 
