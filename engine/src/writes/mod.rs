@@ -821,17 +821,19 @@ impl DatasetWrites {
             return; // kept; tried again at the next release or upload
         }
         st.files.remove(&id);
-        if let Some(p) = &path
-            && matches!(st.entries.get(p), Some(Overlay::File(f)) if f.id == id)
-        {
-            st.entries.remove(p);
+        if let Some(p) = &path {
+            // The metadata cache forgets the path before the overlay stops answering for
+            // it: the other way round, a stat in between got the cache's answer from before
+            // the file was made ("not found"), and an open or unlink of a file just closed
+            // failed with ENOENT. (The hook takes only the metadata cache's locks.)
+            self.synced(p);
+            if matches!(st.entries.get(p), Some(Overlay::File(f)) if f.id == id) {
+                st.entries.remove(p);
+            }
         }
         st.dirty_bytes = st.dirty_bytes.saturating_sub(size);
         drop(st);
         let _ = std::fs::remove_file(&file.staging);
-        if let Some(p) = &path {
-            self.synced(p);
-        }
         self.progress.notify_waiters();
     }
 }

@@ -140,6 +140,12 @@ impl DatasetWrites {
             });
         }
         records.push(Record::Done { seq });
+        // The metadata cache forgets the path before the overlay stops answering for it:
+        // the other way round, a stat in between got the cache's answer from before the
+        // change (the old object of a file deleted here).
+        if let Some(p) = &f.synced {
+            self.synced(p);
+        }
         {
             let mut st = self.state.lock().expect("writes");
             self.append(&records)?;
@@ -164,9 +170,6 @@ impl DatasetWrites {
                 .fetch_add(size, Ordering::Relaxed);
             self.metrics.write_uploaded(&self.dataset, size);
             self.drop_if_synced(file.id);
-        }
-        if let Some(p) = f.synced {
-            self.synced(&p);
         }
         Ok(())
     }
