@@ -93,7 +93,8 @@ struct State {
     entries: BTreeMap<DatasetPath, Overlay>,
     files: HashMap<u64, Arc<LocalFile>>,
     ops: BTreeMap<u64, PendingOp>,
-    running: HashSet<u64>,
+    /// Operations under way, with the paths each holds.
+    running: HashMap<u64, Vec<DatasetPath>>,
     next_id: u64,
     next_seq: u64,
     dirty_bytes: u64,

@@ -62,6 +62,12 @@ impl DatasetWrites {
         let mut start = Vec::new();
         let mut running = st.running.len();
         for (seq, p) in &st.ops {
+            // A running operation holds the paths it started on (an upload's file may have
+            // been renamed since: it still writes the old name, which a delete must wait for).
+            if let Some(paths) = st.running.get(seq) {
+                held.extend(paths.iter().cloned());
+                continue;
+            }
             let paths: Vec<DatasetPath> = match &p.op {
                 Op::Upload { id } => st
                     .files
@@ -73,8 +79,8 @@ impl DatasetWrites {
                 Op::Copy { from, to, .. } => vec![from.clone(), to.clone()],
             };
             let blocked = paths.iter().any(|p| held.contains(p));
-            held.extend(paths);
-            if st.running.contains(seq) || blocked {
+            held.extend(paths.iter().cloned());
+            if blocked {
                 continue;
             }
             if let Some(at) = p.retry_at
@@ -87,19 +93,27 @@ impl DatasetWrites {
                 break;
             }
             running += 1;
-            start.push((*seq, p.op.clone()));
+            start.push((*seq, p.op.clone(), paths));
         }
-        for (seq, op) in start {
-            st.running.insert(seq);
+        for (seq, op, paths) in start {
+            let at = paths.first().cloned();
+            st.running.insert(seq, paths);
             let w = self.clone();
-            tokio::spawn(async move { w.run_op(seq, op).await });
+            tokio::spawn(async move { w.run_op(seq, op, at).await });
         }
         next_retry
     }
 
-    async fn run_op(self: Arc<Self>, seq: u64, op: Op) {
+    /// Runs one operation; `at` is the path an upload was scheduled for.
+    async fn run_op(self: Arc<Self>, seq: u64, op: Op, at: Option<DatasetPath>) {
         let result = match &op {
-            Op::Upload { id } => self.upload(*id).await,
+            Op::Upload { id } => match at {
+                Some(path) => self.upload(*id, path).await,
+                None => Ok(Finished {
+                    uploaded: None,
+                    synced: None,
+                }),
+            },
             Op::Delete { path } => self.delete(path).await,
             Op::Copy { from, to, etag } => self.copy(from, to, etag).await,
         };
@@ -174,10 +188,10 @@ impl DatasetWrites {
         Ok(())
     }
 
-    /// Uploads local file `id` as it is now, whole; `uploaded: None` when there is
-    /// nothing to upload (removed, already up to date, or changed meanwhile: the change
-    /// is committed again).
-    async fn upload(&self, id: u64) -> Result<Finished> {
+    /// Uploads local file `id` as it is now, whole, to `path` (where it stood when the
+    /// upload was scheduled); `uploaded: None` when there is nothing to upload (removed,
+    /// renamed, already up to date, or changed meanwhile: the change is committed again).
+    async fn upload(&self, id: u64, path: DatasetPath) -> Result<Finished> {
         let nothing = Finished {
             uploaded: None,
             synced: None,
@@ -185,11 +199,12 @@ impl DatasetWrites {
         let Some(file) = self.state.lock().expect("writes").files.get(&id).cloned() else {
             return Ok(nothing);
         };
-        let (path, generation, size, base) = {
+        let (generation, size, base) = {
             let fs = file.state.lock().expect("local file");
             match &fs.path {
-                Some(p) if fs.committed > fs.uploaded => {
-                    (p.clone(), fs.generation, fs.size, fs.base.clone())
+                // Renamed since it was scheduled: the rename owes the upload to the new name.
+                Some(p) if *p == path && fs.committed > fs.uploaded => {
+                    (fs.generation, fs.size, fs.base.clone())
                 }
                 _ => return Ok(nothing),
             }
