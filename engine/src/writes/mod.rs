@@ -1281,6 +1281,32 @@ mod tests {
         w.remove_writer(&f);
     }
 
+    /// `mv tmp out` right after `tmp` was closed, its upload maybe under way: only `out`
+    /// reaches the store, whenever the rename falls.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_renamed_while_its_upload_runs_ends_under_its_new_name_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let w = open(dir.path(), &store);
+        let data = vec![7u8; 3 << 20];
+        for i in 0..30 {
+            write_file(&w, &format!("/tmp{i}"), &data).await;
+            if i % 3 == 1 {
+                tokio::task::yield_now().await;
+            }
+            rename_as_the_view_does(&w, &store, &format!("/tmp{i}"), &format!("/out{i}")).await;
+        }
+        assert!(w.drain(Duration::from_secs(30)).await);
+        let keys: Vec<String> = store_content(&store)
+            .await
+            .into_iter()
+            .map(|(k, _)| k)
+            .collect();
+        let mut want: Vec<String> = (0..30).map(|i| format!("out{i}")).collect();
+        want.sort();
+        assert_eq!(keys, want);
+    }
+
     /// Renames a file written here: its local file, or, once uploaded and let go, its
     /// object at the store.
     async fn rename_as_the_view_does(w: &DatasetWrites, store: &InMemory, from: &str, to: &str) {
