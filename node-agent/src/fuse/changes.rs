@@ -1,5 +1,5 @@
-//! The FUSE operations that change a dataset (create, write, truncate, flush, fsync,
-//! unlink, mkdir, rmdir, rename), served by the engine's write journal. Each answers
+//! The FUSE operations that change a dataset (create, mknod, write, truncate, flush,
+//! fsync, unlink, mkdir, rmdir, rename), served by the engine's write journal. Each answers
 //! once the change is journaled; `flush` and `fsync` once the file is durable there (or,
 //! write-through, at the source).
 //!
@@ -81,9 +81,7 @@ impl FsState {
         fh: u64,
         unique: u64,
     ) -> bool {
-        if let Some(w) = self.view.writes() {
-            w.add_writer(&local);
-        }
+        // The file came claimed as one writer: this handle's, released on `release`.
         let direct = {
             let mut io = self.io.lock().expect("io");
             let entry = io.entry(ino).or_default();
@@ -127,6 +125,28 @@ impl FsState {
         self.writes(&open.reader.stat().path)?.commit(local).await
     }
 
+    /// The attributes of inode `ino` through one of its open handles (a write handle's
+    /// as written), with no link: for a file removed while open.
+    pub(super) fn open_unlinked_attr(&self, ino: u64) -> Option<FileAttr> {
+        let open = {
+            let handles = self.handles.lock().expect("handles");
+            let mut of_ino = handles.values().filter(|o| o.ino == ino);
+            let first = of_ino.next()?.clone();
+            match first.write {
+                Some(_) => first,
+                None => of_ino.find(|o| o.write.is_some()).cloned().unwrap_or(first),
+            }
+        };
+        let stat = open.reader.stat();
+        let stat = match &open.write {
+            Some(local) => local.stat(stat.path.clone()),
+            None => stat.clone(),
+        };
+        let mut attr = self.attr(ino, &stat);
+        attr.nlink = 0;
+        Some(attr)
+    }
+
     /// A write handle closed.
     pub(super) fn release_write(&self, open: &OpenFile) {
         if let (Some(local), Some(w)) = (&open.write, self.view.writes()) {
@@ -162,6 +182,29 @@ impl FsState {
             }
         }
         Ok(())
+    }
+
+    /// mknod of a regular file: created empty and committed, like an open-create-close.
+    pub(super) async fn mknod(
+        &self,
+        path: &DatasetPath,
+        mode: u32,
+        unique: u64,
+    ) -> Result<(u64, FileAttr)> {
+        let writes = self.writes(path)?.clone();
+        match self.view.create_file(path, mode, true).await {
+            Ok(local) => {
+                let committed = writes.commit(&local).await;
+                writes.remove_writer(&local);
+                committed?;
+            }
+            // Made by the agent that died before answering.
+            Err(e) if e.errno() == libc::EEXIST && unique & RESENT != 0 => {}
+            Err(e) => return Err(e),
+        }
+        let stat = self.view.stat(path).await?;
+        let ino = self.looked_up(path, stat.etag.as_deref());
+        Ok((ino, self.attr(ino, &stat)))
     }
 
     pub(super) async fn unlink(&self, path: &DatasetPath, unique: u64) -> Result<()> {

@@ -18,7 +18,7 @@ use super::inodes::path_text_ino;
 use super::passthrough::OpenFile;
 use super::state::FsState;
 use crate::dataset::{DirListing, FileStat};
-use crate::path::DatasetPath;
+use crate::path::{DatasetPath, PathError};
 use strata_engine::Error;
 
 fn errno(e: &Error) -> Errno {
@@ -55,9 +55,11 @@ impl StrataFs {
             .cloned()
     }
 
-    fn child(&self, parent: INodeNo, name: &OsStr) -> Option<DatasetPath> {
-        let parent = self.state.path_of(parent)?;
-        name.to_str().and_then(|n| parent.join(n).ok())
+    /// The path of `name` in directory `parent`: ENAMETOOLONG past NAME_MAX (or PATH_MAX),
+    /// ENOENT for a name no object can have.
+    fn child(&self, parent: INodeNo, name: &OsStr) -> Result<DatasetPath, Errno> {
+        let parent = self.state.path_of(parent).ok_or(Errno::ENOENT)?;
+        join_name(&parent, name)
     }
 
     fn commit(&self, fh: FileHandle, reply: ReplyEmpty) {
@@ -157,9 +159,9 @@ impl Filesystem for StrataFs {
             reply.error(Errno::ENOENT);
             return;
         };
-        let Some(path) = name.to_str().and_then(|n| parent_path.join(n).ok()) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let path = match join_name(&parent_path, name) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
         };
         let span = tracing::debug_span!("lookup", path = %path);
         self.state.rt.spawn(
@@ -208,6 +210,12 @@ impl Filesystem for StrataFs {
                 Ok((stat, valid_until)) => {
                     reply.attr(&FsState::ttl_until(valid_until), &st.attr(ino.0, &stat))
                 }
+                // Removed while open (fstat does not name its handle): the file lives on
+                // through its handles, with no link left.
+                Err(e) if e.is_not_found() => match st.open_unlinked_attr(ino.0) {
+                    Some(attr) => reply.attr(&std::time::Duration::ZERO, &attr),
+                    None => reply.error(errno(&e)),
+                },
                 Err(e) => reply.error(errno(&e)),
             }
         });
@@ -476,9 +484,9 @@ impl Filesystem for StrataFs {
         flags: i32,
         reply: fuser::ReplyCreate,
     ) {
-        let Some(path) = self.child(parent, name) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let path = match self.child(parent, name) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
         };
         let st = self.state.clone();
         let unique = req.unique().0;
@@ -556,10 +564,44 @@ impl Filesystem for StrataFs {
         });
     }
 
+    /// A regular file is made empty; devices, FIFOs and sockets are what an object store
+    /// cannot hold: EPERM, as Linux answers for a file system without the node type.
+    fn mknod(
+        &self,
+        req: &Request,
+        parent: INodeNo,
+        name: &OsStr,
+        mode: u32,
+        umask: u32,
+        _rdev: u32,
+        reply: ReplyEntry,
+    ) {
+        if self.state.view.writes().is_none() {
+            return reply.error(Errno::EROFS);
+        }
+        if mode & libc::S_IFMT != libc::S_IFREG {
+            return reply.error(Errno::EPERM);
+        }
+        let path = match self.child(parent, name) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
+        };
+        let (st, unique) = (self.state.clone(), req.unique().0);
+        self.state.rt.spawn(async move {
+            match st.mknod(&path, mode & !umask & 0o7777, unique).await {
+                Ok((_, attr)) => reply.entry(&std::time::Duration::ZERO, &attr, Generation(0)),
+                Err(e) => {
+                    log_refused("mknod", &path, &e);
+                    reply.error(errno(&e));
+                }
+            }
+        });
+    }
+
     fn unlink(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(path) = self.child(parent, name) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let path = match self.child(parent, name) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
         };
         let (st, unique) = (self.state.clone(), req.unique().0);
         self.state.rt.spawn(async move {
@@ -582,9 +624,9 @@ impl Filesystem for StrataFs {
         _umask: u32,
         reply: ReplyEntry,
     ) {
-        let Some(path) = self.child(parent, name) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let path = match self.child(parent, name) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
         };
         let (st, unique) = (self.state.clone(), req.unique().0);
         self.state.rt.spawn(async move {
@@ -599,9 +641,9 @@ impl Filesystem for StrataFs {
     }
 
     fn rmdir(&self, req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEmpty) {
-        let Some(path) = self.child(parent, name) else {
-            reply.error(Errno::ENOENT);
-            return;
+        let path = match self.child(parent, name) {
+            Ok(path) => path,
+            Err(e) => return reply.error(e),
         };
         let (st, unique) = (self.state.clone(), req.unique().0);
         self.state.rt.spawn(async move {
@@ -625,10 +667,9 @@ impl Filesystem for StrataFs {
         flags: fuser::RenameFlags,
         reply: ReplyEmpty,
     ) {
-        let (Some(from), Some(to)) = (self.child(parent, name), self.child(newparent, newname))
-        else {
-            reply.error(Errno::ENOENT);
-            return;
+        let (from, to) = match (self.child(parent, name), self.child(newparent, newname)) {
+            (Ok(from), Ok(to)) => (from, to),
+            (Err(e), _) | (_, Err(e)) => return reply.error(e),
         };
         if flags
             .intersects(fuser::RenameFlags::RENAME_EXCHANGE | fuser::RenameFlags::RENAME_WHITEOUT)
@@ -771,6 +812,15 @@ impl Filesystem for StrataFs {
             bsize as u32,
         );
     }
+}
+
+/// `parent`/`name`, or the errno for a name the dataset cannot hold.
+fn join_name(parent: &DatasetPath, name: &OsStr) -> Result<DatasetPath, Errno> {
+    let name = name.to_str().ok_or(Errno::ENOENT)?;
+    parent.join(name).map_err(|e| match e {
+        PathError::ComponentTooLong | PathError::TooLong => Errno::ENAMETOOLONG,
+        _ => Errno::ENOENT,
+    })
 }
 
 /// Fills a readdir reply from `offset` on: "." and "..", then the listing's entries in so
