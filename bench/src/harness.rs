@@ -23,11 +23,13 @@ use crate::{Error, Result, sim};
 
 mod cluster;
 mod restart;
+pub mod write;
 pub use cluster::{
     CASE_ALONE, CASE_CLUSTER, CASE_INDEPENDENT, CASE_LOCAL_DISK, CASE_NEW_NODE, CASE_PEER_FETCH,
     Data as ClusterData, RAW_CASES, metric_sum,
 };
 pub use restart::RESTARTS;
+pub use write::Writer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
@@ -39,6 +41,7 @@ pub enum Workload {
     Preload,
     Restart,
     Cluster,
+    Write,
     HitRatio,
 }
 
@@ -53,6 +56,7 @@ impl Workload {
             Workload::Preload => "preload",
             Workload::Restart => "restart",
             Workload::Cluster => "cluster",
+            Workload::Write => "write",
             Workload::HitRatio => "hit-ratio",
         }
     }
@@ -70,12 +74,13 @@ impl std::str::FromStr for Workload {
             Workload::Preload,
             Workload::Restart,
             Workload::Cluster,
+            Workload::Write,
             Workload::HitRatio,
         ]
         .into_iter()
         .find(|w| w.name() == s)
         .ok_or_else(|| {
-            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload, restart, cluster or hit-ratio")
+            format!("unknown workload `{s}`; expected seq-large, random-4k, epoch-small, list, list-huge, preload, restart, cluster, write or hit-ratio")
         })
     }
 }
@@ -107,6 +112,13 @@ pub struct RunConfig {
     pub rand_seconds: u32,
     /// Idle time after `sync` before each warm read (see `Ctx::settle`).
     pub settle: Duration,
+    /// The write workload's small files (1 MiB each).
+    pub write_files: usize,
+    /// Writers of the small files at once, one measurement per count.
+    pub write_writers: Vec<usize>,
+    /// Time limit of one write measurement, from the first open until the source has
+    /// everything.
+    pub write_limit: Duration,
 }
 
 struct Ctx<'a> {
@@ -118,6 +130,11 @@ struct Ctx<'a> {
     /// The S3 server itself (the cluster workload starts its own proxy to it).
     s3_addr: std::net::SocketAddr,
     s3_pid: u32,
+    /// The S3 server's master (vacuum after the write workload deletes what it wrote).
+    master_addr: std::net::SocketAddr,
+    /// The WAN proxy of the current link, and where it answers with its byte counts.
+    proxy_pid: u32,
+    proxy_stats: Option<std::net::SocketAddr>,
     /// The one-way delay of the current link.
     delay: Duration,
     out: BenchResults,
@@ -170,6 +187,11 @@ impl Ctx<'_> {
     }
 
     fn mount(&self, system: System, session: &str) -> Result<Mounted> {
+        self.mount_as(system, session, false)
+    }
+
+    /// A fresh mount of `system`, for writing if `writable` (rclone and s3fs).
+    fn mount_as(&self, system: System, session: &str, writable: bool) -> Result<Mounted> {
         let p = self.mount_paths(system, session)?;
         Mounted::mount(&MountRequest {
             system,
@@ -182,6 +204,7 @@ impl Ctx<'_> {
             programs: &self.cfg.programs,
             holder_socket: None,
             strata_log: "warn",
+            writable,
         })
     }
 
@@ -906,6 +929,22 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 ),
             );
         }
+        if live.contains(&Workload::Write) {
+            results.settings.insert(
+                "write".into(),
+                format!(
+                    "the large file by one writer in 1 MiB `write` calls, then `close`; the {} small files of 1 MiB by {} writer(s) at once, each writing its files one after another (open, one 1 MiB `write`, `close`), no fsync. Strata: `strata-agent serve --memory M --disk D --no-peers`, the dataset (`writeMode: WriteBack` or `WriteThrough`, `metadataTtl: 1h`) PUT over its unix socket and mounted with a volume; rclone: `rclone mount --vfs-cache-mode writes --vfs-cache-max-size D --dir-cache-time 1h`, defaults otherwise (uploads 5 s after the last close, `--vfs-write-back`); s3fs: `s3fs -o use_cache=D,use_path_request_style,stat_cache_expire=3600`. At the source = the bucket polled every {} ms at the S3 server itself (not through the link) until every object has its whole size. `sync`, {} s idle and the page cache dropped before each measurement; the objects deleted and SeaweedFS vacuumed after it",
+                    cfg.write_files,
+                    cfg.write_writers
+                        .iter()
+                        .map(|w| w.to_string())
+                        .collect::<Vec<_>>()
+                        .join(" or "),
+                    write::POLL.as_millis(),
+                    cfg.settle.as_secs_f64()
+                ),
+            );
+        }
         let mut ctx = Ctx {
             cfg,
             rt,
@@ -914,6 +953,9 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             endpoint: String::new(),
             s3_addr: server.s3_addr,
             s3_pid: server.pid(),
+            master_addr: server.master_addr,
+            proxy_pid: 0,
+            proxy_stats: None,
             delay: Duration::ZERO,
             out: results,
             listing_gave_up: Vec::new(),
@@ -921,7 +963,14 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
         for delay in &cfg.delays {
             let logs = cfg.work_dir.join("logs");
             std::fs::create_dir_all(&logs).map_err(|e| Error::io(&logs, e))?;
-            let proxy = DelayProxyProcess::start(server.s3_addr, *delay, &logs.join("proxy.log"))?;
+            // With its byte counts: the write workload compares the bytes each system sent.
+            let proxy = DelayProxyProcess::start_on(
+                [127, 0, 0, 1].into(),
+                server.s3_addr,
+                *delay,
+                &logs.join("proxy.log"),
+                true,
+            )?;
             let _proxy_pid = crate::clusternet::Registered::new(
                 crate::clusternet::Resource::Process(proxy.pid()),
             );
@@ -931,6 +980,8 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
             };
             ctx.endpoint = proxy.endpoint_url();
             ctx.delay = *delay;
+            ctx.proxy_pid = proxy.pid();
+            ctx.proxy_stats = proxy.stats_addr();
             for run in 1..=cfg.runs {
                 tracing::info!(run, link = %ctx.link, "run");
                 for &system in &cfg.systems {
@@ -985,6 +1036,21 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                             Box::new(move |c: &mut Ctx| c.preload_session(run)),
                         ));
                     }
+                    if live.contains(&Workload::Write) {
+                        let writers = match system {
+                            System::Strata => vec![
+                                Writer::Strata { through: false },
+                                Writer::Strata { through: true },
+                            ],
+                            other => vec![Writer::Peer(other)],
+                        };
+                        for writer in writers {
+                            sessions.push((
+                                write::WORKLOAD,
+                                Box::new(move |c: &mut Ctx| c.write_session(writer, run)),
+                            ));
+                        }
+                    }
                     if live.contains(&Workload::Cluster) && system == System::Strata {
                         sessions.push((
                             "cluster",
@@ -1003,6 +1069,11 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 let local_root = cfg.work_dir.join("local");
                 if let Err(e) = ctx.references(run, &local_root) {
                     ctx.note("seq-large", format!("references run {run} failed: {e}"));
+                }
+                if live.contains(&Workload::Write)
+                    && let Err(e) = ctx.write_references(run)
+                {
+                    ctx.note(write::WORKLOAD, format!("references run {run} failed: {e}"));
                 }
             }
         }

@@ -84,17 +84,33 @@ struct RunArgs {
     )]
     systems: Vec<System>,
     /// Workloads: seq-large, random-4k, epoch-small, list, list-huge, preload, restart,
-    /// cluster, hit-ratio.
+    /// cluster, write, hit-ratio.
     #[arg(
         long,
         env = "STRATA_BENCH_WORKLOADS",
         value_delimiter = ',',
-        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,restart,cluster,hit-ratio"
+        default_value = "seq-large,random-4k,epoch-small,list,list-huge,preload,restart,cluster,write,hit-ratio"
     )]
     workloads: Vec<Workload>,
-    /// Size of the seq-large object (default 1GiB, 128MiB with --quick).
+    /// Size of the seq-large object, and of the write workload's large file (default 1GiB,
+    /// 128MiB with --quick).
     #[arg(long, env = "STRATA_BENCH_SEQ_SIZE", value_parser = parse_size)]
     seq_size: Option<u64>,
+    /// Files of 1 MiB in the write workload (default 1000, 100 with --quick).
+    #[arg(long, env = "STRATA_BENCH_WRITE_FILES")]
+    write_files: Option<usize>,
+    /// Writers of the write workload's small files at once; one measurement per count.
+    #[arg(
+        long,
+        env = "STRATA_BENCH_WRITE_WRITERS",
+        value_delimiter = ',',
+        default_value = "1,8"
+    )]
+    write_writers: Vec<usize>,
+    /// Time limit of one write measurement, from the first open until the source has it all
+    /// (default 600s, 120s with --quick).
+    #[arg(long, env = "STRATA_BENCH_WRITE_LIMIT", value_parser = humantime::parse_duration)]
+    write_limit: Option<Duration>,
     /// Files in epoch-small (default 10000, 1000 with --quick).
     #[arg(long, env = "STRATA_BENCH_EPOCH_FILES")]
     epoch_files: Option<usize>,
@@ -287,6 +303,9 @@ fn main() -> anyhow::Result<()> {
                     DataSpec::FULL.list_objects
                 }),
             };
+            if a.write_writers.contains(&0) {
+                bail!("--write-writers: every count must be at least 1");
+            }
             let needs_mounts = a.workloads.iter().any(|w| *w != Workload::HitRatio);
             if needs_mounts && !nix::unistd::Uid::effective().is_root() {
                 bail!(
@@ -357,6 +376,13 @@ fn main() -> anyhow::Result<()> {
                 settle: a
                     .settle
                     .unwrap_or(Duration::from_secs(if quick { 2 } else { 30 })),
+                write_files: a.write_files.unwrap_or(if quick { 100 } else { 1000 }),
+                write_writers: a.write_writers,
+                write_limit: a.write_limit.unwrap_or(Duration::from_secs(if quick {
+                    120
+                } else {
+                    600
+                })),
             };
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(2)

@@ -1,5 +1,6 @@
 //! The systems under test, each mounted from the same bucket through the same link:
-//! Strata's `strata-agent mount`, `rclone mount --vfs-cache-mode full` and `s3fs -o use_cache`.
+//! Strata's `strata-agent mount`, `rclone mount --vfs-cache-mode full` and `s3fs -o use_cache`
+//! (for writing: `--vfs-cache-mode writes`, and s3fs without `ro`).
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -91,6 +92,10 @@ pub struct MountRequest<'a> {
     pub holder_socket: Option<&'a Path>,
     /// Strata only: the agent's STRATA_LOG filter.
     pub strata_log: &'a str,
+    /// rclone and s3fs only: mounted for writing (rclone `--vfs-cache-mode writes`, s3fs
+    /// without `ro`). Strata's writable mounts come from `strata-agent serve` (the write
+    /// workload), whose datasets carry a write mode.
+    pub writable: bool,
 }
 
 /// A live FUSE mount; unmounted and its process stopped when dropped.
@@ -211,6 +216,12 @@ pub fn is_mounted(path: &Path) -> bool {
 }
 
 fn strata_command(req: &MountRequest<'_>) -> Result<Command> {
+    if req.writable {
+        return Err(Error::Config {
+            field: "writable",
+            detail: "`strata-agent mount` takes no write mode; mount a writable dataset through `strata-agent serve`".into(),
+        });
+    }
     let mut c = Command::new(&req.programs.strata_agent);
     c.arg("mount")
         .arg(format!("s3://{BUCKET}/"))
@@ -242,7 +253,11 @@ fn rclone_command(req: &MountRequest<'_>) -> Result<Command> {
     c.arg("mount")
         .arg(format!("bench:{BUCKET}"))
         .arg(req.mountpoint)
-        .args(["--vfs-cache-mode", "full", "--read-only"])
+        .args(if req.writable {
+            ["--vfs-cache-mode", "writes"].as_slice()
+        } else {
+            ["--vfs-cache-mode", "full", "--read-only"].as_slice()
+        })
         .arg("--cache-dir")
         .arg(req.cache_dir)
         .arg("--vfs-cache-max-size")
@@ -272,10 +287,11 @@ fn s3fs_command(req: &MountRequest<'_>) -> Result<Command> {
         .arg("-f")
         .arg("-o")
         .arg(format!(
-            "url={},use_path_request_style,passwd_file={},use_cache={},ro,stat_cache_expire=3600,dbglevel=warn",
+            "url={},use_path_request_style,passwd_file={},use_cache={},{}stat_cache_expire=3600,dbglevel=warn",
             req.endpoint_url,
             passwd.display(),
-            req.cache_dir.display()
+            req.cache_dir.display(),
+            if req.writable { "" } else { "ro," }
         ));
     Ok(c)
 }

@@ -212,31 +212,16 @@ impl DelayProxyProcess {
 
     /// The bytes that crossed the link so far (needs `stats` at start).
     pub fn counts(&self) -> Result<LinkCount> {
-        use std::io::Read;
         let addr = self.stats.ok_or_else(|| Error::Config {
             field: "proxy",
             detail: "this proxy was started without a counts port".into(),
         })?;
-        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| Error::io(format!("proxy counts at {addr}"), e))?;
-        let mut line = String::new();
-        s.read_to_string(&mut line)
-            .map_err(|e| Error::io(format!("proxy counts at {addr}"), e))?;
-        let n: Vec<u64> = line
-            .split_whitespace()
-            .filter_map(|w| w.parse().ok())
-            .collect();
-        match n[..] {
-            [up, down, conns] => Ok(LinkCount {
-                upstream_bytes: up,
-                downstream_bytes: down,
-                connections: conns,
-            }),
-            _ => Err(Error::Parse {
-                what: format!("proxy counts at {addr}"),
-                detail: format!("{line:?}"),
-            }),
-        }
+        counts_at(addr)
+    }
+
+    /// Where it answers with its byte counts, if started with them.
+    pub fn stats_addr(&self) -> Option<SocketAddr> {
+        self.stats
     }
 
     pub fn pid(&self) -> u32 {
@@ -245,6 +230,31 @@ impl DelayProxyProcess {
 
     pub fn endpoint_url(&self) -> String {
         format!("http://{}", self.listen)
+    }
+}
+
+/// The byte counts of the proxy process whose counts port is `addr`.
+pub fn counts_at(addr: SocketAddr) -> Result<LinkCount> {
+    use std::io::Read;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| Error::io(format!("proxy counts at {addr}"), e))?;
+    let mut line = String::new();
+    s.read_to_string(&mut line)
+        .map_err(|e| Error::io(format!("proxy counts at {addr}"), e))?;
+    let n: Vec<u64> = line
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    match n[..] {
+        [up, down, conns] => Ok(LinkCount {
+            upstream_bytes: up,
+            downstream_bytes: down,
+            connections: conns,
+        }),
+        _ => Err(Error::Parse {
+            what: format!("proxy counts at {addr}"),
+            detail: format!("{line:?}"),
+        }),
     }
 }
 

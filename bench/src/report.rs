@@ -9,6 +9,8 @@ use crate::results::BenchResults;
 use crate::stats::{median, spread};
 use crate::{Error, Result, charts};
 
+mod write;
+
 pub const BEGIN: &str = "<!-- generated:begin (strata-bench writes this part; edit outside it) -->";
 pub const END: &str = "<!-- generated:end -->";
 
@@ -731,6 +733,16 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
                 s.spec.seq_large_bytes >> 20,
                 s.spec.epoch_files
             ),
+            "write" => {
+                let links = r.links();
+                let shapes: Vec<String> = links
+                    .iter()
+                    .flat_map(|l| write::shapes(r, l))
+                    .collect::<BTreeSet<_>>()
+                    .into_iter()
+                    .collect();
+                format!("written: {}", shapes.join("; "))
+            }
             "list-huge" => {
                 let sizes: Vec<String> = huge_sizes(r).iter().map(|n| n.to_string()).collect();
                 format!("{} objects in one prefix", sizes.join(" and "))
@@ -921,6 +933,7 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
         }
         restart_tables(&mut out, r, &link);
         cluster_tables(&mut out, r, &link);
+        write::tables(&mut out, r, &link);
         let mem_cases: BTreeSet<&str> = r
             .measurements
             .iter()

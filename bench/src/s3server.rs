@@ -54,6 +54,8 @@ pub struct SeaweedFs {
     child: ChildGuard,
     /// The S3 gateway, reached directly (not through the WAN proxy).
     pub s3_addr: SocketAddr,
+    /// The master's HTTP port (vacuum).
+    pub master_addr: SocketAddr,
 }
 
 impl SeaweedFs {
@@ -139,7 +141,11 @@ impl SeaweedFs {
             },
         )?;
         tracing::info!(%s3_addr, "SeaweedFS is listening");
-        Ok(Self { child, s3_addr })
+        Ok(Self {
+            child,
+            s3_addr,
+            master_addr: SocketAddr::new(opts.ip, master),
+        })
     }
 
     pub fn endpoint_url(&self) -> String {
@@ -156,6 +162,35 @@ impl SeaweedFs {
 
     pub fn log_tail(&self) -> String {
         self.child.log_tail(20)
+    }
+}
+
+/// Asks the master at `master` to compact every volume with any deleted data, and waits
+/// for the answer: deleted objects keep their disk space until then (the write workload
+/// writes gigabytes per run on a disk with little room).
+pub fn vacuum(master: SocketAddr) -> Result<()> {
+    use std::io::{Read, Write};
+    let what = format!("SeaweedFS vacuum at {master}");
+    let mut s = TcpStream::connect_timeout(&master, Duration::from_secs(5))
+        .map_err(|e| Error::io(&what, e))?;
+    s.set_read_timeout(Some(Duration::from_secs(300)))
+        .map_err(|e| Error::io(&what, e))?;
+    write!(
+        s,
+        "GET /vol/vacuum?garbageThreshold=0.0001 HTTP/1.0\r\nHost: {master}\r\n\r\n"
+    )
+    .map_err(|e| Error::io(&what, e))?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .map_err(|e| Error::io(&what, e))?;
+    let status = reply.lines().next().unwrap_or_default();
+    if status.contains(" 200 ") {
+        Ok(())
+    } else {
+        Err(Error::Command {
+            command: what,
+            detail: status.to_string(),
+        })
     }
 }
 

@@ -134,20 +134,7 @@ impl Node {
 
     /// This agent's /metrics text.
     fn metrics(&self) -> Result<String> {
-        let addr = SocketAddr::from((self.ip, METRICS_PORT));
-        let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
-            .map_err(|e| Error::io(format!("metrics of {} at {addr}", self.name), e))?;
-        s.set_read_timeout(Some(Duration::from_secs(10)))
-            .map_err(|e| Error::io("metrics", e))?;
-        s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")
-            .map_err(|e| Error::io(format!("metrics of {}", self.name), e))?;
-        let mut text = String::new();
-        s.read_to_string(&mut text)
-            .map_err(|e| Error::io(format!("metrics of {}", self.name), e))?;
-        Ok(text
-            .split_once("\r\n\r\n")
-            .map(|(_, body)| body.to_string())
-            .unwrap_or(text))
+        agent_metrics(SocketAddr::from((self.ip, METRICS_PORT)), self.name)
     }
 
     fn mountpoint(&self) -> Result<&Path> {
@@ -179,6 +166,23 @@ impl Drop for Node {
             tracing::warn!(cache = %self.cache.display(), error = %e, "could not remove a node's cache");
         }
     }
+}
+
+/// The /metrics text of the agent `who` whose metrics port is `addr`.
+pub(super) fn agent_metrics(addr: SocketAddr, who: &str) -> Result<String> {
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+        .map_err(|e| Error::io(format!("metrics of {who} at {addr}"), e))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))
+        .map_err(|e| Error::io("metrics", e))?;
+    s.write_all(b"GET /metrics HTTP/1.0\r\nHost: agent\r\n\r\n")
+        .map_err(|e| Error::io(format!("metrics of {who}"), e))?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)
+        .map_err(|e| Error::io(format!("metrics of {who}"), e))?;
+    Ok(text
+        .split_once("\r\n\r\n")
+        .map(|(_, body)| body.to_string())
+        .unwrap_or(text))
 }
 
 /// Sum of the samples of `name` whose labels include `label` (name="value"), if given.

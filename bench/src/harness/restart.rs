@@ -103,6 +103,7 @@ impl Ctx<'_> {
             programs: &cfg.programs,
             holder_socket: Some(&socket),
             strata_log: "info",
+            writable: false,
         };
         let mut m = Mounted::mount(&req)?;
         let file = m.mountpoint.join(cfg.spec.seq_key());
@@ -252,6 +253,7 @@ impl Ctx<'_> {
             programs: &cfg.programs,
             holder_socket: None,
             strata_log: "warn",
+            writable: false,
         };
         let mut m = match Mounted::mount(&req) {
             Err(Error::Spawn { program, .. }) => {
