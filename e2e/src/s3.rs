@@ -73,6 +73,27 @@ impl MotoS3 {
         self.put(&format!("/{bucket}/{key}"), body)
     }
 
+    /// The object `bucket/key`, or `None` when there is none: a signed GET (moto answers
+    /// an unsigned GET of an existing object with 403; any key pair will do).
+    pub async fn get_object(&self, bucket: &str, key: &str) -> Result<Option<Vec<u8>>> {
+        use object_store::ObjectStoreExt;
+        let store = object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .with_region("us-east-1")
+            .with_access_key_id("e2e")
+            .with_secret_access_key("e2e-secret")
+            .build()
+            .map_err(|e| Error::S3(format!("GET {bucket}/{key}: {e}")))?;
+        let failed = |e: object_store::Error| Error::S3(format!("GET {bucket}/{key}: {e}"));
+        match store.get(&object_store::path::Path::from(key)).await {
+            Ok(r) => Ok(Some(r.bytes().await.map_err(failed)?.to_vec())),
+            Err(object_store::Error::NotFound { .. }) => Ok(None),
+            Err(e) => Err(failed(e)),
+        }
+    }
+
     fn put(&self, path: &str, body: &[u8]) -> Result<()> {
         let mut response = String::new();
         TcpStream::connect(self.addr)

@@ -17,6 +17,8 @@
 //!    match and no file is missing or extra; writing to the volume fails with EROFS;
 //! 5. deleting the pods unpublishes the volumes: no bind mount under the kubelet's pods and no
 //!    FUSE mount of the dataset are left on the node;
+//! 4b. a writable Dataset (`writeMode: WriteBack`): a pod writes, renames, appends and
+//!    deletes through an inline volume; the bucket ends with exactly what it closed;
 //! 6. `helm upgrade` with a changed value rolls the node DaemonSet (the operator builds it from
 //!    its flags): a new agent pod with the new flag becomes Ready, while a pod checks every
 //!    file of the dataset in a loop: no pass fails, and the holder pod is not restarted;
@@ -172,6 +174,45 @@ spec:
       configMap: {{name: sums}}
     - name: data
 {volume}
+"#
+    )
+}
+
+/// The writable Dataset of step 4b.
+const RESULTS: &str = "results";
+
+/// What the writer pod does through its volume: a file written, renamed onto its name, one
+/// appended to, a scratch file deleted; it prints the checksum of what it wrote.
+const WRITER_SCRIPT: &str = "set -e; mkdir -p /data/out; cd /data/out; \
+     head -c 3000000 /dev/urandom > tmp.bin; mv tmp.bin result.bin; \
+     echo hello > note.txt; echo appended >> note.txt; \
+     echo scratch > scratch; rm scratch; sha256sum result.bin; \
+     [ \"$(cat note.txt)\" = \"$(printf 'hello\\nappended')\" ] || exit 5; \
+     echo all-checked; trap 'exit 0' TERM; sleep 3600 & wait";
+
+/// A Dataset whose one source takes writes (write-back), under the same policy.
+fn writable_manifest(endpoint: &str) -> String {
+    format!(
+        r#"apiVersion: strata.dev/v1alpha1
+kind: Dataset
+metadata:
+  name: {RESULTS}
+  labels:
+    team: node-e2e
+spec:
+  sources:
+    - name: results
+      uri: s3://{BUCKET}/results/
+      mountPath: /
+      endpoint: {endpoint}
+      region: us-east-1
+      writeMode: WriteBack
+      credentialsSecretRef:
+        name: s3-creds
+      options:
+        allow_http: "true"
+  policyRef:
+    name: {POLICY}
 "#
     )
 }
@@ -659,6 +700,79 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
     step(
         4,
         "PVC pod and inline subPath pod: every checksum matches the source; a write gets EROFS",
+    );
+
+    // 4b. A writable Dataset: a pod writes, renames, appends and deletes through its volume;
+    // the bucket gets exactly what the pod closed, whole.
+    cluster
+        .apply_in(tenant.name(), &writable_manifest(&s3.endpoint()))
+        .await?;
+    wait_until("the writable Dataset to be Ready", WAIT, || async {
+        let status = dataset_status(cluster, tenant.name(), RESULTS).await?;
+        Ok::<_, strata_e2e::Error>((status["phase"] == "Ready").then_some(()))
+    })
+    .await?;
+    let writer_volume = format!(
+        "      csi:\n        driver: {DRIVER}\n        volumeAttributes: {{dataset: {RESULTS}}}"
+    );
+    cluster
+        .apply_in(
+            tenant.name(),
+            &reader_pod("writer", &node, WRITER_SCRIPT, &writer_volume),
+        )
+        .await?;
+    let log = pod_checked(cluster, &pods, "writer").await?;
+    let written_sum = log
+        .lines()
+        .find_map(|l| l.strip_suffix("  result.bin"))
+        .with_context(|| format!("the writer printed no checksum:\n{log}"))?
+        .to_string();
+    let at_source = wait_until("the pod's files at the source", WAIT, || async {
+        let result = s3.get_object(BUCKET, "results/out/result.bin").await?;
+        let note = s3.get_object(BUCKET, "results/out/note.txt").await?;
+        Ok::<_, strata_e2e::Error>(match (result, note) {
+            (Some(r), Some(n)) => Some((r, n)),
+            _ => None,
+        })
+    })
+    .await;
+    let (result, note) = match at_source {
+        Ok(found) => found,
+        Err(e) => bail!("{e}{}", diagnose(cluster, system.name()).await),
+    };
+    ensure!(
+        sha256_hex(&result) == written_sum,
+        "result.bin at the source differs from what the pod wrote ({} bytes)",
+        result.len()
+    );
+    ensure!(
+        note == b"hello\nappended\n",
+        "note.txt at the source: {note:?}"
+    );
+    for gone in ["results/out/tmp.bin", "results/out/scratch"] {
+        ensure!(
+            s3.get_object(BUCKET, gone).await?.is_none(),
+            "{gone} is at the source; the pod renamed or deleted it"
+        );
+    }
+    pods.delete("writer", &DeleteParams::default()).await?;
+    wait_until("the writer pod to go", WAIT, || async {
+        Ok::<_, kube::Error>(pods.get_opt("writer").await?.is_none().then_some(()))
+    })
+    .await?;
+    cluster
+        .kubectl(&[
+            "-n",
+            tenant.name(),
+            "delete",
+            "dataset",
+            RESULTS,
+            "--wait=true",
+        ])
+        .await?;
+    step(
+        4,
+        "writable Dataset: what a pod wrote, renamed and appended is at the source whole; what it deleted is not",
     );
 
     // 5. Deleting the pods unpublishes the volumes and the agent unmounts the dataset.
