@@ -14,11 +14,11 @@
 //!    Job's pod runs to completion;
 //! 4. a pod using the Dataset's PVC and a pod using an inline CSI volume with a `subPath` check
 //!    the sha256 of every file against the source's (`sha256sum -c`) and exit 0 only if all
-//!    match and no file is missing or extra; writing to the volume fails with EROFS;
+//!    match and no file is missing or extra; writing to the volume fails with EROFS; then a
+//!    writable Dataset (`writeMode: WriteBack`): a pod writes, renames, appends and deletes
+//!    through an inline volume, and the bucket ends with exactly what it closed;
 //! 5. deleting the pods unpublishes the volumes: no bind mount under the kubelet's pods and no
 //!    FUSE mount of the dataset are left on the node;
-//! 4b. a writable Dataset (`writeMode: WriteBack`): a pod writes, renames, appends and
-//!    deletes through an inline volume; the bucket ends with exactly what it closed;
 //! 6. `helm upgrade` with a changed value rolls the node DaemonSet (the operator builds it from
 //!    its flags): a new agent pod with the new flag becomes Ready, while a pod checks every
 //!    file of the dataset in a loop: no pass fails, and the holder pod is not restarted;
