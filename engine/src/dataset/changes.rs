@@ -188,8 +188,16 @@ impl DatasetView {
         if !self.list(path).await?.is_empty() {
             return Err(Error::refused(path, libc::ENOTEMPTY, "not empty"));
         }
+        // Made here and never at the source: forgotten. Unless removals below it are still
+        // owed to the source (an upload may be landing there under it): then it stays
+        // hidden until they are done.
         let local_only = matches!(w.lookup(path), Some(Overlay::Dir))
+            && w.children(path).is_none()
             && self.fetch_stat(path.clone()).await?.is_none();
+        // The parent's listing may be cached from while objects were under `path` (then
+        // `rm -rf` of a tree just written found it still listed: ENOTEMPTY); forgotten
+        // before the overlay stops answering for `path`.
+        self.invalidate(path);
         w.rmdir(path, !local_only)
     }
 

@@ -9,7 +9,7 @@ use md5::{Digest, Md5};
 use object_store::{ObjectStoreExt, PutPayload, WriteMultipart};
 
 use super::journal::{Base, Record};
-use super::{DatasetWrites, LocalFile, Op};
+use super::{DatasetWrites, LocalFile, Op, Overlay};
 use crate::path::DatasetPath;
 use crate::{Error, Result};
 
@@ -163,6 +163,20 @@ impl DatasetWrites {
         {
             let mut st = self.state.lock().expect("writes");
             self.append(&records)?;
+            // Removed directories above a deleted path are let go with it once nothing
+            // below them is owed (`apply_done`): their parents' listings, cached while
+            // objects were under them, are forgotten first (else `rm -rf` of a tree just
+            // written found a removed subdirectory still listed: ENOTEMPTY).
+            if let Some(Op::Delete { path }) = st.ops.get(&seq).map(|p| &p.op) {
+                let mut dir = path.parent();
+                while let Some(d) = dir {
+                    if !matches!(st.entries.get(&d), Some(Overlay::Gone)) {
+                        break;
+                    }
+                    self.synced(&d);
+                    dir = d.parent();
+                }
+            }
             st.apply_done(seq);
         }
         *self.totals.last_error.lock().expect("last error") = None;
