@@ -557,7 +557,8 @@ impl DatasetWrites {
 
     /// Renames the file `from` to `to`. `remote` is `from`'s source object when the
     /// file is not local: it is copied at the source, then deleted. EAGAIN when the
-    /// caller saw a local file (no `remote`) that was uploaded and let go since: look again.
+    /// caller saw a local file (no `remote`, or a stat with a local ETag) that was uploaded
+    /// and let go since: look again.
     pub fn rename(
         &self,
         from: &DatasetPath,
@@ -574,9 +575,15 @@ impl DatasetWrites {
             ));
         }
         let mut st = self.state.lock().expect("writes");
+        // The caller's look at a local file: its stat is no source object to copy.
+        let looked_local = remote.is_none_or(|s| {
+            s.etag
+                .as_deref()
+                .is_some_and(|e| e.starts_with(LOCAL_ETAG_PREFIX))
+        });
         let remote = match st.entries.get(from) {
             Some(Overlay::File(_)) => None,
-            _ if remote.is_none() => {
+            _ if looked_local => {
                 // Local when the caller looked, uploaded and let go since.
                 return Err(Error::refused(
                     from,
@@ -999,6 +1006,9 @@ impl State {
 /// reported and their files dropped.
 fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
     let mut st = State::default();
+    // Staging files not found, reported at the end unless a later record let the file go
+    // (its staging file is removed right after that record: no loss).
+    let mut missing: BTreeMap<u64, (PathBuf, String)> = BTreeMap::new();
     for record in records {
         match record {
             Record::Stage {
@@ -1019,8 +1029,7 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
                 {
                     Ok(f) => f,
                     Err(e) => {
-                        tracing::error!(staging = %staging.display(), error = %e,
-                            "a staged file of the write journal is missing; its writes are lost");
+                        missing.insert(id, (staging, e.to_string()));
                         continue;
                     }
                 };
@@ -1099,6 +1108,7 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
                 st.apply_done(seq);
             }
             Record::Dropped { id } => {
+                missing.remove(&id);
                 if let Some(f) = st.files.remove(&id) {
                     let fs = f.state.lock().expect("local file");
                     st.dirty_bytes = st.dirty_bytes.saturating_sub(fs.size);
@@ -1111,6 +1121,10 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
                 }
             }
         }
+    }
+    for (staging, error) in missing.values() {
+        tracing::error!(staging = %staging.display(), error = %error,
+            "a staged file of the write journal is missing; its writes are lost");
     }
     // Files that stand nowhere and have nothing owed: gone with the handles that held them.
     let orphans: Vec<u64> = st
@@ -1279,6 +1293,26 @@ mod tests {
         w.write(&f, 0, data).await.unwrap();
         w.commit(&f).await.unwrap();
         w.remove_writer(&f);
+    }
+
+    /// A rename whose caller looked while the file was local (a stat with a local ETag)
+    /// and finds it uploaded and let go since asks to look again (EAGAIN): that stat is no
+    /// source object to copy (the new name showed a file nobody could open, EISDIR).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_rename_that_saw_a_local_file_let_go_since_asks_to_look_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let w = open(dir.path(), &store);
+        let f = w.create(&p("/a"), Base::New, 0o644).unwrap();
+        w.write(&f, 0, b"alpha").await.unwrap();
+        let looked = f.stat(p("/a"));
+        w.commit(&f).await.unwrap();
+        w.remove_writer(&f);
+        assert!(w.drain(Duration::from_secs(30)).await);
+        assert!(w.lookup(&p("/a")).is_none(), "uploaded and let go");
+        let e = w.rename(&p("/a"), &p("/b"), Some(&looked)).unwrap_err();
+        assert_eq!(e.errno(), libc::EAGAIN, "{e}");
+        assert!(w.lookup(&p("/b")).is_none());
     }
 
     /// `mv tmp out` right after `tmp` was closed, its upload maybe under way: only `out`

@@ -225,7 +225,7 @@ impl DatasetWrites {
         };
         let (source, rel, _) = self.mode_of(&path)?;
         let (store, loc) = source.write_target(&rel)?;
-        self.keep_upstream_on_conflict(&source, &store, &loc, &path, &base)
+        self.keep_upstream_on_conflict(&source, &store, &loc, &path, &base, &file)
             .await?;
         let unchanged = || file.state.lock().expect("local file").generation == generation;
         let (result, expected) = if size <= PART_BYTES {
@@ -291,7 +291,9 @@ impl DatasetWrites {
 
     /// The conflict rule: when the object at the source is no longer the one this file
     /// started from (or a new file's path was taken meanwhile), the upstream version is
-    /// kept under `<name>.conflict-<UTC time>` before the local one is uploaded.
+    /// kept under `<name>.conflict-<UTC time>` before the local one is uploaded. An
+    /// upstream object that is this very content is no conflict: this node's own upload,
+    /// made before a kill kept it from journaling it (the file's base is from before).
     async fn keep_upstream_on_conflict(
         &self,
         source: &crate::source::Source,
@@ -299,6 +301,7 @@ impl DatasetWrites {
         loc: &object_store::path::Path,
         path: &DatasetPath,
         base: &Base,
+        file: &Arc<LocalFile>,
     ) -> Result<()> {
         if *base == Base::Replace {
             return Ok(());
@@ -313,6 +316,14 @@ impl DatasetWrites {
         if let Base::Version(ours) = base
             && unquote(ours) == unquote(&upstream_etag)
         {
+            return Ok(());
+        }
+        let size = file.size();
+        if upstream.size == size
+            && unquote(&upstream_etag).eq_ignore_ascii_case(&md5_etag(file, size).await?)
+        {
+            tracing::info!(dataset = %self.dataset, path = %path,
+                "the source already holds this content (uploaded before a restart): no conflict");
             return Ok(());
         }
         let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%SZ");
@@ -362,6 +373,26 @@ impl DatasetWrites {
             synced: Some(to.clone()),
         })
     }
+}
+
+/// The ETag S3 gives `file`'s first `size` bytes as this uploader sends them: the MD5 of
+/// the whole up to [`PART_BYTES`], else the MD5 of the parts' MD5s and their count.
+async fn md5_etag(file: &Arc<LocalFile>, size: u64) -> Result<String> {
+    if size <= PART_BYTES {
+        return Ok(hex::encode(Md5::digest(read(file, 0, size).await?)));
+    }
+    let mut digests = Vec::new();
+    let mut offset = 0;
+    while offset < size {
+        let n = PART_BYTES.min(size - offset);
+        digests.extend(Md5::digest(read(file, offset, n).await?));
+        offset += n;
+    }
+    Ok(format!(
+        "{}-{}",
+        hex::encode(Md5::digest(&digests)),
+        size.div_ceil(PART_BYTES)
+    ))
 }
 
 async fn read(file: &Arc<LocalFile>, offset: u64, len: u64) -> Result<bytes::Bytes> {
