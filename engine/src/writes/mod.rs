@@ -920,11 +920,22 @@ impl State {
                     self.push_op(useq, Op::Upload { id: f.id });
                 }
             }
-            (Some(Overlay::Moved(stat)), _) => {
-                // Moved again before its copy: copy the original object here instead.
+            (Some(Overlay::Moved(stat)), copy) => {
+                // Moved again before its copy: copied on from where that copy puts it (the
+                // copy to `from` comes first: it holds `from`, and runs in journal order).
                 let mut stat = stat;
                 stat.path = to.clone();
                 self.entries.insert(to.clone(), Overlay::Moved(stat));
+                if let Some((cseq, obj)) = copy {
+                    self.push_op(
+                        cseq,
+                        Op::Copy {
+                            from: from.clone(),
+                            to: to.clone(),
+                            etag: obj.etag,
+                        },
+                    );
+                }
             }
             (_, Some((cseq, obj))) => {
                 let stat = remote.cloned().unwrap_or_else(|| FileStat {
@@ -1358,6 +1369,51 @@ mod tests {
                 w.rename(&p(from), &p(to), Some(&stat)).unwrap();
             }
             other => other.unwrap(),
+        }
+    }
+
+    /// `mv a b; mv b c` of a source object, the second before the first's copy ran: `c`
+    /// ends at the store with `a`'s content, and neither `a` nor `b` does, also when the
+    /// agent restarts in between.
+    // One thread: the uploader runs only when the test waits, after both renames.
+    #[tokio::test]
+    async fn a_source_object_renamed_twice_before_its_copy_ends_under_the_last_name() {
+        for restart in [false, true] {
+            let dir = tempfile::tempdir().unwrap();
+            let store = Arc::new(InMemory::new());
+            store
+                .put(&"a".into(), b"alpha".to_vec().into())
+                .await
+                .unwrap();
+            let meta = store.head(&"a".into()).await.unwrap();
+            let stat = FileStat {
+                path: p("/a"),
+                kind: EntryKind::File,
+                size: meta.size,
+                mtime: meta.last_modified.into(),
+                version: None,
+                etag: meta.e_tag.clone(),
+            };
+            let mut w = open(dir.path(), &store);
+            w.rename(&p("/a"), &p("/b"), Some(&stat)).unwrap();
+            let Some(Overlay::Moved(moved)) = w.lookup(&p("/b")) else {
+                panic!("b is the moved object");
+            };
+            w.rename(&p("/b"), &p("/c"), Some(&moved)).unwrap();
+            if restart {
+                gone(w).await;
+                w = open(dir.path(), &store);
+            }
+            assert!(
+                matches!(w.lookup(&p("/c")), Some(Overlay::Moved(_))),
+                "c shows the object until it is copied (restart: {restart})"
+            );
+            assert!(w.drain(Duration::from_secs(30)).await);
+            assert_eq!(
+                store_content(&store).await,
+                [("c".to_string(), b"alpha".to_vec())],
+                "restart: {restart}"
+            );
         }
     }
 
