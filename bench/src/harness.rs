@@ -29,7 +29,6 @@ pub use cluster::{
     Data as ClusterData, RAW_CASES, metric_sum,
 };
 pub use restart::RESTARTS;
-pub use write::Writer;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub enum Workload {
@@ -1036,21 +1035,6 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                             Box::new(move |c: &mut Ctx| c.preload_session(run)),
                         ));
                     }
-                    if live.contains(&Workload::Write) {
-                        let writers = match system {
-                            System::Strata => vec![
-                                Writer::Strata { through: false },
-                                Writer::Strata { through: true },
-                            ],
-                            other => vec![Writer::Peer(other)],
-                        };
-                        for writer in writers {
-                            sessions.push((
-                                write::WORKLOAD,
-                                Box::new(move |c: &mut Ctx| c.write_session(writer, run)),
-                            ));
-                        }
-                    }
                     if live.contains(&Workload::Cluster) && system == System::Strata {
                         sessions.push((
                             "cluster",
@@ -1070,10 +1054,9 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 if let Err(e) = ctx.references(run, &local_root) {
                     ctx.note("seq-large", format!("references run {run} failed: {e}"));
                 }
-                if live.contains(&Workload::Write)
-                    && let Err(e) = ctx.write_references(run)
-                {
-                    ctx.note(write::WORKLOAD, format!("references run {run} failed: {e}"));
+                if live.contains(&Workload::Write) {
+                    // Every system in one sequence per shape, its references beside it.
+                    ctx.write_run(run);
                 }
             }
         }

@@ -270,14 +270,6 @@ impl Ctx<'_> {
         }
     }
 
-    pub(super) fn write_session(&mut self, writer: Writer, run: u32) -> Result<()> {
-        for shape in self.write_shapes() {
-            let r = self.write_on_fresh_mount(writer, shape, run);
-            self.note_failure(writer, shape, run, r);
-        }
-        Ok(())
-    }
-
     /// One shape on a fresh mount (or agent), whose cache is removed afterwards: rclone and
     /// s3fs keep every file written in their caches, and this disk has little room.
     fn write_on_fresh_mount(&mut self, writer: Writer, shape: Shape, run: u32) -> Result<()> {
@@ -327,14 +319,9 @@ impl Ctx<'_> {
     }
 
     /// A failed measurement is written down and the next one goes on.
-    fn note_failure(&mut self, writer: Writer, shape: Shape, run: u32, r: Result<()>) {
+    fn note_step(&mut self, what: &str, run: u32, r: Result<()>) {
         if let Err(e) = r {
-            let text = format!(
-                "{} {} run {run} failed: {e}",
-                writer.system().label(),
-                writer.case(shape)
-            );
-            self.note(WORKLOAD, text);
+            self.note(WORKLOAD, format!("{what}, run {run}, failed: {e}"));
         }
     }
 
@@ -605,103 +592,137 @@ impl Ctx<'_> {
         Ok(())
     }
 
-    /// The references of one run: the local disk's write + fsync of the same files, and the
-    /// raw-PUT ceiling through the link.
-    pub(super) fn write_references(&mut self, run: u32) -> Result<()> {
+    /// The local-disk reference: the files of `shape` written, fsynced and closed by as
+    /// many writers on the disk the caches are on.
+    fn write_local(&mut self, shape: Shape, run: u32) -> Result<()> {
         let cfg = self.cfg;
-        // The data alone: the references do not depend on the number of writers.
-        let mut shapes = self.write_shapes();
-        shapes.dedup_by_key(|s| s.data_label());
-        for shape in shapes {
-            let shape = match shape {
-                Shape::Small { files, .. } => Shape::Small { files, writers: 1 },
-                large => large,
-            };
-            self.check_room(shape)?;
-            // The local disk the caches live on.
-            let dir = cfg.work_dir.join("write-local");
-            if dir.exists() {
-                std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            }
-            std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            self.settle()?;
-            let content = Content::new(u64::from(run));
-            let local = write_files(&dir, shape, &content, true, cfg.write_limit);
+        self.check_room(shape)?;
+        let dir = cfg.work_dir.join("write-local");
+        if dir.exists() {
             std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
-            let local = local?;
-            let case = format!("{}, {CASE_LOCAL}", shape.data_label());
+        }
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        self.settle()?;
+        let content = Content::new(u64::from(run));
+        let local = write_files(&dir, shape, &content, true, cfg.write_limit);
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let local = local?;
+        let case = format!("{}, {CASE_LOCAL}", shape.label());
+        for (metric, unit, hib, value) in [
+            (WRITER_S, "s", false, local.seconds),
+            (WRITER_MIBS, "MiB/s", true, local.mib_per_s()),
+        ] {
             self.record(
                 WORKLOAD,
                 &case,
                 System::LocalFile,
-                WRITER_S,
+                metric,
+                unit,
+                hib,
+                run,
+                value,
+                local.complete,
+            );
+        }
+        Ok(())
+    }
+
+    /// The raw-PUT ceiling through the link: the files of `shape` PUT from memory, 8 in
+    /// flight, and for the large file also with the 4 parts in flight Strata's uploader
+    /// keeps per file. Recorded under the data's label: writers play no part in it.
+    fn write_raw(&mut self, shape: Shape, run: u32) -> Result<()> {
+        self.check_room(shape)?;
+        let content = Content::new(u64::from(run));
+        let mut ceilings = vec![(CASE_RAW, UPLOADS_IN_FLIGHT)];
+        if matches!(shape, Shape::Large { .. }) {
+            ceilings.push((CASE_RAW_PARTS, PARTS_IN_FLIGHT));
+        }
+        let store = s3_store(&self.endpoint, &self.creds)?;
+        for (label, in_flight) in ceilings {
+            let top = format!("write-{run}-raw-{in_flight}");
+            let prefix = format!("{top}/{}", shape.slug());
+            self.settle()?;
+            let before = self.link_up_bytes();
+            let put = self.rt.block_on(raw_puts(
+                store.as_ref(),
+                &prefix,
+                shape,
+                &content,
+                in_flight,
+            ));
+            let after = self.link_up_bytes();
+            self.write_cleanup(&top);
+            let secs = put?;
+            let case = format!("{}, {label}", shape.data_label());
+            self.record(
+                WORKLOAD,
+                &case,
+                System::ObjectStore,
+                SOURCE_S,
                 "s",
                 false,
                 run,
-                local.seconds,
-                local.complete,
-            );
-            self.record(
-                WORKLOAD,
-                &case,
-                System::LocalFile,
-                WRITER_MIBS,
-                "MiB/s",
+                secs,
                 true,
-                run,
-                local.mib_per_s(),
-                local.complete,
             );
-            // The raw-PUT ceiling through the link: 8 in flight, and for the large file also
-            // the 4 parts Strata's uploader keeps in flight.
-            let mut ceilings = vec![(CASE_RAW, UPLOADS_IN_FLIGHT)];
-            if matches!(shape, Shape::Large { .. }) {
-                ceilings.push((CASE_RAW_PARTS, PARTS_IN_FLIGHT));
-            }
-            let store = s3_store(&self.endpoint, &self.creds)?;
-            for (label, in_flight) in ceilings {
-                let top = format!("write-{run}-raw-{in_flight}");
-                let prefix = format!("{top}/{}", shape.slug());
-                self.settle()?;
-                let before = self.link_up_bytes();
-                let put = self.rt.block_on(raw_puts(
-                    store.as_ref(),
-                    &prefix,
-                    shape,
-                    &content,
-                    in_flight,
-                ));
-                let after = self.link_up_bytes();
-                self.write_cleanup(&top);
-                let secs = put?;
-                let case = format!("{}, {label}", shape.data_label());
+            if let (Some(a), Some(b)) = (before, after) {
                 self.record(
                     WORKLOAD,
                     &case,
                     System::ObjectStore,
-                    SOURCE_S,
-                    "s",
+                    LINK_UP,
+                    "x",
                     false,
                     run,
-                    secs,
+                    (b - a) as f64 / shape.total_bytes() as f64,
                     true,
                 );
-                if let (Some(a), Some(b)) = (before, after) {
-                    self.record(
-                        WORKLOAD,
-                        &case,
-                        System::ObjectStore,
-                        LINK_UP,
-                        "x",
-                        false,
-                        run,
-                        (b - a) as f64 / shape.total_bytes() as f64,
-                        true,
-                    );
-                }
             }
         }
         Ok(())
+    }
+
+    /// One run of the write workload. Per shape, in this order: the local disk, Strata
+    /// write-back, the raw-PUT ceiling, Strata write-through, then the peers. Each
+    /// reference sits next to the Strata figure it is held to: this shared disk's own
+    /// speed drifts by several times within minutes (a GiB written and fsynced in 1.3 s in
+    /// one quick run, 6.5 s forty minutes into another), and so does the S3 server's,
+    /// which writes to the same disk.
+    pub(super) fn write_run(&mut self, run: u32) {
+        let systems = self.cfg.systems.clone();
+        for shape in self.write_shapes() {
+            let r = self.write_local(shape, run);
+            self.note_step(&format!("local disk, {}", shape.label()), run, r);
+            let mut steps: Vec<Option<Writer>> = Vec::new();
+            if systems.contains(&System::Strata) {
+                steps.push(Some(Writer::Strata { through: false }));
+            }
+            steps.push(None); // the raw-PUT ceiling
+            if systems.contains(&System::Strata) {
+                steps.push(Some(Writer::Strata { through: true }));
+            }
+            for peer in [System::Rclone, System::S3fs] {
+                if systems.contains(&peer) {
+                    steps.push(Some(Writer::Peer(peer)));
+                }
+            }
+            for step in steps {
+                match step {
+                    Some(writer) => {
+                        let r = self.write_on_fresh_mount(writer, shape, run);
+                        self.note_step(
+                            &format!("{} {}", writer.system().label(), writer.case(shape)),
+                            run,
+                            r,
+                        );
+                    }
+                    None => {
+                        let r = self.write_raw(shape, run);
+                        self.note_step(&format!("raw PUTs, {}", shape.data_label()), run, r);
+                    }
+                }
+            }
+        }
     }
 }
 

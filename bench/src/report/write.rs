@@ -74,7 +74,7 @@ fn rows(shape: &str) -> Vec<(String, String, System)> {
     }
     rows.push((
         CASE_LOCAL.into(),
-        format!("{data}, {CASE_LOCAL}"),
+        format!("{shape}, {CASE_LOCAL}"),
         System::LocalFile,
     ));
     rows
@@ -86,7 +86,7 @@ pub(super) fn tables(out: &mut String, r: &BenchResults, link: &str) {
         return;
     }
     let _ = writeln!(out, "### write (seconds, lower is better), link: {link}\n");
-    out.push_str("writer = from the first open to the last `close` returning (the large file by one writer in 1 MiB writes; the small files by 1 or 8 writers, each writing its share one file after another). at the source = from the first open until the bucket, polled at the S3 server itself, lists every object with its whole size. raw PUTs = the same bytes PUT from memory through the same link (the large file as one multipart upload of 8 MiB parts; 8 in flight as Strata's uploader keeps 8 uploads, 4 parts as it keeps per file); local disk = the same files written, fsynced and closed on the disk the caches are on. Strata's \"agent\" column: when its counters say every file was uploaded and none is pending. CPU = seconds used from the first open until everything was at the source.\n\n");
+    out.push_str("writer = from the first open to the last `close` returning (the large file by one writer in 1 MiB writes; the small files by 1 or 8 writers, each writing its share one file after another). at the source = from the first open until the bucket, polled at the S3 server itself, lists every object with its whole size. raw PUTs = the same bytes PUT from memory through the same link (the large file as one multipart upload of 8 MiB parts; 8 in flight as Strata's uploader keeps 8 uploads, 4 parts as it keeps per file); local disk = the same files written, fsynced and closed by as many writers on the disk the caches are on. Each run measures, per shape: the local disk, Strata write-back, the raw PUTs, Strata write-through, rclone, s3fs, in that order, so each reference is next to the Strata figure it is held to. Strata's \"agent\" column: when its counters say every file was uploaded and none is pending. CPU = seconds used from the first open until everything was at the source.\n\n");
     let mut verdicts = Vec::new();
     let m = |case: &str, metric: &str, s: System| r.median(WORKLOAD, case, metric, s, link);
     for shape in &shapes {
@@ -181,7 +181,7 @@ fn goals(r: &BenchResults, link: &str, shape: &str) -> Vec<Verdict> {
         let share = ratio(
             m(&back, WRITER_MIBS, System::Strata),
             m(
-                &format!("{}, {CASE_LOCAL}", data_of(shape)),
+                &format!("{shape}, {CASE_LOCAL}"),
                 WRITER_MIBS,
                 System::LocalFile,
             ),
