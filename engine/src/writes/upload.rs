@@ -217,7 +217,13 @@ impl DatasetWrites {
             let fs = file.state.lock().expect("local file");
             match &fs.path {
                 // Renamed since it was scheduled: the rename owes the upload to the new name.
-                Some(p) if *p == path && fs.committed > fs.uploaded => {
+                // Written since its last commit: what is there now was neither closed nor
+                // fsynced (a partial object); the next commit uploads it.
+                Some(p)
+                    if *p == path
+                        && fs.committed > fs.uploaded
+                        && fs.generation == fs.committed =>
+                {
                     (fs.generation, fs.size, fs.base.clone())
                 }
                 _ => return Ok(nothing),
