@@ -283,6 +283,25 @@ impl Agent {
         Ok(view)
     }
 
+    /// Removes a removed dataset's write journal when nothing in it is owed to the source
+    /// any more; one with changes still to send is kept, and its uploads go on.
+    fn drop_writes_if_done(&self, key: &DatasetKey) {
+        let mut all = self.writes.lock().expect("writes");
+        let Some(writes) = all.get(key) else { return };
+        if !writes.is_idle() {
+            tracing::warn!(dataset = %format!("{}/{}", key.0, key.1),
+                "dataset removed with changes not at the source yet; its uploads go on");
+            return;
+        }
+        let dir = writes.dir().to_path_buf();
+        all.remove(key);
+        if let Err(e) = std::fs::remove_dir_all(&dir)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(dir = %dir.display(), error = %e, "could not remove a removed dataset's write journal");
+        }
+    }
+
     /// Gives the view its dataset's writes: the ones already open, or new ones when a
     /// source takes writes or a journal from before a restart is there.
     fn attach_writes(&self, key: &DatasetKey, view: &Arc<DatasetView>) -> Result<()> {
@@ -423,6 +442,9 @@ impl Agent {
             });
         };
         view.close();
+        if drop_cache {
+            self.drop_writes_if_done(&key);
+        }
         let cache = view.cache().clone();
         tokio::task::spawn_blocking(move || {
             // Detached first: writes still in flight then find no space, instead of

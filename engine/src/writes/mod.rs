@@ -713,6 +713,13 @@ impl DatasetWrites {
         }
     }
 
+    /// True when nothing is owed to the source, nothing is under way and no file is kept
+    /// on the node (the journal holds nothing a restart would need).
+    pub fn is_idle(&self) -> bool {
+        let st = self.state.lock().expect("writes");
+        st.ops.is_empty() && st.running.is_empty() && st.files.is_empty()
+    }
+
     /// Bytes of local files now, and the bound.
     pub fn dirty_bytes(&self) -> (u64, u64) {
         let st = self.state.lock().expect("writes");
