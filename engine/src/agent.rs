@@ -263,7 +263,12 @@ impl Agent {
             view.join_cluster(cluster.clone());
         }
         self.attach_writes(&key, &view)?;
-        view.seed_metadata_from_cache();
+        // Not for a writable dataset: the disk tier may hold versions older than what
+        // this node uploaded since, and a copy-up of one after a restart would write on the
+        // wrong version (the crash test saw appends land on them).
+        if view.writes().is_none() {
+            view.seed_metadata_from_cache();
+        }
         if let Some(old) = &existing {
             if old.config().sources == view.config().sources {
                 view.adopt_metadata(old);
