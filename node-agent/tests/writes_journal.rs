@@ -142,8 +142,15 @@ async fn a_source_outage_keeps_writes_on_the_node_and_uploads_resume() {
     // Removed with nothing left to send: nothing of its writes stays on the node.
     let dir = writes.dir().to_path_buf();
     assert!(dir.exists());
-    _agent.remove_dataset("test", "journal", true).await.unwrap();
-    assert!(!dir.exists(), "{} left after the dataset was removed", dir.display());
+    _agent
+        .remove_dataset("test", "journal", true)
+        .await
+        .unwrap();
+    assert!(
+        !dir.exists(),
+        "{} left after the dataset was removed",
+        dir.display()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
