@@ -456,6 +456,12 @@ impl Metrics {
         self.write_pending_files.get_or_create(&l).set(files as i64);
         self.write_pending_bytes.get_or_create(&l).set(bytes as i64);
         self.write_oldest_pending.get_or_create(&l).set(oldest);
+        // A writable dataset's counters are exposed from the start, at 0, so that a rate()
+        // over them has a first sample before the first upload or failure.
+        self.write_uploaded_files.get_or_create(&l).inc_by(0);
+        self.write_uploaded_bytes.get_or_create(&l).inc_by(0);
+        self.write_failures.get_or_create(&l).inc_by(0);
+        self.write_conflicts.get_or_create(&l).inc_by(0);
     }
     pub fn passthrough_open(&self, result: &str) {
         self.passthrough

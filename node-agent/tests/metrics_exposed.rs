@@ -7,7 +7,8 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use common::*;
-use strata_agent::config::CacheSettings;
+use object_store::ObjectStoreExt;
+use strata_agent::config::{CacheSettings, WriteMode};
 use strata_agent::fuse::{MountOptions, mount};
 
 /// The metric names of the table in docs/metrics.md.
@@ -56,10 +57,13 @@ async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
         strata_agent::mounts::MountRegistry::new(mount_root.path(), MountOptions::default())
             .unwrap();
     registry.register_metrics(agent.metrics());
+    // Writable, so that the write journal's metrics are registered and moved too.
+    let mut source = s3.source("s3", "s3://metrics/ds/", "/");
+    source.write_mode = WriteMode::WriteBack;
     let view = agent
         .add_dataset(dataset(
             "metrics",
-            vec![s3.source("s3", "s3://metrics/ds/", "/")],
+            vec![source],
             CacheSettings {
                 metadata_ttl: Duration::from_secs(300),
                 ..one_mib_blocks()
@@ -93,9 +97,32 @@ async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
         std::fs::read(root.join("big.bin")).unwrap();
         drop_page_cache();
         std::fs::read(root.join("big.bin")).unwrap();
+        // A new file, uploaded once it is closed.
+        std::fs::write(root.join("written.bin"), content(99, 100_000)).unwrap();
     })
     .await
     .unwrap();
+    for _ in 0..300 {
+        let text = agent.metrics().encode();
+        if sum(&text, "strata_write_uploaded_files_total", "").unwrap_or(0.0) > 0.0
+            && sum(&text, "strata_write_pending_files", "") == Some(0.0)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let written = s3
+        .store("metrics")
+        .get(&object_store::path::Path::from("ds/written.bin"))
+        .await
+        .expect("the written file at the source")
+        .bytes()
+        .await
+        .unwrap();
+    assert!(
+        written == content(99, 100_000),
+        "the written file's content at the source"
+    );
     // Every file is closed (the kernel releases them a moment after close): the readahead
     // budget comes back whole once their last fetches have landed.
     for _ in 0..100 {
@@ -146,6 +173,8 @@ async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
             "prefetched files",
             ("strata_directory_prefetch_files_total", ""),
         ),
+        ("uploaded files", ("strata_write_uploaded_files_total", "")),
+        ("uploaded bytes", ("strata_write_uploaded_bytes_total", "")),
         (
             "passthrough opens",
             ("strata_passthrough_opens_total", "result=\"ok\""),
@@ -160,6 +189,11 @@ async fn every_documented_metric_is_exposed_and_a_workload_moves_it() {
         "strata_disk_write_errors_total",
         "strata_checksum_failures_total",
         "strata_readahead_bytes",
+        "strata_write_pending_files",
+        "strata_write_pending_bytes",
+        "strata_write_oldest_pending_seconds",
+        "strata_write_failures_total",
+        "strata_write_conflicts_total",
     ] {
         assert_eq!(
             sum(&text, name, ""),
