@@ -134,6 +134,9 @@ pub struct Agent {
     // Each dataset's writes: one journal and uploader whatever views replace each other,
     // kept after the dataset is removed until its uploads are done.
     writes: Mutex<BTreeMap<DatasetKey, Arc<DatasetWrites>>>,
+    // Set while mounts a previous agent left are being taken over: journals opened
+    // meanwhile keep every replayed file until the write handles are found again.
+    takeover_pending: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for Agent {
@@ -179,6 +182,7 @@ impl Agent {
             reconfiguring: tokio::sync::Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
             writes: Mutex::new(BTreeMap::new()),
+            takeover_pending: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -307,6 +311,31 @@ impl Agent {
         }
     }
 
+    /// Mounts of a previous agent are about to be taken over (a held restart): the write
+    /// journals opened until [`Self::takeover_done`] let go of no file, since a write
+    /// handle the kernel still has open may be found again.
+    pub fn expect_takeover(&self) {
+        self.takeover_pending
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every mount was taken over (or given up): the files no handle came back for are
+    /// settled (see [`DatasetWrites::settle`]).
+    pub fn takeover_done(&self) {
+        self.takeover_pending
+            .store(false, std::sync::atomic::Ordering::SeqCst);
+        let all: Vec<_> = self
+            .writes
+            .lock()
+            .expect("writes")
+            .values()
+            .cloned()
+            .collect();
+        for w in all {
+            w.settle();
+        }
+    }
+
     /// Gives the view its dataset's writes: the ones already open, or new ones when a
     /// source takes writes or a journal from before a restart is there.
     fn attach_writes(&self, key: &DatasetKey, view: &Arc<DatasetView>) -> Result<()> {
@@ -331,6 +360,12 @@ impl Agent {
                     return Ok(());
                 }
                 let w = DatasetWrites::open(view.id(), &dir, modes, limit, self.metrics.clone())?;
+                if !self
+                    .takeover_pending
+                    .load(std::sync::atomic::Ordering::SeqCst)
+                {
+                    w.settle();
+                }
                 all.insert(key.clone(), w.clone());
                 w
             }

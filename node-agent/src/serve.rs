@@ -200,6 +200,10 @@ pub async fn run(
         .await
         .map_err(|e| Error::Task(e.to_string()))??;
     let held = holder.is_some();
+    if held {
+        // Files a write handle of the previous agent holds are kept until it is found.
+        agent.expect_takeover();
+    }
     let mounts = Arc::new(MountRegistry::new(
         &args.mount_root,
         MountOptions {
@@ -280,6 +284,7 @@ pub async fn run(
                 .mounts
                 .take_over(|ns, name| state.agent.dataset(ns, name))
                 .await;
+            state.agent.takeover_done();
         });
     }
     on_bound(bound);

@@ -189,9 +189,16 @@ pub async fn mount_until(
         check_mountpoint(mountpoint)?;
     }
     let agent = Agent::new(agent).await?;
+    if options.holder.is_some() {
+        // Files a write handle of a previous agent holds are kept until the mount is
+        // taken over.
+        agent.expect_takeover();
+    }
     let view = agent.add_dataset(dataset).await?;
     view.check_sources().await?;
-    let handle = mount(view.clone(), mountpoint, options)?;
+    let handle = mount(view.clone(), mountpoint, options);
+    agent.takeover_done();
+    let handle = handle?;
     on_mounted(&view, &handle);
     let stop = shutdown.await?;
     let usage = view.usage();

@@ -91,6 +91,30 @@ impl DatasetView {
             }
             return Ok(f);
         }
+        // A file renamed here shows its old object until the copy at the source is made
+        // and the old name deleted: a copy-up that meets that delete looks again (then it
+        // finds the object at the new name).
+        let mut attempts = 0;
+        loop {
+            attempts += 1;
+            match self.copy_up(&w, path, truncate).await {
+                Err(e) if e.is_not_found() && attempts < 3 => {
+                    self.invalidate(path);
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Opens the file `path` has now as a new local file: empty with `truncate`, else
+    /// with the object's content, read block by block through the cache into a staging
+    /// file that takes the path once whole.
+    async fn copy_up(
+        self: &Arc<Self>,
+        w: &Arc<DatasetWrites>,
+        path: &DatasetPath,
+        truncate: bool,
+    ) -> Result<Arc<LocalFile>> {
         let stat = self.stat(path).await?;
         if stat.is_dir() {
             return Err(Error::IsDirectory {
@@ -104,8 +128,6 @@ impl DatasetView {
         if truncate {
             return w.create(path, base, 0o644);
         }
-        // Copy-up: the object's content first, block by block through the cache, into a
-        // staging file that takes the path once whole.
         let reader = self.open(path).await?;
         let staging = w.new_staging()?;
         let step = self.block_size();

@@ -190,28 +190,40 @@ impl DatasetView {
                 move || async move {
                     let (source, rel) = view.resolve(&p).expect("resolved before");
                     let source = source.clone();
-                    let stat = match view.noted(source.head(&rel).await)? {
-                        Some(info) => Some(FileStat {
-                            path: p.clone(),
-                            kind: EntryKind::File,
-                            size: info.size,
-                            mtime: info.mtime,
-                            etag: Some(info.etag.clone()),
-                            version: Some(ObjectVersion::new(
-                                source.name(),
-                                info.key,
-                                info.etag,
-                                info.size,
-                            )),
-                        }),
-                        // Not an object: a directory if anything is under it (one key asked
-                        // for, not the whole directory).
-                        None => view
-                            .noted(source.dir_exists(&rel).await)?
-                            .then(|| FileStat::dir(p.clone())),
-                    };
-                    view.stats.insert(p, stat.clone());
-                    Ok(stat)
+                    // A change made here while the request was out (an upload, a delete)
+                    // invalidates the path: the answer may be from before it, so ask again.
+                    let mut attempts = 0;
+                    loop {
+                        attempts += 1;
+                        let stamp = view.invalidation_stamp(&p);
+                        let stat = match view.noted(source.head(&rel).await)? {
+                            Some(info) => Some(FileStat {
+                                path: p.clone(),
+                                kind: EntryKind::File,
+                                size: info.size,
+                                mtime: info.mtime,
+                                etag: Some(info.etag.clone()),
+                                version: Some(ObjectVersion::new(
+                                    source.name(),
+                                    info.key,
+                                    info.etag,
+                                    info.size,
+                                )),
+                            }),
+                            // Not an object: a directory if anything is under it (one key
+                            // asked for, not the whole directory).
+                            None => view
+                                .noted(source.dir_exists(&rel).await)?
+                                .then(|| FileStat::dir(p.clone())),
+                        };
+                        if view.invalidation_stamp(&p) == stamp {
+                            view.stats.insert(p, stat.clone());
+                            return Ok(stat);
+                        }
+                        if attempts >= 3 {
+                            return Ok(stat);
+                        }
+                    }
                 },
                 |e| Err(Error::Task(e)),
             )
@@ -396,6 +408,7 @@ impl DatasetView {
     /// Forgets cached metadata of a path (and its parent's listing); a listing of either
     /// on its way in is not kept when it completes.
     pub fn invalidate(&self, path: &DatasetPath) {
+        self.invalidations[self.stripe(path)].fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.stats.remove(path);
         self.listings.remove(path);
         let mut growing = self.growing.lock().expect("growing listings");
@@ -404,6 +417,18 @@ impl DatasetView {
             self.listings.remove(&parent);
             growing.remove(&parent);
         }
+    }
+
+    fn stripe(&self, path: &DatasetPath) -> usize {
+        use std::hash::{BuildHasher, BuildHasherDefault};
+        let h = BuildHasherDefault::<std::collections::hash_map::DefaultHasher>::default()
+            .hash_one(path.as_str());
+        (h as usize) % self.invalidations.len()
+    }
+
+    /// How many invalidations met `path`'s stripe so far.
+    fn invalidation_stamp(&self, path: &DatasetPath) -> u64 {
+        self.invalidations[self.stripe(path)].load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// Every file under the globs' common directory that matches them. With `fresh`, each

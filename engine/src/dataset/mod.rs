@@ -56,6 +56,8 @@ const PEER_FILLS: usize = 16;
 
 /// Most metadata entries kept per dataset (stat and listings each).
 const MAX_METADATA_ENTRIES: usize = 200_000;
+/// Stripes of the invalidation stamps (see `DatasetView::invalidations`).
+const INVALIDATION_STRIPES: usize = 256;
 
 /// A dataset as served by this node.
 pub struct DatasetView {
@@ -66,6 +68,9 @@ pub struct DatasetView {
     stats: TtlCache<DatasetPath, Option<FileStat>>,
     listings: TtlCache<DatasetPath, Arc<DirListing>>,
     meta_flights: SingleFlight<DatasetPath, Result<Option<FileStat>>>,
+    // Bumped by every invalidation of a path hashed to it: a stat fetched across one is
+    // fetched again, never kept (it may be the answer from before a change made here).
+    invalidations: Box<[std::sync::atomic::AtomicU64]>,
     // Listings on their way in (one per directory, however many read it), until complete
     // and in `listings`.
     growing: Mutex<HashMap<DatasetPath, Arc<DirListing>>>,
@@ -137,6 +142,9 @@ impl DatasetView {
             stats,
             listings: TtlCache::new(ttl, MAX_METADATA_ENTRIES / 10),
             meta_flights: SingleFlight::default(),
+            invalidations: (0..INVALIDATION_STRIPES)
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             growing: Mutex::new(HashMap::new()),
             block_flights: SingleFlight::default(),
             cluster: std::sync::OnceLock::new(),

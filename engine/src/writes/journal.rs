@@ -35,6 +35,10 @@ pub struct MovedObject {
     pub size: u64,
     pub mtime_ns: i64,
     pub etag: String,
+    /// Where the object is read from until the copy is made (its source and key there,
+    /// and the version's ETag): a replayed rename reads the same object version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub object: Option<(String, String, String)>,
 }
 
 /// One entry of the journal. `seq` numbers the operations owed to the source; `Done`
@@ -42,15 +46,29 @@ pub struct MovedObject {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "r", rename_all = "camelCase")]
 pub enum Record {
-    /// Local file `id` now stands at `path`.
+    /// Local file `id` now stands at `path` (empty: nowhere, a file removed while open,
+    /// kept for its open handles).
     Stage {
         id: u64,
         path: String,
         base: Base,
         mode: u32,
     },
-    /// File `id` is durable as it is now: upload it (operation `seq`).
-    Commit { seq: u64, id: u64, size: u64 },
+    /// File `id` is durable as it is now: upload it (operation `seq`). `mtime_ns` is its
+    /// staging file's modification time as the commit found it: a replay that finds
+    /// another size or time knows it was written after this commit, and uploads it only
+    /// once it is committed again.
+    Commit {
+        seq: u64,
+        id: u64,
+        size: u64,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        mtime_ns: Option<i64>,
+    },
+    /// File `id` is being sent to the source, as `etag` (written before the upload
+    /// completes): after a kill before `Uploaded`, the object found at the source with
+    /// this ETag is this node's own, not a change made upstream.
+    Sending { id: u64, etag: String },
     /// File `id` reached the source as `etag`: its new base.
     Uploaded { id: u64, etag: String },
     /// `path` was removed: delete it at the source (operation `seq`).
@@ -74,6 +92,10 @@ pub enum Record {
     Done { seq: u64 },
     /// Local file `id` is no longer kept (uploaded and closed, or removed).
     Dropped { id: u64 },
+    /// The highest local-file id and operation number handed out so far (first in a
+    /// rewritten journal): numbers of files let go are not given out again, so that a
+    /// new file never takes the identity (`local:<id>`) an old one showed.
+    Numbers { next_id: u64, next_seq: u64 },
 }
 
 /// The journal file.
@@ -178,6 +200,7 @@ mod tests {
             seq: 1,
             id: 1,
             size: 3,
+            mtime_ns: Some(1),
         };
         j.append(&[stage.clone(), commit.clone()]).unwrap();
         drop(j);

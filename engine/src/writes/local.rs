@@ -42,6 +42,11 @@ pub(super) struct LocalState {
     /// The generation the last commit made durable, and the one last uploaded.
     pub(super) committed: u64,
     pub(super) uploaded: u64,
+    /// The staging file's size and modification time (ns) at the last commit.
+    pub(super) committed_as: Option<(u64, i64)>,
+    /// ETags of uploads sent since the last one known to have reached the source (see
+    /// `Record::Sending`).
+    pub(super) sent: Vec<String>,
     /// When the oldest change not at the source yet was made.
     pub(super) dirty_since: Option<SystemTime>,
 }
@@ -113,6 +118,7 @@ impl LocalFile {
         st.committed = st.generation;
         st.uploaded = st.generation;
         st.dirty_since = None;
+        st.committed_as = None;
     }
 
     pub(super) fn touch(st: &mut LocalState) {

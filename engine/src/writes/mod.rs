@@ -169,6 +169,9 @@ pub struct DatasetWrites {
     pub(crate) copy_up: tokio::sync::Mutex<()>,
     /// Forgets the metadata cache's view of a path whose change reached the source.
     on_synced: OnceLock<Mutex<Weak<SyncedHook>>>,
+    /// False until [`Self::settle`]: replayed files are all kept, for the write handles a
+    /// takeover may find again.
+    settled: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for DatasetWrites {
@@ -211,6 +214,7 @@ impl DatasetWrites {
             metrics,
             copy_up: tokio::sync::Mutex::new(()),
             on_synced: OnceLock::new(),
+            settled: std::sync::atomic::AtomicBool::new(false),
         });
         if pending > 0 {
             tracing::info!(dataset = %dataset, operations = pending,
@@ -378,6 +382,8 @@ impl DatasetWrites {
                 generation: 1,
                 committed: 0,
                 uploaded: 0,
+                committed_as: None,
+                sent: Vec::new(),
                 dirty_since: Some(SystemTime::now()),
             }),
         });
@@ -402,6 +408,54 @@ impl DatasetWrites {
         drop(st);
         self.drop_detached();
         Ok(local)
+    }
+
+    /// Ends the wait for write handles of a previous agent (its mounts were taken over,
+    /// or there were none): a replayed file that stands nowhere and has no writer now is
+    /// let go; one written after its last commit (or never committed) by a writer that did
+    /// not come back is committed as it is, as a disk keeps what was written before a
+    /// crash; files at the source as they are are let go.
+    pub fn settle(self: &Arc<Self>) {
+        if self.settled.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let files: Vec<Arc<LocalFile>> = self
+            .state
+            .lock()
+            .expect("writes")
+            .files
+            .values()
+            .cloned()
+            .collect();
+        let mut orphaned = Vec::new();
+        for f in files {
+            let fs = f.state.lock().expect("local file");
+            if fs.writers > 0 {
+                continue;
+            }
+            if fs.path.is_some() && fs.generation > fs.committed {
+                drop(fs);
+                orphaned.push(f);
+            } else {
+                drop(fs);
+                self.drop_if_synced(f.id);
+            }
+        }
+        if orphaned.is_empty() {
+            return;
+        }
+        tracing::info!(dataset = %self.dataset, files = orphaned.len(),
+            "files written before a restart and not closed since are committed as they are");
+        let w = self.clone();
+        tokio::spawn(async move {
+            for f in orphaned {
+                if let Err(e) = w.commit(&f).await {
+                    tracing::warn!(dataset = %w.dataset, error = %e,
+                        "a file written before a restart could not be committed");
+                }
+                w.drop_if_synced(f.id);
+            }
+        });
     }
 
     /// Marks one more writer of `file` (a write handle a new agent took over).
@@ -482,22 +536,33 @@ impl DatasetWrites {
         let through = self.mode_of(&path)?.2 == WriteMode::WriteThrough;
         if generation > file.state.lock().expect("local file").committed {
             let f = file.clone();
-            tokio::task::spawn_blocking(move || f.file.sync_data())
-                .await
-                .map_err(|e| Error::Task(e.to_string()))?
-                .map_err(|e| Error::cache_io(&file.staging, e))?;
-            let size = file.size();
+            // The staging file as this commit finds it, looked at before the sync: a write
+            // after the look changes its time (it was looked at: the next change gets a
+            // time of its own) and tells a replay the file changed since.
+            let meta = tokio::task::spawn_blocking(move || {
+                let meta = f.file.metadata()?;
+                f.file.sync_data()?;
+                Ok::<_, std::io::Error>(meta)
+            })
+            .await
+            .map_err(|e| Error::Task(e.to_string()))?
+            .map_err(|e| Error::cache_io(&file.staging, e))?;
+            let committed_as = (meta.len(), mtime_ns(&meta));
             {
                 let mut st = self.state.lock().expect("writes");
                 let seq = st.next_seq();
                 self.append(&[Record::Commit {
                     seq,
                     id: file.id,
-                    size,
+                    size: committed_as.0,
+                    mtime_ns: Some(committed_as.1),
                 }])?;
                 st.push_op(seq, Op::Upload { id: file.id });
                 let mut fs = file.state.lock().expect("local file");
-                fs.committed = fs.committed.max(generation);
+                if generation >= fs.committed {
+                    fs.committed = generation;
+                    fs.committed_as = Some(committed_as);
+                }
             }
             self.work.notify_one();
         }
@@ -602,6 +667,7 @@ impl DatasetWrites {
                     size: stat.size,
                     mtime_ns: nanos(stat.mtime),
                     etag: stat.etag.clone().unwrap_or_default(),
+                    object: object_of(stat),
                 },
             )
         });
@@ -816,6 +882,9 @@ impl DatasetWrites {
     /// Stops keeping local file `id` once nothing needs it: no writer, no path, or at the
     /// source as it is with no operation left on it.
     fn drop_if_synced(&self, id: u64) {
+        if !self.settled.load(Ordering::SeqCst) {
+            return; // a write handle of the previous agent may still come back for it
+        }
         let mut st = self.state.lock().expect("writes");
         let Some(file) = st.files.get(&id).cloned() else {
             return;
@@ -950,7 +1019,9 @@ impl State {
                     kind: EntryKind::File,
                     size: obj.size,
                     mtime: from_nanos(obj.mtime_ns),
-                    version: None,
+                    version: obj.object.as_ref().map(|(source, key, etag)| {
+                        crate::cache::ObjectVersion::new(source, key, etag, obj.size)
+                    }),
                     etag: Some(obj.etag.clone()),
                 });
                 let mut shown = stat.clone();
@@ -1036,8 +1107,14 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
                 mode,
             } => {
                 st.next_id = st.next_id.max(id);
-                let Ok(path) = DatasetPath::parse(&path) else {
-                    continue;
+                // Empty: a file removed while open (see `live_records`).
+                let path = if path.is_empty() {
+                    None
+                } else {
+                    match DatasetPath::parse(&path) {
+                        Ok(p) => Some(p),
+                        Err(_) => continue,
+                    }
                 };
                 let staging = files_dir.join(id.to_string());
                 let file = match std::fs::OpenOptions::new()
@@ -1058,7 +1135,7 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
                     staging,
                     file,
                     state: Mutex::new(LocalState {
-                        path: Some(path.clone()),
+                        path: path.clone(),
                         size: meta.len(),
                         mtime: meta.modified().unwrap_or_else(|_| SystemTime::now()),
                         mode,
@@ -1067,23 +1144,41 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
                         generation: 1,
                         committed: 0,
                         uploaded: 0,
+                        committed_as: None,
+                        sent: Vec::new(),
                         dirty_since: Some(SystemTime::now()),
                     }),
                 });
-                st.detach(&path);
-                st.entries.insert(path, Overlay::File(local.clone()));
+                if let Some(path) = path {
+                    st.detach(&path);
+                    st.entries.insert(path, Overlay::File(local.clone()));
+                }
                 st.files.insert(id, local);
             }
-            Record::Commit { seq, id, .. } => {
+            Record::Commit {
+                seq,
+                id,
+                size,
+                mtime_ns,
+            } => {
                 if let Some(f) = st.files.get(&id) {
-                    f.state.lock().expect("local file").committed = 1;
+                    let mut fs = f.state.lock().expect("local file");
+                    fs.committed = 1;
+                    fs.committed_as = mtime_ns.map(|t| (size, t));
+                    drop(fs);
                     st.push_op(seq, Op::Upload { id });
                 }
                 st.next_seq = st.next_seq.max(seq);
             }
+            Record::Sending { id, etag } => {
+                if let Some(f) = st.files.get(&id) {
+                    f.state.lock().expect("local file").sent.push(etag);
+                }
+            }
             Record::Uploaded { id, etag } => {
                 if let Some(f) = st.files.get(&id) {
                     let mut fs = f.state.lock().expect("local file");
+                    fs.sent.clear();
                     fs.base = Base::Version(etag);
                     // At the source as last committed (a rename after this resets it).
                     fs.uploaded = fs.committed;
@@ -1125,6 +1220,10 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
             Record::Done { seq } => {
                 st.apply_done(seq);
             }
+            Record::Numbers { next_id, next_seq } => {
+                st.next_id = st.next_id.max(next_id);
+                st.next_seq = st.next_seq.max(next_seq);
+            }
             Record::Dropped { id } => {
                 missing.remove(&id);
                 if let Some(f) = st.files.remove(&id) {
@@ -1144,16 +1243,16 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
         tracing::error!(staging = %staging.display(), error = %error,
             "a staged file of the write journal is missing; its writes are lost");
     }
-    // Files that stand nowhere and have nothing owed: gone with the handles that held them.
-    let orphans: Vec<u64> = st
-        .files
-        .iter()
-        .filter(|(_, f)| f.state.lock().expect("local file").path.is_none())
-        .map(|(id, _)| *id)
-        .collect();
-    for id in orphans {
-        if let Some(f) = st.files.remove(&id) {
-            st.dirty_bytes = st.dirty_bytes.saturating_sub(f.size());
+    // A file written after its last commit (or never committed) holds content no writer
+    // closed or fsynced: not uploaded until it is committed again (by its writer, if a
+    // takeover gives its handle back, else by `settle`).
+    for f in st.files.values() {
+        let mut fs = f.state.lock().expect("local file");
+        let now = f.file.metadata().ok().map(|m| (m.len(), mtime_ns(&m)));
+        let clean = fs.committed > 0 && fs.committed_as.is_some() && fs.committed_as == now;
+        if !clean {
+            fs.generation = fs.committed + 1;
+            fs.dirty_since = Some(SystemTime::now());
         }
     }
     Ok(st)
@@ -1161,19 +1260,50 @@ fn replay(files_dir: &Path, records: Vec<Record>) -> Result<State> {
 
 /// The records that rebuild `st` (the journal rewritten at start).
 fn live_records(st: &State) -> Vec<Record> {
+    // Operation numbers for the records that only carry state (no operation owed).
+    let mut fresh = st.next_seq;
     let mut out = Vec::new();
     let mut ids: Vec<_> = st.files.keys().copied().collect();
     ids.sort();
     for id in ids {
         let f = &st.files[&id];
         let fs = f.state.lock().expect("local file");
-        let Some(path) = &fs.path else { continue };
         out.push(Record::Stage {
             id,
-            path: path.to_string(),
+            path: fs.path.as_ref().map(|p| p.to_string()).unwrap_or_default(),
             base: fs.base.clone(),
             mode: fs.mode,
         });
+        for etag in &fs.sent {
+            out.push(Record::Sending {
+                id,
+                etag: etag.clone(),
+            });
+        }
+        // What the last commit made durable, when its upload is not owed (then it comes
+        // below): a replay must know it to tell a later change.
+        let owed = st
+            .ops
+            .values()
+            .any(|p| matches!(p.op, Op::Upload { id: i } if i == id));
+        if let (Some((size, mtime_ns)), false) = (fs.committed_as, owed) {
+            fresh += 1;
+            out.push(Record::Commit {
+                seq: fresh,
+                id,
+                size,
+                mtime_ns: Some(mtime_ns),
+            });
+            if fs.uploaded >= fs.committed
+                && let Base::Version(etag) = &fs.base
+            {
+                out.push(Record::Uploaded {
+                    id,
+                    etag: etag.clone(),
+                });
+            }
+            out.push(Record::Done { seq: fresh });
+        }
     }
     for (path, o) in &st.entries {
         if matches!(o, Overlay::Dir) {
@@ -1184,11 +1314,18 @@ fn live_records(st: &State) -> Vec<Record> {
     }
     for (seq, p) in &st.ops {
         match &p.op {
-            Op::Upload { id } => out.push(Record::Commit {
-                seq: *seq,
-                id: *id,
-                size: st.files.get(id).map_or(0, |f| f.size()),
-            }),
+            Op::Upload { id } => {
+                let committed_as = st
+                    .files
+                    .get(id)
+                    .and_then(|f| f.state.lock().expect("local file").committed_as);
+                out.push(Record::Commit {
+                    seq: *seq,
+                    id: *id,
+                    size: committed_as.map_or(0, |c| c.0),
+                    mtime_ns: committed_as.map(|c| c.1),
+                });
+            }
             Op::Delete { path } => out.push(Record::Unlink {
                 seq: *seq,
                 path: path.to_string(),
@@ -1203,8 +1340,9 @@ fn live_records(st: &State) -> Vec<Record> {
                 Some(Overlay::Moved(s)) => s.clone(),
                 _ => continue,
             };
+            fresh += 1;
             out.push(Record::Rename {
-                seq: st.next_seq + seq, // fresh: its delete is already in the list
+                seq: fresh, // its delete is already in the list
                 from: from.to_string(),
                 to: to.to_string(),
                 copy: Some((
@@ -1213,17 +1351,23 @@ fn live_records(st: &State) -> Vec<Record> {
                         size: stat.size,
                         mtime_ns: nanos(stat.mtime),
                         etag: etag.clone(),
+                        object: object_of(&stat),
                     },
                 )),
                 upload: None,
             });
-            out.push(Record::Done {
-                seq: st.next_seq + seq,
-            });
+            out.push(Record::Done { seq: fresh });
         }
     }
     // Hidden paths not owed a delete any more (a removed directory) stay hidden only
     // until the next start.
+    out.insert(
+        0,
+        Record::Numbers {
+            next_id: st.next_id,
+            next_seq: fresh,
+        },
+    );
     out
 }
 
@@ -1243,6 +1387,19 @@ fn remove_strays(files_dir: &Path, st: &State) {
             let _ = std::fs::remove_file(entry.path());
         }
     }
+}
+
+/// The object version a stat reads, as a rename's record keeps it.
+fn object_of(stat: &FileStat) -> Option<(String, String, String)> {
+    stat.version
+        .as_ref()
+        .map(|v| (v.source.clone(), v.key.clone(), v.etag.clone()))
+}
+
+/// A file's modification time in nanoseconds.
+fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
 }
 
 fn nanos(t: SystemTime) -> i64 {
@@ -1284,6 +1441,13 @@ mod tests {
         .unwrap()
     }
 
+    /// `open`, with no write handle of the previous instance coming back.
+    fn open_settled(dir: &Path, store: &Arc<InMemory>) -> Arc<DatasetWrites> {
+        let w = open(dir, store);
+        w.settle();
+        w
+    }
+
     /// Drops `w` and waits until its uploader and uploads let go of it (a process that
     /// died), so that the next instance is alone on the journal.
     async fn gone(w: Arc<DatasetWrites>) {
@@ -1320,7 +1484,7 @@ mod tests {
     async fn a_rename_that_saw_a_local_file_let_go_since_asks_to_look_again() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(InMemory::new());
-        let w = open(dir.path(), &store);
+        let w = open_settled(dir.path(), &store);
         let f = w.create(&p("/a"), Base::New, 0o644).unwrap();
         w.write(&f, 0, b"alpha").await.unwrap();
         let looked = f.stat(p("/a"));
@@ -1339,7 +1503,7 @@ mod tests {
     async fn a_file_renamed_while_its_upload_runs_ends_under_its_new_name_only() {
         let dir = tempfile::tempdir().unwrap();
         let store = Arc::new(InMemory::new());
-        let w = open(dir.path(), &store);
+        let w = open_settled(dir.path(), &store);
         let data = vec![7u8; 3 << 20];
         for i in 0..30 {
             write_file(&w, &format!("/tmp{i}"), &data).await;
@@ -1437,7 +1601,7 @@ mod tests {
                 .await
                 .unwrap();
         }
-        let w = open(dir.path(), &store);
+        let w = open_settled(dir.path(), &store);
         write_file(&w, "/a", b"alpha").await;
         write_file(&w, "/b", b"beta").await;
         w.mkdir(&p("/dir")).unwrap();
@@ -1455,13 +1619,13 @@ mod tests {
         w.rename(&p("/mv"), &p("/moved"), Some(&moved)).unwrap();
         w.mkdir(&p("/empty")).unwrap();
         gone(w).await;
-        let w = open(dir.path(), &store);
+        let w = open_settled(dir.path(), &store);
         assert!(
             matches!(w.lookup(&p("/empty")), Some(Overlay::Dir)),
             "a made directory comes back"
         );
         gone(w).await;
-        let w = open(dir.path(), &store);
+        let w = open_settled(dir.path(), &store);
         assert!(w.drain(Duration::from_secs(30)).await);
         let expected: Vec<(String, Vec<u8>)> =
             [("a", "alpha"), ("dir/c", "beta"), ("moved", "moving")]
@@ -1474,6 +1638,186 @@ mod tests {
             w.dirty_bytes().0,
             0,
             "dirty bytes left after every file was uploaded"
+        );
+    }
+
+    fn local_id(w: &DatasetWrites, path: &str) -> u64 {
+        match w.lookup(&p(path)) {
+            Some(Overlay::File(f)) => f.id(),
+            other => panic!("{path}: {other:?}"),
+        }
+    }
+
+    /// An fsync, more writes, a kill: the source never gets the bytes written after the
+    /// fsync until the writer (its handle taken over) commits again.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn bytes_written_after_the_last_commit_wait_for_the_next_one_across_a_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let w = open_settled(dir.path(), &store);
+        let f = w.create(&p("/log"), Base::New, 0o644).unwrap();
+        w.write(&f, 0, b"fsynced;").await.unwrap();
+        w.commit(&f).await.unwrap();
+        w.write(&f, 8, b"not yet").await.unwrap();
+        w.write(&f, 0, b"F").await.unwrap();
+        let id = f.id();
+        drop(f);
+        gone(w).await;
+        // A restart whose takeover gives the write handle back.
+        let w = open(dir.path(), &store);
+        let f = w
+            .file(id)
+            .expect("the open file is kept until the takeover is done");
+        w.add_writer(&f);
+        w.settle();
+        assert!(w.drain(Duration::from_secs(30)).await);
+        let at_source = store_content(&store).await;
+        assert!(
+            at_source.is_empty() || at_source == [("log".to_string(), b"fsynced;".to_vec())],
+            "only what was fsynced may be at the source: {at_source:?}"
+        );
+        w.write(&f, 15, b"!").await.unwrap();
+        w.commit(&f).await.unwrap();
+        w.remove_writer(&f);
+        assert!(w.drain(Duration::from_secs(30)).await);
+        assert_eq!(
+            store_content(&store).await,
+            [("log".to_string(), b"Fsynced;not yet!".to_vec())]
+        );
+    }
+
+    /// The same with no handle coming back (the writer died with the agent): what was
+    /// written is committed as it is, as a disk keeps what was written before a crash.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_no_writer_comes_back_for_is_committed_as_it_is() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let w = open_settled(dir.path(), &store);
+        let f = w.create(&p("/log"), Base::New, 0o644).unwrap();
+        w.write(&f, 0, b"fsynced;").await.unwrap();
+        w.commit(&f).await.unwrap();
+        w.write(&f, 8, b"written").await.unwrap();
+        let never = w.create(&p("/never-closed"), Base::New, 0o644).unwrap();
+        w.write(&never, 0, b"data").await.unwrap();
+        drop((f, never));
+        gone(w).await;
+        let w = open_settled(dir.path(), &store);
+        for _ in 0..300 {
+            if w.is_idle() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert!(w.is_idle(), "files left: {:?}", w.usage());
+        assert_eq!(
+            store_content(&store).await,
+            [
+                ("log".to_string(), b"fsynced;written".to_vec()),
+                ("never-closed".to_string(), b"data".to_vec())
+            ]
+        );
+        assert_eq!(w.dirty_bytes().0, 0);
+    }
+
+    /// A file removed while open stays for its handle across a restart, and goes once
+    /// the takeover is done without it.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_file_removed_while_open_is_kept_for_its_handle_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let w = open_settled(dir.path(), &store);
+        let f = w.create(&p("/tmp"), Base::New, 0o644).unwrap();
+        w.write(&f, 0, b"scratch").await.unwrap();
+        w.unlink(&p("/tmp"), false).unwrap();
+        let id = f.id();
+        drop(f);
+        gone(w).await;
+        let w = open(dir.path(), &store);
+        gone(w).await; // twice: the rewritten journal keeps it too
+        let w = open(dir.path(), &store);
+        let f = w.file(id).expect("kept for its handle");
+        assert_eq!(&f.read_at(0, 100).unwrap()[..], b"scratch");
+        assert!(
+            matches!(w.lookup(&p("/tmp")), None | Some(Overlay::Gone)),
+            "stands nowhere"
+        );
+        drop(f);
+        w.settle();
+        assert!(w.file(id).is_none(), "let go once no handle came back");
+        assert!(w.drain(Duration::from_secs(30)).await);
+        assert!(w.is_idle());
+        assert!(store_content(&store).await.is_empty());
+    }
+
+    /// The numbers of files let go are not handed out again after the journal is
+    /// rewritten (a new file would show the identity of an old one to the kernel).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn local_file_numbers_are_not_reused_across_restarts() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Arc::new(InMemory::new());
+        let w = open_settled(dir.path(), &store);
+        write_file(&w, "/a", b"1").await;
+        let f = w.create(&p("/b"), Base::New, 0o644).unwrap();
+        let first = f.id();
+        w.remove_writer(&f);
+        w.unlink(&p("/b"), false).unwrap();
+        drop(f);
+        assert!(w.drain(Duration::from_secs(30)).await);
+        assert!(w.is_idle());
+        gone(w).await;
+        let w = open_settled(dir.path(), &store);
+        gone(w).await;
+        let w = open_settled(dir.path(), &store);
+        let f = w.create(&p("/c"), Base::New, 0o644).unwrap();
+        assert!(f.id() > first, "{} reused (was {first})", f.id());
+        assert!(local_id(&w, "/c") > first);
+    }
+
+    /// A source object renamed here and not copied yet reads the same object version
+    /// after a restart (it showed a file nobody could open: EISDIR).
+    #[test]
+    fn a_rename_replayed_before_its_copy_still_reads_the_object() {
+        let dir = tempfile::tempdir().unwrap();
+        let stat = FileStat {
+            path: p("/mv"),
+            kind: EntryKind::File,
+            size: 6,
+            mtime: SystemTime::UNIX_EPOCH + Duration::from_secs(1_700_000_000),
+            version: Some(crate::cache::ObjectVersion::new("mem", "mv", "e1", 6)),
+            etag: Some("e1".into()),
+        };
+        let mut st = State::default();
+        let copy = Some((
+            1,
+            MovedObject {
+                size: 6,
+                mtime_ns: nanos(stat.mtime),
+                etag: "e1".into(),
+                object: object_of(&stat),
+            },
+        ));
+        st.apply_rename(2, &p("/mv"), &p("/moved"), copy, None, Some(&stat));
+        let records = live_records(&st);
+        let replayed = replay(dir.path(), records).unwrap();
+        match replayed.entries.get(&p("/moved")) {
+            Some(Overlay::Moved(s)) => {
+                let v = s.version.clone().expect("the object version comes back");
+                assert_eq!(
+                    (v.source.as_str(), v.key.as_str(), v.etag.as_str(), v.size),
+                    ("mem", "mv", "e1", 6)
+                );
+                assert_eq!(s.path, p("/moved"));
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            replayed.entries.get(&p("/mv")),
+            Some(Overlay::Gone)
+        ));
+        assert_eq!(
+            replayed.ops.len(),
+            2,
+            "the copy and the delete are still owed"
         );
     }
 }

@@ -184,6 +184,7 @@ impl DatasetWrites {
             {
                 let mut fs = file.state.lock().expect("local file");
                 // Renamed meanwhile: the new path has nothing yet (its upload is owed).
+                fs.sent.clear();
                 if fs.path.as_ref() == Some(&path) {
                     fs.uploaded = fs.uploaded.max(generation);
                     fs.base = Base::Version(etag);
@@ -240,6 +241,7 @@ impl DatasetWrites {
                 return Ok(nothing);
             }
             let expected = hex::encode(Md5::digest(&data));
+            self.sending(&file, &expected)?;
             source.count_write_request("put");
             let put = store
                 .put(&loc, PutPayload::from(data))
@@ -278,6 +280,10 @@ impl DatasetWrites {
             }
             let count = size.div_ceil(PART_BYTES);
             let expected = format!("{}-{count}", hex::encode(Md5::digest(&digests)));
+            if let Err(e) = self.sending(&file, &expected) {
+                let _ = parts.abort().await;
+                return Err(e);
+            }
             let put = parts.finish().await.map_err(|e| source.write_error(e))?;
             (put, expected)
         };
@@ -324,6 +330,18 @@ impl DatasetWrites {
         {
             return Ok(());
         }
+        let sent_here = file
+            .state
+            .lock()
+            .expect("local file")
+            .sent
+            .iter()
+            .any(|e| unquote(e).eq_ignore_ascii_case(unquote(&upstream_etag)));
+        if sent_here {
+            tracing::info!(dataset = %self.dataset, path = %path,
+                "the source holds an upload this node sent before a restart: no conflict");
+            return Ok(());
+        }
         let size = file.size();
         if upstream.size == size
             && unquote(&upstream_etag).eq_ignore_ascii_case(&md5_etag(file, size).await?)
@@ -343,6 +361,23 @@ impl DatasetWrites {
         self.metrics.write_conflict(&self.dataset);
         tracing::warn!(dataset = %self.dataset, path = %path, kept_as = %kept,
             "the file changed at the source while this node held changes to it; the source's version is kept under the conflict name and this node's is uploaded");
+        Ok(())
+    }
+
+    /// Journals that `file` is about to reach the source as `etag` (kept until an
+    /// upload is known to have landed).
+    fn sending(&self, file: &LocalFile, etag: &str) -> Result<()> {
+        let _st = self.state.lock().expect("writes");
+        self.append(&[Record::Sending {
+            id: file.id,
+            etag: etag.to_string(),
+        }])?;
+        let mut fs = file.state.lock().expect("local file");
+        // Bounded: only the uploads since the last one known to have landed count.
+        if fs.sent.len() >= 16 {
+            fs.sent.remove(0);
+        }
+        fs.sent.push(etag.to_string());
         Ok(())
     }
 

@@ -22,6 +22,20 @@ use strata_engine::{Error, Result};
 /// (FUSE_UNIQUE_RESEND).
 pub(super) const RESENT: u64 = 1 << 63;
 
+impl OpenFile {
+    /// EIO for a write handle whose file the journal lost across a restart.
+    fn check_write_kept(&self) -> Result<()> {
+        if self.write_lost {
+            return Err(Error::refused(
+                &self.reader.stat().path,
+                libc::EIO,
+                "was open for writing before the agent restarted, and the write journal no longer has its file",
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl FsState {
     fn writes(&self, path: &DatasetPath) -> Result<&Arc<strata_engine::writes::DatasetWrites>> {
         self.view.writes().ok_or_else(|| {
@@ -103,6 +117,7 @@ impl FsState {
             _lease: None,
             direct,
             write: Some(local),
+            write_lost: false,
         });
         self.add_handle(fh, open, unique);
         direct
@@ -111,6 +126,7 @@ impl FsState {
     /// Writes through handle `open`.
     pub(super) async fn write(&self, open: &OpenFile, offset: u64, data: &[u8]) -> Result<()> {
         let path = &open.reader.stat().path;
+        open.check_write_kept()?;
         let Some(local) = &open.write else {
             return Err(Error::refused(path, libc::EBADF, "not open for writing"));
         };
@@ -119,6 +135,7 @@ impl FsState {
 
     /// flush and fsync: the handle's file made durable.
     pub(super) async fn commit(&self, open: &OpenFile) -> Result<()> {
+        open.check_write_kept()?;
         let Some(local) = &open.write else {
             return Ok(());
         };
@@ -164,6 +181,9 @@ impl FsState {
         mtime: Option<TimeOrNow>,
     ) -> Result<()> {
         if let Some(size) = size {
+            if let Some(o) = &open {
+                o.check_write_kept()?;
+            }
             match open.as_ref().and_then(|o| o.write.clone()) {
                 Some(local) => self.writes(path)?.set_len(&local, size).await?,
                 None => self.view.truncate(path, size).await?,

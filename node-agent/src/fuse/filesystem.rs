@@ -300,6 +300,7 @@ impl Filesystem for StrataFs {
                             _lease: None,
                             direct: true,
                             write: None,
+                            write_lost: false,
                         });
                         st.add_handle(fh, open, unique);
                         reply.opened(FileHandle(fh), FopenFlags::FOPEN_DIRECT_IO);
@@ -320,6 +321,7 @@ impl Filesystem for StrataFs {
                         _lease: None,
                         direct: false,
                         write: None,
+                        write_lost: false,
                     });
                     st.add_handle(fh, open, unique);
                     let flags = if keep {

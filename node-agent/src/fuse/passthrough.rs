@@ -23,6 +23,9 @@ pub(super) struct OpenFile {
     pub(super) direct: bool,
     // A write handle: the local file its writes go to.
     pub(super) write: Option<Arc<LocalFile>>,
+    // A write handle taken over from a previous agent whose local file the journal no
+    // longer has: its writes and its close fail (EIO) rather than claim a success.
+    pub(super) write_lost: bool,
 }
 
 #[derive(Default)]
@@ -82,6 +85,7 @@ impl FsState {
                     _lease: Some(lease),
                     direct: false,
                     write: None,
+                    write_lost: false,
                 });
                 self.add_handle(fh, open, unique);
                 self.passthrough_ok.fetch_add(1, Ordering::Relaxed);

@@ -388,6 +388,7 @@ impl FsState {
                 .strip_prefix(strata_engine::writes::LOCAL_ETAG_PREFIX)
                 .and_then(|id| id.parse().ok())
                 .and_then(|id| self.view.writes()?.file(id));
+            let path = stat.path.clone();
             let reader = match &local {
                 Some(l) => Arc::new(self.view.open_local(&stat.path, l.clone())),
                 None => Arc::new(self.view.reopen(stat)),
@@ -399,6 +400,11 @@ impl FsState {
                 }
                 _ => None,
             };
+            let write_lost = open.write && write.is_none();
+            if write_lost {
+                tracing::error!(path = %path, fh,
+                    "a file open for writing before the restart is no longer in the write journal; its writes and its close fail with EIO");
+            }
             self.handles.lock().expect("handles").insert(
                 fh,
                 Arc::new(OpenFile {
@@ -408,6 +414,7 @@ impl FsState {
                     _lease: None,
                     direct: open.direct,
                     write,
+                    write_lost,
                 }),
             );
         }
