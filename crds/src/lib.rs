@@ -35,8 +35,8 @@ pub use quantity::{BYTE_COUNT_RULE, format_bytes, parse_quantity_bytes};
 pub use schedule::Schedule;
 pub use source_uri::{Scheme, SourceUri};
 pub use strata_node::{
-    NodeDatasetUsage, NodeError, NodeJobProgress, NodePinUsage, NodeWriteUsage, StrataNode,
-    StrataNodeSpec, StrataNodeStatus, TierUsage,
+    NodeDatasetUsage, NodeError, NodeJobProgress, NodePinUsage, NodeWriteConflict, NodeWriteUsage,
+    StrataNode, StrataNodeSpec, StrataNodeStatus, TierUsage,
 };
 pub use validation::validate_dataset_path_glob;
 

@@ -197,6 +197,26 @@ pub struct NodeWriteUsage {
     /// credential or a signed URL.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_error: Option<NodeError>,
+    /// The last upload since the agent started that found the object changed
+    /// at the source (the operator turns each new one into an `UploadConflict`
+    /// event on the Dataset).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_conflict: Option<NodeWriteConflict>,
+}
+
+/// An upload that found its object changed at the source: the node's version
+/// was uploaded, the upstream one kept under another name.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeWriteConflict {
+    /// The file's path in the dataset.
+    #[schemars(length(max = 4096))]
+    pub path: String,
+    /// Where the upstream version was kept: `<path>.conflict-<UTC time>`.
+    #[schemars(length(max = 4096))]
+    pub kept_as: String,
+    /// When the upload found it.
+    pub time: Time,
 }
 
 /// One pin rule on one node and the cached files it keeps there.

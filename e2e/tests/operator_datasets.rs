@@ -411,6 +411,7 @@ async fn writable_example_volumes_and_unsent_writes() -> Result<()> {
             message: m.to_string(),
             time: Time(k8s_openapi::jiff::Timestamp::now()),
         }),
+        last_conflict: None,
     };
     let failing = "upload of /checkpoints/step-2.ckpt to source checkpoints: connection refused";
     report_node_usage(
@@ -474,9 +475,36 @@ async fn writable_example_volumes_and_unsent_writes() -> Result<()> {
         "{table}"
     );
 
-    // The upload succeeds and the writes drain: Ready again.
+    // The upload succeeds and the writes drain: Ready again. Node A's last upload met a
+    // change made upstream: one UploadConflict event says where both versions are.
     report_node_usage(&client, &node_b, vec![usage(Some(writes(0, 0, None)))]).await?;
-    report_node_usage(&client, &node_a, vec![usage(Some(writes(0, 0, None)))]).await?;
+    let conflicted = strata_crds::NodeWriteUsage {
+        conflicts: 1,
+        last_conflict: Some(strata_crds::NodeWriteConflict {
+            path: "/checkpoints/step-1.ckpt".into(),
+            kept_as: "/checkpoints/step-1.ckpt.conflict-20261207T040000Z".into(),
+            time: Time(k8s_openapi::jiff::Timestamp::now()),
+        }),
+        ..writes(0, 0, None)
+    };
+    report_node_usage(&client, &node_a, vec![usage(Some(conflicted))]).await?;
+    let conflict_events = eventually("an UploadConflict event", WAIT, || async {
+        let events = events_for(&client, &namespace, name).await?;
+        let found: Vec<_> = events
+            .into_iter()
+            .filter(|(_, reason, _)| reason == "UploadConflict")
+            .collect();
+        Ok((!found.is_empty()).then_some(found))
+    })
+    .await?;
+    let (kind, _, note) = &conflict_events[0];
+    ensure!(kind == "Warning", "{conflict_events:?}");
+    ensure!(
+        note.contains("/checkpoints/step-1.ckpt changed at the source")
+            && note.contains(&node_a)
+            && note.contains("step-1.ckpt.conflict-20261207T040000Z"),
+        "{note}"
+    );
     eventually("Ready once uploads succeed", WAIT, || async {
         let ds = datasets.get(name).await?;
         let st = ds.status.clone().unwrap_or_default();

@@ -107,6 +107,14 @@ fn write_usage(u: &strata_engine::writes::WriteUsage) -> strata_crds::NodeWriteU
                 message: message.chars().take(2048).collect(),
                 time: time(*at),
             }),
+        last_conflict: u
+            .last_conflict
+            .as_ref()
+            .map(|c| strata_crds::NodeWriteConflict {
+                path: c.path.clone(),
+                kept_as: c.kept_as.clone(),
+                time: time(c.time),
+            }),
     }
 }
 

@@ -761,7 +761,13 @@ impl Agents {
             .args(["--orphan-timeout", "120s"])
             .arg("--metrics-listen")
             .arg(format!("127.0.0.1:{metrics_port}"))
-            .env("STRATA_LOG", "info")
+            .env(
+                "STRATA_LOG",
+                match std::env::var("STRATA_CRASH_LOG").as_deref() {
+                    Ok("debug") => "info,strata_agent::fuse=debug",
+                    _ => "info",
+                },
+            )
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
@@ -1329,6 +1335,23 @@ async fn writers_lose_nothing_across_five_sigkills() {
                 "  {key}: listed with sizes {seen:?}; history {:?}",
                 histories.get(key)
             );
+            // The agents' own lines about it and the names it came from (with
+            // STRATA_CRASH_LOG=debug, every refusal).
+            let mut about = vec![key.to_string()];
+            for event in histories.get(key).into_iter().flatten() {
+                if let Some(from) = event.split("renamed from ").nth(1) {
+                    about.push(from.to_string());
+                }
+            }
+            for run in 1..=agents.runs {
+                let log = std::fs::read_to_string(agents.log(run)).unwrap_or_default();
+                let lines = log.lines().filter(|l| {
+                    about.iter().any(|k| l.contains(k.as_str())) || l.contains("unknown inode")
+                });
+                for line in lines.take(30) {
+                    eprintln!("    run {run}: {line}");
+                }
+            }
         }
     }
 

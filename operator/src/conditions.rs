@@ -47,6 +47,8 @@ pub mod reason {
     pub const NO_NODE_ERRORS: &str = "NoNodeErrors";
     /// Live nodes report failed uploads of the dataset's writes.
     pub const UPLOADS_FAILING: &str = "UploadsFailing";
+    /// Event: an upload found its object changed at the source (both versions kept).
+    pub const UPLOAD_CONFLICT: &str = "UploadConflict";
     /// No live node reports a failed upload.
     pub const NO_UPLOAD_ERRORS: &str = "NoUploadErrors";
     /// The PV and the claim have the access modes the write mode asks for.

@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::batch::v1::{CronJob, Job};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use k8s_openapi::jiff::Timestamp;
 use kube::Client;
 use kube::runtime::controller::Action;
@@ -64,6 +65,9 @@ pub struct Context {
     failures: Mutex<HashMap<String, u32>>,
     /// Signalled when the datasets Secret changed, so the node pods are told to refresh it.
     pub datasets_changed: tokio::sync::Notify,
+    /// The time of the last upload conflict published as an event, per dataset and node
+    /// (`<namespace>/<name>/<node>`).
+    conflicts_published: Mutex<HashMap<String, Time>>,
 }
 
 impl Context {
@@ -105,6 +109,7 @@ impl Context {
             job_settings,
             failures: Mutex::new(HashMap::new()),
             datasets_changed: tokio::sync::Notify::new(),
+            conflicts_published: Mutex::new(HashMap::new()),
         }))
     }
 
@@ -161,6 +166,20 @@ impl Context {
         if let Err(e) = self.recorder.publish(&event, &object.object_ref(&())).await {
             tracing::warn!(error = %e, reason, "could not publish event");
         }
+    }
+
+    /// Whether the conflict at `time` under `key` is new (not published yet); marks it
+    /// published.
+    pub fn conflict_is_new(&self, key: &str, time: &Time) -> bool {
+        let mut published = self
+            .conflicts_published
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if published.get(key) == Some(time) {
+            return false;
+        }
+        published.insert(key.to_string(), time.clone());
+        true
     }
 
     /// Backoff after a failure of `key`: 1s, 2s, 4s ... capped at 5 minutes.

@@ -47,6 +47,8 @@ pub struct WriteUsage {
     pub conflicts: u64,
     /// The last upload failure of each node that has one, by node name.
     pub errors: Vec<NodeReportedError>,
+    /// The last conflict of each node that met one, by node name.
+    pub conflicts_met: Vec<(String, strata_crds::NodeWriteConflict)>,
 }
 
 impl WriteUsage {
@@ -71,6 +73,10 @@ impl WriteUsage {
                 node: node.to_string(),
                 message: error.message.clone(),
             });
+        }
+        if let Some(conflict) = &report.last_conflict {
+            self.conflicts_met
+                .push((node.to_string(), conflict.clone()));
         }
     }
 }
@@ -511,6 +517,7 @@ mod tests {
                 message: m.into(),
                 time: Time(Timestamp::from_second(9_000).unwrap()),
             }),
+            last_conflict: None,
         }
     }
 

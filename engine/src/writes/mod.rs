@@ -108,6 +108,17 @@ struct Totals {
     failures: AtomicU64,
     conflicts: AtomicU64,
     last_error: Mutex<Option<(String, SystemTime)>>,
+    last_conflict: Mutex<Option<Conflict>>,
+}
+
+/// An upload that found the object changed at the source (see [`WriteUsage`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Conflict {
+    /// The dataset path uploaded.
+    pub path: String,
+    /// The dataset path the upstream version was kept under.
+    pub kept_as: String,
+    pub time: SystemTime,
 }
 
 /// What one dataset's writes on this node amount to (node status, metrics).
@@ -127,6 +138,8 @@ pub struct WriteUsage {
     pub conflicts: u64,
     /// The last failure, until an operation succeeds.
     pub last_error: Option<(String, SystemTime)>,
+    /// The last conflict met since the agent started.
+    pub last_conflict: Option<Conflict>,
 }
 
 /// A staging file being filled (see [`DatasetWrites::new_staging`]).
@@ -754,6 +767,7 @@ impl DatasetWrites {
             failures: t.failures.load(Ordering::Relaxed),
             conflicts: t.conflicts.load(Ordering::Relaxed),
             last_error: t.last_error.lock().expect("last error").clone(),
+            last_conflict: t.last_conflict.lock().expect("last conflict").clone(),
         }
     }
 

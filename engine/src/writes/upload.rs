@@ -358,6 +358,11 @@ impl DatasetWrites {
             .await
             .map_err(|e| source.write_error(e))?;
         self.totals.conflicts.fetch_add(1, Ordering::Relaxed);
+        *self.totals.last_conflict.lock().expect("last conflict") = Some(super::Conflict {
+            path: path.to_string(),
+            kept_as: format!("{path}.conflict-{stamp}"),
+            time: SystemTime::now(),
+        });
         self.metrics.write_conflict(&self.dataset);
         tracing::warn!(dataset = %self.dataset, path = %path, kept_as = %kept,
             "the file changed at the source while this node held changes to it; the source's version is kept under the conflict name and this node's is uploaded");

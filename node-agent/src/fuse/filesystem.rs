@@ -100,6 +100,7 @@ impl StrataFs {
             return;
         }
         let Some(path) = st.path_of(ino) else {
+            tracing::debug!(ino = ino.0, "open for writing: unknown inode");
             reply.error(Errno::ENOENT);
             return;
         };
@@ -173,7 +174,9 @@ impl Filesystem for StrataFs {
                         reply.entry(&ttl, &st.attr(ino, &stat), Generation(0));
                     }
                     Err(e) => {
-                        if !e.is_not_found() {
+                        if e.is_not_found() {
+                            tracing::debug!(path = %path, "lookup: not found");
+                        } else {
                             tracing::warn!(path = %path, error = %e, "lookup failed");
                         }
                         reply.error(errno(&e));

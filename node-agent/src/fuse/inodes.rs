@@ -21,6 +21,10 @@ pub(super) struct InodeTable {
     // Path and the kernel's lookup count (entries sent by lookup and readdirplus).
     pub(super) by_ino: HashMap<u64, (DatasetPath, u64)>,
     pub(super) by_path: HashMap<DatasetPath, u64>,
+    /// Older numbers of a path: inodes of versions still open when the path got a new
+    /// number. They name the path too, and move with it on a rename (the kernel may still
+    /// hold any of them under the path's name).
+    pub(super) older: HashMap<DatasetPath, Vec<u64>>,
     pub(super) next: u64,
     /// Where every new entry and every dropped one is written before the kernel learns of
     /// it (mounts that can be taken over).
@@ -33,6 +37,7 @@ impl InodeTable {
         let mut table = InodeTable {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
+            older: HashMap::new(),
             next: 2,
             log: None,
         };
@@ -74,9 +79,22 @@ impl InodeTable {
             }
             self.by_ino.insert(ino, (path.clone(), RESTORED_LOOKUPS));
             // Of two numbers of one path (an old version still open), the hash one.
-            if ino >= 1 << 63 || !self.by_path.contains_key(&path) {
-                self.by_path.insert(path, ino);
+            let older = if ino >= 1 << 63 || !self.by_path.contains_key(&path) {
+                self.by_path.insert(path.clone(), ino)
+            } else {
+                Some(ino)
+            };
+            if let Some(older) = older.filter(|o| *o != ino) {
+                self.older.entry(path).or_default().push(older);
             }
+        }
+    }
+
+    /// `path` gets a new number at its next lookup (a new version while the current one
+    /// is open); the current one is kept among its older numbers.
+    pub(super) fn renumber(&mut self, path: &DatasetPath) {
+        if let Some(ino) = self.by_path.remove(path) {
+            self.older.entry(path.clone()).or_default().push(ino);
         }
     }
 
@@ -94,18 +112,25 @@ impl InodeTable {
     /// A file renamed: its inode now names `to` (one that named `to` keeps its number for
     /// the handles the kernel still has open on it).
     pub(super) fn moved(&mut self, from: &DatasetPath, to: &DatasetPath) {
-        let Some(ino) = self.by_path.remove(from) else {
-            return;
-        };
-        self.by_path.insert(to.clone(), ino);
-        if let Some(e) = self.by_ino.get_mut(&ino) {
-            e.0 = to.clone();
+        let current = self.by_path.remove(from);
+        let older = self.older.remove(from).unwrap_or_default();
+        // A file `to` named before stays in `by_ino` for its open handles until forgotten.
+        if let Some(ino) = current {
+            self.by_path.insert(to.clone(), ino);
         }
-        if let Some(log) = &self.log {
-            log.append(&Record::Inode {
-                ino,
-                path: to.as_str().to_string(),
-            });
+        if !older.is_empty() {
+            self.older.entry(to.clone()).or_default().extend(&older);
+        }
+        for ino in current.into_iter().chain(older) {
+            if let Some(e) = self.by_ino.get_mut(&ino) {
+                e.0 = to.clone();
+            }
+            if let Some(log) = &self.log {
+                log.append(&Record::Inode {
+                    ino,
+                    path: to.as_str().to_string(),
+                });
+            }
         }
     }
 
@@ -133,10 +158,15 @@ impl InodeTable {
         if let Some(log) = &self.log {
             log.append(&Record::Drop { ino });
         }
-        if let Some((path, _)) = self.by_ino.remove(&ino)
-            && self.by_path.get(&path) == Some(&ino)
-        {
-            self.by_path.remove(&path);
+        if let Some((path, _)) = self.by_ino.remove(&ino) {
+            if self.by_path.get(&path) == Some(&ino) {
+                self.by_path.remove(&path);
+            } else if let Some(older) = self.older.get_mut(&path) {
+                older.retain(|o| *o != ino);
+                if older.is_empty() {
+                    self.older.remove(&path);
+                }
+            }
         }
         true
     }
@@ -177,6 +207,7 @@ mod tests {
         InodeTable {
             by_ino: HashMap::new(),
             by_path: HashMap::new(),
+            older: HashMap::new(),
             next: 2,
             log: None,
         }
@@ -207,5 +238,29 @@ mod tests {
         let other = t.looked_up(&a);
         assert_ne!(other, ino);
         assert!(other < 1 << 63);
+    }
+
+    /// A path that got a new number while its old version was open, then renamed: every
+    /// number the kernel may hold under the old name names the new one (an open of the
+    /// older one found the old name gone: ENOENT).
+    #[test]
+    fn a_rename_moves_every_number_of_the_path() {
+        let mut t = table();
+        let a = DatasetPath::parse("/d/a").unwrap();
+        let b = DatasetPath::parse("/d/b").unwrap();
+        let first = t.looked_up(&a);
+        t.renumber(&a);
+        let second = t.looked_up(&a);
+        assert_ne!(first, second);
+        t.moved(&a, &b);
+        for ino in [first, second] {
+            assert_eq!(t.by_ino.get(&ino).map(|e| &e.0), Some(&b), "{ino}");
+        }
+        assert_eq!(t.by_path.get(&b), Some(&second));
+        assert!(t.by_path.get(&a).is_none() && t.older.get(&a).is_none());
+        // Forgetting the older one leaves the current one alone.
+        assert!(t.forget(first, 1));
+        assert_eq!(t.by_path.get(&b), Some(&second));
+        assert!(t.older.get(&b).is_none());
     }
 }

@@ -148,7 +148,7 @@ impl FsState {
         if let (Some(etag), Some(&ino)) = (etag, inodes.by_path.get(path))
             && self.open_with_other_version(ino, etag)
         {
-            inodes.by_path.remove(path);
+            inodes.renumber(path);
         }
         inodes.looked_up(path)
     }

@@ -42,6 +42,7 @@ pub(super) async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
     usage.write_into(&mut status, ds.spec.is_writable());
     let node_problem = record_node_health(&mut status, &usage.errors);
     let upload_problem = record_upload_health(&mut status, ds, usage.writes.as_ref());
+    publish_conflicts(ds, ctx, usage.writes.as_ref()).await;
     job_runs::record_job_runs(&mut status, ctx, ds, &usage.jobs);
     let problems = Problems {
         credentials: access.problem,
@@ -196,6 +197,33 @@ fn record_upload_health(
         ),
     }
     problem
+}
+
+/// An `UploadConflict` event for each conflict a node reports that was not published
+/// yet (one per node and conflict; an operator that starts again publishes each node's
+/// last one once more).
+async fn publish_conflicts(ds: &Dataset, ctx: &Context, writes: Option<&WriteUsage>) {
+    let Some(writes) = writes else { return };
+    for (node, c) in &writes.conflicts_met {
+        let key = format!(
+            "{}/{}/{node}",
+            ds.metadata.namespace.as_deref().unwrap_or_default(),
+            ds.metadata.name.as_deref().unwrap_or_default()
+        );
+        if !ctx.conflict_is_new(&key, &c.time) {
+            continue;
+        }
+        ctx.event(
+            ds,
+            true,
+            reason::UPLOAD_CONFLICT,
+            format!(
+                "{} changed at the source while node {node} held changes to it (found at {}): the node's version was uploaded and the source's kept as {}. Compare the two and delete the one not wanted.",
+                c.path, c.time.0, c.kept_as
+            ),
+        )
+        .await;
+    }
 }
 
 /// What is waiting to be uploaded, as a sentence.
