@@ -1031,9 +1031,6 @@ fn md5_matches_the_reference_vectors() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "fails on main until a restarted agent stops taking cached versions older than \
-            what it uploaded for current (seed_metadata_from_cache): appends after a restart \
-            land on them; `cargo test -p strata-agent --test writes_crash -- --ignored`"]
 async fn writers_lose_nothing_across_five_sigkills() {
     require_fuse();
     let started = Instant::now();
