@@ -138,8 +138,8 @@ pub struct Source {
     /// (a directory present on every node, e.g. an NFS mount). Never put
     /// credentials in the URI; use credentialsSecretRef.
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|http|https|file)://')").message(MSG_URI_SCHEME))]
-    #[x_kube(validation = Rule::new("!self.matches('^(s3|gs|az|http|https|file)://') || self.matches('^((s3|gs|az|https?)://[^/?#\\\\s]+|file:///)[^\\\\s]*$')").message(MSG_URI_SHAPE))]
+    #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|hdfs|http|https|file)://')").message(MSG_URI_SCHEME))]
+    #[x_kube(validation = Rule::new("!self.matches('^(s3|gs|az|hdfs|http|https|file)://') || self.matches('^((s3|gs|az|hdfs|https?)://[^/?#\\\\s]+|file:///)[^\\\\s]*$')").message(MSG_URI_SHAPE))]
     // Forbidden, not Invalid: the API server then prints only the message, not the
     // value, so the credentials are not repeated back into a terminal or a log.
     #[x_kube(validation = Rule::new("!self.matches('^[a-z0-9]+://[^/]*@')").message(MSG_URI_USERINFO).reason(Reason::FieldValueForbidden))]

@@ -20,14 +20,18 @@ pub enum Scheme {
     Https,
     /// A directory on the node (local disk, NFS or another mount): `file://`.
     File,
+    /// HDFS, through a native client (no JVM on the node): `hdfs://namenode:port/path`,
+    /// or `hdfs://<nameservice>/path` for an HA nameservice described in `options`.
+    Hdfs,
 }
 
 impl Scheme {
     /// Every scheme, in the order the docs list them.
-    pub const ALL: [Scheme; 6] = [
+    pub const ALL: [Scheme; 7] = [
         Scheme::S3,
         Scheme::Gcs,
         Scheme::Azure,
+        Scheme::Hdfs,
         Scheme::Http,
         Scheme::Https,
         Scheme::File,
@@ -42,6 +46,7 @@ impl Scheme {
             Scheme::Http => "http",
             Scheme::Https => "https",
             Scheme::File => "file",
+            Scheme::Hdfs => "hdfs",
         }
     }
 
@@ -110,7 +115,7 @@ impl SourceUri {
         let scheme = Scheme::ALL
             .into_iter()
             .find(|s| s.as_str() == scheme_text)
-            .ok_or_else(|| err("the scheme is not one of s3, gs, az, http, https, file"))?;
+            .ok_or_else(|| err("the scheme is not one of s3, gs, az, hdfs, http, https, file"))?;
         // The same set as RE2's \s in the CEL rule.
         if value.bytes().any(|b| b.is_ascii_whitespace()) {
             return Err(err("it contains whitespace"));
@@ -192,6 +197,12 @@ mod tests {
             ("https://example.com", Scheme::Https, "example.com", ""),
             ("file:///srv/data", Scheme::File, "", "/srv/data"),
             ("file:///", Scheme::File, "", "/"),
+            (
+                "hdfs://namenode:8020/warehouse/",
+                Scheme::Hdfs,
+                "namenode:8020",
+                "/warehouse/",
+            ),
         ];
         for (text, scheme, authority, path) in cases {
             let uri = SourceUri::parse(text).unwrap();

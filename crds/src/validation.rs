@@ -23,15 +23,15 @@ pub(crate) const HTTP_URL_PATTERN: &str = "^https?://[^/?#@\\s]+(/\\S*)?$";
 pub(crate) const MSG_SOURCE_NAME: &str = "name must be a DNS-1123 label: lowercase letters, digits and '-', starting and ending with a letter or digit, at most 63 characters (e.g. train)";
 pub(crate) const MSG_OBJECT_NAME: &str = "name must be a DNS-1123 subdomain: lowercase letters, digits, '-' and '.', starting and ending with a letter or digit, at most 253 characters";
 pub(crate) const MSG_URI_SCHEME: &str =
-    "uri must start with s3://, gs://, az://, http://, https:// or file://";
-pub(crate) const MSG_URI_SHAPE: &str = "uri must name a bucket, container or host after the scheme (s3://bucket/prefix) and contain no spaces; file uris must be absolute (file:///data)";
+    "uri must start with s3://, gs://, az://, hdfs://, http://, https:// or file://";
+pub(crate) const MSG_URI_SHAPE: &str = "uri must name a bucket, container, namenode or host after the scheme (s3://bucket/prefix, hdfs://namenode:8020/path) and contain no spaces; file uris must be absolute (file:///data)";
 pub(crate) const MSG_URI_USERINFO: &str = "uri must not carry credentials (user:password@); put them in a Secret and set credentialsSecretRef";
 pub(crate) const MSG_URI_DOTDOT: &str = "uri must not contain '..' path segments";
 pub(crate) const MSG_MOUNT_PATH: &str = "mountPath must be an absolute path inside the dataset, such as /train or /: no trailing '/', no empty, '.' or '..' segments";
 pub(crate) const MSG_ENDPOINT: &str = "endpoint must be an http:// or https:// URL without credentials, such as http://minio.storage:9000";
 pub(crate) const MSG_REGION: &str =
     "region must be 1-63 lowercase letters, digits and '-', such as us-east-1";
-pub(crate) const MSG_CREDENTIALS_SCHEME: &str = "credentialsSecretRef applies only to s3://, gs:// and az:// sources; http(s) and file sources take no credentials, so remove it";
+pub(crate) const MSG_CREDENTIALS_SCHEME: &str = "credentialsSecretRef applies only to s3://, gs:// and az:// sources; http(s), file and hdfs sources take no credentials (hdfs: simple authentication; Kerberos is not supported yet), so remove it";
 pub(crate) const MSG_ENDPOINT_SCHEME: &str = "endpoint applies only to s3://, gs:// and az:// sources (S3-compatible stores, emulators); remove it or change the uri";
 pub(crate) const MSG_REGION_SCHEME: &str =
     "region applies only to s3:// sources; remove it or change the uri";

@@ -88,7 +88,7 @@ pub fn from_secret(
             }
         }
         // The API refuses credentialsSecretRef on these schemes; nothing to read.
-        Scheme::Http | Scheme::Https | Scheme::File => {}
+        Scheme::Http | Scheme::Https | Scheme::File | Scheme::Hdfs => {}
     }
     Ok(creds)
 }

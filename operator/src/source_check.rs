@@ -146,6 +146,10 @@ async fn check_uncached(
     }
     match (uri.scheme.is_object_store(), creds) {
         (true, Some(creds)) => list(source, creds, limits).await,
+        // HDFS takes no credentials here (simple authentication): listed like a bucket.
+        _ if uri.scheme == Scheme::Hdfs => {
+            list(source, &AgentCredentials::default(), limits).await
+        }
         _ => {
             let (host, port) = connect_target(source, &uri);
             match timeout(
@@ -212,6 +216,10 @@ fn connect_target(source: &Source, uri: &SourceUri) -> (String, u16) {
         Scheme::Http | Scheme::Https | Scheme::File => {
             from_url(&source.uri).unwrap_or_else(|| (uri.authority.clone(), 80))
         }
+        Scheme::Hdfs => match uri.authority.rsplit_once(':') {
+            Some((host, port)) => (host.to_string(), port.parse().unwrap_or(8020)),
+            None => (uri.authority.clone(), 8020),
+        },
     }
 }
 

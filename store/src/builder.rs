@@ -10,6 +10,7 @@ use object_store::http::HttpBuilder;
 use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
+use hdfs_native_object_store::HdfsObjectStoreBuilder;
 use percent_encoding::percent_decode_str;
 use strata_wire::config::SourceConfig;
 use strata_wire::scrub::{credential_values, scrub};
@@ -158,7 +159,7 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
         return Err(fail(
             "uri",
             format!(
-                "{:?} has no scheme; use s3://, gs://, az://, http(s):// or file://",
+                "{:?} has no scheme; use s3://, gs://, az://, hdfs://, http(s):// or file://",
                 scrub(uri, &secrets)
             ),
         ));
@@ -284,6 +285,26 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
             }
             both(b.build().map_err(wrap)?, None)
         }
+        "hdfs" => {
+            // Options are Hadoop client settings (`dfs.*`, e.g. an HA nameservice's
+            // `dfs.ha.namenodes.<ns>` and `dfs.namenode.rpc-address.<ns>.<nn>`); the
+            // HTTP client's keys mean nothing to the HDFS RPC client.
+            if let Some(key) = cfg.options.keys().find(|k| k.parse::<ClientConfigKey>().is_ok()) {
+                return Err(fail(
+                    "options",
+                    format!(
+                        "{key:?} is an HTTP client option; an hdfs:// source takes Hadoop \
+                         client settings (dfs.*) only"
+                    ),
+                ));
+            }
+            let store = HdfsObjectStoreBuilder::new()
+                .with_url(format!("hdfs://{bucket}"))
+                .with_config(cfg.options.iter().map(|(k, v)| (k.clone(), v.clone())))
+                .build()
+                .map_err(wrap)?;
+            (Arc::new(store) as Arc<dyn ObjectStore>, None)
+        }
         "http" | "https" => {
             if let Some((key, _)) = store_options.first() {
                 return Err(unknown(key));
@@ -308,8 +329,8 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
             return Err(fail(
                 "uri",
                 format!(
-                    "unknown scheme {other:?}; use s3://, gs://, az://, http(s)://, file:// or an \
-                     absolute path"
+                    "unknown scheme {other:?}; use s3://, gs://, az://, hdfs://, http(s)://, \
+                     file:// or an absolute path"
                 ),
             ));
         }
