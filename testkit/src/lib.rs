@@ -6,6 +6,7 @@
 //! - [`azurite`]: the Azure Storage emulator on loopback, with account-SAS tokens signed by
 //!   its well-known key;
 //! - [`gcs`]: fake-gcs-server, the GCS API emulator, on loopback;
+//! - [`hdfs`]: a real HDFS (Hadoop's MiniDFSCluster, in a JVM) on loopback;
 //! - [`webdav`]: a WebDAV server (wsgidav) on loopback, what `http(s)://` sources read;
 //! - `agent` (feature `agent`): a real `strata-agent serve` in-process over a local tree;
 //! - [`proxy`]: a TCP proxy that counts the HTTP requests a server saw;
@@ -21,6 +22,7 @@ pub mod azurite;
 pub mod data;
 pub mod fuse;
 pub mod gcs;
+pub mod hdfs;
 pub mod net;
 pub mod proxy;
 pub mod s3;
