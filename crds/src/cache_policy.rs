@@ -55,6 +55,10 @@ const PIN_NEEDS_SSD_RULE: &str =
     "!has(self.pin) || size(self.pin) == 0 || !has(self.tiers) || 'SSD' in self.tiers";
 const MSG_PIN_NEEDS_SSD: &str = "pins keep blocks on the node's disk, and tiers leaves out SSD: add SSD to spec.tiers or remove spec.pin";
 
+/// Ephemeral names where the SSD tier lives: without SSD it would mean nothing.
+const EPHEMERAL_NEEDS_SSD_RULE: &str = "!has(self.persistence) || self.persistence != 'Ephemeral' || !has(self.tiers) || 'SSD' in self.tiers";
+const MSG_EPHEMERAL_NEEDS_SSD: &str = "persistence Ephemeral places the SSD tier on the node's ephemeral disk, and tiers leaves out SSD: add SSD to spec.tiers or remove spec.persistence (a memory-only cache keeps nothing on disk anyway)";
+
 /// A CachePolicy says how the datasets it applies to are cached: their share
 /// of each node's cache, the tiers and eviction policy, block size, replicas
 /// across nodes, TTLs, what is pinned and what is preloaded when.
@@ -99,6 +103,7 @@ const MSG_PIN_NEEDS_SSD: &str = "pins keep blocks on the node's disk, and tiers 
 )]
 #[serde(rename_all = "camelCase")]
 #[x_kube(validation = Rule::new(PIN_NEEDS_SSD_RULE).message(MSG_PIN_NEEDS_SSD).field_path(".pin"))]
+#[x_kube(validation = Rule::new(EPHEMERAL_NEEDS_SSD_RULE).message(MSG_EPHEMERAL_NEEDS_SSD).field_path(".persistence"))]
 pub struct CachePolicySpec {
     /// Datasets in this namespace whose labels match get this policy (a
     /// Dataset's own policyRef wins over any selector). `{}` matches every
@@ -128,6 +133,17 @@ pub struct CachePolicySpec {
     #[schemars(length(min = 1, max = 2))]
     #[schemars(extend("x-kubernetes-list-type" = "set"))]
     pub tiers: Vec<Tier>,
+
+    /// Where the SSD tier of the datasets is kept. Persistent (default): the
+    /// node's cache directory, kept across agent restarts. Ephemeral: the
+    /// node's ephemeral disk tier (an emptyDir of the agent's pod, sized by
+    /// the chart's `node.cache.ephemeral.size`), emptied when the agent
+    /// starts and when the dataset goes: for burst compute whose nodes come
+    /// and go. A node without an ephemeral tier refuses such a dataset. A
+    /// dataset with a WriteBack source refuses an Ephemeral policy (its
+    /// unsent writes would go with the node).
+    #[serde(default)]
+    pub persistence: Persistence,
 
     /// Which block to drop when a tier is full: LRU (least recently used),
     /// S3FIFO (scan-resistant: one-pass reads do not flush the hot set) or ARC
@@ -207,6 +223,17 @@ pub enum Tier {
     /// A local disk (the node's SSD path).
     #[serde(rename = "SSD")]
     Ssd,
+}
+
+/// Where a policy's disk tier lives.
+#[derive(JsonSchema, Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Persistence {
+    /// The node's cache directory: kept across agent restarts.
+    #[default]
+    Persistent,
+    /// The node's ephemeral disk tier: gone with the agent's pod, emptied at
+    /// each agent start and when the dataset goes.
+    Ephemeral,
 }
 
 /// Eviction policy of the block cache.
@@ -458,6 +485,13 @@ impl CachePolicySpec {
         }
         if !self.pin.is_empty() && !self.tiers.contains(&Tier::Ssd) {
             errors.push("spec.pin", FieldErrorKind::Invalid, MSG_PIN_NEEDS_SSD);
+        }
+        if self.persistence == Persistence::Ephemeral && !self.tiers.contains(&Tier::Ssd) {
+            errors.push(
+                "spec.persistence",
+                FieldErrorKind::Invalid,
+                MSG_EPHEMERAL_NEEDS_SSD,
+            );
         }
         for (i, rule) in self.pin.iter().enumerate() {
             let at = format!("spec.pin[{i}]");

@@ -23,7 +23,7 @@ mod validation;
 pub use cache_policy::{
     CachePolicy, CachePolicySpec, CachePolicyStatus, DEFAULT_BLOCK_SIZE, DEFAULT_METADATA_TTL,
     DEFAULT_PRELOAD_CONCURRENCY, Eviction, MAX_BLOCK_SIZE, MIN_BLOCK_SIZE, MetadataCachePolicy,
-    PinRule, PreloadRule, Replicas, Tier,
+    Persistence, PinRule, PreloadRule, Replicas, Tier,
 };
 pub use dataset::{
     Dataset, DatasetPhase, DatasetSpec, DatasetStatus, JobKind, JobPhase, JobRun, PinStatus,

@@ -121,6 +121,10 @@ pub struct TierUsage {
     /// Where the tier keeps its blocks (SSD only), e.g. `/var/cache/strata`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub path: Option<String>,
+    /// The ephemeral SSD tier (datasets whose policy's persistence is
+    /// Ephemeral), emptied when the agent starts.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 /// What one node holds of one dataset.

@@ -41,6 +41,9 @@ pub struct AgentConfig {
     pub directory_prefetch_bytes: u64,
     /// Which host directories `file://` sources may name.
     pub local_paths: LocalPaths,
+    /// The ephemeral disk tier (its directory and size), for datasets whose policy's
+    /// persistence is Ephemeral; none: such datasets are refused.
+    pub ephemeral: Option<(PathBuf, u64)>,
 }
 
 /// Which host directories `file://` sources may name.
@@ -109,6 +112,7 @@ impl AgentConfig {
             directory_prefetch_files: 4,
             directory_prefetch_bytes: 1 << 30,
             local_paths: LocalPaths::Any,
+            ephemeral: None,
         }
     }
 }
@@ -120,6 +124,8 @@ type DatasetKey = (String, String);
 pub struct Agent {
     config: AgentConfig,
     cache: Arc<BlockCache>,
+    // The ephemeral disk tier beside `cache` (sharing its memory tier), if the node has one.
+    ephemeral_cache: Option<Arc<BlockCache>>,
     metrics: Arc<Metrics>,
     readahead: ReadaheadLimits,
     datasets: Mutex<BTreeMap<(String, String), Arc<DatasetView>>>,
@@ -162,6 +168,14 @@ impl Agent {
             config.disk_bytes,
             metrics.clone(),
         )?;
+        let ephemeral_cache = match &config.ephemeral {
+            Some((dir, bytes)) => {
+                // Cached data of an ephemeral tier does not outlive the agent by design.
+                empty_dir(dir)?;
+                Some(BlockCache::beside(&cache, dir, *bytes, metrics.clone())?)
+            }
+            None => None,
+        };
         let units = (config.readahead_total_bytes / READAHEAD_UNIT)
             .min(Semaphore::MAX_PERMITS as u64) as usize;
         Ok(Arc::new(Agent {
@@ -176,6 +190,7 @@ impl Agent {
             },
             config,
             cache,
+            ephemeral_cache,
             metrics,
             datasets: Mutex::new(BTreeMap::new()),
             upkeep: Mutex::new(BTreeMap::new()),
@@ -199,6 +214,11 @@ impl Agent {
     /// The node cache.
     pub fn block_cache(&self) -> &Arc<BlockCache> {
         &self.cache
+    }
+
+    /// The ephemeral disk tier, if the node has one.
+    pub fn ephemeral_block_cache(&self) -> Option<&Arc<BlockCache>> {
+        self.ephemeral_cache.as_ref()
     }
 
     /// Shares blocks with `cluster`'s other agents from now on, for every dataset (set
@@ -240,17 +260,20 @@ impl Agent {
         {
             return Ok(old.clone());
         }
+        let node_cache = self.node_cache(&config)?;
         let cache = match &existing {
-            // Settings apply in place, except a new block size or new tiers: a new cache.
+            // Settings apply in place, except a new block size, new tiers or another disk
+            // tier (persistence): a new cache.
             Some(old)
                 if old.block_size() == config.cache.block_size
-                    && old.config().cache.tiers == config.cache.tiers =>
+                    && old.config().cache.tiers == config.cache.tiers
+                    && old.config().cache.ephemeral == config.cache.ephemeral =>
             {
                 old.cache().update(&settings)?;
                 old.cache().clone()
             }
             _ => {
-                let cache = self.cache.clone();
+                let cache = node_cache;
                 let id2 = id.clone();
                 tokio::task::spawn_blocking(move || DatasetCache::open(cache, &id2, settings))
                     .await
@@ -308,6 +331,32 @@ impl Agent {
             && e.kind() != std::io::ErrorKind::NotFound
         {
             tracing::warn!(dir = %dir.display(), error = %e, "could not remove a removed dataset's write journal");
+        }
+    }
+
+    /// The disk tier a dataset's blocks go to: the ephemeral one for an ephemeral cache.
+    fn node_cache(&self, config: &DatasetConfig) -> Result<Arc<BlockCache>> {
+        if !config.cache.ephemeral {
+            return Ok(self.cache.clone());
+        }
+        self.ephemeral_cache.clone().ok_or_else(|| {
+            Error::config(
+                "cache.ephemeral",
+                "the dataset's policy asks for an ephemeral cache and this node has no \
+                 ephemeral disk tier; the cluster admin gives nodes one with the chart value \
+                 node.cache.ephemeral.size (agent flags --ephemeral-cache-dir and \
+                 --ephemeral-disk), or use a Persistent policy",
+            )
+        })
+    }
+
+    /// Empties the ephemeral disk tier (the agent stops: its cached data goes with it).
+    /// The datasets on it serve from their sources afterwards.
+    pub fn discard_ephemeral_cache(&self) {
+        if let Some(c) = &self.ephemeral_cache
+            && let Err(e) = empty_dir(c.root())
+        {
+            tracing::warn!(error = %e, "could not empty the ephemeral cache");
         }
     }
 
@@ -486,17 +535,46 @@ impl Agent {
             self.drop_writes_if_done(&key);
         }
         let cache = view.cache().clone();
+        // Nothing of an ephemeral cache outlives its dataset on the node.
+        let ephemeral = view.config().cache.ephemeral.then(|| {
+            self.ephemeral_cache
+                .as_ref()
+                .map(|c| c.dataset_dir(view.id()))
+        });
         tokio::task::spawn_blocking(move || {
             // Detached first: writes still in flight then find no space, instead of
             // creating files among those being deleted.
             cache.detach();
-            if drop_cache {
+            if drop_cache || ephemeral.is_some() {
                 cache.drop_all();
                 cache.forget_run_time_pins();
+            }
+            if let Some(Some(dir)) = ephemeral
+                && let Err(e) = std::fs::remove_dir_all(&dir)
+                && e.kind() != std::io::ErrorKind::NotFound
+            {
+                tracing::warn!(dir = %dir.display(), error = %e,
+                    "could not remove a removed dataset's ephemeral cache");
             }
         })
         .await
         .map_err(|e| Error::Task(e.to_string()))?;
         Ok(())
     }
+}
+
+/// Removes everything in `dir` (created if missing), keeping `dir` itself: an emptyDir
+/// volume's mount point cannot be removed.
+fn empty_dir(dir: &std::path::Path) -> Result<()> {
+    std::fs::create_dir_all(dir).map_err(|e| Error::cache_io(dir, e))?;
+    for entry in std::fs::read_dir(dir).map_err(|e| Error::cache_io(dir, e))? {
+        let path = entry.map_err(|e| Error::cache_io(dir, e))?.path();
+        let removed = if path.is_dir() && !path.is_symlink() {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
+        removed.map_err(|e| Error::cache_io(&path, e))?;
+    }
+    Ok(())
 }

@@ -33,7 +33,8 @@ enum Command {
     /// running agents to preload instead (see `strata-agent preload --agent URL --help`).
     Preload(PreloadArgs),
     /// Run as the node daemon: HTTP API, CSI volume mounts, --datasets-dir.
-    Serve(strata_agent::serve::ServeArgs),
+    // Boxed: the daemon's flags outweigh every other command's.
+    Serve(Box<strata_agent::serve::ServeArgs>),
     /// Pin paths on running agents (and fetch them), as the operator's pin Jobs do.
     Pin(strata_agent::job_commands::PinJobArgs),
     /// Remove pins from running agents.
@@ -299,7 +300,7 @@ async fn run() -> anyhow::Result<()> {
         Command::Preload(args) => run_preload(args).await,
         Command::Serve(args) => {
             strata_agent::serve::run(
-                args,
+                *args,
                 async {
                     if let Err(e) = wait_for_signal().await {
                         tracing::error!(error = %e, "cannot wait for signals");

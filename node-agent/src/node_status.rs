@@ -165,22 +165,36 @@ pub fn status_of(agent: &Agent, activity: &ActivityBoard) -> StrataNodeStatus {
     datasets.sort_by(|a, b| (&a.namespace, &a.name).cmp(&(&b.namespace, &b.name)));
     let cache = agent.block_cache();
     let config = agent.config();
-    let cached: u64 = cache.disk_used().max(cache.memory_used());
+    let ephemeral = agent.ephemeral_block_cache();
+    let ephemeral_used = ephemeral.map_or(0, |c| c.disk_used());
+    let cached: u64 = (cache.disk_used() + ephemeral_used).max(cache.memory_used());
+    let mut tiers = vec![
+        TierUsage {
+            tier: Tier::Memory,
+            capacity_bytes: api_int(config.memory_bytes),
+            used_bytes: api_int(cache.memory_used()),
+            path: None,
+            ephemeral: false,
+        },
+        TierUsage {
+            tier: Tier::Ssd,
+            capacity_bytes: api_int(cache.disk_capacity()),
+            used_bytes: api_int(cache.disk_used()),
+            path: Some(config.cache_dir.display().to_string()),
+            ephemeral: false,
+        },
+    ];
+    if let Some(c) = ephemeral {
+        tiers.push(TierUsage {
+            tier: Tier::Ssd,
+            capacity_bytes: api_int(c.disk_capacity()),
+            used_bytes: api_int(ephemeral_used),
+            path: Some(c.root().display().to_string()),
+            ephemeral: true,
+        });
+    }
     StrataNodeStatus {
-        tiers: vec![
-            TierUsage {
-                tier: Tier::Memory,
-                capacity_bytes: api_int(config.memory_bytes),
-                used_bytes: api_int(cache.memory_used()),
-                path: None,
-            },
-            TierUsage {
-                tier: Tier::Ssd,
-                capacity_bytes: api_int(cache.disk_capacity()),
-                used_bytes: api_int(cache.disk_used()),
-                path: Some(config.cache_dir.display().to_string()),
-            },
-        ],
+        tiers,
         dataset_count: Some(i32::try_from(datasets.len()).unwrap_or(i32::MAX)),
         datasets,
         cached_bytes: Some(api_int(cached)),

@@ -80,6 +80,14 @@ pub struct ServeArgs {
     /// Disk tier size (0 disables it).
     #[arg(long = "disk", env = "STRATA_DISK", default_value = "10Gi", value_parser = parse_size)]
     pub disk_size: u64,
+    /// Directory of the ephemeral disk tier, for datasets whose policy's persistence is
+    /// Ephemeral (in a cluster, an emptyDir of the agent's pod). Emptied when the agent
+    /// starts and when it stops. Unset: such datasets are refused on this node.
+    #[arg(long, env = "STRATA_EPHEMERAL_CACHE_DIR", requires = "ephemeral_disk")]
+    pub ephemeral_cache_dir: Option<PathBuf>,
+    /// Ephemeral disk tier size (e.g. 100Gi); with --ephemeral-cache-dir.
+    #[arg(long, env = "STRATA_EPHEMERAL_DISK", value_parser = parse_size, requires = "ephemeral_cache_dir")]
+    pub ephemeral_disk: Option<u64>,
     /// Readahead per open file, e.g. 128Mi.
     #[arg(long, env = "STRATA_READAHEAD", default_value = "128Mi", value_parser = parse_size)]
     pub readahead: u64,
@@ -193,6 +201,7 @@ pub async fn run(
     config.readahead_total_bytes = args.readahead_total;
     config.directory_prefetch_files = args.prefetch_directory_files;
     config.directory_prefetch_bytes = args.prefetch_directory_bytes;
+    config.ephemeral = args.ephemeral_cache_dir.clone().zip(args.ephemeral_disk);
     let agent = Agent::new(config).await?;
     let membership = join_cluster(&args, &agent).await?;
     let holder_flags = args.holder.clone();
@@ -316,6 +325,8 @@ pub async fn run(
     } else {
         mounts.unmount_all().await;
     }
+    // Cached data of the ephemeral tier goes with the agent (a next one starts empty).
+    state.agent.discard_ephemeral_cache();
     let _ = std::fs::remove_file(&args.socket);
     Ok(())
 }

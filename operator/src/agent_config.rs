@@ -34,6 +34,7 @@ pub type AgentDatasetConfig = DatasetConfig;
 pub fn cache_settings(policy: &CachePolicySpec) -> CacheSettings {
     let defaults = CacheSettings::default();
     CacheSettings {
+        ephemeral: policy.persistence == strata_crds::Persistence::Ephemeral,
         block_size: policy.block_size_bytes().unwrap_or(defaults.block_size),
         // The agent refuses more than 365 days: a longer TTL means "never changes", which
         // 365 days serves as well.

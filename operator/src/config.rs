@@ -122,6 +122,12 @@ pub struct OperatorConfig {
     #[arg(long, env = "STRATA_DISK_TIER_SIZE", default_value = "10Gi")]
     pub disk_tier_size: String,
 
+    /// Ephemeral disk tier size per node (e.g. `100Gi`): an emptyDir of each agent pod
+    /// with this size limit, for datasets whose CachePolicy's persistence is Ephemeral.
+    /// Unset: nodes have none, and such datasets are refused there.
+    #[arg(long, env = "STRATA_EPHEMERAL_TIER_SIZE")]
+    pub ephemeral_tier_size: Option<String>,
+
     /// Port of the agents' HTTP API (on the host network).
     #[arg(long, env = "STRATA_AGENT_PORT", default_value_t = 7070)]
     pub agent_port: u16,
@@ -255,9 +261,18 @@ impl OperatorConfig {
         self.node_selector_map()?;
         self.toleration_list()?;
         for (flag, value) in [
-            ("memory-tier-size", &self.memory_tier_size),
-            ("disk-tier-size", &self.disk_tier_size),
+            ("memory-tier-size", Some(&self.memory_tier_size)),
+            ("disk-tier-size", Some(&self.disk_tier_size)),
+            ("ephemeral-tier-size", self.ephemeral_tier_size.as_ref()),
         ] {
+            let Some(value) = value else { continue };
+            if flag == "ephemeral-tier-size" {
+                // Also an emptyDir's sizeLimit: a Kubernetes quantity.
+                strata_crds::parse_quantity_bytes(value).map_err(|e| Error::Config {
+                    flag,
+                    message: format!("{e} (a Kubernetes quantity such as 100Gi)"),
+                })?;
+            }
             // Handed to the agents as --memory/--disk: checked with the parser they use.
             strata_wire::config::parse_size(value).map_err(|e| Error::Config {
                 flag,

@@ -9,10 +9,12 @@ use std::collections::BTreeMap;
 use k8s_openapi::api::apps::v1::{DaemonSet, DaemonSetSpec, Deployment};
 use k8s_openapi::api::core::v1::PersistentVolume;
 use k8s_openapi::api::core::v1::{
-    Container, EnvVar, EnvVarSource, HostPathVolumeSource, ObjectFieldSelector, PodSpec,
-    PodTemplateSpec, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Container, EmptyDirVolumeSource, EnvVar, EnvVarSource, HostPathVolumeSource,
+    ObjectFieldSelector, PodSpec, PodTemplateSpec, SecretVolumeSource, SecurityContext, Volume,
+    VolumeMount,
 };
 use k8s_openapi::api::storage::v1::{CSIDriver, CSIDriverSpec};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, OwnerReference};
 use kube::api::{DeleteParams, ListParams, ObjectMeta, Patch, PatchParams};
 use kube::{Api, Resource, ResourceExt};
@@ -47,6 +49,8 @@ pub const RUN_DIR: &str = "/run/strata";
 /// Directory under which the agent keeps its FUSE mounts (in the pods; the host directory is
 /// --node-mounts-dir).
 pub const MOUNTS_DIR: &str = "/var/lib/strata/mounts";
+/// Where the agent container sees its ephemeral disk tier (an emptyDir).
+pub const EPHEMERAL_CACHE_DIR: &str = "/var/cache/strata-ephemeral";
 /// Controller name in metrics.
 pub const CONTROLLER: &str = "nodes";
 
@@ -166,6 +170,25 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
         mount("fuse", "/dev/fuse", false, false),
     ];
     let mut local_volumes = Vec::new();
+    if let Some(size) = &config.ephemeral_tier_size {
+        // The ephemeral tier: an emptyDir, gone with the pod (the agent also empties it
+        // when it starts and stops).
+        agent_args.extend([
+            "--ephemeral-cache-dir".into(),
+            EPHEMERAL_CACHE_DIR.into(),
+            "--ephemeral-disk".into(),
+            size.clone(),
+        ]);
+        agent_mounts.push(mount("ephemeral-cache", EPHEMERAL_CACHE_DIR, false, false));
+        local_volumes.push(Volume {
+            name: "ephemeral-cache".into(),
+            empty_dir: Some(EmptyDirVolumeSource {
+                size_limit: Some(Quantity(size.clone())),
+                ..EmptyDirVolumeSource::default()
+            }),
+            ..Volume::default()
+        });
+    }
     for (i, path) in local_paths.iter().enumerate() {
         let name = format!("local-source-{i}");
         agent_args.push(format!("--allow-local-path={path}"));

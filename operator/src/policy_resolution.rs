@@ -37,7 +37,13 @@ impl Resolution<'_> {
 /// Resolves the policy of `dataset` among `policies` (same namespace).
 pub fn resolve<'a>(dataset: &Dataset, policies: &'a [CachePolicy]) -> Resolution<'a> {
     let check = |policy: &'a CachePolicy, by_ref: bool| match policy.validate() {
-        Ok(()) => Resolution::Found { policy, by_ref },
+        Ok(()) => match ephemeral_write_back(dataset, policy) {
+            Some(message) => Resolution::Invalid {
+                name: policy.name_any(),
+                message,
+            },
+            None => Resolution::Found { policy, by_ref },
+        },
         Err(e) => Resolution::Invalid {
             name: policy.name_any(),
             message: e.to_string(),
@@ -71,6 +77,23 @@ pub fn resolve<'a>(dataset: &Dataset, policies: &'a [CachePolicy]) -> Resolution
             Resolution::Ambiguous { names }
         }
     }
+}
+
+/// An Ephemeral policy over a dataset with a WriteBack source: refused (a rule across two
+/// objects, which CEL cannot see), since the unsent writes would go with the node.
+fn ephemeral_write_back(dataset: &Dataset, policy: &CachePolicy) -> Option<String> {
+    if policy.spec.persistence != strata_crds::Persistence::Ephemeral {
+        return None;
+    }
+    let source = dataset
+        .spec
+        .sources
+        .iter()
+        .find(|s| s.effective_write_mode() == strata_crds::WriteMode::WriteBack)?;
+    Some(format!(
+        "its persistence is Ephemeral and source {} of this dataset is WriteBack, whose unsent writes would go with an ephemeral node; use writeMode WriteThrough for that source, or a Persistent policy",
+        source.name
+    ))
 }
 
 #[cfg(test)]
@@ -142,5 +165,29 @@ mod tests {
             Resolution::Ambiguous { names } => assert_eq!(names, vec!["a", "b"]),
             other => panic!("{other:?}"),
         }
+    }
+
+    /// An Ephemeral policy is refused for a dataset with a WriteBack source (defaults
+    /// apply), taken for one with a WriteThrough source.
+    #[test]
+    fn an_ephemeral_policy_refuses_write_back() {
+        let mut ephemeral = policy("burst", Some(serde_json::json!({})));
+        ephemeral.spec.persistence = strata_crds::Persistence::Ephemeral;
+        let policies = vec![ephemeral];
+        let mut ds = dataset(&[], None);
+        ds.spec.sources[0].write_mode = Some(strata_crds::WriteMode::WriteBack);
+        match resolve(&ds, &policies) {
+            Resolution::Invalid { name, message } => {
+                assert_eq!(name, "burst");
+                assert!(
+                    message.contains("source a of this dataset is WriteBack")
+                        && message.contains("WriteThrough"),
+                    "{message}"
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        ds.spec.sources[0].write_mode = Some(strata_crds::WriteMode::WriteThrough);
+        assert!(matches!(resolve(&ds, &policies), Resolution::Found { .. }));
     }
 }

@@ -147,9 +147,7 @@ async fn check_uncached(
     match (uri.scheme.is_object_store(), creds) {
         (true, Some(creds)) => list(source, creds, limits).await,
         // HDFS takes no credentials here (simple authentication): listed like a bucket.
-        _ if uri.scheme == Scheme::Hdfs => {
-            list(source, &AgentCredentials::default(), limits).await
-        }
+        _ if uri.scheme == Scheme::Hdfs => list(source, &AgentCredentials::default(), limits).await,
         _ => {
             let (host, port) = connect_target(source, &uri);
             match timeout(

@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use hdfs_native_object_store::HdfsObjectStoreBuilder;
 use object_store::aws::{AmazonS3Builder, AmazonS3ConfigKey};
 use object_store::azure::{AzureConfigKey, MicrosoftAzureBuilder};
 use object_store::gcp::{GoogleCloudStorageBuilder, GoogleConfigKey};
@@ -10,7 +11,6 @@ use object_store::http::HttpBuilder;
 use object_store::list::PaginatedListStore;
 use object_store::local::LocalFileSystem;
 use object_store::{BackoffConfig, ClientConfigKey, ClientOptions, ObjectStore, RetryConfig};
-use hdfs_native_object_store::HdfsObjectStoreBuilder;
 use percent_encoding::percent_decode_str;
 use strata_wire::config::SourceConfig;
 use strata_wire::scrub::{credential_values, scrub};
@@ -289,7 +289,11 @@ pub fn build(cfg: &SourceConfig, tuning: &Tuning) -> Result<BuiltStore, StoreErr
             // Options are Hadoop client settings (`dfs.*`, e.g. an HA nameservice's
             // `dfs.ha.namenodes.<ns>` and `dfs.namenode.rpc-address.<ns>.<nn>`); the
             // HTTP client's keys mean nothing to the HDFS RPC client.
-            if let Some(key) = cfg.options.keys().find(|k| k.parse::<ClientConfigKey>().is_ok()) {
+            if let Some(key) = cfg
+                .options
+                .keys()
+                .find(|k| k.parse::<ClientConfigKey>().is_ok())
+            {
                 return Err(fail(
                     "options",
                     format!(

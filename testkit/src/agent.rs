@@ -24,6 +24,8 @@ pub struct TestAgentOptions {
     pub peers_file: Option<PathBuf>,
     /// `--peer-timeout`.
     pub peer_timeout: Duration,
+    /// An ephemeral disk tier of 64 MiB under `<dir>/ephemeral` (`--ephemeral-cache-dir`).
+    pub ephemeral: bool,
 }
 
 impl Default for TestAgentOptions {
@@ -33,6 +35,7 @@ impl Default for TestAgentOptions {
             node_name: None,
             peers_file: None,
             peer_timeout: Duration::from_secs(5),
+            ephemeral: false,
         }
     }
 }
@@ -136,6 +139,8 @@ impl TestAgent {
             cache_dir: dir.path().join("cache"),
             memory_size: 16 << 20,
             disk_size: 64 << 20,
+            ephemeral_cache_dir: opts.ephemeral.then(|| dir.path().join("ephemeral")),
+            ephemeral_disk: opts.ephemeral.then_some(64 << 20),
             readahead: 64 << 20,
             readahead_total: 256 << 20,
             prefetch_directory_files: 4,
@@ -216,7 +221,9 @@ impl TestAgent {
             .expect("PUT dataset");
     }
 
-    pub async fn stop(mut self) {
+    /// Stops the agent as SIGTERM would; gives back its directory (cache, ephemeral tier)
+    /// for a look at what it left.
+    pub async fn stop(mut self) -> TempDir {
         if let Some(stop) = self.stop.take() {
             let _ = stop.send(());
         }
@@ -226,6 +233,7 @@ impl TestAgent {
                 .expect("agent did not stop within 30s")
                 .expect("agent task panicked");
         }
+        std::mem::replace(&mut self.dir, tempfile::tempdir().unwrap())
     }
 }
 

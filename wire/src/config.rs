@@ -237,6 +237,11 @@ pub struct CacheSettings {
     /// then copied to every node). Without peers this has no effect.
     #[serde(default, skip_serializing_if = "Replicas::is_default")]
     pub replicas: Replicas,
+    /// The dataset's disk blocks go to the node's ephemeral disk tier (the agent's
+    /// `--ephemeral-cache-dir`, an emptyDir of its pod) rather than the persistent one:
+    /// emptied when the agent starts and when the dataset goes, never kept across either.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub ephemeral: bool,
 }
 
 /// Owners of each block: a number (at least 1) or `All`.
@@ -420,6 +425,7 @@ impl Default for CacheSettings {
             data_ttl: None,
             tiers: default_tiers(),
             replicas: Replicas::default(),
+            ephemeral: false,
         }
     }
 }
@@ -485,6 +491,14 @@ impl DatasetConfig {
                 return Err(Error::config(
                     format!("sources[{i}].writeMode"),
                     "http(s) sources cannot be written; remove writeMode or use an object store",
+                ));
+            }
+            if s.write_mode == WriteMode::WriteBack && self.cache.ephemeral {
+                return Err(Error::config(
+                    format!("sources[{i}].writeMode"),
+                    "WriteBack keeps writes on the node until they are uploaded, and this \
+                     dataset's cache is ephemeral (its node may go at any time); use \
+                     WriteThrough, or a policy with persistence Persistent",
                 ));
             }
         }

@@ -54,7 +54,8 @@ pub use usage::CacheUsage;
 /// Node-wide cache: memory tier and the disk tier's total capacity.
 pub struct BlockCache {
     root: PathBuf,
-    memory: Mutex<MemoryTier>,
+    // Shared with a disk tier beside this one (the ephemeral tier): one memory budget.
+    memory: Arc<Mutex<MemoryTier>>,
     disk_capacity: u64,
     disk_used: AtomicU64,
     // Serializes space reservations so concurrent writers cannot overshoot quotas.
@@ -84,7 +85,7 @@ impl BlockCache {
         fs::create_dir_all(root).map_err(|e| Error::cache_io(root, e))?;
         Ok(Arc::new(BlockCache {
             root: root.to_path_buf(),
-            memory: Mutex::new(MemoryTier::new(memory_bytes)),
+            memory: Arc::new(Mutex::new(MemoryTier::new(memory_bytes))),
             disk_capacity: disk_bytes,
             disk_used: AtomicU64::new(0),
             reserve_lock: Mutex::new(()),
@@ -92,6 +93,32 @@ impl BlockCache {
             metrics,
             writer: BlockWriter::default(),
         }))
+    }
+
+    /// A second disk tier rooted at `root` (the ephemeral one) that shares `other`'s
+    /// memory tier: the node's memory budget stays one.
+    pub fn beside(
+        other: &BlockCache,
+        root: &Path,
+        disk_bytes: u64,
+        metrics: Arc<Metrics>,
+    ) -> Result<Arc<Self>> {
+        fs::create_dir_all(root).map_err(|e| Error::cache_io(root, e))?;
+        Ok(Arc::new(BlockCache {
+            root: root.to_path_buf(),
+            memory: other.memory.clone(),
+            disk_capacity: disk_bytes,
+            disk_used: AtomicU64::new(0),
+            reserve_lock: Mutex::new(()),
+            datasets: Mutex::new(HashMap::new()),
+            metrics,
+            writer: BlockWriter::default(),
+        }))
+    }
+
+    /// The directory the disk tier is rooted at.
+    pub fn root(&self) -> &Path {
+        &self.root
     }
 
     /// Bytes on disk over all datasets.

@@ -422,6 +422,7 @@ mod tests {
                 node: "node-b".into(),
                 message: "upload of /out/x.bin to source out: connection refused".into(),
             }],
+            conflicts_met: vec![],
         };
         let mut status = DatasetStatus::default();
         let problem = record_upload_health(&mut status, &writable("WriteBack"), Some(&writes));
