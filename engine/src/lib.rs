@@ -24,6 +24,7 @@ pub mod eviction;
 pub mod frames;
 pub mod metadata;
 pub mod metrics;
+pub mod migrate;
 pub mod sidecar;
 pub mod singleflight;
 pub mod source;

@@ -28,6 +28,7 @@ pub mod held_mounts;
 pub use fuse as fs;
 pub mod http;
 pub mod job_commands;
+pub mod migrate_command;
 pub mod mounts;
 #[cfg(feature = "node-status")]
 pub mod node_status;

@@ -39,6 +39,9 @@ enum Command {
     Pin(strata_agent::job_commands::PinJobArgs),
     /// Remove pins from running agents.
     Unpin(strata_agent::job_commands::JobArgs),
+    /// Copy a path of one source to another (e.g. hdfs:// to s3://), verified by checksum;
+    /// run again after a kill to resume without copying again what was copied.
+    Migrate(strata_agent::migrate_command::MigrateArgs),
     /// The mount holder (started by `mount` and `serve --holder-socket` when none runs):
     /// keeps each mount's FUSE connection while agents come and go.
     Holder(strata_holder::HolderArgs),
@@ -312,6 +315,10 @@ async fn run() -> anyhow::Result<()> {
             // Straight out: with a holder, destructors would close the passthrough
             // backing ids the next agent takes over (run has finished its own cleanup).
             std::process::exit(0)
+        }
+        Command::Migrate(args) => {
+            strata_agent::migrate_command::run(&args).await?;
+            Ok(())
         }
         Command::Pin(args) => {
             Ok(strata_agent::job_commands::pin(&args, &mut std::io::stdout()).await?)

@@ -185,10 +185,14 @@ impl DatasetView {
     pub async fn make_dir(self: &Arc<Self>, path: &DatasetPath) -> Result<()> {
         let w = self.writes_for(path)?;
         self.parent_is_dir(path).await?;
-        if self.stat_unless_away(path).await?.is_some() {
-            return Err(Error::refused(path, libc::EEXIST, "exists"));
-        }
-        w.mkdir(path)
+        // Nothing there, as the source says (not while it is away: then unknown).
+        let empty_at_source = match self.stat_opt(path).await {
+            Ok(Some(_)) => return Err(Error::refused(path, libc::EEXIST, "exists")),
+            Ok(None) => true,
+            Err(e) if e.is_unavailable() => false,
+            Err(e) => return Err(e),
+        };
+        w.mkdir(path, empty_at_source)
     }
 
     /// Removes the empty directory `path`.

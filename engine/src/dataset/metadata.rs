@@ -125,15 +125,20 @@ impl DatasetView {
         if rel.is_empty() {
             return Ok(Some((FileStat::dir(path.clone()), valid_until())));
         }
-        if let Some(local) = self.writes().and_then(|w| w.lookup(path)) {
-            // Changes on this node: never cached by the kernel past now.
-            let now = Instant::now();
-            return Ok(match local {
-                Overlay::File(f) => Some((f.stat(path.clone()), now)),
-                Overlay::Moved(stat) => Some((stat, now)),
-                Overlay::Dir => Some((FileStat::dir(path.clone()), now)),
-                Overlay::Gone => None,
-            });
+        if let Some(w) = self.writes() {
+            if let Some(local) = w.lookup(path) {
+                // Changes on this node: never cached by the kernel past now.
+                let now = Instant::now();
+                return Ok(match local {
+                    Overlay::File(f) => Some((f.stat(path.clone()), now)),
+                    Overlay::Moved(stat) => Some((stat, now)),
+                    Overlay::Dir => Some((FileStat::dir(path.clone()), now)),
+                    Overlay::Gone => None,
+                });
+            }
+            if w.known_absent(path, self.metadata_ttl()) {
+                return Ok(None);
+            }
         }
         match self.stats.get(path) {
             Lookup::Fresh(v, keep) => return Ok(v.map(|s| (s, keep))),

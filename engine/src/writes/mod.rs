@@ -15,7 +15,7 @@
 
 mod journal;
 mod local;
-mod upload;
+pub(crate) mod upload;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -185,6 +185,9 @@ pub struct DatasetWrites {
     /// False until [`Self::settle`]: replayed files are all kept, for the write handles a
     /// takeover may find again.
     settled: std::sync::atomic::AtomicBool,
+    /// Directories made here where the source had nothing, when, and the names under each
+    /// that reached the source since (see [`Self::known_absent`]).
+    made_empty: Mutex<HashMap<DatasetPath, (Instant, HashSet<String>)>>,
 }
 
 impl std::fmt::Debug for DatasetWrites {
@@ -228,6 +231,7 @@ impl DatasetWrites {
             copy_up: tokio::sync::Mutex::new(()),
             on_synced: OnceLock::new(),
             settled: std::sync::atomic::AtomicBool::new(false),
+            made_empty: Mutex::new(HashMap::new()),
         });
         if pending > 0 {
             tracing::info!(dataset = %dataset, operations = pending,
@@ -259,6 +263,13 @@ impl DatasetWrites {
     }
 
     fn synced(&self, path: &DatasetPath) {
+        // At the source now: no longer known absent under a directory made empty here.
+        if let (Some(parent), Some(name)) = (path.parent(), path.file_name()) {
+            let mut made = self.made_empty.lock().expect("made empty");
+            if let Some((_, reached)) = made.get_mut(&parent) {
+                reached.insert(name.to_string());
+            }
+        }
         let f = self
             .on_synced
             .get()
@@ -708,14 +719,43 @@ impl DatasetWrites {
 
     /// A directory made on this node (shown until removed; at the source it exists once
     /// a file in it is uploaded).
-    pub fn mkdir(&self, path: &DatasetPath) -> Result<()> {
+    /// `empty_at_source`: the source was asked and had nothing at `path` or below it.
+    pub fn mkdir(&self, path: &DatasetPath, empty_at_source: bool) -> Result<()> {
         self.mode_of(path)?;
         let mut st = self.state.lock().expect("writes");
         self.append(&[Record::Mkdir {
             path: path.to_string(),
         }])?;
         st.entries.insert(path.clone(), Overlay::Dir);
+        drop(st);
+        if empty_at_source {
+            self.made_empty
+                .lock()
+                .expect("made empty")
+                .insert(path.clone(), (Instant::now(), HashSet::new()));
+        }
         Ok(())
+    }
+
+    /// Whether `path` is known to be absent at the source without asking it: it is in a
+    /// directory this node made within `ttl` (the metadata TTL) where the source had
+    /// nothing, and no change of this node put it there since. A job writing its output
+    /// into a new directory then creates each file without the two round trips of a
+    /// lookup (HEAD, then LIST for a directory). Another writer's object under that
+    /// directory shows once `ttl` passed, as any metadata cached that long would.
+    pub fn known_absent(&self, path: &DatasetPath, ttl: Duration) -> bool {
+        let (Some(parent), Some(name)) = (path.parent(), path.file_name()) else {
+            return false;
+        };
+        let mut made = self.made_empty.lock().expect("made empty");
+        match made.get(&parent) {
+            Some((at, _)) if at.elapsed() > ttl => {
+                made.remove(&parent);
+                false
+            }
+            Some((_, reached)) => !reached.contains(name),
+            None => false,
+        }
     }
 
     /// Removes an empty directory (the caller checked it is empty).
@@ -726,6 +766,8 @@ impl DatasetWrites {
             path: path.to_string(),
         }])?;
         st.apply_rmdir(path, at_source);
+        drop(st);
+        self.made_empty.lock().expect("made empty").remove(path);
         Ok(())
     }
 
@@ -1618,7 +1660,7 @@ mod tests {
         let w = open_settled(dir.path(), &store);
         write_file(&w, "/a", b"alpha").await;
         write_file(&w, "/b", b"beta").await;
-        w.mkdir(&p("/dir")).unwrap();
+        w.mkdir(&p("/dir"), false).unwrap();
         rename_as_the_view_does(&w, &store, "/b", "/dir/c").await;
         w.unlink(&p("/old"), true).unwrap();
         let meta = store.head(&"mv".into()).await.unwrap();
@@ -1631,7 +1673,7 @@ mod tests {
             etag: meta.e_tag.clone(),
         };
         w.rename(&p("/mv"), &p("/moved"), Some(&moved)).unwrap();
-        w.mkdir(&p("/empty")).unwrap();
+        w.mkdir(&p("/empty"), false).unwrap();
         gone(w).await;
         let w = open_settled(dir.path(), &store);
         assert!(

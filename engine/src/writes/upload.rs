@@ -16,7 +16,7 @@ use crate::{Error, Result};
 /// Operations under way at once per dataset.
 const MAX_RUNNING: usize = 8;
 /// Files up to this size go up in one PUT; larger ones in parts of this size.
-pub(super) const PART_BYTES: u64 = 8 << 20;
+pub(crate) const PART_BYTES: u64 = 8 << 20;
 /// Parts of one multipart upload in flight at once.
 const PART_CONCURRENCY: usize = 4;
 /// Backoff of a failed operation: doubled per attempt up to the cap.
@@ -455,7 +455,16 @@ fn unquote(etag: &str) -> &str {
 /// Compares the store's ETag with the MD5 form computed here, where the store uses that
 /// form (S3 and its peers: the MD5, or the MD5 of the parts' MD5s and their count);
 /// other stores' ETags are not checksums and pass.
-fn check_etag(got: &str, expected: &str) -> std::result::Result<(), String> {
+/// Whether a store's ETag is in the MD5 form [`check_etag`] can check.
+pub(crate) fn etag_is_md5(etag: &str) -> bool {
+    let got = unquote(etag).to_ascii_lowercase();
+    let (hash, parts) = got.split_once('-').unwrap_or((&got, ""));
+    hash.len() == 32
+        && hash.bytes().all(|b| b.is_ascii_hexdigit())
+        && parts.bytes().all(|b| b.is_ascii_digit())
+}
+
+pub(crate) fn check_etag(got: &str, expected: &str) -> std::result::Result<(), String> {
     let got = unquote(got).to_ascii_lowercase();
     let (hash, parts) = got.split_once('-').unwrap_or((&got, ""));
     let md5_form = hash.len() == 32
