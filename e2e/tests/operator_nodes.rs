@@ -70,6 +70,8 @@ async fn node_daemonset_and_csidriver_follow_the_flags() -> Result<()> {
             "/mnt/nvme/strata",
             "--disk-tier-size",
             "50Gi",
+            "--ephemeral-tier-size",
+            "20Gi",
         ],
     )
     .await?;
@@ -113,6 +115,25 @@ async fn node_daemonset_and_csidriver_follow_the_flags() -> Result<()> {
         .and_then(|v| v.host_path.as_ref())
         .map(|h| h.path.clone());
     ensure!(cache.as_deref() == Some("/mnt/nvme/strata"), "{cache:?}");
+    // The ephemeral tier: an emptyDir with the size limit, handed to the agent.
+    let ephemeral = volumes
+        .iter()
+        .find(|v| v.name == "ephemeral-cache")
+        .and_then(|v| v.empty_dir.as_ref())
+        .and_then(|e| e.size_limit.clone());
+    ensure!(
+        ephemeral.as_ref().map(|q| q.0.as_str()) == Some("20Gi"),
+        "{ephemeral:?}"
+    );
+    ensure!(
+        agent_args
+            .windows(2)
+            .any(|w| w == ["--ephemeral-cache-dir", "/var/cache/strata-ephemeral"])
+            && agent_args
+                .windows(2)
+                .any(|w| w == ["--ephemeral-disk", "20Gi"]),
+        "{agent_args:?}"
+    );
     let bidirectional = pod
         .containers
         .iter()

@@ -124,9 +124,9 @@ pub struct OperatorConfig {
 
     /// Ephemeral disk tier size per node (e.g. `100Gi`): an emptyDir of each agent pod
     /// with this size limit, for datasets whose CachePolicy's persistence is Ephemeral.
-    /// Unset: nodes have none, and such datasets are refused there.
-    #[arg(long, env = "STRATA_EPHEMERAL_TIER_SIZE")]
-    pub ephemeral_tier_size: Option<String>,
+    /// Empty: nodes have none, and such datasets are refused there.
+    #[arg(long, env = "STRATA_EPHEMERAL_TIER_SIZE", default_value = "")]
+    pub ephemeral_tier_size: String,
 
     /// Port of the agents' HTTP API (on the host network).
     #[arg(long, env = "STRATA_AGENT_PORT", default_value_t = 7070)]
@@ -257,13 +257,22 @@ impl OperatorConfig {
 
     /// Checks every flag that is parsed later, so a bad value stops the
     /// operator at start instead of in a reconcile.
+    /// The ephemeral tier's size, when nodes have one (`--ephemeral-tier-size` not empty).
+    pub fn ephemeral_tier(&self) -> Option<&str> {
+        let size = self.ephemeral_tier_size.trim();
+        (!size.is_empty()).then_some(size)
+    }
+
     pub fn validate(&self) -> Result<()> {
         self.node_selector_map()?;
         self.toleration_list()?;
         for (flag, value) in [
             ("memory-tier-size", Some(&self.memory_tier_size)),
             ("disk-tier-size", Some(&self.disk_tier_size)),
-            ("ephemeral-tier-size", self.ephemeral_tier_size.as_ref()),
+            (
+                "ephemeral-tier-size",
+                self.ephemeral_tier().map(|_| &self.ephemeral_tier_size),
+            ),
         ] {
             let Some(value) = value else { continue };
             if flag == "ephemeral-tier-size" {
@@ -344,6 +353,15 @@ mod tests {
         let cli = Cli::parse_from(["strata-operator", "--disk-tier-size", "0.5"]);
         let e = cli.config.validate().unwrap_err().to_string();
         assert!(e.contains("--disk-tier-size"), "{e}");
+        // The ephemeral tier is also an emptyDir's sizeLimit: a Kubernetes quantity.
+        let cli = Cli::parse_from(["strata-operator", "--ephemeral-tier-size", "512MiB"]);
+        let e = cli.config.validate().unwrap_err().to_string();
+        assert!(e.contains("--ephemeral-tier-size"), "{e}");
+        let cli = Cli::parse_from(["strata-operator", "--ephemeral-tier-size", "100Gi"]);
+        cli.config.validate().unwrap();
+        assert_eq!(cli.config.ephemeral_tier(), Some("100Gi"));
+        let cli = Cli::parse_from(["strata-operator", "--ephemeral-tier-size="]);
+        assert_eq!(cli.config.ephemeral_tier(), None, "empty: no tier");
         let e = Cli::try_parse_from(["strata-operator", "--resync-interval", "1h30m"])
             .err()
             .unwrap()

@@ -170,20 +170,20 @@ pub fn daemon_set(config: &OperatorConfig, owner: Option<OwnerReference>) -> Res
         mount("fuse", "/dev/fuse", false, false),
     ];
     let mut local_volumes = Vec::new();
-    if let Some(size) = &config.ephemeral_tier_size {
+    if let Some(size) = config.ephemeral_tier() {
         // The ephemeral tier: an emptyDir, gone with the pod (the agent also empties it
         // when it starts and stops).
         agent_args.extend([
             "--ephemeral-cache-dir".into(),
             EPHEMERAL_CACHE_DIR.into(),
             "--ephemeral-disk".into(),
-            size.clone(),
+            size.to_string(),
         ]);
         agent_mounts.push(mount("ephemeral-cache", EPHEMERAL_CACHE_DIR, false, false));
         local_volumes.push(Volume {
             name: "ephemeral-cache".into(),
             empty_dir: Some(EmptyDirVolumeSource {
-                size_limit: Some(Quantity(size.clone())),
+                size_limit: Some(Quantity(size.to_string())),
                 ..EmptyDirVolumeSource::default()
             }),
             ..Volume::default()
