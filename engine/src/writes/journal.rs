@@ -9,6 +9,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
 
 use serde::{Deserialize, Serialize};
 
@@ -178,6 +179,29 @@ impl Journal {
         self.appended = 0;
         Ok(())
     }
+}
+
+/// The object version a stat reads, as a rename's record keeps it.
+pub(super) fn object_of(stat: &crate::dataset::FileStat) -> Option<(String, String, String)> {
+    stat.version
+        .as_ref()
+        .map(|v| (v.source.clone(), v.key.clone(), v.etag.clone()))
+}
+
+/// A file's modification time in nanoseconds.
+pub(super) fn mtime_ns(meta: &std::fs::Metadata) -> i64 {
+    use std::os::unix::fs::MetadataExt;
+    meta.mtime() * 1_000_000_000 + meta.mtime_nsec()
+}
+
+pub(super) fn nanos(t: SystemTime) -> i64 {
+    t.duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as i64)
+        .unwrap_or(0)
+}
+
+pub(super) fn from_nanos(n: i64) -> SystemTime {
+    SystemTime::UNIX_EPOCH + Duration::from_nanos(n.max(0) as u64)
 }
 
 #[cfg(test)]
