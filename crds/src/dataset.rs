@@ -8,15 +8,19 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
 use crate::source_uri::SourceUri;
+use crate::store::{
+    CREDENTIALS_SCHEME_RULE, ENDPOINT_SCHEME_RULE, OPTION_KEYS_RULE, REGION_SCHEME_RULE,
+    StoreFields, URI_DOTDOT_RULE, URI_SCHEME_RULE, URI_SHAPE_RULE, URI_USERINFO_RULE,
+};
 use crate::validation::{
-    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_OPTIONS,
-    MAX_SOURCES, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH,
-    MSG_DUPLICATE_SOURCE_NAME, MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH,
-    MSG_MOUNT_PATH_CONTROL, MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY,
-    MSG_READ_ONLY_CONTRADICTS, MSG_READ_ONLY_HTTP, MSG_REGION, MSG_REGION_SCHEME, MSG_SOURCE_NAME,
-    MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, MSG_WRITE_MODE_HTTP,
-    NO_CONTROL_RULE, cel_matches, has_control_character, is_dns1123_label, is_dns1123_subdomain,
-    is_http_url, is_mount_path, is_option_key, is_region, mount_path_contains,
+    DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_SOURCES,
+    MOUNT_PATH_RULE, MSG_CREDENTIALS_SCHEME, MSG_DUPLICATE_MOUNT_PATH, MSG_DUPLICATE_SOURCE_NAME,
+    MSG_ENDPOINT, MSG_ENDPOINT_SCHEME, MSG_MOUNT_PATH, MSG_MOUNT_PATH_CONTROL,
+    MSG_NESTED_MOUNT_PATH, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_READ_ONLY_CONTRADICTS,
+    MSG_READ_ONLY_HTTP, MSG_REGION, MSG_REGION_SCHEME, MSG_SOURCE_NAME, MSG_URI_DOTDOT,
+    MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, MSG_WRITE_MODE_HTTP, NO_CONTROL_RULE,
+    cel_matches, has_control_character, is_dns1123_label, is_dns1123_subdomain, is_mount_path,
+    mount_path_contains,
 };
 use crate::{FieldErrorKind, Result};
 
@@ -120,9 +124,9 @@ pub struct DatasetSpec {
 /// One store mounted into the dataset's tree.
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.credentialsSecretRef) || self.uri.matches('^(s3|gs|az)://')").message(MSG_CREDENTIALS_SCHEME).field_path(".credentialsSecretRef").reason(Reason::FieldValueForbidden))]
-#[x_kube(validation = Rule::new("!has(self.endpoint) || self.uri.matches('^(s3|gs|az)://')").message(MSG_ENDPOINT_SCHEME).field_path(".endpoint").reason(Reason::FieldValueForbidden))]
-#[x_kube(validation = Rule::new("!has(self.region) || self.uri.startsWith('s3://')").message(MSG_REGION_SCHEME).field_path(".region").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new(CREDENTIALS_SCHEME_RULE).message(MSG_CREDENTIALS_SCHEME).field_path(".credentialsSecretRef").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new(ENDPOINT_SCHEME_RULE).message(MSG_ENDPOINT_SCHEME).field_path(".endpoint").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new(REGION_SCHEME_RULE).message(MSG_REGION_SCHEME).field_path(".region").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("!has(self.writeMode) || self.writeMode == 'ReadOnly' || !self.uri.matches('^https?://')").message(MSG_WRITE_MODE_HTTP).field_path(".writeMode").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("has(self.writeMode) || !has(self.readOnly) || self.readOnly || !self.uri.matches('^https?://')").message(MSG_READ_ONLY_HTTP).field_path(".readOnly").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("!has(self.readOnly) || !has(self.writeMode) || self.readOnly == (self.writeMode == 'ReadOnly')").message(MSG_READ_ONLY_CONTRADICTS).field_path(".readOnly"))]
@@ -138,19 +142,19 @@ pub struct Source {
     /// (a directory present on every node, e.g. an NFS mount). Never put
     /// credentials in the URI; use credentialsSecretRef.
     #[schemars(length(max = 2048))]
-    #[x_kube(validation = Rule::new("self.matches('^(s3|gs|az|hdfs|http|https|file)://')").message(MSG_URI_SCHEME))]
-    #[x_kube(validation = Rule::new("!self.matches('^(s3|gs|az|hdfs|http|https|file)://') || self.matches('^((s3|gs|az|hdfs|https?)://[^/?#\\\\s]+|file:///)[^\\\\s]*$')").message(MSG_URI_SHAPE))]
+    #[x_kube(validation = Rule::new(URI_SCHEME_RULE).message(MSG_URI_SCHEME))]
+    #[x_kube(validation = Rule::new(URI_SHAPE_RULE).message(MSG_URI_SHAPE))]
     // Forbidden, not Invalid: the API server then prints only the message, not the
     // value, so the credentials are not repeated back into a terminal or a log.
-    #[x_kube(validation = Rule::new("!self.matches('^[a-z0-9]+://[^/]*@')").message(MSG_URI_USERINFO).reason(Reason::FieldValueForbidden))]
-    #[x_kube(validation = Rule::new("!self.matches('/\\\\.\\\\.(/|$)')").message(MSG_URI_DOTDOT))]
+    #[x_kube(validation = Rule::new(URI_USERINFO_RULE).message(MSG_URI_USERINFO).reason(Reason::FieldValueForbidden))]
+    #[x_kube(validation = Rule::new(URI_DOTDOT_RULE).message(MSG_URI_DOTDOT))]
     pub uri: String,
 
     /// Where the source appears inside the dataset: an absolute path such as
     /// `/train`, or `/` for a dataset with a single source. The pod sees it at
     /// `<volume mount>/<mountPath>`.
     #[schemars(length(max = 256))]
-    #[x_kube(validation = Rule::new("self == '/' || (self.matches('^(/[^/]+)+$') && !self.matches('/\\\\.\\\\.?(/|$)'))").message(MSG_MOUNT_PATH))]
+    #[x_kube(validation = Rule::new(MOUNT_PATH_RULE).message(MSG_MOUNT_PATH))]
     #[x_kube(validation = Rule::new(NO_CONTROL_RULE).message(MSG_MOUNT_PATH_CONTROL))]
     pub mount_path: String,
 
@@ -194,7 +198,7 @@ pub struct Source {
     /// belong in the Secret named by credentialsSecretRef.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("maxProperties" = 32))]
-    #[x_kube(validation = Rule::new("self.all(k, k.matches('^[A-Za-z0-9_.-]{1,128}$') && !k.matches('(?i)(secret|token|password|passwd|credential|key|sas)'))").message(MSG_OPTION_KEY))]
+    #[x_kube(validation = Rule::new(OPTION_KEYS_RULE).message(MSG_OPTION_KEY))]
     pub options: BTreeMap<String, String>,
 }
 
@@ -571,24 +575,7 @@ impl Source {
                 MSG_SOURCE_NAME,
             );
         }
-        if self.uri.len() > MAX_URI_LEN {
-            errors.push(
-                format!("{at}.uri"),
-                FieldErrorKind::Invalid,
-                format!("uri must be at most {MAX_URI_LEN} characters"),
-            );
-        }
-        let scheme = match SourceUri::parse(&self.uri) {
-            Ok(uri) => Some(uri.scheme),
-            Err(e) => {
-                let (kind, message) = uri_problem(&self.uri);
-                errors.push(format!("{at}.uri"), kind, format!("{message} ({e})"));
-                // Still judge the scheme-dependent fields when the scheme itself is fine.
-                self.uri
-                    .split_once("://")
-                    .and_then(|(s, _)| crate::Scheme::ALL.into_iter().find(|x| x.as_str() == s))
-            }
-        };
+        let scheme = self.store().check(errors, at);
         if !is_mount_path(&self.mount_path) {
             errors.push(
                 format!("{at}.mountPath"),
@@ -603,64 +590,17 @@ impl Source {
                 MSG_MOUNT_PATH_CONTROL,
             );
         }
-        if let Some(endpoint) = &self.endpoint {
-            if !is_http_url(endpoint) || endpoint.len() > 2048 {
-                errors.push(
-                    format!("{at}.endpoint"),
-                    FieldErrorKind::Invalid,
-                    MSG_ENDPOINT,
-                );
-            }
-            if scheme.is_some_and(|s| !s.accepts_endpoint()) {
-                errors.push(
-                    format!("{at}.endpoint"),
-                    FieldErrorKind::Forbidden,
-                    MSG_ENDPOINT_SCHEME,
-                );
-            }
-        }
         self.check_write_mode(errors, at, scheme);
-        if let Some(region) = &self.region {
-            if !is_region(region) {
-                errors.push(format!("{at}.region"), FieldErrorKind::Invalid, MSG_REGION);
-            }
-            if scheme.is_some_and(|s| !s.accepts_region()) {
-                errors.push(
-                    format!("{at}.region"),
-                    FieldErrorKind::Forbidden,
-                    MSG_REGION_SCHEME,
-                );
-            }
-        }
-        if let Some(secret) = &self.credentials_secret_ref {
-            if !is_dns1123_subdomain(&secret.name) {
-                errors.push(
-                    format!("{at}.credentialsSecretRef.name"),
-                    FieldErrorKind::Invalid,
-                    MSG_OBJECT_NAME,
-                );
-            }
-            if scheme.is_some_and(|s| !s.accepts_credentials()) {
-                errors.push(
-                    format!("{at}.credentialsSecretRef"),
-                    FieldErrorKind::Forbidden,
-                    MSG_CREDENTIALS_SCHEME,
-                );
-            }
-        }
-        if self.options.len() > MAX_OPTIONS {
-            errors.push(
-                format!("{at}.options"),
-                FieldErrorKind::Invalid,
-                format!("options must have at most {MAX_OPTIONS} entries"),
-            );
-        }
-        if let Some(key) = self.options.keys().find(|k| !is_option_key(k)) {
-            errors.push(
-                format!("{at}.options"),
-                FieldErrorKind::Invalid,
-                format!("{MSG_OPTION_KEY} (offending key: {key:?})"),
-            );
+    }
+
+    /// The fields saying where the store is and how to reach it.
+    fn store(&self) -> StoreFields<'_> {
+        StoreFields {
+            uri: &self.uri,
+            endpoint: self.endpoint.as_deref(),
+            region: self.region.as_deref(),
+            credentials_secret_ref: self.credentials_secret_ref.as_ref(),
+            options: &self.options,
         }
     }
 }
@@ -694,25 +634,6 @@ impl Source {
             ),
             (None, _) => {}
         }
-    }
-}
-
-/// Which of the uri rules a bad uri breaks, for a message matching the API server's.
-fn uri_problem(uri: &str) -> (FieldErrorKind, &'static str) {
-    let scheme_ok = ["s3://", "gs://", "az://", "http://", "https://", "file://"]
-        .iter()
-        .any(|p| uri.starts_with(p));
-    if !scheme_ok {
-        (FieldErrorKind::NotSupported, MSG_URI_SCHEME)
-    } else if uri
-        .split_once("://")
-        .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
-    {
-        (FieldErrorKind::Forbidden, MSG_URI_USERINFO)
-    } else if uri.split('/').any(|seg| seg == "..") {
-        (FieldErrorKind::Invalid, MSG_URI_DOTDOT)
-    } else {
-        (FieldErrorKind::Invalid, MSG_URI_SHAPE)
     }
 }
 

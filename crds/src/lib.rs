@@ -17,6 +17,7 @@ mod quantity;
 mod schedule;
 mod schema;
 mod source_uri;
+mod store;
 mod strata_node;
 mod validation;
 

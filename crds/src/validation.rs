@@ -46,6 +46,9 @@ pub(crate) const MSG_DUPLICATE_MOUNT_PATH: &str =
 pub(crate) const MSG_NESTED_MOUNT_PATH: &str = "mountPaths must not be nested: a source cannot mount inside another source's mountPath (e.g. / and /train, or /a and /a/b); use sibling paths";
 pub(crate) const MSG_MOUNT_PATH_CONTROL: &str = "mountPath must not contain control characters (NUL, tab, newline, DEL, ...): use printable characters only";
 pub(crate) const MSG_GLOB_CONTROL: &str = "paths must not contain control characters (NUL, tab, newline, DEL, ...): use printable characters only";
+/// CEL twin of [`is_mount_path`].
+pub(crate) const MOUNT_PATH_RULE: &str =
+    "self == '/' || (self.matches('^(/[^/]+)+$') && !self.matches('/\\\\.\\\\.?(/|$)'))";
 /// CEL twin of [`has_control_character`] (RE2's `[[:cntrl:]]` is ASCII 0-31 and 127).
 pub(crate) const NO_CONTROL_RULE: &str = "!self.matches('[[:cntrl:]]')";
 pub(crate) const MSG_GLOB: &str = "paths must be globs starting with '/' (relative to the dataset root, e.g. /train/**) with no '..' segments, so they cannot escape the dataset";

@@ -1,0 +1,166 @@
+//! The fields that say where a store is and how to reach it (`uri`,
+//! `endpoint`, `region`, `credentialsSecretRef`, `options`), shared by a
+//! Dataset's sources and a Migration's target: their CEL rules, written once
+//! here and attached to both types, and the Rust twin of those rules.
+
+use std::collections::BTreeMap;
+
+use crate::dataset::SecretReference;
+use crate::source_uri::SourceUri;
+use crate::validation::{
+    FieldErrors, MAX_OPTIONS, MAX_URI_LEN, MSG_CREDENTIALS_SCHEME, MSG_ENDPOINT,
+    MSG_ENDPOINT_SCHEME, MSG_OBJECT_NAME, MSG_OPTION_KEY, MSG_REGION, MSG_REGION_SCHEME,
+    MSG_URI_DOTDOT, MSG_URI_SCHEME, MSG_URI_SHAPE, MSG_URI_USERINFO, is_dns1123_subdomain,
+    is_http_url, is_option_key, is_region,
+};
+use crate::{FieldErrorKind, Scheme};
+
+/// CEL on `uri`: a scheme Strata reads.
+pub(crate) const URI_SCHEME_RULE: &str = "self.matches('^(s3|gs|az|hdfs|http|https|file)://')";
+/// CEL on `uri`: a bucket, container, namenode or host after the scheme; `file:///` absolute.
+pub(crate) const URI_SHAPE_RULE: &str = "!self.matches('^(s3|gs|az|hdfs|http|https|file)://') || self.matches('^((s3|gs|az|hdfs|https?)://[^/?#\\\\s]+|file:///)[^\\\\s]*$')";
+/// CEL on `uri`: no `user:password@`.
+pub(crate) const URI_USERINFO_RULE: &str = "!self.matches('^[a-z0-9]+://[^/]*@')";
+/// CEL on `uri`: no `..` segment.
+pub(crate) const URI_DOTDOT_RULE: &str = "!self.matches('/\\\\.\\\\.(/|$)')";
+/// CEL on the store object: credentials only for object stores.
+pub(crate) const CREDENTIALS_SCHEME_RULE: &str =
+    "!has(self.credentialsSecretRef) || self.uri.matches('^(s3|gs|az)://')";
+/// CEL on the store object: an endpoint only for object stores.
+pub(crate) const ENDPOINT_SCHEME_RULE: &str =
+    "!has(self.endpoint) || self.uri.matches('^(s3|gs|az)://')";
+/// CEL on the store object: a region only for s3.
+pub(crate) const REGION_SCHEME_RULE: &str = "!has(self.region) || self.uri.startsWith('s3://')";
+/// CEL on `options`: keys name a client setting, never a credential.
+pub(crate) const OPTION_KEYS_RULE: &str = "self.all(k, k.matches('^[A-Za-z0-9_.-]{1,128}$') && !k.matches('(?i)(secret|token|password|passwd|credential|key|sas)'))";
+
+/// The store fields of a Dataset source or a Migration target, borrowed for checking.
+pub(crate) struct StoreFields<'a> {
+    pub(crate) uri: &'a str,
+    pub(crate) endpoint: Option<&'a str>,
+    pub(crate) region: Option<&'a str>,
+    pub(crate) credentials_secret_ref: Option<&'a SecretReference>,
+    pub(crate) options: &'a BTreeMap<String, String>,
+}
+
+impl StoreFields<'_> {
+    /// Checks every store rule, naming fields under `at` (`spec.sources[0]`,
+    /// `spec.target`). Returns the uri's scheme when it is one Strata knows,
+    /// also for an otherwise bad uri, so callers can judge the fields that
+    /// depend on it.
+    pub(crate) fn check(&self, errors: &mut FieldErrors, at: &str) -> Option<Scheme> {
+        if self.uri.len() > MAX_URI_LEN {
+            errors.push(
+                format!("{at}.uri"),
+                FieldErrorKind::Invalid,
+                format!("uri must be at most {MAX_URI_LEN} characters"),
+            );
+        }
+        let scheme = match SourceUri::parse(self.uri) {
+            Ok(uri) => Some(uri.scheme),
+            Err(e) => {
+                let (kind, message) = uri_problem(self.uri);
+                errors.push(format!("{at}.uri"), kind, format!("{message} ({e})"));
+                // Still judge the scheme-dependent fields when the scheme itself is fine.
+                self.uri
+                    .split_once("://")
+                    .and_then(|(s, _)| Scheme::ALL.into_iter().find(|x| x.as_str() == s))
+            }
+        };
+        if let Some(endpoint) = self.endpoint {
+            if !is_http_url(endpoint) || endpoint.len() > 2048 {
+                errors.push(
+                    format!("{at}.endpoint"),
+                    FieldErrorKind::Invalid,
+                    MSG_ENDPOINT,
+                );
+            }
+            if scheme.is_some_and(|s| !s.accepts_endpoint()) {
+                errors.push(
+                    format!("{at}.endpoint"),
+                    FieldErrorKind::Forbidden,
+                    MSG_ENDPOINT_SCHEME,
+                );
+            }
+        }
+        if let Some(region) = self.region {
+            if !is_region(region) {
+                errors.push(format!("{at}.region"), FieldErrorKind::Invalid, MSG_REGION);
+            }
+            if scheme.is_some_and(|s| !s.accepts_region()) {
+                errors.push(
+                    format!("{at}.region"),
+                    FieldErrorKind::Forbidden,
+                    MSG_REGION_SCHEME,
+                );
+            }
+        }
+        if let Some(secret) = self.credentials_secret_ref {
+            if !is_dns1123_subdomain(&secret.name) {
+                errors.push(
+                    format!("{at}.credentialsSecretRef.name"),
+                    FieldErrorKind::Invalid,
+                    MSG_OBJECT_NAME,
+                );
+            }
+            if scheme.is_some_and(|s| !s.accepts_credentials()) {
+                errors.push(
+                    format!("{at}.credentialsSecretRef"),
+                    FieldErrorKind::Forbidden,
+                    MSG_CREDENTIALS_SCHEME,
+                );
+            }
+        }
+        if self.options.len() > MAX_OPTIONS {
+            errors.push(
+                format!("{at}.options"),
+                FieldErrorKind::Invalid,
+                format!("options must have at most {MAX_OPTIONS} entries"),
+            );
+        }
+        if let Some(key) = self.options.keys().find(|k| !is_option_key(k)) {
+            errors.push(
+                format!("{at}.options"),
+                FieldErrorKind::Invalid,
+                format!("{MSG_OPTION_KEY} (offending key: {key:?})"),
+            );
+        }
+        scheme
+    }
+}
+
+/// Which of the uri rules a bad uri breaks, for a message matching the API server's.
+fn uri_problem(uri: &str) -> (FieldErrorKind, &'static str) {
+    let scheme_ok = uri
+        .split_once("://")
+        .is_some_and(|(s, _)| Scheme::ALL.into_iter().any(|x| x.as_str() == s));
+    if !scheme_ok {
+        (FieldErrorKind::NotSupported, MSG_URI_SCHEME)
+    } else if uri
+        .split_once("://")
+        .is_some_and(|(_, rest)| rest.split('/').next().unwrap_or("").contains('@'))
+    {
+        (FieldErrorKind::Forbidden, MSG_URI_USERINFO)
+    } else if uri.split('/').any(|seg| seg == "..") {
+        (FieldErrorKind::Invalid, MSG_URI_DOTDOT)
+    } else {
+        (FieldErrorKind::Invalid, MSG_URI_SHAPE)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_bad_hdfs_uri_is_a_bad_shape_not_a_bad_scheme() {
+        assert_eq!(
+            uri_problem("hdfs:///warehouse"),
+            (FieldErrorKind::Invalid, MSG_URI_SHAPE)
+        );
+        assert_eq!(
+            uri_problem("ftp://host/x"),
+            (FieldErrorKind::NotSupported, MSG_URI_SCHEME)
+        );
+    }
+}
