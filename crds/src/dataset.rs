@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use crate::source_uri::SourceUri;
 use crate::store::{
     CREDENTIALS_SCHEME_RULE, ENDPOINT_SCHEME_RULE, OPTION_KEYS_RULE, REGION_SCHEME_RULE,
-    StoreFields, URI_DOTDOT_RULE, URI_SCHEME_RULE, URI_SHAPE_RULE, URI_USERINFO_RULE,
+    StoreFields, URI_DOTDOT_RULE, URI_SCHEME_RULE, URI_SHAPE_RULE, URI_USERINFO_RULE, UriSchemes,
 };
 use crate::validation::{
     DNS_LABEL_PATTERN, DNS_SUBDOMAIN_PATTERN, FieldErrors, HTTP_URL_PATTERN, MAX_SOURCES,
@@ -575,7 +575,7 @@ impl Source {
                 MSG_SOURCE_NAME,
             );
         }
-        let scheme = self.store().check(errors, at);
+        let scheme = self.store().check(errors, at, UriSchemes::Readable);
         if !is_mount_path(&self.mount_path) {
             errors.push(
                 format!("{at}.mountPath"),

@@ -1,11 +1,13 @@
-//! The Strata API (`strata.dev/v1alpha1`): the `Dataset`, `CachePolicy` and
-//! `StrataNode` custom resources, their validation, and typed parsers for the
-//! string-encoded fields (durations, quantities, cron schedules, source URIs).
+//! The Strata API (`strata.dev/v1alpha1`): the `Dataset`, `CachePolicy`,
+//! `Migration` and `StrataNode` custom resources, their validation, and typed
+//! parsers for the string-encoded fields (durations, quantities, cron
+//! schedules, source URIs).
 //!
 //! Validation runs twice on purpose. The generated CRDs carry OpenAPI
 //! constraints and CEL rules, so the API server refuses a bad spec at
-//! `kubectl apply`. [`Dataset::validate`] and [`CachePolicy::validate`] apply the
-//! same rules in Rust, for objects stored before a rule existed and for code
+//! `kubectl apply`. [`Dataset::validate`], [`CachePolicy::validate`] and
+//! [`Migration::validate`] (with [`Migration::validate_update`] for the
+//! fields that must not change) apply the same rules in Rust, for objects stored before a rule existed and for code
 //! that builds specs itself; they report every problem with its field path
 //! (`spec.sources[1].mountPath`).
 
@@ -13,6 +15,7 @@ mod cache_policy;
 mod dataset;
 mod duration;
 mod error;
+mod migration;
 mod quantity;
 mod schedule;
 mod schema;
@@ -32,6 +35,10 @@ pub use dataset::{
 };
 pub use duration::parse_duration;
 pub use error::{Error, FieldError, FieldErrorKind, Result};
+pub use migration::{
+    DEFAULT_MIGRATION_CONCURRENCY, Migration, MigrationPhase, MigrationSpec, MigrationStatus,
+    MigrationTarget,
+};
 pub use quantity::{BYTE_COUNT_RULE, format_bytes, parse_quantity_bytes};
 pub use schedule::Schedule;
 pub use source_uri::{Scheme, SourceUri};
@@ -72,6 +79,10 @@ pub mod condition {
     /// The Dataset's PersistentVolume and claim have the access modes its write
     /// mode asks for (ReadWriteMany with a writable source, else ReadOnlyMany).
     pub const VOLUME_UP_TO_DATE: &str = "VolumeUpToDate";
+    /// Every object under a Migration's path is at its target and verified.
+    pub const COPIED: &str = "Copied";
+    /// The Migration's Dataset source is served from the target.
+    pub const SWITCHED: &str = "Switched";
 }
 
 /// Keys of the Secret named by a source's `credentialsSecretRef` (the names
@@ -113,7 +124,12 @@ pub fn percent_floor(part: i64, total: i64) -> i32 {
 
 /// Every Strata CRD, in a stable order (the order `crdgen` prints them).
 pub fn crds() -> Vec<CustomResourceDefinition> {
-    vec![Dataset::crd(), CachePolicy::crd(), StrataNode::crd()]
+    vec![
+        Dataset::crd(),
+        CachePolicy::crd(),
+        StrataNode::crd(),
+        Migration::crd(),
+    ]
 }
 
 /// The file name a CRD is written to: `<plural>.<group>.yaml`, e.g. `datasets.strata.dev.yaml`.

@@ -1,5 +1,6 @@
 //! The Rust twin of the CRDs' OpenAPI and CEL rules. Each check here has a
-//! matching rule on the field in `dataset.rs` / `cache_policy.rs`; the
+//! matching rule on the field in `dataset.rs`, `cache_policy.rs` or
+//! `migration.rs` (the store fields: `store.rs`); the
 //! messages are shared so `kubectl apply` and the operator say the same thing.
 
 use globset::GlobBuilder;

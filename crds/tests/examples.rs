@@ -1,5 +1,6 @@
 //! Runs both validation twins over every manifest in `examples/`:
-//! - the Rust rules (`Dataset::validate`, `CachePolicy::validate`, and serde for
+//! - the Rust rules (`Dataset::validate`, `CachePolicy::validate`,
+//!   `Migration::validate`, and serde for
 //!   enums and types), and
 //! - the generated CRDs' CEL rules, evaluated by kube-cel the way the API server
 //!   evaluates them (defaults applied first).
@@ -16,7 +17,7 @@ use std::path::{Path, PathBuf};
 use kube::CustomResourceExt;
 use kube_cel::{ErrorKind, Validator, compile_schema};
 use serde_json::Value;
-use strata_crds::{CachePolicy, Dataset, Error, FieldError};
+use strata_crds::{CachePolicy, Dataset, Error, FieldError, Migration};
 
 fn repo_root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -53,6 +54,7 @@ fn schemas() -> BTreeMap<&'static str, Value> {
     [
         ("Dataset", Dataset::crd()),
         ("CachePolicy", CachePolicy::crd()),
+        ("Migration", Migration::crd()),
     ]
     .into_iter()
     .map(|(kind, crd)| {
@@ -74,6 +76,9 @@ fn rust_field_errors(doc: &Value) -> Result<Vec<FieldError>, String> {
             .map_err(|e| e.to_string())?
             .validate(),
         Some("CachePolicy") => serde_json::from_value::<CachePolicy>(doc.clone())
+            .map_err(|e| e.to_string())?
+            .validate(),
+        Some("Migration") => serde_json::from_value::<Migration>(doc.clone())
             .map_err(|e| e.to_string())?
             .validate(),
         other => panic!("unexpected kind {other:?}"),
@@ -123,22 +128,16 @@ fn valid_examples_pass_both_twins() {
         files.len() >= 3,
         "expected the S3, local-path and HTTP examples"
     );
-    let mut seen = BTreeMap::<&str, usize>::new();
+    let mut seen = BTreeMap::<String, usize>::new();
     for file in &files {
         for doc in documents(file) {
             let kind = doc["kind"].as_str().unwrap_or_default().to_string();
             match kind.as_str() {
-                "Dataset" | "CachePolicy" => {}
+                "Dataset" | "CachePolicy" | "Migration" => {}
                 "Secret" => continue,
                 other => panic!("{}: unexpected kind {other}", file.display()),
             }
-            *seen
-                .entry(if kind == "Dataset" {
-                    "Dataset"
-                } else {
-                    "CachePolicy"
-                })
-                .or_default() += 1;
+            *seen.entry(kind.clone()).or_default() += 1;
             let rust = rust_field_errors(&doc)
                 .unwrap_or_else(|e| panic!("{}: {kind} does not parse: {e}", file.display()));
             assert!(
@@ -158,7 +157,10 @@ fn valid_examples_pass_both_twins() {
             );
         }
     }
-    assert!(seen["Dataset"] >= 3 && seen["CachePolicy"] >= 3, "{seen:?}");
+    assert!(
+        seen["Dataset"] >= 3 && seen["CachePolicy"] >= 3 && seen["Migration"] >= 1,
+        "{seen:?}"
+    );
 }
 
 /// The header of an invalid example.

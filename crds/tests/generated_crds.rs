@@ -68,7 +68,8 @@ fn crdgen_binary_prints_every_crd() {
         [
             "datasets.strata.dev",
             "cachepolicies.strata.dev",
-            "stratanodes.strata.dev"
+            "stratanodes.strata.dev",
+            "migrations.strata.dev"
         ]
     );
 }
@@ -117,6 +118,12 @@ fn names_columns_and_subresources() {
                 assert_eq!(crd["spec"]["scope"], "Cluster");
                 assert_eq!(columns, ["Node", "Datasets", "Cached", "Heartbeat", "Age"]);
             }
+            "Migration" => assert_eq!(
+                columns,
+                [
+                    "Dataset", "Source", "Target", "Phase", "Percent", "Rate", "ETA", "Age"
+                ]
+            ),
             other => panic!("unexpected kind {other}"),
         }
     }

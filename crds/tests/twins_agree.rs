@@ -7,7 +7,7 @@
 use kube::CustomResourceExt;
 use kube_cel::Validator;
 use serde_json::{Value, json};
-use strata_crds::{CachePolicy, Dataset, Error};
+use strata_crds::{CachePolicy, Dataset, Error, Migration};
 
 const OK: Outcome = Outcome::Accept;
 const NO: Outcome = Outcome::Reject;
@@ -39,12 +39,19 @@ fn set(doc: &mut Value, pointer: &str, value: Value) {
         .unwrap_or_else(|| panic!("no {pointer} in base object")) = value;
 }
 
-/// Field paths each twin refuses.
-fn refused(doc: &Value) -> (Vec<String>, Vec<String>) {
+/// Field paths each twin refuses; with `old`, as an update from it (transition rules).
+fn refused_update(doc: &Value, old: Option<&Value>) -> (Vec<String>, Vec<String>) {
     let rust = match doc["kind"].as_str().unwrap() {
         "Dataset" => serde_json::from_value::<Dataset>(doc.clone())
             .unwrap()
             .validate(),
+        "Migration" => {
+            let new = serde_json::from_value::<Migration>(doc.clone()).unwrap();
+            match old {
+                Some(old) => new.validate_update(&serde_json::from_value(old.clone()).unwrap()),
+                None => new.validate(),
+            }
+        }
         _ => serde_json::from_value::<CachePolicy>(doc.clone())
             .unwrap()
             .validate(),
@@ -56,13 +63,19 @@ fn refused(doc: &Value) -> (Vec<String>, Vec<String>) {
     };
     let schema = match doc["kind"].as_str().unwrap() {
         "Dataset" => schema::<Dataset>(),
+        "Migration" => schema::<Migration>(),
         _ => schema::<CachePolicy>(),
     };
-    let cel = match Validator::new().validate(&schema, doc, None) {
+    let cel = match Validator::new().validate(&schema, doc, old) {
         Ok(()) => vec![],
         Err(errors) => errors.into_iter().map(|e| e.field_path).collect(),
     };
     (rust, cel)
+}
+
+/// Field paths each twin refuses.
+fn refused(doc: &Value) -> (Vec<String>, Vec<String>) {
+    refused_update(doc, None)
 }
 
 fn check(base: &Value, pointer: &str, field: &str, cases: &[(Value, Outcome)]) {
@@ -556,4 +569,200 @@ fn write_mode_is_an_enum() {
         field.get("default").is_none(),
         "no server default: readOnly may stand alone"
     );
+}
+
+fn migration() -> Value {
+    json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "Migration",
+        "metadata": {"name": "m", "namespace": "ns"},
+        "spec": {"dataset": "lake", "source": "events", "path": "/2026",
+                 "target": {"uri": "s3://bucket/events/", "endpoint": "http://minio:9000",
+                            "region": "eu-west-1", "credentialsSecretRef": {"name": "s3-creds"},
+                            "options": {"allow_http": "true"}},
+                 "concurrency": 16},
+    })
+}
+
+#[test]
+fn migration_names() {
+    check(
+        &migration(),
+        "/spec/dataset",
+        "spec.dataset",
+        &[
+            (json!("lake"), OK),
+            (json!("lake.v2"), OK),
+            (json!("a".repeat(63)), OK),
+            (json!(""), NO),
+            (json!("Lake"), NO),
+            (json!("lake_1"), NO),
+            (json!("lake..v2"), NO),
+            (json!("-lake"), NO),
+        ],
+    );
+    check(
+        &migration(),
+        "/spec/source",
+        "spec.source",
+        &[
+            (json!("events"), OK),
+            (json!("s3-data-2"), OK),
+            (json!(""), NO),
+            (json!("a.b"), NO),
+            (json!("Events"), NO),
+            (json!("a-"), NO),
+        ],
+    );
+}
+
+#[test]
+fn migration_paths() {
+    check(
+        &migration(),
+        "/spec/path",
+        "spec.path",
+        &[
+            (json!("/"), OK),
+            (json!("/2026"), OK),
+            (json!("/a/b"), OK),
+            (json!("/a..b"), OK),
+            (json!(""), NO),
+            (json!("2026"), NO),
+            (json!("/2026/"), NO),
+            (json!("//"), NO),
+            (json!("/a//b"), NO),
+            (json!("/a/../b"), NO),
+            (json!("/.."), NO),
+            (json!("/a\tb"), NO),
+        ],
+    );
+}
+
+#[test]
+fn migration_target_uris() {
+    let mut base = migration();
+    // Only the uri: the scheme-dependent fields are checked below.
+    base["spec"]["target"] = json!({"uri": "s3://bucket/events/"});
+    check(
+        &base,
+        "/spec/target/uri",
+        "spec.target.uri",
+        &[
+            (json!("s3://bucket"), OK),
+            (json!("gs://b/x/"), OK),
+            (json!("az://c/x/"), OK),
+            (json!("hdfs://namenode:8020/x/"), OK),
+            (json!("file:///srv/out"), OK),
+            // Read-only stores: a Migration writes to its target.
+            (json!("https://example.com/x/"), NO),
+            (json!("http://10.0.0.1:8080/x/"), NO),
+            (json!("ftp://host/x"), NO),
+            (json!("file://relative"), NO),
+            (json!("hdfs:///x"), NO),
+            (json!("s3://b/../x"), NO),
+            (json!("s3://key:secret@bucket/x"), NO),
+            (json!("s3://b/a b"), NO),
+        ],
+    );
+}
+
+#[test]
+fn migration_target_store_fields() {
+    // The same scheme-dependent rules as a Dataset source.
+    for (target, fields) in [
+        (
+            json!({"uri": "hdfs://nn:8020/x/", "credentialsSecretRef": {"name": "k"}}),
+            vec!["credentialsSecretRef"],
+        ),
+        (
+            json!({"uri": "file:///srv/x", "endpoint": "http://x:1"}),
+            vec!["endpoint"],
+        ),
+        (json!({"uri": "gs://b/x/", "region": "eu"}), vec!["region"]),
+        (
+            json!({"uri": "az://c/x/", "credentialsSecretRef": {"name": "az-creds"}}),
+            vec![],
+        ),
+        (
+            json!({"uri": "s3://b/x/", "options": {"aws_secret_access_key": "x"}}),
+            vec!["options"],
+        ),
+        (
+            json!({"uri": "s3://b/x/", "endpoint": "minio:9000"}),
+            vec!["endpoint"],
+        ),
+    ] {
+        let mut doc = migration();
+        doc["spec"]["target"] = target.clone();
+        let want: Vec<String> = fields.iter().map(|f| format!("spec.target.{f}")).collect();
+        let (rust, cel) = refused(&doc);
+        assert!(
+            rust == want && cel == want,
+            "{target}: want {want:?}, Rust refused {rust:?}, CEL refused {cel:?}"
+        );
+    }
+}
+
+#[test]
+fn migration_switch_needs_the_whole_source() {
+    for (path, switch, refuses) in [
+        (json!("/2026"), json!(true), true),
+        (json!("/"), json!(true), false),
+        (json!("/2026"), json!(false), false),
+    ] {
+        let mut doc = migration();
+        doc["spec"]["path"] = path.clone();
+        doc["spec"]["switchSource"] = switch.clone();
+        let (rust, cel) = refused(&doc);
+        let want: Vec<&str> = if refuses {
+            vec!["spec.switchSource"]
+        } else {
+            vec![]
+        };
+        assert!(
+            rust == want && cel == want,
+            "path {path}, switchSource {switch}: Rust refused {rust:?}, CEL refused {cel:?}"
+        );
+    }
+    // An unset path is the whole source (the default).
+    let mut doc = migration();
+    doc["spec"].as_object_mut().unwrap().remove("path");
+    doc["spec"]["switchSource"] = json!(true);
+    assert_eq!(refused(&doc), (vec![], vec![]));
+}
+
+#[test]
+fn migration_updates_keep_what_is_copied_where() {
+    let old = migration();
+    for (pointer, value, field) in [
+        ("/spec/dataset", json!("other"), Some("spec.dataset")),
+        ("/spec/source", json!("other"), Some("spec.source")),
+        ("/spec/path", json!("/2025"), Some("spec.path")),
+        (
+            "/spec/target/uri",
+            json!("s3://other/x/"),
+            Some("spec.target"),
+        ),
+        (
+            "/spec/target/region",
+            json!("us-east-1"),
+            Some("spec.target"),
+        ),
+        ("/spec/concurrency", json!(64), None),
+    ] {
+        let mut new = old.clone();
+        set(&mut new, pointer, value.clone());
+        let (rust, cel) = refused_update(&new, Some(&old));
+        let want: Vec<String> = field.into_iter().map(String::from).collect();
+        assert!(
+            rust == want && cel == want,
+            "{pointer} = {value}: want {want:?}, Rust refused {rust:?}, CEL refused {cel:?}"
+        );
+    }
+    // switchSource may be flipped once the copy is checked (with path /).
+    let mut old = migration();
+    set(&mut old, "/spec/path", json!("/"));
+    let mut new = old.clone();
+    new["spec"]["switchSource"] = json!(true);
+    assert_eq!(refused_update(&new, Some(&old)), (vec![], vec![]));
 }

@@ -12,10 +12,11 @@ use anyhow::{Context as _, Result, bail, ensure};
 use serde_json::Value;
 use strata_e2e::{Cluster, Error as E2eError, TestNamespace, wait_until};
 
-const CRDS: [&str; 3] = [
+const CRDS: [&str; 4] = [
     "datasets.strata.dev",
     "cachepolicies.strata.dev",
     "stratanodes.strata.dev",
+    "migrations.strata.dev",
 ];
 
 fn repo_root() -> PathBuf {
@@ -72,7 +73,7 @@ async fn install_crds(cluster: &Cluster) -> Result<()> {
         Duration::from_secs(30),
         || async {
             cluster
-                .kubectl(&["get", "datasets,cachepolicies,stratanodes", "-A"])
+                .kubectl(&["get", "datasets,cachepolicies,stratanodes,migrations", "-A"])
                 .await
                 .map(Some)
         },
@@ -294,5 +295,140 @@ spec:
     );
 
     ns.cleanup().await?;
+    Ok(())
+}
+
+/// A Migration on a real API server: the server fills `path`, `concurrency` and
+/// `switchSource`; the transition rules refuse a change of `dataset`, `source`,
+/// `path` or `target` and let `concurrency` and `switchSource` change; `mig` and the
+/// printer columns work.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn migration_defaults_and_immutable_fields() -> Result<()> {
+    let cluster = Cluster::shared().await?;
+    install_crds(cluster).await?;
+    let ns = TestNamespace::create(cluster, "api-migration").await?;
+    let manifest = format!(
+        r#"apiVersion: strata.dev/v1alpha1
+kind: Migration
+metadata: {{name: copy, namespace: {ns}}}
+spec:
+  dataset: lake
+  source: events
+  target:
+    uri: s3://bucket/events/
+    region: eu-west-1
+"#,
+        ns = ns.name()
+    );
+    cluster.apply(&manifest).await?;
+    let get = || async {
+        let json = cluster
+            .kubectl(&["-n", ns.name(), "get", "migration", "copy", "-o", "json"])
+            .await?;
+        anyhow::Ok(serde_json::from_str::<Value>(&json)?)
+    };
+    let spec = get().await?["spec"].clone();
+    assert_eq!(spec["path"], "/", "{spec}");
+    assert_eq!(spec["concurrency"], 16, "{spec}");
+    assert_eq!(spec["switchSource"], false, "{spec}");
+
+    let patch = |body: &'static str| {
+        let ns = ns.name().to_string();
+        async move {
+            let args = [
+                "-n",
+                &ns,
+                "patch",
+                "migration",
+                "copy",
+                "--type=merge",
+                "-p",
+                body,
+            ];
+            match cluster.run("kubectl", &args, None).await {
+                Ok(_) => Ok(Ok(())),
+                Err(E2eError::CommandFailed { stderr, .. }) => Ok(Err(stderr)),
+                Err(other) => Err(anyhow::Error::from(other)),
+            }
+        }
+    };
+    let mut failures = Vec::new();
+    for (body, field) in [
+        (r#"{"spec":{"dataset":"other"}}"#, "spec.dataset"),
+        (r#"{"spec":{"source":"other"}}"#, "spec.source"),
+        (r#"{"spec":{"path":"/2026"}}"#, "spec.path"),
+        (
+            r#"{"spec":{"target":{"uri":"s3://other/events/"}}}"#,
+            "spec.target",
+        ),
+    ] {
+        match patch(body).await? {
+            Ok(()) => failures.push(format!("{body} was accepted")),
+            Err(stderr)
+                if stderr.contains(&format!("{field}: ")) && stderr.contains("is immutable") => {}
+            Err(stderr) => {
+                failures.push(format!("{body}: refused without naming {field}: {stderr}"))
+            }
+        }
+    }
+    for body in [
+        r#"{"spec":{"concurrency":4}}"#,
+        r#"{"spec":{"switchSource":true}}"#,
+    ] {
+        if let Err(stderr) = patch(body).await? {
+            failures.push(format!("{body} was refused: {stderr}"));
+        }
+    }
+    let spec = get().await?["spec"].clone();
+    if spec["concurrency"] != 4 || spec["switchSource"] != true {
+        failures.push(format!("the allowed changes did not stick: {spec}"));
+    }
+
+    cluster
+        .kubectl(&[
+            "-n",
+            ns.name(),
+            "patch",
+            "migration",
+            "copy",
+            "--subresource=status",
+            "--type=merge",
+            "-p",
+            r#"{"status":{"phase":"Copying","percent":37,"rate":"12.3MiB/s","eta":"4m10s"}}"#,
+        ])
+        .await?;
+    let table = cluster.kubectl(&["-n", ns.name(), "get", "mig"]).await?;
+    let header_line = table.lines().next().unwrap_or_default();
+    for column in [
+        "NAME", "DATASET", "SOURCE", "TARGET", "PHASE", "PERCENT", "RATE", "ETA", "AGE",
+    ] {
+        if !header_line.contains(column) {
+            failures.push(format!("`kubectl get mig` has no {column} column: {table}"));
+        }
+    }
+    let row = cluster
+        .kubectl(&["-n", ns.name(), "get", "mig", "copy", "--no-headers"])
+        .await?;
+    let cells: Vec<&str> = row.split_whitespace().collect();
+    if cells.get(..8)
+        != Some(
+            &[
+                "copy",
+                "lake",
+                "events",
+                "s3://bucket/events/",
+                "Copying",
+                "37",
+                "12.3MiB/s",
+                "4m10s",
+            ][..],
+        )
+    {
+        failures.push(format!("`kubectl get mig copy`: {row}"));
+    }
+    ns.cleanup().await?;
+    if !failures.is_empty() {
+        bail!("\n{}", failures.join("\n"));
+    }
     Ok(())
 }
