@@ -18,10 +18,11 @@ use kube::Api;
 use serde::Deserialize;
 use strata_e2e::{Cluster, TestNamespace, wait_until, workspace_binaries};
 
-const CRDS: [&str; 3] = [
+const CRDS: [&str; 4] = [
     "datasets.strata.dev",
     "cachepolicies.strata.dev",
     "stratanodes.strata.dev",
+    "migrations.strata.dev",
 ];
 const WAIT: Duration = Duration::from_secs(60);
 /// Pods left after an uninstall go through the garbage collector (their ReplicaSet first),
@@ -454,6 +455,23 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
             ],
             true,
         ),
+        // Migrations: watched everywhere, status and finalizer written; never created.
+        (
+            vec!["watch", "migrations.strata.dev", "--all-namespaces"],
+            true,
+        ),
+        (vec!["patch", "migrations.strata.dev", "-n", there], true),
+        (
+            vec![
+                "patch",
+                "migrations.strata.dev",
+                "--subresource=status",
+                "-n",
+                there,
+            ],
+            true,
+        ),
+        (vec!["create", "migrations.strata.dev", "-n", there], false),
         (vec!["create", "datasets.strata.dev", "-n", there], false),
         (vec!["delete", "datasets.strata.dev", "-n", there], false),
         (vec!["watch", "stratanodes.strata.dev"], true),

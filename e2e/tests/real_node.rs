@@ -974,6 +974,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         "crd/datasets.strata.dev",
         "crd/cachepolicies.strata.dev",
         "crd/stratanodes.strata.dev",
+        "crd/migrations.strata.dev",
     ];
     for object in kept {
         cluster.kubectl(&["get", object, "-o", "name"]).await?;
@@ -991,6 +992,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
             "datasets.strata.dev",
             "cachepolicies.strata.dev",
             "stratanodes.strata.dev",
+            "migrations.strata.dev",
         ])
         .await?;
     step(
