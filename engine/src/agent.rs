@@ -11,7 +11,7 @@ use tokio::task::JoinHandle;
 
 use crate::cache::{BlockCache, DatasetCache, DatasetCacheSettings};
 use crate::cluster::Cluster;
-use crate::config::DatasetConfig;
+use crate::config::{DatasetConfig, MigrationConfig};
 use crate::dataset::{DatasetView, READAHEAD_UNIT, ReadaheadLimits, pin_refresh_period};
 use crate::metrics::Metrics;
 use crate::writes::DatasetWrites;
@@ -140,6 +140,9 @@ pub struct Agent {
     // Each dataset's writes: one journal and uploader whatever views replace each other,
     // kept after the dataset is removed until its uploads are done.
     writes: Mutex<BTreeMap<DatasetKey, Arc<DatasetWrites>>>,
+    /// Each dataset's migrations (kept apart from its view, whose config has none, so a
+    /// Migration coming or going does not rebuild the view).
+    migrations: Mutex<BTreeMap<DatasetKey, Vec<MigrationConfig>>>,
     // Set while mounts a previous agent left are being taken over: journals opened
     // meanwhile keep every replayed file until the write handles are found again.
     takeover_pending: std::sync::atomic::AtomicBool,
@@ -197,6 +200,7 @@ impl Agent {
             reconfiguring: tokio::sync::Mutex::new(()),
             cluster: std::sync::OnceLock::new(),
             writes: Mutex::new(BTreeMap::new()),
+            migrations: Mutex::new(BTreeMap::new()),
             takeover_pending: std::sync::atomic::AtomicBool::new(false),
         }))
     }
@@ -239,8 +243,9 @@ impl Agent {
     /// Adds a dataset, or replaces it when its configuration changed (the cache is kept
     /// when the block size is unchanged; settings such as quota and pins apply in place).
     /// Returns the view to serve it through.
-    pub async fn add_dataset(&self, config: DatasetConfig) -> Result<Arc<DatasetView>> {
+    pub async fn add_dataset(&self, mut config: DatasetConfig) -> Result<Arc<DatasetView>> {
         config.validate()?;
+        let migrations = std::mem::take(&mut config.migrations);
         self.config.local_paths.check(&config)?;
         let key = (config.namespace.clone(), config.name.clone());
         let id = format!("{}/{}", config.namespace, config.name);
@@ -254,6 +259,7 @@ impl Agent {
             disk: config.cache.uses_disk(),
         };
         let _reconfiguring = self.reconfiguring.lock().await;
+        self.set_migrations(&key, migrations);
         let existing = self.datasets.lock().expect("datasets").get(&key).cloned();
         if let Some(old) = &existing
             && old.config() == &config
@@ -503,6 +509,27 @@ impl Agent {
             .collect()
     }
 
+    fn set_migrations(&self, key: &DatasetKey, migrations: Vec<MigrationConfig>) {
+        let mut all = self.migrations.lock().expect("migrations");
+        if migrations.is_empty() {
+            all.remove(key);
+        } else {
+            all.insert(key.clone(), migrations);
+        }
+    }
+
+    /// The migration `migration` of a dataset, as the operator last configured it.
+    pub fn migration(
+        &self,
+        namespace: &str,
+        name: &str,
+        migration: &str,
+    ) -> Option<MigrationConfig> {
+        let key = (namespace.to_string(), name.to_string());
+        let all = self.migrations.lock().expect("migrations");
+        all.get(&key)?.iter().find(|m| m.name == migration).cloned()
+    }
+
     /// Removes a dataset; with `drop_cache` its cached data is deleted too (otherwise it
     /// stays on disk and is picked up again if the dataset comes back).
     pub async fn remove_dataset(
@@ -514,6 +541,7 @@ impl Agent {
         let _reconfiguring = self.reconfiguring.lock().await;
         let key = (namespace.to_string(), name.to_string());
         let view = self.datasets.lock().expect("datasets").remove(&key);
+        self.set_migrations(&key, Vec::new());
         for h in self
             .upkeep
             .lock()

@@ -88,6 +88,7 @@ fn fixture() -> &'static Fixture {
                         block_size: 65536,
                         ..Default::default()
                     },
+                    migrations: Vec::new(),
                 })
                 .await
                 .unwrap();

@@ -90,7 +90,8 @@ impl DatasetsDir {
                 continue;
             }
             match state.agent.add_dataset(config.clone()).await {
-                Ok(_) => {
+                Ok(view) => {
+                    state.mounts.use_view(&view).await;
                     report.applied += 1;
                     self.loaded.insert(key, config);
                 }

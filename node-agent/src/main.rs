@@ -40,7 +40,8 @@ enum Command {
     /// Remove pins from running agents.
     Unpin(strata_agent::job_commands::JobArgs),
     /// Copy a path of one source to another (e.g. hdfs:// to s3://), verified by checksum;
-    /// run again after a kill to resume without copying again what was copied.
+    /// run again after a kill to resume without copying again what was copied. With
+    /// --migration, ask a running agent to run a dataset's migration (Migration Jobs).
     Migrate(strata_agent::migrate_command::MigrateArgs),
     /// The mount holder (started by `mount` and `serve --holder-socket` when none runs):
     /// keeps each mount's FUSE connection while agents come and go.
@@ -118,6 +119,7 @@ fn mount_dataset(args: &MountArgs) -> anyhow::Result<(DatasetConfig, PathBuf)> {
         policy: None,
         sources,
         cache: args.cache_settings()?,
+        migrations: Vec::new(),
     };
     Ok((dataset, PathBuf::from(mountpoint)))
 }
@@ -317,8 +319,7 @@ async fn run() -> anyhow::Result<()> {
             std::process::exit(0)
         }
         Command::Migrate(args) => {
-            strata_agent::migrate_command::run(&args).await?;
-            Ok(())
+            Ok(strata_agent::migrate_command::run(&args, &mut std::io::stdout()).await?)
         }
         Command::Pin(args) => {
             Ok(strata_agent::job_commands::pin(&args, &mut std::io::stdout()).await?)

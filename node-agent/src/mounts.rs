@@ -358,6 +358,15 @@ impl MountRegistry {
         })
     }
 
+    /// Serves the dataset's mount (if any) from `view`, the dataset as configured now.
+    pub async fn use_view(&self, view: &Arc<DatasetView>) {
+        let state = self.state.lock().await;
+        let key = (view.namespace().to_string(), view.name().to_string());
+        if let Some(m) = state.mounts.get(&key) {
+            m.handle.use_view(view.clone());
+        }
+    }
+
     /// Volumes using the dataset's mount.
     pub async fn dataset_volumes(&self, namespace: &str, name: &str) -> Vec<String> {
         let state = self.state.lock().await;

@@ -1052,6 +1052,7 @@ async fn writers_lose_nothing_across_five_sigkills() {
             block_size: MIB,
             ..Default::default()
         },
+        migrations: Vec::new(),
     };
     std::fs::write(
         work_path.join(format!("datasets/{NAMESPACE}.{DATASET}.json")),

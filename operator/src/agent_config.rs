@@ -99,6 +99,7 @@ pub fn build(
             .map(|s| source_config(s, credentials.get(&s.name)))
             .collect(),
         cache: policy.map(|p| cache_settings(&p.spec)).unwrap_or_default(),
+        migrations: Vec::new(),
     }
 }
 

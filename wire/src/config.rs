@@ -40,6 +40,32 @@ pub struct DatasetConfig {
     /// Cache settings for this dataset.
     #[serde(default)]
     pub cache: CacheSettings,
+    /// Copies of a source to another store the operator runs (its Migration resources):
+    /// a migration Job asks an agent to run one by name.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub migrations: Vec<MigrationConfig>,
+}
+
+/// A copy of a path of one of the dataset's sources to another store (a Migration).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct MigrationConfig {
+    /// The Migration's name.
+    pub name: String,
+    /// The name of the dataset's source to copy from.
+    pub source: String,
+    /// The path under the source to copy ("/" for all of it).
+    #[serde(default = "default_mount_path")]
+    pub path: String,
+    /// Objects copied at once.
+    #[serde(default = "default_migration_concurrency")]
+    pub concurrency: usize,
+    /// Where to copy to: a store as a source is given (its `name` and `mountPath` unused).
+    pub target: SourceConfig,
+}
+
+fn default_migration_concurrency() -> usize {
+    16
 }
 
 fn default_namespace() -> String {
@@ -499,6 +525,26 @@ impl DatasetConfig {
                     "WriteBack keeps writes on the node until they are uploaded, and this \
                      dataset's cache is ephemeral (its node may go at any time); use \
                      WriteThrough, or a policy with persistence Persistent",
+                ));
+            }
+        }
+        for (i, m) in self.migrations.iter().enumerate() {
+            let field = |f: &str| format!("migrations[{i}].{f}");
+            if !self.sources.iter().any(|s| s.name == m.source) {
+                return Err(Error::config(
+                    field("source"),
+                    format!("{:?} is not a source of the dataset", m.source),
+                ));
+            }
+            crate::path::DatasetPath::parse(&m.path)
+                .map_err(|e| Error::config(field("path"), e.to_string()))?;
+            if !(1..=64).contains(&m.concurrency) {
+                return Err(Error::config(
+                    field("concurrency"),
+                    format!(
+                        "{} is out of range: give 1 to 64 objects at once",
+                        m.concurrency
+                    ),
                 ));
             }
         }

@@ -37,8 +37,8 @@ impl OpenFile {
 }
 
 impl FsState {
-    fn writes(&self, path: &DatasetPath) -> Result<&Arc<strata_engine::writes::DatasetWrites>> {
-        self.view.writes().ok_or_else(|| {
+    fn writes(&self, path: &DatasetPath) -> Result<Arc<strata_engine::writes::DatasetWrites>> {
+        self.view().writes().cloned().ok_or_else(|| {
             Error::refused(
                 path,
                 libc::EROFS,
@@ -56,7 +56,7 @@ impl FsState {
         fh: u64,
         unique: u64,
     ) -> Result<bool> {
-        let local = self.view.open_for_write(path, truncate).await?;
+        let local = self.view().open_for_write(path, truncate).await?;
         Ok(self.add_write_handle(ino, path, local, fh, unique))
     }
 
@@ -70,12 +70,12 @@ impl FsState {
         unique: u64,
     ) -> Result<(u64, FileAttr, bool)> {
         let exclusive = flags & libc::O_EXCL != 0;
-        let created = self.view.create_file(path, mode, exclusive).await;
+        let created = self.view().create_file(path, mode, exclusive).await;
         let local = match created {
             Ok(l) => l,
             // Made by the agent that died before answering.
             Err(e) if e.errno() == libc::EEXIST && unique & RESENT != 0 => {
-                self.view.open_for_write(path, false).await?
+                self.view().open_for_write(path, false).await?
             }
             Err(e) => return Err(e),
         };
@@ -109,7 +109,7 @@ impl FsState {
             }
             direct
         };
-        let reader = Arc::new(self.view.open_local(path, local.clone()));
+        let reader = Arc::new(self.view().open_local(path, local.clone()));
         let open = Arc::new(OpenFile {
             reader,
             ino,
@@ -166,7 +166,7 @@ impl FsState {
 
     /// A write handle closed.
     pub(super) fn release_write(&self, open: &OpenFile) {
-        if let (Some(local), Some(w)) = (&open.write, self.view.writes()) {
+        if let (Some(local), Some(w)) = (&open.write, self.view().writes()) {
             w.remove_writer(local);
         }
     }
@@ -186,7 +186,7 @@ impl FsState {
             }
             match open.as_ref().and_then(|o| o.write.clone()) {
                 Some(local) => self.writes(path)?.set_len(&local, size).await?,
-                None => self.view.truncate(path, size).await?,
+                None => self.view().truncate(path, size).await?,
             }
         }
         if mode.is_some() || mtime.is_some() {
@@ -196,7 +196,7 @@ impl FsState {
             });
             // Kept while the file is on this node; object stores keep neither.
             if let Some(strata_engine::writes::Overlay::File(local)) =
-                self.view.writes().and_then(|w| w.lookup(path))
+                self.view().writes().and_then(|w| w.lookup(path))
             {
                 local.set_attr(mtime, mode);
             }
@@ -212,7 +212,7 @@ impl FsState {
         unique: u64,
     ) -> Result<(u64, FileAttr)> {
         let writes = self.writes(path)?.clone();
-        match self.view.create_file(path, mode, true).await {
+        match self.view().create_file(path, mode, true).await {
             Ok(local) => {
                 let committed = writes.commit(&local).await;
                 writes.remove_writer(&local);
@@ -222,30 +222,30 @@ impl FsState {
             Err(e) if e.errno() == libc::EEXIST && unique & RESENT != 0 => {}
             Err(e) => return Err(e),
         }
-        let stat = self.view.stat(path).await?;
+        let stat = self.view().stat(path).await?;
         let ino = self.looked_up(path, stat.etag.as_deref());
         Ok((ino, self.attr(ino, &stat)))
     }
 
     pub(super) async fn unlink(&self, path: &DatasetPath, unique: u64) -> Result<()> {
-        match self.view.remove_file(path).await {
+        match self.view().remove_file(path).await {
             Err(e) if e.is_not_found() && unique & RESENT != 0 => Ok(()),
             other => other,
         }
     }
 
     pub(super) async fn mkdir(&self, path: &DatasetPath, unique: u64) -> Result<(u64, FileAttr)> {
-        match self.view.make_dir(path).await {
+        match self.view().make_dir(path).await {
             Err(e) if e.errno() == libc::EEXIST && unique & RESENT != 0 => {}
             other => other?,
         }
-        let stat = self.view.stat(path).await?;
+        let stat = self.view().stat(path).await?;
         let ino = self.looked_up(path, None);
         Ok((ino, self.attr(ino, &stat)))
     }
 
     pub(super) async fn rmdir(&self, path: &DatasetPath, unique: u64) -> Result<()> {
-        match self.view.remove_dir(path).await {
+        match self.view().remove_dir(path).await {
             Err(e) if e.is_not_found() && unique & RESENT != 0 => Ok(()),
             other => other,
         }
@@ -258,17 +258,18 @@ impl FsState {
         no_replace: bool,
         unique: u64,
     ) -> Result<()> {
-        if no_replace && self.view.stat(to).await.is_ok() {
+        if no_replace && self.view().stat(to).await.is_ok() {
             return Err(Error::refused(
                 to,
                 libc::EEXIST,
                 "exists (RENAME_NOREPLACE)",
             ));
         }
-        match self.view.rename(from, to).await {
+        match self.view().rename(from, to).await {
             Err(e)
-                if e.is_not_found() && unique & RESENT != 0 && self.view.stat(to).await.is_ok() => {
-            }
+                if e.is_not_found()
+                    && unique & RESENT != 0
+                    && self.view().stat(to).await.is_ok() => {}
             other => other?,
         }
         self.inodes.write().expect("inodes").moved(from, to);

@@ -85,7 +85,7 @@ impl StrataFs {
 
     /// OPEN for writing (O_WRONLY, O_RDWR; O_TRUNC empties the file).
     fn open_for_write(&self, ino: INodeNo, flags: OpenFlags, unique: u64, reply: ReplyOpen) {
-        if self.state.view.writes().is_none() {
+        if self.state.view().writes().is_none() {
             reply.error(Errno::EROFS);
             return;
         }
@@ -167,7 +167,7 @@ impl Filesystem for StrataFs {
         let span = tracing::debug_span!("lookup", path = %path);
         self.state.rt.spawn(
             async move {
-                match st.view.stat_until(&path).await {
+                match st.view().stat_until(&path).await {
                     Ok((stat, valid_until)) => {
                         let ino = st.looked_up(&path, stat.etag.as_deref());
                         let ttl = FsState::ttl_until(valid_until);
@@ -209,7 +209,7 @@ impl Filesystem for StrataFs {
             return;
         };
         self.state.rt.spawn(async move {
-            match st.view.stat_until(&path).await {
+            match st.view().stat_until(&path).await {
                 Ok((stat, valid_until)) => {
                     reply.attr(&FsState::ttl_until(valid_until), &st.attr(ino.0, &stat))
                 }
@@ -250,7 +250,7 @@ impl Filesystem for StrataFs {
         let span = tracing::debug_span!("open", path = %path, ino = ino.0);
         self.state.rt.spawn(
             async move {
-                let reader = match st.view.open(&path).await {
+                let reader = match st.view().open(&path).await {
                     Ok(r) => Arc::new(r),
                     Err(e) => {
                         reply.error(errno(&e));
@@ -429,7 +429,7 @@ impl Filesystem for StrataFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        if self.state.view.writes().is_none() {
+        if self.state.view().writes().is_none() {
             // ENOSYS makes the kernel stop sending FLUSH on this mount. A read-only file
             // system has nothing to flush, and a close (every exec closes inherited
             // descriptors) then never waits for an agent, not even while one restarts.
@@ -556,7 +556,7 @@ impl Filesystem for StrataFs {
                 Ok(())
             };
             let stat = match changed {
-                Ok(()) => st.view.stat(&path).await,
+                Ok(()) => st.view().stat(&path).await,
                 Err(e) => Err(e),
             };
             match stat {
@@ -581,7 +581,7 @@ impl Filesystem for StrataFs {
         _rdev: u32,
         reply: ReplyEntry,
     ) {
-        if self.state.view.writes().is_none() {
+        if self.state.view().writes().is_none() {
             return reply.error(Errno::EROFS);
         }
         if mode & libc::S_IFMT != libc::S_IFREG {
@@ -797,9 +797,9 @@ impl Filesystem for StrataFs {
 
     fn statfs(&self, _req: &Request, _ino: INodeNo, reply: ReplyStatfs) {
         // Called by every `df`: the running total, not a walk over every cached object.
-        let used = self.state.view.cache().disk_bytes();
+        let used = self.state.view().cache().disk_bytes();
         let bsize = 4096u64;
-        let quota = self.state.view.config().cache.quota;
+        let quota = self.state.view().config().cache.quota;
         let capacity = quota
             .unwrap_or(u64::MAX)
             .min(self.state.view_node_capacity());

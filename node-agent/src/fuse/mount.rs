@@ -86,6 +86,12 @@ impl MountHandle {
         &self.mountpoint
     }
 
+    /// Serves the mount from the dataset's new view (its configuration changed): new
+    /// lookups and opens use it, open files keep reading what they opened.
+    pub fn use_view(&self, view: Arc<DatasetView>) {
+        self.fs.replace_view(view);
+    }
+
     /// Opens served in passthrough mode so far, and opens where passthrough was refused.
     pub fn passthrough_counts(&self) -> (u64, u64) {
         (

@@ -59,7 +59,7 @@ impl FsState {
         if cached_open {
             return Some(reply);
         }
-        let Some((file, lease)) = self.view.cached_file(reader.stat()).await else {
+        let Some((file, lease)) = self.view().cached_file(reader.stat()).await else {
             return Some(reply);
         };
         let mut io = self.io.lock().expect("io");
@@ -89,14 +89,14 @@ impl FsState {
                 });
                 self.add_handle(fh, open, unique);
                 self.passthrough_ok.fetch_add(1, Ordering::Relaxed);
-                self.view.cache_metrics_passthrough("ok");
+                self.view().cache_metrics_passthrough("ok");
                 reply.opened_passthrough(FileHandle(fh), FopenFlags::empty(), &b);
                 None
             }
             Err(e) => {
                 drop(io);
                 self.passthrough_refused.fetch_add(1, Ordering::Relaxed);
-                self.view.cache_metrics_passthrough("refused");
+                self.view().cache_metrics_passthrough("refused");
                 tracing::warn!(path = %path, error = %e,
                     "FUSE passthrough refused; serving this file through the agent");
                 Some(reply)

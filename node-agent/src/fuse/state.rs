@@ -22,7 +22,10 @@ pub(super) type TimedListing = (Arc<DirListing>, Instant);
 
 /// The file system's state, shared by the FUSE operations and the mount handle.
 pub(super) struct FsState {
-    pub(super) view: Arc<DatasetView>,
+    /// The dataset as configured now: a new configuration (a source switched to its
+    /// migration target, new cache settings) replaces it under the live mount. Open files
+    /// keep the reader they opened.
+    current_view: RwLock<Arc<DatasetView>>,
     pub(super) rt: tokio::runtime::Handle,
     pub(super) passthrough: AtomicBool,
     pub(super) inodes: RwLock<InodeTable>,
@@ -66,7 +69,7 @@ impl FsState {
         let mut inodes = InodeTable::with_root();
         inodes.log = log.clone();
         FsState {
-            view,
+            current_view: RwLock::new(view),
             rt,
             passthrough: AtomicBool::new(passthrough),
             inodes: RwLock::new(inodes),
@@ -88,6 +91,16 @@ impl FsState {
         }
     }
 
+    /// The dataset as configured now.
+    pub(super) fn view(&self) -> Arc<DatasetView> {
+        self.current_view.read().expect("view").clone()
+    }
+
+    /// Serves the mount from `view` from now on (the dataset's configuration changed).
+    pub(super) fn replace_view(&self, view: Arc<DatasetView>) {
+        *self.current_view.write().expect("view") = view;
+    }
+
     /// The listing a read of open directory `fh` at `offset` continues in: the handle's
     /// own, taken by its first read (or again when it starts over at offset 0, as
     /// `rewinddir` does), and until when it is valid. It may still be coming in from the
@@ -103,7 +116,7 @@ impl FsState {
         {
             return Ok(listing.clone());
         }
-        let listing = self.view.open_listing(path).await?;
+        let listing = self.view().open_listing(path).await?;
         if let Some(slot) = self.dirs.lock().expect("dirs").get_mut(&fh) {
             *slot = Some(listing.clone());
         }
@@ -180,7 +193,7 @@ impl FsState {
     }
 
     pub(super) fn ttl(&self) -> Duration {
-        self.view.metadata_ttl()
+        self.view().metadata_ttl()
     }
 
     /// How long the kernel may keep an answer valid here until `valid_until`.
@@ -189,7 +202,7 @@ impl FsState {
     }
 
     pub(super) fn attr(&self, ino: u64, stat: &FileStat) -> FileAttr {
-        let writable = self.view.writes().is_some();
+        let writable = self.view().writes().is_some();
         let (kind, perm, nlink) = match (stat.is_dir(), writable) {
             (true, false) => (FileType::Directory, 0o555, 2),
             (false, false) => (FileType::RegularFile, 0o444, 1),
@@ -235,11 +248,11 @@ impl FsState {
             .strip_prefix(strata_engine::writes::LOCAL_ETAG_PREFIX)?
             .parse()
             .ok()?;
-        Some(self.view.writes()?.file(id)?.mode() as u16)
+        Some(self.view().writes()?.file(id)?.mode() as u16)
     }
 
     pub(super) fn view_node_capacity(&self) -> u64 {
-        self.view.cache().node_disk_capacity()
+        self.view().cache().node_disk_capacity()
     }
 }
 
@@ -387,13 +400,13 @@ impl FsState {
                 .unwrap_or_default()
                 .strip_prefix(strata_engine::writes::LOCAL_ETAG_PREFIX)
                 .and_then(|id| id.parse().ok())
-                .and_then(|id| self.view.writes()?.file(id));
+                .and_then(|id| self.view().writes()?.file(id));
             let path = stat.path.clone();
             let reader = match &local {
-                Some(l) => Arc::new(self.view.open_local(&stat.path, l.clone())),
-                None => Arc::new(self.view.reopen(stat)),
+                Some(l) => Arc::new(self.view().open_local(&stat.path, l.clone())),
+                None => Arc::new(self.view().reopen(stat)),
             };
-            let write = match (open.write, local, self.view.writes()) {
+            let write = match (open.write, local, self.view().writes()) {
                 (true, Some(l), Some(w)) => {
                     w.add_writer(&l);
                     Some(l)
@@ -429,7 +442,7 @@ impl FsState {
     /// kernel from the backing file it holds open.
     pub(super) async fn retake_leases(&self, files: Vec<(u64, FileStat)>) {
         for (fh, stat) in files {
-            if let Some((_, lease)) = self.view.cached_file(&stat).await
+            if let Some((_, lease)) = self.view().cached_file(&stat).await
                 && self.handles.lock().expect("handles").contains_key(&fh)
             {
                 self.restored_leases

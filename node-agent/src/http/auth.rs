@@ -4,7 +4,7 @@
 //! | --- | --- | --- |
 //! | `Local` | reached the unix socket (file mode 0660) | everything: datasets (standalone), volumes (CSI) |
 //! | `Peer` | the node secret (`--peer-token-file`) over TCP | read any dataset: list, get, stat, list dir, read, usage; peer block requests and fills |
-//! | `Job` | a ServiceAccount token with the Strata audience, checked by a TokenReview | preload, pin, unpin, usage of its own namespace's datasets under a live CachePolicy |
+//! | `Job` | a ServiceAccount token with the Strata audience, checked by a TokenReview | preload, pin, unpin, usage of its own namespace's datasets under a live CachePolicy; the migrations the operator configured for them |
 //!
 //! Registration (PUT/DELETE of datasets) and volumes are never served over TCP.
 
@@ -51,6 +51,8 @@ pub enum Action {
     Preload,
     /// Pin or unpin.
     Pin,
+    /// Run a migration the operator configured (a Migration's Job).
+    Migrate,
     /// Usage (bytes cached, hits, misses).
     Usage,
     /// Acquire, release or list volumes.
@@ -67,6 +69,7 @@ impl Action {
             Action::Register => "registering or removing datasets",
             Action::Preload => "preloading",
             Action::Pin => "pinning",
+            Action::Migrate => "migrating",
             Action::Usage => "reading usage",
             Action::Volumes => "acquiring or releasing volumes",
             Action::PeerBlocks => "serving blocks to other agents",
@@ -99,16 +102,17 @@ impl Caller {
                 "the peer credential does not allow {}",
                 action.describe()
             )),
-            (Caller::Job { namespace: own }, Action::Preload | Action::Pin | Action::Usage) => {
-                match namespace {
-                    Some(ns) if ns == own => Ok(()),
-                    _ => refused(format!(
-                        "a job credential of namespace {own} may only act on datasets of namespace {own}"
-                    )),
-                }
-            }
+            (
+                Caller::Job { namespace: own },
+                Action::Preload | Action::Pin | Action::Usage | Action::Migrate,
+            ) => match namespace {
+                Some(ns) if ns == own => Ok(()),
+                _ => refused(format!(
+                    "a job credential of namespace {own} may only act on datasets of namespace {own}"
+                )),
+            },
             (Caller::Job { namespace: own }, _) => refused(format!(
-                "a job credential (namespace {own}) allows preload, pin, unpin and usage only, \
+                "a job credential (namespace {own}) allows preload, pin, unpin, usage and migrations only, \
                  not {}",
                 action.describe()
             )),

@@ -108,6 +108,7 @@ async fn put_dataset(
     let config = parse_dataset_body(&ns, &name, &body)?;
     let existed = state.agent.dataset(&ns, &name).is_some();
     let view = state.agent.add_dataset(config).await?;
+    state.mounts.use_view(&view).await;
     let status = if existed {
         StatusCode::OK
     } else {

@@ -51,6 +51,22 @@ fn selection(request: &PathsRequest) -> Result<PinRule> {
     })
 }
 
+/// A Job's name as the body gives it: the agent reports the run under it.
+pub(super) fn check_job_name(job: &str) -> Result<()> {
+    if job.is_empty()
+        || job.len() > 253
+        || !job
+            .bytes()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.')
+    {
+        return Err(Error::invalid(
+            "job",
+            "must be a Kubernetes Job name (lowercase letters, digits, '-' and '.', at most 253)",
+        ));
+    }
+    Ok(())
+}
+
 async fn preload(
     caller: Caller,
     ns: String,
@@ -61,17 +77,8 @@ async fn preload(
     let view = state.view_for(&caller, Action::Preload, &ns, &name)?;
     let request = paths_body(&body)?;
     let selection = selection(&request)?;
-    if let Some(job) = &request.job
-        && (job.is_empty()
-            || job.len() > 253
-            || !job
-                .bytes()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'-' || c == b'.'))
-    {
-        return Err(Error::invalid(
-            "job",
-            "must be a Kubernetes Job name (lowercase letters, digits, '-' and '.', at most 253)",
-        ));
+    if let Some(job) = &request.job {
+        check_job_name(job)?;
     }
     let fetches = match request.concurrency {
         None => crate::dataset::PRELOAD_MAX_FETCHES,

@@ -6,13 +6,14 @@
 //! - An open port with `/healthz`, `/readyz` and `/metrics`.
 //!
 //! [`server`] holds the state, the routing table and the JSON answers; the handlers are
-//! grouped by area: `datasets`, `reads`, `jobs` (what preload and pin Jobs call) and
-//! `volumes`. Routes are listed in docs/csi.md ("Agent API").
+//! grouped by area: `datasets`, `reads`, `jobs` (what preload and pin Jobs call), `migrations`
+//! (what Migration Jobs call) and `volumes`. Routes are listed in docs/csi.md ("Agent API").
 
 pub mod auth;
 mod datasets;
 pub mod error;
 mod jobs;
+mod migrations;
 mod peer;
 mod reads;
 pub mod server;

@@ -6,7 +6,7 @@
 use super::HttpError;
 use super::auth::{Action, Caller, TcpAuth};
 use super::types::{ErrorBody, HealthStatus};
-use super::{datasets, jobs, peer, reads, volumes};
+use super::{datasets, jobs, migrations, peer, reads, volumes};
 use crate::activity::ActivityBoard;
 use crate::agent::Agent;
 use crate::dataset::DatasetView;
@@ -33,6 +33,8 @@ pub struct ApiState {
     /// Preload runs and source errors, for the StrataNode report.
     pub activity: Arc<ActivityBoard>,
     ready: AtomicBool,
+    /// One lock per migration (`namespace/name/migration`): one run at a time.
+    migration_runs: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
 }
 
 impl ApiState {
@@ -42,6 +44,7 @@ impl ApiState {
             mounts,
             activity: Arc::default(),
             ready: AtomicBool::new(false),
+            migration_runs: Default::default(),
         })
     }
 
@@ -52,6 +55,19 @@ impl ApiState {
 
     pub fn is_ready(&self) -> bool {
         self.ready.load(Ordering::SeqCst)
+    }
+
+    /// The lock one run of a migration holds.
+    pub(super) fn migration_lock(
+        &self,
+        namespace: &str,
+        name: &str,
+        migration: &str,
+    ) -> Arc<tokio::sync::Mutex<()>> {
+        let mut runs = self.migration_runs.lock().expect("migration runs");
+        runs.entry(format!("{namespace}/{name}/{migration}"))
+            .or_default()
+            .clone()
     }
 }
 
@@ -222,6 +238,8 @@ fn v1_routes(state: Arc<ApiState>, access: Access) -> BoxedFilter<(Response,)> {
         .or(reads::routes(&v1))
         .unify()
         .or(jobs::routes(&v1))
+        .unify()
+        .or(migrations::routes(&v1))
         .unify()
         .or(volumes::routes(&v1))
         .unify()

@@ -41,6 +41,7 @@ pub fn dataset(name: &str, sources: Vec<SourceConfig>, cache: CacheSettings) -> 
         policy: None,
         sources,
         cache,
+        migrations: Vec::new(),
     }
 }
 

@@ -5,8 +5,8 @@
 //! fresh connection never trips over an agent that restarted in between.
 
 use super::types::{
-    ErrorBody, HealthStatus, PathsRequest, PinAnswer, PreloadProgress, VolumeInfo, VolumeMount,
-    VolumeRelease,
+    ErrorBody, HealthStatus, MigrationProgress, MigrationRequest, PathsRequest, PinAnswer,
+    PreloadProgress, VolumeInfo, VolumeMount, VolumeRelease,
 };
 use bytes::Bytes;
 pub use http::StatusCode;
@@ -521,13 +521,39 @@ impl AgentClient {
             here: self.here,
         });
         let uri = dataset_path(namespace, name, "/preload");
-        let response =
-            tokio::time::timeout(self.timeout, self.send(Method::POST, &uri, Some(body)))
-                .await
-                .map_err(|_| ClientError::Timeout {
-                    endpoint: self.endpoint(),
-                    timeout: self.timeout,
-                })??;
+        let last: Option<PreloadProgress> = self.post_stream(&uri, body, &mut on_progress).await?;
+        let last = last.unwrap_or_default();
+        if let Some(error) = &last.error {
+            return Err(ClientError::Status {
+                status: StatusCode::INTERNAL_SERVER_ERROR,
+                message: format!("preload stopped: {error}"),
+                field: None,
+            });
+        }
+        if !last.done {
+            return Err(ClientError::Status {
+                status: StatusCode::BAD_GATEWAY,
+                message: "the agent closed the preload stream before it finished".to_string(),
+                field: None,
+            });
+        }
+        Ok(last)
+    }
+
+    /// POSTs `body` to `uri` and reads the answer's progress lines (newline-delimited
+    /// JSON), telling `on_progress` of each; returns the last one.
+    async fn post_stream<T: DeserializeOwned>(
+        &self,
+        uri: &str,
+        body: Vec<u8>,
+        on_progress: &mut impl FnMut(&T),
+    ) -> Result<Option<T>> {
+        let response = tokio::time::timeout(self.timeout, self.send(Method::POST, uri, Some(body)))
+            .await
+            .map_err(|_| ClientError::Timeout {
+                endpoint: self.endpoint(),
+                timeout: self.timeout,
+            })??;
         let status = response.status();
         let mut body = response.into_body();
         if !status.is_success() {
@@ -539,7 +565,7 @@ impl AgentClient {
             return Err(status_error(status, &bytes));
         }
         let mut pending: Vec<u8> = Vec::new();
-        let mut last: Option<PreloadProgress> = None;
+        let mut last: Option<T> = None;
         while let Some(frame) = body.frame().await {
             let frame = frame.map_err(|source| ClientError::Http {
                 endpoint: self.endpoint(),
@@ -555,27 +581,51 @@ impl AgentClient {
                 if line.iter().all(u8::is_ascii_whitespace) {
                     continue;
                 }
-                let progress: PreloadProgress =
+                let progress: T =
                     serde_json::from_slice(line).map_err(|source| ClientError::Decode {
-                        what: uri.clone(),
+                        what: uri.to_string(),
                         source,
                     })?;
                 on_progress(&progress);
                 last = Some(progress);
             }
         }
+        Ok(last)
+    }
+
+    /// `POST /v1/datasets/{namespace}/{name}/migrations/{migration}`: runs the dataset's
+    /// migration `migration` on this agent (or joins the run under way), telling
+    /// `on_progress` as it goes; returns the final progress. An error the copy stopped on
+    /// is returned as an error.
+    pub async fn migrate(
+        &self,
+        namespace: &str,
+        name: &str,
+        migration: &str,
+        mut on_progress: impl FnMut(&MigrationProgress),
+    ) -> Result<MigrationProgress> {
+        let body = Self::encode(&MigrationRequest {
+            job: self.job.clone(),
+        });
+        let uri = dataset_path(
+            namespace,
+            name,
+            &format!("/migrations/{}", query(migration)),
+        );
+        let last: Option<MigrationProgress> =
+            self.post_stream(&uri, body, &mut on_progress).await?;
         let last = last.unwrap_or_default();
         if let Some(error) = &last.error {
             return Err(ClientError::Status {
                 status: StatusCode::INTERNAL_SERVER_ERROR,
-                message: format!("preload stopped: {error}"),
+                message: format!("migration stopped: {error}"),
                 field: None,
             });
         }
         if !last.done {
             return Err(ClientError::Status {
                 status: StatusCode::BAD_GATEWAY,
-                message: "the agent closed the preload stream before it finished".to_string(),
+                message: "the agent closed the migration stream before it finished".to_string(),
                 field: None,
             });
         }

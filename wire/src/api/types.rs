@@ -116,6 +116,36 @@ impl PreloadProgress {
     }
 }
 
+/// Body of `POST /v1/datasets/{namespace}/{name}/migrations/{migration}`.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationRequest {
+    /// The Kubernetes Job asking: the agent reports the run's progress under its name
+    /// in the StrataNode.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub job: Option<String>,
+}
+
+/// One line of a migration's progress (newline-delimited JSON, about every second); the
+/// last line has `done: true` (and `error` when the copy stopped on one).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MigrationProgress {
+    pub objects_done: u64,
+    pub objects_total: u64,
+    /// Objects found at the target already (copied by an earlier run), not copied again.
+    pub objects_skipped: u64,
+    pub bytes_done: u64,
+    pub bytes_total: u64,
+    /// Bytes this run sent (the others were at the target already).
+    pub bytes_copied: u64,
+    /// Seconds since this run started.
+    pub elapsed_seconds: f64,
+    pub done: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// `GET /readyz` and `/healthz` answer.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthStatus {
