@@ -12,7 +12,7 @@ use kube::runtime::controller::Action;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::Store;
 use kube::{Resource, ResourceExt};
-use strata_crds::{CachePolicy, Dataset, StrataNode};
+use strata_crds::{CachePolicy, Dataset, Migration, StrataNode};
 
 use crate::Result;
 use crate::config::OperatorConfig;
@@ -34,6 +34,8 @@ pub struct Stores {
     pub jobs: Store<Job>,
     /// CronJobs labelled as the operator's.
     pub cron_jobs: Store<CronJob>,
+    /// Migrations.
+    pub migrations: Store<Migration>,
 }
 
 /// What reconciles share.
@@ -54,6 +56,8 @@ pub struct Context {
     pub jobs: Store<Job>,
     /// CronJobs the operator made.
     pub cron_jobs: Store<CronJob>,
+    /// Migrations in scope: the Dataset controller hands theirs to the agents.
+    pub migrations: Store<Migration>,
     /// Hash and time of the last write of each datasets-Secret key, so an
     /// unchanged config is not re-sent on every reconcile.
     written: Mutex<HashMap<String, (u64, Instant)>>,
@@ -104,6 +108,7 @@ impl Context {
             policies: stores.policies,
             jobs: stores.jobs,
             cron_jobs: stores.cron_jobs,
+            migrations: stores.migrations,
             written: Mutex::new(HashMap::new()),
             sources: SourceChecker::default(),
             job_settings,

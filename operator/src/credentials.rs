@@ -33,17 +33,53 @@ pub enum CredentialsProblem {
 }
 
 impl CredentialsProblem {
-    /// A message naming the Secret, the source and the key (never a value).
-    pub fn message(&self, secret: &str, source: &str) -> String {
+    /// A message naming the Secret, whose credentials they are (`source lake`) and the
+    /// key (never a value).
+    pub fn message(&self, secret: &str, whose: &str) -> String {
         match self {
             CredentialsProblem::MissingKey { key, needs } => format!(
-                "Secret {secret} (credentials of source {source}) has no key {key}; {needs}. Add the key to the Secret."
+                "Secret {secret} (credentials of {whose}) has no key {key}; {needs}. Add the key to the Secret."
             ),
             CredentialsProblem::NotText { key } => format!(
-                "Secret {secret} (credentials of source {source}): the value of {key} is not UTF-8 text"
+                "Secret {secret} (credentials of {whose}): the value of {key} is not UTF-8 text"
             ),
         }
     }
+}
+
+/// Why a credentialsSecretRef cannot be used: a condition reason, and a message that
+/// names the Secret, whose it is and the fix (never a value).
+pub type UnusableSecret = (&'static str, String);
+
+/// Reads the Secret `secret` of `namespace` for a store of `scheme`; `whose` says whose
+/// credentialsSecretRef names it (`source lake`, `the target of Migration m`).
+pub async fn read_secret(
+    client: &kube::Client,
+    namespace: &str,
+    secret: &str,
+    scheme: Scheme,
+    whose: &str,
+) -> crate::Result<Result<AgentCredentials, UnusableSecret>> {
+    let secrets: kube::Api<k8s_openapi::api::core::v1::Secret> =
+        kube::Api::namespaced(client.clone(), namespace);
+    let found = secrets
+        .get_opt(secret)
+        .await
+        .map_err(|e| crate::Error::kube(format!("reading Secret {namespace}/{secret}"), e))?;
+    Ok(match found {
+        None => Err((
+            crate::conditions::reason::SECRET_NOT_FOUND,
+            format!(
+                "Secret {namespace}/{secret} (credentialsSecretRef of {whose}) does not exist; create it in namespace {namespace}."
+            ),
+        )),
+        Some(found) => from_secret(scheme, &found.data.unwrap_or_default()).map_err(|p| {
+            (
+                crate::conditions::reason::SECRET_KEY_MISSING,
+                p.message(&format!("{namespace}/{secret}"), whose),
+            )
+        }),
+    })
 }
 
 /// Reads the keys `scheme` needs from a Secret's data.

@@ -99,23 +99,28 @@ pub struct JobRequest<'a> {
     pub schedule: Option<&'a str>,
 }
 
-/// The pod template shared by Jobs and CronJobs.
-fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec {
-    let dataset = format!(
-        "{}/{}",
-        req.dataset.namespace().unwrap_or_default(),
-        req.dataset.name_any()
-    );
-    let mut args = vec![
-        kind_str(req.kind).to_string(),
+/// `strata-agent <command> --agent <this node's agent> --token-file <the pod's token>
+/// --dataset NS/NAME`: how every job pod starts.
+pub fn agent_command(command: &str, dataset: &Dataset, settings: &JobSettings) -> Vec<String> {
+    vec![
+        command.to_string(),
         "--agent".into(),
         format!("http://$(STRATA_NODE_IP):{}", settings.agent_port),
         "--token-file".into(),
         format!("{TOKEN_DIR}/token"),
         "--dataset".into(),
-        dataset,
-        "--paths".into(),
-    ];
+        format!(
+            "{}/{}",
+            dataset.namespace().unwrap_or_default(),
+            dataset.name_any()
+        ),
+    ]
+}
+
+/// The pod template shared by Jobs and CronJobs.
+fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec {
+    let mut args = agent_command(kind_str(req.kind), req.dataset, settings);
+    args.push("--paths".into());
     args.extend(req.paths.iter().cloned());
     args.extend(req.extra_args.iter().cloned());
     let affinity = req.node.map(|node| Affinity {
@@ -134,9 +139,20 @@ fn pod_template(req: &JobRequest<'_>, settings: &JobSettings) -> PodTemplateSpec
         }),
         ..Affinity::default()
     });
+    agent_job_pod(labels(req), args, affinity, settings)
+}
+
+/// A job pod that runs `strata-agent` with `args` against its node's agent, holding only
+/// a token for the agents.
+pub fn agent_job_pod(
+    labels: BTreeMap<String, String>,
+    args: Vec<String>,
+    affinity: Option<Affinity>,
+    settings: &JobSettings,
+) -> PodTemplateSpec {
     PodTemplateSpec {
         metadata: Some(ObjectMeta {
-            labels: Some(labels(req)),
+            labels: Some(labels),
             ..ObjectMeta::default()
         }),
         spec: Some(PodSpec {

@@ -1,7 +1,7 @@
-//! strata-operator: reconciles Datasets and CachePolicies into what the node
-//! agents read (the `strata-datasets` Secret), volumes (PV/PVC), preload and
-//! pin Jobs, and the node DaemonSet; sums the agents' StrataNode reports into
-//! each Dataset's status. Leader-elected through a Lease.
+//! strata-operator: reconciles Datasets, CachePolicies and Migrations into what the
+//! node agents read (the `strata-datasets` Secret), volumes (PV/PVC), preload, pin and
+//! migration Jobs, and the node DaemonSet; sums the agents' StrataNode reports into
+//! each Dataset's and Migration's status. Leader-elected through a Lease.
 
 pub mod agent_config;
 pub mod conditions;
@@ -13,6 +13,7 @@ mod error;
 pub mod jobs;
 pub mod leader;
 pub mod metrics;
+pub mod migration_controller;
 pub mod node_reports;
 pub mod node_set;
 mod operator;

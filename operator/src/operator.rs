@@ -15,7 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, reflector as reflect};
 use kube::{Api, Client, ResourceExt};
-use strata_crds::{CachePolicy, Dataset, Replicas, StrataNode};
+use strata_crds::{CachePolicy, Dataset, Migration, MigrationPhase, Replicas, StrataNode};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -23,7 +23,9 @@ use crate::context::{Context, Stores};
 use crate::leader::LeaderElector;
 use crate::metrics::Metrics;
 use crate::volume::{LABEL_MANAGED_BY, MANAGED_BY};
-use crate::{OperatorConfig, Result, dataset_controller, node_set, policy_controller};
+use crate::{
+    OperatorConfig, Result, dataset_controller, migration_controller, node_set, policy_controller,
+};
 
 /// How often the node DaemonSet, CSIDriver and Secrets are re-applied.
 const NODE_SET_INTERVAL: Duration = Duration::from_secs(60);
@@ -119,6 +121,7 @@ pub async fn run_controllers(
     let (policies_store, policies_writer) = reflector::store::<CachePolicy>();
     let (jobs_store, jobs_writer) = reflector::store::<Job>();
     let (crons_store, crons_writer) = reflector::store::<CronJob>();
+    let (migrations_store, migrations_writer) = reflector::store::<Migration>();
     let ours = watcher::Config::default()
         .any_semantic()
         .labels(&format!("{LABEL_MANAGED_BY}={MANAGED_BY}"));
@@ -137,11 +140,19 @@ pub async fn run_controllers(
         "CronJobs",
         reflect(crons_writer, watcher(scope.get::<CronJob>(), ours)),
     ));
+    let migration_reflector = Box::pin(drain(
+        "Migrations",
+        reflect(
+            migrations_writer,
+            watcher(scope.get::<Migration>(), wc.clone()),
+        ),
+    ));
     let stores = Stores {
         nodes: nodes.clone(),
         policies: policies_store.clone(),
         jobs: jobs_store.clone(),
         cron_jobs: crons_store.clone(),
+        migrations: migrations_store.clone(),
     };
     let ctx = Context::new(client.clone(), config, metrics, stores)?;
 
@@ -160,6 +171,11 @@ pub async fn run_controllers(
                 .map(|d| ObjectRef::<Dataset>::new(&d.name).within(&d.namespace))
                 .collect::<Vec<_>>()
         })
+        // A Migration's target and its switch are handed to the agents with its dataset.
+        .watches(scope.get::<Migration>(), wc.clone(), |m| {
+            let namespace = m.namespace().unwrap_or_default();
+            Some(ObjectRef::<Dataset>::new(&m.spec.dataset).within(&namespace))
+        })
         .watches(scope.get::<CachePolicy>(), wc.clone(), move |policy| {
             let namespace = policy.namespace();
             store_for_policies
@@ -172,6 +188,37 @@ pub async fn run_controllers(
         .run(
             dataset_controller::reconcile,
             dataset_controller::error_policy,
+            ctx.clone(),
+        )
+        .for_each(|_| async {})
+        .boxed();
+
+    let migrations = Controller::new(scope.get::<Migration>(), wc.clone())
+        .with_config(controller_config.clone());
+    let migrations_for_nodes = migrations.store();
+    let migrations = migrations
+        .owns(scope.get::<Job>(), wc.clone())
+        // Progress comes in the nodes' reports: each copying Migration looks again.
+        .watches(
+            Api::<StrataNode>::all(client.clone()),
+            wc.clone(),
+            move |_node| {
+                migrations_for_nodes
+                    .state()
+                    .iter()
+                    .filter(|m| {
+                        matches!(
+                            m.status.as_ref().and_then(|s| s.phase),
+                            None | Some(MigrationPhase::Pending | MigrationPhase::Copying)
+                        )
+                    })
+                    .map(|m| ObjectRef::from_obj(m.as_ref()))
+                    .collect::<Vec<_>>()
+            },
+        )
+        .run(
+            migration_controller::reconcile,
+            migration_controller::error_policy,
             ctx.clone(),
         )
         .for_each(|_| async {})
@@ -227,15 +274,16 @@ pub async fn run_controllers(
     let nudge_loop = async move { node_set::nudge_node_pods_loop(&nudge_ctx).await }.boxed();
     // Reconciles start once the stores they read are filled.
     let controllers = Box::pin(async {
-        let ready = futures::future::join4(
+        let ready = futures::future::join5(
             nodes.wait_until_ready(),
             policies_store.wait_until_ready(),
             jobs_store.wait_until_ready(),
             crons_store.wait_until_ready(),
+            migrations_store.wait_until_ready(),
         )
         .await;
-        if let (Ok(()), Ok(()), Ok(()), Ok(())) = ready {
-            tokio::join!(datasets, policies, node_set_loop, nudge_loop);
+        if let (Ok(()), Ok(()), Ok(()), Ok(()), Ok(())) = ready {
+            tokio::join!(datasets, policies, migrations, node_set_loop, nudge_loop);
         }
     });
     tokio::join!(
@@ -243,6 +291,7 @@ pub async fn run_controllers(
         policy_reflector,
         job_reflector,
         cron_reflector,
+        migration_reflector,
         controllers
     );
     Ok(())

@@ -32,7 +32,7 @@ pub fn repo_root() -> PathBuf {
 /// Applies crds/generated and waits until the CRDs are established.
 pub async fn install_crds(cluster: &Cluster) -> Result<()> {
     let dir = repo_root().join("crds/generated");
-    for name in ["datasets", "cachepolicies", "stratanodes"] {
+    for name in ["datasets", "cachepolicies", "stratanodes", "migrations"] {
         let file = dir.join(format!("{name}.strata.dev.yaml"));
         let file = file.to_string_lossy().into_owned();
         cluster

@@ -8,8 +8,8 @@ use strata_crds::{Dataset, DatasetPhase, DatasetStatus, condition, format_bytes}
 
 use super::source_access::{self, SourceAccess};
 use super::{
-    PROBLEM_REQUEUE, Problem, agent_secret, job_runs, policy, set_condition, sources, status,
-    volumes,
+    PROBLEM_REQUEUE, Problem, agent_secret, job_runs, migrations, policy, set_condition, sources,
+    status, volumes,
 };
 use crate::Result;
 use crate::agent_config;
@@ -30,12 +30,14 @@ pub(super) async fn apply(ds: &Dataset, ctx: &Context) -> Result<Action> {
         return refuse_invalid_spec(ds, ctx, &old, status, &e).await;
     }
     accept_spec(&mut status);
-    let access = source_access::read_source_access(ds, ctx).await?;
+    // From here on, the sources as served: a switched Migration's by its target.
+    let served = migrations::served(ds, ctx);
+    let access = source_access::read_source_access(&served, ctx).await?;
     let policies = policy::policies_in_namespace(ds, ctx);
     let resolution = resolve(ds, &policies);
     let policy_problem = policy::record_policy(&mut status, ds, &resolution);
-    let source_problem = sources::check_sources(ds, ctx, &access, &old, &mut status).await;
-    hand_to_agents(ds, ctx, &access, &resolution).await?;
+    let source_problem = sources::check_sources(&served, ctx, &access, &old, &mut status).await;
+    hand_to_agents(&served, ctx, &access, &resolution).await?;
     let volume_problem = volumes::apply_volumes(ds, ctx).await?;
     record_volume(&mut status, volume_problem.as_ref());
     let usage = ctx.dataset_usage(ds);
@@ -124,7 +126,8 @@ async fn hand_to_agents(
     if access.problem.is_some() {
         return Ok(());
     }
-    let config = agent_config::build(ds, resolution.policy(), &access.credentials);
+    let mut config = agent_config::build(ds, resolution.policy(), &access.credentials);
+    config.migrations = migrations::copies(ds, ctx).await?;
     let namespace = ds.namespace().unwrap_or_default();
     agent_secret::write_agent_config(
         ctx,

@@ -1,5 +1,6 @@
 //! The Dataset controller: validate, check sources and credentials, resolve
-//! the CachePolicy, hand the dataset to the agents, create its PV and PVC, and
+//! the CachePolicy, hand the dataset to the agents (with its Migrations' targets, and
+//! a switched Migration's source served from its target), create its PV and PVC, and
 //! sum the nodes' reports into the status. A finalizer takes it all back.
 //!
 //! [`reconcile`] wraps everything in `kube::runtime::finalizer`: `apply` runs
@@ -10,6 +11,7 @@ mod agent_secret;
 mod apply;
 mod cleanup;
 mod job_runs;
+mod migrations;
 mod policy;
 mod source_access;
 mod sources;

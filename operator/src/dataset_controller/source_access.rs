@@ -4,15 +4,14 @@
 
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::Secret;
-use kube::{Api, ResourceExt};
+use kube::ResourceExt;
 use strata_crds::Dataset;
 
 use super::Problem;
+use crate::Result;
 use crate::conditions::reason;
 use crate::context::Context;
 use crate::credentials::{self, AgentCredentials};
-use crate::{Error, Result};
 
 /// The sources' credentials, by source name, and the first problem found.
 pub(super) struct SourceAccess {
@@ -25,7 +24,6 @@ pub(super) struct SourceAccess {
 /// Reads every source's credentials Secret, then checks local host paths.
 pub(super) async fn read_source_access(ds: &Dataset, ctx: &Context) -> Result<SourceAccess> {
     let namespace = ds.namespace().unwrap_or_default();
-    let secrets: Api<Secret> = Api::namespaced(ctx.client.clone(), &namespace);
     let mut creds: BTreeMap<String, AgentCredentials> = BTreeMap::new();
     let mut credential_problem: Option<Problem> = None;
     for source in &ds.spec.sources {
@@ -35,33 +33,18 @@ pub(super) async fn read_source_access(ds: &Dataset, ctx: &Context) -> Result<So
         let Ok(uri) = source.parsed_uri() else {
             continue;
         };
-        let secret = secrets.get_opt(&reference.name).await.map_err(|e| {
-            Error::kube(format!("reading Secret {namespace}/{}", reference.name), e)
-        })?;
-        let problem = match secret {
-            None => Some(Problem {
-                reason: reason::SECRET_NOT_FOUND,
-                message: format!(
-                    "Secret {namespace}/{} (credentialsSecretRef of source {}) does not exist; create it in namespace {namespace}.",
-                    reference.name, source.name
-                ),
-            }),
-            Some(secret) => {
-                match credentials::from_secret(uri.scheme, &secret.data.unwrap_or_default()) {
-                    Ok(c) => {
-                        creds.insert(source.name.clone(), c);
-                        None
-                    }
-                    Err(p) => Some(Problem {
-                        reason: reason::SECRET_KEY_MISSING,
-                        message: p
-                            .message(&format!("{namespace}/{}", reference.name), &source.name),
-                    }),
+        let whose = format!("source {}", source.name);
+        match credentials::read_secret(&ctx.client, &namespace, &reference.name, uri.scheme, &whose)
+            .await?
+        {
+            Ok(c) => {
+                creds.insert(source.name.clone(), c);
+            }
+            Err((reason, message)) => {
+                if credential_problem.is_none() {
+                    credential_problem = Some(Problem { reason, message });
                 }
             }
-        };
-        if credential_problem.is_none() {
-            credential_problem = problem;
         }
     }
 
