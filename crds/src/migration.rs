@@ -251,10 +251,6 @@ pub struct MigrationStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub objects_total: Option<i64>,
 
-    /// Objects found already at the target from an earlier run, and not copied again.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub objects_skipped: Option<i64>,
-
     /// Bytes at the target so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bytes_done: Option<i64>,
