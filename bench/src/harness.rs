@@ -22,6 +22,7 @@ use crate::workloads::{epoch, fio, floor, listing};
 use crate::{Error, Result, sim};
 
 mod cluster;
+pub mod hdfs;
 mod restart;
 pub mod write;
 pub use cluster::{
@@ -41,6 +42,7 @@ pub enum Workload {
     Restart,
     Cluster,
     Write,
+    Hdfs,
     HitRatio,
 }
 
@@ -56,6 +58,7 @@ impl Workload {
             Workload::Restart => "restart",
             Workload::Cluster => "cluster",
             Workload::Write => "write",
+            Workload::Hdfs => "hdfs",
             Workload::HitRatio => "hit-ratio",
         }
     }
@@ -74,6 +77,7 @@ impl std::str::FromStr for Workload {
             Workload::Restart,
             Workload::Cluster,
             Workload::Write,
+            Workload::Hdfs,
             Workload::HitRatio,
         ]
         .into_iter()
@@ -849,10 +853,12 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 seq: live.contains(&Workload::SeqLarge)
                     || live.contains(&Workload::Random4k)
                     || live.contains(&Workload::Restart)
-                    || live.contains(&Workload::Cluster),
+                    || live.contains(&Workload::Cluster)
+                    || live.contains(&Workload::Hdfs),
                 epoch: live.contains(&Workload::EpochSmall)
                     || live.contains(&Workload::Preload)
-                    || live.contains(&Workload::Cluster),
+                    || live.contains(&Workload::Cluster)
+                    || live.contains(&Workload::Hdfs),
                 list: live.contains(&Workload::List),
             },
             list_huge: if live.contains(&Workload::ListHuge) {
@@ -941,6 +947,18 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                         .join(" or "),
                     write::POLL.as_millis(),
                     cfg.settle.as_secs_f64()
+                ),
+            );
+        }
+        if live.contains(&Workload::Hdfs) {
+            results.settings.insert(
+                "hdfs".into(),
+                format!(
+                    "a MiniDFSCluster (hadoop-client-minicluster 3.4.1, Java 17; one namenode, one datanode, {} MiB blocks) behind the same delaying link as the S3 server: the namenode through one proxy, the datanode (on 127.0.0.1, calling itself 127.0.0.2) through a second one on 127.0.0.2 with `dfs.client.use.datanode.hostname: true`; the data copied in beforehand with `strata-agent migrate` (not through the link). Each source: `strata-agent serve --memory M --disk D --no-peers`, the dataset (`metadataTtl: 1h`) PUT over its socket and mounted with a volume, seq-large read whole by 1 reader, epoch-small by {} readers (1 MiB reads as epoch-small), cold then warm (`sync`, settle, page cache dropped); object_store GETs = the raw ceiling through the link (8 MiB ranges 16 in flight; 64 files in flight). Migration: `strata-agent migrate --config` of epoch-small from hdfs:// to s3:// (both through the link, {} objects at once, each verified), against the raw copy (GET from HDFS, PUT to S3, {} at once, nothing verified)",
+                    128,
+                    8,
+                    16,
+                    16
                 ),
             );
         }
@@ -1057,6 +1075,9 @@ pub fn run(cfg: &RunConfig, rt: &Runtime) -> Result<BenchResults> {
                 if live.contains(&Workload::Write) {
                     // Every system in one sequence per shape, its references beside it.
                     ctx.write_run(run);
+                }
+                if live.contains(&Workload::Hdfs) {
+                    ctx.hdfs_run(run);
                 }
             }
         }

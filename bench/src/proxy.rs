@@ -171,7 +171,27 @@ impl DelayProxyProcess {
         stats: bool,
     ) -> Result<Self> {
         let port = free_port()?;
-        let listen = SocketAddr::new(ip, port);
+        Self::start_listening(SocketAddr::new(ip, port), upstream, one_way, log, stats)
+    }
+
+    /// The proxy listening on `listen` exactly (an HDFS datanode's proxy must have the port
+    /// the namenode hands out).
+    pub fn start_at(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        one_way: Duration,
+        log: &Path,
+    ) -> Result<Self> {
+        Self::start_listening(listen, upstream, one_way, log, false)
+    }
+
+    fn start_listening(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+        one_way: Duration,
+        log: &Path,
+        stats: bool,
+    ) -> Result<Self> {
         let stats = if stats {
             Some(SocketAddr::from(([127, 0, 0, 1], free_port()?)))
         } else {

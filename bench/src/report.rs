@@ -9,6 +9,7 @@ use crate::results::BenchResults;
 use crate::stats::{median, spread};
 use crate::{Error, Result, charts};
 
+mod hdfs;
 mod write;
 
 pub const BEGIN: &str = "<!-- generated:begin (strata-bench writes this part; edit outside it) -->";
@@ -728,6 +729,11 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
                 "{} MiB object, read sequentially in 1 MiB reads, over and over",
                 s.spec.seq_large_bytes >> 20
             ),
+            "hdfs" => format!(
+                "{} MiB object and {} files of ~110 KiB, in HDFS and in S3",
+                s.spec.seq_large_bytes >> 20,
+                s.spec.epoch_files
+            ),
             "cluster" => format!(
                 "{} MiB object and {} files of ~110 KiB, read by 3 nodes",
                 s.spec.seq_large_bytes >> 20,
@@ -934,6 +940,7 @@ pub fn render(r: &BenchResults, chart_dir: &Path, chart_rel: &str) -> Result<Str
         restart_tables(&mut out, r, &link);
         cluster_tables(&mut out, r, &link);
         write::tables(&mut out, r, &link);
+        hdfs::tables(&mut out, r, &link);
         let mem_cases: BTreeSet<&str> = r
             .measurements
             .iter()

@@ -93,11 +93,12 @@ impl Writer {
     }
 }
 
-/// `strata-agent serve` with one writable dataset, mounted through a volume.
-struct WritableAgent {
+/// `strata-agent serve` with one dataset (writable in the write workload), mounted
+/// through a volume.
+pub(super) struct WritableAgent {
     child: ChildGuard,
     metrics: SocketAddr,
-    mount: PathBuf,
+    pub(super) mount: PathBuf,
     cache: PathBuf,
 }
 
@@ -256,7 +257,7 @@ impl Ctx<'_> {
 
     /// Removes what a measurement left at the source and gives SeaweedFS the disk space
     /// back.
-    fn write_cleanup(&self, prefix: &str) {
+    pub(super) fn write_cleanup(&self, prefix: &str) {
         let removed = self
             .direct_store()
             .and_then(|s| self.rt.block_on(delete_prefix(s.as_ref(), prefix)));
@@ -326,6 +327,28 @@ impl Ctx<'_> {
     }
 
     fn start_writable_agent(&self, through: bool, run: u32) -> Result<WritableAgent> {
+        let mode = if through { MODE_THROUGH } else { MODE_BACK };
+        let config = serde_json::json!({
+            "sources": [{
+                "name": "bench",
+                "uri": format!("s3://{}/", crate::data::BUCKET),
+                "endpoint": self.endpoint,
+                "region": "us-east-1",
+                "writeMode": if through { "WriteThrough" } else { "WriteBack" },
+            }],
+            "cache": {"metadataTtl": "1h"},
+        });
+        self.start_dataset_agent(&format!("write-{mode}-run{run}"), &config)
+    }
+
+    /// `strata-agent serve` (fresh cache, S3 credentials in its environment) with the one
+    /// dataset `config` PUT over its unix socket and mounted through a volume; `what` names
+    /// its log (`logs/strata-<what>.log`).
+    pub(super) fn start_dataset_agent(
+        &self,
+        what: &str,
+        config: &serde_json::Value,
+    ) -> Result<WritableAgent> {
         let cfg = self.cfg;
         let dir = cfg.work_dir.join("write-agent");
         let cache = dir.join("cache");
@@ -356,12 +379,8 @@ impl Ctx<'_> {
             .env("AWS_ACCESS_KEY_ID", &self.creds.access_key)
             .env("AWS_SECRET_ACCESS_KEY", &self.creds.secret_key)
             .env("STRATA_LOG", "warn");
-        let mode = if through { MODE_THROUGH } else { MODE_BACK };
-        let log = cfg
-            .work_dir
-            .join("logs")
-            .join(format!("strata-write-{mode}-run{run}.log"));
-        let child = ChildGuard::spawn(&format!("strata-agent serve ({mode})"), c, &log)?;
+        let log = cfg.work_dir.join("logs").join(format!("strata-{what}.log"));
+        let child = ChildGuard::spawn(&format!("strata-agent serve ({what})"), c, &log)?;
         let mut agent = WritableAgent {
             child,
             metrics,
@@ -370,7 +389,7 @@ impl Ctx<'_> {
         };
         let api = AgentClient::unix(&socket).with_timeout(Duration::from_secs(60));
         wait_until(
-            "the writable agent",
+            "the agent",
             Duration::from_secs(30),
             Duration::from_millis(100),
             || {
@@ -381,31 +400,21 @@ impl Ctx<'_> {
                     .map_err(|e| e.to_string())
             },
         )?;
-        let config = serde_json::json!({
-            "sources": [{
-                "name": "bench",
-                "uri": format!("s3://{}/", crate::data::BUCKET),
-                "endpoint": self.endpoint,
-                "region": "us-east-1",
-                "writeMode": if through { "WriteThrough" } else { "WriteBack" },
-            }],
-            "cache": {"metadataTtl": "1h"},
-        });
-        let agent_error = |what: &str, e: strata_agent::api::client::ClientError| Error::Command {
-            command: format!("{what} on the writable agent"),
+        let agent_error = |step: &str, e: strata_agent::api::client::ClientError| Error::Command {
+            command: format!("{step} on the agent ({what})"),
             detail: e.to_string(),
         };
         self.rt
-            .block_on(api.put_dataset(NAMESPACE, DATASET, &config))
+            .block_on(api.put_dataset(NAMESPACE, DATASET, config))
             .map_err(|e| agent_error("PUT dataset", e))?;
         let volume = self
             .rt
-            .block_on(api.acquire_volume(NAMESPACE, DATASET, "bench-write", None))
+            .block_on(api.acquire_volume(NAMESPACE, DATASET, "bench-volume", None))
             .map_err(|e| agent_error("acquire volume", e))?;
         agent.mount = volume.mount_path.clone();
         if !is_mounted(&agent.mount) {
             return Err(Error::Config {
-                field: "write",
+                field: "agent",
                 detail: format!(
                     "the agent said the dataset is mounted at {}, but it is not in the mount table",
                     agent.mount.display()

@@ -2,6 +2,11 @@
 // this JVM) on 127.0.0.1. testkit/src/hdfs.rs starts it and waits for the READY line.
 //
 //   java -cp minidfs.jar:lib/* dev.strata.MiniDfs --dir D [--port N] [--datanodes N]
+//       [--block-size BYTES] [--datanode-port N] [--datanode-hostname HOST]
+//
+// The benchmark puts the cluster behind a delaying link: the datanode listens on
+// 127.0.0.1:<datanode-port> and calls itself <datanode-hostname> (a proxy's address on the same
+// port), and clients with `dfs.client.use.datanode.hostname` stream blocks through the proxy.
 //
 // Prints `MINIDFS READY hdfs://127.0.0.1:<port>` on stdout once the cluster is active, then runs
 // until stdin closes or SIGTERM, and shuts the cluster down.
@@ -20,10 +25,12 @@ import sun.misc.Signal;
 
 public final class MiniDfs {
     private static final String USAGE =
-        "usage: MiniDfs --dir DIR [--port N (0: any)] [--datanodes N (default 1)]";
+        "usage: MiniDfs --dir DIR [--port N (0: any)] [--datanodes N (default 1)] "
+            + "[--block-size BYTES (default 1 MiB)] [--datanode-port N (0: any)] "
+            + "[--datanode-hostname HOST (default 127.0.0.1)]";
 
-    // 1 MiB, the namenode's smallest allowed block: a test file of a few MiB spans several
-    // blocks, so reads and writes cross block boundaries without large data.
+    // 1 MiB, the namenode's smallest allowed block, by default: a test file of a few MiB spans
+    // several blocks, so reads and writes cross block boundaries without large data.
     private static final long BLOCK_SIZE = 1024 * 1024;
 
     public static void main(String[] args) throws Exception {
@@ -63,15 +70,15 @@ public final class MiniDfs {
         Configuration conf = new HdfsConfiguration();
         // Tests write as whatever user runs them, anywhere in the tree.
         conf.setBoolean("dfs.permissions.enabled", false);
-        conf.setLong("dfs.blocksize", BLOCK_SIZE);
+        conf.setLong("dfs.blocksize", options.blockSize);
         conf.setInt("dfs.replication", Math.min(options.datanodes, 3));
         conf.set("hadoop.tmp.dir", new File(options.dir, "tmp").getAbsolutePath());
         // Loopback only, ports chosen by the OS. The datanode's data-transfer address is the one
         // clients stream blocks to, so it must be reachable from the test process.
-        conf.set("dfs.datanode.address", "127.0.0.1:0");
+        conf.set("dfs.datanode.address", "127.0.0.1:" + options.datanodePort);
         conf.set("dfs.datanode.http.address", "127.0.0.1:0");
         conf.set("dfs.datanode.ipc.address", "127.0.0.1:0");
-        conf.set("dfs.datanode.hostname", "127.0.0.1");
+        conf.set("dfs.datanode.hostname", options.datanodeHostname);
 
         MiniDFSCluster cluster = new MiniDFSCluster.Builder(conf, options.dir)
             .nameNodePort(options.port)
@@ -89,6 +96,9 @@ public final class MiniDfs {
         File dir;
         int port = 0;
         int datanodes = 1;
+        long blockSize = BLOCK_SIZE;
+        int datanodePort = 0;
+        String datanodeHostname = "127.0.0.1";
 
         static Options parse(String[] args) {
             Options options = new Options();
@@ -102,6 +112,10 @@ public final class MiniDfs {
                     case "--dir" -> options.dir = new File(value).getAbsoluteFile();
                     case "--port" -> options.port = number(flag, value, 0, 65535);
                     case "--datanodes" -> options.datanodes = number(flag, value, 1, 16);
+                    case "--block-size" ->
+                        options.blockSize = number(flag, value, 1024 * 1024, 1024 * 1024 * 1024);
+                    case "--datanode-port" -> options.datanodePort = number(flag, value, 0, 65535);
+                    case "--datanode-hostname" -> options.datanodeHostname = value;
                     default -> fail("unknown flag " + flag);
                 }
             }
