@@ -455,12 +455,12 @@ async fn install_grants_least_privilege_and_uninstall_cleans_up() -> Result<()> 
             ],
             true,
         ),
-        // Migrations: watched everywhere, status and finalizer written; never created.
+        // Migrations: watched everywhere, status written; the spec never touched.
         (
             vec!["watch", "migrations.strata.dev", "--all-namespaces"],
             true,
         ),
-        (vec!["patch", "migrations.strata.dev", "-n", there], true),
+        (vec!["patch", "migrations.strata.dev", "-n", there], false),
         (
             vec![
                 "patch",
