@@ -143,8 +143,8 @@ impl Ctx<'_> {
         let cfg = self.cfg;
         let package = minidfs_package();
         // The build script returns at once when the package matches the sources.
-        let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../scripts/minidfs/build.sh");
+        let script =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/minidfs/build.sh");
         if script.exists() || !package.join("minidfs.jar").exists() {
             run_checked({
                 let mut c = Command::new("bash");
