@@ -22,7 +22,11 @@
 //! 6. `helm upgrade` with a changed value rolls the node DaemonSet (the operator builds it from
 //!    its flags): a new agent pod with the new flag becomes Ready, while a pod checks every
 //!    file of the dataset in a loop: no pass fails, and the holder pod is not restarted;
-//! 7. deleting the Dataset and `helm uninstall`: no Strata pod, workload, RBAC object, mount,
+//! 7. a Migration of the Dataset's source to another prefix with `switchSource`: its Job's pod
+//!    runs on the kubelet and asks its node's agent; every object reaches the target with its
+//!    bytes, the Migration is Switched at 100%, the agents get the dataset with the source
+//!    served from the target, and a pod checks every file again through it;
+//! 8. deleting the Dataset and `helm uninstall`: no Strata pod, workload, RBAC object, mount,
 //!    plugin socket or cached file of the dataset is left; what stays is what docs/install.md
 //!    says stays (the CRDs, the CSIDriver, the disk tier's directory).
 //!
@@ -35,7 +39,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result, bail, ensure};
 use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
 use k8s_openapi::api::batch::v1::Job;
-use k8s_openapi::api::core::v1::Pod;
+use k8s_openapi::api::core::v1::{Pod, Secret};
 use k8s_openapi::api::storage::v1::CSINode;
 use kube::Api;
 use kube::api::{DeleteParams, ListParams};
@@ -370,7 +374,25 @@ async fn job_completed(cluster: &Cluster, jobs: &Api<Job>, kind: &str) -> Result
                 .unwrap_or_else(|e| e.to_string());
             bail!("{kind} Job {name} failed; its log:\n{log}")
         }
-        Err(e) => bail!("{e}{}", diagnose(cluster, &namespace).await),
+        Err(e) => {
+            // The Job's own pods' logs: what a user runs `kubectl logs job/...` for.
+            let mut logs = String::new();
+            for job in jobs_of_kind(jobs, kind).await.unwrap_or_default() {
+                let name = job.metadata.name.unwrap_or_default();
+                let log = cluster
+                    .kubectl(&[
+                        "-n",
+                        &namespace,
+                        "logs",
+                        &format!("job/{name}"),
+                        "--tail=40",
+                    ])
+                    .await
+                    .unwrap_or_else(|e| e.to_string());
+                logs.push_str(&format!("\n$ kubectl logs job/{name}\n{log}"));
+            }
+            bail!("{e}{logs}{}", diagnose(cluster, &namespace).await)
+        }
     }
 }
 
@@ -927,7 +949,109 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         ),
     );
 
-    // 7. Delete the Dataset (its finalizer drops the caches), then uninstall.
+    // 7. A Migration of the dataset's source to another prefix, switched when done: its Job's
+    // pod runs on the kubelet and asks its node's agent (TokenReview of its projected
+    // token); every object reaches the target whole, and a pod reads every file again
+    // through the source now served from there.
+    let migration = serde_json::json!({
+        "apiVersion": "strata.dev/v1alpha1", "kind": "Migration",
+        "metadata": {"name": "corpus-move"},
+        "spec": {
+            "dataset": DATASET, "source": "corpus", "switchSource": true,
+            "target": {
+                "uri": format!("s3://{BUCKET}/migrated/"), "endpoint": s3.endpoint(),
+                "region": "us-east-1", "credentialsSecretRef": {"name": "s3-creds"},
+                "options": {"allow_http": "true"},
+            },
+        },
+    });
+    cluster
+        .apply_in(tenant.name(), &migration.to_string())
+        .await?;
+    let migrate_job = job_completed(cluster, &jobs, "migrate").await?;
+    let switched = wait_until("the Migration to be Switched", WAIT, || async {
+        let out = cluster
+            .kubectl(&[
+                "-n",
+                tenant.name(),
+                "get",
+                "migration",
+                "corpus-move",
+                "-o",
+                "json",
+            ])
+            .await?;
+        let m: serde_json::Value = serde_json::from_str(&out)?;
+        Ok::<_, anyhow::Error>((m["status"]["phase"] == "Switched").then_some(m))
+    })
+    .await?;
+    ensure!(
+        switched["status"]["percent"] == 100,
+        "the Migration's status: {}",
+        switched["status"]
+    );
+    for (path, sum) in &sums {
+        let copied = s3
+            .get_object(BUCKET, &format!("migrated/{path}"))
+            .await?
+            .ok_or_else(|| anyhow::anyhow!("{path} is not at the target"))?;
+        ensure!(&sha256_hex(&copied) == sum, "{path} differs at the target");
+    }
+    let table = cluster
+        .kubectl(&["-n", tenant.name(), "get", "migrations"])
+        .await?;
+    eprintln!("{table}");
+    let served = wait_until(
+        "the agents to serve the source from the target",
+        WAIT,
+        || async {
+            let status = dataset_status(cluster, tenant.name(), DATASET).await?;
+            let reachable = status["conditions"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|c| c["type"] == "SourcesReachable" && c["status"] == "True");
+            let secret = system.api::<Secret>().get("strata-datasets").await?;
+            let key = format!("{}.{DATASET}.yaml", tenant.name());
+            let yaml = secret
+                .data
+                .unwrap_or_default()
+                .get(&key)
+                .map(|v| String::from_utf8_lossy(&v.0).into_owned())
+                .unwrap_or_default();
+            Ok::<_, anyhow::Error>(
+                (reachable && yaml.contains(&format!("s3://{BUCKET}/migrated/"))).then_some(()),
+            )
+        },
+    )
+    .await;
+    if let Err(e) = served {
+        bail!("{e}{}", diagnose(cluster, system.name()).await);
+    }
+    cluster
+        .apply_in(
+            tenant.name(),
+            &reader_pod(
+                "reader-migrated",
+                &node,
+                &reader_script("all", all_count, false),
+                &pvc_volume,
+            ),
+        )
+        .await?;
+    let log = pod_checked(cluster, &pods, "reader-migrated").await?;
+    eprintln!("pod reader-migrated:\n{log}");
+    pods.delete("reader-migrated", &DeleteParams::default())
+        .await?;
+    step(
+        7,
+        &format!(
+            "Migration corpus-move: its Job {migrate_job} ran on the node, every object at the \
+             target with its bytes, Switched; a pod read every file through the switched source"
+        ),
+    );
+
+    // 8. Delete the Dataset (its finalizer drops the caches), then uninstall.
     let cached = files_containing(&cache_dir, tenant.name());
     ensure!(
         !cached.is_empty(),
@@ -996,7 +1120,7 @@ async fn chart_runs_on_a_real_node_and_pods_mount_datasets() -> Result<()> {
         ])
         .await?;
     step(
-        7,
+        8,
         "Dataset deleted, its cache gone; helm uninstall left no pod, workload, RBAC object, mount or plugin socket; the CRDs and CSIDriver removed as docs/install.md says",
     );
     drop(s3);

@@ -190,9 +190,13 @@ async fn copy_one(from: &Source, to: &Source, object: &ObjectInfo) -> Result<Cop
     // The MD5 of the whole content, for targets whose ETag is no checksum.
     let mut whole = Md5::new();
     let (etag, expected) = if object.size <= PART_BYTES {
-        let data = from
-            .get_range(&object.key, &object.etag, 0..object.size)
-            .await?;
+        // An empty object has no byte range to read (stores refuse `0..0`).
+        let data = if object.size == 0 {
+            bytes::Bytes::new()
+        } else {
+            from.get_range(&object.key, &object.etag, 0..object.size)
+                .await?
+        };
         whole.update(&data);
         let expected = hex::encode(Md5::digest(&data));
         to.count_write_request("put");

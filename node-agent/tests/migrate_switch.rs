@@ -27,9 +27,10 @@ use strata_testkit::s3::S3Server;
 const OBJECTS: usize = 300;
 const CONCURRENCY: usize = 4;
 
-/// Small files, and a few over the 8 MiB part (multipart uploads).
+/// Small files, an empty one, and a few over the 8 MiB part (multipart uploads).
 fn size_of(i: usize) -> usize {
     match i {
+        7 => 0,
         50 | 250 => (8 << 20) + 4096 * i,
         _ => 1 + (i * 7919) % (96 << 10),
     }
