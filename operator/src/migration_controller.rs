@@ -199,6 +199,31 @@ fn record_progress(status: &mut MigrationStatus, p: &JobProgress, now: Timestamp
     }
 }
 
+/// The numbers of the last status, when no node reports the run now.
+fn keep_progress(status: &mut MigrationStatus, old: &MigrationStatus) {
+    status.objects_done = old.objects_done;
+    status.objects_total = old.objects_total;
+    status.bytes_done = old.bytes_done;
+    status.bytes_total = old.bytes_total;
+    status.percent = old.percent;
+    status.rate = old.rate.clone();
+    status.bytes_per_second = old.bytes_per_second;
+    status.eta = old.eta.clone();
+}
+
+/// Whether the nodes' reports may still change the Migration's status: it copies, or it
+/// finished before a report of its run came in.
+pub fn awaits_reports(m: &Migration) -> bool {
+    match m.status.as_ref() {
+        None => true,
+        Some(s) => match s.phase {
+            None | Some(MigrationPhase::Pending | MigrationPhase::Copying) => true,
+            Some(MigrationPhase::Copied | MigrationPhase::Switched) => s.objects_total.is_none(),
+            Some(MigrationPhase::Failed) => false,
+        },
+    }
+}
+
 /// Reconciles one Migration.
 #[instrument(skip_all, fields(migration = %format!("{}/{}", m.namespace().unwrap_or_default(), m.name_any())))]
 pub async fn reconcile(m: Arc<Migration>, ctx: Arc<Context>) -> Result<Action> {
@@ -340,12 +365,17 @@ async fn apply(m: &Migration, ctx: &Context) -> Result<Action> {
     draft.status.job = Some(name.clone());
     let usage = ctx.dataset_usage(&ds);
     let progress = usage.jobs.get(&name);
-    if let Some(p) = progress {
-        record_progress(&mut draft.status, p, Timestamp::now());
+    match progress {
+        Some(p) => record_progress(&mut draft.status, p, Timestamp::now()),
+        // The agents report a run every status interval, and drop old runs: the last
+        // numbers stay until new ones come.
+        None => keep_progress(&mut draft.status, &old),
     }
     let state = job_state(&job);
     let copied = state == JobState::Succeeded || old.phase == Some(MigrationPhase::Switched);
     let requeue = if copied {
+        // The Job exits 0 only once its agent copied and verified every object.
+        draft.status.percent = Some(100);
         draft.status.phase = Some(MigrationPhase::Copied);
         draft.status.message = None;
         draft.status.completion_time = old

@@ -15,7 +15,7 @@ use kube::runtime::reflector::{self, ObjectRef};
 use kube::runtime::watcher::{self, watcher};
 use kube::runtime::{WatchStreamExt, reflector as reflect};
 use kube::{Api, Client, ResourceExt};
-use strata_crds::{CachePolicy, Dataset, Migration, MigrationPhase, Replicas, StrataNode};
+use strata_crds::{CachePolicy, Dataset, Migration, Replicas, StrataNode};
 use tokio::sync::oneshot;
 use tracing::{info, warn};
 
@@ -206,12 +206,7 @@ pub async fn run_controllers(
                 migrations_for_nodes
                     .state()
                     .iter()
-                    .filter(|m| {
-                        matches!(
-                            m.status.as_ref().and_then(|s| s.phase),
-                            None | Some(MigrationPhase::Pending | MigrationPhase::Copying)
-                        )
-                    })
+                    .filter(|m| migration_controller::awaits_reports(m))
                     .map(|m| ObjectRef::from_obj(m.as_ref()))
                     .collect::<Vec<_>>()
             },
