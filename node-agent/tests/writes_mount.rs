@@ -173,6 +173,31 @@ async fn posix_writes_land_at_once_and_reach_the_bucket_whole() {
             .any(|_| true),
         "staging files left after upload"
     );
+
+    // open(O_TRUNC) empties the writer's file, but nothing reaches the source before it is
+    // closed: the source keeps the old content, never an empty version no writer closed.
+    let file = mnt.path().join("old.txt");
+    let held = blocking(move || {
+        std::fs::OpenOptions::new()
+            .write(true)
+            .truncate(true)
+            .open(file)
+            .unwrap()
+    })
+    .await;
+    assert!(writes.drain(Duration::from_secs(60)).await);
+    let at_source = bucket(&s3, "writable", "ds").await;
+    assert_eq!(
+        at_source["old.txt"], b"hello, world",
+        "an O_TRUNC open reached the source before its close"
+    );
+    blocking(move || {
+        let mut held = held;
+        held.write_all(b"rewritten").unwrap();
+    })
+    .await;
+    assert!(writes.drain(Duration::from_secs(60)).await);
+    assert_eq!(bucket(&s3, "writable", "ds").await["old.txt"], b"rewritten");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

@@ -134,6 +134,11 @@ impl Filesystem for StrataFs {
             InitFlags::FUSE_READDIRPLUS_AUTO,
             InitFlags::FUSE_PARALLEL_DIROPS,
             InitFlags::FUSE_AUTO_INVAL_DATA,
+            // open(O_TRUNC) arrives as one OPEN with O_TRUNC, emptying the writer's own file.
+            // Without it the kernel sends a SETATTR(size 0) on the path after the OPEN, which
+            // is a truncate(2): it commits, and the empty file would reach the source as a
+            // version no writer closed (the crash test's lister caught one).
+            InitFlags::FUSE_ATOMIC_O_TRUNC,
         ] {
             let _ = config.add_capabilities(flag);
         }
