@@ -2,19 +2,18 @@
 //! and usage of a dataset.
 
 use super::auth::{Action, Caller};
-use super::server::{ApiState, V1, body, json, respond};
+use super::server::{ApiState, V1, body, json, ndjson, respond};
 use super::types::{PathsRequest, PinAnswer, PreloadProgress};
 use crate::config::PinRule;
 use crate::glob::PathGlobs;
 use crate::{Error, Result};
 use bytes::Bytes;
-use http::{HeaderValue, StatusCode, header};
-use std::convert::Infallible;
+use http::StatusCode;
 use std::sync::Arc;
 use std::time::Duration;
+use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
-use warp::{Filter, Reply};
 
 /// How often a running preload reports progress.
 const PRELOAD_REPORT_EVERY: Duration = Duration::from_millis(500);
@@ -190,17 +189,7 @@ async fn preload(
         }
         let _ = lines_tx.send(line(&last)).await;
     });
-    let stream = futures::stream::unfold(lines_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|line| (Ok::<Bytes, Infallible>(line), rx))
-    });
-    let mut response = warp::reply::stream(stream).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    Ok(response)
+    Ok(ndjson(lines_rx))
 }
 
 async fn pin(

@@ -4,19 +4,17 @@
 
 use super::auth::{Action, Caller};
 use super::jobs::check_job_name;
-use super::server::{ApiState, V1, body, respond};
+use super::server::{ApiState, V1, body, ndjson, respond};
 use super::types::{MigrationProgress, MigrationRequest};
 use crate::{Error, Result};
 use bytes::Bytes;
-use http::{HeaderValue, header};
-use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use strata_engine::migrate::{CopyOptions, CopyProgress, copy_tree};
 use strata_engine::source::Source;
+use warp::Filter;
 use warp::filters::BoxedFilter;
 use warp::reply::Response;
-use warp::{Filter, Reply};
 
 /// How often a running migration reports progress.
 const REPORT_EVERY: Duration = Duration::from_secs(1);
@@ -161,17 +159,7 @@ async fn migrate(
         }
         let _ = lines_tx.send(line(&last)).await;
     });
-    let stream = futures::stream::unfold(lines_rx, |mut rx| async move {
-        rx.recv()
-            .await
-            .map(|line| (Ok::<Bytes, Infallible>(line), rx))
-    });
-    let mut response = warp::reply::stream(stream).into_response();
-    response.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/x-ndjson"),
-    );
-    Ok(response)
+    Ok(ndjson(lines_rx))
 }
 
 /// `POST /v1/datasets/{namespace}/{name}/migrations/{migration}`.

@@ -222,6 +222,22 @@ pub(super) fn query() -> impl Filter<Extract = (HashMap<String, String>,), Error
     warp::query::<HashMap<String, String>>()
 }
 
+/// A streamed answer of newline-delimited JSON: each line `lines` receives, until it closes
+/// (progress of a preload or a migration).
+pub(super) fn ndjson(lines: tokio::sync::mpsc::Receiver<Bytes>) -> Response {
+    let stream = futures::stream::unfold(lines, |mut rx| async move {
+        rx.recv()
+            .await
+            .map(|line| (Ok::<Bytes, Infallible>(line), rx))
+    });
+    let mut response = warp::reply::stream(stream).into_response();
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/x-ndjson"),
+    );
+    response
+}
+
 pub(super) fn body() -> impl Filter<Extract = (Bytes,), Error = Rejection> + Clone {
     warp::body::content_length_limit(MAX_BODY_BYTES).and(warp::body::bytes())
 }
